@@ -1,0 +1,37 @@
+# Two set-up commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO ?= demo
+
+.PHONY: install demo test lint format bench clean
+
+# Reinstall only when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) data_manifests/make_demo.py --out $(DEMO)
+	$(VENV)/bin/vidfeat extract $(DEMO)/manifest.csv --out $(DEMO)/features.zarr
+	$(VENV)/bin/vidfeat info $(DEMO)/features.zarr
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) benchmarks/extract.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

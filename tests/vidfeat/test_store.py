@@ -1,0 +1,334 @@
+"""The store contract, run against every backend, with real files and real killed processes."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.vidfeat.store_worker import expected_features, video_id
+from vidfeat import create_store, open_store
+from vidfeat.errors import ConfigError, StoreError, StoreMismatchError, VideoNotFoundError
+from vidfeat.quantize import dequantize, quantization_attrs, quantize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_worker(store: Path, fmt: str, part: str, first: int, count: int, *extra: str):
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.vidfeat.store_worker",
+        str(store),
+        fmt,
+        part,
+        str(first),
+        str(count),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+class StoreContract:
+    """Every backend must pass these. Subclasses set ``fmt`` and ``suffix``."""
+
+    fmt: str
+    suffix: str
+
+    @pytest.fixture
+    def path(self, tmp_path: Path) -> Path:
+        return tmp_path / f"feats{self.suffix}"
+
+    def write_some(self, path: Path, n: int = 4, **kw) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(0)
+        written = {}
+        with create_store(path, dim=8, format=self.fmt, attrs={"fps": 1}, **kw) as w:
+            for i in range(n):
+                feats = rng.standard_normal((3 + 2 * i, 8)).astype(np.float32)
+                w.write(
+                    f"v{i}",
+                    feats,
+                    labels=[f"l{i % 2}", "all"],
+                    timestamps=np.arange(len(feats)) * 0.5,
+                    source_path=f"v{i}.mp4",
+                    duration_s=len(feats) * 0.5,
+                    native_fps=30.0,
+                    decoder="pyav",
+                )
+                written[f"v{i}"] = feats
+        return written
+
+    def test_round_trip(self, path: Path) -> None:
+        written = self.write_some(path)
+        with open_store(path) as r:
+            assert r.format == self.fmt
+            assert r.dim == 8 and r.attrs == {"fps": 1}
+            assert list(r.videos["video_id"]) == list(written)
+            for vid, feats in written.items():
+                got = r.read(vid)
+                assert got.dtype == np.float32
+                np.testing.assert_array_equal(got, feats)
+                np.testing.assert_allclose(r.mean(vid), feats.mean(axis=0), rtol=1e-6)
+                np.testing.assert_array_equal(r.timestamps(vid), np.arange(len(feats)) * 0.5)
+            row = r.videos.set_index("video_id").loc["v1"]
+            assert row["labels"] == ("l1", "all") and row["n_frames"] == 5
+            assert row["status"] == "ok" and row["source_path"] == "v1.mp4"
+            assert row["duration_s"] == 2.5 and row["native_fps"] == 30.0
+            assert row["decoder"] == "pyav"
+
+    def test_failures_are_recorded_not_readable(self, path: Path) -> None:
+        with create_store(path, dim=4, format=self.fmt) as w:
+            w.write_failure("bad", "truncated", "decoded 1.0 s of declared 9.0 s", labels=["x"])
+            w.write("good", np.ones((2, 4)))
+        with open_store(path) as r:
+            row = r.videos.set_index("video_id").loc["bad"]
+            assert row["status"] == "truncated" and "declared 9.0 s" in row["reason"]
+            assert row["n_frames"] == 0
+            assert r.ok_ids == ["good"]
+            with pytest.raises(VideoNotFoundError, match="truncated"):
+                r.read("bad")
+            with pytest.raises(VideoNotFoundError, match="not in store"):
+                r.read("missing")
+
+    def test_retried_failure_is_superseded_by_success(self, path: Path) -> None:
+        with create_store(path, dim=4, format=self.fmt) as w:
+            w.write_failure("v", "timeout", "hung")
+        with create_store(path, dim=4, format=self.fmt) as w:
+            assert w.committed_ids() == {"v"} and w.committed_ids("ok") == set()
+            w.write("v", np.full((3, 4), 2.0))
+        with open_store(path) as r:
+            assert len(r.videos) == 1 and r.videos["status"].tolist() == ["ok"]
+            np.testing.assert_array_equal(r.read("v"), np.full((3, 4), 2.0))
+
+    def test_float16_and_uint8_storage(self, tmp_path: Path) -> None:
+        x = np.random.default_rng(1).uniform(-2.5, 2.5, (6, 16)).astype(np.float32)
+        p16 = tmp_path / f"f16{self.suffix}"
+        with create_store(p16, dim=16, format=self.fmt, dtype="float16") as w:
+            w.write("a", x)
+        with open_store(p16) as r:
+            assert r.read("a", raw=True).dtype == np.float16
+            np.testing.assert_array_equal(r.read("a"), x.astype(np.float16).astype(np.float32))
+        p8 = tmp_path / f"u8{self.suffix}"
+        with create_store(
+            p8, dim=16, format=self.fmt, dtype="uint8", quantization=quantization_attrs()
+        ) as w:
+            w.write("a", quantize(x))
+        with open_store(p8) as r:
+            raw = r.read("a", raw=True)
+            assert raw.dtype == np.uint8
+            np.testing.assert_array_equal(raw, quantize(x))
+            np.testing.assert_array_equal(r.read("a"), dequantize(quantize(x)))
+            assert r.quantization == {"scheme": "yt8m_uint8", "min": -2.0, "max": 2.0}
+            np.testing.assert_allclose(r.mean("a"), dequantize(quantize(x)).mean(0), rtol=1e-6)
+
+    def test_resume_appends_and_refuses_duplicates(self, path: Path) -> None:
+        self.write_some(path, n=2)
+        with create_store(path, dim=8, format=self.fmt, attrs={"fps": 1}) as w:
+            assert w.committed_ids() == {"v0", "v1"}
+            with pytest.raises(StoreError, match="already in"):
+                w.write("v0", np.zeros((1, 8)))
+            w.write("v9", np.zeros((1, 8)))
+            with pytest.raises(StoreError, match="already in"):
+                w.write("v9", np.zeros((1, 8)))  # pending, not yet committed
+        with open_store(path) as r:
+            assert sorted(r.ok_ids) == ["v0", "v1", "v9"]
+
+    @pytest.mark.parametrize(
+        ("kwargs", "key"),
+        [
+            ({"dim": 8, "attrs": {"fps": 2}}, "fps"),
+            ({"dim": 8, "attrs": {"fps": 1, "pca": "x"}}, "pca"),
+            ({"dim": 9, "attrs": {"fps": 1}}, "dim"),
+            ({"dim": 8, "attrs": {"fps": 1}, "dtype": "float16"}, "dtype"),
+        ],
+    )
+    def test_different_settings_are_refused(self, path: Path, kwargs: dict, key: str) -> None:
+        self.write_some(path, n=1)
+        with pytest.raises(StoreMismatchError, match=rf"{key}: store has"):
+            create_store(path, format=self.fmt, **kwargs)
+        with open_store(path) as r:  # and the store is untouched
+            assert r.ok_ids == ["v0"]
+
+    def test_volatile_attrs_may_differ_on_resume(self, path: Path) -> None:
+        with create_store(path, dim=2, format=self.fmt, attrs={"fps": 1, "command": "a"}) as w:
+            w.write("a", np.ones((1, 2)))
+        with create_store(path, dim=2, format=self.fmt, attrs={"fps": 1, "command": "b"}) as w:
+            w.write("b", np.ones((1, 2)))
+        with open_store(path) as r:
+            assert r.ok_ids == ["a", "b"]
+
+    def test_uncommitted_videos_are_invisible(self, path: Path) -> None:
+        w = create_store(path, dim=4, format=self.fmt, commit_every=100, commit_seconds=3600)
+        w.write("a", np.ones((2, 4)))
+        w.write("b", np.ones((2, 4)))
+        with open_store(path) as r:
+            assert len(r.videos) == 0
+        w.flush()
+        with open_store(path) as r:
+            assert r.ok_ids == ["a", "b"]
+        w.close()
+
+    def test_one_writer_per_part(self, path: Path) -> None:
+        with create_store(path, dim=4, format=self.fmt):
+            with pytest.raises(StoreError, match="another process"):
+                create_store(path, dim=4, format=self.fmt)
+            other = create_store(path, dim=4, format=self.fmt, part="shard-00001-of-00002")
+            other.close()
+
+    @pytest.mark.parametrize(
+        "bad",
+        [np.zeros((0, 4)), np.zeros((3, 5)), np.zeros(4), np.array([[np.nan] * 4])],
+    )
+    def test_bad_features_rejected(self, path: Path, bad: np.ndarray) -> None:
+        with create_store(path, dim=4, format=self.fmt) as w, pytest.raises(ConfigError):
+            w.write("x", bad)
+
+    def test_bad_labels_and_ids_rejected(self, path: Path) -> None:
+        with create_store(path, dim=4, format=self.fmt) as w:
+            with pytest.raises(ConfigError, match="labels"):
+                w.write("x", np.ones((1, 4)), labels=["a;b"])
+            with pytest.raises(ConfigError, match="video_id"):
+                w.write("", np.ones((1, 4)))
+            with pytest.raises(ConfigError, match="timestamps"):
+                w.write("y", np.ones((2, 4)), timestamps=[0.0])
+
+    def test_reader_refuses_pickling(self, path: Path) -> None:
+        self.write_some(path, n=1)
+        with open_store(path) as r, pytest.raises(StoreError, match="each worker"):
+            pickle.dumps(r)
+
+    def test_missing_and_corrupt_stores(self, tmp_path: Path) -> None:
+        with pytest.raises(StoreError, match="no feature store"):
+            open_store(tmp_path / f"none{self.suffix}", format=self.fmt)
+        junk = tmp_path / f"junk{self.suffix}"
+        if self.fmt == "zarr":
+            junk.mkdir()
+            (junk / "zarr.json").write_text("{not json")
+        else:
+            junk.write_bytes(b"\x00garbage" * 100)
+        with pytest.raises(StoreError, match="not a readable"):
+            open_store(junk, format=self.fmt)
+
+    def test_newer_schema_is_refused(self, path: Path) -> None:
+        self.write_some(path, n=1)
+        meta_file = path / "zarr.json" if self.fmt == "zarr" else None
+        if meta_file is None:
+            import h5py
+
+            with h5py.File(path, "r+") as f:
+                meta = json.loads(f.attrs["vidfeat"])
+                meta["schema_version"] = 99
+                f.attrs["vidfeat"] = json.dumps(meta)
+        else:
+            doc = json.loads(meta_file.read_text())
+            doc["attributes"]["vidfeat"]["schema_version"] = 99
+            meta_file.write_text(json.dumps(doc))
+        with pytest.raises(StoreError, match="schema 99"):
+            open_store(path)
+
+    # -- real processes ---------------------------------------------------------------------
+    def check_complete(self, path: Path, n: int) -> None:
+        with open_store(path) as r:
+            assert sorted(r.ok_ids) == [video_id(i) for i in range(n)]
+            assert len(r.videos) == n  # each video exactly once
+            for i in range(n):
+                np.testing.assert_array_equal(r.read(video_id(i)), expected_features(i))
+
+    def test_sigkill_then_resume_equals_uninterrupted_run(self, path: Path) -> None:
+        n = 40
+        for kill_after in (1, 6, 13):
+            proc = run_worker(path, self.fmt, "main", 0, n)
+            # Kill right after the worker reports a commit, i.e. while it writes the next one.
+            written = 0
+            while written < kill_after and proc.stdout.readline():
+                written += 1
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            # Whatever is visible after the kill is whole and correct.
+            with open_store(path) as r:
+                assert len(r.ok_ids) >= kill_after
+                for vid in r.ok_ids:
+                    np.testing.assert_array_equal(r.read(vid), expected_features(int(vid[3:])))
+        proc = run_worker(path, self.fmt, "main", 0, n)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        self.check_complete(path, n)
+
+    def test_concurrent_shards_write_each_video_once(self, path: Path) -> None:
+        n, shards = 30, 3
+        per = n // shards
+        procs = [
+            run_worker(path, self.fmt, f"shard-{s:05d}-of-{shards:05d}", s * per, per)
+            for s in range(shards)
+        ]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        self.check_complete(path, n)
+        with open_store(path) as r:
+            assert r.videos["part"].nunique() == shards
+            total = sum(float(r.read(v).sum()) for v in r.ok_ids)
+            assert total == pytest.approx(sum(float(expected_features(i).sum()) for i in range(n)))
+
+    def test_full_disk_is_a_clear_error_and_resumable(self, path: Path) -> None:
+        ok = run_worker(path, self.fmt, "main", 0, 3)
+        assert ok.wait(timeout=120) == 0
+        # 64 frames x 64 dims x 4 bytes = 16 KiB per chunk: a 12 KiB file-size limit fails it.
+        proc = run_worker(path, self.fmt, "main", 0, 40, "--fsize-limit", str(12 * 1024))
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert "StoreError" in err and "rerun to resume" in err
+        proc = run_worker(path, self.fmt, "main", 0, 40)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        self.check_complete(path, 40)
+
+
+class TestZarrStore(StoreContract):
+    fmt = "zarr"
+    suffix = ".zarr"
+
+
+class TestHDF5Store(StoreContract):
+    fmt = "hdf5"
+    suffix = ".h5"
+
+
+def test_format_is_chosen_by_suffix(tmp_path: Path) -> None:
+    for name, fmt in [("a.h5", "hdf5"), ("b.hdf5", "hdf5"), ("c.zarr", "zarr"), ("d", "zarr")]:
+        with create_store(tmp_path / name, dim=2) as w:
+            w.write("x", np.ones((1, 2)))
+        assert open_store(tmp_path / name).format == fmt
+
+
+def test_importing_the_store_does_not_import_torch() -> None:
+    code = "import sys, vidfeat, vidfeat.store; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_readers_during_extraction_see_only_committed(tmp_path: Path) -> None:
+    path = tmp_path / "live.zarr"
+    proc = run_worker(path, "zarr", "main", 0, 200)
+    seen = 0
+    try:
+        deadline = time.time() + 60
+        while proc.poll() is None and time.time() < deadline:
+            if (path / "zarr.json").exists():
+                with open_store(path) as r:
+                    for vid in r.ok_ids:
+                        np.testing.assert_array_equal(r.read(vid), expected_features(int(vid[3:])))
+                    seen = max(seen, len(r.ok_ids))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen > 0

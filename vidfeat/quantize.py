@@ -1,0 +1,52 @@
+"""YouTube-8M's 8-bit feature quantization.
+
+Writers clip each value to [min, max] and store ``q = round((x - min) * 255 / (max - min))``.
+Readers use YouTube-8M's own reader formula, ``x̂ = q * scalar + bias`` with
+``scalar = (max - min) / 255`` and ``bias = (max - min) / 512 + min``. The extra half-bin
+``(max - min) / 512`` is part of the released format (its readers add it), so we reproduce it
+rather than "fixing" it: features read from our stores then match features read by YouTube-8M code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vidfeat.errors import ConfigError
+
+SCHEME = "yt8m_uint8"
+DEFAULT_MIN = -2.0
+DEFAULT_MAX = 2.0
+
+
+def _check_range(min_value: float, max_value: float) -> None:
+    if not max_value > min_value:
+        raise ConfigError(f"quantization range is empty: min={min_value} max={max_value}")
+
+
+def quantize(
+    x: np.ndarray, min_value: float = DEFAULT_MIN, max_value: float = DEFAULT_MAX
+) -> np.ndarray:
+    """Float features -> uint8 codes, clipping to [min_value, max_value]."""
+    _check_range(min_value, max_value)
+    x = np.clip(np.asarray(x, dtype=np.float64), min_value, max_value)
+    # np.rint rounds half to even, like YouTube-8M's numpy writer (np.round).
+    return np.rint((x - min_value) * (255.0 / (max_value - min_value))).astype(np.uint8)
+
+
+def dequantize(
+    q: np.ndarray, min_value: float = DEFAULT_MIN, max_value: float = DEFAULT_MAX
+) -> np.ndarray:
+    """uint8 codes -> float32 with YouTube-8M's reader formula (including its +range/512 bias)."""
+    _check_range(min_value, max_value)
+    span = max_value - min_value
+    scalar = span / 255.0
+    bias = span / 512.0 + min_value
+    return (np.asarray(q, dtype=np.float32) * np.float32(scalar) + np.float32(bias)).astype(
+        np.float32
+    )
+
+
+def quantization_attrs(min_value: float = DEFAULT_MIN, max_value: float = DEFAULT_MAX) -> dict:
+    """The store attribute block describing this scheme."""
+    _check_range(min_value, max_value)
+    return {"scheme": SCHEME, "min": float(min_value), "max": float(max_value)}

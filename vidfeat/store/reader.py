@@ -1,0 +1,180 @@
+"""Read a feature store, whatever its backend, as one logical table of videos."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vidfeat.errors import StoreError, VideoNotFoundError
+from vidfeat.quantize import dequantize
+from vidfeat.store.base import LABEL_SEPARATOR, Backend, PartReader, StoreMeta
+
+log = logging.getLogger(__name__)
+
+PUBLIC_COLUMNS = (
+    "video_id",
+    "labels",
+    "n_frames",
+    "status",
+    "reason",
+    "source_path",
+    "duration_s",
+    "native_fps",
+    "decoder",
+    "split",
+    "group",
+    "part",
+)
+
+
+def split_labels(joined: str) -> tuple[str, ...]:
+    return tuple(x for x in str(joined).split(LABEL_SEPARATOR) if x)
+
+
+class StoreReader:
+    """A snapshot of the committed videos at open time.
+
+    Cheap to construct (reads only the per-video tables); frames are read on demand. Open one
+    reader per process: a DataLoader worker must open its own, never inherit one across fork.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self.path: Path = backend.path
+        self.meta: StoreMeta = backend.read_meta()
+        self._parts: list[PartReader] = list(backend.iter_parts())
+        table = self._build_table()
+        # Where each video lives; kept out of the public table.
+        self._loc = table[["_part_no", "offset", "n_frames", "_row"]].to_numpy(dtype=np.int64)
+        self.videos: pd.DataFrame = table[list(PUBLIC_COLUMNS)]
+        self._index = {vid: i for i, vid in enumerate(self.videos["video_id"])}
+
+    # -- metadata -------------------------------------------------------------------------
+    @property
+    def format(self) -> str:
+        return self._backend.name
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.meta.attrs)
+
+    @property
+    def dim(self) -> int:
+        return self.meta.dim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.meta.dtype)
+
+    @property
+    def quantization(self) -> dict | None:
+        return self.meta.quantization
+
+    @property
+    def ok_ids(self) -> list[str]:
+        return self.videos.loc[self.videos["status"] == "ok", "video_id"].tolist()
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __contains__(self, video_id: object) -> bool:
+        return video_id in self._index
+
+    # -- table ----------------------------------------------------------------------------
+    def _build_table(self) -> pd.DataFrame:
+        frames = []
+        for part_no, part in enumerate(self._parts):
+            cols = part.table()
+            df = pd.DataFrame({k: _as_python(v) for k, v in cols.items()})
+            df["part"] = part.name
+            df["_part_no"] = part_no
+            df["_row"] = np.arange(len(df))
+            frames.append(df)
+        if not frames:
+            cols = [*PUBLIC_COLUMNS, "offset", "_part_no", "_row"]
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+        df = pd.concat(frames, ignore_index=True)
+        df["labels"] = [split_labels(x) for x in df["labels"]]
+        # A video may have several rows: a failure later retried, or two jobs with different
+        # sharding. The first successful row wins; otherwise the most recent failure.
+        df["_ok"] = df["status"] == "ok"
+        df["_order"] = np.arange(len(df))
+        ok_first = df.sort_values(["video_id", "_ok", "_order"], ascending=[True, False, True])
+        first_ok = ok_first[ok_first["_ok"]].drop_duplicates("video_id", keep="first")
+        failed_only = df[~df["video_id"].isin(first_ok["video_id"])]
+        last_fail = failed_only.drop_duplicates("video_id", keep="last")
+        out = pd.concat([first_ok, last_fail]).sort_values("_order")
+        n_dupes = len(df) - len(out)
+        if n_dupes:
+            log.debug("%s: %d superseded rows hidden", self.path, n_dupes)
+        return out.drop(columns=["_ok", "_order"]).reset_index(drop=True)
+
+    def _locate(self, video_id: str) -> tuple[PartReader, int, int, int]:
+        try:
+            i = self._index[video_id]
+        except KeyError:
+            raise VideoNotFoundError(f"video {video_id!r} is not in store {self.path}") from None
+        row = self.videos.iloc[i]
+        if row["status"] != "ok":
+            raise VideoNotFoundError(
+                f"video {video_id!r} failed during extraction ({row['status']}: {row['reason']})"
+            )
+        part_no, offset, n, table_row = (int(x) for x in self._loc[i])
+        return self._parts[part_no], offset, n, table_row
+
+    # -- features -------------------------------------------------------------------------
+    def read(self, video_id: str, raw: bool = False) -> np.ndarray:
+        """(T, D) features: float32 (dequantized if stored as uint8), or stored dtype if raw."""
+        part, offset, n, _ = self._locate(video_id)
+        data = part.frames(offset, offset + n)
+        if raw:
+            return data
+        return self.to_float(data)
+
+    def to_float(self, data: np.ndarray) -> np.ndarray:
+        """Stored features -> float32, applying the store's dequantization if any."""
+        q = self.meta.quantization
+        if q is not None:
+            return dequantize(data, q["min"], q["max"])
+        return np.asarray(data, dtype=np.float32)
+
+    def timestamps(self, video_id: str) -> np.ndarray:
+        part, offset, n, _ = self._locate(video_id)
+        return np.asarray(part.timestamps(offset, offset + n), dtype=np.float64)
+
+    def mean(self, video_id: str) -> np.ndarray:
+        part, _, _, row = self._locate(video_id)
+        return part.means(np.array([row]))[0]
+
+    def labels(self, video_id: str) -> tuple[str, ...]:
+        if video_id not in self._index:
+            raise VideoNotFoundError(f"video {video_id!r} is not in store {self.path}")
+        return self.videos.iloc[self._index[video_id]]["labels"]
+
+    def close(self) -> None:
+        for part in self._parts:
+            close = getattr(part, "close", None)
+            if close:
+                close()
+        self._backend.close()
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        raise StoreError(
+            "a StoreReader cannot be pickled; open the store inside each worker process"
+        )
+
+
+def _as_python(values: np.ndarray) -> np.ndarray:
+    # Zarr returns numpy StringDType, HDF5 object arrays of str; pandas wants plain objects.
+    if values.dtype.kind in ("T", "U", "O"):
+        return values.astype(object)
+    return values
