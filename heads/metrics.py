@@ -1,0 +1,295 @@
+"""YouTube-8M evaluation metrics in plain numpy (importable without torch).
+
+Every function takes ``scores`` (N, C) float and ``labels`` (N, C) binary, one row per video.
+Only the ranking of scores matters, so probabilities and logits give identical results.
+
+Definitions follow YouTube-8M's ``eval_util.py``, ``average_precision_calculator.py`` and
+``mean_average_precision_calculator.py``, with three deliberate differences:
+
+- Ties are broken deterministically: within a video by class index, in pooled lists by
+  (video index, class index). YouTube-8M shuffles with a global RNG and uses ``argpartition``,
+  so its result on tied scores depends on process state.
+- PERR averages over videos with at least one positive (YouTube-8M counts label-less videos
+  as 0) and has no "score > 0" rule, which only differs for scores <= 0, i.e. logits.
+- Undefined averages (no video or class with a positive) are ``nan`` rather than 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from vidfeat.errors import VidfeatError
+
+log = logging.getLogger(__name__)
+
+# Rows argsorted per chunk: bounds the (rows, C) int64 index array to ~32 MiB.
+_SORT_CHUNK_ELEMS = 1 << 22
+
+
+class MetricInputError(VidfeatError, ValueError):
+    """Scores, labels or a metric parameter are invalid."""
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Per-class statistics, each an array of shape (C,).
+
+    ``precision``/``recall`` are at the decision rule of :func:`per_class_precision_recall`
+    (0.0 when undefined, like scikit-learn's ``zero_division=0``); ``ap`` is full-ranking AP
+    (``nan`` for a class without positives); ``support`` is the number of positives.
+    """
+
+    precision: np.ndarray
+    recall: np.ndarray
+    ap: np.ndarray
+    support: np.ndarray
+
+
+# ---------------------------------------------------------------- validation / ranking
+
+
+def _validate(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
+    """Return (scores float64, labels bool), both (N, C), or raise MetricInputError."""
+    try:
+        s = np.asarray(scores, dtype=np.float64)
+        y_raw = np.asarray(labels, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MetricInputError(f"scores and labels must be numeric arrays: {exc}") from exc
+    if s.ndim != 2 or y_raw.ndim != 2:
+        raise MetricInputError(
+            f"scores and labels must be 2-D (N, C); got shapes {s.shape} and {y_raw.shape}"
+        )
+    if s.shape != y_raw.shape:
+        raise MetricInputError(f"shape mismatch: scores {s.shape} vs labels {y_raw.shape}")
+    if s.shape[0] == 0 or s.shape[1] == 0:
+        raise MetricInputError(f"need at least one video and one class; got shape {s.shape}")
+    if not np.isfinite(s).all():
+        bad = int((~np.isfinite(s)).sum())
+        raise MetricInputError(f"scores contain {bad} NaN or infinite value(s)")
+    if not ((y_raw == 0) | (y_raw == 1)).all():
+        raise MetricInputError("labels must be binary (0/1 or bool)")
+    return s, y_raw.astype(bool)
+
+
+def _validate_k(k: object, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise MetricInputError(f"{name} must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _rank(scores: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Class indices per video by descending score, ties by class index: (N, min(k, C))."""
+    n, c = scores.shape
+    k = c if k is None else min(k, c)
+    out = np.empty((n, k), dtype=np.int64)
+    step = max(1, _SORT_CHUNK_ELEMS // c)
+    for start in range(0, n, step):
+        # A stable sort of the negated scores keeps equal scores in class-index order.
+        block = np.argsort(-scores[start : start + step], axis=1, kind="stable")
+        out[start : start + step] = block[:, :k]
+    return out
+
+
+def _ap_of_ranked_hits(hits: np.ndarray, n_positives: int) -> float:
+    """Non-interpolated AP of a ranked 0/1 list, normalised by all positives (retrieved or not)."""
+    if n_positives == 0:
+        return 0.0
+    ranks = np.arange(1, hits.size + 1)
+    precision_at_hit = np.cumsum(hits)[hits] / ranks[hits]
+    return float(precision_at_hit.sum() / n_positives)
+
+
+def _class_aps(s: np.ndarray, y: np.ndarray, retrieved: np.ndarray) -> np.ndarray:
+    """AP per class over the retrieved videos, ranked by score then video index: (C,)."""
+    # Unretrieved entries sort last and never count as hits, so they only enter the denominator.
+    masked = np.where(retrieved, -s, np.inf)
+    order = np.argsort(masked, axis=0, kind="stable")
+    hits = np.take_along_axis(y & retrieved, order, axis=0)
+    ranks = np.arange(1, s.shape[0] + 1, dtype=np.float64)[:, None]
+    precision_sum = (np.cumsum(hits, axis=0) / ranks * hits).sum(axis=0)
+    support = y.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, precision_sum / support, np.nan)
+
+
+def _nanmean_or_nan(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _retrieved_mask(order_k: np.ndarray, n_classes: int) -> np.ndarray:
+    mask = np.zeros((order_k.shape[0], n_classes), dtype=bool)
+    np.put_along_axis(mask, order_k, True, axis=1)
+    return mask
+
+
+# ---------------------------------------------------------------- internals on validated input
+
+
+def _hit_at_k(y: np.ndarray, order: np.ndarray, k: int) -> float:
+    return float(np.take_along_axis(y, order[:, :k], axis=1).any(axis=1).mean())
+
+
+def _gap(s: np.ndarray, y: np.ndarray, order: np.ndarray, k: int) -> float:
+    top = order[:, :k]
+    # Row-major flattening lists entries by (video, rank); rank order within a video already
+    # follows class index on ties, so a stable sort realises the (-score, video, class) key.
+    pooled_scores = np.take_along_axis(s, top, axis=1).ravel()
+    pooled_hits = np.take_along_axis(y, top, axis=1).ravel()
+    by_score = np.argsort(-pooled_scores, kind="stable")
+    return _ap_of_ranked_hits(pooled_hits[by_score], int(y.sum()))
+
+
+def _perr(y: np.ndarray, order: np.ndarray) -> float:
+    n_pos = y.sum(axis=1)
+    has_pos = n_pos > 0
+    if not has_pos.any():
+        return float("nan")
+    hits_cum = np.cumsum(np.take_along_axis(y[has_pos], order[has_pos], axis=1), axis=1)
+    n = n_pos[has_pos]
+    return float((hits_cum[np.arange(n.size), n - 1] / n).mean())
+
+
+def _map_top_k(s: np.ndarray, y: np.ndarray, order: np.ndarray, top_k: int) -> float:
+    retrieved = _retrieved_mask(order[:, :top_k], s.shape[1])
+    return _nanmean_or_nan(_class_aps(s, y, retrieved))
+
+
+# ---------------------------------------------------------------- public metrics
+
+
+def hit_at_k(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Fraction of all N videos whose top-k classes contain at least one true label."""
+    s, y = _validate(scores, labels)
+    k = _validate_k(k)
+    return _hit_at_k(y, _rank(s, k), k)
+
+
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Top-k accuracy: for single-label data the usual definition; for multi-label, hit@k."""
+    return hit_at_k(scores, labels, k)
+
+
+def gap(scores: np.ndarray, labels: np.ndarray, k: int = 20) -> float:
+    """YouTube-8M global average precision over each video's top-k (class, score) pairs.
+
+    The pooled pairs are ranked by score and AP is normalised by ``labels.sum()``, so positives
+    outside every top-k count as misses. 0.0 when there are no positives (as YouTube-8M).
+    """
+    s, y = _validate(scores, labels)
+    k = _validate_k(k)
+    return _gap(s, y, _rank(s, k), k)
+
+
+def perr(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Precision at equal recall rate: precision of each video's top-n, n = its positives.
+
+    Mean over videos with >= 1 positive; ``nan`` if there are none.
+    """
+    s, y = _validate(scores, labels)
+    return _perr(y, _rank(s))
+
+
+def average_precision_per_class(
+    scores: np.ndarray, labels: np.ndarray, top_k: int | None = None
+) -> np.ndarray:
+    """AP of each class, (C,) float64; ``nan`` for classes without positives.
+
+    ``top_k=None`` ranks all videos per class. With ``top_k`` only the classes in a video's
+    top_k are retrieved for it (YouTube-8M's sparse predictions); the AP denominator is always
+    every positive of the class.
+    """
+    s, y = _validate(scores, labels)
+    if top_k is None:
+        return _class_aps(s, y, np.ones_like(y))
+    top_k = _validate_k(top_k, "top_k")
+    return _class_aps(s, y, _retrieved_mask(_rank(s, top_k), s.shape[1]))
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray, top_k: int = 20) -> float:
+    """YouTube-8M mAP: per-class AP on top_k-sparsified predictions, mean over classes with
+    positives (``nan`` if none)."""
+    return _nanmean_or_nan(average_precision_per_class(scores, labels, top_k=_validate_k(top_k)))
+
+
+def mean_average_precision_full(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes with positives of full-ranking AP (``nan`` if none)."""
+    return _nanmean_or_nan(average_precision_per_class(scores, labels, top_k=None))
+
+
+def precision_recall_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One class's PR curve from 1-D scores (N,) and binary labels (N,).
+
+    Returns (precision, recall), each (N + 1,), one point per rank (ties by index) plus the
+    starting point (precision 1, recall 0). Raises if there is no positive.
+    """
+    s, y = _validate(np.reshape(scores, (-1, 1)), np.reshape(labels, (-1, 1)))
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise MetricInputError("a precision-recall curve needs at least one positive")
+    hits = y[np.argsort(-s[:, 0], kind="stable"), 0]
+    tp = np.cumsum(hits)
+    precision = np.concatenate([[1.0], tp / np.arange(1, hits.size + 1)])
+    recall = np.concatenate([[0.0], tp / n_pos])
+    return precision, recall
+
+
+def _is_single_label(y: np.ndarray) -> bool:
+    return bool((y.sum(axis=1) == 1).all())
+
+
+def per_class_precision_recall(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    *,
+    multilabel: bool | None = None,
+    threshold: float = 0.5,
+) -> ClassStats:
+    """Per-class precision, recall, full-ranking AP and support.
+
+    Single-label: each video predicts its argmax class (ties -> lowest index). Multi-label:
+    a video predicts every class with ``score >= threshold`` (scores must be probabilities).
+    ``multilabel=None`` infers single-label when every video has exactly one positive.
+    """
+    s, y = _validate(scores, labels)
+    if multilabel is None:
+        multilabel = not _is_single_label(y)
+    if multilabel:
+        predicted = s >= threshold
+    else:
+        predicted = np.zeros_like(y)
+        predicted[np.arange(s.shape[0]), s.argmax(axis=1)] = True
+    tp = (predicted & y).sum(axis=0)
+    n_predicted = predicted.sum(axis=0)
+    support = y.sum(axis=0)
+    precision = np.divide(tp, n_predicted, out=np.zeros(tp.shape), where=n_predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(tp.shape), where=support > 0)
+    ap = _class_aps(s, y, np.ones_like(y))
+    return ClassStats(precision=precision, recall=recall, ap=ap, support=support.astype(np.int64))
+
+
+def confusion_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(C, C) int64 counts, rows = true class, columns = predicted argmax (single-label only)."""
+    s, y = _validate(scores, labels)
+    if not _is_single_label(y):
+        raise MetricInputError("confusion_matrix needs exactly one positive label per video")
+    c = s.shape[1]
+    flat = y.argmax(axis=1) * c + s.argmax(axis=1)
+    return np.bincount(flat, minlength=c * c).reshape(c, c).astype(np.int64)
+
+
+def evaluate_all(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
+    """hit_at_1, top5, gap_at_20, mean_ap (YouTube-8M, top 20), perr and n (videos)."""
+    s, y = _validate(scores, labels)
+    order = _rank(s)  # one full ranking shared by every metric
+    return {
+        "hit_at_1": _hit_at_k(y, order, 1),
+        "top5": _hit_at_k(y, order, 5),
+        "gap_at_20": _gap(s, y, order, 20),
+        "mean_ap": _map_top_k(s, y, order, 20),
+        "perr": _perr(y, order),
+        "n": int(s.shape[0]),
+    }

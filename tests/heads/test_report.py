@@ -1,0 +1,270 @@
+"""heads.report on fake run directories laid out per the run-directory contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from heads import report
+from vidfeat.errors import VidfeatError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["walk", "run", "jump|hop", "swim"]  # "|" must be escaped in Markdown tables
+
+
+def make_run(
+    root: Path,
+    name: str,
+    *,
+    seed: int,
+    model: str | None = "lstm",
+    n_epochs: int = 6,
+    best: int = 4,
+    classes: list[str] = CLASSES,
+    multilabel: bool = False,
+    n_test: int = 40,
+    with_test_metrics: bool = True,
+    with_predictions: bool = True,
+) -> dict:
+    """Write a complete run directory with synthetic numbers; return what was written."""
+    rng = np.random.default_rng(seed)
+    run = root / name
+    run.mkdir(parents=True)
+    config = {
+        "head": {"hidden_size": 32, "num_layers": 1},
+        "epochs": n_epochs,
+        "store": {"path": "f.zarr", "dim": 2048, "dtype": "float32", "attrs": {"model": "inc"}},
+    }
+    if model is not None:
+        config["model"] = model
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "label_map.json").write_text(json.dumps({"labels": classes, "multilabel": multilabel}))
+    ids = [f"vid{i:03d}" for i in range(n_test)]
+    (run / "split.csv").write_text("video_id,split\n" + "".join(f"{v},test\n" for v in ids))
+
+    epochs = []
+    for e in range(1, n_epochs + 1):
+        val_loss = 1.0 + 0.1 * abs(e - best) + 0.01 * rng.random()
+        epochs.append(
+            {
+                "epoch": e,
+                "train_loss": 2.0 / e,
+                "val_loss": val_loss,
+                "train_hit_at_1": 1 - 1 / (e + 1),
+                "val_hit_at_1": 0.5 + 0.05 * e * rng.random(),
+                "val_gap_at_20": 0.4,
+                "lr": 1e-3,
+                "wall_s": 10.0 + e,
+                "trainable_params": 12345 * seed,
+            }
+        )
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
+
+    c = len(classes)
+    # Every class present, supports uneven so "top classes by support" is meaningful.
+    y_true = rng.permutation(np.concatenate([np.arange(c), rng.integers(0, c, n_test - c)]))
+    labels = np.eye(c, dtype=np.uint8)[y_true]
+    if multilabel:
+        labels |= (rng.random((n_test, c)) < 0.3).astype(np.uint8)
+    # Mostly correct predictions with some confusions.
+    y_pred = np.where(rng.random(n_test) < 0.7, y_true, rng.integers(0, c, n_test))
+    scores = (rng.random((n_test, c)) * 0.4 + 0.6 * np.eye(c)[y_pred]).astype(np.float32)
+    if with_predictions:
+        np.savez(run / "test_predictions.npz", video_id=np.array(ids), scores=scores, labels=labels)
+    test_metrics = {
+        "hit_at_1": 0.6123,
+        "top5": 0.95,
+        "gap_at_20": 0.5432,
+        "mean_ap": 0.4321,
+        "perr": 0.55,
+        "n_test": n_test,
+        "train_wall_s": 123.4,  # the trainer's own total, preferred over summing epochs
+    }
+    if with_test_metrics:
+        (run / "test_metrics.json").write_text(json.dumps(test_metrics))
+    return {
+        "dir": run,
+        "epochs": epochs,
+        "scores": scores,
+        "labels": labels,
+        "y_true": y_true,
+        "y_pred": y_pred,
+        "test_metrics": test_metrics,
+    }
+
+
+def assert_png(path: Path, min_kb: float = 10) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > min_kb * 1024, (path, len(data))
+    image = mpimg.imread(path)
+    height, width = image.shape[:2]
+    assert height > 300 and width > 400, (path, image.shape)
+    assert image[..., :3].std() > 0.01  # not a blank canvas
+    return height, width
+
+
+def table_row(md: str, first_cell: str, after: str = "") -> list[str]:
+    """Cells of the first table row starting with first_cell, searched after ``after``."""
+    for line in md[md.index(after) :].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row starting with {first_cell!r}")
+
+
+def test_single_run_report(tmp_path):
+    run = make_run(tmp_path / "runs", "lstm_a", seed=1)
+    out = tmp_path / "report"
+    md_path = report.write_report([run["dir"]], out)
+    assert md_path == out / "report.md"
+    md = md_path.read_text(encoding="utf-8")
+
+    for png in ("lstm_a_training.png", "lstm_a_confusion.png", "lstm_a_pr_curves.png"):
+        assert f"]({png})" in md
+        assert_png(out / png)
+    assert not (out / "comparison_val_curves.png").exists()
+    h, w = assert_png(out / "lstm_a_confusion.png")
+    assert w > 1.5 * h  # counts and row-normalised side by side
+
+    # Summary row: values from test_metrics.json / metrics.jsonl / config.json.
+    assert table_row(md, "lstm_a") == [
+        "lstm_a", "lstm", "0.6123", "0.5432", "0.4321", "4", "123.4", "12,345"
+    ]  # fmt: skip
+
+    # Per-class table, recomputed here with plain counting and scikit-learn's AP.
+    y_true, y_pred = run["y_true"], run["y_pred"]
+    for c, name in enumerate(CLASSES):
+        tp = int(np.sum((y_true == c) & (y_pred == c)))
+        precision = tp / max(int(np.sum(y_pred == c)), 1)
+        recall = tp / int(np.sum(y_true == c))
+        ap = average_precision_score(run["labels"][:, c], run["scores"][:, c])
+        row = table_row(md, name.replace("|", "\\|"), after="| class | precision")
+        assert row[1:] == [
+            f"{precision:.4f}", f"{recall:.4f}", f"{ap:.4f}", str(int(np.sum(y_true == c)))
+        ]  # fmt: skip
+    assert "argmax (single-label)" in md
+
+
+def test_two_runs_compared_with_missing_fields(tmp_path):
+    a = make_run(tmp_path / "x", "gru", seed=2, model="gru", best=2)
+    b = make_run(
+        tmp_path / "y", "bof", seed=3, model=None, best=5,
+        with_test_metrics=False, with_predictions=False,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    md = report.write_report([a["dir"], b["dir"]], out).read_text(encoding="utf-8")
+
+    assert "](comparison_val_curves.png)" in md
+    assert_png(out / "comparison_val_curves.png")
+    for slug in ("gru", "bof"):
+        assert_png(out / f"{slug}_training.png")
+        assert f"## Run `{slug}`" in md
+    assert (out / "gru_confusion.png").exists() and not (out / "bof_confusion.png").exists()
+    assert table_row(md, "gru")[1:6] == ["gru", "0.6123", "0.5432", "0.4321", "2"]
+    # bof has no model in config.json and no test_metrics.json.
+    assert table_row(md, "bof")[1:6] == ["—", "—", "—", "—", "5"]
+    # Without test_metrics.json, totals come from metrics.jsonl.
+    assert table_row(md, "bof")[6] == f"{sum(r['wall_s'] for r in b['epochs']):.1f}"
+    assert table_row(md, "bof")[7] == f"{12345 * 3:,}"
+    summary = md.split("## Run")[0]
+    assert summary.index("| gru |") < summary.index("| bof |")  # runs keep the given order
+
+
+def test_multilabel_run_has_no_confusion_matrix(tmp_path):
+    run = make_run(tmp_path, "moe", seed=4, multilabel=True)
+    out = tmp_path / "out"
+    md = report.write_report([run["dir"]], out).read_text(encoding="utf-8")
+    assert not (out / "moe_confusion.png").exists()
+    assert_png(out / "moe_pr_curves.png")
+    assert "score ≥ 0.5 (multi-label)" in md
+    precision = np.sum((run["scores"][:, 0] >= 0.5) & (run["labels"][:, 0] == 1)) / np.sum(
+        run["scores"][:, 0] >= 0.5
+    )
+    assert table_row(md, "walk", after="| class |")[1] == f"{precision:.4f}"
+
+
+def test_many_classes_cap_pr_curves_and_say_so(tmp_path, monkeypatch):
+    classes = [f"class_{i:02d}" for i in range(60)]
+    run = make_run(tmp_path, "big", seed=5, classes=classes, n_test=300)
+    seen = {}
+    original_save = report._save
+
+    def spy(fig, path):
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        entries = [t.get_text() for t in legend.get_texts()] if legend else []
+        lines = [(ln.get_xdata(), ln.get_ydata()) for ln in ax.get_lines()]
+        seen[path.name] = (ax.get_title(), entries, lines)
+        original_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", spy)
+    report.write_report([run["dir"]], tmp_path / "out")
+    title, entries, lines = seen["big_pr_curves.png"]
+    assert len(entries) == report.MAX_PR_CURVES
+    assert "top 10 of 60" in title
+    support = np.bincount(run["y_true"], minlength=60)
+    top_names = [classes[c] for c in np.argsort(-support, kind="stable")[:10]]
+    assert [e.split(" (")[0] for e in entries] == top_names
+    # Each curve is drawn as steps whose area is the AP printed in its legend.
+    for name, entry, (recall, precision) in zip(top_names, entries, lines, strict=True):
+        c = classes.index(name)
+        ap = average_precision_score(run["labels"][:, c], run["scores"][:, c])
+        assert f"AP {ap:.3f}," in entry
+        assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(ap)
+    assert_png(tmp_path / "out" / "big_confusion.png")
+
+
+def test_resumed_and_torn_metrics_log(tmp_path):
+    run = make_run(tmp_path, "resumed", seed=6, best=4, with_test_metrics=False)
+    log_path = run["dir"] / "metrics.jsonl"
+    # Resume re-ran epoch 2 with a much lower val loss, then the process died mid-line.
+    redo = dict(run["epochs"][1], val_loss=0.01)
+    log_path.write_text(log_path.read_text() + json.dumps(redo) + "\n" + '{"epoch": 7, "val_')
+    md = report.write_report([run["dir"]], tmp_path / "out").read_text(encoding="utf-8")
+    assert table_row(md, "resumed")[5] == "2"
+    wall = sum(r["wall_s"] for r in run["epochs"])  # epoch 2 counted once
+    assert table_row(md, "resumed")[6] == f"{wall:.1f}"
+
+
+def test_run_with_only_config_still_reports(tmp_path):
+    run = tmp_path / "bare"
+    run.mkdir()
+    # The store's provenance may name the backbone; only the head's model name counts.
+    config = {"store": {"model": "inception_v3", "dim": 2048}, "train": {"model": "attention"}}
+    (run / "config.json").write_text(json.dumps(config))
+    md = report.write_report([run], tmp_path / "out").read_text(encoding="utf-8")
+    assert table_row(md, "bare")[1:] == ["attention", "—", "—", "—", "—", "—", "—"]
+    assert "training curves omitted" in md
+    assert "per-class results omitted" in md
+
+
+def test_same_folder_names_get_distinct_plot_files(tmp_path):
+    a = make_run(tmp_path / "one", "run", seed=7, with_predictions=False)
+    b = make_run(tmp_path / "two", "run", seed=8)
+    out = tmp_path / "out"
+    md = report.write_report([a["dir"], b["dir"]], out).read_text(encoding="utf-8")
+    assert (out / "run_training.png").exists() and (out / "run_2_training.png").exists()
+    assert "](run_2_confusion.png)" in md
+    assert not (out / "run_confusion.png").exists()  # the first run has no predictions
+
+
+def test_invalid_inputs_raise_report_error(tmp_path):
+    with pytest.raises(report.ReportError, match="no run directories"):
+        report.write_report([], tmp_path / "out")
+    with pytest.raises(report.ReportError, match="not found"):
+        report.write_report([tmp_path / "missing"], tmp_path / "out")
+    run = make_run(tmp_path, "bad", seed=9)
+    (run["dir"] / "label_map.json").write_text(json.dumps({"labels": ["a", "b"]}))
+    with pytest.raises(report.ReportError, match="2 labels but"):
+        report.write_report([run["dir"]], tmp_path / "out")
+    (run["dir"] / "label_map.json").write_text("{not json")
+    with pytest.raises(report.ReportError, match="cannot read JSON") as info:
+        report.write_report([run["dir"]], tmp_path / "out")
+    assert isinstance(info.value, VidfeatError)
+    assert not (tmp_path / "out" / "report.md").exists()
