@@ -1,0 +1,187 @@
+"""Apply a PCA (and optionally YouTube-8M's 8-bit quantization) to features before storing.
+
+``FeatureReduction`` is the one place that turns backbone features into stored features; both
+``apply_pca_to_store`` (derive a new store from an existing one) and extraction with ``--pca``
+use it, so the two paths cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vidfeat.errors import ConfigError
+from vidfeat.pca.transform import PCATransform, load_pca
+from vidfeat.quantize import quantization_attrs, quantize
+
+if TYPE_CHECKING:
+    from vidfeat.store import StoreReader
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (videos done, videos total)
+# Per-video columns copied verbatim from the parent store.
+_INFO_COLUMNS = ("source_path", "decoder", "split", "group", "duration_s", "native_fps")
+
+
+@dataclass(frozen=True)
+class FeatureReduction:
+    """PCA then, if ``quantize``, YouTube-8M's uint8 codes in [-2, 2]."""
+
+    pca: PCATransform | None = None
+    quantize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quantize and self.pca is None:
+            # Raw InceptionV3 features are ReLU means in roughly [0, 10]: clipping them to
+            # [-2, 2] would silently destroy them. Quantization only makes sense after whitening.
+            raise ConfigError("quantization needs a PCA (--pca): raw features do not fit [-2, 2]")
+
+    @classmethod
+    def from_options(
+        cls, pca_path: str | os.PathLike | None, quantize: bool = False
+    ) -> FeatureReduction:
+        """Build from CLI-style options (``--pca PATH``, ``--quantize``)."""
+        return cls(None if pca_path is None else load_pca(pca_path), quantize)
+
+    def output_dim(self, input_dim: int) -> int:
+        """Stored feature size; raises if the PCA was made for another input size."""
+        if self.pca is None:
+            return input_dim
+        if self.pca.input_dim != input_dim:
+            raise ConfigError(
+                f"PCA expects {self.pca.input_dim}-d features but the input has {input_dim}-d"
+            )
+        return self.pca.output_dim
+
+    @property
+    def dtype(self) -> str | None:
+        """Stored dtype forced by the reduction (``None``: the caller's choice)."""
+        if self.quantize:
+            return "uint8"
+        return "float32" if self.pca is not None else None
+
+    @property
+    def quantization(self) -> dict | None:
+        return quantization_attrs() if self.quantize else None
+
+    def attrs(self) -> dict[str, Any]:
+        """Store attrs recording the PCA (``{"pca": None}`` when there is none)."""
+        return {"pca": None if self.pca is None else self.pca.provenance()}
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """(T, D) float features -> (T, K) float32, or uint8 codes when quantizing."""
+        if self.pca is None:
+            return np.asarray(features)
+        reduced = self.pca.apply(features)
+        return quantize(reduced) if self.quantize else reduced
+
+
+def _parent_block(src_path: str | os.PathLike, reader: StoreReader) -> dict[str, Any]:
+    # Only what identifies the parent's features: a parent that grows keeps the same block,
+    # so the derived store can be resumed to cover the new videos.
+    return {
+        "path": str(Path(src_path).resolve()),
+        "format": reader.format,
+        "dim": reader.dim,
+        "dtype": str(reader.dtype),
+        "quantization": reader.quantization,
+        "pca": reader.attrs.get("pca"),
+    }
+
+
+def apply_pca_to_store(
+    src_path: str | os.PathLike,
+    pca: PCATransform,
+    out_path: str | os.PathLike,
+    quantize: bool = False,
+    format: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Derive a reduced store from ``src_path``, video by video; rerun to resume.
+
+    Successful videos are transformed, failed ones copied as failures, so the derived store
+    describes the same videos. Returns counts for the run.
+    """
+    from vidfeat.store import create_store, open_store
+
+    if Path(src_path).resolve() == Path(out_path).resolve():
+        raise ConfigError("the output store must differ from the input store")
+    reduction = FeatureReduction(pca, quantize)
+    with open_store(src_path) as reader:
+        dim = reduction.output_dim(reader.dim)
+        attrs = {
+            **reader.attrs,
+            **reduction.attrs(),
+            "parent_store": _parent_block(src_path, reader),
+        }
+        if not reader.ok_ids:
+            logger.warning("%s has no successful videos; only failures will be copied", src_path)
+        writer = create_store(
+            out_path,
+            dim=dim,
+            format=format,
+            attrs=attrs,
+            dtype=reduction.dtype or "float32",
+            quantization=reduction.quantization,
+        )
+        with writer:
+            counts = _copy_videos(reader, writer, reduction, progress)
+    logger.info("derived %s from %s: %s", out_path, src_path, counts)
+    return {"out_path": str(out_path), "dim": dim, "dtype": reduction.dtype, **counts}
+
+
+def _copy_videos(
+    reader: StoreReader, writer: Any, reduction: FeatureReduction, progress: Progress | None
+) -> dict[str, int]:
+    done_ok = writer.committed_ids(status="ok")
+    done_any = writer.committed_ids()
+    counts = {"written": 0, "failures_copied": 0, "skipped": 0, "frames": 0}
+    rows = reader.videos.to_dict("records")
+    for i, row in enumerate(rows, start=1):
+        vid, ok = row["video_id"], row["status"] == "ok"
+        # An ok video is redone if only a failure was committed (the parent was retried since).
+        if vid in (done_ok if ok else done_any):
+            counts["skipped"] += 1
+        else:
+            info = {k: row[k] for k in _INFO_COLUMNS if k in row}
+            if ok:
+                out = reduction(reader.read(vid))  # (T, K) float32 or uint8
+                writer.write(
+                    vid, out, labels=row["labels"], timestamps=reader.timestamps(vid), **info
+                )
+                counts["written"] += 1
+                counts["frames"] += len(out)
+            else:
+                writer.write_failure(vid, row["status"], row["reason"], row["labels"], **info)
+                counts["failures_copied"] += 1
+        if progress is not None:
+            progress(i, len(rows))
+    return counts
+
+
+def describe_features(reader: StoreReader) -> dict[str, Any]:
+    """What ``vidfeat info`` shows about the stored features: size, dtype, PCA, quantization."""
+    itemsize = np.dtype(reader.dtype).itemsize
+    table = reader.videos
+    n_frames = int(table.loc[table["status"] == "ok", "n_frames"].sum()) if len(table) else 0
+    pca = reader.attrs.get("pca")
+    return {
+        "dim": reader.dim,
+        "dtype": str(np.dtype(reader.dtype)),
+        "bytes_per_frame": reader.dim * itemsize,
+        "n_frames": n_frames,
+        "feature_bytes": n_frames * reader.dim * itemsize,
+        "quantization": reader.quantization,
+        "pca": None
+        if not pca
+        else {
+            k: pca.get(k) for k in ("source", "input_dim", "output_dim", "variance_kept", "sha256")
+        },
+    }
