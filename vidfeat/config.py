@@ -1,0 +1,93 @@
+"""Extraction configuration: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from fractions import Fraction
+from pathlib import Path
+
+from vidfeat.errors import ConfigError
+
+SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (0-based I) -> (I, N)."""
+    m = SHARD_RE.match(text.strip())
+    if not m or not int(m[1]) < int(m[2]):
+        raise ConfigError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+    return int(m[1]), int(m[2])
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+    """Everything ``vidfeat extract`` needs. Fields that change features go into store attrs."""
+
+    manifest: Path
+    out: Path
+    format: str | None = None  # zarr | hdf5 | None (by suffix)
+    backbone: str = "inception_v3"
+    weights: str = "yt8m"
+    fps: str = "1"  # kept as text so 1/3 or 29.97 round-trips exactly
+    max_frames: int = 360
+    decoder: str = "decord"
+    workers: int = 2
+    batch_size: int = 32
+    device: str = "auto"
+    precision: str = "fp32"
+    dtype: str = "float32"  # stored dtype without quantization: float32 | float16
+    pca: str | None = None
+    quantize: bool = False
+    timeout_s: float = 300.0
+    shard: tuple[int, int] = (0, 1)
+    fail_fast: bool = False
+    retry_failed: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "manifest", Path(self.manifest))
+        object.__setattr__(self, "out", Path(self.out))
+        problems = []
+        try:
+            fps = Fraction(str(self.fps))
+            if fps <= 0:
+                problems.append("fps must be > 0")
+        except (ValueError, ZeroDivisionError):
+            problems.append(f"fps must be a number like 1, 0.5 or 1/3, got {self.fps!r}")
+        if not 1 <= self.max_frames <= 100_000:
+            problems.append("max_frames must be between 1 and 100000")
+        if self.workers < 1 or self.batch_size < 1:
+            problems.append("workers and batch_size must be >= 1")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}")
+        if not DEVICES_RE.match(self.device):
+            problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.dtype not in ("float32", "float16"):
+            problems.append("dtype must be float32 or float16 (use --quantize for uint8)")
+        if self.quantize and not self.pca:
+            problems.append("--quantize needs --pca (raw features do not fit [-2, 2])")
+        if self.timeout_s <= 0:
+            problems.append("timeout must be > 0 seconds")
+        i, n = self.shard
+        if not 0 <= i < n:
+            problems.append(f"shard must satisfy 0 <= I < N, got {i}/{n}")
+        if problems:
+            raise ConfigError("invalid extraction settings: " + "; ".join(problems))
+
+    @property
+    def fps_fraction(self) -> Fraction:
+        return Fraction(str(self.fps))
+
+    @property
+    def part_name(self) -> str:
+        i, n = self.shard
+        return "main" if n == 1 else f"shard-{i:05d}-of-{n:05d}"
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["manifest"], data["out"] = str(self.manifest), str(self.out)
+        data["shard"] = f"{self.shard[0]}/{self.shard[1]}"
+        return data

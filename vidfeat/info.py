@@ -1,0 +1,108 @@
+"""``vidfeat info``: what a store holds, how it was made, and what failed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from vidfeat.pca.apply import describe_features
+from vidfeat.store import open_store
+
+
+def _disk_bytes(path: Path) -> int:
+    paths = [path, path.with_name(path.name + ".parts")]
+    total = 0
+    for p in paths:
+        if p.is_file():
+            total += p.stat().st_size
+        elif p.is_dir():
+            for root, _dirs, files in os.walk(p):
+                total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def store_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON-friendly summary of a store."""
+    path = Path(path)
+    with open_store(path) as r:
+        videos = r.videos
+        ok = videos[videos["status"] == "ok"]
+        failed = videos[videos["status"] != "ok"]
+        attrs = r.attrs
+        backbone = attrs.get("backbone") or {}
+        labels = sorted({x for labs in ok["labels"] for x in labs})
+        return {
+            "path": str(path),
+            "format": r.format,
+            "schema_version": r.meta.schema_version,
+            "created": r.meta.created,
+            "videos": len(videos),
+            "ok": len(ok),
+            "failed": len(failed),
+            "failures_by_status": failed["status"].value_counts().to_dict(),
+            "frames": int(ok["n_frames"].sum()),
+            "frames_per_video": {
+                "min": int(ok["n_frames"].min()) if len(ok) else 0,
+                "mean": float(ok["n_frames"].mean()) if len(ok) else 0.0,
+                "max": int(ok["n_frames"].max()) if len(ok) else 0,
+            },
+            "parts": sorted(videos["part"].unique().tolist()),
+            "labels": labels,
+            "features": describe_features(r),
+            "disk_bytes": _disk_bytes(path),
+            "backbone": backbone.get("name"),
+            "weights": backbone.get("weights_id"),
+            "fps": attrs.get("fps"),
+            "max_frames": attrs.get("max_frames"),
+            "precision": attrs.get("precision"),
+            "attrs": attrs,
+            "failures": [
+                {"video_id": v, "status": s, "reason": why, "source_path": src}
+                for v, s, why, src in failed[
+                    ["video_id", "status", "reason", "source_path"]
+                ].itertuples(index=False)
+            ],
+        }
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def format_summary(s: dict[str, Any], show_failures: bool = True, max_failures: int = 50) -> str:
+    f = s["features"]
+    fpv = s["frames_per_video"]
+    pca = f.get("pca")
+    lines = [
+        f"store       {s['path']} ({s['format']}, schema v{s['schema_version']})",
+        f"videos      {s['videos']} ({s['ok']} ok, {s['failed']} failed) "
+        f"in {len(s['parts'])} part(s)",
+        f"frames      {s['frames']} (per video min {fpv['min']}, mean {fpv['mean']:.1f}, "
+        f"max {fpv['max']})",
+        f"features    {f['dim']}-d {f['dtype']}, {f['bytes_per_frame']} bytes/frame, "
+        f"{_mib(f['feature_bytes'])} of features, {_mib(s['disk_bytes'])} on disk",
+        f"backbone    {s['backbone']} weights={s['weights']} precision={s['precision']}",
+        f"sampling    fps={s['fps']} max_frames={s['max_frames']}",
+        f"pca         {_describe_pca(pca)}",
+        f"quantized   {f['quantization'] or 'no'}",
+        f"labels      {len(s['labels'])}: {', '.join(s['labels'][:20])}"
+        + (" ..." if len(s["labels"]) > 20 else ""),
+    ]
+    if s["failed"]:
+        by = ", ".join(f"{k}: {v}" for k, v in s["failures_by_status"].items())
+        lines.append(f"failures    {by}")
+        if show_failures:
+            for fail in s["failures"][:max_failures]:
+                lines.append(f"  {fail['video_id']}  [{fail['status']}] {fail['reason']}")
+            if len(s["failures"]) > max_failures:
+                lines.append(f"  ... {len(s['failures']) - max_failures} more (use --json)")
+    return "\n".join(lines)
+
+
+def _describe_pca(pca: dict | None) -> str:
+    if not pca:
+        return "none"
+    kept = pca.get("variance_kept")
+    kept_txt = f", variance kept {kept:.3f}" if isinstance(kept, float) else ""
+    return f"{pca.get('source')} {pca.get('input_dim')} -> {pca.get('output_dim')}{kept_txt}"

@@ -1,0 +1,315 @@
+"""``extract(cfg)``: manifest -> decode -> sample -> preprocess -> backbone -> (PCA) -> store.
+
+Decoding, sampling and resizing run in isolated worker processes (a hung or crashing decoder
+costs one video); the parent batches preprocessed frames from all videos in flight through the
+backbone, so decode overlaps inference and batches stay full. A video is written only when all
+its frames are embedded, and the store commits whole videos only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidfeat import __version__
+from vidfeat.config import ExtractConfig
+from vidfeat.errors import DecodeError
+from vidfeat.manifest import ManifestEntry, read_manifest
+from vidfeat.pca.apply import FeatureReduction
+from vidfeat.preprocess import preprocess_frame
+from vidfeat.store import StoreWriter, create_store
+from vidfeat.workers import DecodePool, FramesChunk, VideoDone, VideoFailed
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ExtractSummary:
+    total: int = 0  # videos in this shard of the manifest
+    skipped: int = 0  # already in the store
+    ok: int = 0
+    failed: int = 0
+    frames: int = 0
+    seconds: float = 0.0  # whole job
+    setup_s: float = 0.0  # manifest, weights, store; the rest is the decode+embed loop
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)  # video_id -> status
+
+    @property
+    def frames_per_s(self) -> float:
+        """Throughput of the decode + embed loop (excluding setup)."""
+        loop_s = self.seconds - self.setup_s
+        return self.frames / loop_s if loop_s > 0 else 0.0
+
+
+def shard_of(video_id: str, n_shards: int) -> int:
+    """Stable shard for a video: independent of manifest order, so edits don't reshuffle.
+
+    A cryptographic hash, because CRC32's low bits barely move between ids like v1, v2, v3.
+    """
+    digest = hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n_shards
+
+
+def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReduction) -> dict:
+    """Everything that determines the stored features (the store refuses to mix others)."""
+    return {
+        "backbone": spec_attrs,
+        "precision": cfg.precision,
+        "fps": cfg.fps,
+        "max_frames": cfg.max_frames,
+        "sampling": "last frame with pts <= k/fps from the first frame, k < fps * duration",
+        **reduction.attrs(),
+        "vidfeat_version": __version__,
+        "command": " ".join(sys.argv),
+    }
+
+
+@dataclasses.dataclass
+class _Video:
+    entry: ManifestEntry
+    chunks: list[np.ndarray] = dataclasses.field(default_factory=list)  # (n, D) float32
+    timestamps: list[np.ndarray] = dataclasses.field(default_factory=list)
+    embedded: int = 0
+    done: VideoDone | None = None
+
+
+class _Extraction:
+    """The parent's event loop: feed the pool, batch frames, embed, write whole videos."""
+
+    def __init__(
+        self,
+        cfg: ExtractConfig,
+        backbone: object,
+        reduction: FeatureReduction,
+        writer: StoreWriter,
+        summary: ExtractSummary,
+    ) -> None:
+        self.cfg, self.backbone, self.reduction = cfg, backbone, reduction
+        self.writer, self.summary = writer, summary
+        self.videos: dict[str, _Video] = {}
+        # Frames waiting for the backbone: (video_id, (n, S, S, 3) float32 chunk).
+        self.pending: list[tuple[str, np.ndarray]] = []
+        self.pending_frames = 0
+        self.failed_since_update = 0  # failures not yet counted by the progress bar
+        self.started = time.monotonic()
+
+    def run(self, todo: list[ManifestEntry], progress: Any) -> None:
+        transform = functools.partial(preprocess_frame, spec=self.backbone.spec)
+        with DecodePool(
+            num_workers=self.cfg.workers,
+            decoder=self.cfg.decoder,
+            fps=self.cfg.fps_fraction,
+            max_frames=self.cfg.max_frames,
+            frame_transform=transform,
+            timeout_s=self.cfg.timeout_s,
+        ) as pool:
+            for entry in todo:
+                self.videos[entry.video_id] = _Video(entry)
+            # Only full batches are embedded inside the loop: workers keep decoding meanwhile,
+            # and the last partial batch is embedded once the pool has drained.
+            for event in pool.map((e.video_id, str(e.path)) for e in todo):
+                self.handle(event)
+                while self.pending_frames >= self.cfg.batch_size:
+                    self.embed_batch()
+                self.tick(progress)
+            while self.pending:
+                self.embed_batch()
+            self.tick(progress)
+
+    def tick(self, progress: Any) -> None:
+        """Write finished videos and show videos/s (tqdm), frames/s and failures."""
+        finished = self.finish_ready()
+        if finished:
+            elapsed = max(1e-9, time.monotonic() - self.started)
+            progress.set_postfix(
+                frames_s=f"{self.summary.frames / elapsed:.1f}",
+                failed=self.summary.failed,
+                refresh=False,
+            )
+            progress.update(finished)
+
+    def handle(self, event: object) -> None:
+        if isinstance(event, FramesChunk):
+            video = self.videos[event.job_id]
+            video.timestamps.append(np.asarray(event.timestamps_s, dtype=np.float64))
+            self.pending.append((event.job_id, event.frames))
+            self.pending_frames += len(event.frames)
+        elif isinstance(event, VideoDone):
+            self.videos[event.job_id].done = event
+        elif isinstance(event, VideoFailed):
+            self.fail(event.job_id, event.status, event.reason)
+
+    def embed_batch(self) -> None:
+        import torch
+
+        batch, owners = self._take_batch()
+        # (N, S, S, 3) HWC float32 from the workers is channels_last NCHW after a permute.
+        feats = self.backbone.embed_preprocessed(torch.from_numpy(batch)).float().cpu().numpy()
+        start = 0
+        for video_id, n in owners:
+            video = self.videos.get(video_id)
+            if video is not None:
+                video.chunks.append(feats[start : start + n])
+                video.embedded += n
+            start += n
+
+    def _take_batch(self) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        parts, owners, n = [], [], 0
+        while self.pending and n < self.cfg.batch_size:
+            video_id, frames = self.pending[0]
+            take = min(len(frames), self.cfg.batch_size - n)
+            parts.append(frames[:take])
+            owners.append((video_id, take))
+            n += take
+            if take == len(frames):
+                self.pending.pop(0)
+            else:
+                self.pending[0] = (video_id, frames[take:])
+        self.pending_frames -= n
+        return np.concatenate(parts, axis=0), owners
+
+    def finish_ready(self) -> int:
+        """Write every video whose frames are all embedded; returns videos finished."""
+        ready = [
+            v
+            for v in self.videos.values()
+            if v.done is not None and v.embedded >= int(v.done.info["n_frames"])
+        ]
+        for video in ready:
+            del self.videos[video.entry.video_id]
+            self.write(video)
+        finished, self.failed_since_update = len(ready) + self.failed_since_update, 0
+        return finished
+
+    def write(self, video: _Video) -> None:
+        e, info = video.entry, video.done.info
+        feats = np.concatenate(video.chunks, axis=0)
+        self.writer.write(
+            e.video_id,
+            self.reduction(feats),
+            labels=e.labels,
+            timestamps=np.concatenate(video.timestamps),
+            source_path=str(e.path),
+            duration_s=info.get("duration_s"),
+            native_fps=info.get("native_fps"),
+            decoder=info.get("decoder", self.cfg.decoder),
+            split=e.split,
+            group=e.group,
+        )
+        self.summary.ok += 1
+        self.summary.frames += len(feats)
+
+    def fail(self, video_id: str, status: str, reason: str) -> None:
+        video = self.videos.pop(video_id)
+        # Drop its frames still waiting for the backbone: nothing partial is stored.
+        self.pending = [(v, f) for v, f in self.pending if v != video_id]
+        self.pending_frames = sum(len(f) for _, f in self.pending)
+        e = video.entry
+        self.writer.write_failure(
+            video_id,
+            status,
+            reason,
+            labels=e.labels,
+            source_path=str(e.path),
+            decoder=self.cfg.decoder,
+            split=e.split,
+            group=e.group,
+        )
+        self.summary.failed += 1
+        self.summary.failures[video_id] = status
+        self.failed_since_update += 1
+        log.warning("%s failed (%s): %s", video_id, status, reason)
+        if self.cfg.fail_fast:
+            raise DecodeError(f"{video_id}: {reason}", status=status)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    # Batch schedulers send SIGTERM; turning it into KeyboardInterrupt runs the same cleanup
+    # (commit finished videos, stop workers) as Ctrl-C.
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Run (or resume) one extraction job. Raises VidfeatError subclasses on bad input."""
+    from vidfeat.backbones import create_backbone
+
+    t0 = time.monotonic()
+    entries = read_manifest(cfg.manifest)
+    i, n = cfg.shard
+    entries = [e for e in entries if shard_of(e.video_id, n) == i]
+    reduction = FeatureReduction.from_options(cfg.pca, cfg.quantize)
+    backbone = create_backbone(
+        cfg.backbone, weights=cfg.weights, device=cfg.device, precision=cfg.precision
+    )
+    dim = reduction.output_dim(backbone.spec.feature_dim)
+    summary = ExtractSummary(total=len(entries))
+    with (
+        create_store(
+            cfg.out,
+            dim=dim,
+            format=cfg.format,
+            attrs=store_attrs(cfg, backbone.spec.to_attrs(), reduction),
+            dtype=reduction.dtype or cfg.dtype,
+            quantization=reduction.quantization,
+            part=cfg.part_name,
+        ) as writer,
+        _sigterm_as_interrupt(),
+    ):
+        done = writer.committed_ids("ok" if cfg.retry_failed else "any")
+        todo = [e for e in entries if e.video_id not in done]
+        summary.skipped = len(entries) - len(todo)
+        if summary.skipped:
+            log.info(
+                "resuming: %d of %d videos already in %s", summary.skipped, len(entries), cfg.out
+            )
+        job = _Extraction(cfg, backbone, reduction, writer, summary)
+        summary.setup_s = time.monotonic() - t0
+        with _progress(len(todo), cfg.progress) as progress:
+            job.run(todo, progress)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+@contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total,
+        unit="video",
+        disable=not enabled,
+        dynamic_ncols=True,
+        desc="extract",
+        smoothing=0.1,
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def default_out(manifest: Path) -> Path:
+    return manifest.with_suffix(".zarr")
