@@ -1,0 +1,39 @@
+"""Stage-2 heads: ``create_head(name, input_dim=D, num_classes=C, cfg=HeadConfig(...))``.
+
+Each family lives in its own module and registers its names in ``HEADS`` on import; the
+imports below are what makes every family available.
+"""
+
+from heads.models import attention, bof, logistic, moe, recurrent
+from heads.models.base import (
+    HEADS,
+    AdditiveAttentionPool,
+    Head,
+    HeadConfig,
+    HeadInputError,
+    create_head,
+    lengths_to_mask,
+    linear_weights,
+    masked_max,
+    masked_mean,
+    weighted_sum,
+)
+
+__all__ = [
+    "HEADS",
+    "AdditiveAttentionPool",
+    "Head",
+    "HeadConfig",
+    "HeadInputError",
+    "attention",
+    "bof",
+    "create_head",
+    "lengths_to_mask",
+    "linear_weights",
+    "logistic",
+    "masked_max",
+    "masked_mean",
+    "moe",
+    "recurrent",
+    "weighted_sum",
+]

@@ -1,0 +1,278 @@
+"""Head contract: the shared config, the ``Head`` base module and padding-safe pooling helpers.
+
+Every head maps zero-padded frame features ``x`` (B, T, D) and their true ``lengths`` (B,) to
+class logits (B, C). Padding must never change an output, so every op over time either runs on
+packed sequences or masks the padded steps out before it reduces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from vidfeat.errors import ConfigError, VidfeatError
+from vidfeat.registry import Registry
+
+REDUCTIONS = ("last", "mean", "weighted", "attention")
+POOLINGS = ("max", "mean")
+INPUT_NORMS = ("layer", "none")
+
+
+class HeadInputError(VidfeatError, ValueError):
+    """The tensors given to a head do not match its contract (shape, dtype, lengths)."""
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Hyper-parameters shared by all head families; each family reads the fields it needs.
+
+    The defaults assume Adam at lr 1e-3 and were picked on synthetic tasks where classes differ
+    only in the order of events: a wide (256) recurrent state learns order from few videos
+    far more reliably than a narrow one, and the last valid state ("last") beat the mean of
+    states when frames are noisy.
+    """
+
+    hidden_size: int = 256  # recurrent units per direction
+    num_layers: int = 1  # stacked recurrent layers, 1..3
+    dropout: float = 0.2  # between recurrent layers and inside the FC blocks
+    residual: bool = False  # add each recurrent layer's input to its output (projected if needed)
+    reduction: str = "last"  # recurrent heads: how per-step states become one video vector
+    attention_size: int = 128  # width of the additive attention scorer
+    pooling: str = "max"  # bof: order-blind pooling over valid frames
+    fc_size: int = 256  # width of the FC blocks (bof) and of the top block (recurrent heads)
+    num_experts: int = 2  # moe: experts per class, plus one dummy expert (as YouTube-8M)
+    input_norm: str = "layer"  # per-frame LayerNorm of the input features, or "none"
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "attention_size", "fc_size", "num_experts"):
+            _check_int(name, getattr(self, name), low=1)
+        _check_int("num_layers", self.num_layers, low=1, high=3)
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+            raise ConfigError(f"dropout must be a number, got {dropout!r}")
+        if not (0.0 <= dropout < 1.0) or math.isnan(dropout):
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+        # JSON may hand back 0 for 0.0; store a float so round trips compare equal.
+        object.__setattr__(self, "dropout", float(dropout))
+        if not isinstance(self.residual, bool):
+            raise ConfigError(f"residual must be true or false, got {self.residual!r}")
+        _check_choice("reduction", self.reduction, REDUCTIONS)
+        _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("input_norm", self.input_norm, INPUT_NORMS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeadConfig:
+        """Inverse of ``to_dict``; missing keys take defaults, unknown keys are refused."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"head config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown head config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ConfigError(f"{name} must be {bounds}, got {value}")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding-safe reductions over time. h: (B, T, F); lengths: (B,) int64; mask: (B, T) bool.
+
+
+def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(B,) lengths -> (B, max_len) bool mask, True on valid steps."""
+    steps = torch.arange(max_len, device=lengths.device)
+    return steps.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def masked_mean(h: Tensor, lengths: Tensor) -> Tensor:
+    """(B, T, F) -> (B, F) mean over the valid steps only."""
+    mask = lengths_to_mask(lengths, h.shape[1]).unsqueeze(-1)
+    # where() rather than multiply, so non-finite junk in padding cannot leak in as NaN.
+    total = torch.where(mask, h, 0.0).sum(dim=1)
+    return total / lengths.to(h.dtype).unsqueeze(1)
+
+
+def masked_max(h: Tensor, lengths: Tensor) -> Tensor:
+    """(B, T, F) -> (B, F) element-wise max over the valid steps only."""
+    mask = lengths_to_mask(lengths, h.shape[1]).unsqueeze(-1)
+    return h.masked_fill(~mask, float("-inf")).amax(dim=1)
+
+
+def linear_weights(lengths: Tensor, max_len: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B, max_len) weights t / T_b for steps t = 1..T_b of each video, 0 on padding."""
+    steps = torch.arange(1, max_len + 1, device=lengths.device, dtype=dtype).unsqueeze(0)
+    weights = steps / lengths.to(dtype).unsqueeze(1)
+    return torch.where(lengths_to_mask(lengths, max_len), weights, 0.0)
+
+
+def weighted_sum(h: Tensor, lengths: Tensor) -> Tensor:
+    """(B, T, F) -> (B, F) sum of h_t weighted by t / T over each video's own valid steps.
+
+    The last valid step has weight 1 and the first 1/T, so late frames count most. It is a sum,
+    not a mean, so its scale grows like (T + 1) / 2.
+    """
+    mask = lengths_to_mask(lengths, h.shape[1]).unsqueeze(-1)
+    h = torch.where(mask, h, 0.0)
+    weights = linear_weights(lengths, h.shape[1], h.dtype).unsqueeze(-1)
+    return (weights * h).sum(dim=1)
+
+
+def last_valid(h: Tensor, lengths: Tensor) -> Tensor:
+    """(B, T, F) -> (B, F) the state at each video's last valid step."""
+    index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, h.shape[2])
+    return h.gather(1, index).squeeze(1)
+
+
+class AdditiveAttentionPool(nn.Module):
+    """Additive attention pooling (Yang et al. 2016) over the valid steps.
+
+    u_t = tanh(W h_t + b), alpha_t = softmax_t(u_t . u_w) over valid t, output sum_t alpha_t h_t.
+    """
+
+    def __init__(self, dim: int, attention_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, attention_size)
+        self.context = nn.Parameter(torch.randn(attention_size) / math.sqrt(attention_size))
+
+    def weights(self, h: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, F) -> (B, T) attention weights, summing to 1 over valid steps, 0 on padding."""
+        mask = lengths_to_mask(lengths, h.shape[1])
+        scores = torch.tanh(self.proj(h)) @ self.context
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+
+    def forward(self, h: Tensor, lengths: Tensor) -> Tensor:
+        mask = lengths_to_mask(lengths, h.shape[1]).unsqueeze(-1)
+        h = torch.where(mask, h, 0.0)
+        return (self.weights(h, lengths).unsqueeze(-1) * h).sum(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def check_inputs(x: Tensor, lengths: Tensor, input_dim: int) -> Tensor:
+    """Refuse inputs that break the head contract; return ``lengths`` as int64."""
+    if x.dim() != 3 or not x.is_floating_point():
+        raise HeadInputError(f"x must be a float (B, T, D) tensor, got {tuple(x.shape)} {x.dtype}")
+    if x.shape[2] != input_dim:
+        raise HeadInputError(f"x has feature dim {x.shape[2]}, head expects {input_dim}")
+    bad_dtype = lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool
+    if lengths.dim() != 1 or lengths.shape[0] != x.shape[0] or bad_dtype:
+        raise HeadInputError(
+            f"lengths must be an int (B,) tensor with B={x.shape[0]}, "
+            f"got {tuple(lengths.shape)} {lengths.dtype}"
+        )
+    if x.shape[0] == 0:
+        raise HeadInputError("empty batch")
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 1 or high > x.shape[1]:
+        raise HeadInputError(f"lengths must be in 1..{x.shape[1]} (T), got {low}..{high}")
+    return lengths.long()
+
+
+class Head(nn.Module):
+    """Base of every head: input checks, input norm, encode -> top block -> classifier.
+
+    Subclasses build ``self.top`` (the last block before the classifier; may be empty) and
+    ``self.fc`` (the classifier) and implement ``encode`` (B, T, D) -> (B, F). Heads with a
+    per-step encoder also implement ``encode_frames`` (B, T, D) -> (B, T, F) and set
+    ``supports_per_frame``.
+    """
+
+    supports_per_frame: ClassVar[bool] = False
+    # True when the head provably ignores frame order (it pools frames first).
+    order_invariant: ClassVar[bool] = False
+
+    def __init__(self, input_dim: int, num_classes: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        _check_int("input_dim", input_dim, low=1)
+        _check_int("num_classes", num_classes, low=1)
+        if not isinstance(cfg, HeadConfig):
+            raise ConfigError(f"cfg must be a HeadConfig, got {type(cfg).__name__}")
+        self.input_dim = input_dim
+        self.num_classes = num_classes
+        self.cfg = cfg
+        # Per-frame, so it cannot mix padding into valid steps. It puts raw CNN features
+        # (non-negative, mean ~0.4) and unit-scale features on the same footing.
+        self.input_norm = nn.LayerNorm(input_dim) if cfg.input_norm == "layer" else nn.Identity()
+        # Subclasses assign these last, so module (and state_dict) order ends with top -> fc.
+        self.top: nn.Module
+        self.fc: nn.Module
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The final layer producing logits; has ``in_features`` and ``out_features``."""
+        return self.fc
+
+    @property
+    def top_block(self) -> nn.Module:
+        """The last block before the classifier (an empty module for linear heads)."""
+        return self.top
+
+    def make_classifier(self, in_features: int, num_classes: int) -> nn.Module:
+        """Build a fresh classifier; overridden by heads whose classifier is not one Linear."""
+        return nn.Linear(in_features, num_classes)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a freshly initialised one for ``num_classes`` classes."""
+        _check_int("num_classes", num_classes, low=1)
+        old = self.fc
+        ref = next(old.parameters())
+        self.fc = self.make_classifier(old.in_features, num_classes).to(ref.device, ref.dtype)
+        self.num_classes = num_classes
+
+    def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, D) normalised frames -> (B, F) video-level features."""
+        raise NotImplementedError
+
+    def encode_frames(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, D) normalised frames -> (B, T, F) per-step features."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """x (B, T, D) zero-padded, lengths (B,) -> (B, C) logits."""
+        lengths = check_inputs(x, lengths, self.input_dim)
+        return self.fc(self.top(self.encode(self.input_norm(x), lengths)))
+
+    def forward_per_frame(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """x (B, T, D), lengths (B,) -> (B, T, C) logits at every step; 0 on padded steps."""
+        if not self.supports_per_frame:
+            raise HeadInputError(f"{type(self).__name__} has no per-frame outputs")
+        lengths = check_inputs(x, lengths, self.input_dim)
+        logits = self.fc(self.top(self.encode_frames(self.input_norm(x), lengths)))
+        mask = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1)
+        return torch.where(mask, logits, 0.0)
+
+
+HEADS: Registry[Head] = Registry("head")
+
+
+def create_head(
+    name: str, *, input_dim: int, num_classes: int, cfg: HeadConfig | None = None
+) -> Head:
+    """Build the registered head ``name`` for D-dim frame features and C classes."""
+    return HEADS.create(
+        name,
+        input_dim=input_dim,
+        num_classes=num_classes,
+        cfg=cfg if cfg is not None else HeadConfig(),
+    )
