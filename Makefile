@@ -18,6 +18,11 @@ demo: install
 	$(PY) data_manifests/make_demo.py --out $(DEMO)
 	$(VENV)/bin/vidfeat extract $(DEMO)/manifest.csv --out $(DEMO)/features.zarr
 	$(VENV)/bin/vidfeat info $(DEMO)/features.zarr
+	rm -rf $(DEMO)/runs/bilstm
+	$(VENV)/bin/heads train $(DEMO)/features.zarr --model bilstm --out $(DEMO)/runs/bilstm \
+		--epochs 40 --optimizer adam --no-progress
+	$(VENV)/bin/heads evaluate $(DEMO)/runs/bilstm
+	$(VENV)/bin/heads report $(DEMO)/runs/bilstm --out $(DEMO)/report
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

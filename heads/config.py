@@ -1,0 +1,176 @@
+"""Stage-2 configuration: frozen dataclasses validated on construction, with a JSON round trip.
+
+``TrainConfig`` holds everything that determines a training run (model, head, data, optimiser,
+schedule, stopping rule, seed); a full copy is saved in every checkpoint and in ``config.json``
+so a run directory can rebuild its model and data pipeline alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from heads.models import HeadConfig
+from vidfeat.errors import ConfigError
+
+SAMPLINGS = ("head", "uniform", "random-crop")
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+LOSSES = ("auto", "single", "multi")
+METRICS = ("hit_at_1", "top5", "gap_at_20", "mean_ap", "perr")  # all "higher is better"
+MONITORS = ("val_loss", *METRICS)
+# Adam and RMSProp are scale-free, so 1e-3 works across heads; SGD needs a larger step.
+DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "rmsprop": 1e-3}
+SGD_MOMENTUM = 0.9
+
+
+def _int(name: str, value: object, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ConfigError(f"{name} must be {bounds}, got {value}")
+
+
+def _float(
+    obj: object, name: str, low: float, high: float | None = None, *, open_low: bool = False
+) -> None:
+    """Check a float field and normalise ints to float (so JSON round trips compare equal)."""
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    too_low = value <= low if open_low else value < low
+    if too_low or (high is not None and value > high):
+        sign = ">" if open_low else ">="
+        bounds = f"{sign} {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{name} must be {bounds}, got {value}")
+    object.__setattr__(obj, name, float(value))
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _from_dict(cls: type, data: object, nested: dict[str, Any] | None = None) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+    kwargs = dict(data)
+    for key, build in (nested or {}).items():
+        if key in kwargs:
+            kwargs[key] = build(kwargs[key])
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which frames each video contributes, how batches are formed and how videos are split."""
+
+    max_frames: int = 300  # frames per video after skip_first (YouTube-8M uses 300 at 1 fps)
+    skip_first: int = 0  # drop this many leading frames (intros); at least one frame always stays
+    sampling: str = "head"  # head: first N | uniform: N evenly spaced | random-crop: see data.py
+    batch_size: int = 32
+    num_workers: int = 0  # DataLoader worker processes; results do not depend on it
+    bucket: bool = True  # batch videos of similar length together (less padding)
+    bucket_batches: int = 16  # batches per bucket: a pool of this many batches is length-sorted
+    classes: tuple[str, ...] | None = None  # train on this label subset only
+    test_fraction: float = 0.2  # of all videos, when the store has no split
+    val_fraction: float = 0.1  # of the non-test videos, held out for early stopping
+
+    def __post_init__(self) -> None:
+        _int("max_frames", self.max_frames, low=1)
+        _int("skip_first", self.skip_first, low=0)
+        _choice("sampling", self.sampling, SAMPLINGS)
+        _int("batch_size", self.batch_size, low=1)
+        _int("num_workers", self.num_workers, low=0)
+        if not isinstance(self.bucket, bool):
+            raise ConfigError(f"bucket must be true or false, got {self.bucket!r}")
+        _int("bucket_batches", self.bucket_batches, low=1)
+        _float(self, "test_fraction", 0.0, 0.9)
+        _float(self, "val_fraction", 0.0, 0.9)
+        if self.classes is not None:
+            if isinstance(self.classes, str) or not all(
+                isinstance(c, str) and c for c in self.classes
+            ):
+                raise ConfigError(f"classes must be a list of label names, got {self.classes!r}")
+            if len(set(self.classes)) != len(self.classes) or not self.classes:
+                raise ConfigError(f"classes must be non-empty and unique, got {self.classes!r}")
+            object.__setattr__(self, "classes", tuple(self.classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["classes"] = None if self.classes is None else list(self.classes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run. ``lr=None`` resolves to the optimiser default."""
+
+    model: str
+    head: HeadConfig = field(default_factory=HeadConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: str = "adam"  # sgd (momentum 0.9) | adam | rmsprop
+    lr: float | None = None  # None -> DEFAULT_LR[optimizer]
+    weight_decay: float = 0.0
+    lr_step: int = 0  # multiply lr by lr_gamma every lr_step epochs; 0 keeps it constant
+    lr_gamma: float = 0.1
+    grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
+    epochs: int = 50
+    patience: int = 10  # epochs without improvement before stopping; 0 never stops early
+    monitor: str = "val_loss"  # or a validation metric (higher is better)
+    seed: int = 0
+    loss: str = "auto"  # single: softmax CE | multi: sigmoid BCE | auto: multi iff any video has >1
+    class_weights: bool = False  # inverse-frequency class weights in the loss
+    device: str = "auto"  # auto: cuda if available, else cpu
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError(f"model must be a head name, got {self.model!r}")
+        if not isinstance(self.head, HeadConfig):
+            raise ConfigError(f"head must be a HeadConfig, got {type(self.head).__name__}")
+        if not isinstance(self.data, DataConfig):
+            raise ConfigError(f"data must be a DataConfig, got {type(self.data).__name__}")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
+        _float(self, "lr", 0.0, open_low=True)
+        _float(self, "weight_decay", 0.0)
+        _int("lr_step", self.lr_step, low=0)
+        _float(self, "lr_gamma", 0.0, 1.0, open_low=True)
+        _float(self, "grad_clip", 0.0)
+        _int("epochs", self.epochs, low=1)
+        _int("patience", self.patience, low=0)
+        _choice("monitor", self.monitor, MONITORS)
+        _int("seed", self.seed, low=0, high=2**63 - 1)
+        _choice("loss", self.loss, LOSSES)
+        if not isinstance(self.class_weights, bool):
+            raise ConfigError(f"class_weights must be true or false, got {self.class_weights!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (nested dicts for head and data)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["head"] = self.head.to_dict()
+        data["data"] = self.data.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        nested = {"head": HeadConfig.from_dict, "data": DataConfig.from_dict}
+        return _from_dict(cls, data, nested)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again). ``lr`` was resolved when this
+        config was built, so changing ``optimizer`` alone keeps the old learning rate."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,326 @@
+"""Stage-2 data path: store -> per-video frame selection -> length-bucketed padded batches.
+
+The store is opened lazily inside whichever process reads (the main process or a DataLoader
+worker), never inherited across fork or pickled for spawn. All randomness is a pure function of
+(seed, epoch, video index), and the epoch travels with each index from the sampler, which lives
+in the main process; batches are therefore identical for any ``num_workers`` and start method,
+and with persistent workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from heads.config import DataConfig
+from vidfeat.errors import ConfigError
+from vidfeat.store import StoreReader, open_store
+
+log = logging.getLogger(__name__)
+
+SampleKey = tuple[int, int]  # (index into the dataset, epoch)
+
+
+# ------------------------------------------------------------------------------ label map
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Class names in logit order, and whether videos may carry several labels."""
+
+    labels: tuple[str, ...]
+    multilabel: bool
+
+    def __post_init__(self) -> None:
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"a label map needs unique class names, got {self.labels!r}")
+        object.__setattr__(self, "labels", tuple(self.labels))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def encode(self, labels: Iterable[str]) -> np.ndarray:
+        """Multi-hot (C,) float32; labels outside the map are ignored."""
+        index = {name: i for i, name in enumerate(self.labels)}
+        out = np.zeros(len(self.labels), dtype=np.float32)
+        for name in labels:
+            if name in index:
+                out[index[name]] = 1.0
+        return out
+
+    def to_dict(self) -> dict:
+        return {"labels": list(self.labels), "multilabel": bool(self.multilabel)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LabelMap:
+        return cls(labels=tuple(data["labels"]), multilabel=bool(data["multilabel"]))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LabelMap:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def build_label_map(
+    videos: pd.DataFrame, classes: Sequence[str] | None = None
+) -> tuple[LabelMap, pd.DataFrame]:
+    """Label map over the ok videos (all their labels, sorted, or ``classes`` in that order).
+
+    Returns the map and the ok videos that carry at least one of its labels (others are left
+    out with a warning), with ``labels`` restricted to the map.
+    """
+    ok = videos[videos["status"] == "ok"]
+    seen = sorted({name for labels in ok["labels"] for name in labels})
+    if classes is not None:
+        unknown = sorted(set(classes) - set(seen))
+        if unknown:
+            raise ConfigError(f"classes not found in the store's videos: {unknown}")
+        names = tuple(classes)
+    else:
+        names = tuple(seen)
+    if not names:
+        raise ConfigError("no labelled videos in the store: nothing to train on")
+    keep_set = set(names)
+    kept_labels = [tuple(x for x in labels if x in keep_set) for labels in ok["labels"]]
+    has_label = np.array([bool(x) for x in kept_labels], dtype=bool)
+    if not has_label.all():
+        log.warning(
+            "%d ok videos have none of the %d classes; left out", (~has_label).sum(), len(names)
+        )
+    kept = ok.loc[has_label].copy()
+    kept["labels"] = [x for x, keep in zip(kept_labels, has_label, strict=True) if keep]
+    multilabel = any(len(x) > 1 for x in kept["labels"])
+    return LabelMap(names, multilabel), kept.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------ frames
+
+
+def effective_length(n_frames: int, cfg: DataConfig) -> int:
+    """Frames a video contributes after skip_first and max_frames (always >= 1)."""
+    skip = min(cfg.skip_first, max(n_frames - 1, 0))
+    return max(1, min(cfg.max_frames, n_frames - skip))
+
+
+def select_frames(
+    n_frames: int, cfg: DataConfig, *, train: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Indices of the frames to use, in time order.
+
+    skip_first drops leading frames (keeping at least one), then ``max_frames`` are chosen:
+    head takes the first, uniform spreads them evenly over the whole remainder (first and
+    last included), random-crop takes a random window when training (``rng``) and the centred
+    window otherwise. A remainder no longer than max_frames is used whole.
+    """
+    skip = min(cfg.skip_first, max(n_frames - 1, 0))
+    avail = n_frames - skip
+    n = cfg.max_frames
+    if avail <= n:
+        return np.arange(skip, n_frames)
+    if cfg.sampling == "uniform":
+        return skip + np.linspace(0, avail - 1, n).round().astype(np.int64)
+    if cfg.sampling == "random-crop":
+        if train:
+            if rng is None:
+                raise ValueError("random-crop training needs an rng")
+            start = int(rng.integers(0, avail - n + 1))
+        else:
+            start = (avail - n) // 2
+        return np.arange(skip + start, skip + start + n)
+    return np.arange(skip, skip + n)
+
+
+# ------------------------------------------------------------------------------ dataset
+
+
+class Sample(NamedTuple):
+    x: torch.Tensor  # (T, D) float32
+    labels: torch.Tensor  # (C,) float32 multi-hot
+    index: int
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor  # (B, T, D) float32, zero-padded after each video's length
+    lengths: torch.Tensor  # (B,) int64
+    labels: torch.Tensor  # (B, C) float32 multi-hot
+    index: torch.Tensor  # (B,) int64 dataset indices, to map outputs back to video ids
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in self))
+
+
+class FeatureDataset(Dataset):
+    """Videos of one split. Items are ``Sample``; keys are an index or (index, epoch)."""
+
+    def __init__(
+        self,
+        store_path: str | Path,
+        videos: pd.DataFrame,
+        label_map: LabelMap,
+        cfg: DataConfig,
+        *,
+        train: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.store_path = str(store_path)
+        self.video_ids: list[str] = [str(v) for v in videos["video_id"]]
+        self.n_frames = np.asarray(videos["n_frames"], dtype=np.int64)  # (N,)
+        self.targets = (
+            np.stack([label_map.encode(x) for x in videos["labels"]]).astype(np.float32)
+            if len(videos)
+            else np.zeros((0, len(label_map)), np.float32)
+        )  # (N, C)
+        self.cfg = cfg
+        self.train = train
+        self.seed = seed
+        self.lengths = np.array([effective_length(int(n), cfg) for n in self.n_frames], np.int64)
+        self._reader = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def _store(self) -> StoreReader:
+        # A reader inherited through fork shares file handles with its parent: reopen.
+        if self._reader is None or self._pid != os.getpid():
+            self._reader = open_store(self.store_path)
+            self._pid = os.getpid()
+        return self._reader
+
+    def frame_indices(self, index: int, epoch: int = 0) -> np.ndarray:
+        """Which stored frames item ``index`` uses in ``epoch``."""
+        rng = None
+        if self.train and self.cfg.sampling == "random-crop":
+            rng = np.random.default_rng([self.seed, epoch, index])
+        return select_frames(int(self.n_frames[index]), self.cfg, train=self.train, rng=rng)
+
+    def __getitem__(self, key: int | SampleKey) -> Sample:
+        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        feats = self._store().read(self.video_ids[index])  # (n_frames, D) float32
+        x = np.ascontiguousarray(feats[self.frame_indices(int(index), int(epoch))])
+        return Sample(torch.from_numpy(x), torch.from_numpy(self.targets[index]), int(index))
+
+    def close(self) -> None:
+        if self._reader is not None and self._pid == os.getpid():
+            self._reader.close()
+        self._reader, self._pid = None, None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reader"], state["_pid"] = None, None
+        return state
+
+
+def collate(samples: Sequence[Sample]) -> Batch:
+    """Zero-pad to the longest video of the batch."""
+    xs = [s.x for s in samples]
+    lengths = torch.tensor([x.shape[0] for x in xs], dtype=torch.int64)
+    x = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True)
+    labels = torch.stack([s.labels for s in samples])
+    index = torch.tensor([s.index for s in samples], dtype=torch.int64)
+    return Batch(x, lengths, labels, index)
+
+
+# ------------------------------------------------------------------------------ batching
+
+
+class BucketBatchSampler(Sampler[list[SampleKey]]):
+    """Batches of (index, epoch) keys.
+
+    Training (shuffle): a seeded permutation per epoch is cut into pools of ``bucket_batches``
+    batches; each pool is sorted by length and cut into batches, and all batches are shuffled.
+    Evaluation: all videos sorted by length (ties by index), in order. ``bucket=False`` keeps the
+    permutation (or index order) as is.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool,
+        bucket: bool = True,
+        bucket_batches: int = 16,
+        seed: int = 0,
+    ) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.bucket = bucket
+        self.pool = batch_size * bucket_batches
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable") if self.bucket else np.arange(n)
+            return [order[i : i + bs] for i in range(0, n, bs)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(n)
+        if not self.bucket:
+            return [perm[i : i + bs] for i in range(0, n, bs)]
+        batches = []
+        for p in range(0, n, self.pool):
+            pool = perm[p : p + self.pool]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches += [pool[i : i + bs] for i in range(0, len(pool), bs)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        for batch in self._batches():
+            yield [(int(i), self.epoch) for i in batch]
+
+    def __len__(self) -> int:
+        if not self.shuffle or not self.bucket:
+            return -(-len(self.lengths) // self.batch_size)
+        full, rest = divmod(len(self.lengths), self.pool)
+        return full * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)
+
+
+def make_loader(
+    dataset: FeatureDataset,
+    cfg: DataConfig,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    pin_memory: bool = False,
+    multiprocessing_context: str | None = None,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` with length bucketing and padding collate."""
+    sampler = BucketBatchSampler(
+        dataset.lengths,
+        cfg.batch_size,
+        shuffle=shuffle,
+        bucket=cfg.bucket,
+        bucket_batches=cfg.bucket_batches,
+        seed=seed,
+    )
+    workers = cfg.num_workers
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        multiprocessing_context=multiprocessing_context if workers > 0 else None,
+        # Its own generator, so creating loaders never advances the global torch RNG (which
+        # dropout draws from and which a resumed run restores).
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,150 @@
+"""Use a trained run: evaluate it on a store, or predict class scores for a store's videos."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from heads import checkpoint as ck
+from heads.data import FeatureDataset, make_loader
+from heads.metrics import evaluate_all
+from heads.run import LoadedRun, format_top_k, is_multilabel, load_run, predict_scores
+from heads.splits import load_splits
+from heads.trainer import Loss, resolve_device
+from vidfeat.errors import ConfigError
+from vidfeat.store import open_store
+
+log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("train", "val", "test", "all")
+FORMATS = ("csv", "yt8m")
+
+
+def _with_overrides(run: LoadedRun, num_workers: int | None, device: str | None) -> LoadedRun:
+    data = run.cfg.data
+    if num_workers is not None:
+        data = dataclasses.replace(data, num_workers=num_workers)
+    cfg = run.cfg.replace(data=data, device=device or run.cfg.device)
+    return dataclasses.replace(run, cfg=cfg)
+
+
+def _open_checked(run: LoadedRun, store: str | Path | None) -> tuple[str, pd.DataFrame]:
+    """The store path and its ok videos, after checking it matches the model's features."""
+    path = str(store if store is not None else run.provenance["path"])
+    with open_store(path) as reader:
+        ck.check_store_compatible(run.provenance, reader)
+        videos = reader.videos[reader.videos["status"] == "ok"].reset_index(drop=True)
+    return path, videos
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    store: str | Path | None = None,
+    *,
+    split: str | None = None,
+    num_workers: int | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Metrics of the run's best model on ``store`` (default: the store it was trained on).
+
+    ``split`` picks the run's train/val/test videos, or ``all`` labelled videos of the store.
+    By default: test when the store holds the run's videos, else all (a held-out store).
+    """
+    if split is not None and split not in EVAL_SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
+    run = _with_overrides(load_run(run_dir), num_workers, device)
+    path, videos = _open_checked(run, store)
+    names = set(run.label_map.labels)
+    videos["labels"] = [tuple(x for x in labels if x in names) for labels in videos["labels"]]
+    labelled = videos[[bool(x) for x in videos["labels"]]]
+    if len(labelled) < len(videos):
+        log.warning(
+            "%d videos carry none of the run's classes; left out", len(videos) - len(labelled)
+        )
+    splits = load_splits(run.run_dir / ck.SPLIT)
+    if split is None:
+        split = "test" if labelled["video_id"].isin(splits["video_id"]).any() else "all"
+    if split != "all":
+        wanted = splits.loc[splits["split"] == split, "video_id"]
+        labelled = labelled[labelled["video_id"].isin(wanted)]
+    if labelled.empty:
+        raise ConfigError(f"no labelled videos of split {split!r} in store {path}")
+    dataset = FeatureDataset(path, labelled, run.label_map, run.cfg.data)
+    dev = resolve_device(run.cfg.device)
+    scores, labels = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
+    metrics = {k: v for k, v in evaluate_all(scores, labels).items() if k != "n"}
+    return {**metrics, "n": len(dataset), "split": split, "store": path}
+
+
+def predict_run(
+    run_dir: str | Path,
+    store: str | Path,
+    *,
+    top_k: int = 20,
+    per_frame: bool = False,
+    fmt: str = "csv",
+    num_workers: int | None = None,
+    device: str | None = None,
+) -> pd.DataFrame:
+    """Top-k class scores for every ok video of ``store`` (or every time step, ``per_frame``).
+
+    csv: ``video_id,predictions`` with "label:score" pairs (per frame: also ``frame`` and
+    ``timestamp_s``); yt8m: YouTube-8M's ``VideoId,LabelConfidencePairs`` ("label score" pairs).
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top-k must be a positive integer, got {top_k!r}")
+    run = _with_overrides(load_run(run_dir), num_workers, device)
+    names = run.label_map.labels
+    if fmt == "yt8m":
+        if per_frame:
+            raise ConfigError("the yt8m format has no per-frame variant; use --format csv")
+        spaced = [n for n in names if any(ch.isspace() for ch in n)]
+        if spaced:
+            raise ConfigError(f"labels with spaces cannot be written as yt8m pairs: {spaced[:3]}")
+    if per_frame and not run.model.supports_per_frame:
+        raise ConfigError(f"{run.cfg.model} has no per-frame outputs; use a recurrent head")
+    path, videos = _open_checked(run, store)
+    if videos.empty:
+        raise ConfigError(f"store {path} has no successfully extracted videos")
+    dataset = FeatureDataset(path, videos, run.label_map, run.cfg.data)
+    dev = resolve_device(run.cfg.device)
+    k = min(top_k, len(names))
+    if per_frame:
+        return _per_frame(run, dataset, dev, k)
+    scores, _ = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
+    if fmt == "yt8m":
+        pairs = [format_top_k(s, names, k, sep=" ") for s in scores]
+        return pd.DataFrame({"VideoId": dataset.video_ids, "LabelConfidencePairs": pairs})
+    pairs = [format_top_k(s, names, k) for s in scores]
+    return pd.DataFrame({"video_id": dataset.video_ids, "predictions": pairs})
+
+
+@torch.no_grad()
+def _per_frame(
+    run: LoadedRun, dataset: FeatureDataset, device: torch.device, k: int
+) -> pd.DataFrame:
+    model = run.model.to(device).eval()
+    loss = Loss(is_multilabel(run.cfg, run.label_map))
+    per_video: dict[int, list[tuple[str, int, float, str]]] = {}
+    with open_store(dataset.store_path) as reader:
+        for batch in make_loader(dataset, run.cfg.data, shuffle=False):
+            logits = model.forward_per_frame(batch.x.to(device), batch.lengths.to(device))
+            probs = loss.probabilities(logits.flatten(0, 1)).view(logits.shape).cpu().numpy()
+            for b, i in enumerate(batch.index.tolist()):
+                vid = dataset.video_ids[i]
+                frames = dataset.frame_indices(i)  # stored frame numbers of the steps
+                times = reader.timestamps(vid)[frames]
+                per_video[i] = [
+                    (vid, int(f), float(t), format_top_k(probs[b, step], run.label_map.labels, k))
+                    for step, (f, t) in enumerate(zip(frames, times, strict=True))
+                ]
+    # Loader batches are length-bucketed; rows go out in store order.
+    rows = [row for i in range(len(dataset)) for row in per_video[i]]
+    return pd.DataFrame(rows, columns=["video_id", "frame", "timestamp_s", "predictions"])

@@ -1,0 +1,100 @@
+"""Synthetic feature stores for tests, benchmarks and sanity checks of temporal modelling.
+
+The *event-order* task has four classes in two pairs: ``ab`` (event A, later event B) vs ``ba``
+(B, later A), and ``cd`` vs ``dc``. Both classes of a pair contain exactly the same kinds of
+frames in the same proportions; only their order differs. An order-blind head (bag of frames,
+mean/max pooling) therefore cannot beat chance (0.5) within a pair, while a recurrent head can
+solve the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from vidfeat.quantize import quantization_attrs, quantize
+from vidfeat.store import create_store
+
+ORDER_CLASSES = {"ab": (0, 1), "ba": (1, 0), "cd": (2, 3), "dc": (3, 2)}  # label -> event order
+Video = tuple[str, np.ndarray, tuple[str, ...]]  # (video_id, (T, D) float32, labels)
+
+
+def order_patterns(dim: int, pattern_seed: int = 1234) -> np.ndarray:
+    """(5, dim) patterns: events A-D, then the background. Random signs of amplitude 0.8, so
+    every frame has about the same norm (a per-frame LayerNorm does not blow up the noise of
+    background frames) and values stay inside uint8 quantization's [-2, 2]."""
+    rng = np.random.default_rng(pattern_seed)
+    return (0.8 * rng.choice([-1.0, 1.0], size=(5, dim))).astype(np.float32)
+
+
+def order_videos(
+    n_videos: int,
+    *,
+    dim: int = 32,
+    min_len: int = 24,
+    max_len: int = 64,
+    noise: float = 0.5,
+    seed: int = 0,
+    pattern_seed: int = 1234,
+) -> Iterator[Video]:
+    """Videos of the event-order task, classes in turn (so every class has n_videos / 4)."""
+    patterns = order_patterns(dim, pattern_seed)
+    rng = np.random.default_rng(seed)
+    labels = list(ORDER_CLASSES)
+    for i in range(n_videos):
+        label = labels[i % len(labels)]
+        length = int(rng.integers(min_len, max_len + 1))
+        x = np.repeat(patterns[4:], length, axis=0)  # (T, D) background frames
+        half = length // 2
+        for event, (lo, hi) in zip(ORDER_CLASSES[label], ((0, half), (half, length)), strict=True):
+            # Each event fills a random window of 1/8..1/4 of the video inside its half.
+            span = int(rng.integers(max(1, length // 8), max(2, length // 4) + 1))
+            start = int(rng.integers(lo, max(lo + 1, hi - span + 1)))
+            x[start : start + span] = patterns[event]
+        x += rng.normal(0.0, noise, size=x.shape).astype(np.float32)
+        yield f"{label}-{seed}-{i:05d}", x, (label,)
+
+
+def write_store(
+    path: str | Path,
+    videos: Iterable[Video],
+    *,
+    dim: int,
+    format: str | None = None,
+    dtype: str = "float32",
+    attrs: dict | None = None,
+    splits: dict[str, str] | None = None,
+) -> Path:
+    """Write ``videos`` to a new store; uint8 stores get YouTube-8M quantization over [-2, 2]."""
+    quant = quantization_attrs() if dtype == "uint8" else None
+    with create_store(path, dim, format, attrs, dtype=dtype, quantization=quant) as writer:
+        for video_id, x, labels in videos:
+            feats = quantize(x) if quant else x
+            extra = {"split": splits[video_id]} if splits and video_id in splits else {}
+            writer.write(video_id, feats, labels=labels, **extra)
+    return Path(path)
+
+
+def write_order_store(
+    path: str | Path,
+    n_videos: int,
+    *,
+    dim: int = 32,
+    seed: int = 0,
+    format: str | None = None,
+    dtype: str = "float32",
+    **task: int | float,
+) -> Path:
+    """A store of the event-order task. Stores with another ``seed`` hold other videos of the
+    same task (same patterns), e.g. a held-out evaluation store."""
+    attrs = {
+        "backbone": "synthetic-event-order",
+        "weights": f"patterns-{task.get('pattern_seed', 1234)}",
+        "pca": None,
+        "fps": 1.0,
+        "video_seed": seed,
+    }
+    videos = order_videos(n_videos, dim=dim, seed=seed, **task)
+    return write_store(path, videos, dim=dim, format=format, dtype=dtype, attrs=attrs)

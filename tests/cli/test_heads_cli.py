@@ -1,0 +1,230 @@
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cli.heads import main
+from heads.synthetic import write_store
+from tests.heads.stores import cluster_videos, make_cluster_store
+
+METRICS = {"hit_at_1", "top5", "gap_at_20", "mean_ap", "perr"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small store with a split column, and two runs on it: bof and gru."""
+    root = tmp_path_factory.mktemp("cli")
+    videos = cluster_videos(60, n_classes=4, seed=0)
+    splits = {vid: ("test" if i % 5 == 0 else "train") for i, (vid, _, _) in enumerate(videos)}
+    store = write_store(
+        root / "s.h5",
+        videos,
+        dim=16,
+        splits=splits,
+        attrs={"backbone": "synthetic", "weights": "w1", "pca": None},
+    )
+    runner = CliRunner()
+    for model in ("bof", "gru"):
+        result = runner.invoke(
+            main,
+            [
+                "-q",
+                "train",
+                str(store),
+                "-m",
+                model,
+                "-o",
+                str(root / model),
+                "--epochs",
+                "3",
+                "--hidden-size",
+                "16",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("test (12 videos): hit_at_1 ")
+    return root, store
+
+
+def test_train_writes_the_run_directory(trained):
+    root, _ = trained
+    names = {p.name for p in (root / "bof").iterdir()}
+    assert {
+        "config.json",
+        "label_map.json",
+        "split.csv",
+        "metrics.jsonl",
+        "best.pt",
+        "last.pt",
+        "test_metrics.json",
+        "test_predictions.npz",
+        "test_predictions.csv",
+    } <= names
+    split = pd.read_csv(root / "bof" / "split.csv")
+    assert (split["split"] == "test").sum() == 12  # the store's split column was used
+    assert set(split["split"]) == {"train", "val", "test"}  # val carved out of train
+    config = json.loads((root / "gru" / "config.json").read_text())
+    assert config["model"] == "gru" and config["head"]["hidden_size"] == 16
+    assert config["epochs"] == 3 and config["lr"] == 1e-3 and config["store"]["dim"] == 16
+
+
+def test_evaluate_json_matches_test_metrics(trained):
+    root, _ = trained
+    result = CliRunner().invoke(main, ["evaluate", str(root / "bof"), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    saved = json.loads((root / "bof" / "test_metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n"] == saved["n_test"] == 12
+    for key in METRICS:
+        assert metrics[key] == pytest.approx(saved[key])
+
+
+def test_predict_csv_and_yt8m(trained, tmp_path):
+    root, store = trained
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["predict", str(root / "bof"), "--store", str(store), "--top-k", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.output))
+    assert list(table.columns) == ["video_id", "predictions"] and len(table) == 60
+    for cell in table["predictions"]:
+        pairs = [p.rsplit(":", 1) for p in cell.split(" ")]
+        scores = [float(s) for _, s in pairs]
+        assert len(pairs) == 3 and scores == sorted(scores, reverse=True)
+        assert {lbl for lbl, _ in pairs} <= {"class0", "class1", "class2", "class3"}
+    out = tmp_path / "sub.csv"
+    result = runner.invoke(
+        main,
+        [
+            "predict",
+            str(root / "bof"),
+            "--store",
+            str(store),
+            "--format",
+            "yt8m",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    sub = pd.read_csv(out)
+    assert list(sub.columns) == ["VideoId", "LabelConfidencePairs"]
+    first = sub["LabelConfidencePairs"][0].split(" ")
+    assert len(first) == 8 and first[0].startswith("class")  # 4 classes: label score x 4
+    # Same scores in both formats.
+    assert table["predictions"][0].split(" ")[0] == f"{first[0]}:{float(first[1]):.6f}"
+
+
+def test_predict_per_frame_for_recurrent_heads(trained):
+    root, store = trained
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["predict", str(root / "gru"), "--store", str(store), "--per-frame", "--top-k", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.output))
+    lengths = {vid: len(x) for vid, x, _ in cluster_videos(60, n_classes=4, seed=0)}
+    assert len(table) == sum(lengths.values())
+    assert table.groupby("video_id").size().to_dict() == lengths
+    first = table[table["video_id"] == "c0-0000"]
+    assert first["frame"].tolist() == list(range(lengths["c0-0000"]))
+    np.testing.assert_allclose(first["timestamp_s"], np.arange(len(first)))  # 1 fps default
+    refused = runner.invoke(
+        main, ["predict", str(root / "bof"), "--store", str(store), "--per-frame"]
+    )
+    assert refused.exit_code == 2
+    assert refused.output.strip().count("\n") == 0 and "per-frame" in refused.output
+
+
+def test_report(trained, tmp_path):
+    root, _ = trained
+    result = CliRunner().invoke(
+        main, ["report", str(root / "bof"), str(root / "gru"), "--out", str(tmp_path / "rep")]
+    )
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "bof" in text and "gru" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "{missing}", "-m", "bof", "-o", "{tmp}/r"], "no feature store"),
+        (["train", "{store}", "-m", "bof", "-o", "{tmp}/r", "--classes", "nope"], "nope"),
+        (["train", "{store}", "-m", "bof", "-o", "{tmp}/r", "--dropout", "2"], "dropout"),
+        (["evaluate", "{tmp}/not-a-run"], "not found"),
+        (["predict", "{run}", "--store", "{other}"], "weights"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(trained, tmp_path, args, message):
+    root, store = trained
+    other = make_cluster_store(tmp_path / "o.zarr", n_videos=8, attrs={"weights": "w9"})
+    values = {
+        "missing": tmp_path / "nope.zarr",
+        "tmp": tmp_path,
+        "store": store,
+        "run": root / "bof",
+        "other": other,
+    }
+    result = CliRunner().invoke(main, [a.format(**values) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "report"])
+def test_help_has_examples(command):
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Examples:" in result.output and f"heads {command} " in result.output
+
+
+def test_split_file_groups_and_config_reuse(tmp_path):
+    store = make_cluster_store(tmp_path / "s.zarr", n_videos=60)
+    with_ids = pd.DataFrame({"video_id": [f"c0-{i:04d}" for i in range(60)]})
+    with_ids["group"] = [f"source{i // 6}" for i in range(60)]  # ten sources of six clips
+    with_ids.to_csv(tmp_path / "manifest.csv", index=False)
+    runner = CliRunner()
+    args = [
+        "-q",
+        "train",
+        str(store),
+        "-m",
+        "logistic",
+        "-o",
+        str(tmp_path / "a"),
+        "--epochs",
+        "1",
+        "--split-file",
+        str(tmp_path / "manifest.csv"),
+        "--seed",
+        "5",
+    ]
+    assert runner.invoke(main, args).exit_code == 0
+    split = pd.read_csv(tmp_path / "a" / "split.csv").merge(with_ids, on="video_id")
+    assert split.groupby("group")["split"].nunique().max() == 1
+    assert set(split["split"]) == {"train", "val", "test"}
+    # --config starts from another run's config.json; explicit options still win.
+    again = [
+        "-q",
+        "train",
+        str(store),
+        "-m",
+        "logistic",
+        "-o",
+        str(tmp_path / "b"),
+        "--config",
+        str(tmp_path / "a" / "config.json"),
+        "--lr",
+        "0.01",
+    ]
+    assert runner.invoke(main, again).exit_code == 0
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["seed"] == 5 and config["epochs"] == 1 and config["lr"] == 0.01
+    rerun = runner.invoke(main, again)
+    assert rerun.exit_code == 2 and "--resume" in rerun.output

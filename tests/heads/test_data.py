@@ -1,0 +1,265 @@
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from heads.config import DataConfig
+from heads.data import (
+    BucketBatchSampler,
+    FeatureDataset,
+    LabelMap,
+    Sample,
+    build_label_map,
+    collate,
+    effective_length,
+    make_loader,
+    select_frames,
+)
+from heads.synthetic import write_store
+from tests.heads.stores import frame_videos, make_frame_store
+from vidfeat.errors import ConfigError
+from vidfeat.quantize import dequantize, quantization_attrs, quantize
+from vidfeat.store import open_store
+
+
+@pytest.fixture(params=["zarr", "hdf5"])
+def store(request, tmp_path):
+    suffix = ".zarr" if request.param == "zarr" else ".h5"
+    return make_frame_store(tmp_path / f"frames{suffix}", request.param)
+
+
+def _dataset(path, cfg=None, train=False, seed=0, classes=None):
+    with open_store(path) as reader:
+        label_map, videos = build_label_map(reader.videos, classes)
+    return FeatureDataset(path, videos, label_map, cfg or DataConfig(), train=train, seed=seed)
+
+
+# --------------------------------------------------------------------------- frame selection
+
+
+def test_head_takes_first_frames_after_skip():
+    cfg = DataConfig(max_frames=4, skip_first=2)
+    assert select_frames(10, cfg, train=True).tolist() == [2, 3, 4, 5]
+    assert select_frames(5, cfg, train=True).tolist() == [2, 3, 4]  # shorter: used whole
+
+
+def test_skip_first_always_leaves_one_frame():
+    cfg = DataConfig(max_frames=4, skip_first=10)
+    assert select_frames(3, cfg, train=False).tolist() == [2]
+    assert effective_length(3, cfg) == 1
+
+
+def test_uniform_spreads_evenly_and_keeps_ends():
+    cfg = DataConfig(max_frames=5, sampling="uniform")
+    idx = select_frames(101, cfg, train=False)
+    assert idx.tolist() == [0, 25, 50, 75, 100]
+    idx = select_frames(37, DataConfig(max_frames=10, sampling="uniform"), train=True)
+    gaps = np.diff(idx)
+    assert idx[0] == 0 and idx[-1] == 36 and len(idx) == 10
+    assert gaps.min() >= 3 and gaps.max() <= 5  # 36 / 9 = 4 frames apart, rounded
+
+
+def test_random_crop_is_a_window_and_reproducible():
+    cfg = DataConfig(max_frames=8, sampling="random-crop", skip_first=3)
+    starts = set()
+    for seed in range(30):
+        idx = select_frames(40, cfg, train=True, rng=np.random.default_rng(seed))
+        assert np.array_equal(idx, np.arange(idx[0], idx[0] + 8))
+        assert 3 <= idx[0] <= 40 - 8
+        starts.add(int(idx[0]))
+    assert len(starts) > 10  # really random over seeds
+    again = select_frames(40, cfg, train=True, rng=np.random.default_rng(7))
+    assert np.array_equal(again, select_frames(40, cfg, train=True, rng=np.random.default_rng(7)))
+    # Evaluation is deterministic: the centred window of the frames after skip_first.
+    assert select_frames(40, cfg, train=False).tolist() == list(range(3 + 14, 3 + 22))
+
+
+def test_random_crop_short_video_used_whole():
+    cfg = DataConfig(max_frames=50, sampling="random-crop")
+    idx = select_frames(12, cfg, train=True, rng=np.random.default_rng(0))
+    assert idx.tolist() == list(range(12))
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def test_dataset_reads_the_selected_frames(store):
+    cfg = DataConfig(max_frames=10, skip_first=1, sampling="uniform")
+    ds = _dataset(store, cfg)
+    originals = {vid: x for vid, x, _ in frame_videos()}
+    for i in range(len(ds)):
+        item = ds[i]
+        vid = ds.video_ids[i]
+        n = len(originals[vid])
+        expected = select_frames(n, cfg, train=False)
+        assert item.x.dtype == torch.float32
+        assert item.x[:, 0].long().tolist() == expected.tolist()  # column 0 = frame number
+        assert torch.all(item.x[:, 1] == int(vid[3:]))
+        assert len(item.x) == ds.lengths[i] == effective_length(n, cfg)
+        np.testing.assert_array_equal(item.x.numpy(), originals[vid][expected])
+
+
+def test_random_crop_differs_by_epoch_not_by_call(store):
+    ds = _dataset(store, DataConfig(max_frames=5, sampling="random-crop"), train=True, seed=3)
+    long_video = int(np.argmax(ds.n_frames))
+    a = ds[(long_video, 1)].x
+    assert torch.equal(a, ds[(long_video, 1)].x)
+    crops = {int(ds[(long_video, e)].x[0, 0]) for e in range(12)}
+    assert len(crops) > 3
+
+
+def test_uint8_store_is_dequantized(tmp_path):
+    videos = [(vid, np.clip(x / 30, -2, 2), labels) for vid, x, labels in frame_videos(5)]
+    path = write_store(tmp_path / "q.zarr", videos, dim=8, dtype="uint8")
+    ds = _dataset(path, DataConfig(max_frames=1000))
+    q = quantization_attrs()
+    for i in range(len(ds)):
+        raw = quantize(dict((v, x) for v, x, _ in videos)[ds.video_ids[i]])
+        expected = dequantize(raw, q["min"], q["max"])
+        np.testing.assert_array_equal(ds[i].x.numpy(), expected)
+        # Quantization is lossy but within half a bin (+ YouTube-8M's half-bin bias).
+        assert np.abs(expected - videos[int(ds.video_ids[i][3:])][1]).max() < 4 / 255 + 1e-6
+
+
+def test_dataset_pickles_without_an_open_reader(store):
+    ds = _dataset(store)
+    ds[0]  # opens the store in this process
+    assert ds._reader is not None
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._reader is None
+    assert torch.equal(clone[3].x, ds[3].x)
+    ds.close()
+
+
+# --------------------------------------------------------------------------- collate, batches
+
+
+def test_collate_pads_with_zeros_and_keeps_lengths():
+    label_map = LabelMap(("a", "b", "c"), multilabel=True)
+    xs = [torch.ones(n, 4) * (i + 1) for i, n in enumerate((3, 1, 5))]
+    samples = [
+        Sample(x, torch.from_numpy(label_map.encode(lbl)), i)
+        for i, (x, lbl) in enumerate(zip(xs, (["a"], ["b", "c"], []), strict=True))
+    ]
+    batch = collate(samples)
+    assert batch.x.shape == (3, 5, 4)
+    assert batch.lengths.tolist() == [3, 1, 5]
+    for i, n in enumerate((3, 1, 5)):
+        assert torch.all(batch.x[i, :n] == i + 1)
+        assert torch.all(batch.x[i, n:] == 0)
+    assert batch.labels.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
+    assert batch.index.tolist() == [0, 1, 2]
+
+
+def _padding_fraction(batches, lengths):
+    padded = sum(len(b) * max(lengths[i] for i, _ in b) for b in batches)
+    return 1 - sum(lengths) / padded
+
+
+def test_bucket_sampler_covers_every_video_once_and_reduces_padding():
+    lengths = np.random.default_rng(0).integers(1, 300, size=1000)
+    kw = {"batch_size": 16, "seed": 5}
+    bucketed = BucketBatchSampler(lengths, shuffle=True, bucket_batches=8, **kw)
+    plain = BucketBatchSampler(lengths, shuffle=True, bucket=False, **kw)
+    for sampler in (bucketed, plain):
+        sampler.set_epoch(2)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        flat = [i for b in batches for i, _ in b]
+        assert sorted(flat) == list(range(1000))
+        assert all(e == 2 for b in batches for _, e in b)
+    pad_b = _padding_fraction(list(bucketed), lengths)
+    pad_p = _padding_fraction(list(plain), lengths)
+    assert pad_b < 0.15 and pad_p > 0.3  # uniform lengths 1..300
+    # Buckets: each batch spans a narrow length range; batches come in shuffled order.
+    first = [lengths[b[0][0]] for b in bucketed]
+    assert not np.all(np.diff(first) >= 0)
+
+
+def test_bucket_sampler_is_seeded_per_epoch_and_deterministic_for_eval():
+    lengths = np.random.default_rng(1).integers(1, 50, size=100)
+    a = BucketBatchSampler(lengths, 8, shuffle=True, seed=1)
+    b = BucketBatchSampler(lengths, 8, shuffle=True, seed=1)
+    a.set_epoch(1), b.set_epoch(1)
+    assert list(a) == list(b)
+    b.set_epoch(2)
+    assert [i for i, _ in next(iter(a))] != [i for i, _ in next(iter(b))]
+    ev = BucketBatchSampler(lengths, 8, shuffle=False)
+    order = [i for batch in ev for i, _ in batch]
+    assert order == list(np.argsort(lengths, kind="stable"))
+    assert order == [i for batch in ev for i, _ in batch]
+
+
+def _collect(ds, cfg, epochs=(1, 2), context=None):
+    loader = make_loader(ds, cfg, shuffle=True, seed=11, multiprocessing_context=context)
+    out = []
+    for epoch in epochs:
+        loader.batch_sampler.set_epoch(epoch)
+        out.append([tuple(t.clone() for t in batch) for batch in loader])
+    return out
+
+
+@pytest.mark.parametrize("workers,context", [(2, "fork"), (2, "spawn"), (4, "fork")])
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_batches_identical_for_any_worker_count(tmp_path, workers, context):
+    path = make_frame_store(tmp_path / "s.zarr")
+    cfg = DataConfig(max_frames=6, sampling="random-crop", batch_size=4, bucket_batches=2)
+    ds = _dataset(path, cfg, train=True, seed=9)
+    reference = _collect(ds, cfg)
+    n = len(ds)
+    ds.close()
+    parallel_cfg = DataConfig(**{**cfg.to_dict(), "num_workers": workers, "classes": None})
+    other = _collect(
+        _dataset(path, parallel_cfg, train=True, seed=9), parallel_cfg, context=context
+    )
+    assert len(reference[0]) == len(other[0]) > 3
+    for ref_epoch, epoch in zip(reference, other, strict=True):
+        for ref, got in zip(ref_epoch, epoch, strict=True):
+            for a, b in zip(ref, got, strict=True):
+                assert torch.equal(a, b)
+    # Persistent workers still see each new epoch: crops of the same videos change.
+    first_frame = [
+        {int(i): float(x[0, 0]) for batch in epoch for x, i in zip(batch[0], batch[3], strict=True)}
+        for epoch in other
+    ]
+    assert first_frame[0].keys() == first_frame[1].keys() == set(range(n))
+    assert first_frame[0] != first_frame[1]
+
+
+# --------------------------------------------------------------------------- label map
+
+
+def _table(rows):
+    return pd.DataFrame(
+        [{"video_id": v, "labels": tuple(lbl), "status": s, "n_frames": 5} for v, lbl, s in rows]
+    )
+
+
+def test_label_map_sorted_over_ok_videos_and_multilabel_detection():
+    videos = _table(
+        [("a", ["zebra"], "ok"), ("b", ["ant", "zebra"], "ok"), ("c", ["moth"], "timeout")]
+    )
+    label_map, kept = build_label_map(videos)
+    assert label_map.labels == ("ant", "zebra")  # moth only on a failed video
+    assert label_map.multilabel
+    assert kept["video_id"].tolist() == ["a", "b"]
+    assert label_map.encode(["zebra", "unknown"]).tolist() == [0.0, 1.0]
+
+
+def test_label_map_class_subset_excludes_other_videos():
+    videos = _table([("a", ["x"], "ok"), ("b", ["y", "x"], "ok"), ("c", ["z"], "ok")])
+    label_map, kept = build_label_map(videos, classes=("y", "z"))
+    assert label_map.labels == ("y", "z")
+    assert not label_map.multilabel  # "x" is outside the subset
+    assert kept["video_id"].tolist() == ["b", "c"]
+    assert kept["labels"].tolist() == [("y",), ("z",)]
+    with pytest.raises(ConfigError, match="not found"):
+        build_label_map(videos, classes=("y", "nope"))
+
+
+def test_label_map_round_trip(tmp_path):
+    label_map = LabelMap(("b", "a"), multilabel=False)
+    label_map.save(tmp_path / "m.json")
+    assert LabelMap.load(tmp_path / "m.json") == label_map
