@@ -1,0 +1,405 @@
+"""Transfer learning: fine-tune a trained run on a new class set (e.g. 5 classes -> 10).
+
+The parent run's head is rebuilt from its best checkpoint, its classifier is replaced by one
+for the new classes (rows of classes the parent knew start from the parent's rows, the others
+fresh), and only the parts named by the train mode are trained:
+
+* ``head``: the classifier only (the parent becomes a fixed feature extractor);
+* ``top``: the classifier and ``model.top_block``, the last block before it;
+* ``all``: everything.
+
+Frozen parameters get ``requires_grad=False`` and are left out of the optimizer. Frozen
+normalisation layers with running statistics (BatchNorm) are pinned in eval mode while training:
+in train mode they would normalise with batch statistics and overwrite their running averages,
+so "frozen" weights would still change what the layer computes. Dropout inside frozen parts
+stays active in training, as in Keras: it holds no state, and it regularises the trained layers
+on small data.
+
+The output is a normal run directory; ``config.json`` carries a ``finetune`` section naming the
+parent run and the train mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import types
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from heads import checkpoint as ck
+from heads.config import TrainConfig
+from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
+from heads.metrics import evaluate_all
+from heads.models import Head
+from heads.run import LoadedRun, load_run, predict_scores, write_predictions
+from heads.splits import assign_splits, load_splits, merge_split_file, read_split_file, save_splits
+from heads.trainer import (
+    Loaders,
+    TrainResult,
+    inverse_frequency_weights,
+    resolve_device,
+    train,
+)
+from vidfeat.errors import ConfigError
+from vidfeat.store import open_store
+
+log = logging.getLogger(__name__)
+
+TRAIN_MODES = ("head", "top", "all")
+# Adam step sizes per mode. A classifier on frozen features is a convex problem on fixed
+# inputs and tolerates (and, with few videos, needs) a larger step than a whole network.
+FINETUNE_LR = {"head": 1e-2, "top": 3e-3, "all": 1e-3}
+FINETUNE_OPTIMIZER = "adam"
+
+
+class TransferError(ConfigError):
+    """A run cannot be fine-tuned as asked (mode, class set, classifier layout)."""
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """How the new classifier's rows were initialised, by class name."""
+
+    kept: tuple[str, ...]  # rows copied from the parent (weights and biases)
+    new: tuple[str, ...]  # freshly initialised rows
+    dropped: tuple[str, ...]  # parent classes absent from the new class set
+
+
+# ------------------------------------------------------------------------------ model surgery
+
+
+def _rows_per_class(name: str, tensor: torch.Tensor, n_classes: int) -> int:
+    """Rows of ``tensor`` per class: classifiers lay rows out class-major (MoE: E per class)."""
+    if tensor.dim() == 0 or tensor.shape[0] % n_classes:
+        raise TransferError(
+            f"classifier tensor {name} {tuple(tensor.shape)} is not laid out per class "
+            f"({n_classes} classes): cannot warm-start it"
+        )
+    return tensor.shape[0] // n_classes
+
+
+def warm_start_classifier(
+    model: Head, old_labels: Sequence[str], new_labels: Sequence[str]
+) -> WarmStart:
+    """Replace ``model``'s classifier by one for ``new_labels``, copying the rows of classes in
+    ``old_labels`` (matched by name, so the order may change). Seed torch first: new rows draw
+    their initialisation from the global RNG."""
+    old_labels, new_labels = tuple(old_labels), tuple(new_labels)
+    if model.num_classes != len(old_labels):
+        raise TransferError(
+            f"the model has {model.num_classes} outputs but {len(old_labels)} labels were given"
+        )
+    old_state = {k: v.detach().clone() for k, v in model.classifier.state_dict().items()}
+    model.reset_classifier(len(new_labels))
+    state = {k: v.detach().clone() for k, v in model.classifier.state_dict().items()}
+    old_index = {name: i for i, name in enumerate(old_labels)}
+    pairs = [(old_index[n], j) for j, n in enumerate(new_labels) if n in old_index]
+    for key, new in state.items():
+        old = old_state[key]
+        k = _rows_per_class(key, old, len(old_labels))
+        if _rows_per_class(key, new, len(new_labels)) != k or old.shape[1:] != new.shape[1:]:
+            raise TransferError(f"classifier tensor {key} changed layout: cannot warm-start it")
+        for i, j in pairs:
+            new[j * k : (j + 1) * k] = old[i * k : (i + 1) * k]
+    model.classifier.load_state_dict(state)
+    warm = WarmStart(
+        kept=tuple(n for n in new_labels if n in old_index),
+        new=tuple(n for n in new_labels if n not in old_index),
+        dropped=tuple(n for n in old_labels if n not in set(new_labels)),
+    )
+    if not warm.kept:
+        log.warning("no class in common with the parent run: the classifier starts fresh")
+    return warm
+
+
+def check_mode(mode: str) -> None:
+    if mode not in TRAIN_MODES:
+        raise TransferError(f"train mode must be one of {', '.join(TRAIN_MODES)}; got {mode!r}")
+
+
+def trainable_modules(model: Head, mode: str) -> list[nn.Module]:
+    """The sub-modules trained in ``mode`` (head: classifier; top: + top block; all: model)."""
+    check_mode(mode)
+    return {
+        "head": [model.classifier],
+        "top": [model.top_block, model.classifier],
+        "all": [model],
+    }[mode]
+
+
+def freeze(model: Head, mode: str) -> list[nn.Parameter]:
+    """Set ``requires_grad`` for ``mode``; return the trainable parameters (for the optimizer)."""
+    train_ids = {id(p) for m in trainable_modules(model, mode) for p in m.parameters()}
+    params = []
+    for p in model.parameters():
+        p.requires_grad_(id(p) in train_ids)
+        if p.requires_grad:
+            params.append(p)
+    return params
+
+
+def count_parameters(params: Sequence[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)
+
+
+def _eval_only(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
+
+
+@contextlib.contextmanager
+def frozen_norms_in_eval(model: Head, mode: str) -> Iterator[list[nn.Module]]:
+    """Keep normalisation layers with running stats outside the trained parts in eval mode,
+    whatever ``model.train()`` says, for the duration of the block."""
+    trained = {id(m) for t in trainable_modules(model, mode) for m in t.modules()}
+    # Any layer keeping running statistics (BatchNorm*, InstanceNorm with tracking) has them
+    # as a non-None ``running_mean`` buffer.
+    pinned = [
+        m
+        for m in model.modules()
+        if getattr(m, "running_mean", None) is not None and id(m) not in trained
+    ]
+    for m in pinned:
+        m.train = types.MethodType(_eval_only, m)  # nn.Module.train calls children's train()
+        m.eval()
+    try:
+        yield pinned
+    finally:
+        for m in pinned:
+            del m.train
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+def finetune_config(parent: TrainConfig, mode: str, **changes: Any) -> TrainConfig:
+    """The default fine-tuning config: the parent's, on every class of the store, with Adam at
+    ``FINETUNE_LR[mode]``; ``changes`` override it."""
+    check_mode(mode)
+    data = dataclasses.replace(parent.data, classes=None)
+    base = parent.replace(data=data, optimizer=FINETUNE_OPTIMIZER, lr=FINETUNE_LR[mode])
+    if "optimizer" in changes and "lr" not in changes:
+        changes["lr"] = None  # that optimiser's own default (DEFAULT_LR), not Adam's step
+    return base.replace(**changes)
+
+
+def _check_same_architecture(parent: TrainConfig, cfg: TrainConfig) -> None:
+    if cfg.model != parent.model or cfg.head != parent.head:
+        raise TransferError(
+            f"fine-tuning keeps the parent's architecture ({parent.model}, {parent.head}); "
+            f"got {cfg.model}, {cfg.head}"
+        )
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def _assign(videos: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
+    return assign_splits(
+        videos,
+        test_fraction=cfg.data.test_fraction,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.seed,
+    )
+
+
+def finetune_splits(
+    videos: pd.DataFrame, parent_splits: pd.DataFrame, cfg: TrainConfig, *, given: bool = False
+) -> pd.DataFrame:
+    """``video_id, split`` for ``videos``.
+
+    Videos the parent run split keep their split, so none of its training videos lands in the
+    new test set; the others are split afresh (stratified, seeded). With ``given`` (a split file
+    was merged into ``videos``) its splits are used as they are, and a leak is only warned about.
+    """
+    if given:
+        splits = _assign(videos, cfg)
+        seen = splits.merge(parent_splits, on="video_id", suffixes=("", "_parent"))
+        leaked = int(((seen["split_parent"] == "train") & (seen["split"] != "train")).sum())
+        if leaked:
+            log.warning(
+                "%d val/test videos were training videos of the parent run: "
+                "their metrics are optimistic",
+                leaked,
+            )
+        return splits
+    known = videos["video_id"].isin(parent_splits["video_id"])
+    parts = [parent_splits[parent_splits["video_id"].isin(videos["video_id"])]]
+    if (~known).any():
+        parts.append(_assign(videos.loc[~known].reset_index(drop=True), cfg))
+    splits = pd.concat(parts, ignore_index=True)[["video_id", "split"]]
+    return videos[["video_id"]].merge(splits, on="video_id", how="left")
+
+
+def _load_videos(
+    parent: LoadedRun, store: str | Path, cfg: TrainConfig, split_file: str | Path | None
+) -> tuple[dict[str, Any], LabelMap, pd.DataFrame]:
+    """Provenance, label map and the kept videos with their ``split`` column."""
+    with open_store(store) as reader:
+        ck.check_store_compatible(parent.provenance, reader)
+        provenance = ck.store_provenance(reader)
+        videos = reader.videos
+    if split_file is not None:
+        videos = merge_split_file(videos, read_split_file(split_file))
+    label_map, kept = build_label_map(videos, cfg.data.classes)
+    parent_splits = load_splits(parent.run_dir / ck.SPLIT)
+    splits = finetune_splits(kept, parent_splits, cfg, given=split_file is not None)
+    kept = kept.drop(columns=["split"], errors="ignore").merge(splits, on="video_id")
+    return provenance, label_map, kept
+
+
+def _datasets(
+    store: str | Path, videos: pd.DataFrame, label_map: LabelMap, cfg: TrainConfig
+) -> dict[str, FeatureDataset]:
+    return {
+        name: FeatureDataset(
+            store,
+            videos[videos["split"] == name],
+            label_map,
+            cfg.data,
+            train=name == "train",
+            seed=cfg.seed,
+        )
+        for name in ("train", "val", "test")
+    }
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def _check_out(out: Path, parent_dir: Path) -> None:
+    if out.resolve() == parent_dir.resolve():
+        raise TransferError("the output directory must differ from the parent run directory")
+    if out.exists() and not out.is_dir():
+        raise TransferError(f"{out} exists and is not a directory")
+    if (out / ck.CONFIG).exists():
+        raise TransferError(f"{out} already holds a run; choose another output directory")
+
+
+def _write_test(
+    model: Head,
+    test: FeatureDataset,
+    cfg: TrainConfig,
+    label_map: LabelMap,
+    out: Path,
+    summary: dict[str, Any],
+) -> dict[str, Any]:
+    """test_metrics.json and test_predictions.{npz,csv}, as ``heads train`` writes them."""
+    if not len(test):
+        log.warning("no test videos: test metrics are empty")
+        metrics = {"n_test": 0, **summary}
+    else:
+        device = resolve_device(cfg.device)
+        scores, labels = predict_scores(model, test, cfg, label_map, device)
+        write_predictions(out / ck.TEST_PREDICTIONS, test.video_ids, scores, labels, label_map)
+        found = {k: v for k, v in evaluate_all(scores, labels).items() if k != "n"}
+        metrics = {**found, "n_test": len(test), **summary}
+    ck.write_json(out / ck.TEST_METRICS, metrics)
+    return metrics
+
+
+def finetune_run(
+    parent: str | Path | LoadedRun,
+    store: str | Path,
+    out: str | Path,
+    *,
+    mode: str = "head",
+    cfg: TrainConfig | None = None,
+    split_file: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune the best model of run ``parent`` on ``store`` into the run directory ``out``.
+
+    ``cfg`` defaults to :func:`finetune_config` (every class of the store); its model and head
+    must be the parent's. Returns the test metrics, with the trainable parameter count and the
+    training wall time.
+    """
+    check_mode(mode)
+    run = parent if isinstance(parent, LoadedRun) else load_run(parent)
+    cfg = cfg if cfg is not None else finetune_config(run.cfg, mode)
+    _check_same_architecture(run.cfg, cfg)
+    out = Path(out)
+    _check_out(out, run.run_dir)
+    provenance, label_map, videos = _load_videos(run, store, cfg, split_file)
+    sets = _datasets(store, videos, label_map, cfg)
+    if not len(sets["train"]):
+        raise TransferError("no training videos after splitting")
+    model = copy.deepcopy(run.model)  # the caller's LoadedRun stays as it was
+    torch.manual_seed(cfg.seed)  # the new classifier rows
+    warm = warm_start_classifier(model, run.label_map.labels, label_map.labels)
+    params = freeze(model, mode)
+    info = _finetune_info(run, mode, warm, count_parameters(params))
+    total = count_parameters(list(model.parameters()))
+    log.info(
+        "fine-tuning %s (--train %s): %d of %d parameters trainable; %d classes, %d warm-started",
+        cfg.model,
+        mode,
+        info["trainable_params"],
+        total,
+        len(label_map),
+        len(warm.kept),
+    )
+    out.mkdir(parents=True, exist_ok=True)  # only once every check has passed
+    ck.write_json(out / ck.CONFIG, {**cfg.to_dict(), "store": provenance, "finetune": info})
+    ck.write_json(out / ck.LABEL_MAP, label_map.to_dict())
+    save_splits(videos, out / ck.SPLIT)
+    meta = {"label_map": label_map.to_dict(), "store": provenance, "finetune": info}
+    meta |= {"input_dim": provenance["dim"], "num_classes": len(label_map)}
+    result = _train(model, sets, cfg, out, meta, params, mode, progress)
+    summary = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "trainable_params": result.trainable_params,
+        "train_wall_s": result.wall_s,
+    }
+    log.info("fine-tuned in %.1f s (%d epochs)", result.wall_s, result.epochs_run)
+    return _write_test(model, sets["test"], cfg, label_map, out, summary)
+
+
+def _train(
+    model: Head,
+    sets: dict[str, FeatureDataset],
+    cfg: TrainConfig,
+    out: Path,
+    meta: dict[str, Any],
+    params: list[nn.Parameter],
+    mode: str,
+    progress: bool,
+) -> TrainResult:
+    loaders = Loaders(
+        train=make_loader(sets["train"], cfg.data, shuffle=True, seed=cfg.seed),
+        val=make_loader(sets["val"], cfg.data, shuffle=False) if len(sets["val"]) else None,
+    )
+    weight = inverse_frequency_weights(sets["train"].targets) if cfg.class_weights else None
+    with frozen_norms_in_eval(model, mode):
+        return train(
+            model,
+            loaders,
+            cfg,
+            out,
+            meta=meta,
+            trainable_params=params,
+            class_weight=weight,
+            progress=progress,
+        )
+
+
+def _finetune_info(run: LoadedRun, mode: str, warm: WarmStart, n_params: int) -> dict[str, Any]:
+    return {
+        "parent": str(run.run_dir.resolve()),
+        "parent_model": run.cfg.model,
+        "train": mode,
+        "parent_classes": list(run.label_map.labels),
+        "warm_started": list(warm.kept),
+        "new_classes": list(warm.new),
+        "dropped_classes": list(warm.dropped),
+        "trainable_params": n_params,
+    }
