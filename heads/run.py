@@ -89,9 +89,10 @@ def _split_videos(
     return label_map, kept
 
 
-def _datasets(
+def split_datasets(
     store_path: str | Path, videos: pd.DataFrame, label_map: LabelMap, cfg: TrainConfig
 ) -> dict[str, FeatureDataset]:
+    """One dataset per split of ``videos`` (its ``split`` column); only train is augmented."""
     return {
         name: FeatureDataset(
             store_path,
@@ -138,7 +139,7 @@ def train_run(
         ck.write_json(run_dir / ck.CONFIG, {**cfg.to_dict(), "store": provenance})
         ck.write_json(run_dir / ck.LABEL_MAP, label_map.to_dict())
         save_splits(videos, run_dir / ck.SPLIT)
-    sets = _datasets(store_path, videos, label_map, cfg)
+    sets = split_datasets(store_path, videos, label_map, cfg)
     log.info("%d classes; videos: %s", len(label_map), {k: len(v) for k, v in sets.items()})
     loaders = _loaders(sets, cfg)
     torch.manual_seed(cfg.seed)  # model initialisation

@@ -40,7 +40,7 @@ from heads.config import TrainConfig
 from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
 from heads.metrics import evaluate_all
 from heads.models import Head
-from heads.run import LoadedRun, load_run, predict_scores, write_predictions
+from heads.run import LoadedRun, load_run, predict_scores, split_datasets, write_predictions
 from heads.splits import assign_splits, load_splits, merge_split_file, read_split_file, save_splits
 from heads.trainer import (
     Loaders,
@@ -256,22 +256,6 @@ def _load_videos(
     return provenance, label_map, kept
 
 
-def _datasets(
-    store: str | Path, videos: pd.DataFrame, label_map: LabelMap, cfg: TrainConfig
-) -> dict[str, FeatureDataset]:
-    return {
-        name: FeatureDataset(
-            store,
-            videos[videos["split"] == name],
-            label_map,
-            cfg.data,
-            train=name == "train",
-            seed=cfg.seed,
-        )
-        for name in ("train", "val", "test")
-    }
-
-
 # ------------------------------------------------------------------------------ the run
 
 
@@ -329,7 +313,7 @@ def finetune_run(
     out = Path(out)
     _check_out(out, run.run_dir)
     provenance, label_map, videos = _load_videos(run, store, cfg, split_file)
-    sets = _datasets(store, videos, label_map, cfg)
+    sets = split_datasets(store, videos, label_map, cfg)
     if not len(sets["train"]):
         raise TransferError("no training videos after splitting")
     model = copy.deepcopy(run.model)  # the caller's LoadedRun stays as it was
