@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -309,7 +308,3 @@ def _progress(total: int, enabled: bool) -> Iterator[Any]:
         yield bar
     finally:
         bar.close()
-
-
-def default_out(manifest: Path) -> Path:
-    return manifest.with_suffix(".zarr")
