@@ -136,6 +136,13 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     callback=_parse_shard,
     help="I/N: this job takes shard I of N (0-based); jobs share one store.",
 )
+@click.option(
+    "--commit-every",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Commit finished videos in groups of N (or every 10 s); a kill loses at most one group.",
+)
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed video (debugging).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos recorded as failed.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

@@ -46,6 +46,9 @@ class ExtractConfig:
     fail_fast: bool = False
     retry_failed: bool = False
     progress: bool = True
+    # Finished videos are committed in groups of this many (or every 10 s): a killed job loses
+    # at most that group. Smaller is safer, larger writes fewer metadata updates.
+    commit_every: int = 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "manifest", Path(self.manifest))
@@ -59,8 +62,8 @@ class ExtractConfig:
             problems.append(f"fps must be a number like 1, 0.5 or 1/3, got {self.fps!r}")
         if not 1 <= self.max_frames <= 100_000:
             problems.append("max_frames must be between 1 and 100000")
-        if self.workers < 1 or self.batch_size < 1:
-            problems.append("workers and batch_size must be >= 1")
+        if self.workers < 1 or self.batch_size < 1 or self.commit_every < 1:
+            problems.append("workers, batch_size and commit_every must be >= 1")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}")
         if not DEVICES_RE.match(self.device):

@@ -265,7 +265,9 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     )
     dim = reduction.output_dim(backbone.spec.feature_dim)
     summary = ExtractSummary(total=len(entries))
+    # The SIGTERM handler is entered first so it still covers the writer's final commit.
     with (
+        _sigterm_as_interrupt(),
         create_store(
             cfg.out,
             dim=dim,
@@ -274,8 +276,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             dtype=reduction.dtype or cfg.dtype,
             quantization=reduction.quantization,
             part=cfg.part_name,
+            commit_every=cfg.commit_every,
         ) as writer,
-        _sigterm_as_interrupt(),
     ):
         done = writer.committed_ids("ok" if cfg.retry_failed else "any")
         todo = [e for e in entries if e.video_id not in done]

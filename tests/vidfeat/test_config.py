@@ -20,6 +20,8 @@ from vidfeat.pipeline import shard_of
         ({"quantize": True}, "--quantize needs --pca"),
         ({"dtype": "uint8"}, "dtype"),
         ({"shard": (2, 2)}, "shard"),
+        ({"commit_every": 0}, "commit_every must be >= 1"),
+        ({"workers": 0}, "workers"),
     ],
 )
 def test_invalid_settings_are_refused(kwargs: dict, message: str) -> None:
