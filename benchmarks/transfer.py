@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         ok = reader.videos[reader.videos["status"] == "ok"]
         classes = sorted({c for labels in ok["labels"] for c in labels})
         n_videos, dim = len(ok), reader.dim
-    t0 = time.perf_counter()
+    t0, load_before = time.perf_counter(), os.getloadavg()
     records = []
     for seed in args.seeds:
         records += [{"seed": seed, **r} for r in run_seed(store, work, seed, args)]
@@ -259,6 +260,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "summary": summarise(records),
         "runs": records,
         "total_s": total_s,
+        # Wall times are only comparable on an otherwise idle machine: say how busy it was.
+        "load_avg_1m": {"start": load_before[0], "end": os.getloadavg()[0]},
         "date": time.strftime("%Y-%m-%d"),
     }
 

@@ -19,24 +19,27 @@ from cli.heads import METRIC_KEYS, _train_options, build_config
 _FINETUNE_HELP = {
     "epochs": "Maximum epochs.  [default: the parent run's]",
     "optimizer": "[default: adam]",
-    "lr": "Learning rate.  [default with adam: 1e-2 head, 3e-3 top, 1e-3 all]",
     "patience": "Early-stopping patience (0: off).  [default: the parent run's]",
     "classes": "Comma-separated classes to fine-tune on.  [default: every class in the store]",
     "seed": "Seed for new rows, splits and batches.  [default: the parent run's]",
 }
 TRAIN_HELP = (
     "head: the output layer only; top: also the last block before it; all: everything. "
-    "Frozen BatchNorm layers keep their running statistics."
+    "Frozen parts run in eval mode: BatchNorm keeps its statistics, dropout is off."
 )
 
 
 def _finetune_help(command: click.Command) -> click.Command:
     """Say what the shared training options default to when fine-tuning."""
+    from heads.transfer import FINETUNE_LR
+
+    lrs = ", ".join(f"{lr:g} {mode}" for mode, lr in FINETUNE_LR.items())
+    helps = {**_FINETUNE_HELP, "lr": f"Learning rate.  [default with adam: {lrs}]"}
     for param in command.params:
         if not isinstance(param, click.Option) or not param.help:
             continue
-        if param.name in _FINETUNE_HELP:
-            param.help = _FINETUNE_HELP[param.name]
+        if param.name in helps:
+            param.help = helps[param.name]
         else:
             param.help = re.sub(r"\[default: [^\]]*\]", "[default: the parent run's]", param.help)
     return command

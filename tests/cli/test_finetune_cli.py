@@ -144,3 +144,5 @@ def test_help_has_examples_and_finetune_defaults() -> None:
     assert "heads finetune runs/five --store feats.zarr --out runs/ten" in result.output
     assert "[default: the parent run's]" in result.output
     assert "[default: every class in the store]" in result.output
+    lr_help = next(p.help for p in finetune.params if p.name == "lr")
+    assert f"{FINETUNE_LR['head']:g} head" in lr_help and f"{FINETUNE_LR['all']:g} all" in lr_help

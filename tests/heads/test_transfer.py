@@ -25,7 +25,7 @@ from heads.transfer import (
     finetune_run,
     finetune_splits,
     freeze,
-    frozen_norms_in_eval,
+    frozen_parts_in_eval,
     trainable_modules,
     warm_start_classifier,
 )
@@ -159,18 +159,22 @@ def test_unknown_mode_is_refused() -> None:
         trainable_modules(model, "encoder")
 
 
-def test_frozen_batchnorm_stays_in_eval_while_training() -> None:
+def test_frozen_parts_stay_in_eval_while_training() -> None:
     model = create_head("bof", input_dim=16, num_classes=4, cfg=SMALL_HEAD)
-    block1_bn, top_bn = model.block1[1], model.top[1]
-    with frozen_norms_in_eval(model, "top") as pinned:
+    block1_bn, block1_drop, top_bn, top_drop = model.block1[1], model.block1[3], *model.top[1::2]
+    with frozen_parts_in_eval(model, "top"):
         model.train()
-        assert pinned == [block1_bn]
-        assert not block1_bn.training and top_bn.training and model.training
+        assert not block1_bn.training and not block1_drop.training
+        assert top_bn.training and top_drop.training and model.fc.training and model.training
         before = block1_bn.running_mean.clone()
         model(*_batch())
         assert torch.equal(block1_bn.running_mean, before)  # batch stats never written back
+        assert not torch.equal(top_bn.running_mean, torch.zeros(16))  # the trained one learns
+    with frozen_parts_in_eval(model, "head"):
+        model.train()
+        assert not top_bn.training and not top_drop.training and model.fc.training
     model.train()
-    assert block1_bn.training  # the pin ends with the block
+    assert block1_bn.training and block1_drop.training  # the pin ends with the block
 
 
 # ------------------------------------------------------------------------------ config
