@@ -5,7 +5,7 @@ that changes per video, so class identity is visual but no two videos look the s
 H.264 MP4s written with PyAV, 3-5 seconds at 24-30 fps, 320x240.
 
     python data_manifests/make_demo.py --out demo            # videos in demo/videos/
-    python data_manifests/make_demo.py --out demo --per-class 12 --seconds 6
+    python data_manifests/make_demo.py --out demo_big --per-class 12 --seed 1
 
 The manifest written next to the videos (``demo/manifest.csv``) matches the committed
 ``data_manifests/demo.csv``, whose paths point into ``../demo/videos``.

@@ -1,0 +1,55 @@
+"""YouTube-8M's 8-bit quantization formulas, value by value."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vidfeat.errors import ConfigError
+from vidfeat.quantize import dequantize, quantization_attrs, quantize
+
+
+def test_every_code_dequantizes_with_youtube8m_reader_formula() -> None:
+    codes = np.arange(256, dtype=np.uint8)
+    # YouTube-8M's reader: q * (max - min) / 255 + (max - min) / 512 + min, here min=-2, max=2.
+    expected = codes.astype(np.float64) * 4.0 / 255.0 + 4.0 / 512.0 - 2.0
+    got = dequantize(codes)
+    assert got.dtype == np.float32 and got.shape == (256,)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # The lookup table is bit-identical to evaluating the formula in float32 element by element.
+    per_element = codes.astype(np.float32) * np.float32(4 / 255) + np.float32(4 / 512 - 2)
+    np.testing.assert_array_equal(got, per_element)
+
+
+def test_dequantize_keeps_the_shape_of_frame_matrices() -> None:
+    q = np.random.default_rng(0).integers(0, 256, size=(7, 1024), dtype=np.uint8)
+    x = dequantize(q, -1.0, 3.0)
+    assert x.shape == (7, 1024) and x.dtype == np.float32
+    np.testing.assert_allclose(x, q * (4.0 / 255.0) + 4.0 / 512.0 - 1.0, atol=1e-6)
+
+
+def test_quantize_clips_and_rounds_half_to_even() -> None:
+    x = np.array([-5.0, -2.0, 2.0, 7.0, 0.0, -1.0, 1.0])
+    # Beyond the range: clipped to the end codes; 0 sits at 127.5 steps and rounds to even.
+    np.testing.assert_array_equal(quantize(x), [0, 0, 255, 255, 128, 64, 191])
+    # With a range of 255 a step is 1, so exact halves are representable: numpy's np.round
+    # (YouTube-8M's writer) sends them to the even neighbour.
+    halves = np.array([0.5, 1.5, 2.5, 253.5, 254.5])
+    np.testing.assert_array_equal(quantize(halves, 0.0, 255.0), [0, 2, 2, 254, 254])
+
+
+def test_round_trip_error_is_within_one_step_plus_the_bias() -> None:
+    x = np.random.default_rng(1).uniform(-2, 2, size=10_000)
+    err = np.abs(dequantize(quantize(x)) - x)
+    # Rounding costs at most half a step; the reader's +range/512 bias adds about half a step.
+    assert err.max() <= 4.0 / 255.0 / 2 + 4.0 / 512.0 + 1e-6
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(ConfigError, match="uint8"):
+        dequantize(np.array([1.0, 2.0]))
+    with pytest.raises(ConfigError, match="empty"):
+        quantize(np.zeros(3), 1.0, 1.0)
+    with pytest.raises(ConfigError, match="empty"):
+        quantization_attrs(2.0, -2.0)
+    assert quantization_attrs() == {"scheme": "yt8m_uint8", "min": -2.0, "max": 2.0}
