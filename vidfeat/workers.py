@@ -1,9 +1,10 @@
 """Decode videos in worker processes, so a decoder hang or crash costs one video, not the job.
 
-A worker decodes one video at a time with ``vidfeat.decode``, applies ``frame_transform`` to
-each sampled frame and streams results back in chunks of ``chunk_frames`` over its own socket
-pair. That holds a few hundred kilobytes, so a worker blocks as soon as the consumer falls
-behind: about one chunk per worker is ever in flight, never a whole video.
+A worker (``vidfeat.decode_worker``) decodes one video at a time with ``vidfeat.decode``,
+applies ``frame_transform`` to each sampled frame and streams results back in chunks of
+``chunk_frames`` over its own socket pair. That holds a few hundred kilobytes, so a worker
+blocks as soon as the consumer falls behind: about one chunk per worker is ever in flight,
+never a whole video.
 
 Timeout rule: a video gets ``timeout_s`` seconds of *worker time*, i.e. wall time since it was
 handed out minus the time the worker spent blocked handing chunks to a consumer that was not
@@ -18,39 +19,36 @@ Either way a fresh worker takes the slot.
 (truncation is only known at the end) means the job's chunks must be dropped.
 
 Workers come from "forkserver" (or "spawn"), never from forking the parent, which may run
-torch threads. They import ``vidfeat.decode``, ``extra_modules``, the module defining
-``frame_transform`` and (as multiprocessing always does) the main script: keep those
-torch-free. The pool is not thread-safe.
+torch threads. They import ``vidfeat.decode_worker``, ``vidfeat.decode``, ``extra_modules``,
+the module defining ``frame_transform`` and (as multiprocessing always does) the main script:
+keep those torch-free. The pool is not thread-safe.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import importlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
-import os
 import signal
-import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from vidfeat.decode_worker import FrameTransform, WorkerSettings, worker_main
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.sampling import parse_fps
 
 log = logging.getLogger(__name__)
 
-FrameTransform = Callable[[np.ndarray], np.ndarray]
 _STARTUP_TIMEOUT_S = 120.0  # spawn + imports; generous for loaded machines
 _MAX_STARTUP_FAILURES = 3  # consecutive workers dying before "ready": give up
 _MAX_WAIT_S = 5.0  # re-check liveness at least this often
@@ -88,118 +86,6 @@ PoolEvent = FramesChunk | VideoDone | VideoFailed
 
 class WorkerStartupError(VidfeatError, RuntimeError):
     """Decode workers cannot start (e.g. an ``extra_modules`` import fails)."""
-
-
-@dataclass(frozen=True)
-class _Settings:
-    decoder: str
-    fps: str
-    max_frames: int | None
-    frame_transform: FrameTransform | None
-    chunk_frames: int
-    extra_modules: tuple[str, ...]
-
-
-# --------------------------------------------------------------------------- worker side
-
-
-def _die_with_parent() -> None:
-    """Have the kernel SIGKILL this worker if its parent dies, even mid-hang (Linux only).
-
-    Under forkserver the parent is the server, which exits once every holder of its "alive"
-    pipe is gone. Forked children inherit that pipe; dropping it here means the main
-    process's death stops the server, and so (by the death signal) this worker.
-    """
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    alive_fd = getattr(server, "_forkserver_alive_fd", None)
-    if alive_fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(alive_fd)
-        server._forkserver_alive_fd = None
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent is already gone
-            os._exit(1)
-
-
-def _send(conn: mp_connection.Connection, *message: object) -> None:
-    conn.send((time.monotonic(), message))
-
-
-def _worker_main(conn: mp_connection.Connection, settings: _Settings) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
-    with contextlib.suppress(EOFError, OSError):  # the parent is gone: nobody to report to
-        _serve(conn, settings)
-
-
-def _serve(conn: mp_connection.Connection, settings: _Settings) -> None:
-    try:
-        for module in settings.extra_modules:
-            importlib.import_module(module)
-        from vidfeat.decode import DECODERS
-
-        DECODERS.get(settings.decoder)
-    except Exception as e:
-        _send(conn, "fatal", f"{type(e).__name__}: {e}")
-        return
-    if "torch" in sys.modules:  # loaded by the main script or frame_transform's module
-        log.warning("torch is loaded in a decode worker: memory spent on a module it never uses")
-    _send(conn, "ready")
-    while (job := conn.recv()) is not None:
-        _run_job(conn, settings, *job)
-
-
-def _run_job(conn: mp_connection.Connection, s: _Settings, job_id: str, path: str) -> None:
-    from vidfeat.decode import open_video
-    from vidfeat.errors import DecodeError
-
-    try:
-        with open_video(path, s.decoder) as video:
-            n_frames = _stream_frames(conn, s, job_id, video.sample(s.fps, s.max_frames))
-            info = dataclasses.asdict(video.info)  # native_fps, width, height, codec, ...
-            info["declared_duration_s"] = info.pop("duration_s")
-            info["duration_s"] = video.decoded_duration_s or info["declared_duration_s"]
-            info.update(n_frames=n_frames, decoder=s.decoder)
-    except DecodeError as e:
-        _send(conn, "failed", job_id, e.status, e.reason)
-    except Exception as e:  # one bad video must never take the worker down
-        _send(conn, "failed", job_id, "decode_error", f"{type(e).__name__}: {e}")
-    else:
-        _send(conn, "done", job_id, info)
-
-
-def _stream_frames(
-    conn: mp_connection.Connection, s: _Settings, job_id: str, frames: Iterable
-) -> int:
-    """Transform and send frames in chunks; returns how many were sent."""
-    buf: np.ndarray | None = None  # reused: send() has copied it out by the time it returns
-    times: list[float] = []
-    total = 0
-
-    def flush() -> None:
-        if times:
-            _send(conn, "chunk", job_id, np.asarray(times, np.float64), buf[: len(times)])
-            times.clear()
-
-    for sampled in frames:
-        out = s.frame_transform(sampled.frame) if s.frame_transform else sampled.frame
-        if buf is None or buf.shape[1:] != out.shape or buf.dtype != out.dtype:
-            flush()  # frame size can change mid-stream without a transform
-            buf = np.empty((s.chunk_frames, *out.shape), out.dtype)
-        buf[len(times)] = out
-        times.append(sampled.timestamp_s)
-        total += 1
-        if len(times) == s.chunk_frames:
-            flush()
-    flush()
-    return total
 
 
 # --------------------------------------------------------------------------- pool side
@@ -270,7 +156,7 @@ class DecodePool:
         from vidfeat.decode import DECODERS
 
         DECODERS.get(decoder).check_available()
-        self._settings = _Settings(
+        self._settings = WorkerSettings(
             decoder, str(parse_fps(fps)), max_frames, frame_transform, chunk_frames, extra
         )
         self.timeout_s = float(timeout_s)
@@ -354,7 +240,7 @@ class DecodePool:
     def _start_worker(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(child_conn, self._settings),
             name="vidfeat-decode",
             daemon=True,
@@ -455,7 +341,7 @@ def _context(start_method: str | None) -> mp.context.BaseContext:
     if start_method == "forkserver":
         # Workers fork from a clean server that imported the decoders (and, as multiprocessing
         # always does, the main module) once, so a replacement starts in milliseconds.
-        ctx.set_forkserver_preload(["__main__", "vidfeat.decode"])
+        ctx.set_forkserver_preload(["__main__", "vidfeat.decode", "vidfeat.decode_worker"])
     return ctx
 
 

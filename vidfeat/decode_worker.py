@@ -1,0 +1,138 @@
+"""The child side of ``vidfeat.workers.DecodePool``: one process decoding one video at a time.
+
+A worker decodes with ``vidfeat.decode``, applies the pool's ``frame_transform`` to each sampled
+frame and streams the results back in chunks over its socket pair. Every message is stamped with
+the time the worker started sending it, which the pool uses to tell decoding time from time spent
+blocked on a slow consumer. This module is imported in every worker: keep it torch-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import logging
+import multiprocessing.connection as mp_connection
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FrameTransform = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every decode worker of a pool does; pickled once into each worker."""
+
+    decoder: str
+    fps: str
+    max_frames: int | None
+    frame_transform: FrameTransform | None
+    chunk_frames: int
+    extra_modules: tuple[str, ...]
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker if its parent dies, even mid-hang (Linux only).
+
+    Under forkserver the parent is the server, which exits once every holder of its "alive"
+    pipe is gone. Forked children inherit that pipe; dropping it here means the main
+    process's death stops the server, and so (by the death signal) this worker.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+        server._forkserver_alive_fd = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent is already gone
+            os._exit(1)
+
+
+def _send(conn: mp_connection.Connection, *message: object) -> None:
+    conn.send((time.monotonic(), message))
+
+
+def worker_main(conn: mp_connection.Connection, settings: WorkerSettings) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    with contextlib.suppress(EOFError, OSError):  # the parent is gone: nobody to report to
+        _serve(conn, settings)
+
+
+def _serve(conn: mp_connection.Connection, settings: WorkerSettings) -> None:
+    try:
+        for module in settings.extra_modules:
+            importlib.import_module(module)
+        from vidfeat.decode import DECODERS
+
+        DECODERS.get(settings.decoder)
+    except Exception as e:
+        _send(conn, "fatal", f"{type(e).__name__}: {e}")
+        return
+    if "torch" in sys.modules:  # loaded by the main script or frame_transform's module
+        log.warning("torch is loaded in a decode worker: memory spent on a module it never uses")
+    _send(conn, "ready")
+    while (job := conn.recv()) is not None:
+        _run_job(conn, settings, *job)
+
+
+def _run_job(conn: mp_connection.Connection, s: WorkerSettings, job_id: str, path: str) -> None:
+    from vidfeat.decode import open_video
+    from vidfeat.errors import DecodeError
+
+    try:
+        with open_video(path, s.decoder) as video:
+            n_frames = _stream_frames(conn, s, job_id, video.sample(s.fps, s.max_frames))
+            info = dataclasses.asdict(video.info)  # native_fps, width, height, codec, ...
+            info["declared_duration_s"] = info.pop("duration_s")
+            info["duration_s"] = video.decoded_duration_s or info["declared_duration_s"]
+            info.update(n_frames=n_frames, decoder=s.decoder)
+    except DecodeError as e:
+        _send(conn, "failed", job_id, e.status, e.reason)
+    except Exception as e:  # one bad video must never take the worker down
+        _send(conn, "failed", job_id, "decode_error", f"{type(e).__name__}: {e}")
+    else:
+        _send(conn, "done", job_id, info)
+
+
+def _stream_frames(
+    conn: mp_connection.Connection, s: WorkerSettings, job_id: str, frames: Iterable
+) -> int:
+    """Transform and send frames in chunks; returns how many were sent."""
+    buf: np.ndarray | None = None  # reused: send() has copied it out by the time it returns
+    times: list[float] = []
+    total = 0
+
+    def flush() -> None:
+        if times:
+            _send(conn, "chunk", job_id, np.asarray(times, np.float64), buf[: len(times)])
+            times.clear()
+
+    for sampled in frames:
+        out = s.frame_transform(sampled.frame) if s.frame_transform else sampled.frame
+        if buf is None or buf.shape[1:] != out.shape or buf.dtype != out.dtype:
+            flush()  # frame size can change mid-stream without a transform
+            buf = np.empty((s.chunk_frames, *out.shape), out.dtype)
+        buf[len(times)] = out
+        times.append(sampled.timestamp_s)
+        total += 1
+        if len(times) == s.chunk_frames:
+            flush()
+    flush()
+    return total
