@@ -237,6 +237,17 @@ def test_rank_deficient_frames_warn_and_stay_finite(
     assert np.all(pca.eigenvalues >= 0) and np.all(np.isfinite(pca.apply(store.all_frames)))
 
 
+def test_more_components_than_videos_warn(
+    low_rank: LowRankStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="vidfeat.pca"):
+        fit(low_rank, 6)
+    assert "videos" not in caplog.text  # 24 videos for 6 components
+    with caplog.at_level(logging.WARNING, logger="vidfeat.pca"):
+        fit(low_rank, 30)
+    assert "fitting 30 components on frames of only 24 videos" in caplog.text
+
+
 # --------------------------------------------------------------------------- the transform
 
 

@@ -129,6 +129,19 @@ def fit_pca(
             dim,
             eps,
         )
+    n_videos = int(sum(1 for p in positions if len(p)))
+    if n_videos < dim:
+        # Frames of one video are nearly alike, so the sample holds about one independent
+        # observation per video: the components past that describe within-clip jitter, and
+        # whitening scales them to the same unit variance as the informative ones.
+        logger.warning(
+            "fitting %d components on frames of only %d videos: components beyond about the "
+            "first %d will not generalise to new videos, and whitening gives them as much "
+            "weight as the rest; fit on more videos or keep fewer components",
+            dim,
+            n_videos,
+            n_videos,
+        )
     logger.info(
         "PCA %d -> %d on %d frames keeps %.4f of the variance", reader.dim, dim, n_sampled, kept
     )
@@ -143,7 +156,7 @@ def fit_pca(
             "sample_frames": int(sample_frames),
             "seed": int(seed),
             "n_frames": n_sampled,
-            "n_videos": int(sum(1 for p in positions if len(p))),
+            "n_videos": n_videos,
             "store_frames": int(ok["n_frames"].sum()),
         },
     )
