@@ -40,6 +40,7 @@ class VideoFactory:
         vfr: bool = False,
         pattern: str = "index",
         faststart: bool = False,
+        bframes: int = 0,
     ) -> Path:
         path = Path(name) if Path(name).is_absolute() else self.directory / name
         codec = codec or _DEFAULT_CODECS.get(path.suffix, "libx264")
@@ -51,6 +52,7 @@ class VideoFactory:
             vfr=vfr,
             pattern=pattern,
             faststart=faststart,
+            bframes=bframes,
         )
         if path in self._made:
             if self._made[path][0] != params:

@@ -112,8 +112,13 @@ def write_video(
     vfr: bool = False,
     pattern: str = "index",
     faststart: bool = False,
+    bframes: int = 0,
 ) -> SyntheticVideo:
-    """Encode a clip whose frame i shows ``index_pattern(i)``; the container follows the suffix."""
+    """Encode a clip whose frame i shows ``index_pattern(i)``; the container follows the suffix.
+
+    ``bframes`` > 0 (libx264 only) encodes B-frames, pyramid-style, so frames are stored out of
+    presentation order and some are never referenced, as in typical camera and web H.264.
+    """
     if pattern not in ("index", "noise"):
         raise ValueError(f"unknown pattern {pattern!r}")
     rate = Fraction(str(fps))
@@ -123,7 +128,12 @@ def write_video(
         raise ValueError(f"at most {2**INDEX_BITS} frames can carry a distinct index")
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream(codec, rate=rate, options=_CODEC_OPTIONS.get(codec, {}))
+        codec_options = dict(_CODEC_OPTIONS.get(codec, {}))
+        if bframes:
+            if codec != "libx264":
+                raise ValueError("bframes needs libx264")
+            codec_options["x264-params"] = f"bframes={bframes}:b-pyramid=normal:b-adapt=0"
+        stream = container.add_stream(codec, rate=rate, options=codec_options)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.codec_context.time_base = time_base

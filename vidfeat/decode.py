@@ -1,9 +1,10 @@
 """Open videos and sample frames by presentation timestamp, with typed failures.
 
-Two decoders sit behind ``DECODERS``: "decord" (default, fast random access) and "pyav"
-(streams in pts order and stops as soon as ``max_frames`` are picked). Both choose frames
-with the rule in ``vidfeat.sampling`` from per-frame timestamps, never from a header frame
-count or an index stride, and both raise ``DecodeError(reason, status)`` with one of:
+Two decoders sit behind ``DECODERS``: "decord" (default, random access) and "pyav" (streams in
+pts order, leaves out the unreferenced frames no pick needs, and stops as soon as
+``max_frames`` are picked). Both choose frames with the rule in ``vidfeat.sampling`` from
+per-frame timestamps, never from a header frame count or an index stride, and both raise
+``DecodeError(reason, status)`` with one of:
 
 - ``empty``: the file is missing or has zero bytes
 - ``not_video``: not a media container at all (text, image, ...)
@@ -13,14 +14,13 @@ count or an index stride, and both raise ``DecodeError(reason, status)`` with on
 - ``truncated``: the decoded frames cover clearly less than the declared duration
 - ``no_frames``: a video stream from which no frame could be decoded
 
-Decoding runs in the caller's process; ``vidfeat.workers`` isolates it against hangs and crashes.
+Header probing and the failure rules live in ``vidfeat.probe``. Decoding runs in the caller's
+process; ``vidfeat.workers`` isolates it against hangs and crashes.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,50 +32,40 @@ import av
 import numpy as np
 
 from vidfeat.errors import ConfigError, DecodeError
+from vidfeat.probe import (
+    VideoInfo,
+    check_truncation,
+    demux_scan,
+    first_line,
+    header_info,
+    no_frames_error,
+    open_container,
+    shortfall,
+    truncated_error,
+    video_stream,
+)
 from vidfeat.registry import Registry
 from vidfeat.sampling import (
     FrameSelector,
     Selected,
-    num_samples,
     parse_fps,
+    pickable_ticks,
     select_tick_indices,
 )
 
+__all__ = [
+    "DECODERS",
+    "DecordDecoder",
+    "PyAVDecoder",
+    "SampledFrame",
+    "VideoDecoder",
+    "VideoInfo",
+    "open_video",
+]
+
 log = logging.getLogger(__name__)
 
-# Decoded coverage may fall short of the header by this much before we call it truncated:
-# audio often outlasts video by a fraction of a second, and headers round.
-TRUNCATION_TOLERANCE_S = 1.0
-TRUNCATION_TOLERANCE_FRACTION = 0.05
 _DECORD_BATCH = 8  # frames per get_batch call; bounds memory on long, large videos
-# Formats FFmpeg opens that are not videos: still images and plain text ("tty").
-_NOT_VIDEO_FORMATS = ("image2", "image2pipe", "tty")
-# Magic bytes of video containers: a file starting like this that will not open is
-# "unreadable" (damaged video), anything else is "not_video".
-_CONTAINER_MAGIC = (
-    (4, b"ftyp"),  # MP4 / MOV / 3GP
-    (4, b"moov"),
-    (4, b"mdat"),
-    (4, b"free"),
-    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
-    (8, b"AVI "),
-    (0, b"FLV"),
-    (0, b"OggS"),
-    (0, b"\x00\x00\x01\xba"),  # MPEG program stream
-    (0, b"\x30\x26\xb2\x75"),  # ASF / WMV
-)
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What the container header declares. Informational only: sampling never trusts it."""
-
-    duration_s: float | None
-    native_fps: float | None
-    width: int
-    height: int
-    codec: str
-    n_frames_header: int | None
 
 
 @dataclass(frozen=True)
@@ -100,8 +90,9 @@ class VideoDecoder(ABC):
     def check_available(cls) -> None:
         """Raise ``ConfigError`` if this decoder cannot run here (e.g. a missing package)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 0) -> None:
         self.path = Path(path)
+        self.threads = int(threads)  # decoding threads; 0: the library's default
         self.info: VideoInfo
         self.frames_decoded = 0
         self.decoded_duration_s: float | None = None
@@ -135,113 +126,14 @@ class VideoDecoder(ABC):
 DECODERS: Registry[VideoDecoder] = Registry("decoder")
 
 
-def open_video(path: str | Path, decoder: str = "decord") -> VideoDecoder:
-    """Open ``path`` with a registered decoder; raises ``DecodeError`` for unusable files."""
+def open_video(path: str | Path, decoder: str = "decord", threads: int = 0) -> VideoDecoder:
+    """Open ``path`` with a registered decoder; raises ``DecodeError`` for unusable files.
+
+    ``threads``: decoding threads for this video (0: the decoder library's default)."""
+    if threads < 0:
+        raise ConfigError(f"threads must be >= 0, got {threads}")
     factory = DECODERS.get(decoder)
-    return factory(path=Path(path))
-
-
-# --------------------------------------------------------------------------- header probing
-
-
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise DecodeError(f"file does not exist: {path}", "empty")
-    if path.stat().st_size == 0:
-        raise DecodeError("file is empty (0 bytes)", "empty")
-
-
-def _looks_like_container(path: Path) -> bool:
-    with path.open("rb") as f:
-        head = f.read(16)
-    return any(head[off : off + len(magic)] == magic for off, magic in _CONTAINER_MAGIC)
-
-
-def _open_container(path: Path) -> av.container.InputContainer:
-    _check_file(path)
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
-        if _looks_like_container(path):
-            raise DecodeError(f"cannot open video container: {_first_line(e)}", "unreadable") from e
-        raise DecodeError(f"not a video file: {_first_line(e)}", "not_video") from e
-    if container.format.name in _NOT_VIDEO_FORMATS or container.format.name.endswith("_pipe"):
-        container.close()
-        raise DecodeError(f"not a video file (format {container.format.name})", "not_video")
-    return container
-
-
-def _video_stream(container: av.container.InputContainer) -> av.VideoStream:
-    streams = [
-        s
-        for s in container.streams.video
-        if not s.disposition & av.stream.Disposition.attached_pic  # cover art is not video
-    ]
-    if not streams:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
-        raise DecodeError(f"no video stream (streams: {', '.join(kinds)})", "no_video_stream")
-    if streams[0].codec_context is None:
-        raise DecodeError("video codec is not supported by this FFmpeg build", "decode_error")
-    return streams[0]
-
-
-def _header_info(container: av.container.InputContainer, stream: av.VideoStream) -> VideoInfo:
-    if stream.duration and stream.time_base:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration:
-        duration = container.duration / av.time_base
-    else:
-        duration = None
-    rate = stream.average_rate or stream.guessed_rate
-    return VideoInfo(
-        duration_s=duration,
-        native_fps=float(rate) if rate else None,
-        width=stream.codec_context.width,
-        height=stream.codec_context.height,
-        codec=stream.codec_context.name,
-        n_frames_header=stream.frames or None,
-    )
-
-
-# decord prefixes messages with "[12:00:00] /path/to/source.cc:123: "
-_DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
-
-
-def _first_line(e: BaseException) -> str:
-    """A short, path-free message: FFmpeg's strerror, or the first line without decord's noise."""
-    if isinstance(e, av.error.FFmpegError) and e.strerror:
-        return e.strerror
-    text = _DECORD_PREFIX.sub("", str(e)).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
-
-
-def _no_frames() -> DecodeError:
-    return DecodeError("no frame could be decoded", "no_frames")
-
-
-def _shortfall(declared_s: float | None, covered_s: float) -> bool:
-    if not declared_s or not math.isfinite(declared_s):
-        return False
-    tolerance = max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRACTION * declared_s)
-    return covered_s < declared_s - tolerance
-
-
-def _truncated(covered_s: float, declared_s: float) -> DecodeError:
-    return DecodeError(f"decoded {covered_s:.1f} s of declared {declared_s:.1f} s", "truncated")
-
-
-def _check_truncation(
-    info: VideoInfo, decoded_s: float, fps: Fraction, max_frames: int | None
-) -> None:
-    """Raise ``truncated`` if decoding ended clearly before the declared end.
-
-    Only when the shortfall cost frames: if the decoded part already holds ``max_frames``
-    grid points, the missing tail would never have been sampled.
-    """
-    if max_frames is not None and num_samples(decoded_s, fps) >= max_frames:
-        return
-    if _shortfall(info.duration_s, decoded_s):
-        raise _truncated(decoded_s, info.duration_s)
+    return factory(path=Path(path), threads=threads)
 
 
 # --------------------------------------------------------------------------- PyAV
@@ -253,34 +145,86 @@ class PyAVDecoder(VideoDecoder):
 
     name = "pyav"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self._container = _open_container(self.path)
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        super().__init__(path, threads)
+        self._open()
+        self.info = header_info(self._container, self._stream)
+
+    def _open(self) -> None:
+        self._container = open_container(self.path)
         try:
-            self._stream = _video_stream(self._container)
-            self.info = _header_info(self._container, self._stream)
+            self._stream = video_stream(self._container)
         except BaseException:
             self._container.close()  # unclosed containers leak (PyAV#1117)
             raise
-        self._stream.thread_type = "AUTO"
+        # One thread per worker process decodes with the least CPU per frame; FFmpeg's own
+        # threads help only when fewer processes than cores decode.
+        self._stream.thread_type = "NONE" if self.threads == 1 else "AUTO"
+        self._stream.thread_count = self.threads
         self._time_base = self._stream.time_base
 
     def close(self) -> None:
         self._container.close()
 
     def _sample(self, fps: Fraction, max_frames: int | None) -> Iterator[SampledFrame]:
+        keep = self._pickable(fps, max_frames)
+        try:
+            yield from self._sample_with(fps, max_frames, keep)
+        except _PlanMismatch:
+            # The first frame shown is not the first packet (e.g. an edit list drops leading
+            # frames), so the plan's grid was off. Nothing was picked yet: decode it all.
+            log.debug("%s: first frame differs from the first packet; not skipping", self.path)
+            self._container.close()
+            self._open()
+            self.frames_decoded = 0
+            yield from self._sample_with(fps, max_frames, None)
+
+    def _sample_with(
+        self, fps: Fraction, max_frames: int | None, keep: set[int] | None
+    ) -> Iterator[SampledFrame]:
         selector: FrameSelector[av.VideoFrame] = FrameSelector(fps, max_frames)
-        for pts_s, frame, duration_s in self._frames():
+        for pts_s, frame, duration_s in self._frames(keep):
             yield from map(_to_sampled, selector.push(pts_s, frame, duration_s))
             if selector.done:
                 return  # the rest of the file is never decoded
         if selector.n_frames == 0:
-            raise _no_frames()
+            raise no_frames_error()
         self.decoded_duration_s = float(selector.end_s - selector.first_pts_s)
-        _check_truncation(self.info, self.decoded_duration_s, fps, max_frames)
+        check_truncation(self.info, self.decoded_duration_s, fps, max_frames)
         yield from map(_to_sampled, selector.finish())
 
-    def _frames(self) -> Iterator[tuple[Fraction, av.VideoFrame, Fraction | None]]:
+    def _pickable(self, fps: Fraction, max_frames: int | None) -> set[int] | None:
+        """pts of the frames a pick may need, from one demux pass (it reads packets, decodes
+        nothing); None when packets lack pts, and every frame is decoded.
+
+        At 1 fps from 30 fps H.264 most frames are never picked. FFmpeg's
+        ``skip_frame=NONREF`` leaves out those that no other frame references (most B-frames),
+        which changes no picked frame and saved about 30% of the decoding CPU on 720p H.264.
+        """
+        tb = self._time_base
+        horizon = None if max_frames is None else (Fraction(max_frames) / fps + 2) / tb
+        pts: list[int] = []
+        try:
+            with open_container(self.path) as container:
+                for packet in container.demux(video_stream(container)):
+                    if not packet.size or packet.is_discard:
+                        continue  # flush packets; frames the decoder drops by design
+                    if packet.pts is None or packet.is_corrupt:
+                        return None
+                    pts.append(packet.pts)
+                    if horizon is not None and packet.pts - pts[0] > horizon:
+                        break  # a long video: frames this late are never picked
+        except (av.error.FFmpegError, DecodeError):
+            return None  # a damaged file: the decoding pass reports what is wrong
+        if not pts or len(set(pts)) != len(pts):
+            return None  # repeated pts: not a stream whose frames pts identify
+        self._first_tick = min(pts)
+        return pickable_ticks(np.asarray(pts, np.int64), self._time_base, fps, max_frames)
+
+    def _frames(
+        self, keep: set[int] | None
+    ) -> Iterator[tuple[Fraction, av.VideoFrame, Fraction | None]]:
+        codec = self._stream.codec_context
         packets = self._container.demux(self._stream)
         while True:
             try:
@@ -289,7 +233,7 @@ class PyAVDecoder(VideoDecoder):
                 return  # the demuxer's final empty packet already flushed the decoder
             except av.error.FFmpegError as e:
                 # The container breaks off here; the coverage check judges what is missing.
-                log.warning("%s: demuxing stopped early: %s", self.path, _first_line(e))
+                log.warning("%s: demuxing stopped early: %s", self.path, first_line(e))
                 break
             if packet.is_corrupt and packet.size:
                 # Flagged by the demuxer, e.g. cut short by the end of the file: never feed
@@ -297,7 +241,15 @@ class PyAVDecoder(VideoDecoder):
                 # reports truncation; mid-stream, the codec's own errors decide.
                 log.warning("%s: skipping a damaged packet", self.path)
                 continue
-            yield from self._decode(packet)
+            if keep is not None:
+                # FFmpeg copies this setting to its frame threads per packet, so it applies
+                # to exactly this packet.
+                codec.skip_frame = "DEFAULT" if packet.pts in keep else "NONREF"
+            for decoded in self._decode(packet):
+                first = self.frames_decoded == 1
+                if keep is not None and first and decoded[1].pts != self._first_tick:
+                    raise _PlanMismatch
+                yield decoded
         yield from self._decode(None)
 
     def _decode(
@@ -308,7 +260,7 @@ class PyAVDecoder(VideoDecoder):
             frames = self._stream.decode(packet)
         except av.error.FFmpegError as e:
             at = f" at {float(packet.pts * tb):.2f} s" if packet and packet.pts is not None else ""
-            raise DecodeError(f"corrupt video data{at}: {_first_line(e)}", "decode_error") from e
+            raise DecodeError(f"corrupt video data{at}: {first_line(e)}", "decode_error") from e
         for frame in frames:
             self.frames_decoded += 1
             pts = frame.pts if frame.pts is not None else frame.dts
@@ -317,6 +269,10 @@ class PyAVDecoder(VideoDecoder):
             if frame.is_corrupt:
                 raise DecodeError(f"corrupt frame at {float(pts * tb):.2f} s", "decode_error")
             yield pts * tb, frame, (frame.duration * tb if frame.duration else None)
+
+
+class _PlanMismatch(Exception):
+    """The skip plan's first frame is not the first frame decoded."""
 
 
 def _to_sampled(pick: Selected[av.VideoFrame]) -> SampledFrame:
@@ -348,17 +304,20 @@ class DecordDecoder(VideoDecoder):
     def check_available(cls) -> None:
         _import_decord()
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        super().__init__(path, threads)
         # PyAV reads the header (cheap, typed errors); decord then decodes.
-        with _open_container(self.path) as container:
-            stream = _video_stream(container)
-            self.info = _header_info(container, stream)
+        with open_container(self.path) as container:
+            stream = video_stream(container)
+            self.info = header_info(container, stream)
             self._time_base: Fraction = stream.time_base
         decord = _import_decord()
         try:
             self._reader = decord.VideoReader(
-                str(self.path), ctx=decord.cpu(0), fault_tol=self._FAULT_TOLERANCE
+                str(self.path),
+                ctx=decord.cpu(0),
+                num_threads=self.threads,
+                fault_tol=self._FAULT_TOLERANCE,
             )
         except Exception as e:  # decord raises bare RuntimeError / DECORDError
             raise self._failure(e) from e
@@ -369,14 +328,14 @@ class DecordDecoder(VideoDecoder):
     def _sample(self, fps: Fraction, max_frames: int | None) -> Iterator[SampledFrame]:
         n = len(self._reader)
         if n == 0:
-            raise _no_frames()
+            raise no_frames_error()
         ts = self._reader.get_frame_timestamp(range(n))  # (n, 2) float32 [start, end) s
         # float32 seconds lose exactness; snap back to the stream's integer ticks.
         ticks = np.rint(ts.astype(np.float64) / float(self._time_base)).astype(np.int64)
         starts = ticks[:, 0]
         duration_ticks = int(max(ticks[-1, 1], starts[-1]) - starts[0])
         self.decoded_duration_s = float(duration_ticks * self._time_base)
-        _check_truncation(self.info, self.decoded_duration_s, fps, max_frames)
+        check_truncation(self.info, self.decoded_duration_s, fps, max_frames)
         try:
             indices = select_tick_indices(starts, duration_ticks, self._time_base, fps, max_frames)
         except ValueError as e:
@@ -400,30 +359,9 @@ class DecordDecoder(VideoDecoder):
     def _failure(self, e: Exception) -> DecodeError:
         # decord's index may come from the header (MP4 moov) and list frames whose data is
         # gone; tell a cut file apart from corrupt data by demuxing what is really there.
-        scan = _demux_scan(self.path)
+        scan = demux_scan(self.path)
         if scan is not None and scan[0] == 0:
-            return _no_frames()
-        if scan is not None and _shortfall(self.info.duration_s, scan[1]):
-            return _truncated(scan[1], self.info.duration_s)
-        return DecodeError(f"corrupt video data: {_first_line(e)}", "decode_error")
-
-
-def _demux_scan(path: Path) -> tuple[int, float] | None:
-    """(intact video packets, seconds they span) actually present in the file."""
-    try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            stream = _video_stream(container)
-            n, first, end = 0, None, None
-            try:
-                for packet in container.demux(stream):
-                    pts = packet.pts if packet.pts is not None else packet.dts
-                    if pts is None or not packet.size or packet.is_corrupt:
-                        continue
-                    n += 1
-                    first = pts if first is None else min(first, pts)
-                    end = max(end or pts, pts + (packet.duration or 0))
-            except av.error.FFmpegError:
-                pass  # the file breaks off: what was read so far is what there is
-            return n, 0.0 if first is None else float((end - first) * stream.time_base)
-    except (av.error.FFmpegError, DecodeError, OSError):
-        return None
+            return no_frames_error()
+        if scan is not None and shortfall(self.info.duration_s, scan[1]):
+            return truncated_error(scan[1], self.info.duration_s)
+        return DecodeError(f"corrupt video data: {first_line(e)}", "decode_error")

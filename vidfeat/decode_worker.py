@@ -37,6 +37,7 @@ class WorkerSettings:
     frame_transform: FrameTransform | None
     chunk_frames: int
     extra_modules: tuple[str, ...]
+    threads: int = 0  # decoding threads per video; 0: the decoder library's default
 
 
 def _die_with_parent() -> None:
@@ -97,7 +98,7 @@ def _run_job(conn: mp_connection.Connection, s: WorkerSettings, job_id: str, pat
     from vidfeat.errors import DecodeError
 
     try:
-        with open_video(path, s.decoder) as video:
+        with open_video(path, s.decoder, threads=s.threads) as video:
             n_frames = _stream_frames(conn, s, job_id, video.sample(s.fps, s.max_frames))
             info = dataclasses.asdict(video.info)  # native_fps, width, height, codec, ...
             info["declared_duration_s"] = info.pop("duration_s")

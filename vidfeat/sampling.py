@@ -113,6 +113,26 @@ def select_tick_indices(
     return np.searchsorted(ticks, ticks[0] + thresholds, side="right").astype(np.int64) - 1
 
 
+def pickable_ticks(
+    pts_ticks: np.ndarray,
+    time_base: Fraction,
+    fps: Fraction | float | int | str,
+    max_frames: int | None = None,
+) -> set[int]:
+    """The pts (in ``time_base`` ticks) of every frame the rule can pick, from the pts of all
+    frames in any order, plus the first frame and the last two, which fix the grid's origin
+    and the decoded duration. A decoder may skip every other frame that no kept frame needs.
+    """
+    ticks = np.unique(np.asarray(pts_ticks, dtype=np.int64))  # sorted: presentation order
+    if ticks.size == 0:
+        return set()
+    # Grid times past the last pts pick the last frame, which is kept anyway, so the span up
+    # to the last pts is enough whatever the true duration.
+    span = int(ticks[-1] - ticks[0]) + 1
+    picks = select_tick_indices(ticks, span, time_base, fps, max_frames)
+    return {int(t) for t in ticks[picks]} | {int(ticks[0])} | {int(t) for t in ticks[-2:]}
+
+
 @dataclass(frozen=True)
 class Selected(Generic[T]):
     """One sampled frame: grid time t_k and the picked frame's own pts, both from the first pts."""

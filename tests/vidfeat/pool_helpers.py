@@ -38,8 +38,8 @@ OUT_SIZE = 299
 class FaultyDecoder(VideoDecoder):
     name = "faulty"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        super().__init__(path, threads)
         self.fault = next((f for f in FAULTS if self.path.stem.startswith(f)), None)
         needs_file = self.fault in (None, "stall", "stallspin")
         self._inner = PyAVDecoder(path) if needs_file else None

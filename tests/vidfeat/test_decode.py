@@ -23,6 +23,9 @@ CLIPS = {
     "h264_24.mov": dict(seconds=2.5, fps=24),
     "vfr.mkv": dict(seconds=3.5, fps=30, vfr=True),
     "vfr.mp4": dict(seconds=3.5, fps=24, vfr=True),
+    # B-frames: stored out of presentation order, and mostly unreferenced (skippable).
+    "h264_bframes.mp4": dict(seconds=3.5, fps=30, bframes=3),
+    "h264_bframes_vfr.mkv": dict(seconds=3.5, fps=30, vfr=True, bframes=3),
 }
 
 
@@ -97,6 +100,53 @@ def test_pyav_stops_decoding_once_max_frames_are_picked(make_video):
     assert video.decoded_duration_s is None  # it never saw the end
     full, video = sample_all(path, "pyav", fps=1, max_frames=None)
     assert len(full) == 20 and video.frames_decoded == 200
+
+
+def test_pyav_skips_frames_no_pick_needs(make_video):
+    path = make_video("h264_bframes.mp4", **CLIPS["h264_bframes.mp4"])
+    truth = make_video.info(path)
+    n_total = len(truth.frame_times_s)
+    with av.open(str(path)) as c:
+        n_b = sum(f.pict_type == av.video.frame.PictureType.B for f in c.decode(video=0))
+    assert n_b > n_total // 2  # the clip really is B-frame heavy
+    frames, video = sample_all(path, "pyav", fps=1)
+    expected = select_indices(truth.frame_times_s, truth.duration_s, 1)
+    assert [read_frame_index(f.frame) for f in frames] == expected
+    assert video.decoded_duration_s == pytest.approx(float(truth.duration_s), abs=2e-3)
+    assert video.frames_decoded < n_total * 0.7  # unreferenced B-frames were never decoded
+    # When every frame is on the grid, nothing may be skipped.
+    _, video = sample_all(path, "pyav", fps=30)
+    assert video.frames_decoded == n_total
+
+
+def test_pyav_decodes_everything_when_the_plan_does_not_match(make_video, monkeypatch):
+    # E.g. an edit list hides leading frames: the first frame shown is not the first packet.
+    path = make_video("h264_bframes.mp4", **CLIPS["h264_bframes.mp4"])
+    truth = make_video.info(path)
+    real = PyAVDecoder._pickable
+
+    def shifted(self, fps, max_frames):
+        keep = real(self, fps, max_frames)
+        self._first_tick -= 1
+        return keep
+
+    monkeypatch.setattr(PyAVDecoder, "_pickable", shifted)
+    frames, video = sample_all(path, "pyav", fps=1)
+    assert [read_frame_index(f.frame) for f in frames] == select_indices(
+        truth.frame_times_s, truth.duration_s, 1
+    )
+    assert video.frames_decoded == len(truth.frame_times_s)
+
+
+@pytest.mark.parametrize("decoder", DECODER_NAMES)
+def test_single_threaded_decoding_gives_the_same_frames(make_video, decoder):
+    path = make_video("h264_bframes.mp4", **CLIPS["h264_bframes.mp4"])
+    with open_video(path, decoder, threads=1) as one, open_video(path, decoder) as auto:
+        a, b = list(one.sample(5, None)), list(auto.sample(5, None))
+    assert [f.timestamp_s for f in a] == [f.timestamp_s for f in b]
+    assert all(np.array_equal(x.frame, y.frame) for x, y in zip(a, b, strict=True))
+    with pytest.raises(ConfigError, match="threads"):
+        open_video(path, decoder, threads=-1)
 
 
 def test_decord_fetches_only_the_picked_frames(make_video):

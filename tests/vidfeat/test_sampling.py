@@ -15,6 +15,7 @@ from vidfeat.sampling import (
     grid_times,
     num_samples,
     parse_fps,
+    pickable_ticks,
     select_indices,
     select_tick_indices,
 )
@@ -144,6 +145,31 @@ def test_tick_selector_matches_exact_selector(fps):
         cap = int(rng.integers(1, 20))
         exact = select_indices([int(t) * tb for t in ticks], duration * tb, fps, cap)
         assert select_tick_indices(ticks, duration, tb, fps, cap).tolist() == exact
+
+
+@pytest.mark.parametrize("fps", ["1", "3", "30000/1001"])
+def test_pickable_ticks_cover_every_pick_whatever_the_true_duration(fps):
+    rng = np.random.default_rng(1)
+    tb = Fraction(1, 15360)
+    for _ in range(200):
+        ticks, duration = random_vfr(rng, tb)
+        cap = None if rng.random() < 0.5 else int(rng.integers(1, 20))
+        shuffled = rng.permutation(ticks)  # decode order differs from presentation order
+        keep = pickable_ticks(shuffled, tb, fps, cap)
+        # Any duration from the last pts on (the decoder learns it only at the end).
+        last = int(ticks[-1] - ticks[0])
+        for span in (last, duration, last + 1, last + 1001, last + 90_000):
+            picks = select_tick_indices(ticks, span, tb, fps, cap)
+            assert {int(ticks[i]) for i in picks} <= keep
+        assert {int(ticks[0]), *(int(t) for t in ticks[-2:])} <= keep
+
+
+def test_pickable_ticks_leave_most_frames_out_at_1fps_from_30fps():
+    tb = Fraction(1, 30)
+    ticks = np.arange(300)  # 10 s at 30 fps
+    keep = pickable_ticks(ticks[::-1], tb, 1)
+    assert keep == {*range(0, 300, 30), 298, 299}
+    assert pickable_ticks(np.zeros(0, np.int64), tb, 1) == set()
 
 
 def stream(frames, fps, max_frames=None):

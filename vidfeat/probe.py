@@ -1,0 +1,172 @@
+"""What a file is before decoding: header facts, container checks and typed failures.
+
+Shared by the decoders in ``vidfeat.decode``. The header is informational only: sampling never
+trusts its frame count or duration, but truncation is judged against the declared duration.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from vidfeat.errors import DecodeError
+from vidfeat.sampling import num_samples
+
+# Decoded coverage may fall short of the header by this much before we call it truncated:
+# audio often outlasts video by a fraction of a second, and headers round.
+TRUNCATION_TOLERANCE_S = 1.0
+TRUNCATION_TOLERANCE_FRACTION = 0.05
+# Formats FFmpeg opens that are not videos: still images and plain text ("tty").
+_NOT_VIDEO_FORMATS = ("image2", "image2pipe", "tty")
+# Magic bytes of video containers: a file starting like this that will not open is
+# "unreadable" (damaged video), anything else is "not_video".
+_CONTAINER_MAGIC = (
+    (4, b"ftyp"),  # MP4 / MOV / 3GP
+    (4, b"moov"),
+    (4, b"mdat"),
+    (4, b"free"),
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (8, b"AVI "),
+    (0, b"FLV"),
+    (0, b"OggS"),
+    (0, b"\x00\x00\x01\xba"),  # MPEG program stream
+    (0, b"\x30\x26\xb2\x75"),  # ASF / WMV
+)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container header declares. Informational only: sampling never trusts it."""
+
+    duration_s: float | None
+    native_fps: float | None
+    width: int
+    height: int
+    codec: str
+    n_frames_header: int | None
+
+
+def check_file(path: Path) -> None:
+    if not path.is_file():
+        raise DecodeError(f"file does not exist: {path}", "empty")
+    if path.stat().st_size == 0:
+        raise DecodeError("file is empty (0 bytes)", "empty")
+
+
+def looks_like_container(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(16)
+    return any(head[off : off + len(magic)] == magic for off, magic in _CONTAINER_MAGIC)
+
+
+def open_container(path: Path) -> av.container.InputContainer:
+    check_file(path)
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        if looks_like_container(path):
+            raise DecodeError(f"cannot open video container: {first_line(e)}", "unreadable") from e
+        raise DecodeError(f"not a video file: {first_line(e)}", "not_video") from e
+    if container.format.name in _NOT_VIDEO_FORMATS or container.format.name.endswith("_pipe"):
+        container.close()
+        raise DecodeError(f"not a video file (format {container.format.name})", "not_video")
+    return container
+
+
+def video_stream(container: av.container.InputContainer) -> av.VideoStream:
+    streams = [
+        s
+        for s in container.streams.video
+        if not s.disposition & av.stream.Disposition.attached_pic  # cover art is not video
+    ]
+    if not streams:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise DecodeError(f"no video stream (streams: {', '.join(kinds)})", "no_video_stream")
+    if streams[0].codec_context is None:
+        raise DecodeError("video codec is not supported by this FFmpeg build", "decode_error")
+    return streams[0]
+
+
+def header_info(container: av.container.InputContainer, stream: av.VideoStream) -> VideoInfo:
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / av.time_base
+    else:
+        duration = None
+    rate = stream.average_rate or stream.guessed_rate
+    return VideoInfo(
+        duration_s=duration,
+        native_fps=float(rate) if rate else None,
+        width=stream.codec_context.width,
+        height=stream.codec_context.height,
+        codec=stream.codec_context.name,
+        n_frames_header=stream.frames or None,
+    )
+
+
+# decord prefixes messages with "[12:00:00] /path/to/source.cc:123: "
+_DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+def first_line(e: BaseException) -> str:
+    """A short, path-free message: FFmpeg's strerror, or the first line without decord's noise."""
+    if isinstance(e, av.error.FFmpegError) and e.strerror:
+        return e.strerror
+    text = _DECORD_PREFIX.sub("", str(e)).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def no_frames_error() -> DecodeError:
+    return DecodeError("no frame could be decoded", "no_frames")
+
+
+def shortfall(declared_s: float | None, covered_s: float) -> bool:
+    if not declared_s or not math.isfinite(declared_s):
+        return False
+    tolerance = max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRACTION * declared_s)
+    return covered_s < declared_s - tolerance
+
+
+def truncated_error(covered_s: float, declared_s: float) -> DecodeError:
+    return DecodeError(f"decoded {covered_s:.1f} s of declared {declared_s:.1f} s", "truncated")
+
+
+def check_truncation(
+    info: VideoInfo, decoded_s: float, fps: Fraction, max_frames: int | None
+) -> None:
+    """Raise ``truncated`` if decoding ended clearly before the declared end.
+
+    Only when the shortfall cost frames: if the decoded part already holds ``max_frames``
+    grid points, the missing tail would never have been sampled.
+    """
+    if max_frames is not None and num_samples(decoded_s, fps) >= max_frames:
+        return
+    if shortfall(info.duration_s, decoded_s):
+        raise truncated_error(decoded_s, info.duration_s)
+
+
+def demux_scan(path: Path) -> tuple[int, float] | None:
+    """(intact video packets, seconds they span) actually present in the file."""
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            stream = video_stream(container)
+            n, first, end = 0, None, None
+            try:
+                for packet in container.demux(stream):
+                    pts = packet.pts if packet.pts is not None else packet.dts
+                    if pts is None or not packet.size or packet.is_corrupt:
+                        continue
+                    n += 1
+                    first = pts if first is None else min(first, pts)
+                    end = max(end or pts, pts + (packet.duration or 0))
+            except av.error.FFmpegError:
+                pass  # the file breaks off: what was read so far is what there is
+            return n, 0.0 if first is None else float((end - first) * stream.time_base)
+    except (av.error.FFmpegError, DecodeError, OSError):
+        return None
