@@ -148,12 +148,12 @@ class PyAVDecoder(VideoDecoder):
     def __init__(self, path: Path, threads: int = 0) -> None:
         super().__init__(path, threads)
         self._open()
-        self.info = header_info(self._container, self._stream)
 
     def _open(self) -> None:
         self._container = open_container(self.path)
         try:
             self._stream = video_stream(self._container)
+            self.info = header_info(self._container, self._stream)
         except BaseException:
             self._container.close()  # unclosed containers leak (PyAV#1117)
             raise
@@ -218,7 +218,7 @@ class PyAVDecoder(VideoDecoder):
             return None  # a damaged file: the decoding pass reports what is wrong
         if not pts or len(set(pts)) != len(pts):
             return None  # repeated pts: not a stream whose frames pts identify
-        self._first_tick = min(pts)
+        self._first_tick, self._packet_pts = min(pts), set(pts)
         return pickable_ticks(np.asarray(pts, np.int64), self._time_base, fps, max_frames)
 
     def _frames(
@@ -246,9 +246,14 @@ class PyAVDecoder(VideoDecoder):
                 # to exactly this packet.
                 codec.skip_frame = "DEFAULT" if packet.pts in keep else "NONREF"
             for decoded in self._decode(packet):
-                first = self.frames_decoded == 1
-                if keep is not None and first and decoded[1].pts != self._first_tick:
-                    raise _PlanMismatch
+                if keep is not None and self.frames_decoded == 1:
+                    if decoded[1].pts != self._first_tick:
+                        raise _PlanMismatch
+                elif keep is not None and decoded[1].pts not in self._packet_pts:
+                    # The codec's pts do not match the packets': stop trusting the plan.
+                    log.debug("%s: frame pts unknown to the demuxer; not skipping", self.path)
+                    keep = None
+                    codec.skip_frame = "DEFAULT"
                 yield decoded
         yield from self._decode(None)
 
