@@ -8,11 +8,11 @@ so a run directory can rebuild its model and data pipeline alone.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from heads.models import HeadConfig
+from heads.validate import check_choice, check_float, check_int
 from vidfeat.errors import ConfigError
 
 SAMPLINGS = ("head", "uniform", "random-crop")
@@ -23,34 +23,6 @@ MONITORS = ("val_loss", *METRICS)
 # Adam and RMSProp are scale-free, so 1e-3 works across heads; SGD needs a larger step.
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "rmsprop": 1e-3}
 SGD_MOMENTUM = 0.9
-
-
-def _int(name: str, value: object, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ConfigError(f"{name} must be {bounds}, got {value}")
-
-
-def _float(
-    obj: object, name: str, low: float, high: float | None = None, *, open_low: bool = False
-) -> None:
-    """Check a float field and normalise ints to float (so JSON round trips compare equal)."""
-    value = getattr(obj, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    too_low = value <= low if open_low else value < low
-    if too_low or (high is not None and value > high):
-        sign = ">" if open_low else ">="
-        bounds = f"{sign} {low}" if high is None else f"in [{low}, {high}]"
-        raise ConfigError(f"{name} must be {bounds}, got {value}")
-    object.__setattr__(obj, name, float(value))
-
-
-def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _from_dict(cls: type, data: object, nested: dict[str, Any] | None = None) -> Any:
@@ -83,16 +55,16 @@ class DataConfig:
     val_fraction: float = 0.1  # of the non-test videos, held out for early stopping
 
     def __post_init__(self) -> None:
-        _int("max_frames", self.max_frames, low=1)
-        _int("skip_first", self.skip_first, low=0)
-        _choice("sampling", self.sampling, SAMPLINGS)
-        _int("batch_size", self.batch_size, low=1)
-        _int("num_workers", self.num_workers, low=0)
+        check_int("max_frames", self.max_frames, low=1)
+        check_int("skip_first", self.skip_first, low=0)
+        check_choice("sampling", self.sampling, SAMPLINGS)
+        check_int("batch_size", self.batch_size, low=1)
+        check_int("num_workers", self.num_workers, low=0)
         if not isinstance(self.bucket, bool):
             raise ConfigError(f"bucket must be true or false, got {self.bucket!r}")
-        _int("bucket_batches", self.bucket_batches, low=1)
-        _float(self, "test_fraction", 0.0, 0.9)
-        _float(self, "val_fraction", 0.0, 0.9)
+        check_int("bucket_batches", self.bucket_batches, low=1)
+        check_float(self, "test_fraction", 0.0, 0.9)
+        check_float(self, "val_fraction", 0.0, 0.9)
         if self.classes is not None:
             if isinstance(self.classes, str) or not all(
                 isinstance(c, str) and c for c in self.classes
@@ -140,19 +112,19 @@ class TrainConfig:
             raise ConfigError(f"head must be a HeadConfig, got {type(self.head).__name__}")
         if not isinstance(self.data, DataConfig):
             raise ConfigError(f"data must be a DataConfig, got {type(self.data).__name__}")
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.lr is None:
             object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
-        _float(self, "lr", 0.0, open_low=True)
-        _float(self, "weight_decay", 0.0)
-        _int("lr_step", self.lr_step, low=0)
-        _float(self, "lr_gamma", 0.0, 1.0, open_low=True)
-        _float(self, "grad_clip", 0.0)
-        _int("epochs", self.epochs, low=1)
-        _int("patience", self.patience, low=0)
-        _choice("monitor", self.monitor, MONITORS)
-        _int("seed", self.seed, low=0, high=2**63 - 1)
-        _choice("loss", self.loss, LOSSES)
+        check_float(self, "lr", 0.0, open_low=True)
+        check_float(self, "weight_decay", 0.0)
+        check_int("lr_step", self.lr_step, low=0)
+        check_float(self, "lr_gamma", 0.0, 1.0, open_low=True)
+        check_float(self, "grad_clip", 0.0)
+        check_int("epochs", self.epochs, low=1)
+        check_int("patience", self.patience, low=0)
+        check_choice("monitor", self.monitor, MONITORS)
+        check_int("seed", self.seed, low=0, high=2**63 - 1)
+        check_choice("loss", self.loss, LOSSES)
         if not isinstance(self.class_weights, bool):
             raise ConfigError(f"class_weights must be true or false, got {self.class_weights!r}")
         if not isinstance(self.device, str) or not self.device:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from heads.validate import check_choice, check_int
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.registry import Registry
 
@@ -50,8 +51,8 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "attention_size", "fc_size", "num_experts"):
-            _check_int(name, getattr(self, name), low=1)
-        _check_int("num_layers", self.num_layers, low=1, high=3)
+            check_int(name, getattr(self, name), low=1)
+        check_int("num_layers", self.num_layers, low=1, high=3)
         dropout = self.dropout
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
             raise ConfigError(f"dropout must be a number, got {dropout!r}")
@@ -61,9 +62,9 @@ class HeadConfig:
         object.__setattr__(self, "dropout", float(dropout))
         if not isinstance(self.residual, bool):
             raise ConfigError(f"residual must be true or false, got {self.residual!r}")
-        _check_choice("reduction", self.reduction, REDUCTIONS)
-        _check_choice("pooling", self.pooling, POOLINGS)
-        _check_choice("input_norm", self.input_norm, INPUT_NORMS)
+        check_choice("reduction", self.reduction, REDUCTIONS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("input_norm", self.input_norm, INPUT_NORMS)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field."""
@@ -79,19 +80,6 @@ class HeadConfig:
         if unknown:
             raise ConfigError(f"unknown head config keys: {', '.join(unknown)}")
         return cls(**data)
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ConfigError(f"{name} must be {bounds}, got {value}")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +192,8 @@ class Head(nn.Module):
 
     def __init__(self, input_dim: int, num_classes: int, cfg: HeadConfig) -> None:
         super().__init__()
-        _check_int("input_dim", input_dim, low=1)
-        _check_int("num_classes", num_classes, low=1)
+        check_int("input_dim", input_dim, low=1)
+        check_int("num_classes", num_classes, low=1)
         if not isinstance(cfg, HeadConfig):
             raise ConfigError(f"cfg must be a HeadConfig, got {type(cfg).__name__}")
         self.input_dim = input_dim
@@ -234,7 +222,7 @@ class Head(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a freshly initialised one for ``num_classes`` classes."""
-        _check_int("num_classes", num_classes, low=1)
+        check_int("num_classes", num_classes, low=1)
         old = self.fc
         ref = next(old.parameters())
         self.fc = self.make_classifier(old.in_features, num_classes).to(ref.device, ref.dtype)
