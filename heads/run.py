@@ -169,10 +169,10 @@ def train_run(
         "trainable_params": result.trainable_params,
         "train_wall_s": result.wall_s,
     }
-    return _test(model, sets["test"], cfg, label_map, run_dir, summary)
+    return write_test_results(model, sets["test"], cfg, label_map, run_dir, summary)
 
 
-def _test(
+def write_test_results(
     model: Head,
     test: FeatureDataset,
     cfg: TrainConfig,
@@ -180,6 +180,8 @@ def _test(
     run_dir: Path,
     summary: dict[str, Any],
 ) -> dict[str, Any]:
+    """Evaluate ``model`` on ``test``; write test_metrics.json (with ``summary`` merged in) and
+    test_predictions.{npz,csv} into ``run_dir``. Returns the metrics."""
     if not len(test):
         log.warning("no test videos: test metrics are empty")
         metrics = {"n_test": 0, **summary}

@@ -38,15 +38,13 @@ from torch import nn
 from heads import checkpoint as ck
 from heads.config import TrainConfig
 from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
-from heads.metrics import evaluate_all
 from heads.models import Head
-from heads.run import LoadedRun, load_run, predict_scores, split_datasets, write_predictions
+from heads.run import LoadedRun, load_run, split_datasets, write_test_results
 from heads.splits import assign_splits, load_splits, merge_split_file, read_split_file, save_splits
 from heads.trainer import (
     Loaders,
     TrainResult,
     inverse_frequency_weights,
-    resolve_device,
     train,
 )
 from vidfeat.errors import ConfigError
@@ -263,28 +261,6 @@ def _check_out(out: Path, parent_dir: Path) -> None:
         raise TransferError(f"{out} already holds a run; choose another output directory")
 
 
-def _write_test(
-    model: Head,
-    test: FeatureDataset,
-    cfg: TrainConfig,
-    label_map: LabelMap,
-    out: Path,
-    summary: dict[str, Any],
-) -> dict[str, Any]:
-    """test_metrics.json and test_predictions.{npz,csv}, as ``heads train`` writes them."""
-    if not len(test):
-        log.warning("no test videos: test metrics are empty")
-        metrics = {"n_test": 0, **summary}
-    else:
-        device = resolve_device(cfg.device)
-        scores, labels = predict_scores(model, test, cfg, label_map, device)
-        write_predictions(out / ck.TEST_PREDICTIONS, test.video_ids, scores, labels, label_map)
-        found = {k: v for k, v in evaluate_all(scores, labels).items() if k != "n"}
-        metrics = {**found, "n_test": len(test), **summary}
-    ck.write_json(out / ck.TEST_METRICS, metrics)
-    return metrics
-
-
 def finetune_run(
     parent: str | Path | LoadedRun,
     store: str | Path,
@@ -340,7 +316,7 @@ def finetune_run(
         "train_wall_s": result.wall_s,
     }
     log.info("fine-tuned in %.1f s (%d epochs)", result.wall_s, result.epochs_run)
-    return _write_test(model, sets["test"], cfg, label_map, out, summary)
+    return write_test_results(model, sets["test"], cfg, label_map, out, summary)
 
 
 def _train(
