@@ -7,13 +7,19 @@ turns library errors into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cli.heads import METRIC_KEYS, _train_options, build_config
+from cli.heads import (
+    METRIC_KEYS,
+    PROGRESS_OPTION,
+    RUN_OUT_OPTION,
+    _train_options,
+    build_config,
+    show_progress,
+)
 
 # _train_options documents `heads train` defaults; fine-tuning starts from the parent's values.
 _FINETUNE_HELP = {
@@ -54,14 +60,7 @@ def _finetune_help(command: click.Command) -> click.Command:
     required=True,
     help="Store to fine-tune on; its features must match RUN's (dim, backbone, weights, PCA).",
 )
-@click.option(
-    "--out",
-    "-o",
-    "out",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Run directory to create.",
-)
+@RUN_OUT_OPTION
 @click.option(
     "--train",
     "mode",
@@ -76,7 +75,7 @@ def _finetune_help(command: click.Command) -> click.Command:
     help="CSV with video_id and split and/or group columns (default: RUN's split for the "
     "videos it knew, a fresh stratified split for the others).",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
+@PROGRESS_OPTION
 @_train_options
 def finetune(
     run: Path,
@@ -108,9 +107,14 @@ def finetune(
     parent = load_run(run)
     base = finetune_config(parent.cfg, mode).to_dict()
     cfg = build_config(parent.cfg.model, options, base)
-    show = sys.stderr.isatty() if progress is None else progress
     metrics = finetune_run(
-        parent, store, out, mode=mode, cfg=cfg, split_file=split_file, progress=show
+        parent,
+        store,
+        out,
+        mode=mode,
+        cfg=cfg,
+        split_file=split_file,
+        progress=show_progress(progress),
     )
     click.echo(_summary_line(metrics, mode) + f"  -> {out}")
 

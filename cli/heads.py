@@ -195,6 +195,25 @@ def build_config(
     return TrainConfig.from_dict({**base, "head": head, "data": data})
 
 
+# Options `heads train` and `heads finetune` share.
+RUN_OUT_OPTION = click.option(
+    "--out",
+    "-o",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run directory to create.",
+)
+PROGRESS_OPTION = click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a tty)."
+)
+
+
+def show_progress(progress: bool | None) -> bool:
+    """``--progress/--no-progress``, or a bar only when stderr is a terminal."""
+    return sys.stderr.isatty() if progress is None else progress
+
+
 def _model_choice() -> click.Choice:
     from heads.models import HEADS
 
@@ -204,14 +223,7 @@ def _model_choice() -> click.Choice:
 @main.command(context_settings={"max_content_width": 100})
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--model", "-m", "model", type=_model_choice(), required=True, help="Head to train.")
-@click.option(
-    "--out",
-    "-o",
-    "out",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Run directory to create.",
-)
+@RUN_OUT_OPTION
 @click.option(
     "--config",
     "config_file",
@@ -224,7 +236,7 @@ def _model_choice() -> click.Choice:
     help="CSV with video_id and split and/or group columns (a manifest works).",
 )
 @click.option("--resume", is_flag=True, help="Continue a killed run in --out from its last epoch.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
+@PROGRESS_OPTION
 @_train_options
 @_head_options
 def train(
@@ -254,8 +266,9 @@ def train(
 
     base = _read_json(config_file) if config_file else None
     cfg = build_config(model, options, base)
-    show = sys.stderr.isatty() if progress is None else progress
-    metrics = train_run(store, cfg, out, split_file=split_file, resume=resume, progress=show)
+    metrics = train_run(
+        store, cfg, out, split_file=split_file, resume=resume, progress=show_progress(progress)
+    )
     click.echo(_metrics_line(metrics, "test") + f"  -> {out}")
 
 
