@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
+import shutil
+import statistics
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,7 +49,33 @@ def _cpu_name() -> str:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2) + "\n")
+    return save_json(RESULTS / f"{name}.json", {"machine": machine_info(), **payload})
+
+
+def save_json(path: Path, payload: dict) -> Path:
+    """Write a result file (creating its folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def work_dir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """``keep`` (created if needed and left in place, so a rerun reuses its contents), or a
+    temporary folder removed afterwards."""
+    work = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def mean_std(values: list[float | None]) -> dict:
+    """Mean and sample std of the values that are not None (std 0 for one value)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None}
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return {"mean": statistics.fmean(present), "std": std}

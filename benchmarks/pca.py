@@ -23,18 +23,15 @@ Measured:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import vidfeat
 from benchmarks import pca_heads
 from benchmarks.clips import extract_store, sample_clips, write_clip_manifest, write_generated_clips
-from benchmarks.common import RESULTS, machine_info
+from benchmarks.common import RESULTS, machine_info, save_json, work_dir
 from benchmarks.pca_fidelity import held_out_metrics, in_sample_metrics, n_frames
 from vidfeat import create_store, open_store
 from vidfeat.pca import PCATransform, apply_pca_to_store, fit_pca
@@ -165,15 +162,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="vidfeat-pca-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_dir(args.work, prefix="vidfeat-pca-bench-") as work:
         result = run(args, work)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save_json(args.out, result)
     print(markdown(result))
 
 

@@ -12,12 +12,12 @@ import csv
 import json
 import logging
 import shutil
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import mean_std
 from benchmarks.pca_fidelity import Subset, n_frames
 from vidfeat import open_store
 from vidfeat.pca import apply_pca_to_store, fit_pca
@@ -111,13 +111,6 @@ def _scores(m: dict, base: dict, root: Path, head: str, name: str) -> dict:
     }
 
 
-def _mean_std(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-    }
-
-
 def summarise(records: list[dict]) -> dict:
     """Per head and features: hit@1 pooled over every seed's test videos, and its loss."""
     out: dict = {}
@@ -135,8 +128,8 @@ def summarise(records: list[dict]) -> dict:
                 "hit_at_1_pooled": pooled("hit_at_1"),
                 "hit_at_1_loss_points": 100 * pooled("hit_at_1_loss"),
                 "top1_agreement_pooled": pooled("top1_agreement"),
-                "hit_at_1": _mean_std([r["hit_at_1"] for r in rows]),
-                "gap_at_20": _mean_std([r["gap_at_20"] for r in rows]),
+                "hit_at_1": mean_std([r["hit_at_1"] for r in rows]),
+                "gap_at_20": mean_std([r["gap_at_20"] for r in rows]),
             }
     return out
 

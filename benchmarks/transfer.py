@@ -26,15 +26,13 @@ import json
 import logging
 import os
 import shutil
-import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import RESULTS, machine_info
+from benchmarks.common import RESULTS, machine_info, mean_std, save_json, work_dir
 from heads.config import TrainConfig
 from heads.report import write_report
 from heads.run import train_run
@@ -142,20 +140,12 @@ def run_seed(store: Path, work: Path, seed: int, args: argparse.Namespace) -> li
 # --------------------------------------------------------------------------- summary
 
 
-def _mean_std(values: list[float]) -> dict:
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"mean": None, "std": None}
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std}
-
-
 def summarise(records: list[dict]) -> dict:
     """Mean and std over seeds of each run's numbers, and transfer / full hit@1 ratios."""
     names = list(dict.fromkeys(r["run"] for r in records))
     keys = ("hit_at_1", "gap_at_20", "best_epoch", "epochs_run", "wall_s", "trainable_params")
     summary = {
-        name: {k: _mean_std([r[k] for r in records if r["run"] == name]) for k in keys}
+        name: {k: mean_std([r[k] for r in records if r["run"] == name]) for k in keys}
         for name in names
     }
     full = {r["seed"]: r["hit_at_1"] for r in records if r["run"] == "full"}
@@ -165,7 +155,7 @@ def summarise(records: list[dict]) -> dict:
             for r in records
             if r["run"] == f"transfer_{mode}" and full.get(r["seed"])
         ]
-        summary[f"transfer_{mode}"]["ratio_to_full"] = _mean_std(ratios)
+        summary[f"transfer_{mode}"]["ratio_to_full"] = mean_std(ratios)
     return summary
 
 
@@ -283,15 +273,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    work = args.work or Path(tempfile.mkdtemp(prefix="heads-transfer-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_dir(args.work, prefix="heads-transfer-bench-") as work:
         result = run(args, work)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save_json(args.out, result)
     print(markdown(result))
 
 
