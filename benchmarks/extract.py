@@ -61,8 +61,8 @@ def write_clip(
 def decode_alone(paths: list[Path], workers: int, spec, decoder: str) -> tuple[float, np.ndarray]:
     import functools
 
+    from vidfeat.decode.pool import DecodePool, FramesChunk
     from vidfeat.preprocess import preprocess_frame
-    from vidfeat.workers import DecodePool, FramesChunk
 
     chunks: dict[str, list[np.ndarray]] = {p.stem: [] for p in paths}
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from vidfeat.pca import PCATransform, fit_pca
-from vidfeat.quantize import dequantize, quantize
+from vidfeat.pca.quantize import dequantize, quantize
 
 log = logging.getLogger("benchmarks.pca")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cli.heads import (
+from vidfeat_cli.heads import (
     METRIC_KEYS,
     PROGRESS_OPTION,
     RUN_OUT_OPTION,

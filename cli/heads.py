@@ -54,7 +54,7 @@ class HeadsGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name == "finetune" and name not in self.commands:
-            from cli.finetune import finetune
+            from vidfeat_cli.finetune import finetune
 
             self.add_command(finetune)
         return super().get_command(ctx, name)

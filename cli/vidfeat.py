@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from cli.pca import pca
+from vidfeat_cli.pca import pca
 from vidfeat.errors import ConfigError, VidfeatError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -205,13 +205,13 @@ def info(store: Path, as_json: bool, failures: bool) -> None:
       vidfeat info feats.zarr
       vidfeat info feats.h5 --json | jq .failed
     """
-    from vidfeat.info import store_summary
+    from vidfeat.store.info import store_summary
 
     summary = store_summary(store)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
-    from vidfeat.info import format_summary
+    from vidfeat.store.info import format_summary
 
     click.echo(format_summary(summary, show_failures=failures))
 

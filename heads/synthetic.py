@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidfeat.quantize import quantization_attrs, quantize
+from vidfeat.pca.quantize import quantization_attrs, quantize
 from vidfeat.store import create_store
 
 ORDER_CLASSES = {"ab": (0, 1), "ba": (1, 0), "cd": (2, 3), "dc": (3, 2)}  # label -> event order

@@ -23,12 +23,12 @@ import numpy as np
 
 from vidfeat import __version__
 from vidfeat.config import ExtractConfig
+from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
 from vidfeat.errors import DecodeError
 from vidfeat.manifest import ManifestEntry, read_manifest
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.preprocess import preprocess_frame
 from vidfeat.store import StoreWriter, create_store
-from vidfeat.workers import DecodePool, FramesChunk, VideoDone, VideoFailed
 
 log = logging.getLogger(__name__)
 

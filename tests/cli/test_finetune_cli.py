@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli.finetune import finetune
-from cli.heads import EXIT_CANNOT_RUN, HeadsGroup, main
+from vidfeat_cli.finetune import finetune
+from vidfeat_cli.heads import EXIT_CANNOT_RUN, HeadsGroup, main
 from heads import checkpoint as ck
 from heads.transfer import FINETUNE_LR
 from tests.heads.stores import make_cluster_store

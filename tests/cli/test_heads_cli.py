@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli.heads import main
+from vidfeat_cli.heads import main
 from heads.synthetic import write_store
 from tests.heads.stores import cluster_videos, make_cluster_store
 

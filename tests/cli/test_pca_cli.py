@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.pca import pca
+from vidfeat_cli.pca import pca
 from tests.vidfeat.test_pca import (
     LowRankStore,
     dequantize_reference,
@@ -117,7 +117,7 @@ def test_usage_errors_and_help(low_rank: LowRankStore, tmp_path: Path) -> None:
 
 
 def test_main_cli_reports_pca_errors_in_one_line(low_rank: LowRankStore, tmp_path: Path) -> None:
-    from cli.vidfeat import main
+    from vidfeat_cli.vidfeat import main
 
     result = CliRunner().invoke(
         main, ["pca", "fit", str(low_rank.path), "--dim", "60", "--out", str(tmp_path / "p.npz")]
@@ -128,7 +128,7 @@ def test_main_cli_reports_pca_errors_in_one_line(low_rank: LowRankStore, tmp_pat
 
 @pytest.mark.slow
 def test_extract_with_pca_equals_extract_then_apply(tmp_path: Path, make_video) -> None:
-    from cli.vidfeat import main
+    from vidfeat_cli.vidfeat import main
 
     clips = [make_video(f"pca_{i}.mp4", seconds=3, fps=10, size=(96 + 32 * i, 72)) for i in (0, 1)]
     manifest = tmp_path / "m.csv"

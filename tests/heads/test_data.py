@@ -20,7 +20,7 @@ from heads.data import (
 from heads.synthetic import write_store
 from tests.heads.stores import frame_videos, make_frame_store
 from vidfeat.errors import ConfigError
-from vidfeat.quantize import dequantize, quantization_attrs, quantize
+from vidfeat.pca.quantize import dequantize, quantization_attrs, quantize
 from vidfeat.store import open_store
 
 

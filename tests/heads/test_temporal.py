@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli.heads import main
+from vidfeat_cli.heads import main
 from heads.synthetic import ORDER_CLASSES, order_patterns, order_videos, write_order_store
 
 PAIR = {"ab": 0, "ba": 0, "cd": 1, "dc": 1}

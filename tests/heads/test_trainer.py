@@ -180,7 +180,7 @@ def test_existing_run_needs_resume_with_same_options(tmp_path):
 
 def _heads(args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "cli.heads", "-q", "train", *map(str, args)]
+    cmd = [sys.executable, "-m", "vidfeat_cli.heads", "-q", "train", *map(str, args)]
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
     )

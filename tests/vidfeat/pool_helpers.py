@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from vidfeat.decode import DECODERS, PyAVDecoder, SampledFrame, VideoDecoder, VideoInfo
-from vidfeat.workers import DecodePool
+from vidfeat.decode.pool import DecodePool
 
 FAULTS = ("stallspin", "stall", "hang", "spin", "segv")  # first prefix match wins
 OUT_SIZE = 299

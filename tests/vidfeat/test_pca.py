@@ -19,11 +19,11 @@ from vidfeat.pca import (
     FeatureReduction,
     PCATransform,
     apply_pca_to_store,
-    describe_features,
     fit_pca,
     load_pca,
 )
 from vidfeat.pca.fit import StreamingMoments, sample_positions
+from vidfeat.store.info import describe_features
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,7 @@ def write_yt8m_dir(folder: Path, dim: int, seed: int = 0, orthogonal: np.ndarray
 
 
 def quantize_reference(x: np.ndarray) -> np.ndarray:
-    # The formula, written out independently of vidfeat.quantize.
+    # The formula, written out independently of vidfeat.pca.quantize.
     return np.round((np.clip(x, -2.0, 2.0) + 2.0) * 255.0 / 4.0).astype(np.uint8)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.vidfeat import main
+from vidfeat_cli.vidfeat import main
 from vidfeat import FeatureExtractor, open_store
 from vidfeat.sampling import grid_times
 
@@ -212,7 +212,7 @@ def _extract_proc(manifest: Path, store: Path) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
-        "cli.vidfeat",
+        "vidfeat_cli.vidfeat",
         "extract",
         str(manifest),
         "--out",

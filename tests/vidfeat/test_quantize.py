@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vidfeat.errors import ConfigError
-from vidfeat.quantize import dequantize, quantization_attrs, quantize
+from vidfeat.pca.quantize import dequantize, quantization_attrs, quantize
 
 
 def test_every_code_dequantizes_with_youtube8m_reader_formula() -> None:

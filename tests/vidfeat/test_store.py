@@ -16,7 +16,7 @@ import pytest
 from tests.vidfeat.store_worker import expected_features, video_id
 from vidfeat import create_store, open_store
 from vidfeat.errors import ConfigError, StoreError, StoreMismatchError, VideoNotFoundError
-from vidfeat.quantize import dequantize, quantization_attrs, quantize
+from vidfeat.pca.quantize import dequantize, quantization_attrs, quantize
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,8 +17,8 @@ import pytest
 
 from tests.vidfeat.pool_helpers import torch_loaded, upscale_299
 from vidfeat.decode import open_video
+from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
 from vidfeat.errors import ConfigError
-from vidfeat.workers import DecodePool, FramesChunk, VideoDone, VideoFailed
 
 HELPERS = "tests.vidfeat.pool_helpers"
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vidfeat.errors import ConfigError
+from vidfeat.pca.quantize import quantization_attrs, quantize
 from vidfeat.pca.transform import PCATransform, load_pca
-from vidfeat.quantize import quantization_attrs, quantize
 
 if TYPE_CHECKING:
     from vidfeat.store import StoreReader
@@ -165,23 +165,3 @@ def _copy_videos(
             progress(i, len(rows))
     return counts
 
-
-def describe_features(reader: StoreReader) -> dict[str, Any]:
-    """What ``vidfeat info`` shows about the stored features: size, dtype, PCA, quantization."""
-    itemsize = np.dtype(reader.dtype).itemsize
-    table = reader.videos
-    n_frames = int(table.loc[table["status"] == "ok", "n_frames"].sum()) if len(table) else 0
-    pca = reader.attrs.get("pca")
-    return {
-        "dim": reader.dim,
-        "dtype": str(np.dtype(reader.dtype)),
-        "bytes_per_frame": reader.dim * itemsize,
-        "n_frames": n_frames,
-        "feature_bytes": n_frames * reader.dim * itemsize,
-        "quantization": reader.quantization,
-        "pca": None
-        if not pca
-        else {
-            k: pca.get(k) for k in ("source", "input_dim", "output_dim", "variance_kept", "sha256")
-        },
-    }

@@ -2,7 +2,7 @@
 
 YouTube-8M reduces 2048-d InceptionV3 features to 1024-d with a whitened PCA,
 ``f = ((x - mean) @ E[:K].T) / sqrt(eigenvalues[:K] + 1e-4)``, then quantizes each value
-to one byte (see ``vidfeat.quantize``). ``load_pca`` reads either our ``.npz`` or the
+to one byte (see ``vidfeat.pca.quantize``). ``load_pca`` reads either our ``.npz`` or the
 directory of ``mean.npy`` / ``eigenvals.npy`` / ``eigenvecs.npy`` from YouTube-8M's
 ``yt8m_pca.tgz``, so features can be made comparable with the released dataset.
 """

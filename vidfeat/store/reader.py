@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from vidfeat.errors import StoreError, VideoNotFoundError
-from vidfeat.quantize import dequantize
+from vidfeat.pca.quantize import dequantize
 from vidfeat.store.base import LABEL_SEPARATOR, Backend, PartReader, StoreMeta
 
 log = logging.getLogger(__name__)

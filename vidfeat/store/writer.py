@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError, StoreMismatchError
-from vidfeat.quantize import dequantize
+from vidfeat.pca.quantize import dequantize
 from vidfeat.store.base import (
     LABEL_SEPARATOR,
     STRING_COLUMNS,

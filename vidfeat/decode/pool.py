@@ -1,6 +1,6 @@
 """Decode videos in worker processes, so a decoder hang or crash costs one video, not the job.
 
-A worker (``vidfeat.decode_worker``) decodes one video at a time with ``vidfeat.decode``,
+A worker (``vidfeat.decode.worker``) decodes one video at a time with ``vidfeat.decode``,
 applies ``frame_transform`` to each sampled frame and streams results back in chunks of
 ``chunk_frames`` over its own socket pair. That holds a few hundred kilobytes, so a worker
 blocks as soon as the consumer falls behind: about one chunk per worker is ever in flight,
@@ -19,7 +19,7 @@ Either way a fresh worker takes the slot.
 (truncation is only known at the end) means the job's chunks must be dropped.
 
 Workers come from "forkserver" (or "spawn"), never from forking the parent, which may run
-torch threads. They import ``vidfeat.decode_worker``, ``vidfeat.decode``, ``extra_modules``,
+torch threads. They import ``vidfeat.decode.worker``, ``vidfeat.decode``, ``extra_modules``,
 the module defining ``frame_transform`` and (as multiprocessing always does) the main script:
 keep those torch-free. The pool is not thread-safe.
 """
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidfeat.decode_worker import FrameTransform, WorkerSettings, worker_main
+from vidfeat.decode.worker import FrameTransform, WorkerSettings, worker_main
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.sampling import parse_fps
 
@@ -362,7 +362,7 @@ def _context(start_method: str | None) -> mp.context.BaseContext:
     if start_method == "forkserver":
         # Workers fork from a clean server that imported the decoders (and, as multiprocessing
         # always does, the main module) once, so a replacement starts in milliseconds.
-        ctx.set_forkserver_preload(["__main__", "vidfeat.decode", "vidfeat.decode_worker"])
+        ctx.set_forkserver_preload(["__main__", "vidfeat.decode", "vidfeat.decode.worker"])
     return ctx
 
 

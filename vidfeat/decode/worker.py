@@ -1,4 +1,4 @@
-"""The child side of ``vidfeat.workers.DecodePool``: one process decoding one video at a time.
+"""The child side of ``vidfeat.decode.pool.DecodePool``: one process decoding one video at a time.
 
 A worker decodes with ``vidfeat.decode``, applies the pool's ``frame_transform`` to each sampled
 frame and streams the results back in chunks over its socket pair. Every message is stamped with

@@ -6,8 +6,31 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vidfeat.pca.apply import describe_features
+import numpy as np
+
 from vidfeat.store import open_store
+from vidfeat.store.reader import StoreReader
+
+
+def describe_features(reader: StoreReader) -> dict[str, Any]:
+    """What ``vidfeat info`` shows about the stored features: size, dtype, PCA, quantization."""
+    itemsize = np.dtype(reader.dtype).itemsize
+    table = reader.videos
+    n_frames = int(table.loc[table["status"] == "ok", "n_frames"].sum()) if len(table) else 0
+    pca = reader.attrs.get("pca")
+    return {
+        "dim": reader.dim,
+        "dtype": str(np.dtype(reader.dtype)),
+        "bytes_per_frame": reader.dim * itemsize,
+        "n_frames": n_frames,
+        "feature_bytes": n_frames * reader.dim * itemsize,
+        "quantization": reader.quantization,
+        "pca": None
+        if not pca
+        else {
+            k: pca.get(k) for k in ("source", "input_dim", "output_dim", "variance_kept", "sha256")
+        },
+    }
 
 
 def _disk_bytes(path: Path) -> int:

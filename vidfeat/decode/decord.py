@@ -1,0 +1,111 @@
+"""The "decord" decoder: random access, with indices from decord's own per-frame timestamps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from vidfeat.decode.base import DECODERS, SampledFrame, VideoDecoder
+from vidfeat.decode.probe import (
+    check_truncation,
+    demux_scan,
+    first_line,
+    header_info,
+    no_frames_error,
+    open_container,
+    shortfall,
+    truncated_error,
+    video_stream,
+)
+from vidfeat.errors import ConfigError, DecodeError
+from vidfeat.sampling import select_tick_indices
+
+_DECORD_BATCH = 8  # frames per get_batch call; bounds memory on long, large videos
+
+
+def _import_decord() -> object:
+    try:
+        import decord
+    except ImportError as e:
+        raise ConfigError(
+            "decoder 'decord' needs the decord package (x86-64 only); use decoder 'pyav'"
+        ) from e
+    return decord
+
+
+@DECODERS.register("decord")
+class DecordDecoder(VideoDecoder):
+    """Random access with decord; indices come from decord's own per-frame timestamps."""
+
+    name = "decord"
+    # Any frame decord would silently replace by a neighbour raises instead.
+    _FAULT_TOLERANCE = 1e-9
+
+    @classmethod
+    def check_available(cls) -> None:
+        _import_decord()
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        super().__init__(path, threads)
+        # PyAV reads the header (cheap, typed errors); decord then decodes.
+        with open_container(self.path) as container:
+            stream = video_stream(container)
+            self.info = header_info(container, stream)
+            self._time_base: Fraction = stream.time_base
+        decord = _import_decord()
+        try:
+            self._reader = decord.VideoReader(
+                str(self.path),
+                ctx=decord.cpu(0),
+                num_threads=self.threads,
+                fault_tol=self._FAULT_TOLERANCE,
+            )
+        except Exception as e:  # decord raises bare RuntimeError / DECORDError
+            raise self._failure(e) from e
+
+    def close(self) -> None:
+        self._reader = None
+
+    def _sample(self, fps: Fraction, max_frames: int | None) -> Iterator[SampledFrame]:
+        n = len(self._reader)
+        if n == 0:
+            raise no_frames_error()
+        ts = self._reader.get_frame_timestamp(range(n))  # (n, 2) float32 [start, end) s
+        # float32 seconds lose exactness; snap back to the stream's integer ticks.
+        ticks = np.rint(ts.astype(np.float64) / float(self._time_base)).astype(np.int64)
+        starts = ticks[:, 0]
+        duration_ticks = int(max(ticks[-1, 1], starts[-1]) - starts[0])
+        self.decoded_duration_s = float(duration_ticks * self._time_base)
+        check_truncation(self.info, self.decoded_duration_s, fps, max_frames)
+        try:
+            indices = select_tick_indices(starts, duration_ticks, self._time_base, fps, max_frames)
+        except ValueError as e:
+            raise DecodeError(f"decord timestamps: {e}", "decode_error") from e
+        for lo in range(0, len(indices), _DECORD_BATCH):
+            chunk = indices[lo : lo + _DECORD_BATCH]
+            wanted = np.unique(chunk)  # a frame may be on screen at two grid times
+            frames = self._get_batch(wanted)  # (len(wanted), H, W, 3) uint8
+            for i in chunk:
+                pts_s = float((starts[i] - starts[0]) * self._time_base)
+                yield SampledFrame(pts_s, frames[np.searchsorted(wanted, i)])
+
+    def _get_batch(self, indices: np.ndarray) -> np.ndarray:
+        try:
+            frames = self._reader.get_batch(indices.tolist()).asnumpy()
+        except Exception as e:  # DECORDError, DECORDLimitReachedError
+            raise self._failure(e) from e
+        self.frames_decoded += len(indices)
+        return frames
+
+    def _failure(self, e: Exception) -> DecodeError:
+        # decord's index may come from the header (MP4 moov) and list frames whose data is
+        # gone; tell a cut file apart from corrupt data by demuxing what is really there.
+        scan = demux_scan(self.path)
+        if scan is not None and scan[0] == 0:
+            return no_frames_error()
+        if scan is not None and shortfall(self.info.duration_s, scan[1]):
+            return truncated_error(scan[1], self.info.duration_s)
+        return DecodeError(f"corrupt video data: {first_line(e)}", "decode_error")
