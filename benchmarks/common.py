@@ -20,7 +20,7 @@ def machine_info() -> dict:
     import numpy as np
 
     info = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": _cpu_name(),

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import click
 
-from vidfeat_cli.pca import pca
 from vidfeat.errors import ConfigError, VidfeatError
+from vidfeat_cli.pca import pca
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
 

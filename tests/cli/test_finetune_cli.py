@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from vidfeat_cli.finetune import finetune
-from vidfeat_cli.heads import EXIT_CANNOT_RUN, HeadsGroup, main
 from heads import checkpoint as ck
 from heads.transfer import FINETUNE_LR
 from tests.heads.stores import make_cluster_store
+from vidfeat_cli.finetune import finetune
+from vidfeat_cli.heads import EXIT_CANNOT_RUN, HeadsGroup, main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

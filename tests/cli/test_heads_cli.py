@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from vidfeat_cli.heads import main
 from heads.synthetic import write_store
 from tests.heads.stores import cluster_videos, make_cluster_store
+from vidfeat_cli.heads import main
 
 METRICS = {"hit_at_1", "top5", "gap_at_20", "mean_ap", "perr"}
 

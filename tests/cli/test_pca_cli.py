@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from vidfeat_cli.pca import pca
 from tests.vidfeat.test_pca import (
     LowRankStore,
     dequantize_reference,
@@ -20,6 +19,7 @@ from tests.vidfeat.test_pca import (
 from vidfeat import open_store
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.pca import fit_pca, load_pca
+from vidfeat_cli.pca import pca
 
 
 @pytest.fixture(scope="module")

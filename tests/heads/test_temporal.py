@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from vidfeat_cli.heads import main
 from heads.synthetic import ORDER_CLASSES, order_patterns, order_videos, write_order_store
+from vidfeat_cli.heads import main
 
 PAIR = {"ab": 0, "ba": 0, "cd": 1, "dc": 1}
 TASK = {"dim": 16, "min_len": 16, "max_len": 32}

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from vidfeat_cli.vidfeat import main
 from vidfeat import FeatureExtractor, open_store
 from vidfeat.sampling import grid_times
+from vidfeat_cli.vidfeat import main
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -164,4 +164,3 @@ def _copy_videos(
         if progress is not None:
             progress(i, len(rows))
     return counts
-

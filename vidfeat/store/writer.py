@@ -278,6 +278,6 @@ def new_meta(
         raise ConfigError(f"store attrs must be JSON-serialisable: {exc}") from exc
     created = {
         "vidfeat_version": version,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     return StoreMeta(int(dim), dtype, quantization, attrs, created=created)
