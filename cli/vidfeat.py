@@ -48,6 +48,7 @@ def main(verbose: int) -> None:
       vidfeat extract videos.csv --out feats.h5 --decoder pyav --workers 4
       vidfeat extract videos.csv --out feats.zarr --shard 3/16   # one job of an array
       vidfeat info feats.zarr
+      vidfeat verify feats.zarr
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -214,6 +215,31 @@ def info(store: Path, as_json: bool, failures: bool) -> None:
     from vidfeat.store.info import format_summary
 
     click.echo(format_summary(summary, show_failures=failures))
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(store: Path, as_json: bool) -> None:
+    """Read every chunk of STORE and check its tables; exit 2 naming each problem.
+
+    Checks every checksum (schema 2), that no chunk is missing, the per-video table against
+    the arrays (offsets, frame counts), unique ids per part, and finite feature values.
+
+    \b
+    Examples:
+      vidfeat verify feats.zarr
+      vidfeat verify feats.h5 --json | jq .problems
+    """
+    from vidfeat.store.verify import format_report, verify_store
+
+    report = verify_store(store)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(format_report(report), err=not report.ok)
+    if not report.ok:
+        sys.exit(EXIT_CANNOT_RUN)
 
 
 main.add_command(pca)
