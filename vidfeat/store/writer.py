@@ -166,7 +166,7 @@ class StoreWriter:
             stored = x.astype(spec.dtype, copy=False)
         if not np.isfinite(stored).all():
             bad = "NaN" if np.isnan(stored).any() else f"inf (overflow in the {spec.dtype} cast)"
-            raise ConfigError(f"{video_id}: stream {stream!r} has non-finite values: {bad}")
+            raise ConfigError(f"video {video_id!r}: stream {stream!r} has non-finite values: {bad}")
         return stored
 
     def _mean(self, stream: str, stored: np.ndarray) -> np.ndarray:
