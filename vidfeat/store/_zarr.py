@@ -5,6 +5,10 @@ then rewrite the part's ``zarr.json`` attributes with the new committed counts. 
 store writes each file to a temporary name and renames it, so every chunk and every metadata
 document is either the old or the new version. A writer killed mid-commit leaves rows beyond
 the committed counts; readers ignore them and the next writer of that part truncates them.
+
+Schema 2 chunks carry a CRC32C and every chunk is written, so reads check both the bytes and
+that each chunk under the committed counts exists. Schema-1 parts (read, or appended to on
+resume) keep zarr's default codecs and are not checked.
 """
 
 from __future__ import annotations
