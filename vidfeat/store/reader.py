@@ -161,9 +161,8 @@ class StoreReader:
     def read(self, video_id: str, stream: str | None = None, *, raw: bool = False) -> np.ndarray:
         """(T, D) features of one stream: float32 (dequantized if stored as uint8), or the
         stored dtype if ``raw``. ``stream=None`` means the only stream."""
-        return self.read_streams(video_id, [self.stream_name(stream)], raw=raw)[
-            self.stream_name(stream)
-        ]
+        name = self.stream_name(stream)
+        return self.read_streams(video_id, [name], raw=raw)[name]
 
     def read_streams(
         self, video_id: str, streams: list[str] | None = None, *, raw: bool = False

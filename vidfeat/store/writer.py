@@ -52,8 +52,13 @@ class StoreWriter:
         self._lock_fh = _acquire_lock(_lock_path(backend, part), part)
         self._pending: list[VideoRecord] = []
         self._last_commit = time.monotonic()
-        self._committed_ok, self._committed_any = self._scan_committed()
-        self._part = backend.open_part_writer(part, meta)
+        try:
+            self._committed_ok, self._committed_any = self._scan_committed()
+            self._part = backend.open_part_writer(part, meta)
+        except BaseException:  # a damaged store: release the part for the next attempt
+            self._lock_fh.close()
+            backend.close()
+            raise
         self._closed = False
 
     def _scan_committed(self) -> tuple[set[str], set[str]]:
