@@ -144,6 +144,7 @@ class HDF5PartReader(PartReader):
         self.label = path.name
         self.path = path
         self._file: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
 
     def _fail(self, array: str, detail: str) -> StoreIntegrityError:
         return StoreIntegrityError(detail, store=self.store, part=self.label, array=array)
@@ -158,10 +159,12 @@ class HDF5PartReader(PartReader):
         return self._file
 
     def _dataset(self, name: str) -> h5py.Dataset:
-        try:
-            return self.file[name]
-        except (KeyError, OSError) as exc:
-            raise self._fail(name, f"the dataset is missing or unreadable ({exc})") from exc
+        if name not in self._datasets:  # looking a path up costs as much as a small read
+            try:
+                self._datasets[name] = self.file[name]
+            except (KeyError, OSError) as exc:
+                raise self._fail(name, f"the dataset is missing or unreadable ({exc})") from exc
+        return self._datasets[name]
 
     @property
     def n_videos(self) -> int:  # type: ignore[override]
@@ -189,6 +192,7 @@ class HDF5PartReader(PartReader):
         return [(i, min(i + step, rows)) for i in range(0, rows, step)]
 
     def close(self) -> None:
+        self._datasets.clear()
         if self._file is not None:
             self._file.close()
             self._file = None
