@@ -61,11 +61,16 @@ def shard_of(video_id: str, n_shards: int) -> int:
 
 
 def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReduction) -> dict:
-    """Everything that determines the stored features (the store refuses to mix others)."""
+    """Everything that determines the stored features (the store refuses to mix others).
+
+    The decoder is part of it: the two agree on which frames and on 8-bit pixels, but not
+    exactly on 10-bit 4:2:0 colour edges, so one store never mixes both.
+    """
     return {
         "backbone": spec_attrs,
         "precision": cfg.precision,
         "fps": cfg.fps,
+        "decoder": cfg.decoder,
         "max_frames": cfg.max_frames,
         "sampling": "last frame with pts <= k/fps from the first frame, k < fps * duration",
         **reduction.attrs(),

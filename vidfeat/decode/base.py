@@ -4,8 +4,10 @@ A decoder opens one video and yields the frames on screen at t_k = k / fps (the 
 ``vidfeat.sampling``), chosen from per-frame timestamps, never from a header frame count or an
 index stride. Every failure is a ``DecodeError(reason, status)`` with one of:
 
-- ``empty``: the file is missing or has zero bytes
-- ``not_video``: not a media container at all (text, image, ...)
+- ``missing``: the file does not exist
+- ``empty``: the file has zero bytes
+- ``not_video``: not a media container at all (text, image, animated GIF, a directory, FIFO or
+  device)
 - ``no_video_stream``: a media file without a video track (audio only)
 - ``unreadable``: looks like a video container but cannot be opened (e.g. MP4 without moov)
 - ``decode_error``: corrupt coded data or a decoder failure
