@@ -147,10 +147,15 @@ def test_write_then_read_round_trips(tmp_path: Path) -> None:
 def test_committed_demo_manifest_matches_the_generator(tmp_path: Path) -> None:
     import csv
 
-    from data_manifests.make_demo import CLASSES
+    from data_manifests.make_demo import CLASSES, split_of
 
     root = Path(__file__).resolve().parents[2]
     rows = list(csv.DictReader((root / "data_manifests" / "demo.csv").open()))
     assert len(rows) == 8 * len(CLASSES)
     assert {r["labels"] for r in rows} == {name for name, _, _ in CLASSES}
     assert all(r["path"] == f"../demo/videos/{r['labels']}/{r['video_id']}.mp4" for r in rows)
+    assert [r["split"] for r in rows] == [split_of(j, 8) for _ in CLASSES for j in range(8)]
+    # Every class has validation and test videos, so training on the demo warns about none.
+    assert {(r["labels"], r["split"]) for r in rows} == {
+        (name, s) for name, _, _ in CLASSES for s in ("train", "val", "test")
+    }
