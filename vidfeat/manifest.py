@@ -100,14 +100,15 @@ def _resolve(manifest: Path, raw_path: str) -> Path:
 
 
 def _path_problem(video_path: Path) -> str | None:
-    """Why a listed path can never be a video (a directory, FIFO, device, ...); a missing file
-    is no problem here: extraction records it as a ``missing`` failure and goes on."""
+    """Why a listed path can never be a video (a directory, FIFO, device, ...).
+
+    A file that is missing or cannot be read now is no manifest problem: extraction records
+    it as a failed video (``missing``, ``unreadable``) and goes on with the others.
+    """
     try:
         mode = video_path.stat().st_mode
-    except FileNotFoundError:
+    except OSError:
         return None
-    except OSError as exc:
-        return f"cannot access {video_path}: {exc.strerror}"
     kind = not_a_file(mode)
     return None if kind is None else f"{video_path} is {kind}, not a video file"
 

@@ -3,7 +3,8 @@
 A decoder opens one video and yields the frames on screen at t_k = k / fps (the rule in
 ``vidfeat.sampling``), chosen from per-frame timestamps, never from a header frame count or an
 index stride. Frames are 8-bit RGB as a player shows them: the display matrix's rotation is
-applied (quarter turns), and 10-bit or 4:4:4 sources are converted to 8-bit RGB. Every failure is a ``DecodeError(reason, status)`` with one of:
+applied (quarter turns), and 10-bit or 4:4:4 sources are converted to 8-bit RGB. Every
+failure is a ``DecodeError(reason, status)`` with one of:
 
 - ``missing``: the file does not exist
 - ``empty``: the file has zero bytes
