@@ -10,6 +10,7 @@ import pytest
 
 from vidfeat.config import ExtractConfig
 from vidfeat.errors import ConfigError, StoreMismatchError
+from vidfeat.pipeline import resume_attrs
 from vidfeat.store import create_store
 
 FORMATS = ["zarr", "hdf5"]
@@ -48,3 +49,24 @@ def test_config_spells_each_rate_one_way_and_refuses_nan() -> None:
             ExtractConfig("m.csv", "s.zarr", fps=bad)
     with pytest.raises(ConfigError, match="timeout"):
         ExtractConfig("m.csv", "s.zarr", timeout_s=float("nan"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_stores_from_before_the_decoder_attr_resume_with_the_same_decoder(tmp_path, fmt) -> None:
+    path = tmp_path / f"s.{'zarr' if fmt == 'zarr' else 'h5'}"
+    with create_store(path, dim=2, format=fmt, attrs={"fps": "1"}) as w:
+        w.write("a", np.ones((1, 2), np.float32), decoder="decord")
+    attrs = {"fps": "1", "decoder": "decord"}
+    same = ExtractConfig("m.csv", path, format=fmt, decoder="decord")
+    assert resume_attrs(same, attrs) == {"fps": "1"}
+    with create_store(path, dim=2, format=fmt, attrs=resume_attrs(same, attrs)) as w:
+        assert w.committed_ids() == {"a"}
+    # Another decoder would mix features: the recorded attr makes create_store refuse it.
+    other = ExtractConfig("m.csv", path, format=fmt, decoder="pyav")
+    assert resume_attrs(other, {**attrs, "decoder": "pyav"}) == {**attrs, "decoder": "pyav"}
+    with pytest.raises(StoreMismatchError, match="decoder"):
+        create_store(
+            path, dim=2, format=fmt, attrs=resume_attrs(other, attrs | {"decoder": "pyav"})
+        )
+    # A new store, or one that records its decoder, keeps the attr as given.
+    assert resume_attrs(ExtractConfig("m.csv", tmp_path / "new.zarr"), attrs) == attrs
