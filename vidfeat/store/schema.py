@@ -7,6 +7,7 @@ it reads as one stream named ``rgb``. See docs/store-format.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError, StoreMismatchError
+from vidfeat.sampling import format_fps
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -114,6 +116,10 @@ def check_readable(meta: StoreMeta, path: Path, action: str = "reads") -> None:
 
 def _identity(meta: StoreMeta) -> dict:
     attrs = {k: v for k, v in meta.attrs.items() if k not in VOLATILE_ATTRS}
+    if "fps" in attrs:
+        # A rate, not text: a store made with "1.0" or "1/1" takes runs with --fps 1.
+        with contextlib.suppress(ConfigError):
+            attrs["fps"] = format_fps(attrs["fps"])
     out: dict[str, Any] = {"level": meta.level, "streams": sorted(meta.streams), **attrs}
     for name, spec in meta.streams.items():
         for key, value in spec.to_json().items():
@@ -140,11 +146,13 @@ def check_compatible(existing: StoreMeta, wanted: StoreMeta, path: Path) -> None
 
 def _json_safe(value: object, what: str) -> Any:
     try:
-        # Round-trip through JSON so tuples/lists compare equal after a reopen; NaN is refused
-        # because NaN != NaN would make a store refuse its own settings.
+        # Round-trip through JSON so tuples/lists compare equal after a reopen. NaN is refused:
+        # it is not JSON, and it never equals itself, so no run could append to the store.
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{what} must be JSON-serialisable without NaN: {exc}") from exc
+        raise ConfigError(
+            f"{what} must be JSON-serialisable, without NaN or infinity: {exc}"
+        ) from exc
 
 
 def parse_stream(name: str, value: int | Mapping[str, Any], level: str) -> StreamSpec:
