@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -77,8 +78,11 @@ def _os_error_in_chain(exc: BaseException) -> OSError | None:
 
 def describe_os_error(exc: OSError) -> str:
     """One line: the file and a plain reason ("out/best.pt: disk full")."""
-    reason = OS_ERRORS.get(exc.errno or -1) or exc.strerror or str(exc) or type(exc).__name__
+    code = exc.errno or -1
     name = exc.filename2 or exc.filename
+    if code == errno.EEXIST and name and os.path.lexists(name) and not os.path.isdir(name):
+        code = errno.ENOTDIR  # mkdir(exist_ok=True) over a file: the file is in the way
+    reason = OS_ERRORS.get(code) or exc.strerror or str(exc) or type(exc).__name__
     return f"{name}: {reason}" if name else reason
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import shutil
 import sys
 from collections.abc import Iterator
@@ -239,7 +240,7 @@ def build_config(options: dict[str, Any], base: dict[str, Any] | None = None) ->
 @contextlib.contextmanager
 def removed_on_failure(out: Path, keep: tuple[str, ...] = ("*.pt",)) -> Iterator[None]:
     """Remove ``out`` if this command created it and then failed before writing anything worth
-    keeping (a checkpoint), so a failed run never blocks its own rerun."""
+    keeping (files matching ``keep``: a checkpoint), so a failed run never blocks its rerun."""
     existed = out.exists() or out.is_symlink()
     try:
         yield
@@ -347,7 +348,10 @@ def train(
 
 
 def _check_train_inputs(store: Path, cfg: TrainConfig, out: Path, resume: bool) -> None:
-    """What can be checked without training, before --out exists: device, store, out."""
+    """What can be checked without training, before --out exists: the device, --out, the
+    store and its classes (a single class or video would train to meaningless "perfect"
+    metrics)."""
+    from heads.data import build_label_map
     from vidfeat.store import open_store
 
     check_device(cfg.device)
@@ -355,9 +359,21 @@ def _check_train_inputs(store: Path, cfg: TrainConfig, out: Path, resume: bool) 
         raise ConfigError(f"--out {out} exists and is not a directory")
     if resume and not out.is_dir():
         raise ConfigError(f"--resume: {out} holds no run to continue")
-    with open_store(store) as reader:
-        if not len(reader.videos):
-            raise ConfigError(f"store {store} holds no videos")
+    # train_run builds the same map again and logs its warnings then; say them once.
+    data_log = logging.getLogger("heads.data")
+    level, data_log.level = data_log.level, logging.ERROR
+    try:
+        with open_store(store) as reader:
+            label_map, videos = build_label_map(reader.videos, cfg.data.classes)
+    finally:
+        data_log.setLevel(level)
+    if len(label_map) < 2:
+        raise ConfigError(
+            f"only one class ({label_map.labels[0]}) in the training videos of {store}: "
+            "a classifier needs at least two"
+        )
+    if len(videos) < 2:
+        raise ConfigError(f"only {len(videos)} labelled video in {store}: nothing to split")
 
 
 def _metrics_line(metrics: dict[str, Any], name: str) -> str:
@@ -551,7 +567,8 @@ def report(runs: tuple[Path, ...], out: Path | None) -> None:
             raise ConfigError(f"{run} is not a heads run directory ({what})")
     if out is None:
         out = runs[0] / "report" if len(runs) == 1 else Path("report")
-    click.echo(str(write_report(list(runs), out)))
+    with removed_on_failure(out, keep=()):
+        click.echo(str(write_report(list(runs), out)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -107,6 +107,16 @@ def test_failed_validation_leaves_no_output(tmp_path, store, args, message):
     assert not out.exists()
 
 
+def test_a_single_class_or_video_is_refused_before_training(tmp_path, store):
+    one_class = invoke("train", store, "-m", "bof", "-o", tmp_path / "a", "--classes", "class1")
+    assert "only one class (class1)" in one_line_error(one_class)
+    video = ("v0", np.ones((3, 16), np.float32), ("class0", "class1"))  # two classes, one video
+    one_video = write_store(tmp_path / "one.zarr", [video], dim=16, attrs={"backbone": "x"})
+    line = one_line_error(invoke("train", one_video, "-m", "bof", "-o", tmp_path / "b"))
+    assert "only 1 labelled video" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_refused_before_any_output(tmp_path, store):
     out = tmp_path / "run"

@@ -68,3 +68,20 @@ def test_info_json_and_quiet(tmp_path):
 def test_version():
     result = invoke("--version")
     assert result.exit_code == 0 and result.output.split()[-1] == __version__
+
+
+@pytest.fixture
+def pca_inputs(tmp_path):
+    store = make_cluster_store(tmp_path / "s.zarr", 10)
+    pca = tmp_path / "p.npz"
+    fit = invoke("pca", "fit", store, "--dim", 4, "--sample-frames", 50, "--out", pca)
+    assert fit.exit_code == 0, fit.output
+    return store, pca
+
+
+@pytest.mark.parametrize("blocked", ["o.zarr.locks", "o.zarr"])
+def test_a_file_where_the_store_needs_a_directory(tmp_path, pca_inputs, blocked):
+    store, pca = pca_inputs
+    (tmp_path / blocked).write_text("in the way")
+    line = one_line_error(invoke("pca", "apply", store, "--pca", pca, "--out", tmp_path / "o.zarr"))
+    assert f"{tmp_path / blocked}: a file is in the way" in line
