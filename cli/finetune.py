@@ -14,9 +14,9 @@ import click
 
 from vidfeat.errors import ConfigError
 from vidfeat_cli.core import progress_option, show_progress
-from vidfeat_cli.heads import (
-    METRIC_KEYS,
+from vidfeat_cli.heads_options import (
     build_config,
+    metrics_text,
     removed_on_failure,
     run_out_option,
     train_options,
@@ -26,7 +26,6 @@ from vidfeat_cli.options import SectionedCommand, SectionOption, check_device, d
 # train_options documents `heads train` defaults; fine-tuning starts from the parent's values.
 _FINETUNE_HELP = {
     "epochs": "Maximum epochs.  [default: the parent run's]",
-    "optimizer": "[default: adam]",
     "patience": "Early-stopping patience (0: off).  [default: the parent run's]",
     "classes": "Comma-separated classes to fine-tune on.  [default: every class in the store]",
     "seed": "Seed for new rows, splits and batches.  [default: the parent run's]",
@@ -37,12 +36,32 @@ TRAIN_HELP = (
 )
 
 
+def mode_option() -> list[click.Parameter]:
+    """``--train``: which parts of the parent model learn (``heads.transfer.TRAIN_MODES``)."""
+    from heads.transfer import TRAIN_MODES
+
+    return [
+        SectionOption(
+            ["--train", "mode"],
+            type=click.Choice(TRAIN_MODES),
+            default=TRAIN_MODES[0],
+            show_default=True,
+            section="Model",
+            help=TRAIN_HELP,
+        )
+    ]
+
+
 def finetune_options() -> list[click.Parameter]:
     """The training options, saying what they default to when fine-tuning."""
-    from heads.transfer import FINETUNE_LR
+    from heads.transfer import FINETUNE_LR, FINETUNE_OPTIMIZER
 
     lrs = ", ".join(f"{lr:g} {mode}" for mode, lr in FINETUNE_LR.items())
-    helps = {**_FINETUNE_HELP, "lr": f"Learning rate.  [default with adam: {lrs}]"}
+    helps = {
+        **_FINETUNE_HELP,
+        "optimizer": f"[default: {FINETUNE_OPTIMIZER}]",
+        "lr": f"Learning rate.  [default with {FINETUNE_OPTIMIZER}: {lrs}]",
+    }
     params = train_options()
     for param in params:
         if not isinstance(param, click.Option):
@@ -67,16 +86,6 @@ def finetune_options() -> list[click.Parameter]:
 )
 @run_out_option()
 @click.option(
-    "--train",
-    "mode",
-    type=click.Choice(["head", "top", "all"]),
-    default="head",
-    show_default=True,
-    cls=SectionOption,
-    section="Model",
-    help=TRAIN_HELP,
-)
-@click.option(
     "--split-file",
     type=click.Path(path_type=Path, dir_okay=False),
     cls=SectionOption,
@@ -84,6 +93,7 @@ def finetune_options() -> list[click.Parameter]:
     help="CSV with video_id and split and/or group columns (default: RUN's split for the "
     "videos it knew, a fresh stratified split for the others).",
 )
+@deferred(mode_option)
 @progress_option
 @deferred(finetune_options)
 def finetune(
@@ -133,8 +143,7 @@ def finetune(
 
 
 def _summary_line(metrics: dict[str, Any], mode: str) -> str:
-    parts = [f"{k} {metrics[k]:.4f}" for k in METRIC_KEYS if isinstance(metrics.get(k), float)]
-    scores = ", ".join(parts) if parts else "no metrics"
+    scores = metrics_text(metrics)
     return (
         f"test ({metrics.get('n_test')} videos): {scores}; --train {mode}: "
         f"{metrics['trainable_params']:,} trainable parameters, "

@@ -19,6 +19,7 @@ from vidfeat.store.base import BACKENDS
 from vidfeat_cli import core
 from vidfeat_cli import heads as heads_cli
 from vidfeat_cli import vidfeat as vidfeat_cli
+from vidfeat_cli.heads_options import HEAD_HELP
 
 
 def _group_raising(exc: BaseException) -> click.Group:
@@ -121,7 +122,7 @@ def test_train_help_is_sectioned_and_derived_from_the_registries():
         assert f"[{'|'.join(values)}]" in out
     assert "Head option." not in out
     for field in dataclasses.fields(HeadConfig):
-        assert field.name in heads_cli.HEAD_HELP  # every head option has a real help line
+        assert field.name in HEAD_HELP  # every head option has a real help line
         assert f"--{field.name.replace('_', '-')}" in out
     # Defaults shown are the dataclasses' own.
     assert f"[default: {TrainConfig.__dataclass_fields__['epochs'].default}]" in out
@@ -138,3 +139,27 @@ def test_extract_help_choices_come_from_the_registries():
 def test_bad_device_value_is_a_usage_error():
     result = CliRunner().invoke(heads_cli.main, ["train", "-m", "bof", "--device", "gpu"])
     assert result.exit_code == 2 and "not auto, cpu, cuda or cuda:N" in result.output
+
+
+def test_cli_modules_import_each_other_without_cycles():
+    """Every import between vidfeat_cli modules, deferred ones included, forms a DAG."""
+    import ast
+    import graphlib
+    from pathlib import Path
+
+    import vidfeat_cli
+
+    folder = Path(vidfeat_cli.__path__[0])
+    graph = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vidfeat_cli"):
+                if node.module == "vidfeat_cli":
+                    deps |= {alias.name for alias in node.names}
+                else:
+                    deps.add(node.module.split(".")[1])
+        graph[path.stem] = deps
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError
+    assert order.index("core") < order.index("heads_options") < order.index("finetune")
