@@ -24,7 +24,7 @@ from vidfeat.store import open_store
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("train", "val", "test", "all")
-FORMATS = ("csv", "yt8m")  # table styles; the file format is heads.predictions'
+FORMATS = ("csv", "yt8m")  # table styles; file formats are heads.predictions.FORMATS
 
 
 def _with_overrides(run: LoadedRun, num_workers: int | None, device: str | None) -> LoadedRun:
