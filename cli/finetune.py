@@ -21,7 +21,7 @@ from vidfeat_cli.heads_options import (
     run_out_option,
     train_options,
 )
-from vidfeat_cli.options import SectionedCommand, SectionOption, check_device, deferred
+from vidfeat_cli.options import STORE, SectionedCommand, SectionOption, check_device, deferred
 
 # train_options documents `heads train` defaults; fine-tuning starts from the parent's values.
 _FINETUNE_HELP = {
@@ -78,7 +78,7 @@ def finetune_options() -> list[click.Parameter]:
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option(
     "--store",
-    type=click.Path(path_type=Path),
+    type=STORE,
     required=True,
     cls=SectionOption,
     section="Data",

@@ -38,7 +38,14 @@ from vidfeat_cli.heads_options import (
     run_out_option,
     train_options,
 )
-from vidfeat_cli.options import DEVICE, SectionedCommand, SectionOption, check_device, deferred
+from vidfeat_cli.options import (
+    DEVICE,
+    STORE,
+    SectionedCommand,
+    SectionOption,
+    check_device,
+    deferred,
+)
 
 if TYPE_CHECKING:
     from heads.config import TrainConfig
@@ -73,7 +80,7 @@ main.lazy_command("finetune", "vidfeat_cli.finetune:finetune", "Fine-tune a run 
 
 
 @main.command(cls=SectionedCommand)
-@click.argument("store", type=click.Path(path_type=Path), required=False)
+@click.argument("store", type=STORE, required=False)
 @deferred(model_option)
 @click.option(
     "--config",
@@ -152,7 +159,7 @@ def train(
     click.echo(_metrics_line(metrics, "test") + f"  -> {out}")
 
 
-def _check_train_inputs(store: Path, cfg: TrainConfig, out: Path, resume: bool) -> None:
+def _check_train_inputs(store: Path | str, cfg: TrainConfig, out: Path, resume: bool) -> None:
     """What can be checked without training, before --out exists: the device, --out, the
     store and its classes (a single class or video would train to meaningless "perfect"
     metrics)."""
@@ -207,7 +214,7 @@ def _split_option() -> list[click.Parameter]:
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option(
     "--store",
-    type=click.Path(path_type=Path),
+    type=STORE,
     help="Store to evaluate on (default: the training store).",
 )
 @deferred(_split_option)
@@ -266,7 +273,7 @@ def _format_choice() -> list[click.Parameter]:
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option(
     "--store",
-    type=click.Path(path_type=Path),
+    type=STORE,
     required=True,
     help="Store with the videos to classify.",
 )

@@ -9,6 +9,7 @@ when the command runs or shows its help (so ``heads --help`` stays instant).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -110,6 +111,32 @@ class DeviceType(click.ParamType):
 
 
 DEVICE = DeviceType()
+
+
+class StorePathType(click.ParamType):
+    """A store: a local path (a ``Path``) or a URL fsspec opens, kept as text (``s3://b/x``).
+
+    ``click.Path`` would fold a URL's ``//``. Credentials never go in the URL (refused); they
+    come from the environment and config files of the filesystem library.
+    """
+
+    name = "store"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "PATH|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from vidfeat.errors import ConfigError
+        from vidfeat.location import as_location
+
+        try:
+            location = as_location(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+        return location if isinstance(location, Path) else str(location)
+
+
+STORE = StorePathType()
 
 
 def check_device(name: str | None) -> None:

@@ -16,6 +16,7 @@ from vidfeat.pca.fit import DEFAULT_BATCH_FRAMES, DEFAULT_SAMPLE_FRAMES
 from vidfeat.store import open_store
 from vidfeat.store.base import BACKENDS
 from vidfeat_cli.core import progress_option, show_progress
+from vidfeat_cli.options import STORE
 
 
 class _Bar:
@@ -45,7 +46,7 @@ def pca() -> None:
 
 
 @pca.command("fit")
-@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.argument("store", type=STORE)
 @click.option(
     "--dim",
     type=click.IntRange(min=1),
@@ -110,7 +111,7 @@ def fit(
 
 
 @pca.command("apply")
-@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.argument("store", type=STORE)
 @click.option(
     "--pca",
     "pca_path",
@@ -122,7 +123,7 @@ def fit(
     "--out",
     "out_path",
     required=True,
-    type=click.Path(path_type=Path),
+    type=STORE,
     help="The new store (rerun the same command to resume it).",
 )
 @click.option(

@@ -28,7 +28,14 @@ from vidfeat_cli.core import (
     verbosity_options,
     version_option,
 )
-from vidfeat_cli.options import DEVICE, SectionedCommand, SectionOption, check_device, deferred
+from vidfeat_cli.options import (
+    DEVICE,
+    STORE,
+    SectionedCommand,
+    SectionOption,
+    check_device,
+    deferred,
+)
 
 __all__ = ["EXIT_CANNOT_RUN", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "main"]
 
@@ -164,11 +171,12 @@ def extract_options() -> list[click.Parameter]:
 @click.option(
     "--out",
     "-o",
-    type=click.Path(path_type=Path),
+    type=STORE,
     required=True,
     cls=SectionOption,
     section="Run",
-    help="Store path: a directory (Zarr) or a .h5/.hdf5 file (HDF5).",
+    help="Store path: a directory (Zarr) or a .h5/.hdf5 file (HDF5), or a URL such as "
+    "s3://bucket/feats.zarr.",
 )
 @deferred(extract_options)
 @progress_option
@@ -195,7 +203,12 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
         **options,
     )
     check_device(cfg.device)
-    if out.exists() and out.suffix.lower() not in (".h5", ".hdf5") and not out.is_dir():
+    if (
+        isinstance(out, Path)
+        and out.exists()
+        and out.suffix.lower() not in (".h5", ".hdf5")
+        and not out.is_dir()
+    ):
         raise ConfigError(f"--out {out} is a file; a Zarr store is a directory")
     summary = run_extract(cfg)
     click.echo(
@@ -210,7 +223,7 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--failures/--no-failures",
@@ -218,7 +231,7 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
     show_default=True,
     help="List failed videos with their reasons.",
 )
-def info(store: Path, as_json: bool, failures: bool) -> None:
+def info(store: Path | str, as_json: bool, failures: bool) -> None:
     """Summarise a feature store: settings, counts, sizes and failures.
 
     \b
@@ -236,9 +249,9 @@ def info(store: Path, as_json: bool, failures: bool) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def verify(store: Path, as_json: bool) -> None:
+def verify(store: Path | str, as_json: bool) -> None:
     """Read every chunk of STORE and check its tables; exit 2 naming each problem.
 
     Checks every checksum (schema 2), that no chunk is missing, the per-video table against

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from vidfeat.errors import StoreMismatchError, VidfeatError
+from vidfeat.location import canonical
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def store_provenance(reader: Any) -> dict[str, Any]:
     """What a model needs to know about the features it was trained on."""
     return {
-        "path": str(Path(reader.path).resolve()),
+        "path": canonical(reader.path),
         "dim": int(reader.dim),
         "dtype": str(reader.dtype),
         "attrs": json.loads(json.dumps(reader.attrs)),

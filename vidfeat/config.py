@@ -8,6 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from vidfeat.errors import ConfigError
+from vidfeat.location import Location, as_location
 from vidfeat.sampling import format_fps
 
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
@@ -28,7 +29,7 @@ class ExtractConfig:
     """Everything ``vidfeat extract`` needs. Fields that change features go into store attrs."""
 
     manifest: Path
-    out: Path
+    out: Location  # a local path, or a URL (s3://, gs://, ...)
     format: str | None = None  # zarr | hdf5 | None (by suffix)
     backbone: str = "inception_v3"
     weights: str = "yt8m"
@@ -53,7 +54,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "manifest", Path(self.manifest))
-        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "out", as_location(self.out))
         problems = []
         try:
             # One spelling per rate: "1", "1.0" and "1/1" make the same store.

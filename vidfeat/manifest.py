@@ -1,7 +1,8 @@
 """Read and validate video manifests (CSV, or Parquet when pyarrow is installed).
 
 Columns: ``video_id``, ``path``, ``labels`` (``;``-separated, may be empty), optional ``split``
-and ``group``. Relative paths resolve against the manifest's folder. Validation collects every
+and ``group``. Relative paths resolve against the manifest's folder; a URL (``s3://...``) is
+kept as it is. Validation collects every
 problem with its line number before failing, so a user fixes a manifest in one pass. Line
 numbers are physical lines of the file (a quoted field may span several); every row must have
 exactly as many fields as the header.
@@ -18,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from vidfeat.decode.probe import not_a_file
-from vidfeat.errors import ManifestError
+from vidfeat.errors import ConfigError, ManifestError
+from vidfeat.location import Location, RemotePath, as_location
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ MAX_LISTED_PROBLEMS = 50
 @dataclasses.dataclass(frozen=True)
 class ManifestEntry:
     video_id: str
-    path: Path
+    path: Location  # a local path, or a URL fsspec opens (fetched by the decode worker)
     labels: tuple[str, ...]
     split: str = ""
     group: str = ""
@@ -94,17 +96,21 @@ def _csv_rows(path: Path) -> tuple[list[str], list[Row], list[str]]:
     return header, rows, problems
 
 
-def _resolve(manifest: Path, raw_path: str) -> Path:
-    video_path = Path(raw_path).expanduser()
-    return video_path if video_path.is_absolute() else manifest.parent / video_path
+def _resolve(manifest: Path, raw_path: str) -> Location:
+    video_path = as_location(raw_path)  # a URL stays a URL (never joined to the manifest)
+    if isinstance(video_path, RemotePath) or video_path.is_absolute():
+        return video_path
+    return manifest.parent / video_path
 
 
-def _path_problem(video_path: Path) -> str | None:
+def _path_problem(video_path: Location) -> str | None:
     """Why a listed path can never be a video (a directory, FIFO, device, ...).
 
     A file that is missing or cannot be read now is no manifest problem: extraction records
     it as a failed video (``missing``, ``unreadable``) and goes on with the others.
     """
+    if isinstance(video_path, RemotePath):
+        return None  # checked by the decode worker when it fetches the object
     try:
         mode = video_path.stat().st_mode
     except OSError:
@@ -144,12 +150,16 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
         if not raw_path:
             problems.append(f"line {line}: empty path")
             continue
-        video_path = _resolve(path, raw_path)
+        try:
+            video_path = _resolve(path, raw_path)
+        except ConfigError as exc:  # e.g. a URL with credentials in it
+            problems.append(f"line {line}: {exc}")
+            continue
         if check_files:
             problem = _path_problem(video_path)
             if problem:
                 problems.append(f"line {line}: {problem}")
-            n_missing += not video_path.exists()
+            n_missing += isinstance(video_path, Path) and not video_path.exists()
         entries.append(
             ManifestEntry(
                 video_id=vid,

@@ -93,12 +93,30 @@ def _serve(conn: mp_connection.Connection, settings: WorkerSettings) -> None:
         _run_job(conn, settings, *job)
 
 
+def _local(path: str) -> contextlib.AbstractContextManager[str]:
+    """``path`` itself, or a temporary local copy of a URL's object (decord needs a file).
+
+    The copy is made here, in the worker, so the pool's no-progress limit covers a stalled
+    download as it covers a hung decoder.
+    """
+    from vidfeat.location import is_url, local_copy
+
+    return local_copy(path) if is_url(path) else contextlib.nullcontext(path)
+
+
+def _fetch_failure(exc: OSError) -> tuple[str, str]:
+    """(status, reason) of a URL whose object could not be fetched."""
+    if isinstance(exc, FileNotFoundError):
+        return "missing", "the object does not exist"
+    return "unreadable", f"could not fetch the video: {type(exc).__name__}: {exc}"
+
+
 def _run_job(conn: mp_connection.Connection, s: WorkerSettings, job_id: str, path: str) -> None:
     from vidfeat.decode import open_video
     from vidfeat.errors import DecodeError
 
     try:
-        with open_video(path, s.decoder, threads=s.threads) as video:
+        with _local(path) as local, open_video(local, s.decoder, threads=s.threads) as video:
             n_frames = _stream_frames(conn, s, job_id, video.sample(s.fps, s.max_frames))
             info = dataclasses.asdict(video.info)  # native_fps, width, height, codec, ...
             info["declared_duration_s"] = info.pop("duration_s")
@@ -106,6 +124,8 @@ def _run_job(conn: mp_connection.Connection, s: WorkerSettings, job_id: str, pat
             info.update(n_frames=n_frames, decoder=s.decoder)
     except DecodeError as e:
         _send(conn, "failed", job_id, e.status, e.reason)
+    except OSError as e:  # fetching a URL's object (open_video maps its own errors)
+        _send(conn, "failed", job_id, *_fetch_failure(e))
     except Exception as e:  # one bad video must never take the worker down
         _send(conn, "failed", job_id, "decode_error", f"{type(e).__name__}: {e}")
     else:

@@ -11,12 +11,12 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vidfeat.errors import ConfigError
+from vidfeat.location import canonical
 from vidfeat.pca.quantize import quantization_attrs, quantize
 from vidfeat.pca.transform import PCATransform, load_pca
 
@@ -87,7 +87,7 @@ def _parent_block(src_path: str | os.PathLike, reader: StoreReader) -> dict[str,
     # Only what identifies the parent's features: a parent that grows keeps the same block,
     # so the derived store can be resumed to cover the new videos.
     return {
-        "path": str(Path(src_path).resolve()),
+        "path": canonical(src_path),
         "format": reader.format,
         "dim": reader.dim,
         "dtype": str(reader.dtype),
@@ -111,7 +111,7 @@ def apply_pca_to_store(
     """
     from vidfeat.store import create_store, open_store
 
-    if Path(src_path).resolve() == Path(out_path).resolve():
+    if canonical(src_path) == canonical(out_path):
         raise ConfigError("the output store must differ from the input store")
     reduction = FeatureReduction(pca, quantize)
     with open_store(src_path) as reader:

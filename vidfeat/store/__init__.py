@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vidfeat.errors import ConfigError, StoreError
+from vidfeat.location import RemotePath, as_location
 from vidfeat.store import _hdf5, _zarr  # noqa: F401 - registers the backends
 from vidfeat.store.base import BACKENDS, Backend
 from vidfeat.store.reader import StoreReader
@@ -41,26 +42,27 @@ __all__ = [
 DEFAULT_FORMAT = "zarr"
 
 
-def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
+def detect_format(path: str | os.PathLike | RemotePath, format: str | None = None) -> str:
     """The backend name for ``path``: explicit ``format``, else by suffix, else Zarr."""
     if format is not None:
         BACKENDS.get(format)  # raises a ConfigError listing the choices
         return format
-    suffix = Path(path).suffix.lower()
+    suffix = as_location(path).suffix.lower()
     for name in BACKENDS.names():
         if suffix in BACKENDS.get(name).suffixes:
             return name
     return DEFAULT_FORMAT
 
 
-def _backend(path: str | os.PathLike, format: str | None) -> Backend:
-    p = Path(path)
-    if format is None and p.is_dir() and not (p / "zarr.json").exists():
+def _backend(path: str | os.PathLike | RemotePath, format: str | None) -> Backend:
+    """The backend for a local path or a URL (``s3://``, ``gs://``, anything fsspec opens)."""
+    p = as_location(path)
+    if isinstance(p, Path) and format is None and p.is_dir() and not (p / "zarr.json").exists():
         raise StoreError(f"{p} is a directory but not a vidfeat store")
     return BACKENDS.get(detect_format(p, format))(p)
 
 
-def open_store(path: str | os.PathLike, format: str | None = None) -> StoreReader:
+def open_store(path: str | os.PathLike | RemotePath, format: str | None = None) -> StoreReader:
     """Open an existing store for reading (a snapshot of its committed videos)."""
     backend = _backend(path, format)
     if not backend.exists():
@@ -86,7 +88,7 @@ def _streams(
 
 
 def create_store(
-    path: str | os.PathLike,
+    path: str | os.PathLike | RemotePath,
     dim: int | None = None,
     format: str | None = None,
     attrs: dict | None = None,
@@ -116,7 +118,8 @@ def create_store(
     backend = _backend(path, format)
     wanted = new_meta(_streams(dim, streams, dtype, quantization), attrs, __version__, level)
     if not backend.exists():
-        backend.path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(backend.path, Path):
+            backend.path.parent.mkdir(parents=True, exist_ok=True)
         backend.create_root(wanted)
     # The root may be older, newer, or made concurrently by another shard with other settings.
     existing = backend.read_meta()

@@ -4,6 +4,11 @@ HDF5 cannot be safely appended in place: a writer killed between flushes leaves 
 no longer opens. So every commit is a new *segment*: a complete small HDF5 file written under a
 temporary name, closed, fsynced and renamed into ``<store>.parts/``. A segment is either fully
 there or absent. The root file ``<store>`` holds the metadata and is itself written the same way.
+
+On an object store (any URL fsspec opens) a segment is one conditional PUT of its final name
+(``If-None-Match: *`` on S3): it appears whole or not at all, and a second writer of the same
+segment number is refused instead of replacing it. Segments are read through fsspec file
+objects, which h5py reads like local files.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from vidfeat.errors import StoreError, StoreIntegrityError
+from vidfeat.location import Location, RemotePath, put_exclusive
 from vidfeat.store.base import (
     BACKENDS,
     TABLE_DTYPES,
@@ -52,26 +58,49 @@ def _fsync_and_rename(tmp: Path, final: Path) -> None:
         os.close(dir_fd)
 
 
+def _list_names(folder: Location) -> list[str]:
+    """File names directly in ``folder`` (one listing request on an object store)."""
+    if isinstance(folder, RemotePath):
+        fs, path = folder.filesystem()
+        try:
+            return [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
+        except FileNotFoundError:
+            return []
+    return [p.name for p in folder.iterdir()] if folder.is_dir() else []
+
+
+def _open_h5(path: Location) -> h5py.File:
+    if isinstance(path, RemotePath):
+        fs, key = path.filesystem()
+        return h5py.File(fs.open(key, "rb"), "r")
+    return h5py.File(path, "r")
+
+
+def _put_new(final: RemotePath, image: bytes) -> None:
+    fs, key = final.filesystem()
+    if not put_exclusive(fs, key, image):
+        raise StoreError(f"{final} was written by another writer of this part; rerun to resume")
+
+
 class HDF5PartWriter(PartWriter):
-    def __init__(self, parts_dir: Path, part: str, meta: StoreMeta) -> None:
+    def __init__(self, parts_dir: Location, part: str, meta: StoreMeta) -> None:
         self.parts_dir = parts_dir
         self.part = part
         self.meta = meta
+        names = _list_names(parts_dir)
         seqs = [
-            int(m["seq"])
-            for m in (SEGMENT_RE.match(p.name) for p in parts_dir.glob(f"{part}.*.h5"))
-            if m and m["part"] == part
+            int(m["seq"]) for m in (SEGMENT_RE.match(n) for n in names) if m and m["part"] == part
         ]
         self.next_seq = max(seqs, default=-1) + 1
         # Leftovers of a writer killed before its rename are garbage, never data.
-        for stale in parts_dir.glob(f".{part}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        if isinstance(parts_dir, Path):
+            for stale in parts_dir.glob(f".{part}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
-    def commit(self, records: list[VideoRecord]) -> None:
+    def commit(self, records: list[VideoRecord], fence: Callable[[], None] = lambda: None) -> None:
         if not records:
             return
         final = self.parts_dir / f"{self.part}.{self.next_seq:08d}.h5"
-        tmp = self.parts_dir / f".{self.part}.{uuid.uuid4().hex}.tmp"
         # Build the segment in memory and write its bytes ourselves: libhdf5 handles a full
         # disk badly (it can crash while closing), plain file I/O raises a clean OSError.
         with h5py.File(io.BytesIO(), "w") as f:
@@ -80,6 +109,12 @@ class HDF5PartWriter(PartWriter):
                 f.attrs[SEGMENT_ATTR] = json.dumps({"part": self.part, "seq": self.next_seq})
             f.flush()
             image = f.id.get_file_image()
+        fence()
+        if isinstance(final, RemotePath):
+            _put_new(final, image)  # the commit point: one conditional PUT
+            self.next_seq += 1
+            return
+        tmp = self.parts_dir / f".{self.part}.{uuid.uuid4().hex}.tmp"
         try:
             with open(tmp, "wb") as fh:
                 fh.write(image)
@@ -138,7 +173,7 @@ class _SegmentBuilder:
 class HDF5PartReader(PartReader):
     """One segment file. Opened lazily so a reader can be pickled into DataLoader workers."""
 
-    def __init__(self, store: Path, name: str, path: Path) -> None:
+    def __init__(self, store: Location, name: str, path: Location) -> None:
         self.store = store
         self.name = name
         self.label = path.name
@@ -153,7 +188,7 @@ class HDF5PartReader(PartReader):
     def file(self) -> h5py.File:
         if self._file is None:
             try:
-                self._file = h5py.File(self.path, "r")
+                self._file = _open_h5(self.path)
             except OSError as exc:
                 raise self._fail("(file)", f"cannot open store segment {self.path}: {exc}") from exc
         return self._file
@@ -203,15 +238,27 @@ class HDF5Backend(Backend):
     name = "hdf5"
     suffixes = (".h5", ".hdf5")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Location) -> None:
         super().__init__(path)
         self.parts_dir = path.with_name(path.name + ".parts")
         self._readers: list[HDF5PartReader] = []
 
     def exists(self) -> bool:
+        if isinstance(self.path, RemotePath):
+            fs, key = self.path.filesystem()
+            return fs.isfile(key)
         return self.path.is_file()
 
     def create_root(self, meta: StoreMeta) -> None:
+        if isinstance(self.path, RemotePath):
+            if not self.exists():
+                with h5py.File(io.BytesIO(), "w") as f:
+                    f.attrs[ROOT_ATTR] = json.dumps(meta.to_json())
+                    f.flush()
+                    image = f.id.get_file_image()
+                fs, key = self.path.filesystem()
+                put_exclusive(fs, key, image)  # losing the race keeps the first root
+            return
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         if self.exists():
             return
@@ -225,23 +272,22 @@ class HDF5Backend(Backend):
 
     def read_meta(self) -> StoreMeta:
         try:
-            with h5py.File(self.path, "r") as f:
+            with _open_h5(self.path) as f:
                 return StoreMeta.from_json(json.loads(f.attrs[ROOT_ATTR]))
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise StoreError(f"{self.path} is not a readable vidfeat HDF5 store: {exc}") from exc
 
     def open_part_writer(self, part: str, meta: StoreMeta) -> PartWriter:
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.parts_dir, Path):
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
         return HDF5PartWriter(self.parts_dir, part, meta)
 
     def iter_parts(self, meta: StoreMeta) -> Iterator[PartReader]:
-        if not self.parts_dir.is_dir():
-            return
         segments = []
-        for p in self.parts_dir.iterdir():
-            m = SEGMENT_RE.match(p.name)
+        for name in _list_names(self.parts_dir):
+            m = SEGMENT_RE.match(name)
             if m:
-                segments.append((m["part"], int(m["seq"]), p))
+                segments.append((m["part"], int(m["seq"]), self.parts_dir / name))
         segments.sort()
         _check_no_gaps(self.path, segments)
         for part, _seq, p in segments:
@@ -255,7 +301,7 @@ class HDF5Backend(Backend):
         self._readers.clear()
 
 
-def _check_no_gaps(store: Path, segments: list[tuple[str, int, Path]]) -> None:
+def _check_no_gaps(store: Location, segments: list[tuple[str, int, Location]]) -> None:
     """Segments of a part are numbered 0, 1, 2...: a gap is a lost commit, never a skip."""
     expected: dict[str, int] = {}
     for part, seq, _path in segments:

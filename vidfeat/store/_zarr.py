@@ -6,6 +6,11 @@ store writes each file to a temporary name and renames it, so every chunk and ev
 document is either the old or the new version. A writer killed mid-commit leaves rows beyond
 the committed counts; readers ignore them and the next writer of that part truncates them.
 
+On an object store (any URL fsspec opens, through zarr's ``FsspecStore``) the same order holds:
+every chunk and array document is one PUT, which S3 and GCS make atomic, and the part's group
+document, the commit point, is written last. The root document is created with a conditional
+PUT, so of two jobs creating a store at once exactly one writes it.
+
 Schema 2 chunks carry a CRC32C and every chunk is written, so reads check both the bytes and
 that each chunk under the committed counts exists. Schema-1 parts (read, or appended to on
 resume) keep zarr's default codecs and are not checked.
@@ -17,15 +22,17 @@ import itertools
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
+from zarr.storage import FsspecStore
 
 from vidfeat.errors import StoreError, StoreIntegrityError
+from vidfeat.location import Location, RemotePath, put_exclusive
 from vidfeat.store.base import (
     BACKENDS,
     TABLE_DTYPES,
@@ -134,24 +141,26 @@ class ZarrPartWriter(PartWriter):
                 columns[col] = np.array(values, dtype=str if kind == "str" else kind)
         return columns
 
-    def commit(self, records: list[VideoRecord]) -> None:
+    def commit(self, records: list[VideoRecord], fence: Callable[[], None] = lambda: None) -> None:
         if not records:
             return
         columns = self._columns(records)
         for name, values in columns.items():
             if len(values):
                 self.arrays[name].append(values, axis=0)
-        self.n_videos += len(records)
-        self.n_frames += int(columns["n_frames"].sum())
+        n_videos = self.n_videos + len(records)
+        n_frames = self.n_frames + int(columns["n_frames"].sum())
+        fence()
         # The commit point: one atomic rewrite of this part's zarr.json.
-        self.group.attrs[COMMIT_KEY] = {"n_videos": self.n_videos, "n_frames": self.n_frames}
+        self.group.attrs[COMMIT_KEY] = {"n_videos": n_videos, "n_frames": n_frames}
+        self.n_videos, self.n_frames = n_videos, n_frames
 
     def close(self) -> None:
         pass
 
 
 class ZarrPartReader(PartReader):
-    def __init__(self, store: Path, name: str, group: zarr.Group, meta: StoreMeta) -> None:
+    def __init__(self, store: Location, name: str, group: zarr.Group, meta: StoreMeta) -> None:
         self.store = store
         self.name = self.label = name
         self.group = group
@@ -160,6 +169,7 @@ class ZarrPartReader(PartReader):
         self.n_videos = int(commit["n_videos"])
         self.n_frames = int(commit["n_frames"])
         self._arrays: dict[str, zarr.Array] = {}
+        self._listed: dict[str, set[str]] = {}
 
     def _fail(self, array: str, detail: str) -> StoreIntegrityError:
         return StoreIntegrityError(detail, store=self.store, part=self.name, array=array)
@@ -189,13 +199,30 @@ class ZarrPartReader(PartReader):
         arr = self._array(array)
         row_chunk = arr.chunks[0]
         col_chunks = [range(-(-n // c)) for n, c in zip(arr.shape[1:], arr.chunks[1:], strict=True)]
+        listed = self._listed_chunks(array, arr)
         missing = []
         for i in range(start // row_chunk, -(-stop // row_chunk)):
             for rest in itertools.product(*col_chunks):
                 key = arr.metadata.encode_chunk_key((i, *rest))
-                if not sync((arr.store_path / key).exists()):
+                exists = (arr.store_path / key).exists
+                if not (key in listed if listed is not None else sync(exists())):
                     missing.append(key)
         return missing
+
+    def _listed_chunks(self, name: str, arr: zarr.Array) -> set[str] | None:
+        """On an object store, the array's chunk keys from one listing, instead of a request
+        per chunk and read. The listing is a snapshot, like the reader: every chunk under the
+        committed rows was written before the commit it belongs to."""
+        if not isinstance(arr.store_path.store, FsspecStore):
+            return None
+        if name not in self._listed:
+            prefix = f"{arr.store_path.path}/"
+
+            async def keys() -> set[str]:
+                return {k[len(prefix) :] async for k in arr.store_path.store.list_prefix(prefix)}
+
+            self._listed[name] = sync(keys())
+        return self._listed[name]
 
     def read_rows(self, array: str, start: int, stop: int) -> np.ndarray:
         arr = self._array(array)
@@ -222,13 +249,23 @@ class ZarrBackend(Backend):
     name = "zarr"
     suffixes = (".zarr",)
 
+    def __init__(self, path: Location) -> None:
+        super().__init__(path)
+        self._remote = _Remote(path) if isinstance(path, RemotePath) else None
+
     def exists(self) -> bool:
+        if self._remote:
+            return self._remote.exists("zarr.json")
         return (self.path / "zarr.json").is_file()
 
     def create_root(self, meta: StoreMeta) -> None:
+        if self._remote:
+            self._remote.create_root(meta)
+            return
         if self.exists():
             return
-        if self.path.exists() and any(self.path.iterdir()):
+        # Not empty: another shard's store (made since the check above), or something else.
+        if self.path.exists() and any(self.path.iterdir()) and not self.exists():
             raise StoreError(f"{self.path} exists and is not a vidfeat store; choose another path")
         # Build the root under a temporary name and rename it: a store directory either has
         # complete root metadata or does not exist. Losing the race to another shard is fine.
@@ -247,33 +284,91 @@ class ZarrBackend(Backend):
 
     def read_meta(self) -> StoreMeta:
         try:
-            doc = json.loads((self.path / "zarr.json").read_text())
+            if self._remote:
+                doc = json.loads(self._remote.read("zarr.json"))
+            else:
+                doc = json.loads((self.path / "zarr.json").read_text())
             return StoreMeta.from_json(doc["attributes"][ROOT_KEY])
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise StoreError(f"{self.path} is not a readable vidfeat Zarr store: {exc}") from exc
 
+    def _group(self, sub: str, mode: str) -> zarr.Group:
+        if self._remote:
+            return zarr.open_group(self._remote.zarr_store(), path=sub, mode=mode, zarr_format=3)
+        return zarr.open_group(self.path / sub, mode=mode, zarr_format=3)
+
     def open_part_writer(self, part: str, meta: StoreMeta) -> PartWriter:
-        parts = zarr.open_group(self.path / "parts", mode="a", zarr_format=3)
+        parts = self._group("parts", "a")
         group = parts[part] if part in parts else parts.create_group(part)
         return ZarrPartWriter(group, meta)
 
-    def iter_parts(self, meta: StoreMeta) -> Iterator[PartReader]:
+    def _part_names(self) -> list[str]:
+        if self._remote:
+            return self._remote.children("parts")
         parts_dir = self.path / "parts"
         if not parts_dir.is_dir():
+            return []
+        return sorted(c.name for c in parts_dir.iterdir() if (c / "zarr.json").is_file())
+
+    def iter_parts(self, meta: StoreMeta) -> Iterator[PartReader]:
+        for name in self._part_names():
+            try:
+                group = self._group(f"parts/{name}", "r")
+                reader = ZarrPartReader(self.path, name, group, meta)
+            except FileNotFoundError:  # an object store "folder" with no part document
+                continue
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise StoreIntegrityError(
+                    f"unreadable part metadata ({exc})",
+                    store=self.path,
+                    part=name,
+                    array="zarr.json",
+                ) from exc
+            yield reader
+
+
+class _Remote:
+    """The Zarr store's root on an object store: a few whole-object reads and writes."""
+
+    def __init__(self, url: RemotePath) -> None:
+        self.url = url
+        self.fs, self.root = url.filesystem()
+        self._zarr_store: FsspecStore | None = None
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(f"{self.root}/{key}")
+
+    def read(self, key: str) -> bytes:
+        return self.fs.cat_file(f"{self.root}/{key}")
+
+    def children(self, key: str) -> list[str]:
+        """Names directly under ``key``: one listing request."""
+        try:
+            entries = self.fs.ls(f"{self.root}/{key}", detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries if not e.endswith(".json"))
+
+    def zarr_store(self) -> FsspecStore:
+        if self._zarr_store is None:
+            self._zarr_store = FsspecStore.from_url(
+                str(self.url), storage_options=self.url.fs_options
+            )
+        return self._zarr_store
+
+    def create_root(self, meta: StoreMeta) -> None:
+        if self.exists("zarr.json"):
             return
-        for child in sorted(parts_dir.iterdir()):
-            if (child / "zarr.json").is_file():
-                try:
-                    group = zarr.open_group(child, mode="r", zarr_format=3)
-                    reader = ZarrPartReader(self.path, child.name, group, meta)
-                except (OSError, ValueError, TypeError, KeyError) as exc:
-                    raise StoreIntegrityError(
-                        f"unreadable part metadata ({exc})",
-                        store=self.path,
-                        part=child.name,
-                        array="zarr.json",
-                    ) from exc
-                yield reader
+        try:
+            occupied = bool(self.fs.ls(self.root, detail=False))
+        except FileNotFoundError:
+            occupied = False
+        if occupied and not self.exists("zarr.json"):  # not another shard's root made just now
+            raise StoreError(f"{self.url} exists and is not a vidfeat store; choose another path")
+        # A complete zarr v3 group document in one conditional PUT: readers see the root whole
+        # or not at all, and of two jobs creating the store the second keeps the first's.
+        doc = {"zarr_format": 3, "node_type": "group", "attributes": {ROOT_KEY: meta.to_json()}}
+        put_exclusive(self.fs, f"{self.root}/zarr.json", json.dumps(doc).encode())
 
 
 def _rmtree(path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +94,12 @@ class PartWriter(abc.ABC):
     """Appends committed batches of videos to one part."""
 
     @abc.abstractmethod
-    def commit(self, records: list[VideoRecord]) -> None:
-        """Write the records and make them visible atomically (all or nothing)."""
+    def commit(self, records: list[VideoRecord], fence: Callable[[], None] = lambda: None) -> None:
+        """Write the records and make them visible atomically (all or nothing).
+
+        ``fence`` runs after the data is written and before the commit point; it raises to
+        stop a writer that no longer owns the part from publishing.
+        """
 
     @abc.abstractmethod
     def close(self) -> None: ...

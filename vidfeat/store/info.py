@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vidfeat.location import Location, RemotePath, as_location
 from vidfeat.store import open_store
 from vidfeat.store.reader import StoreReader
 
@@ -35,8 +35,11 @@ def describe_features(reader: StoreReader, stream: str | None = None) -> dict[st
     }
 
 
-def _disk_bytes(path: Path) -> int:
+def _disk_bytes(path: Location) -> int:
     paths = [path, path.with_name(path.name + ".parts")]
+    if isinstance(path, RemotePath):  # one recursive listing per prefix
+        fs, _ = path.filesystem()
+        return sum(_remote_bytes(fs, p.filesystem()[1]) for p in paths)
     total = 0
     for p in paths:
         if p.is_file():
@@ -47,9 +50,16 @@ def _disk_bytes(path: Path) -> int:
     return total
 
 
-def store_summary(path: str | os.PathLike) -> dict[str, Any]:
+def _remote_bytes(fs: Any, key: str) -> int:
+    try:
+        return int(fs.du(key, total=True))
+    except FileNotFoundError:
+        return 0
+
+
+def store_summary(path: str | os.PathLike | RemotePath) -> dict[str, Any]:
     """A JSON-friendly summary of a store."""
-    path = Path(path)
+    path = as_location(path)
     with open_store(path) as r:
         videos = r.videos
         ok = videos[videos["status"] == "ok"]

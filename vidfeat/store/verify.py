@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,7 +156,7 @@ def verify_store(path: str | os.PathLike, format: str | None = None) -> VerifyRe
         raise StoreError(f"no feature store at {path}")
     meta = backend.read_meta()
     check_readable(meta, backend.path, action="verifies")
-    report = VerifyReport(str(Path(path)), backend.name, meta.schema_version, meta.checksummed)
+    report = VerifyReport(str(backend.path), backend.name, meta.schema_version, meta.checksummed)
     try:
         for part in backend.iter_parts(meta):
             report.parts += 1

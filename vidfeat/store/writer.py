@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.pca.quantize import dequantize
 from vidfeat.store.base import LABEL_SEPARATOR, STRING_COLUMNS, Backend, VideoRecord
+from vidfeat.store.claim import claim_part
 from vidfeat.store.schema import StoreMeta, StreamSpec
 
 log = logging.getLogger(__name__)
@@ -49,14 +47,14 @@ class StoreWriter:
         self.commit_every = max(1, int(commit_every))
         self.commit_seconds = float(commit_seconds)
         self._backend = backend
-        self._lock_fh = _acquire_lock(_lock_path(backend, part), part)
+        self._claim = claim_part(backend.path, part)
         self._pending: list[VideoRecord] = []
         self._last_commit = time.monotonic()
         try:
             self._committed_ok, self._committed_any = self._scan_committed()
             self._part = backend.open_part_writer(part, meta)
         except BaseException:  # a damaged store: release the part for the next attempt
-            self._lock_fh.close()
+            self._claim.release()
             backend.close()
             raise
         self._closed = False
@@ -223,6 +221,7 @@ class StoreWriter:
 
     def _queue(self, record: VideoRecord) -> None:
         self._pending.append(record)
+        self._claim.keep_alive()
         due = time.monotonic() - self._last_commit >= self.commit_seconds
         if len(self._pending) >= self.commit_every or due:
             self.flush()
@@ -233,7 +232,8 @@ class StoreWriter:
             return
         batch, self._pending = self._pending, []
         try:
-            self._part.commit(batch)
+            # The claim is checked between the data and the commit point (object stores).
+            self._part.commit(batch, fence=self._claim.check)
         except OSError as exc:  # disk full and friends: committed data stays intact
             raise StoreError(f"could not commit to {self.path}: {exc}; rerun to resume") from exc
         for r in batch:
@@ -252,7 +252,7 @@ class StoreWriter:
             self._closed = True
             self._part.close()
             self._backend.close()
-            self._lock_fh.close()
+            self._claim.release()
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -260,26 +260,3 @@ class StoreWriter:
     def __exit__(self, exc_type: object, *rest: object) -> None:
         # On error, commit what completed: every queued video is whole, so nothing partial lands.
         self.close()
-
-
-def _lock_path(backend: Backend, part: str) -> Path:
-    base = backend.path.with_name(backend.path.name + ".locks")
-    base.mkdir(parents=True, exist_ok=True)
-    return base / f"{part}.lock"
-
-
-def _acquire_lock(path: Path, part: str) -> object:
-    fh = open(path, "a+")  # noqa: SIM115 - held for the writer's lifetime
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise StoreError(
-            f"part {part!r} of {path.parent} is being written by another process; "
-            "give each concurrent job its own --shard"
-        ) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
-    return fh

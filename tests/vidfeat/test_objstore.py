@@ -1,0 +1,185 @@
+"""The store contract over a real S3 API (moto's server), plus what only object stores need:
+claims instead of flocks, conditional creates, and no secret in a store or a log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.s3_server import SECRET_KEY, s3, s3_endpoint  # noqa: F401 - fixtures
+from tests.vidfeat.store_worker import STREAMS, video_id
+from tests.vidfeat.test_store import StoreContract, run_worker
+from vidfeat import create_store, open_store
+from vidfeat.errors import ConfigError, StoreError
+from vidfeat.location import RemotePath
+from vidfeat.store.claim import ObjectClaim
+
+# Cases about local files (schema-1 fixtures on disk, file-size limits, local junk files) stay
+# in test_store.py; everything else of the contract runs here against S3.
+LOCAL_ONLY = (
+    "test_values_are_checked_after_the_cast",
+    "test_float16_and_uint8_storage",
+    "test_missing_and_corrupt_stores",
+    "test_full_disk_is_a_clear_error_and_resumable",
+    "test_schema_1_store_reads_as_one_stream_rgb",
+    "test_appending_to_a_schema_1_store_keeps_it_schema_1",
+    "test_newer_schema_is_refused",
+)
+
+
+def _fs(url: str):
+    return RemotePath(url).filesystem()
+
+
+def _flip(url: str, offset: int | None = None) -> None:
+    fs, key = _fs(url)
+    data = bytearray(fs.cat_file(key))
+    data[len(data) // 2 if offset is None else offset] ^= 0xFF
+    fs.pipe_file(key, bytes(data))
+
+
+class S3Contract(StoreContract):
+    @pytest.fixture
+    def path(self, s3) -> str:  # noqa: F811 - the fixture
+        return f"{s3.bucket()}/feats{self.suffix}"
+
+
+for _name in LOCAL_ONLY:
+    setattr(S3Contract, _name, None)  # not collected
+
+
+class TestZarrOnS3(S3Contract):
+    fmt = "zarr"
+    suffix = ".zarr"
+
+    @staticmethod
+    def first_chunk(path: str, array: str) -> str:
+        fs, key = _fs(f"{path}/parts/main/{array}/c")
+        return "s3://" + min(fs.find(key))
+
+    def corrupt(self, path: str, array: str) -> None:
+        _flip(self.first_chunk(path, array))
+
+    def delete_chunk(self, path: str, array: str) -> None:
+        fs, key = _fs(self.first_chunk(path, array))
+        fs.rm_file(key)
+
+    def truncate_part(self, path: str) -> None:
+        fs, key = _fs(f"{path}/parts/main/zarr.json")
+        data = fs.cat_file(key)
+        fs.pipe_file(key, data[: len(data) // 2])
+
+
+class TestHDF5OnS3(S3Contract):
+    fmt = "hdf5"
+    suffix = ".h5"
+
+    @staticmethod
+    def segment(path: str) -> str:
+        return f"{path}.parts/main.00000000.h5"
+
+    def corrupt(self, path: str, array: str) -> None:
+        fs, key = _fs(self.segment(path))
+        with fs.open(key, "rb") as fh, h5py.File(fh, "r") as f:
+            info = f[array].id.get_chunk_info(0)
+        _flip(self.segment(path), info.byte_offset + info.size // 2)
+
+    def delete_chunk(self, path: str, array: str) -> None:
+        fs, key = _fs(self.segment(path))
+        fs.rm_file(key)
+
+    def truncate_part(self, path: str) -> None:
+        fs, key = _fs(self.segment(path))
+        data = fs.cat_file(key)
+        fs.pipe_file(key, data[: len(data) // 2])
+
+
+# -- what only object stores need ---------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_killed_writers_claim_is_taken_over_a_live_ones_is_not(s3, suffix: str) -> None:  # noqa: F811
+    path = f"{s3.bucket()}/feats{suffix}"
+    proc = run_worker(path, "zarr" if suffix == ".zarr" else "hdf5", "main", 0, 50)
+    assert proc.stdout.readline().startswith("wrote")
+    # The live writer holds the claim: a second writer of the part is refused, even here.
+    with pytest.raises(StoreError, match="another process"):
+        create_store(path, streams=STREAMS, attrs={"test": True}, part="main")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    fs, key = _fs(f"{path}.locks/main.claim")
+    assert json.loads(fs.cat_file(key))["pid"] == proc.pid  # left behind by the kill
+    proc = run_worker(path, "zarr" if suffix == ".zarr" else "hdf5", "main", 0, 50)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "taking over the claim" in err
+    assert not fs.exists(key)  # released on close
+    with open_store(path) as r:
+        assert sorted(r.ok_ids) == [video_id(i) for i in range(50)] and len(r.videos) == 50
+
+
+def test_a_writer_whose_claim_was_taken_publishes_nothing(s3) -> None:  # noqa: F811
+    path = f"{s3.bucket()}/feats.zarr"
+    w = create_store(path, dim=4, commit_every=100, commit_seconds=3600)
+    w.write("a", np.ones((2, 4)))
+    # Another writer takes the part over (as after a heartbeat expiry): this one must stop.
+    fs, key = _fs(f"{path}.locks/main.claim")
+    fs.pipe_file(key, json.dumps({"token": "someone-else", "pid": 1, "host": "h"}).encode())
+    with pytest.raises(StoreError, match="taken over"):
+        w.flush()
+    with open_store(path) as r:
+        assert len(r.videos) == 0
+    fs.rm_file(key)
+
+
+def test_claims_are_created_exclusively(s3) -> None:  # noqa: F811
+    url = RemotePath(f"{s3.bucket()}/x.zarr.locks/main.claim")
+    first = ObjectClaim(url, "main")
+    with pytest.raises(StoreError, match="another process"):
+        ObjectClaim(url, "main")
+    first.release()
+    ObjectClaim(url, "main").release()
+
+
+def test_root_is_created_once_and_a_mismatch_refused(s3) -> None:  # noqa: F811
+    path = f"{s3.bucket()}/feats.zarr"
+    with create_store(path, dim=4, attrs={"fps": "1"}) as w:
+        w.write("a", np.ones((2, 4)))
+    with pytest.raises(StoreError, match="different settings"):
+        create_store(path, dim=4, attrs={"fps": "2"}, part="other")
+    with pytest.raises(StoreError, match="different settings"):
+        create_store(path, dim=8, attrs={"fps": "1"}, part="other")
+    with open_store(path) as r:
+        assert r.ok_ids == ["a"] and r.attrs == {"fps": "1"}
+
+
+def test_an_occupied_prefix_is_not_a_store(s3) -> None:  # noqa: F811
+    path = f"{s3.bucket()}/data"
+    fs, key = _fs(f"{path}/other.txt")
+    fs.pipe_file(key, b"x")
+    with pytest.raises(StoreError, match="not a vidfeat store"):
+        create_store(path, dim=4, format="zarr")
+    with pytest.raises(StoreError, match="no feature store"):
+        open_store(f"{path}/none.zarr")
+
+
+def test_credentials_in_a_url_are_refused(s3) -> None:  # noqa: F811
+    with pytest.raises(ConfigError, match="must not carry credentials"):
+        create_store(f"s3://key:{SECRET_KEY}@bucket/feats.zarr", dim=4)
+
+
+def test_a_store_and_its_logs_hold_no_secret(s3, caplog) -> None:  # noqa: F811
+    path = f"{s3.bucket()}/feats.zarr"
+    with caplog.at_level(logging.DEBUG):
+        with create_store(path, dim=4, attrs={"fps": "1"}) as w:
+            w.write("a", np.ones((2, 4)))
+        with open_store(path) as r:
+            r.read("a")
+    assert caplog.records  # botocore and s3fs did log at DEBUG
+    assert SECRET_KEY not in caplog.text
+    fs, key = _fs(path)
+    for obj in fs.find(key):
+        assert SECRET_KEY.encode() not in fs.cat_file(obj), obj

@@ -1,0 +1,171 @@
+"""Where stores and videos live: a local path, or a URL that fsspec opens (``s3://``, ``gs://``).
+
+Credentials and endpoints are never part of a URL: they come from the environment and config
+files the filesystem library reads itself (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``~/.aws/``, ``FSSPEC_S3_*`` variables and fsspec's ``~/.config/fsspec/``). A URL with a user or
+password in it is refused, so no secret reaches a log, a store attr or a run's config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import posixpath
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from vidfeat.errors import ConfigError
+
+URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# Listing caches make a process miss objects another process wrote since (a part, a claim).
+_FS_OPTIONS: dict[str, dict[str, Any]] = {
+    "s3": {"use_listings_cache": False},
+    "s3a": {"use_listings_cache": False},
+    "gs": {"use_listings_cache": False},
+    "gcs": {"use_listings_cache": False},
+}
+# A remote video is copied to a local temporary file before decoding (decord needs a path);
+# larger objects are refused rather than filling the worker's disk.
+MAX_FETCH_BYTES = 8 << 30
+FETCH_BLOCK = 8 << 20
+
+
+def is_url(path: object) -> bool:
+    """Whether ``path`` is a URL (``scheme://...``) rather than a local path."""
+    return isinstance(path, (str, RemotePath)) and bool(URL_RE.match(str(path)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RemotePath:
+    """A URL with the few path operations the store needs (``name``, ``suffix``, ``/``)."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if "@" in parts.netloc:
+            raise ConfigError(
+                f"{parts.scheme}:// URLs must not carry credentials; set them in the "
+                "environment or the filesystem's config files instead"
+            )
+        if parts.query or parts.fragment:
+            raise ConfigError(f"store and video URLs take no query or fragment: {self}")
+        object.__setattr__(self, "url", self.url.rstrip("/"))
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0].lower()
+
+    @property
+    def _key(self) -> str:
+        return self.url.split("://", 1)[1]
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self._key)
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix
+
+    @property
+    def parent(self) -> RemotePath:
+        return RemotePath(f"{self.scheme}://{posixpath.dirname(self._key)}")
+
+    def with_name(self, name: str) -> RemotePath:
+        return self.parent / name
+
+    def __truediv__(self, child: str) -> RemotePath:
+        return RemotePath(f"{self.url}/{child}")
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def fs_options(self) -> dict[str, Any]:
+        return dict(_FS_OPTIONS.get(self.scheme, {}))
+
+    def filesystem(self) -> tuple[Any, str]:
+        """The fsspec filesystem and the path within it (fsspec caches the instances)."""
+        from fsspec.core import url_to_fs
+
+        try:
+            return url_to_fs(self.url, **self.fs_options)
+        except ImportError as exc:  # e.g. s3fs not installed
+            raise ConfigError(
+                f"cannot open {self.scheme}:// URLs: {exc}; install vidfeat[{self.scheme}]"
+            ) from exc
+        except ValueError as exc:  # an unknown protocol
+            raise ConfigError(f"cannot open {self}: {exc}") from exc
+
+
+Location = Path | RemotePath
+
+
+def as_location(path: str | os.PathLike | RemotePath) -> Location:
+    """A ``RemotePath`` for a URL, else a local ``Path`` (``~`` expanded)."""
+    if isinstance(path, RemotePath):
+        return path
+    if is_url(path):
+        return RemotePath(str(path))
+    return Path(path).expanduser()
+
+
+def put_exclusive(fs: Any, path: str, data: bytes) -> bool:
+    """Write ``data`` to ``path`` only if nothing is there; False if an object already was.
+
+    S3 (s3fs) sends ``If-None-Match: *``, so the check and the write are one atomic request.
+    Other filesystems fall back to check-then-write, which two racing writers can both pass.
+    """
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if "s3" in protocols:
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:  # s3fs maps 412 Precondition Failed to a plain OSError
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                return False
+            raise
+        return True
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return True
+
+
+@contextlib.contextmanager
+def local_copy(url: str, max_bytes: int = MAX_FETCH_BYTES) -> Iterator[Path]:
+    """A temporary local copy of the object at ``url``, removed on exit.
+
+    Raises ``FileNotFoundError`` for a missing object and ``OSError`` for one over ``max_bytes``.
+    """
+    remote = RemotePath(url)
+    fs, path = remote.filesystem()
+    size = fs.size(path)
+    if size is not None and size > max_bytes:
+        raise OSError(f"{remote.name} is {size} bytes, over the {max_bytes}-byte fetch limit")
+    fd, tmp = tempfile.mkstemp(prefix="vidfeat-", suffix=remote.suffix)
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open(path, "rb") as src:
+            copied = 0
+            while block := src.read(FETCH_BLOCK):
+                copied += len(block)
+                if copied > max_bytes:
+                    raise OSError(f"{remote.name} is over the {max_bytes}-byte fetch limit")
+                out.write(block)
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def canonical(path: str | os.PathLike | RemotePath) -> str:
+    """One spelling per location, for provenance and comparisons: a URL, or an absolute path."""
+    location = as_location(path)
+    return str(location if isinstance(location, RemotePath) else location.resolve())

@@ -1,0 +1,168 @@
+"""One writer per part: a flock on local disks, a claim object on object stores.
+
+Object stores have no locks. A writer claims its part by creating ``<store>.locks/<part>.claim``
+with a conditional PUT (``If-None-Match: *`` on S3), which exactly one of two racing writers
+wins. The claim names its owner (a random token, host and pid) and a heartbeat that the writer
+renews at every commit. A claim is taken over only when its owner is provably gone (same host,
+pid no longer running) or its heartbeat is older than :data:`CLAIM_TTL_S`. Before every commit
+point the writer checks that the claim still holds its token, so a writer whose claim was taken
+over stops instead of publishing. docs/store-format.md lists what this cannot guarantee.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+from vidfeat.errors import StoreError
+from vidfeat.location import Location, RemotePath, put_exclusive
+
+log = logging.getLogger(__name__)
+
+# A claim whose heartbeat is older than this belongs to a dead writer. Writers renew at every
+# commit (every few seconds while videos finish) and while idle at most every CLAIM_TTL_S / 4.
+CLAIM_TTL_S = 15 * 60.0
+
+
+class PartClaim(Protocol):
+    def check(self) -> None:
+        """Raise ``StoreError`` unless this writer still owns its part (before a commit point)."""
+
+    def keep_alive(self) -> None:
+        """Renew the claim of an idle writer before it could look stale."""
+
+    def release(self) -> None: ...
+
+
+def _busy(part: str, where: object) -> StoreError:
+    return StoreError(
+        f"part {part!r} of {where} is being written by another process; "
+        "give each concurrent job its own --shard"
+    )
+
+
+def claim_part(store: Location, part: str) -> PartClaim:
+    """Claim ``part`` of the store at ``store`` for this writer, or raise ``StoreError``."""
+    if isinstance(store, RemotePath):
+        return ObjectClaim(store.with_name(store.name + ".locks") / f"{part}.claim", part)
+    return FileLock(store.with_name(store.name + ".locks") / f"{part}.lock", part)
+
+
+class FileLock:
+    """An exclusive flock, released by the kernel when the process dies."""
+
+    def __init__(self, path: Path, part: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a+")  # noqa: SIM115 - held for the writer's lifetime
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            raise _busy(part, path.parent) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"{os.getpid()}\n")
+        self._fh.flush()
+
+    def check(self) -> None:
+        pass  # the kernel holds the lock until this process exits
+
+    def keep_alive(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self._fh.close()
+
+
+class ObjectClaim:
+    """A claim object created with a conditional PUT; see the module docstring."""
+
+    def __init__(self, url: RemotePath, part: str) -> None:
+        self.url = url
+        self.part = part
+        self._fs, self._path = url.filesystem()
+        self.token = uuid.uuid4().hex
+        self._renewed = 0.0
+        if not put_exclusive(self._fs, self._path, self._doc()):
+            holder = self._read()
+            if holder is not None and not _is_stale(holder):
+                raise _busy(part, url.parent)
+            log.warning(
+                "part %r: taking over the claim of a writer that is gone (%s)",
+                part,
+                _describe(holder),
+            )
+            self._fs.rm_file(self._path)
+            if not put_exclusive(self._fs, self._path, self._doc()):
+                raise _busy(part, url.parent)  # another writer took it over first
+        self._renewed = time.monotonic()
+
+    def _doc(self) -> bytes:
+        return json.dumps(
+            {
+                "token": self.token,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "heartbeat": time.time(),
+            }
+        ).encode()
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(self._fs.cat_file(self._path))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}  # unreadable: treated as stale (its heartbeat is unknown)
+
+    def check(self) -> None:
+        holder = self._read()
+        if holder is None or holder.get("token") != self.token:
+            raise StoreError(
+                f"part {self.part!r} of {self.url.parent}: this writer's claim was taken over "
+                f"by {_describe(holder)}; nothing more is committed by this writer"
+            )
+        self._fs.pipe_file(self._path, self._doc())
+        self._renewed = time.monotonic()
+
+    def keep_alive(self) -> None:
+        """Renew the heartbeat of an idle writer before it could look stale."""
+        if time.monotonic() - self._renewed > CLAIM_TTL_S / 4:
+            self.check()
+
+    def release(self) -> None:
+        holder = self._read()
+        if holder is not None and holder.get("token") == self.token:
+            self._fs.rm_file(self._path)
+
+
+def _is_stale(holder: dict) -> bool:
+    heartbeat = holder.get("heartbeat")
+    if not isinstance(heartbeat, (int, float)) or time.time() - heartbeat > CLAIM_TTL_S:
+        return True
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        return not _pid_alive(holder["pid"])
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "an unknown writer"
+    return f"pid {holder.get('pid')} on {holder.get('host')}"
