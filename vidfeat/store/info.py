@@ -66,6 +66,8 @@ def store_summary(path: str | os.PathLike | RemotePath) -> dict[str, Any]:
         failed = videos[videos["status"] != "ok"]
         attrs = r.attrs
         backbone = attrs.get("backbone") or {}
+        if not isinstance(backbone, dict):  # a store written outside vidfeat extract
+            backbone = {"name": str(backbone), "weights_id": attrs.get("weights")}
         labels = sorted({x for labs in ok["labels"] for x in labs})
         streams = {name: describe_features(r, name) for name in r.streams}
         return {

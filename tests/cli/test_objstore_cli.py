@@ -1,0 +1,128 @@
+"""The commands on stores and videos in S3 (moto's server): extract, info, verify, pca, heads.
+
+Each runs against an ``s3://`` URL and is compared with the same command on local files.
+Endpoint and credentials come only from the environment (see tests/s3_server.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from heads.synthetic import write_order_store
+from tests.s3_server import SECRET_KEY, s3, s3_endpoint  # noqa: F401 - fixtures
+from vidfeat import open_store
+from vidfeat.location import RemotePath
+from vidfeat_cli.heads import main as heads_main
+from vidfeat_cli.vidfeat import main as vidfeat_main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SMALL = ("--epochs", "2", "--hidden-size", "8", "--fc-size", "8", "--seed", "3")
+
+
+def invoke(main, *args: object):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def assert_no_secret(url: str, output: str) -> None:
+    assert SECRET_KEY not in output
+    fs, key = RemotePath(url).filesystem()
+    for prefix in (key, key + ".locks", key + ".parts"):
+        for obj in fs.find(prefix):
+            assert SECRET_KEY.encode() not in fs.cat_file(obj), obj
+
+
+# ------------------------------------------------------------------------------ heads
+def test_heads_train_and_evaluate_from_s3_equal_local(s3, tmp_path: Path) -> None:  # noqa: F811
+    bucket = s3.bucket()
+    remote, local = f"{bucket}/order.zarr", tmp_path / "order.zarr"
+    for where in (remote, local):
+        write_order_store(where, 24, dim=16, min_len=8, max_len=16)
+    runs = {}
+    for name, store in (("s3", remote), ("local", local)):
+        out = tmp_path / f"run-{name}"
+        result = invoke(heads_main, "-v", "train", store, "-m", "bilstm", "-o", out, *SMALL)
+        assert result.exit_code == 0, result.output
+        assert SECRET_KEY not in result.output
+        runs[name] = out
+    metrics = {n: json.loads((r / "test_metrics.json").read_text()) for n, r in runs.items()}
+    for m in metrics.values():
+        m.pop("train_wall_s")  # the only field that may differ: time
+    assert metrics["s3"] == metrics["local"]
+    config = json.loads((runs["s3"] / "config.json").read_text())
+    assert config["store"]["path"] == remote  # the URL, not a folded local path
+    # evaluate finds the training store by its URL; a store of other features is refused.
+    result = invoke(heads_main, "evaluate", runs["s3"], "--json")
+    assert result.exit_code == 0, result.output
+    other = f"{bucket}/other.zarr"
+    write_order_store(other, 8, dim=12, min_len=8, max_len=16)
+    result = invoke(heads_main, "evaluate", runs["s3"], "--store", other)
+    assert result.exit_code == 2 and "dim" in result.output, result.output
+
+
+def test_info_verify_and_pca_on_s3(s3, tmp_path: Path) -> None:  # noqa: F811
+    store = f"{s3.bucket()}/order.zarr"
+    write_order_store(store, 8, dim=16, min_len=8, max_len=16)
+    result = invoke(vidfeat_main, "info", store, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["path"] == store and summary["videos"] == 8, summary
+    assert invoke(vidfeat_main, "verify", store).exit_code == 0
+    pca = tmp_path / "pca.npz"
+    result = invoke(vidfeat_main, "pca", "fit", store, "--dim", "4", "--out", pca)
+    assert result.exit_code == 0, result.output
+    reduced = store.replace("order.zarr", "reduced.zarr")
+    result = invoke(vidfeat_main, "pca", "apply", store, "--pca", pca, "--out", reduced)
+    assert result.exit_code == 0, result.output
+    with open_store(reduced) as r:
+        assert r.dim == 4 and len(r.ok_ids) == 8
+        assert r.attrs["parent_store"]["path"] == store
+
+
+# ------------------------------------------------------------------------------ extract
+def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["video_id", "path", "labels"])
+        w.writerows(rows)
+    return path
+
+
+@pytest.mark.slow
+def test_extract_s3_videos_into_s3_equals_local(s3, make_video, tmp_path: Path) -> None:  # noqa: F811
+    clip = make_video("s3_clip.mp4", seconds=1.5, fps=12)
+    bucket = s3.bucket()
+    fs, key = RemotePath(f"{bucket}/videos/clip.mp4").filesystem()
+    fs.put_file(str(clip), key)
+    local = write_manifest(tmp_path / "local.csv", [("clip", str(clip), "a")])
+    remote = write_manifest(
+        tmp_path / "remote.csv",
+        [("clip", f"{bucket}/videos/clip.mp4", "a"), ("gone", f"{bucket}/videos/gone.mp4", "a")],
+    )
+    store, local_store = f"{bucket}/feats.zarr", tmp_path / "feats.zarr"
+    args = ("--device", "cpu", "--no-progress", "--timeout", "120")
+    result = invoke(vidfeat_main, "-v", "extract", remote, "--out", store, *args)
+    assert result.exit_code == 1, result.output  # "gone" failed, and was recorded
+    assert "DEBUG" in result.output  # debug logs were on, and hold no secret
+    assert_no_secret(store, result.output)
+    result = invoke(vidfeat_main, "extract", local, "--out", local_store, *args)
+    assert result.exit_code == 0, result.output
+    with open_store(store) as r, open_store(local_store) as lr:
+        assert r.ok_ids == ["clip"]
+        gone = r.videos.set_index("video_id").loc["gone"]
+        assert gone["status"] == "missing" and gone["source_path"].startswith("s3://")
+        np.testing.assert_array_equal(r.read("clip"), lr.read("clip"))
+        np.testing.assert_array_equal(r.timestamps("clip"), lr.timestamps("clip"))
+    # A rerun resumes (both videos are done, one as a recorded failure); other settings are
+    # refused.
+    result = invoke(vidfeat_main, "extract", remote, "--out", store, *args)
+    assert result.exit_code == 0 and "2 already done" in result.output, result.output
+    result = invoke(vidfeat_main, "extract", remote, "--out", store, "--fps", "2", *args)
+    assert result.exit_code == 2 and "fps: store has '1', this run has '2'" in result.output
