@@ -15,6 +15,7 @@ declared duration. A file without an audio track is not a failure: ``has_audio``
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,21 +78,30 @@ def decode_audio_examples(
     times = np.asarray(timestamps_s, np.float64)
     origin = video_origin_s(path) if origin_s is None else float(origin_s)
     starts = np.round((origin + times) * params.sample_rate).astype(np.int64)
-    cutter = WindowCutter(starts, params.example_samples)
     with open_container(path) as container:
         if not container.streams.audio:
-            return _result(cutter, params, None)
+            return _result(WindowCutter(starts, params.example_samples), params, None)
         stream = container.streams.audio[0]
+        cutter = WindowCutter(starts, params.example_samples, _jitter(stream, params))
         if stream.codec_context is None:
             raise DecodeError("audio codec is not supported by this FFmpeg build", "decode_error")
         broke_off: list[bool] = []
         for position, samples in _resampled(container, stream, params.sample_rate, broke_off):
             cutter.push(samples, position)
             if cutter.done:
-                return _result(cutter, params, stream)  # later audio is never needed
-        declared = _declared_duration_s(container, stream, bool(broke_off))
-        _check_coverage(cutter, declared, stream, params.sample_rate)
+                break  # later audio is never needed
+        else:
+            declared = _declared_duration_s(container, stream, bool(broke_off))
+            _check_coverage(cutter, declared, stream, params.sample_rate)
+        _check_gaps(cutter, params.sample_rate)
         return _result(cutter, params, stream)
+
+
+def _jitter(stream: av.AudioStream, params: LogMelParams) -> int:
+    """Samples by which chunk positions may miss each other without audio missing: the
+    container's timestamp resolution, and at least 5 ms (half a frame hop)."""
+    tick = float(stream.time_base) if stream.time_base else 0.0
+    return max(math.ceil(tick * params.sample_rate), round(0.005 * params.sample_rate))
 
 
 def _result(
@@ -182,15 +192,28 @@ def _declared_duration_s(
 def _check_coverage(
     cutter: WindowCutter, declared: float | None, stream: av.AudioStream, rate: int
 ) -> None:
-    """``truncated`` when the decoded audio ends clearly before its declared end."""
+    """``truncated`` when the decoded audio ends clearly before its declared end (the
+    tolerance of the video's truncation check)."""
     if cutter.first_sample is None:
         if declared:
             raise DecodeError("no audio sample could be decoded", "decode_error")
         return
-    covered = (cutter.end_sample - cutter.first_sample) / rate
-    if declared is not None and shortfall(declared, covered):
+    span = (cutter.end_sample - cutter.first_sample) / rate
+    if declared is not None and shortfall(declared, span):
         raise DecodeError(
-            f"decoded {covered:.1f} s of audio of declared {declared:.1f} s", "truncated"
+            f"decoded {span:.1f} s of audio of declared {declared:.1f} s", "truncated"
+        )
+
+
+def _check_gaps(cutter: WindowCutter, rate: int) -> None:
+    """``decode_error`` when clearly more audio is missing mid-stream than timestamps round
+    off: the demuxer skipped damaged data (same tolerance as truncation)."""
+    if cutter.first_sample is None or not cutter.gap_samples:
+        return
+    span = (cutter.end_sample - cutter.first_sample) / rate
+    if shortfall(span, span - cutter.gap_samples / rate):
+        raise DecodeError(
+            f"{cutter.gap_samples / rate:.1f} s of audio missing mid-stream", "decode_error"
         )
 
 

@@ -46,6 +46,7 @@ def write_media(
     video_seconds: float | None = None,
     fps: int = 10,
     faststart: bool = False,
+    garbage_audio_s: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Write a container (by suffix) with an optional video and audio track.
 
@@ -75,11 +76,11 @@ def write_media(
             for packet in video.encode():
                 container.mux(packet)
         if audio is not None:
-            _encode_audio(container, audio, signal, rate, audio_start_s)
+            _encode_audio(container, audio, signal, rate, audio_start_s, garbage_audio_s)
     return signal
 
 
-def _encode_audio(container, stream, signal: np.ndarray, rate: int, start_s: float) -> None:
+def _encode_audio(container, stream, signal, rate, start_s, garbage_s=None) -> None:
     fmt = _AUDIO_FORMAT.get(stream.codec_context.name, "fltp")
     layout = "mono" if signal.shape[1] == 1 else "stereo"
     step = stream.codec_context.frame_size or 1024
@@ -93,6 +94,19 @@ def _encode_audio(container, stream, signal: np.ndarray, rate: int, start_s: flo
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(array), format=fmt, layout=layout)
         frame.sample_rate, frame.time_base, frame.pts = rate, tb, offset + start
         for packet in stream.encode(frame):
-            container.mux(packet)
+            container.mux(_damaged(packet, garbage_s))
     for packet in stream.encode():
-        container.mux(packet)
+        container.mux(_damaged(packet, garbage_s))
+
+
+def _damaged(packet, garbage_s):
+    if garbage_s is None or packet.pts is None:
+        return packet
+    t = float(packet.pts * packet.time_base)
+    if not garbage_s[0] <= t < garbage_s[1]:
+        return packet
+    noise = np.random.default_rng(packet.pts).integers(0, 256, packet.size, dtype=np.uint8)
+    bad = av.Packet(noise.tobytes())
+    bad.pts, bad.dts, bad.time_base = packet.pts, packet.dts, packet.time_base
+    bad.duration, bad.stream = packet.duration, packet.stream
+    return bad

@@ -33,3 +33,11 @@ def test_no_audio_gives_zero_windows_and_descending_starts_are_refused():
         WindowCutter(np.array([5, 0]), 4)
     with pytest.raises(ValueError):
         WindowCutter(np.array([0]), 4).push(np.zeros(3))  # first chunk without a position
+
+
+def test_gaps_are_silence_and_overlaps_keep_the_earlier_samples():
+    cutter = WindowCutter(np.array([0]), 12)
+    cutter.push(np.ones(4), 0)
+    cutter.push(np.full(3, 2.0), 6)  # a gap of two samples
+    cutter.push(np.full(3, 3.0), 7)  # overlaps the last two samples
+    np.testing.assert_array_equal(cutter.finish()[0], [1, 1, 1, 1, 0, 0, 2, 2, 2, 3, 0, 0])
