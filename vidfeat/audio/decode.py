@@ -87,6 +87,8 @@ def decode_audio_examples(
             raise DecodeError("audio codec is not supported by this FFmpeg build", "decode_error")
         broke_off: list[bool] = []
         for position, samples in _resampled(container, stream, params.sample_rate, broke_off):
+            if position is None and cutter.first_sample is None:
+                position = _stream_start(container, stream, params.sample_rate)
             cutter.push(samples, position)
             if cutter.done:
                 break  # later audio is never needed
@@ -95,6 +97,13 @@ def decode_audio_examples(
             _check_coverage(cutter, declared, stream, params.sample_rate)
         _check_gaps(cutter, params.sample_rate)
         return _result(cutter, params, stream)
+
+
+def _stream_start(container: av.container.InputContainer, stream: av.AudioStream, rate: int) -> int:
+    """Where audio without timestamps starts: the stream's declared start, else the file's."""
+    if stream.start_time is not None and stream.time_base:
+        return round(stream.start_time * stream.time_base * rate)
+    return round((container.start_time or 0) / av.time_base * rate)
 
 
 def _jitter(stream: av.AudioStream, params: LogMelParams) -> int:
