@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
-from vidfeat.audio import log_mel_examples
+from vidfeat.audio import load_vggish_pca, log_mel_examples
+from vidfeat.audio.features import AudioFeatures
 from vidfeat.backbones.audio import audio_backbone_names, create_audio_backbone
 from vidfeat.backbones.vggish import VGGish
 from vidfeat.errors import ConfigError, WeightsError
@@ -123,3 +126,53 @@ def test_foreign_state_dict_is_refused(tmp_path):
     torch.save({"features.0.weight": torch.zeros(3)}, bad)
     with pytest.raises(WeightsError, match="vggish architecture"):
         create_audio_backbone("vggish", weights=bad)
+
+
+def test_audio_features_compose_network_pca_and_codes(
+    random_weights, examples, tmp_path, one_torch_thread
+):
+    path, _ = random_weights
+    backbone = create_audio_backbone("vggish", weights=path)
+    rng = np.random.default_rng(7)
+    vectors, means = rng.standard_normal((128, 128)) * 0.05, rng.standard_normal(128)
+    np.savez(tmp_path / "pca.npz", pca_eigen_vectors=vectors, pca_means=means)
+    pca = load_vggish_pca(tmp_path / "pca.npz")
+    audio = AudioFeatures(backbone, pca, quantize=True)
+    codes = audio(examples.numpy(), has_audio=True)
+    raw = backbone.embed_examples(examples).numpy().astype(np.float64)
+    expected = np.floor((np.clip((raw - means) @ vectors.T, -2, 2) + 2) * 255 / 4)
+    assert codes.dtype == np.uint8 and codes.shape == (3, 128)
+    # float32 network output: a value on a bin edge may land one code either side.
+    assert np.abs(codes.astype(int) - expected).max() <= 1
+    assert (codes.astype(int) == expected).mean() > 0.99
+    silent = audio(examples.numpy(), has_audio=False)
+    assert silent.shape == (3, 128) and np.all(silent == 127)
+    floats = AudioFeatures(backbone)(examples.numpy(), has_audio=True)
+    np.testing.assert_allclose(floats, raw, rtol=1e-6, atol=1e-6)
+    assert not AudioFeatures(backbone)(examples.numpy(), has_audio=False).any()
+
+
+def test_audio_stream_spec_records_what_fixes_the_values(random_weights, tmp_path):
+    path, _ = random_weights
+    backbone = create_audio_backbone("vggish", weights=path)
+    np.savez(tmp_path / "pca.npz", pca_eigen_vectors=np.eye(128), pca_means=np.zeros(128))
+    pca = load_vggish_pca(tmp_path / "pca.npz")
+    spec = AudioFeatures(backbone, pca, quantize=True).stream_spec()
+    assert (spec["dim"], spec["dtype"], spec["quantization"]["scheme"]) == (
+        128,
+        "uint8",
+        "vggish_uint8",
+    )
+    front_end = spec["attrs"]["backbone"]["front_end"]
+    assert (front_end["window_samples"], front_end["hop_samples"], front_end["mel_bands"]) == (
+        400,
+        160,
+        64,
+    )
+    assert (front_end["mel_min_hz"], front_end["mel_max_hz"]) == (125.0, 7500.0)
+    assert (
+        spec["attrs"]["backbone"]["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    )
+    assert spec["attrs"]["pca"]["sha256"] == pca.sha256
+    with pytest.raises(ConfigError, match="audio-pca"):
+        AudioFeatures(backbone, None, quantize=True)
