@@ -163,7 +163,7 @@ def test_memory_stays_bounded_on_long_audio(tmp_path, monkeypatch):
     assert max(sizes) < 2 * 16000 + 8192  # about one window and one chunk, not 60 s
 
 
-def test_missing_file_is_empty_status(tmp_path):
+def test_missing_file_is_a_decode_failure(tmp_path):
     with pytest.raises(DecodeError) as info:
         decode_audio_examples(tmp_path / "nope.mp4", [0.0])
-    assert info.value.status == "empty"
+    assert info.value.status == "missing"
