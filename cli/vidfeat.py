@@ -229,6 +229,8 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
         f"({summary.frames} frames in {summary.seconds:.1f} s, "
         f"{summary.frames_per_s:.1f} frames/s) -> {out}"
     )
+    if summary.no_audio:
+        click.echo(f"  {summary.no_audio} extracted without an audio track (flagged no_audio)")
     if summary.failed:
         for vid, status in list(summary.failures.items())[:10]:
             click.echo(f"  failed: {vid} ({status})", err=True)

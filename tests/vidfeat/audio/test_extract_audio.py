@@ -115,6 +115,7 @@ def reference(setup):
         "extract", str(setup["manifest"]), "--out", str(store), "--device", "cpu", *setup["args"]
     )
     assert code == 0, out
+    assert "1 extracted without an audio track" in out
     return store
 
 
