@@ -1,0 +1,63 @@
+"""Whole files -> videos + per-record failures, serially and in worker processes."""
+
+from __future__ import annotations
+
+import fsspec
+
+from tests.vidfeat.yt8m.helpers import ALL_FILES, FRAME, expected, key, record_spans
+from vidfeat.yt8m.reader import read_file, read_files
+from vidfeat.yt8m.sources import SourceFile, expand_paths
+
+
+def _source(path):
+    return SourceFile(f"file://{path}")
+
+
+def test_reads_every_fixture():
+    for path in ALL_FILES:
+        result = read_file(_source(path))
+        assert result.failures == []
+        assert [v.video_id for v in result.videos] == [w["id"] for w in expected()[key(path)]]
+    assert read_file(_source(FRAME)).n_frames == 6
+
+
+def test_a_corrupt_record_costs_only_that_video(tmp_path):
+    data = bytearray(FRAME.read_bytes())
+    start, _ = record_spans(bytes(data))[1]
+    data[start + 40] ^= 0x10
+    bad = tmp_path / "train0001.tfrecord"
+    bad.write_bytes(bytes(data))
+    result = read_file(_source(bad))
+    assert [v.video_id for v in result.videos] == ["Ab1c", "Qq00"]
+    (failure,) = result.failures
+    assert (failure.index, failure.status) == (1, "bad_crc")
+
+
+def test_broken_files_become_failures(tmp_path):
+    (tmp_path / "empty.tfrecord").write_bytes(b"")
+    (tmp_path / "text.tfrecord").write_text("not a record file at all\n")
+    (tmp_path / "cut.tfrecord").write_bytes(FRAME.read_bytes()[:-10])
+    statuses = {
+        p.name: [(f.index, f.status) for f in read_file(_source(p)).failures]
+        for p in sorted(tmp_path.iterdir())
+    }
+    assert statuses == {
+        "cut.tfrecord": [(2, "truncated")],
+        "empty.tfrecord": [(0, "empty")],
+        "text.tfrecord": [(0, "not_tfrecord")],
+    }
+
+
+def test_unopenable_file_is_a_failure():
+    result = read_file(SourceFile("file:///nonexistent/train0000.tfrecord"))
+    assert [f.status for f in result.failures] == ["unreadable"]
+
+
+def test_workers_give_the_same_results_in_order(tmp_path):
+    fs = fsspec.filesystem("file")
+    for i in range(5):
+        fs.copy(str(FRAME), str(tmp_path / f"train{i:04d}.tfrecord"))
+    sources = expand_paths([str(tmp_path)])
+    serial = [(r.source, [v.video_id for v in r.videos]) for r in read_files(sources, 1)]
+    parallel = [(r.source, [v.video_id for v in r.videos]) for r in read_files(sources, 2)]
+    assert serial == parallel and len(serial) == 5

@@ -1,0 +1,88 @@
+"""Read whole YouTube-8M TFRecord files into videos and per-record failures, in parallel.
+
+A file is the unit of work (and of commit, for the importer): :func:`read_file` returns every
+good video of a file plus a :class:`RecordFailure` for each record that could not be read, so
+one corrupt record never costs its neighbours. :func:`read_files` runs files in worker
+processes with a bounded window of files in flight, so memory stays bounded by about
+``2 * workers`` files whatever the number of files.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import multiprocessing
+from collections.abc import Iterator, Sequence
+
+import fsspec
+
+from vidfeat.errors import RecordError
+from vidfeat.yt8m.schema import Yt8mVideo, parse_record
+from vidfeat.yt8m.sources import SourceFile
+from vidfeat.yt8m.tfrecord import iter_records
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordFailure:
+    """A record (or a whole file, ``index`` 0) that could not be read, with the reason."""
+
+    index: int  # record position in its file
+    status: str  # RecordError.status: empty, not_tfrecord, truncated, bad_crc, bad_example
+    reason: str
+    video_id: str | None = None  # when the record was readable far enough to tell
+
+
+@dataclasses.dataclass
+class FileResult:
+    """Everything read from one file, in record order."""
+
+    source: SourceFile
+    videos: list[Yt8mVideo] = dataclasses.field(default_factory=list)
+    failures: list[RecordFailure] = dataclasses.field(default_factory=list)
+
+    @property
+    def n_frames(self) -> int:
+        return sum(v.n_frames for v in self.videos)
+
+
+def read_file(source: SourceFile) -> FileResult:
+    """Parse one file; unreadable records become failures, an unopenable file one failure."""
+    result = FileResult(source)
+    try:
+        with fsspec.open(source.url, "rb") as stream:
+            for index, item in enumerate(iter_records(stream)):
+                if isinstance(item, RecordError):
+                    result.failures.append(RecordFailure(item.index, item.status, item.reason))
+                    continue
+                try:
+                    result.videos.append(parse_record(item))
+                except RecordError as exc:
+                    result.failures.append(RecordFailure(index, exc.status, exc.reason))
+    except OSError as exc:
+        result.failures.append(RecordFailure(0, "unreadable", f"cannot read the file: {exc}"))
+    return result
+
+
+def read_files(sources: Sequence[SourceFile], workers: int = 1) -> Iterator[FileResult]:
+    """:func:`read_file` for each source, in the given order, ``workers`` files at a time."""
+    if workers <= 1:
+        for source in sources:
+            yield read_file(source)
+        return
+    # spawn: the parent may hold threads (progress bar, store locks) that fork would copy.
+    context = multiprocessing.get_context("spawn")
+    window = 2 * workers
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending: collections.deque[cf.Future] = collections.deque()
+        todo = iter(sources)
+        for source in todo:
+            pending.append(pool.submit(read_file, source))
+            if len(pending) >= window:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for source in todo:
+                pending.append(pool.submit(read_file, source))
+                break
+            yield result
