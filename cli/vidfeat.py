@@ -218,6 +218,12 @@ def info(store: Path, as_json: bool, failures: bool) -> None:
 
 main.add_command(pca)
 
+# YouTube-8M's TFRecords in and out of a store (cli/yt8m.py).
+from vidfeat_cli.yt8m import export_yt8m, import_yt8m  # noqa: E402
+
+main.add_command(import_yt8m)
+main.add_command(export_yt8m)
+
 
 if __name__ == "__main__":
     main()

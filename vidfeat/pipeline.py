@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import signal
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vidfeat import __version__
-from vidfeat.config import ExtractConfig
+from vidfeat.config import ExtractConfig, shard_of
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
 from vidfeat.errors import DecodeError
 from vidfeat.manifest import ManifestEntry, read_manifest
@@ -49,15 +48,6 @@ class ExtractSummary:
         """Throughput of the decode + embed loop (excluding setup)."""
         loop_s = self.seconds - self.setup_s
         return self.frames / loop_s if loop_s > 0 else 0.0
-
-
-def shard_of(video_id: str, n_shards: int) -> int:
-    """Stable shard for a video: independent of manifest order, so edits don't reshuffle.
-
-    A cryptographic hash, because CRC32's low bits barely move between ids like v1, v2, v3.
-    """
-    digest = hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % n_shards
 
 
 def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReduction) -> dict:

@@ -171,19 +171,23 @@ def _fill_context(features: object, video: Yt8mVideo) -> None:
 
 
 def encode_record(video: Yt8mVideo) -> bytes:
-    """:class:`Yt8mVideo` -> serialized ``SequenceExample`` (frame) or ``Example`` (video)."""
+    """:class:`Yt8mVideo` -> serialized ``SequenceExample`` (frame) or ``Example`` (video).
+
+    Every stream in ``video.features`` is written (a store with ``rgb`` only gives records
+    with ``rgb`` only, which YouTube-8M's readers accept with ``--feature_names=rgb``).
+    """
     if video.level == "frame":
         message = protos.SequenceExample()
         _fill_context(message.context, video)
-        for name in STREAM_DIMS:
+        for name, codes in video.features.items():
             frames = message.feature_lists.feature_list[name].feature
-            for row in np.ascontiguousarray(video.features[name], dtype=np.uint8):
+            for row in np.ascontiguousarray(codes, dtype=np.uint8):
                 frames.add().bytes_list.value.append(row.tobytes())
     elif video.level == "video":
         message = protos.Example()
         _fill_context(message.features, video)
-        for name in STREAM_DIMS:
-            values = np.asarray(video.features[name], dtype=np.float32)
+        for name, mean in video.features.items():
+            values = np.asarray(mean, dtype=np.float32)
             message.features.feature[f"mean_{name}"].float_list.value.extend(values.tolist())
     else:
         raise BadExampleError(f"level must be one of {LEVELS}, got {video.level!r}")

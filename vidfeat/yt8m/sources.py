@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import posixpath
 from collections.abc import Sequence
 
 from fsspec.core import url_to_fs
 
+from vidfeat.config import shard_of
 from vidfeat.errors import ConfigError
 
 # YouTube-8M names its files <split><NNNN>.tfrecord.
@@ -43,8 +43,7 @@ def store_split(yt8m_split: str, video_id: str) -> str:
     labels. ``test`` files have no public labels and land in ``test``, for prediction.
     """
     if yt8m_split == "validate":
-        digest = hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest()
-        return "val" if digest[-1] % 2 == 0 else "test"
+        return "val" if shard_of(video_id, 2) == 0 else "test"
     if yt8m_split in ("train", "test"):
         return yt8m_split
     raise ConfigError(f"unknown YouTube-8M split {yt8m_split!r}; use one of {SPLIT_PREFIXES}")

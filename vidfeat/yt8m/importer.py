@@ -1,0 +1,287 @@
+"""``import_yt8m(cfg)``: YouTube-8M TFRecord files -> a multi-stream feature store.
+
+A file is the unit of commit: its videos and its failures are queued together and committed in
+one store commit, with SIGINT/SIGTERM held off meanwhile, so a killed import leaves every file
+either wholly in the store or not at all. A rerun skips files whose rows are in the store (the
+``source_path`` column), so nothing is duplicated. Files that could not be opened at all
+(``unreadable``, e.g. a network error) are reported but not recorded, so a rerun retries them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vidfeat import __version__
+from vidfeat.config import shard_of
+from vidfeat.errors import ConfigError, StoreError
+from vidfeat.pca.quantize import quantization_attrs
+from vidfeat.yt8m.reader import FileResult, RecordFailure, read_files
+from vidfeat.yt8m.schema import STREAM_DIMS, Yt8mVideo
+from vidfeat.yt8m.segments import write_segments
+from vidfeat.yt8m.sources import SPLIT_PREFIXES, SourceFile, expand_paths, split_from_name
+from vidfeat.yt8m.sources import store_split as to_store_split
+from vidfeat.yt8m.vocabulary import Vocabulary, read_vocabulary
+
+log = logging.getLogger(__name__)
+
+# Not recorded in the store, so that a rerun tries the file again.
+RETRY_STATUSES = frozenset({"unreadable"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportConfig:
+    """Everything ``vidfeat import-yt8m`` needs."""
+
+    paths: tuple[str, ...]
+    out: Path
+    format: str | None = None  # zarr | hdf5 | None (by suffix)
+    vocabulary: str | None = None
+    split: str | None = None  # train | validate | test; None: from each file name
+    workers: int = 1
+    shard: tuple[int, int] = (0, 1)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.split is not None and self.split not in SPLIT_PREFIXES:
+            raise ConfigError(f"--split must be one of {', '.join(SPLIT_PREFIXES)}")
+        if self.workers < 1:
+            raise ConfigError("workers must be >= 1")
+        i, n = self.shard
+        if not 0 <= i < n:
+            raise ConfigError(f"shard must satisfy 0 <= I < N, got {i}/{n}")
+
+    @property
+    def part_name(self) -> str:
+        i, n = self.shard
+        return "main" if n == 1 else f"shard-{i:05d}-of-{n:05d}"
+
+
+@dataclasses.dataclass
+class ImportSummary:
+    files: int = 0  # files of this shard
+    skipped_files: int = 0  # already in the store
+    imported_files: int = 0
+    videos: int = 0
+    frames: int = 0
+    feature_bytes: int = 0
+    failed: int = 0  # records (or whole files) that could not be imported
+    seconds: float = 0.0
+    failures: list[tuple[str, RecordFailure]] = dataclasses.field(default_factory=list)
+
+
+def store_streams(level: str) -> dict[str, dict]:
+    """The store streams for a level: uint8 codes as published, or the float32 means."""
+    if level == "frame":
+        q = quantization_attrs()
+        return {n: {"dim": d, "dtype": "uint8", "quantization": q} for n, d in STREAM_DIMS.items()}
+    return {n: {"dim": d, "dtype": "float32"} for n, d in STREAM_DIMS.items()}
+
+
+def store_attrs(vocabulary: Vocabulary | None) -> dict:
+    return {
+        "source": "youtube-8m",
+        "vocabulary": None if vocabulary is None else vocabulary.to_json(),
+        "vidfeat_version": __version__,
+        "command": " ".join(sys.argv),
+    }
+
+
+class _Importer:
+    """Writes whole files into an open store writer."""
+
+    def __init__(self, cfg: ImportConfig, vocabulary: Vocabulary | None, writer: Any) -> None:
+        self.cfg, self.vocabulary, self.writer = cfg, vocabulary, writer
+        self.ok_ids = writer.committed_ids("ok")
+
+    def _labels(self, video: Yt8mVideo) -> list[str]:
+        if self.vocabulary is None:
+            return [str(i) for i in video.labels]
+        return [self.vocabulary.name(i) for i in video.labels]
+
+    def _split(self, source: SourceFile) -> str:
+        split = self.cfg.split or split_from_name(source.name)
+        if split is None:
+            raise ConfigError(f"{source.url}: cannot tell the split from the name; give --split")
+        return split
+
+    def commit_file(self, result: FileResult) -> list[RecordFailure]:
+        """Queue and commit one file's rows; returns the failures recorded."""
+        source, split = result.source, self._split(result.source)
+        failures = [f for f in result.failures if f.status not in RETRY_STATUSES]
+        seen: set[str] = set()
+        good = []
+        for index, video in enumerate(result.videos):
+            problem = self._problem(video, seen)
+            if problem is None:
+                seen.add(video.video_id)
+                good.append(video)
+            else:
+                failures.append(RecordFailure(index, problem[0], problem[1], video.video_id))
+        write_segments(self.cfg.out, source, good)
+        with _signals_held():
+            for video in good:
+                self.writer.write(
+                    video.video_id,
+                    dict(video.features),
+                    labels=self._labels(video),
+                    source_path=source.url,
+                    split=to_store_split(split, video.video_id),
+                )
+            for f in failures:
+                self.writer.write_failure(
+                    f"{source.url}#{f.index}",
+                    f.status,
+                    f.reason if f.video_id is None else f"{f.video_id}: {f.reason}",
+                    source_path=source.url,
+                    split="",
+                )
+            self.writer.flush()
+        self.ok_ids |= seen
+        return failures
+
+    def _problem(self, video: Yt8mVideo, seen: set[str]) -> tuple[str, str] | None:
+        """A reason this parsed video cannot go into the store, or None."""
+        store_level = self.writer.meta.level
+        if video.level != store_level:
+            return "wrong_level", f"a {video.level}-level record in a {store_level}-level store"
+        if video.video_id in self.ok_ids or video.video_id in seen:
+            return "duplicate", "video id already imported"
+        if "\x00" in video.video_id:
+            return "bad_example", "video id contains a NUL byte"
+        if self.vocabulary is not None:
+            unknown = [i for i in video.labels if i not in self.vocabulary.names]
+            if unknown:
+                return "bad_label", f"label indices {unknown} are not in the vocabulary"
+        return None
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer SIGINT/SIGTERM while one file is queued and committed (SIGKILL cannot be held,
+    and loses only the uncommitted file)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError):  # no pthreads, or not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _imported_sources(out: Path, format: str | None) -> set[str]:
+    """Source files with rows in the store already (any status)."""
+    from vidfeat.store import open_store
+
+    try:
+        with open_store(out, format) as store:
+            return set(store.videos["source_path"].astype(str))
+    except StoreError:
+        return set()
+
+
+def _level_of(results: Iterator[FileResult]) -> tuple[str | None, list[FileResult]]:
+    """Peek at results until one holds a video: its level decides the new store's level."""
+    seen = []
+    for result in results:
+        seen.append(result)
+        if result.videos:
+            return result.videos[0].level, seen
+    return None, seen
+
+
+def import_yt8m(cfg: ImportConfig) -> ImportSummary:
+    """Run (or resume) one import job. Raises VidfeatError subclasses on bad input."""
+    from vidfeat.store import create_store, open_store
+
+    t0 = time.monotonic()
+    vocabulary = read_vocabulary(cfg.vocabulary) if cfg.vocabulary else None
+    i, n = cfg.shard
+    sources = [s for s in expand_paths(cfg.paths) if shard_of(s.name, n) == i]
+    summary = ImportSummary(files=len(sources))
+    done = _imported_sources(cfg.out, cfg.format)
+    todo = [s for s in sources if s.url not in done]
+    summary.skipped_files = len(sources) - len(todo)
+    if summary.skipped_files:
+        log.info(
+            "resuming: %d of %d files already in %s", summary.skipped_files, len(sources), cfg.out
+        )
+    results = read_files(todo, cfg.workers)
+    if cfg.out.exists():
+        with open_store(cfg.out, cfg.format) as store:
+            level, first = store.level, []
+    else:
+        level, first = _level_of(results)
+    with _progress(len(todo), cfg.progress) as bar:
+        if level is not None:
+            writer = create_store(
+                cfg.out,
+                format=cfg.format,
+                streams=store_streams(level),
+                level=level,
+                attrs=store_attrs(vocabulary),
+                part=cfg.part_name,
+                commit_every=2**62,  # commits happen per file, below
+                commit_seconds=math.inf,
+            )
+            with writer:
+                importer = _Importer(cfg, vocabulary, writer)
+                for result in itertools.chain(first, results):  # streamed
+                    _account(summary, result, importer.commit_file(result), result.failures)
+                    _tick(bar, summary)
+        else:  # no file held a single video: nothing to create a store from
+            for result in first:
+                _account(summary, result, result.failures, result.failures)
+                _tick(bar, summary)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _account(
+    summary: ImportSummary,
+    result: FileResult,
+    recorded: list[RecordFailure],
+    read_failures: list[RecordFailure],
+) -> None:
+    failed_ids = {f.video_id for f in recorded if f.video_id is not None}
+    ok = [v for v in result.videos if v.video_id not in failed_ids]
+    if ok or recorded:
+        summary.imported_files += 1
+    summary.videos += len(ok)
+    summary.frames += sum(v.n_frames for v in ok)
+    summary.feature_bytes += sum(v.nbytes for v in ok)
+    retried = [f for f in read_failures if f.status in RETRY_STATUSES]
+    for f in [*recorded, *retried]:
+        summary.failed += 1
+        summary.failures.append((result.source.url, f))
+        log.warning("%s record %d: %s (%s)", result.source.url, f.index, f.reason, f.status)
+
+
+def _tick(bar: Any, summary: ImportSummary) -> None:
+    bar.set_postfix(videos=summary.videos, frames=summary.frames, failed=summary.failed)
+    bar.update(1)
+
+
+@contextlib.contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="file", disable=not enabled, dynamic_ncols=True, desc="import")
+    try:
+        yield bar
+    finally:
+        bar.close()
