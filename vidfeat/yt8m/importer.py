@@ -112,8 +112,7 @@ class _Importer:
 
     def _split(self, source: SourceFile) -> str:
         split = self.cfg.split or split_from_name(source.name)
-        if split is None:
-            raise ConfigError(f"{source.url}: cannot tell the split from the name; give --split")
+        assert split is not None, "checked before the import starts"
         return split
 
     def commit_file(self, result: FileResult) -> list[RecordFailure]:
@@ -212,6 +211,13 @@ def import_yt8m(cfg: ImportConfig) -> ImportSummary:
     vocabulary = read_vocabulary(cfg.vocabulary) if cfg.vocabulary else None
     i, n = cfg.shard
     sources = [s for s in expand_paths(cfg.paths) if shard_of(s.name, n) == i]
+    if cfg.split is None:
+        unnamed = [s.name for s in sources if split_from_name(s.name) is None]
+        if unnamed:
+            raise ConfigError(
+                f"cannot tell the split of {unnamed[:3]} from the file name "
+                f"(train*, validate*, test*); give --split"
+            )
     summary = ImportSummary(files=len(sources))
     done = _imported_sources(cfg.out, cfg.format)
     todo = [s for s in sources if s.url not in done]

@@ -312,3 +312,15 @@ def test_workers_and_shards_fill_one_store(tmp_path):
         assert len(r.videos) == 12 and r.videos["part"].nunique() == 2
         assert set(r.videos["split"]) == {"val", "test"}
     assert len(read_segments(store)) == 6 * 3
+
+
+def test_split_comes_from_the_option_when_names_do_not_tell(tmp_path):
+    shutil.copy(FRAME, tmp_path / "frames.tfrecord")
+    store = tmp_path / "s.zarr"
+    refused = invoke("import-yt8m", tmp_path / "frames.tfrecord", "--out", store)
+    assert refused.exit_code == 2 and "give --split" in refused.output
+    assert not store.exists()
+    args = ["--split", "validate", "--no-progress"]
+    assert invoke("import-yt8m", tmp_path / "frames.tfrecord", "--out", store, *args).exit_code == 0
+    with open_store(store) as r:
+        assert set(r.videos["split"]) <= {"val", "test"} and len(r.videos) == 3
