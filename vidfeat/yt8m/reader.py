@@ -60,7 +60,10 @@ def read_file(source: SourceFile) -> FileResult:
                 except RecordError as exc:
                     result.failures.append(RecordFailure(index, exc.status, exc.reason))
     except OSError as exc:
-        result.failures.append(RecordFailure(0, "unreadable", f"cannot read the file: {exc}"))
+        # Nothing of a file that could not be read to its end is kept: the importer records
+        # no rows for it, so a rerun reads it again whole.
+        reason = f"cannot read the file: {exc}"
+        return FileResult(source, failures=[RecordFailure(0, "unreadable", reason)])
     return result
 
 

@@ -324,3 +324,18 @@ def test_split_comes_from_the_option_when_names_do_not_tell(tmp_path):
     assert invoke("import-yt8m", tmp_path / "frames.tfrecord", "--out", store, *args).exit_code == 0
     with open_store(store) as r:
         assert set(r.videos["split"]) <= {"val", "test"} and len(r.videos) == 3
+
+
+def test_remote_paths_import_through_fsspec(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/frame/train0000.tfrecord", FRAME.read_bytes())
+    fs.pipe("/bucket/frame/validate0000.tfrecord", SEGMENT.read_bytes())
+    store = tmp_path / "s.zarr"
+    result = invoke("import-yt8m", "memory://bucket/frame/*.tfrecord", "--out", store)
+    assert result.exit_code == 0, result.output
+    with open_store(store) as r:
+        assert len(r.ok_ids) == 5
+        assert all(s.startswith("memory:///bucket/frame/") for s in r.videos["source_path"])
+    assert len(read_segments(store)) == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import fsspec
 
 from tests.vidfeat.yt8m.helpers import ALL_FILES, FRAME, expected, key, record_spans
@@ -61,3 +63,21 @@ def test_workers_give_the_same_results_in_order(tmp_path):
     serial = [(r.source, [v.video_id for v in r.videos]) for r in read_files(sources, 1)]
     parallel = [(r.source, [v.video_id for v in r.videos]) for r in read_files(sources, 2)]
     assert serial == parallel and len(serial) == 5
+
+
+def test_a_read_error_midway_keeps_nothing_of_the_file(monkeypatch):
+    data = FRAME.read_bytes()
+    cut = record_spans(data)[1][1]  # two whole records, then the connection drops
+
+    class DroppedConnection(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() >= cut:
+                raise ConnectionResetError("connection reset by peer")
+            return super().read(n)
+
+    # Fault injection at the I/O layer (fsspec), below the code under test.
+    monkeypatch.setattr(fsspec, "open", lambda url, mode: DroppedConnection(data))
+    result = read_file(SourceFile("gs://bucket/frame/train0000.tfrecord"))
+    assert result.videos == []
+    (failure,) = result.failures
+    assert failure.status == "unreadable" and "connection reset" in failure.reason
