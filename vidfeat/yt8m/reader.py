@@ -4,7 +4,7 @@ A file is the unit of work (and of commit, for the importer): :func:`read_file` 
 good video of a file plus a :class:`RecordFailure` for each record that could not be read, so
 one corrupt record never costs its neighbours. :func:`read_files` runs files in worker
 processes with a bounded window of files in flight, so memory stays bounded by about
-``2 * workers`` files whatever the number of files.
+``workers + 1`` files whatever the number of files.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def read_files(sources: Sequence[SourceFile], workers: int = 1) -> Iterator[File
         return
     # spawn: the parent may hold threads (progress bar, store locks) that fork would copy.
     context = multiprocessing.get_context("spawn")
-    window = 2 * workers
+    # One file per busy worker plus one parsed and waiting: memory is about (workers + 1)
+    # files, whatever the number of files.
+    window = workers + 1
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending: collections.deque[cf.Future] = collections.deque()
         todo = iter(sources)
