@@ -80,7 +80,7 @@ def run_import(inputs: Path, store: Path, workers: int) -> dict:
         # or reported as at most the earlier peak (noted in the README).
         "peak_rss_mib": peak_kib / 1024,
         "peak_rss_grew": peak_kib > before,
-        "summary": done.stdout.strip(),
+        "summary": done.stdout.strip().split(" -> ")[0],  # without the machine's path
     }
 
 
