@@ -17,7 +17,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +81,12 @@ class ImportSummary:
     failures: list[tuple[str, RecordFailure]] = dataclasses.field(default_factory=list)
 
 
-def store_streams(level: str) -> dict[str, dict]:
+def store_streams(level: str, names: Iterable[str] = STREAM_DIMS) -> dict[str, dict]:
     """The store streams for a level: uint8 codes as published, or the float32 means."""
     if level == "frame":
         q = quantization_attrs()
-        return {n: {"dim": d, "dtype": "uint8", "quantization": q} for n, d in STREAM_DIMS.items()}
-    return {n: {"dim": d, "dtype": "float32"} for n, d in STREAM_DIMS.items()}
+        return {n: {"dim": STREAM_DIMS[n], "dtype": "uint8", "quantization": q} for n in names}
+    return {n: {"dim": STREAM_DIMS[n], "dtype": "float32"} for n in names}
 
 
 def store_attrs(vocabulary: Vocabulary | None) -> dict:
@@ -155,6 +155,9 @@ class _Importer:
         store_level = self.writer.meta.level
         if video.level != store_level:
             return "wrong_level", f"a {video.level}-level record in a {store_level}-level store"
+        if set(video.features) != set(self.writer.meta.streams):
+            streams = ", ".join(self.writer.meta.streams)
+            return "wrong_streams", f"streams {sorted(video.features)}; the store has {streams}"
         if video.video_id in self.ok_ids or video.video_id in seen:
             return "duplicate", "video id already imported"
         if "\x00" in video.video_id:
@@ -193,13 +196,13 @@ def _imported_sources(out: Path, format: str | None) -> set[str]:
         return set()
 
 
-def _level_of(results: Iterator[FileResult]) -> tuple[str | None, list[FileResult]]:
-    """Peek at results until one holds a video: its level decides the new store's level."""
+def _first_video(results: Iterator[FileResult]) -> tuple[Yt8mVideo | None, list[FileResult]]:
+    """Peek at results until one holds a video: its level and streams make the new store."""
     seen = []
     for result in results:
         seen.append(result)
         if result.videos:
-            return result.videos[0].level, seen
+            return result.videos[0], seen
     return None, seen
 
 
@@ -229,15 +232,16 @@ def import_yt8m(cfg: ImportConfig) -> ImportSummary:
     results = read_files(todo, cfg.workers)
     if cfg.out.exists():
         with open_store(cfg.out, cfg.format) as store:
-            level, first = store.level, []
+            level, streams, first = store.level, list(store.streams), []
     else:
-        level, first = _level_of(results)
+        video, first = _first_video(results)
+        level, streams = (None, []) if video is None else (video.level, list(video.features))
     with _progress(len(todo), cfg.progress) as bar:
         if level is not None:
             writer = create_store(
                 cfg.out,
                 format=cfg.format,
-                streams=store_streams(level),
+                streams=store_streams(level, streams),
                 level=level,
                 attrs=store_attrs(vocabulary),
                 part=cfg.part_name,

@@ -3,6 +3,8 @@
 Frame level (``SequenceExample``): context ``id`` (bytes) and ``labels`` (int64 list); feature
 lists ``rgb`` and ``audio`` with one bytes entry per frame (1024 and 128 uint8 codes). Video
 level (``Example``): ``id``, ``labels``, ``mean_rgb`` (1024 floats) and ``mean_audio`` (128).
+Google's files hold both streams; records with one of them (``rgb`` only, as exported from a
+vidfeat store without audio) are read too.
 The 2019 segment-rated files add ``segment_labels``, ``segment_start_times`` (int64 lists) and
 ``segment_scores`` (float list) to the context. Feature bytes are kept exactly as stored: never
 decoded to floats and requantized.
@@ -117,10 +119,10 @@ def _frame_stream(lists: Mapping, name: str, dim: int, video_id: str) -> np.ndar
 
 def _frame_features(message: object, video_id: str) -> dict[str, np.ndarray]:
     lists = message.feature_lists.feature_list
-    missing = [name for name in STREAM_DIMS if name not in lists]
-    if missing:
-        raise BadExampleError(f"{video_id}: no feature list {missing}")
-    out = {name: _frame_stream(lists, name, dim, video_id) for name, dim in STREAM_DIMS.items()}
+    names = [name for name in STREAM_DIMS if name in lists]
+    if not names:
+        raise BadExampleError(f"{video_id}: no feature list of {list(STREAM_DIMS)}")
+    out = {name: _frame_stream(lists, name, STREAM_DIMS[name], video_id) for name in names}
     counts = {name: len(a) for name, a in out.items()}
     if len(set(counts.values())) != 1 or not next(iter(counts.values())):
         raise BadExampleError(f"{video_id}: frame counts must be equal and > 0, got {counts}")
@@ -131,12 +133,18 @@ def _video_features(context: Mapping, video_id: str) -> dict[str, np.ndarray]:
     out = {}
     for name, dim in STREAM_DIMS.items():
         key = f"mean_{name}"
-        if key not in context or context[key].WhichOneof("kind") != "float_list":
-            raise BadExampleError(f"{video_id}: no float feature {key!r}")
+        if key not in context:
+            continue
+        if context[key].WhichOneof("kind") != "float_list":
+            raise BadExampleError(f"{video_id}: {key!r} is not a float list")
         values = np.asarray(context[key].float_list.value, dtype=np.float32)
         if values.shape != (dim,):
             raise BadExampleError(f"{video_id}: {key} has {len(values)} values, expected {dim}")
         out[name] = values
+    if not out:
+        raise BadExampleError(
+            f"{video_id}: no float feature of {[f'mean_{n}' for n in STREAM_DIMS]}"
+        )
     return out
 
 

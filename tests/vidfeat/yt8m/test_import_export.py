@@ -339,3 +339,32 @@ def test_remote_paths_import_through_fsspec(tmp_path):
         assert len(r.ok_ids) == 5
         assert all(s.startswith("memory:///bucket/frame/") for s in r.videos["source_path"])
     assert len(read_segments(store)) == 3
+
+
+def test_extracted_store_exports_for_yt8m_readers(tmp_path):
+    from vidfeat import create_store
+    from vidfeat.pca.quantize import quantization_attrs
+
+    rng = np.random.default_rng(3)
+    codes = {f"clip{i}": rng.integers(0, 256, (4 + i, 1024), dtype=np.uint8) for i in range(3)}
+    labels = {"clip0": ["dog"], "clip1": ["cat", "dog"], "clip2": ["cat"]}
+    store = tmp_path / "feats1024.zarr"
+    spec = {"dim": 1024, "dtype": "uint8", "quantization": quantization_attrs()}
+    with create_store(store, streams={"rgb": spec}) as w:
+        for vid, c in codes.items():
+            w.write(vid, {"rgb": c}, labels=labels[vid], split="train")
+    result = invoke("export-yt8m", store, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    exported = _read_dir(tmp_path / "out")
+    vocab = read_vocabulary(str(tmp_path / "out" / "vocabulary.csv"))
+    assert vocab.indices == {"cat": 0, "dog": 1}
+    for vid, (name, video) in exported.items():
+        assert name == "train0000.tfrecord"
+        assert video.features["rgb"].tobytes() == codes[vid].tobytes()
+        assert sorted(vocab.name(i) for i in video.labels) == sorted(labels[vid])
+
+    floats = tmp_path / "float.zarr"
+    with create_store(floats, streams={"rgb": 8}) as w:
+        w.write("a", {"rgb": np.zeros((2, 8), np.float32)})
+    refused = invoke("export-yt8m", floats, "--out", tmp_path / "x")
+    assert refused.exit_code == 2 and "--quantize" in refused.output

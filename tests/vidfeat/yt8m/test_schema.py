@@ -103,6 +103,12 @@ def _frame_video(**changes):
     return Yt8mVideo(**{**base, **changes})
 
 
+def _only_unknown_lists(message):
+    for name in ("rgb", "audio"):
+        message.feature_lists.feature_list.pop(name)
+    message.feature_lists.feature_list["flow"].feature.add().bytes_list.value.append(b"x")
+
+
 def _with_context(mutate):
     message = protos.SequenceExample.FromString(encode_record(_frame_video()))
     mutate(message)
@@ -118,7 +124,7 @@ def _with_context(mutate):
             _with_context(lambda m: m.feature_lists.feature_list["rgb"].feature.add()),
             "rgb frame 2",
         ),
-        (_with_context(lambda m: m.feature_lists.feature_list.pop("audio")), "audio"),
+        (_with_context(_only_unknown_lists), "no feature list"),
         (
             _with_context(
                 lambda m: (
@@ -156,3 +162,12 @@ def test_video_level_needs_both_means_of_the_right_size():
 def test_segment_arrays_must_line_up():
     with pytest.raises(BadExampleError):
         Segments(np.array([1, 2]), np.array([0]), np.array([1.0], np.float32))
+
+
+def test_records_with_one_stream_are_read():
+    message = protos.SequenceExample.FromString(encode_record(_frame_video()))
+    message.feature_lists.feature_list.pop("audio")
+    video = parse_record(message.SerializeToString())
+    assert list(video.features) == ["rgb"] and video.n_frames == 2
+    means = Yt8mVideo("v", (), "video", {"rgb": np.ones(1024, np.float32)})
+    assert list(parse_record(encode_record(means)).features) == ["rgb"]
