@@ -206,12 +206,8 @@ def _first_video(results: Iterator[FileResult]) -> tuple[Yt8mVideo | None, list[
     return None, seen
 
 
-def import_yt8m(cfg: ImportConfig) -> ImportSummary:
-    """Run (or resume) one import job. Raises VidfeatError subclasses on bad input."""
-    from vidfeat.store import create_store, open_store
-
-    t0 = time.monotonic()
-    vocabulary = read_vocabulary(cfg.vocabulary) if cfg.vocabulary else None
+def _sources(cfg: ImportConfig) -> list[SourceFile]:
+    """This shard's files, each with a split (from its name or ``--split``)."""
     i, n = cfg.shard
     sources = [s for s in expand_paths(cfg.paths) if shard_of(s.name, n) == i]
     if cfg.split is None:
@@ -221,23 +217,47 @@ def import_yt8m(cfg: ImportConfig) -> ImportSummary:
                 f"cannot tell the split of {unnamed[:3]} from the file name "
                 f"(train*, validate*, test*); give --split"
             )
-    summary = ImportSummary(files=len(sources))
+    return sources
+
+
+def _layout(
+    cfg: ImportConfig, results: Iterator[FileResult]
+) -> tuple[str | None, list[str], list[FileResult]]:
+    """Level and streams: the existing store's, else those of the first video read (the files
+    read to find it are returned, to be imported first)."""
+    from vidfeat.store import open_store
+
+    if cfg.out.exists():
+        with open_store(cfg.out, cfg.format) as store:
+            return store.level, list(store.streams), []
+    video, first = _first_video(results)
+    if video is None:
+        return None, [], first
+    return video.level, list(video.features), first
+
+
+def import_yt8m(cfg: ImportConfig) -> ImportSummary:
+    """Run (or resume) one import job. Raises VidfeatError subclasses on bad input."""
+    from vidfeat.store import create_store
+
+    t0 = time.monotonic()
+    vocabulary = read_vocabulary(cfg.vocabulary) if cfg.vocabulary else None
+    sources = _sources(cfg)
     done = _imported_sources(cfg.out, cfg.format)
     todo = [s for s in sources if s.url not in done]
-    summary.skipped_files = len(sources) - len(todo)
+    summary = ImportSummary(files=len(sources), skipped_files=len(sources) - len(todo))
     if summary.skipped_files:
         log.info(
             "resuming: %d of %d files already in %s", summary.skipped_files, len(sources), cfg.out
         )
     results = read_files(todo, cfg.workers)
-    if cfg.out.exists():
-        with open_store(cfg.out, cfg.format) as store:
-            level, streams, first = store.level, list(store.streams), []
-    else:
-        video, first = _first_video(results)
-        level, streams = (None, []) if video is None else (video.level, list(video.features))
+    level, streams, first = _layout(cfg, results)
     with _progress(len(todo), cfg.progress) as bar:
-        if level is not None:
+        if level is None:  # no file held a single video: nothing to make a store from
+            for result in first:
+                _account(summary, result, result.failures, result.failures)
+                _tick(bar, summary)
+        else:
             writer = create_store(
                 cfg.out,
                 format=cfg.format,
@@ -245,18 +265,14 @@ def import_yt8m(cfg: ImportConfig) -> ImportSummary:
                 level=level,
                 attrs=store_attrs(vocabulary),
                 part=cfg.part_name,
-                commit_every=2**62,  # commits happen per file, below
+                commit_every=2**62,  # commits happen per file, in _Importer.commit_file
                 commit_seconds=math.inf,
             )
             with writer:
                 importer = _Importer(cfg, vocabulary, writer)
-                for result in itertools.chain(first, results):  # streamed
+                for result in itertools.chain(first, results):  # streamed, not listed
                     _account(summary, result, importer.commit_file(result), result.failures)
                     _tick(bar, summary)
-        else:  # no file held a single video: nothing to create a store from
-            for result in first:
-                _account(summary, result, result.failures, result.failures)
-                _tick(bar, summary)
     summary.seconds = time.monotonic() - t0
     return summary
 
