@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from vidfeat.errors import DecodeError
 from vidfeat.manifest import ManifestEntry, read_manifest
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.preprocess import preprocess_frame
+from vidfeat.signals import sigterm_as_interrupt
 from vidfeat.store import StoreWriter, create_store
 
 log = logging.getLogger(__name__)
@@ -223,24 +223,6 @@ class _Extraction:
             raise DecodeError(f"{video_id}: {reason}", status=status)
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    # Batch schedulers send SIGTERM; turning it into KeyboardInterrupt runs the same cleanup
-    # (commit finished videos, stop workers) as Ctrl-C.
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Run (or resume) one extraction job. Raises VidfeatError subclasses on bad input."""
     from vidfeat.backbones import create_backbone
@@ -257,7 +239,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     summary = ExtractSummary(total=len(entries))
     # The SIGTERM handler is entered first so it still covers the writer's final commit.
     with (
-        _sigterm_as_interrupt(),
+        sigterm_as_interrupt(),
         create_store(
             cfg.out,
             dim=dim,

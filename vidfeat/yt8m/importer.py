@@ -14,7 +14,6 @@ import dataclasses
 import itertools
 import logging
 import math
-import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -25,6 +24,7 @@ from vidfeat import __version__
 from vidfeat.config import shard_of
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.pca.quantize import quantization_attrs
+from vidfeat.signals import signals_held, sigterm_as_interrupt
 from vidfeat.yt8m.reader import FileResult, RecordFailure, read_files
 from vidfeat.yt8m.schema import STREAM_DIMS, Yt8mVideo
 from vidfeat.yt8m.segments import write_segments
@@ -129,7 +129,7 @@ class _Importer:
             else:
                 failures.append(RecordFailure(index, problem[0], problem[1], video.video_id))
         write_segments(self.cfg.out, source, good)
-        with _signals_held():
+        with signals_held():
             for video in good:
                 self.writer.write(
                     video.video_id,
@@ -167,22 +167,6 @@ class _Importer:
             if unknown:
                 return "bad_label", f"label indices {unknown} are not in the vocabulary"
         return None
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Defer SIGINT/SIGTERM while one file is queued and committed (SIGKILL cannot be held,
-    and loses only the uncommitted file)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, ValueError):  # no pthreads, or not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _imported_sources(out: Path, format: str | None) -> set[str]:
@@ -252,7 +236,7 @@ def import_yt8m(cfg: ImportConfig) -> ImportSummary:
         )
     results = read_files(todo, cfg.workers)
     level, streams, first = _layout(cfg, results)
-    with _progress(len(todo), cfg.progress) as bar:
+    with sigterm_as_interrupt(), _progress(len(todo), cfg.progress) as bar:
         if level is None:  # no file held a single video: nothing to make a store from
             for result in first:
                 _account(summary, result, result.failures, result.failures)

@@ -248,7 +248,11 @@ def _committed_files(store: Path) -> int:
         return r.videos["source_path"].nunique()
 
 
-def test_sigkilled_import_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 130), (signal.SIGINT, 130)],
+)
+def test_killed_import_resumes_to_the_uninterrupted_result(tmp_path, sig, code):
     inputs, n = tmp_path / "in", 5
     inputs.mkdir()
     for i in range(n - 1):
@@ -269,12 +273,14 @@ def test_sigkilled_import_resumes_to_the_uninterrupted_result(tmp_path):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the import never committed its files"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == code, err
+    if code == 130:
+        assert "rerun to resume" in err
     with open_store(store) as r:
         assert len(r.videos) == 3 * (n - 1) and (r.videos["status"] == "ok").all()
     last.unlink()
