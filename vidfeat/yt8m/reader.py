@@ -12,15 +12,18 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
+import gzip
 import multiprocessing
+import zlib
 from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 import fsspec
 
 from vidfeat.errors import RecordError
 from vidfeat.yt8m.schema import Yt8mVideo, parse_record
 from vidfeat.yt8m.sources import SourceFile
-from vidfeat.yt8m.tfrecord import iter_records
+from vidfeat.yt8m.tfrecord import is_gzip, iter_records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,19 +49,38 @@ class FileResult:
         return sum(v.n_frames for v in self.videos)
 
 
+def _records(stream: BinaryIO, result: FileResult) -> None:
+    for index, item in enumerate(iter_records(stream)):
+        if isinstance(item, RecordError):
+            result.failures.append(RecordFailure(item.index, item.status, item.reason))
+            continue
+        try:
+            result.videos.append(parse_record(item))
+        except RecordError as exc:
+            result.failures.append(RecordFailure(index, exc.status, exc.reason))
+
+
 def read_file(source: SourceFile) -> FileResult:
-    """Parse one file; unreadable records become failures, an unopenable file one failure."""
+    """Parse one file; unreadable records become failures, an unopenable file one failure.
+
+    Files written with TensorFlow's GZIP option (the whole stream compressed) are recognised by
+    their magic bytes and read through gzip; a damaged compressed stream ends the file as
+    ``bad_gzip`` after the records before the damage.
+    """
     result = FileResult(source)
     try:
         with fsspec.open(source.url, "rb") as stream:
-            for index, item in enumerate(iter_records(stream)):
-                if isinstance(item, RecordError):
-                    result.failures.append(RecordFailure(item.index, item.status, item.reason))
-                    continue
+            if is_gzip(stream.read(12)):
+                stream.seek(0)
                 try:
-                    result.videos.append(parse_record(item))
-                except RecordError as exc:
-                    result.failures.append(RecordFailure(index, exc.status, exc.reason))
+                    _records(gzip.GzipFile(fileobj=stream, mode="rb"), result)
+                except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                    index = len(result.videos) + len(result.failures)
+                    reason = f"compressed stream damaged after record {index - 1}: {exc}"
+                    result.failures.append(RecordFailure(index, "bad_gzip", reason))
+            else:
+                stream.seek(0)
+                _records(stream, result)
     except OSError as exc:
         # Nothing of a file that could not be read to its end is kept: the importer records
         # no rows for it, so a rerun reads it again whole.

@@ -8,7 +8,8 @@ Each record is::
     uint32 masked_crc32c(data)
 
 with ``masked(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8`` (mod 2**32), and records simply
-follow one another. Only uncompressed files are read (YouTube-8M publishes them so).
+follow one another. This module reads the uncompressed stream (YouTube-8M publishes
+that); :mod:`vidfeat.yt8m.reader` unwraps GZIP-compressed files first.
 
 Reading returns per-record failures as values, so one bad record costs one video, not the file:
 a data checksum mismatch skips that record and goes on (its length was vouched for by the header
@@ -37,7 +38,7 @@ _CRC = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
 # Reads are chunked so that a corrupt-but-checksummed length cannot make us allocate terabytes.
 _READ_CHUNK = 16 << 20
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"  # files written with TensorFlow's GZIP option
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -75,8 +76,25 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
+def is_record_header(header: bytes) -> bool:
+    """Whether 12 bytes are a valid record header (a length and its masked CRC32C)."""
+    if len(header) < _HEADER.size:
+        return False
+    _, length_crc = _HEADER.unpack(header[: _HEADER.size])
+    return masked_crc32c(header[:8]) == length_crc
+
+
+def is_gzip(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (12+ bytes) is a GZIP-compressed TFRecord file.
+
+    The gzip magic alone could be the low bytes of a record length, so a valid record header
+    wins.
+    """
+    return head.startswith(GZIP_MAGIC) and not is_record_header(head)
+
+
 def _bad_start(header: bytes) -> NotTFRecordError:
-    hint = " (gzip-compressed: decompress it first)" if header.startswith(_GZIP_MAGIC) else ""
+    hint = " (gzip-compressed)" if header.startswith(GZIP_MAGIC) else ""
     return NotTFRecordError(f"not a TFRecord file: the first record header is invalid{hint}")
 
 

@@ -12,6 +12,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "yt8m"
 FRAME = FIXTURES / "frame" / "train0000.tfrecord"
 SEGMENT = FIXTURES / "segment" / "validate0000.tfrecord"
 VIDEO = FIXTURES / "video" / "train0000.tfrecord"
+GZIPPED = FIXTURES / "gzip" / "train0000.tfrecord"  # TensorFlow's GZIP option
 VOCABULARY = FIXTURES / "vocabulary.csv"
 ALL_FILES = (FRAME, SEGMENT, VIDEO)
 

@@ -5,10 +5,20 @@ from __future__ import annotations
 import io
 
 import fsspec
+import numpy as np
 
-from tests.vidfeat.yt8m.helpers import ALL_FILES, FRAME, expected, key, record_spans
+from tests.vidfeat.yt8m.helpers import (
+    ALL_FILES,
+    FRAME,
+    GZIPPED,
+    expected,
+    expected_arrays,
+    key,
+    record_spans,
+)
 from vidfeat.yt8m.reader import read_file, read_files
 from vidfeat.yt8m.sources import SourceFile, expand_paths
+from vidfeat.yt8m.tfrecord import encode_record, is_gzip, iter_records
 
 
 def _source(path):
@@ -81,3 +91,31 @@ def test_a_read_error_midway_keeps_nothing_of_the_file(monkeypatch):
     assert result.videos == []
     (failure,) = result.failures
     assert failure.status == "unreadable" and "connection reset" in failure.reason
+
+
+def test_gzip_compressed_files_written_by_tensorflow(tmp_path):
+    result = read_file(_source(GZIPPED))
+    assert result.failures == []
+    (want,) = expected()[key(GZIPPED)]
+    (video,) = result.videos
+    assert (video.video_id, list(video.labels), video.n_frames) == (
+        want["id"],
+        want["labels"],
+        want["n_frames"],
+    )
+    for stream in ("rgb", "audio"):
+        name = f"{key(GZIPPED)}/{video.video_id}/{stream}"
+        np.testing.assert_array_equal(video.features[stream], expected_arrays()[name])
+    damaged = tmp_path / "train0001.tfrecord"
+    damaged.write_bytes(GZIPPED.read_bytes()[:-20])
+    (failure,) = read_file(_source(damaged)).failures
+    assert failure.status == "bad_gzip"
+
+
+def test_a_record_length_that_looks_like_gzip_is_still_a_record():
+    # A record whose length starts with the gzip magic bytes 1f 8b.
+    payload = bytes(0x8B1F)
+    data = encode_record(payload)
+    assert data[:2] == b"\x1f\x8b"
+    assert not is_gzip(data[:12])
+    assert list(iter_records(io.BytesIO(data))) == [payload]

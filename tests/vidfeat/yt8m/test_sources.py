@@ -83,4 +83,4 @@ def test_validate_is_cut_in_two_stably():
 
 
 def test_fixture_directory_holds_all_levels():
-    assert len(expand_paths([str(FIXTURES)])) == 3
+    assert len(expand_paths([str(FIXTURES)])) == 4  # frame, segment, video, gzip
