@@ -81,21 +81,36 @@ class ImportSummary:
     failures: list[tuple[str, RecordFailure]] = dataclasses.field(default_factory=list)
 
 
+# Provenance of each stream, as Google describes its release (recorded in the stream attrs).
+_STREAM_SOURCES = {
+    "rgb": "YouTube-8M release: InceptionV3 frame features, PCA to 1024-d, 8-bit quantized",
+    "audio": "YouTube-8M release: VGG-like audio embedding, PCA to 128-d, 8-bit quantized",
+}
+
+
 def store_streams(level: str, names: Iterable[str] = STREAM_DIMS) -> dict[str, dict]:
     """The store streams for a level: uint8 codes as published, or the float32 means."""
-    if level == "frame":
-        q = quantization_attrs()
-        return {n: {"dim": STREAM_DIMS[n], "dtype": "uint8", "quantization": q} for n in names}
-    return {n: {"dim": STREAM_DIMS[n], "dtype": "float32"} for n in names}
+    out = {}
+    for name in names:
+        spec: dict = {"dim": STREAM_DIMS[name], "attrs": {"source": _STREAM_SOURCES[name]}}
+        if level == "frame":
+            spec.update(dtype="uint8", quantization=quantization_attrs())
+        else:
+            spec.update(dtype="float32")
+        out[name] = spec
+    return out
 
 
-def store_attrs(vocabulary: Vocabulary | None) -> dict:
-    return {
+def store_attrs(vocabulary: Vocabulary | None, level: str) -> dict:
+    attrs = {
         "source": "youtube-8m",
         "vocabulary": None if vocabulary is None else vocabulary.to_json(),
         "vidfeat_version": __version__,
         "command": " ".join(sys.argv),
     }
+    if level == "frame":
+        attrs["fps"] = "1"  # the release samples one frame per second
+    return attrs
 
 
 class _Importer:
@@ -247,7 +262,7 @@ def import_yt8m(cfg: ImportConfig) -> ImportSummary:
                 format=cfg.format,
                 streams=store_streams(level, streams),
                 level=level,
-                attrs=store_attrs(vocabulary),
+                attrs=store_attrs(vocabulary, level),
                 part=cfg.part_name,
                 commit_every=2**62,  # commits happen per file, in _Importer.commit_file
                 commit_seconds=math.inf,
