@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from vidfeat.errors import ConfigError
-
-EXIT_SOME_FAILED = 1  # as `vidfeat extract`: the job ran, some records or files failed
-
-
-def _parse_shard(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    from vidfeat.config import parse_shard
-
-    try:
-        return parse_shard(value)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc)) from None
+from vidfeat_cli.core import EXIT_SOME_FAILED, progress_option, show_progress
 
 
 @click.command("import-yt8m")
@@ -44,20 +32,26 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     default=None,
     help="Split of every file (default: from each file name, train*/validate*/test*).",
 )
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Files parsed in parallel, one worker process each.",
+)
 @click.option(
     "--shard",
     default="0/1",
     show_default=True,
-    callback=_parse_shard,
     help="I/N: this job takes shard I of N of the files; jobs share one store.",
 )
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@progress_option
 def import_yt8m(
     paths: tuple[str, ...],
     out: Path,
     fmt: str | None,
-    no_progress: bool,
+    shard: str,
+    progress: bool | None,
     **options: object,
 ) -> None:
     """Import YouTube-8M TFRecords (frame or video level) from PATHS into --out.
@@ -72,10 +66,18 @@ def import_yt8m(
       vidfeat import-yt8m 'gs://bucket/frame/train*.tfrecord' --out yt8m.zarr --workers 4
       vidfeat import-yt8m yt8m/frame/ --out yt8m.zarr --shard $SLURM_ARRAY_TASK_ID/16
     """
+    from vidfeat.config import parse_shard
     from vidfeat.yt8m.importer import ImportConfig
     from vidfeat.yt8m.importer import import_yt8m as run_import
 
-    cfg = ImportConfig(paths=paths, out=out, format=fmt, progress=not no_progress, **options)
+    cfg = ImportConfig(
+        paths=paths,
+        out=out,
+        format=fmt,
+        shard=parse_shard(shard),
+        progress=show_progress(progress),
+        **options,
+    )
     s = run_import(cfg)
     mb = s.feature_bytes / 1e6
     click.echo(
@@ -86,7 +88,7 @@ def import_yt8m(
     if s.failed:
         for url, failure in s.failures[:10]:
             click.echo(f"  failed: {url} record {failure.index} ({failure.status})", err=True)
-        sys.exit(EXIT_SOME_FAILED)
+        click.get_current_context().exit(EXIT_SOME_FAILED)
 
 
 @click.command("export-yt8m")

@@ -45,6 +45,40 @@ class StoreMismatchError(StoreError):
     """An existing store was written with a different configuration."""
 
 
+class StoreIntegrityError(StoreError):
+    """Stored bytes or values cannot be vouched for: a chunk fails its checksum, is missing, or
+    holds non-finite features. Names where: ``store``, ``part``, ``array`` and ``video``."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        store: object,
+        part: str,
+        array: str,
+        video: str | None = None,
+    ) -> None:
+        self.detail, self.store, self.part, self.array, self.video = (
+            detail,
+            store,
+            part,
+            array,
+            video,
+        )
+        where = f"store {store}, part {part}, array {array}"
+        if video is not None:
+            where += f", video {video!r}"
+        super().__init__(f"{where}: {detail}")
+
+    def for_video(self, video: str) -> StoreIntegrityError:
+        """The same error, naming the video being read."""
+        if self.video is not None:
+            return self
+        return StoreIntegrityError(
+            self.detail, store=self.store, part=self.part, array=self.array, video=video
+        )
+
+
 class VideoNotFoundError(StoreError, KeyError):
     """The requested video id is not in the store (or did not succeed)."""
 

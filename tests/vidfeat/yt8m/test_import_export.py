@@ -27,16 +27,12 @@ from tests.vidfeat.yt8m.helpers import (
     record_spans,
 )
 from vidfeat import open_store
-from vidfeat.store import SCHEMA_VERSION
 from vidfeat.yt8m.protos import SequenceExample
 from vidfeat.yt8m.schema import parse_record
 from vidfeat.yt8m.segments import read_segments
 from vidfeat.yt8m.tfrecord import read_records, write_records
 from vidfeat.yt8m.vocabulary import read_vocabulary
 from vidfeat_cli.vidfeat import main
-
-if SCHEMA_VERSION < 2:
-    pytest.skip("needs the multi-stream store (schema 2)", allow_module_level=True)
 
 
 def invoke(*args: object):
@@ -280,7 +276,7 @@ def test_killed_import_resumes_to_the_uninterrupted_result(tmp_path, sig, code):
             proc.kill()
     assert proc.returncode == code, err
     if code == 130:
-        assert "rerun to resume" in err
+        assert "rerun" in err
     with open_store(store) as r:
         assert len(r.videos) == 3 * (n - 1) and (r.videos["status"] == "ok").all()
     last.unlink()
