@@ -52,6 +52,8 @@ def main(verbose: int, quiet: bool) -> None:
 
 # One line per command; the module is imported only when the command is used.
 main.lazy_command("pca", "vidfeat_cli.pca:pca", "Whitened PCA and uint8 codes, as YouTube-8M.")
+main.lazy_command("import-yt8m", "vidfeat_cli.yt8m:import_yt8m", "YouTube-8M TFRecords in.")
+main.lazy_command("export-yt8m", "vidfeat_cli.yt8m:export_yt8m", "A store as YouTube-8M TFRecords.")
 
 
 def _backbones() -> list[str]:
