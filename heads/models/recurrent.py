@@ -121,7 +121,7 @@ REDUCERS: dict[str, Callable[[RecurrentHead, Tensor, Tensor], Tensor]] = {
 
 
 class RecurrentHead(Head):
-    """Recurrent encoder -> reduction over valid steps -> top block -> Linear classifier."""
+    """Recurrent encoder -> reduction over valid steps -> top block -> classifier."""
 
     supports_per_frame = True
 
@@ -134,10 +134,16 @@ class RecurrentHead(Head):
         cell: str,
         bidirectional: bool,
         reduction: str | None = None,
+        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__(input_dim, num_classes, cfg)
         self.reduction = reduction if reduction is not None else cfg.reduction
-        self.encoder = RecurrentEncoder(input_dim, cell, cfg, bidirectional)
+        # Any (B, T, D), (B,) -> (B, T, out_features) encoder with a ``bidirectional`` flag.
+        self.encoder = (
+            encoder
+            if encoder is not None
+            else RecurrentEncoder(input_dim, cell, cfg, bidirectional)
+        )
         width = self.encoder.out_features
         self.attention = (
             AdditiveAttentionPool(width, cfg.attention_size)
