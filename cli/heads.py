@@ -89,8 +89,25 @@ _TRAIN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("weight_decay", {"type": float}, "L2 penalty."),
     ("lr_step", {"type": int}, "Multiply lr by --lr-gamma every N epochs (0: never)."),
     ("lr_gamma", {"type": float}, "Step-decay factor."),
-    ("grad_clip", {"type": float}, "Max global gradient norm (0: off)."),
-    ("patience", {"type": int}, "Epochs without improvement before stopping (0: never)."),
+    (
+        "grad_clip",
+        {"type": float, "alias": "--clip-grad-norm"},
+        "Max global gradient norm (0: off).",
+    ),
+    ("patience", {"type": int}, "Evaluations without improvement before stopping (0: never)."),
+    ("max_steps", {"type": int}, "Stop after N optimizer steps (0: --epochs only)."),
+    (
+        "eval_every",
+        {"type": int},
+        "Validate, checkpoint and check patience every N steps (0: per epoch).",
+    ),
+    ("lr_decay_examples", {"type": int}, "Multiply lr by --lr-gamma every N training videos seen."),
+    ("rmsprop_decay", {"type": float}, "RMSProp moving-average decay (TensorFlow: 0.9)."),
+    (
+        "pos_weight",
+        {"choices": "POS_WEIGHTS"},
+        "Weight each class's false negatives by 1/frequency.",
+    ),
     ("monitor", {"choices": "MONITORS"}, "Early-stopping value (metrics on val)."),
     ("seed", {"type": int}, "Seed for initialisation, splits, batches and crops."),
     ("loss", {"choices": "LOSSES"}, "single: softmax CE; multi: sigmoid BCE; auto: by data."),
@@ -106,6 +123,7 @@ _TRAIN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("num_workers", {"type": int}, "DataLoader worker processes."),
     ("bucket", {"flag": True}, "Batch videos of similar length (less padding)."),
     ("bucket_batches", {"type": int}, "Batches per length bucket."),
+    ("sampler", {"choices": "SAMPLERS"}, "balanced: class-balanced draws with replacement."),
     ("classes", {}, "Comma-separated label subset to train on."),
     ("test_fraction", {"type": float}, "Test share when the store has no split."),
     ("val_fraction", {"type": float}, "Validation share of the non-test videos."),
@@ -139,7 +157,8 @@ def _train_options(f: Any) -> Any:
         kind = settings.get("type", str)
         if "choices" in settings:
             kind = click.Choice(getattr(config, settings["choices"]))
-        f = click.option(f"--{flag}", name, type=kind, default=None, help=text)(f)
+        names = [f"--{flag}", *([settings["alias"]] if "alias" in settings else [])]
+        f = click.option(*names, name, type=kind, default=None, help=text)(f)
     return f
 
 

@@ -83,15 +83,23 @@ class SparseMoE(AuxLossModule):
             if rows.numel():  # only the steps routed here run through this expert
                 out = out.index_add(0, rows, gates[rows, e : e + 1] * expert(x[rows]))
         if self.training:
-            self._record_balance(gates, clean, noisy, std, top_values)
+            self._record_balance(gates, chosen, clean, noisy, std, top_values)
         return out
 
     def _record_balance(
-        self, gates: Tensor, clean: Tensor, noisy: Tensor, std: Tensor | None, top: Tensor
+        self,
+        gates: Tensor,
+        chosen: Tensor,
+        clean: Tensor,
+        noisy: Tensor,
+        std: Tensor | None,
+        top: Tensor,
     ) -> None:
         importance = gates.sum(dim=0)  # (E,)
+        # Steps sent to each expert (a gate may underflow to 0 and still count as a choice).
+        routed = torch.bincount(chosen.flatten(), minlength=self.num_experts)  # (E,)
         if std is None:  # no noise: the load is the hard count
-            load = (gates > 0).float().sum(dim=0)
+            load = routed.float()
         else:
             k = self.top_k
             kth, next_after = top[:, k - 1 : k], top[:, k : k + 1]  # (N, 1) each
@@ -101,7 +109,7 @@ class SparseMoE(AuxLossModule):
             load = _normal_cdf((clean - threshold) / std).sum(dim=0)
         self.set_aux_loss("moe_importance_loss", self.importance_weight * cv_squared(importance))
         self.set_aux_loss("moe_load_loss", self.load_weight * cv_squared(load))
-        self._routed += (gates > 0).sum(dim=0).detach().to("cpu", torch.float64)
+        self._routed += routed.detach().to("cpu", torch.float64)
 
     def pop_stats(self) -> dict[str, float]:
         """``moe_max_load_ratio``: steps sent to the busiest expert over the mean per expert."""
