@@ -304,7 +304,7 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
 def balanced_weights(targets: np.ndarray) -> np.ndarray:
     """(N,) draw probabilities ∝ 1 / (videos of each video's rarest label): every class is
     drawn about equally often (exactly so for single-label data)."""
-    counts = np.maximum(targets.sum(axis=0), 1.0)  # (C,)
+    counts = np.maximum(targets.sum(axis=0, dtype=np.float64), 1.0)  # (C,); float64 for choice()
     per_video = np.where(targets > 0, 1.0 / counts, 0.0).max(axis=1)  # (N,)
     return per_video / per_video.sum()
 
