@@ -431,6 +431,35 @@ def predict(
     "-o",
     "out",
     type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Directory for test_metrics.json and the test predictions.",
+)
+@click.option(
+    "--weights",
+    default="equal",
+    show_default=True,
+    help="equal; gap (validation GAP of each run over their sum); or a JSON file of weights.",
+)
+def ensemble(runs: tuple[Path, ...], out: Path, weights: str) -> None:
+    """Average the test scores of RUNS (same classes, same test split) and score the result.
+
+    \b
+    Examples:
+      heads ensemble runs/logistic runs/lstm --out runs/ens --weights gap
+    """
+    from heads.ensemble import ensemble_runs
+
+    metrics = ensemble_runs(list(runs), out, weights)
+    click.echo(_metrics_line(metrics, "ensemble test") + f"  -> {out}")
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
     help="Report directory (default: RUN/report for one run, ./report for several).",
 )
 def report(runs: tuple[Path, ...], out: Path | None) -> None:
