@@ -375,6 +375,9 @@ def _finite(value: Any) -> Any:
 )
 @click.option("--per-frame", is_flag=True, help="Scores at every time step (recurrent heads).")
 @click.option(
+    "--attention", is_flag=True, help="Attention weight of every time step (attention heads)."
+)
+@click.option(
     "--out",
     "-o",
     "out",
@@ -389,6 +392,7 @@ def predict(
     top_k: int,
     fmt: str,
     per_frame: bool,
+    attention: bool,
     out: Path | None,
     num_workers: int | None,
     device: str | None,
@@ -400,6 +404,7 @@ def predict(
       heads predict runs/bilstm --store new.zarr --out predictions.csv
       heads predict runs/bilstm --store test.zarr --format yt8m --out submission.csv
       heads predict runs/gru --store new.zarr --per-frame --top-k 3
+      heads predict runs/attention --store new.zarr --attention
     """
     from heads.inference import predict_run
 
@@ -408,6 +413,7 @@ def predict(
         store,
         top_k=top_k,
         per_frame=per_frame,
+        attention=attention,
         fmt=fmt,
         num_workers=num_workers,
         device=device,

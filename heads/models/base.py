@@ -328,6 +328,15 @@ class Head(nn.Module):
                 out.update(module.pop_stats())
         return out
 
+    @property
+    def supports_attention(self) -> bool:
+        """True when the head pools its steps with attention (``attention_weights`` works)."""
+        return False
+
+    def attention_weights(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, D), (B,) -> (B, T) attention over steps (0 on padding), for inspection."""
+        raise HeadInputError(f"{type(self).__name__} has no attention weights")
+
     def forward_per_frame(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T, D), lengths (B,) -> (B, T, C) logits at every step; 0 on padded steps."""
         if not self.supports_per_frame:

@@ -20,6 +20,7 @@ from heads.models.base import (
     AdditiveAttentionPool,
     Head,
     HeadConfig,
+    check_inputs,
     last_valid,
     masked_mean,
     weighted_sum,
@@ -155,6 +156,17 @@ class RecurrentHead(Head):
 
     def encode_frames(self, x: Tensor, lengths: Tensor) -> Tensor:
         return self.encoder(x, lengths)  # (B, T, hidden * directions)
+
+    @property
+    def supports_attention(self) -> bool:
+        return self.attention is not None
+
+    def attention_weights(self, x: Tensor, lengths: Tensor) -> Tensor:
+        if self.attention is None:
+            return super().attention_weights(x, lengths)
+        lengths = check_inputs(x, lengths, self.input_dim)
+        h = self.encode_frames(self.input_norm(x), lengths)
+        return self.attention.weights(h, lengths)
 
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         return REDUCERS[self.reduction](self, self.encoder(x, lengths), lengths)
