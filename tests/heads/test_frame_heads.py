@@ -6,9 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from heads.config import DataConfig, TrainConfig
 from heads.models import HeadConfig, create_head
 from heads.models.frames import fused_frames
+from heads.run import train_run
 from heads.trainer import Loss
+from tests.heads.stores import make_cluster_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -69,3 +72,12 @@ def test_frame_head_trains_on_frames_and_predicts_their_mean():
     frames = torch.cat([per_frame[0, :5], per_frame[1, :3]])
     torch.testing.assert_close(terms["loss"], F.cross_entropy(frames, frame_targets))
     assert set(terms) == {"loss"}
+
+
+@pytest.mark.parametrize("name", ["frame", "late_fusion", "tconv"])
+def test_heads_train_end_to_end(tmp_path, name):
+    # A strong per-frame signal: late fusion reads two frames only.
+    store = make_cluster_store(tmp_path / "s.zarr", n_videos=60, signal=2.0)
+    cfg = TrainConfig(model=name, head=SMALL, epochs=12, lr=0.01, data=DataConfig(batch_size=8))
+    metrics = train_run(store, cfg, tmp_path / "run")
+    assert metrics["hit_at_1"] >= 0.9
