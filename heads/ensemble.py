@@ -7,7 +7,8 @@ videos can be combined; anything else is refused with a message naming the diffe
 
 Weights: ``equal``; ``gap``, each run's validation GAP@20 (at its best evaluation) over their
 sum; or a JSON file with one non-negative weight per run (a list in run order, or an object
-keyed by the run paths as given). Weights are normalised to sum to 1.
+keyed by the run paths as given). Weights are normalised to sum to 1. Outputs: test_metrics.json,
+test_predictions.{npz,csv} as a run writes them, and the YouTube-8M submission CSV.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pandas as pd
 from heads import checkpoint as ck
 from heads.data import LabelMap
 from heads.metrics import evaluate_all
+from heads.predictions import vocabulary_indices
 from heads.run import format_top_k, write_predictions
 from vidfeat.errors import ConfigError
 
@@ -126,9 +128,14 @@ def _weights_file(path: Path, members: list[Member]) -> np.ndarray:
 
 
 def ensemble_runs(
-    runs: list[str | Path], out: str | Path, weights: str | Path = "equal"
+    runs: list[str | Path],
+    out: str | Path,
+    weights: str | Path = "equal",
+    *,
+    vocabulary: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Write the ensemble of ``runs`` to ``out``; returns its test metrics."""
+    """Write the ensemble of ``runs`` to ``out``; returns its test metrics. The YouTube-8M CSV
+    needs vocabulary indices: labels that are indices, or ``vocabulary`` (label -> index)."""
     if len(runs) < 2:
         raise ConfigError("an ensemble needs at least two runs")
     members = [load_member(r) for r in runs]
@@ -148,16 +155,23 @@ def ensemble_runs(
     ck.write_json(out / ck.TEST_METRICS, metrics)
     stem = out / ck.TEST_PREDICTIONS
     write_predictions(stem, first.video_ids, scores, first.labels, first.label_map)
-    _write_yt8m(out / YT8M_CSV, first.video_ids, scores, first.label_map)
+    _write_yt8m(out / YT8M_CSV, first.video_ids, scores, first.label_map, vocabulary)
     log.info("ensemble of %d runs: gap_at_20 %.4f", len(members), metrics["gap_at_20"])
     return metrics
 
 
-def _write_yt8m(path: Path, video_ids: list[str], scores: np.ndarray, label_map: LabelMap) -> None:
-    """YouTube-8M submission format: VideoId,LabelConfidencePairs ("label score ..." top 20)."""
-    names = label_map.labels
-    if any(ch.isspace() for n in names for ch in n):
-        log.warning("labels contain spaces: %s not written", path.name)
+def _write_yt8m(
+    path: Path,
+    video_ids: list[str],
+    scores: np.ndarray,
+    label_map: LabelMap,
+    vocabulary: dict[str, int] | None,
+) -> None:
+    """YouTube-8M submission format: VideoId,LabelConfidencePairs ("index score ..." top 20)."""
+    try:
+        names = tuple(str(i) for i in vocabulary_indices(label_map.labels, vocabulary))
+    except ConfigError as exc:  # the metrics are still worth having
+        log.warning("%s not written: %s", path.name, exc)
         return
     k = min(20, len(names))
     pairs = [format_top_k(s, names, k, sep=" ") for s in scores]

@@ -53,8 +53,13 @@ def _member_gaps(run_dirs) -> list[float]:
 def test_gap_weighted_ensemble_of_two_seeds_beats_their_mean(runs):
     root, made = runs
     out = root / "ens"
+    vocabulary = root / "vocabulary.csv"
+    names = [f"class{c}" for c in range(6)]
+    pd.DataFrame(
+        {"Index": [10 + c for c in range(6)], "KnowledgeGraphId": "", "Name": names}
+    ).to_csv(vocabulary, index=False)
     args = ["ensemble", str(made["a"]), str(made["b"]), "--out", str(out), "--weights", "gap"]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, [*args, "--vocabulary", str(vocabulary)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / ck.TEST_METRICS).read_text())
     gaps = _member_gaps([made["a"], made["b"]])
@@ -70,6 +75,8 @@ def test_gap_weighted_ensemble_of_two_seeds_beats_their_mean(runs):
     table = pd.read_csv(out / YT8M_CSV)
     assert list(table.columns) == ["VideoId", "LabelConfidencePairs"]
     assert len(table) == metrics["n_test"] == 36
+    indices = {int(x) for pairs in table["LabelConfidencePairs"] for x in pairs.split()[::2]}
+    assert indices <= set(range(10, 16))  # vocabulary indices, not names
     assert (out / f"{ck.TEST_PREDICTIONS}.csv").is_file()
 
 
