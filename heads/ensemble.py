@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,11 @@ def load_member(run_dir: str | Path) -> Member:
     path = run_dir / f"{ck.TEST_PREDICTIONS}.npz"
     if not path.is_file():
         raise ck.CheckpointError(f"{path} not found: has the run in {run_dir} finished?")
-    with np.load(path) as data:
-        ids, scores, labels = data["video_id"], data["scores"], data["labels"]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, scores, labels = data["video_id"], data["scores"], data["labels"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ck.CheckpointError(f"{path}: cannot read test predictions: {exc}") from exc
     order = np.argsort(ids, kind="stable")
     label_map = LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP))
     return Member(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -109,3 +110,15 @@ def test_runs_with_other_classes_are_refused(runs, tmp_path):
     assert result.exit_code == 2
     assert "different label maps" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_truncated_prediction_file_is_a_one_line_error(runs, tmp_path):
+    _, made = runs
+    broken = tmp_path / "broken"
+    shutil.copytree(made["b"], broken)
+    npz = broken / f"{ck.TEST_PREDICTIONS}.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    args = ["ensemble", str(made["a"]), str(broken), "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "cannot read test predictions" in result.output
