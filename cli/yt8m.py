@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from vidfeat_cli.core import EXIT_SOME_FAILED, progress_option, show_progress
+from vidfeat_cli.options import STORE
 
 
 @click.command("import-yt8m")
@@ -14,9 +15,9 @@ from vidfeat_cli.core import EXIT_SOME_FAILED, progress_option, show_progress
 @click.option(
     "--out",
     "-o",
-    type=click.Path(path_type=Path),
+    type=STORE,
     required=True,
-    help="Store path: a directory (Zarr) or a .h5/.hdf5 file (HDF5).",
+    help="Store path: a directory (Zarr) or a .h5/.hdf5 file (HDF5), or a URL (s3://...).",
 )
 @click.option(
     "--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None, help="Store format."
@@ -48,7 +49,7 @@ from vidfeat_cli.core import EXIT_SOME_FAILED, progress_option, show_progress
 @progress_option
 def import_yt8m(
     paths: tuple[str, ...],
-    out: Path,
+    out: Path | str,
     fmt: str | None,
     shard: str,
     progress: bool | None,
@@ -92,7 +93,7 @@ def import_yt8m(
 
 
 @click.command("export-yt8m")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Directory.")
 @click.option(
     "--level",

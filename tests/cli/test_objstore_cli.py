@@ -128,3 +128,32 @@ def test_extract_s3_videos_into_s3_equals_local(s3, make_video, tmp_path: Path) 
     assert result.exit_code == 0 and "2 already done" in result.output, result.output
     result = invoke(vidfeat_main, "extract", remote, "--out", store, "--fps", "2", *args)
     assert result.exit_code == 2 and "fps: store has '1', this run has '2'" in result.output
+
+
+# ------------------------------------------------------------------------------ import-yt8m
+def test_import_yt8m_into_s3_equals_local(s3, tmp_path: Path) -> None:  # noqa: F811
+    from tests.vidfeat.yt8m.helpers import FRAME, SEGMENT, VOCABULARY
+    from vidfeat.yt8m.segments import read_segments
+
+    remote, local = f"{s3.bucket()}/yt8m.zarr", tmp_path / "yt8m.zarr"
+    for out in (remote, local):
+        args = ("import-yt8m", FRAME, SEGMENT, "--out", out, "--vocabulary", VOCABULARY)
+        result = invoke(vidfeat_main, *args, "--no-progress")
+        assert result.exit_code == 0, result.output
+    with open_store(remote) as r, open_store(local) as lr:
+        assert r.ok_ids == lr.ok_ids and len(r.ok_ids) > 0
+        cols = ["video_id", "labels", "split", "source_path"]
+        assert r.videos[cols].equals(lr.videos[cols])
+        for vid in r.ok_ids:
+            for stream in r.streams:
+                np.testing.assert_array_equal(
+                    r.read(vid, stream, raw=True), lr.read(vid, stream, raw=True)
+                )
+    segments = read_segments(remote)
+    assert len(segments) > 0 and segments.equals(read_segments(local))
+    # A rerun skips every file already imported.
+    args = ("import-yt8m", FRAME, SEGMENT, "--out", remote, "--vocabulary", VOCABULARY)
+    result = invoke(vidfeat_main, *args, "--no-progress")
+    assert result.exit_code == 0, result.output
+    with open_store(remote) as r:
+        assert len(r.videos) == len(lr.videos)

@@ -37,6 +37,7 @@ __all__ = [
     "create_store",
     "detect_format",
     "open_store",
+    "store_exists",
 ]
 
 DEFAULT_FORMAT = "zarr"
@@ -60,6 +61,11 @@ def _backend(path: str | os.PathLike | RemotePath, format: str | None) -> Backen
     if isinstance(p, Path) and format is None and p.is_dir() and not (p / "zarr.json").exists():
         raise StoreError(f"{p} is a directory but not a vidfeat store")
     return BACKENDS.get(detect_format(p, format))(p)
+
+
+def store_exists(path: str | os.PathLike | RemotePath, format: str | None = None) -> bool:
+    """Whether a store's root is at ``path`` (a local path or a URL)."""
+    return _backend(path, format).exists()
 
 
 def open_store(path: str | os.PathLike | RemotePath, format: str | None = None) -> StoreReader:

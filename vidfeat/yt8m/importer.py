@@ -17,12 +17,12 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from vidfeat import __version__
 from vidfeat.config import shard_of
 from vidfeat.errors import ConfigError, StoreError
+from vidfeat.location import Location, as_location
 from vidfeat.pca.quantize import quantization_attrs
 from vidfeat.signals import signals_held, sigterm_as_interrupt
 from vidfeat.yt8m.reader import FileResult, RecordFailure, read_files
@@ -43,7 +43,7 @@ class ImportConfig:
     """Everything ``vidfeat import-yt8m`` needs."""
 
     paths: tuple[str, ...]
-    out: Path
+    out: Location  # a local path, or a URL (s3://, gs://, ...)
     format: str | None = None  # zarr | hdf5 | None (by suffix)
     vocabulary: str | None = None
     split: str | None = None  # train | validate | test; None: from each file name
@@ -53,7 +53,7 @@ class ImportConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
-        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "out", as_location(self.out))
         if self.split is not None and self.split not in SPLIT_PREFIXES:
             raise ConfigError(f"--split must be one of {', '.join(SPLIT_PREFIXES)}")
         if self.workers < 1:
@@ -184,7 +184,7 @@ class _Importer:
         return None
 
 
-def _imported_sources(out: Path, format: str | None) -> set[str]:
+def _imported_sources(out: Location, format: str | None) -> set[str]:
     """Source files with rows in the store already (any status)."""
     from vidfeat.store import open_store
 
@@ -224,9 +224,9 @@ def _layout(
 ) -> tuple[str | None, list[str], list[FileResult]]:
     """Level and streams: the existing store's, else those of the first video read (the files
     read to find it are returned, to be imported first)."""
-    from vidfeat.store import open_store
+    from vidfeat.store import open_store, store_exists
 
-    if cfg.out.exists():
+    if store_exists(cfg.out, cfg.format):
         with open_store(cfg.out, cfg.format) as store:
             return store.level, list(store.streams), []
     video, first = _first_video(results)

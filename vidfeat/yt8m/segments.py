@@ -2,7 +2,8 @@
 
 The store's per-video table has fixed columns, so the ratings go to ``<store>.segments/``: one
 CSV per imported TFRecord file (``video_id,label,start_time_s,score``, one row per rated
-segment and label), written atomically before that file's videos are committed. A file is
+segment and label), written atomically (a rename, or one PUT on an object store) before that
+file's videos are committed. A file is
 named after the source file and a hash of its URL. Rows of videos that are not committed in the
 store (an import killed before the commit) are ignored by :func:`read_segments` and rewritten
 by the rerun.
@@ -11,6 +12,7 @@ by the rerun.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vidfeat.location import Location, RemotePath, as_location
 from vidfeat.yt8m.schema import Segments, Yt8mVideo
 from vidfeat.yt8m.sources import SourceFile
 
@@ -25,10 +28,21 @@ COLUMNS = ("video_id", "label", "start_time_s", "score")
 _DTYPES = {"video_id": str, "label": np.int64, "start_time_s": np.int64, "score": np.float32}
 
 
-def segments_dir(store: str | os.PathLike) -> Path:
+def segments_dir(store: str | os.PathLike | RemotePath) -> Location:
     """Where a store's segment ratings live: ``<store>.segments`` next to it."""
-    p = Path(store)
+    p = as_location(store)
     return p.with_name(p.name + ".segments")
+
+
+def _csv_files(directory: Location) -> list[bytes | Path]:
+    if isinstance(directory, Path):
+        return sorted(directory.glob("*.csv"))
+    fs, key = directory.filesystem()
+    try:
+        names = sorted(n for n in fs.ls(key, detail=False) if n.endswith(".csv"))
+    except FileNotFoundError:
+        return []
+    return [fs.cat_file(n) for n in names]
 
 
 def _file_name(source: SourceFile) -> str:
@@ -51,20 +65,32 @@ def write_segments(
     if not rows:
         return 0
     directory = segments_dir(store)
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    if isinstance(directory, RemotePath):  # one PUT: the object appears whole
+        fs, key = (directory / _file_name(source)).filesystem()
+        fs.pipe_file(key, table.to_csv(index=False).encode("utf-8"))
+        return len(rows)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / _file_name(source)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(tmp, index=False)
+    table.to_csv(tmp, index=False)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return len(rows)
 
 
-def read_segments(store: str | os.PathLike, video_ids: Iterable[str] | None = None) -> pd.DataFrame:
+def read_segments(
+    store: str | os.PathLike | RemotePath, video_ids: Iterable[str] | None = None
+) -> pd.DataFrame:
     """All ratings (columns ``COLUMNS``), limited to ``video_ids`` (e.g. the store's ok ids)."""
-    files = sorted(segments_dir(store).glob("*.csv"))
-    frames = [pd.read_csv(f, dtype=_DTYPES, keep_default_na=False) for f in files]
+    files = _csv_files(segments_dir(store))
+    frames = [
+        pd.read_csv(
+            io.BytesIO(f) if isinstance(f, bytes) else f, dtype=_DTYPES, keep_default_na=False
+        )
+        for f in files
+    ]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _DTYPES.items()})
     table = pd.concat(frames, ignore_index=True)
