@@ -204,3 +204,20 @@ def test_a_store_and_its_logs_hold_no_secret(s3, caplog) -> None:  # noqa: F811
     fs, key = _fs(path)
     for obj in fs.find(key):
         assert SECRET_KEY.encode() not in fs.cat_file(obj), obj
+
+
+def test_manifest_keeps_urls_and_refuses_credentials_in_them(tmp_path) -> None:
+    from vidfeat.errors import ManifestError
+    from vidfeat.manifest import read_manifest
+
+    rows = "video_id,path,labels\na,s3://bucket/v/a.mp4,x\nb,rel/b.mp4,x\n"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(rows)
+    a, b = read_manifest(manifest)
+    assert a.path == RemotePath("s3://bucket/v/a.mp4") and str(a.path) == "s3://bucket/v/a.mp4"
+    assert b.path == tmp_path / "rel" / "b.mp4"
+    manifest.write_text(rows + f"c,s3://key:{SECRET_KEY}@bucket/c.mp4,x\n")
+    with pytest.raises(ManifestError) as err:
+        read_manifest(manifest)
+    assert "line 4" in str(err.value.problems) and "credentials" in str(err.value.problems)
+    assert SECRET_KEY not in str(err.value) + str(err.value.problems)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vidfeat.location import is_url, local_copy
+
 if TYPE_CHECKING:
     from vidfeat.audio.decode import AudioExamples
     from vidfeat.audio.mel import LogMelParams
@@ -106,8 +108,6 @@ def _local(path: str) -> contextlib.AbstractContextManager[str]:
     The copy is made here, in the worker, so the pool's no-progress limit covers a stalled
     download as it covers a hung decoder.
     """
-    from vidfeat.location import is_url, local_copy
-
     return local_copy(path) if is_url(path) else contextlib.nullcontext(path)
 
 
