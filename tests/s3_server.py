@@ -55,6 +55,9 @@ def s3_endpoint() -> Iterator[str]:
     pytest.importorskip("s3fs")
     server_mod = pytest.importorskip("moto.server")
     port = _free_port()
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()  # none made for another endpoint may be reused
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server.start()
@@ -81,8 +84,7 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> S
     import fsspec
 
     fsspec.config.conf.pop("s3", None)
-    # s3fs instances are cached per set of options; one from another test holds its endpoint.
-    from s3fs import S3FileSystem
-
-    S3FileSystem.clear_instance_cache()
+    # s3fs instances stay cached for the session (the endpoint and credentials are the same
+    # for every test): dropping them would leave their HTTP sessions to the garbage collector,
+    # which logs "Unclosed client session" into whatever test runs then.
     return S3Server(s3_endpoint, env)
