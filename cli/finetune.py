@@ -13,9 +13,11 @@ from typing import Any
 import click
 
 from vidfeat_cli.heads import (
+    FORCE_OPTION,
     METRIC_KEYS,
     PROGRESS_OPTION,
     RUN_OUT_OPTION,
+    _logger_option,
     _train_options,
     build_config,
     show_progress,
@@ -75,6 +77,8 @@ def _finetune_help(command: click.Command) -> click.Command:
     help="CSV with video_id and split and/or group columns (default: RUN's split for the "
     "videos it knew, a fresh stratified split for the others).",
 )
+@FORCE_OPTION
+@_logger_option
 @PROGRESS_OPTION
 @_train_options
 def finetune(
@@ -83,6 +87,8 @@ def finetune(
     out: Path,
     mode: str,
     split_file: Path | None,
+    force: bool,
+    logger: str,
     progress: bool | None,
     **options: Any,
 ) -> None:
@@ -101,7 +107,7 @@ def finetune(
       heads finetune runs/five --store new.zarr -o runs/abf --classes a,b,f --train all --lr 3e-4
       heads report runs/ten
     """
-    from heads.run import load_run
+    from heads.inference import load_run
     from heads.transfer import finetune_config, finetune_run
 
     parent = load_run(run)
@@ -114,7 +120,9 @@ def finetune(
         mode=mode,
         cfg=cfg,
         split_file=split_file,
+        force=force,
         progress=show_progress(progress),
+        logger=logger,
     )
     click.echo(_summary_line(metrics, mode) + f"  -> {out}")
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from vidfeat import atomic
 from vidfeat.errors import ConfigError, VidfeatError
 
 if TYPE_CHECKING:
@@ -207,6 +208,21 @@ RUN_OUT_OPTION = click.option(
 PROGRESS_OPTION = click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on a tty)."
 )
+FORCE_OPTION = click.option(
+    "--force", is_flag=True, help="Replace a run already in --out (finished or not)."
+)
+
+
+def _logger_option(f: Any) -> Any:
+    from heads.loggers import DEFAULT_LOGGER, LOGGERS
+
+    return click.option(
+        "--logger",
+        type=click.Choice(LOGGERS.names()),
+        default=DEFAULT_LOGGER,
+        show_default=True,
+        help="Where scalars go besides metrics.jsonl: metrics.csv or TensorBoard event files.",
+    )(f)
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -235,7 +251,13 @@ def _model_choice() -> click.Choice:
     type=click.Path(path_type=Path, dir_okay=False),
     help="CSV with video_id and split and/or group columns (a manifest works).",
 )
-@click.option("--resume", is_flag=True, help="Continue a killed run in --out from its last epoch.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a killed run in --out from its last epoch, on the same store.",
+)
+@FORCE_OPTION
+@_logger_option
 @PROGRESS_OPTION
 @_train_options
 @_head_options
@@ -246,6 +268,8 @@ def train(
     config_file: Path | None,
     split_file: Path | None,
     resume: bool,
+    force: bool,
+    logger: str,
     progress: bool | None,
     **options: Any,
 ) -> None:
@@ -267,7 +291,14 @@ def train(
     base = _read_json(config_file) if config_file else None
     cfg = build_config(model, options, base)
     metrics = train_run(
-        store, cfg, out, split_file=split_file, resume=resume, progress=show_progress(progress)
+        store,
+        cfg,
+        out,
+        split_file=split_file,
+        resume=resume,
+        force=force,
+        progress=show_progress(progress),
+        logger=logger,
     )
     click.echo(_metrics_line(metrics, "test") + f"  -> {out}")
 
@@ -396,10 +427,9 @@ def predict(
     if out is None:
         table.to_csv(sys.stdout, index=False)
         return
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        table.to_csv(tmp, index=False)
-        tmp.replace(out)
+        with atomic.atomic_open(out, "w", newline="") as fh:
+            table.to_csv(fh, index=False)
     except OSError as exc:
         raise ConfigError(f"cannot write {out}: {exc}") from exc
     click.echo(f"{len(table)} rows -> {out}", err=True)
@@ -414,7 +444,18 @@ def predict(
     type=click.Path(path_type=Path, file_okay=False),
     help="Report directory (default: RUN/report for one run, ./report for several).",
 )
-def report(runs: tuple[Path, ...], out: Path | None) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "pdf", "svg"]),
+    default="png",
+    show_default=True,
+    help="Figure file format (pdf and svg are vector graphics, for papers).",
+)
+@click.option(
+    "--dpi", type=click.IntRange(min=10), default=150, show_default=True, help="Raster resolution."
+)
+def report(runs: tuple[Path, ...], out: Path | None, fmt: str, dpi: int) -> None:
     """Write report.md with training curves, confusion matrices and a comparison of RUNS.
 
     \b
@@ -426,7 +467,7 @@ def report(runs: tuple[Path, ...], out: Path | None) -> None:
 
     if out is None:
         out = runs[0] / "report" if len(runs) == 1 else Path("report")
-    click.echo(str(write_report(list(runs), out)))
+    click.echo(str(write_report(list(runs), out, fmt=fmt, dpi=dpi)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,11 +257,13 @@ def train(
     class_weight: Tensor | None = None,
     resume: bool = False,
     progress: bool = False,
+    loggers: Sequence[Any] = (),
 ) -> TrainResult:
     """Train ``model`` (only ``trainable_params``, default all that require grad).
 
-    ``meta`` (label map, store provenance, input_dim, num_classes, ...) is copied into every
-    checkpoint so it describes itself. The best weights are loaded into ``model`` on return.
+    ``meta`` (label map, store identity, input_dim, num_classes, ...) is copied into every
+    checkpoint so it describes itself. Each ``loggers`` entry (:mod:`heads.loggers`) gets every
+    record. The best weights are loaded into ``model`` on return.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -304,6 +306,8 @@ def train(
                 ck.save_checkpoint(run_dir / ck.BEST, state)
             ck.append_jsonl(run_dir / ck.METRICS, record)
             ck.save_checkpoint(run_dir / ck.LAST, state)
+            for sink in loggers:
+                sink.log(record, history)
             log.info(_summary(record, monitor))
     if stopper.should_stop:
         log.info("early stop: no %s improvement for %d epochs", monitor, stopper.patience)

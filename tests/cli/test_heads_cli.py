@@ -227,4 +227,4 @@ def test_split_file_groups_and_config_reuse(tmp_path):
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["seed"] == 5 and config["epochs"] == 1 and config["lr"] == 0.01
     rerun = runner.invoke(main, again)
-    assert rerun.exit_code == 2 and "--resume" in rerun.output
+    assert rerun.exit_code == 2 and "finished run; add --force" in rerun.output
