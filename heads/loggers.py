@@ -104,7 +104,14 @@ class TensorBoardLogger:
             self.writer.close()
 
 
+def check_loggers(names: str | tuple[str, ...]) -> tuple[str, ...]:
+    """The logger names (one, or several), each known; refused before a run writes anything."""
+    names = (names,) if isinstance(names, str) else tuple(names)
+    for name in names:
+        LOGGERS.get(name)
+    return names
+
+
 def create_loggers(names: str | tuple[str, ...], run_dir: Path) -> list[TrainLogger]:
     """The loggers named (one name, or several) for ``run_dir``."""
-    names = (names,) if isinstance(names, str) else tuple(names)
-    return [LOGGERS.create(name, run_dir=Path(run_dir)) for name in names]
+    return [LOGGERS.create(name, run_dir=Path(run_dir)) for name in check_loggers(names)]

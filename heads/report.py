@@ -273,7 +273,7 @@ def _plot_training(run: _Run, path: Path, spec: FigureSpec) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{run.name}: training curves (best = best {_monitor(run)})")
+    fig.suptitle(f"{run.name}: training curves (best epoch by {_monitor(run)})")
     _save(fig, path, spec)
 
 
@@ -350,7 +350,9 @@ def _plot_pr_curves(
         ax.grid(alpha=0.3)
     for ax in axes[len(shown) :]:
         ax.set_visible(False)
-    for ax in axes[(rows - 1) * cols :]:
+    for col in range(cols):  # the lowest panel of each column carries the recall axis
+        ax = axes[max(i for i in range(col, len(shown), cols))]
+        ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_xlabel("recall")
     for ax in axes[::cols]:
         ax.set_ylabel("precision")

@@ -25,7 +25,7 @@ from heads.config import TrainConfig
 from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
 from heads.errors import RunExistsError, TrainingDataError
 from heads.identity import check_same_data, store_identity
-from heads.loggers import create_loggers
+from heads.loggers import check_loggers, create_loggers
 from heads.metrics import evaluate_all
 from heads.models import Head, create_head
 from heads.splits import (
@@ -305,6 +305,7 @@ def train_run(
     finished one as it is; ``force`` replaces whatever run ``run_dir`` holds.
     """
     run_dir = Path(run_dir)
+    check_loggers(logger)
     state = check_run_dir(run_dir, resume=resume, force=force)
     if state == "finished" and resume:
         log.warning("%s holds a finished run: nothing to resume (--force trains it anew)", run_dir)

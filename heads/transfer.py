@@ -39,6 +39,7 @@ from heads.config import TrainConfig
 from heads.errors import TransferError
 from heads.identity import check_store_compatible
 from heads.inference import LoadedRun, load_run
+from heads.loggers import check_loggers
 from heads.models import Head
 from heads.run import check_run_dir, check_training_set, clear_run_dir, fit_and_test, load_data
 from heads.run import write_header as write_run_header
@@ -212,6 +213,7 @@ def finetune_run(
     trainable parameter count and the training wall time.
     """
     check_mode(mode)
+    check_loggers(logger)
     run = parent if isinstance(parent, LoadedRun) else load_run(parent)
     cfg = cfg if cfg is not None else finetune_config(run.cfg, mode)
     _check_same_architecture(run.cfg, cfg)

@@ -274,3 +274,52 @@ def test_invalid_inputs_raise_report_error(tmp_path):
         report.write_report([run["dir"]], tmp_path / "out")
     assert isinstance(info.value, VidfeatError)
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_figures_for_a_paper_pdf_svg_and_dpi(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "runs", "paper", seed=7, n_test=12)  # counts of 0..4 per cell
+    seen = {}
+    original_save = report._save
+
+    def spy(fig, path, spec):
+        if "confusion" in path.name:
+            counts, rates, counts_bar, _ = fig.axes
+            seen["ticks"] = [
+                t for t in counts_bar.get_yticks() if 0 <= t <= counts.images[0].norm.vmax
+            ]
+            seen["rates"] = rates.images[0].get_array()
+            seen["rate_texts"] = [t.get_text() for t in rates.texts]
+        original_save(fig, path, spec)
+
+    monkeypatch.setattr(report, "_save", spy)
+    md = report.write_report([run["dir"]], tmp_path / "pdf", fmt="pdf").read_text()
+    for stem in ("paper_training", "paper_confusion", "paper_pr_curves"):
+        assert f"]({stem}.pdf)" in md
+        assert (tmp_path / "pdf" / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+    assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"])
+    cm = np.zeros((4, 4), int)
+    np.add.at(cm, (run["y_true"], run["y_pred"]), 1)
+    # Empty cells are masked (drawn blank) and carry no "0.00"; the others show their rate.
+    assert np.array_equal(np.ma.getmaskarray(seen["rates"]), cm == 0)
+    assert len(seen["rate_texts"]) == int((cm > 0).sum()) and "0.00" not in seen["rate_texts"]
+
+    report.write_report([run["dir"]], tmp_path / "svg", fmt="svg")
+    assert b"<svg" in (tmp_path / "svg" / "paper_confusion.svg").read_bytes()[:2000]
+    report.write_report([run["dir"]], tmp_path / "lo", dpi=60)
+    report.write_report([run["dir"]], tmp_path / "hi", dpi=120)
+    lo = mpimg.imread(tmp_path / "lo" / "paper_training.png").shape
+    hi = mpimg.imread(tmp_path / "hi" / "paper_training.png").shape
+    assert hi[1] == pytest.approx(2 * lo[1], abs=2)
+    with pytest.raises(ReportError, match="png, pdf, svg"):
+        report.write_report([run["dir"]], tmp_path / "x", fmt="jpg")
+
+
+def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="not a heads run directory"):
+        report.write_report([tmp_path / "empty"], tmp_path / "out")
+    run = make_run(tmp_path / "runs", "torn", seed=8)
+    npz = run["dir"] / "test_predictions.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(ReportError, match="cannot read test predictions"):
+        report.write_report([run["dir"]], tmp_path / "out")
