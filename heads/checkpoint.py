@@ -13,7 +13,6 @@ torch is imported by the functions that need it, so the file names and JSON reco
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from pathlib import Path
@@ -21,8 +20,6 @@ from typing import Any
 
 from heads.errors import CheckpointError
 from vidfeat import atomic
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 BEST, LAST = "best.pt", "last.pt"

@@ -4,8 +4,7 @@ Reads only what a run directory holds, by the file names the trainer writes
 (:mod:`heads.checkpoint`): config.json, label_map.json, metrics.jsonl, test_metrics.json,
 test_predictions.npz. Every file is optional and what is missing is reported as "—" or left out
 with a note. The best epoch is the trainer's (the epoch its best checkpoint holds), never
-recomputed. Figures are PNG, PDF or SVG at a chosen resolution, drawn for print: integer ticks
-on counts, empty confusion cells left blank, one precision-recall panel per class.
+recomputed. Figures are drawn by :mod:`heads.figures`.
 """
 
 from __future__ import annotations
@@ -19,29 +18,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: must precede the pyplot import
-
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
 from heads import checkpoint as ck
 from heads import metrics
 from heads.errors import ReportError
+from heads.figures import (
+    DPI,
+    FigureSpec,
+    is_num,
+    plot_comparison,
+    plot_confusion,
+    plot_pr_curves,
+    plot_training,
+)
 from vidfeat import atomic
 
 log = logging.getLogger(__name__)
 
 MISSING = "—"
-MAX_PR_PANELS = 16  # per-class precision-recall panels (classes with most positives first)
-MAX_TICK_CLASSES = 50  # confusion axes name classes up to this many
-MAX_ANNOTATED_CLASSES = 20  # confusion cells print their value up to this many
 _RUN_MARKERS = (ck.CONFIG, ck.METRICS, ck.TEST_METRICS)
 _MODEL_KEYS = ("model", "model_name", "head", "head_name", "arch")
-FIGURE_FORMATS = ("png", "pdf", "svg")
-DPI = 150
 
 
 @dataclass
@@ -92,7 +89,7 @@ def _read_epochs(path: Path) -> tuple[list[dict[str, Any]], Any]:
         by_epoch[record.get("epoch", i + 1)] = record
         if record.get("improved") is True:
             best = record.get("epoch")
-    return [by_epoch[e] for e in sorted(by_epoch, key=lambda e: (not _is_num(e), e))], best
+    return [by_epoch[e] for e in sorted(by_epoch, key=lambda e: (not is_num(e), e))], best
 
 
 def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -154,16 +151,6 @@ def _slugs(run_dirs: list[Path]) -> list[str]:
 # ---------------------------------------------------------------- summary values
 
 
-def _is_num(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _series(epochs: list[dict[str, Any]], key: str) -> tuple[list[Any], list[float]]:
-    pairs = [(e.get("epoch"), e.get(key)) for e in epochs]
-    pairs = [(x, y) for x, y in pairs if _is_num(x) and _is_num(y)]
-    return [x for x, _ in pairs], [y for _, y in pairs]
-
-
 def _model_name(config: dict[str, Any], depth: int = 2) -> str | None:
     for key in _MODEL_KEYS:
         if isinstance(config.get(key), str):
@@ -181,7 +168,7 @@ def _best_epoch(run: _Run) -> Any:
     """The trainer's best epoch: from test_metrics.json, else the last record it marked as an
     improvement (a run still training)."""
     best = run.test_metrics.get("best_epoch")
-    return best if _is_num(best) else run.logged_best
+    return best if is_num(best) else run.logged_best
 
 
 def _monitor(run: _Run) -> str:
@@ -191,12 +178,12 @@ def _monitor(run: _Run) -> str:
 def _summary(run: _Run) -> dict[str, Any]:
     # Totals written at the end of training win; metrics.jsonl covers runs that never got there.
     wall = run.test_metrics.get("train_wall_s")
-    if not _is_num(wall):
-        per_epoch = [e["wall_s"] for e in run.epochs if _is_num(e.get("wall_s"))]
+    if not is_num(wall):
+        per_epoch = [e["wall_s"] for e in run.epochs if is_num(e.get("wall_s"))]
         wall = sum(per_epoch) if per_epoch else None
     params = run.test_metrics.get("trainable_params")
-    if not _is_num(params):
-        logged = [e["trainable_params"] for e in run.epochs if _is_num(e.get("trainable_params"))]
+    if not is_num(params):
+        logged = [e["trainable_params"] for e in run.epochs if is_num(e.get("trainable_params"))]
         params = logged[-1] if logged else run.config.get("trainable_params")
     return {
         "model": _model_name(run.config),
@@ -227,156 +214,6 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return [*lines, ""]
-
-
-# ---------------------------------------------------------------- plots
-
-
-@dataclass(frozen=True)
-class FigureSpec:
-    """How figures are written: file format (png, pdf, svg) and raster resolution."""
-
-    fmt: str = "png"
-    dpi: int = DPI
-
-    def __post_init__(self) -> None:
-        if self.fmt not in FIGURE_FORMATS:
-            raise ReportError(f"figure format must be one of {', '.join(FIGURE_FORMATS)}")
-        if isinstance(self.dpi, bool) or not isinstance(self.dpi, int) or self.dpi < 10:
-            raise ReportError(f"dpi must be an integer >= 10, got {self.dpi!r}")
-
-    def name(self, stem: str) -> str:
-        return f"{stem}.{self.fmt}"
-
-
-def _save(fig: plt.Figure, path: Path, spec: FigureSpec) -> None:
-    # Rendered under a temporary name: an interrupted report never leaves a truncated figure.
-    try:
-        fig.tight_layout()
-        with atomic.atomic_path(path, durable=False) as tmp:
-            fig.savefig(tmp, format=spec.fmt, dpi=spec.dpi)
-    finally:
-        plt.close(fig)
-
-
-def _plot_training(run: _Run, path: Path, spec: FigureSpec) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    best = _best_epoch(run)
-    for ax, metric, ylabel in ((axes[0], "hit_at_1", "hit@1"), (axes[1], "loss", "loss")):
-        for split in ("train", "val"):
-            xs, ys = _series(run.epochs, f"{split}_{metric}")
-            if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, label=split)
-        if best is not None:
-            ax.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"best ({best})")
-        ax.set(title=f"{ylabel} per epoch", xlabel="epoch", ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{run.name}: training curves (best epoch by {_monitor(run)})")
-    _save(fig, path, spec)
-
-
-def _confusion_panel(
-    ax: plt.Axes, matrix: np.ndarray, names: list[str], title: str, *, counts: bool
-) -> None:
-    """Counts: integer colour-bar ticks. Rates: empty cells (no video) stay blank, so the eye
-    goes to the errors that happened rather than to a grid of zeros."""
-    n = len(names)
-    shown = matrix if counts else np.ma.masked_where(~(matrix > 0), matrix)
-    cmap = plt.get_cmap("Blues").with_extremes(bad="white")
-    image = ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=0)
-    bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    if counts:
-        bar.locator = MaxNLocator(integer=True)
-        bar.update_ticks()
-    ax.set(title=title, xlabel="predicted", ylabel="true")
-    if n <= MAX_TICK_CLASSES:
-        ax.set_xticks(
-            range(n), labels=names, rotation=45, ha="right", rotation_mode="anchor", fontsize=8
-        )
-        ax.set_yticks(range(n), labels=names, fontsize=8)
-    if n <= MAX_ANNOTATED_CLASSES:
-        top = np.nanmax(matrix) if np.isfinite(matrix).any() else 1.0
-        for (i, j), v in np.ndenumerate(matrix):
-            if not counts and not v > 0:
-                continue
-            colour = "white" if v > top / 2 else "black"
-            text = str(int(v)) if counts else f"{v:.2f}"
-            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=7)
-
-
-def _plot_confusion(run: _Run, cm: np.ndarray, path: Path, spec: FigureSpec) -> None:
-    side = float(np.clip(0.3 * len(run.class_names) + 3.5, 5, 10))
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
-    row_sums = cm.sum(axis=1, keepdims=True)
-    normalised = np.divide(cm, row_sums, out=np.full(cm.shape, np.nan), where=row_sums > 0)
-    _confusion_panel(axes[0], cm, run.class_names, "counts", counts=True)
-    title = "row-normalised (recall per class)"
-    _confusion_panel(axes[1], normalised, run.class_names, title, counts=False)
-    note = "" if len(run.class_names) <= MAX_TICK_CLASSES else ", class names omitted"
-    fig.suptitle(f"{run.name}: test confusion matrix ({len(run.class_names)} classes{note})")
-    _save(fig, path, spec)
-
-
-def _plot_pr_curves(
-    run: _Run,
-    scores: np.ndarray,
-    labels: np.ndarray,
-    stats: metrics.ClassStats,
-    path: Path,
-    spec: FigureSpec,
-) -> None:
-    """One small panel per class: overlapping curves in one axes are unreadable once a few
-    classes are near-perfect. The dashed line is the class's prevalence (a random ranking)."""
-    with_pos = [c for c in np.argsort(-stats.support, kind="stable") if stats.support[c] > 0]
-    shown = with_pos[:MAX_PR_PANELS]
-    cols = min(4, len(shown))
-    rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(2.6 * cols + 0.4, 2.5 * rows + 0.6), sharex=True, sharey=True
-    )
-    axes = np.atleast_1d(axes).ravel()
-    for ax, c in zip(axes, shown, strict=False):
-        precision, recall = metrics.precision_recall_curve(scores[:, c], labels[:, c])
-        # Points where recall rises, drawn steps-pre: each step's area sums to the AP exactly.
-        rises = np.concatenate([[True], np.diff(recall) > 0])
-        ax.plot(recall[rises], precision[rises], drawstyle="steps-pre", linewidth=1.4)
-        ax.axhline(stats.support[c] / len(labels), color="grey", linestyle="--", linewidth=0.8)
-        ax.set_title(
-            f"{run.class_names[c]}\nAP {stats.ap[c]:.3f}, n={stats.support[c]}", fontsize=8
-        )
-        ax.set(xlim=(0, 1), ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-    for ax in axes[len(shown) :]:
-        ax.set_visible(False)
-    for col in range(cols):  # the lowest panel of each column carries the recall axis
-        ax = axes[max(i for i in range(col, len(shown), cols))]
-        ax.xaxis.set_tick_params(labelbottom=True)
-        ax.set_xlabel("recall")
-    for ax in axes[::cols]:
-        ax.set_ylabel("precision")
-    scope = f"top {len(shown)} of {len(with_pos)}" if len(with_pos) > len(shown) else "all"
-    fig.suptitle(f"{run.name}: precision–recall, {scope} classes with positives by support")
-    _save(fig, path, spec)
-
-
-def _plot_comparison(runs: list[_Run], path: Path, spec: FigureSpec) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, ylabel in (
-        (axes[0], "val_hit_at_1", "val hit@1"),
-        (axes[1], "val_loss", "val loss"),
-    ):
-        for run in runs:
-            xs, ys = _series(run.epochs, key)
-            if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, label=run.name)
-        ax.set(title=f"{ylabel} per epoch", xlabel="epoch", ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Validation curves of {len(runs)} runs")
-    _save(fig, path, spec)
 
 
 # ---------------------------------------------------------------- Markdown
@@ -419,7 +256,7 @@ def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
     lines += _table(keys, [[_fmt(run.test_metrics.get(k)) for k in keys]])
     if run.epochs:
         name = spec.name(f"{run.slug}_training")
-        _plot_training(run, out_dir / name, spec)
+        plot_training(run.name, run.epochs, _best_epoch(run), _monitor(run), out_dir / name, spec)
         lines += [f"![Training curves]({name})", ""]
     else:
         lines += [f"_No {ck.METRICS}: training curves omitted._", ""]
@@ -430,11 +267,11 @@ def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
     if not run.multilabel:
         cm = metrics.confusion_matrix(scores, labels)
         name = spec.name(f"{run.slug}_confusion")
-        _plot_confusion(run, cm, out_dir / name, spec)
+        plot_confusion(run.name, cm, run.class_names, out_dir / name, spec)
         lines += [f"![Confusion matrix]({name})", ""]
     if (stats.support > 0).any():
         name = spec.name(f"{run.slug}_pr_curves")
-        _plot_pr_curves(run, scores, labels, stats, out_dir / name, spec)
+        plot_pr_curves(run.name, run.class_names, scores, labels, stats, out_dir / name, spec)
         lines += [f"![Precision-recall curves]({name})", ""]
     return lines + _class_table(run, stats)
 
@@ -452,7 +289,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, fmt: str = "png", dpi: 
     lines = ["# Run report", "", "## Summary", "", *_comparison_table(runs)]
     if len(runs) > 1:
         name = spec.name("comparison_val_curves")
-        _plot_comparison(runs, out_dir / name, spec)
+        plot_comparison([(r.name, r.epochs) for r in runs], out_dir / name, spec)
         lines += [f"![Validation curves of all runs]({name})", ""]
     for run in runs:
         lines += _run_section(run, out_dir, spec)

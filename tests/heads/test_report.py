@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from heads import report
+from heads import figures, report
 from heads.errors import ReportError
 from vidfeat.errors import VidfeatError
 
@@ -198,7 +198,7 @@ def test_many_classes_get_one_pr_panel_each_for_the_largest(tmp_path, monkeypatc
     classes = [f"class_{i:02d}" for i in range(60)]
     run = make_run(tmp_path, "big", seed=5, classes=classes, n_test=300)
     seen = {}
-    original_save = report._save
+    original_save = figures._save
 
     def spy(fig, path, spec):
         if "pr_curves" not in path.name:
@@ -208,10 +208,10 @@ def test_many_classes_get_one_pr_panel_each_for_the_largest(tmp_path, monkeypatc
         seen[path.name] = (fig.get_suptitle(), curves)
         original_save(fig, path, spec)
 
-    monkeypatch.setattr(report, "_save", spy)
+    monkeypatch.setattr(figures, "_save", spy)
     report.write_report([run["dir"]], tmp_path / "out")
     title, curves = seen["big_pr_curves.png"]
-    assert len(curves) == report.MAX_PR_PANELS == 16
+    assert len(curves) == figures.MAX_PR_PANELS == 16
     assert "top 16 of 60" in title
     support = np.bincount(run["y_true"], minlength=60)
     top_names = [classes[c] for c in np.argsort(-support, kind="stable")[:16]]
@@ -279,7 +279,7 @@ def test_invalid_inputs_raise_report_error(tmp_path):
 def test_figures_for_a_paper_pdf_svg_and_dpi(tmp_path, monkeypatch):
     run = make_run(tmp_path / "runs", "paper", seed=7, n_test=12)  # counts of 0..4 per cell
     seen = {}
-    original_save = report._save
+    original_save = figures._save
 
     def spy(fig, path, spec):
         if "confusion" in path.name:
@@ -291,7 +291,7 @@ def test_figures_for_a_paper_pdf_svg_and_dpi(tmp_path, monkeypatch):
             seen["rate_texts"] = [t.get_text() for t in rates.texts]
         original_save(fig, path, spec)
 
-    monkeypatch.setattr(report, "_save", spy)
+    monkeypatch.setattr(figures, "_save", spy)
     md = report.write_report([run["dir"]], tmp_path / "pdf", fmt="pdf").read_text()
     for stem in ("paper_training", "paper_confusion", "paper_pr_curves"):
         assert f"]({stem}.pdf)" in md
