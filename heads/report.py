@@ -98,7 +98,8 @@ def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return np.asarray(npz["scores"]), np.asarray(npz["labels"])
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # A truncated file (a full disk, a copy cut short) is a damaged run, not a bug.
         raise ReportError(f"{path}: cannot read test predictions: {exc}") from exc
 
 

@@ -103,8 +103,13 @@ def check_run_dir(
     """What ``run_dir`` holds: ``new``, ``unfinished`` or ``finished``; creates nothing.
 
     A run there is refused unless it is resumed or ``force`` replaces it."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} exists and is not a directory")
+    for path in (run_dir, *run_dir.parents):  # the nearest existing one must be a directory
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(
+                    f"{run_dir}: a file is in the way where a directory is expected ({path})"
+                )
+            break
     if resume and force:
         raise ConfigError("--resume continues a run and --force replaces it: choose one")
     if not (run_dir / ck.CONFIG).exists():

@@ -24,11 +24,11 @@ import numpy as np
 from vidfeat import __version__
 from vidfeat.config import ExtractConfig
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
-from vidfeat.errors import DecodeError
+from vidfeat.errors import DecodeError, StoreError
 from vidfeat.manifest import ManifestEntry, read_manifest
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.preprocess import preprocess_frame
-from vidfeat.store import StoreWriter, create_store
+from vidfeat.store import StoreWriter, create_store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,38 @@ def shard_of(video_id: str, n_shards: int) -> int:
 
 
 def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReduction) -> dict:
-    """Everything that determines the stored features (the store refuses to mix others)."""
+    """Everything that determines the stored features (the store refuses to mix others).
+
+    The decoder is part of it: the two agree on which frames and on 8-bit pixels, but not
+    exactly on 10-bit 4:2:0 colour edges, so one store never mixes both.
+    """
     return {
         "backbone": spec_attrs,
         "precision": cfg.precision,
         "fps": cfg.fps,
+        "decoder": cfg.decoder,
         "max_frames": cfg.max_frames,
         "sampling": "last frame with pts <= k/fps from the first frame, k < fps * duration",
         **reduction.attrs(),
         "vidfeat_version": __version__,
         "command": " ".join(sys.argv),
     }
+
+
+def resume_attrs(cfg: ExtractConfig, attrs: dict) -> dict:
+    """``attrs`` for resuming ``cfg.out``: a store made before the decoder was part of the
+    identity resumes as it was when every video in it came from this run's decoder."""
+    try:
+        reader = open_store(cfg.out, cfg.format)
+    except StoreError:
+        return attrs  # no store yet; or a broken one, which create_store reports
+    with reader:
+        if "decoder" in reader.attrs:
+            return attrs
+        used = set(reader.videos["decoder"]) - {""}
+    if used <= {cfg.decoder}:
+        return {k: v for k, v in attrs.items() if k != "decoder"}
+    return attrs
 
 
 @dataclasses.dataclass
@@ -272,7 +293,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             cfg.out,
             dim=dim,
             format=cfg.format,
-            attrs=store_attrs(cfg, backbone.spec.to_attrs(), reduction),
+            attrs=resume_attrs(cfg, store_attrs(cfg, backbone.spec.to_attrs(), reduction)),
             dtype=reduction.dtype or cfg.dtype,
             quantization=reduction.quantization,
             part=cfg.part_name,
