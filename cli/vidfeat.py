@@ -45,12 +45,15 @@ def main(verbose: int, quiet: bool) -> None:
       vidfeat extract videos.csv --out feats.h5 --decoder pyav --workers 4
       vidfeat extract videos.csv --out feats.zarr --shard 3/16   # one job of an array
       vidfeat info feats.zarr
+      vidfeat verify feats.zarr
     """
     setup_logging(verbose, quiet)
 
 
 # One line per command; the module is imported only when the command is used.
 main.lazy_command("pca", "vidfeat_cli.pca:pca", "Whitened PCA and uint8 codes, as YouTube-8M.")
+main.lazy_command("import-yt8m", "vidfeat_cli.yt8m:import_yt8m", "YouTube-8M TFRecords in.")
+main.lazy_command("export-yt8m", "vidfeat_cli.yt8m:export_yt8m", "A store as YouTube-8M TFRecords.")
 
 
 def _backbones() -> list[str]:
@@ -69,6 +72,12 @@ def _backends() -> list[str]:
     from vidfeat.store.base import BACKENDS
 
     return BACKENDS.names()
+
+
+def _audio_backbones() -> list[str]:
+    from vidfeat.backbones.audio import audio_backbone_names
+
+    return audio_backbone_names()
 
 
 def _precisions() -> list[str]:
@@ -111,6 +120,24 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
     ),
     ("quantize", "Model", bool, "Store YouTube-8M uint8 codes (needs --pca)."),
     ("dtype", "Model", click.Choice(["float32", "float16"]), "Stored dtype (without --quantize)."),
+    (
+        "audio",
+        "Model",
+        _audio_backbones,
+        "Also write a stream 'audio' from the audio track (vggish: 128-d per frame).",
+    ),
+    (
+        "audio_weights",
+        "Model",
+        str,
+        "VGGish weights: vggish-10086976.pth (PyTorch port) or the TF checkpoint as .npz.",
+    ),
+    (
+        "audio_pca",
+        "Model",
+        str,
+        "VGGish's vggish_pca_params.npz: PCA-whitened audio (uint8 with --quantize).",
+    ),
     ("format", "Run", _backends, "Store format (default: by --out suffix, else zarr)."),
     ("device", "Run", DEVICE, "auto: cuda when available."),
     ("workers", "Run", click.IntRange(min=1), "Decode processes (they overlap with inference)."),
@@ -182,6 +209,8 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
       vidfeat extract videos.csv --out feats.zarr
       vidfeat extract videos.csv --out feats.zarr --pca yt8m_pca/ --quantize
       vidfeat extract videos.csv --out feats.zarr --shard $SLURM_ARRAY_TASK_ID/64
+      vidfeat extract videos.csv --out feats.zarr --pca yt8m_pca/ --quantize \\
+          --audio vggish --audio-weights vggish-10086976.pth --audio-pca vggish_pca_params.npz
     """
     from vidfeat.config import ExtractConfig, parse_shard
     from vidfeat.pipeline import extract as run_extract
@@ -202,6 +231,8 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
         f"({summary.frames} frames in {summary.seconds:.1f} s, "
         f"{summary.frames_per_s:.1f} frames/s) -> {out}"
     )
+    if summary.no_audio:
+        click.echo(f"  {summary.no_audio} extracted without an audio track (flagged no_audio)")
     if summary.failed:
         for vid, status in list(summary.failures.items())[:10]:
             click.echo(f"  failed: {vid} ({status})", err=True)
@@ -232,6 +263,31 @@ def info(store: Path, as_json: bool, failures: bool) -> None:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     click.echo(format_summary(summary, show_failures=failures))
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(store: Path, as_json: bool) -> None:
+    """Read every chunk of STORE and check its tables; exit 2 naming each problem.
+
+    Checks every checksum (schema 2), that no chunk is missing, the per-video table against
+    the arrays (offsets, frame counts), unique ids per part, and finite feature values.
+
+    \b
+    Examples:
+      vidfeat verify feats.zarr
+      vidfeat verify feats.h5 --json | jq .problems
+    """
+    from vidfeat.store.verify import format_report, verify_store
+
+    report = verify_store(store)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(format_report(report), err=not report.ok)
+    if not report.ok:
+        click.get_current_context().exit(EXIT_CANNOT_RUN)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from heads.splits import (
     read_split_file,
     save_splits,
 )
-from heads.trainer import Loaders, Loss, inverse_frequency_weights, predict_logits, resolve_device
+from heads.trainer import Loaders, Loss, loss_weights, predict_logits, resolve_device
 from heads.trainer import train as train_loop
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
@@ -266,7 +266,7 @@ def fit_and_test(
 ) -> dict[str, Any]:
     """Train ``model`` into ``run_dir``, then write and return its test results."""
     sets = data.sets
-    weight = inverse_frequency_weights(sets["train"].targets) if cfg.class_weights else None
+    weights = loss_weights(cfg, sets["train"].targets)  # class_weight, pos_weight
     loggers = create_loggers(logger, run_dir)
     try:
         result = train_loop(
@@ -276,7 +276,7 @@ def fit_and_test(
             run_dir,
             meta=meta,
             trainable_params=trainable_params,
-            class_weight=weight,
+            **weights,
             resume=resume,
             progress=progress,
             loggers=loggers,
@@ -287,6 +287,8 @@ def fit_and_test(
     summary = {
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
+        "best_step": result.best_step,
+        "steps_run": result.steps_run,
         "trainable_params": result.trainable_params,
         "train_wall_s": result.wall_s,
     }
