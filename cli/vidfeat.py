@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, precision_names, runtime_names
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat_cli.pca import pca
 
@@ -106,11 +107,20 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
+    "--runtime",
+    type=click.Choice(runtime_names()),
+    default=DEFAULT_RUNTIME,
+    show_default=True,
+    help="How the backbone runs; onnxruntime and openvino need their extras "
+    "(pip install 'vidfeat[onnx]' / 'vidfeat[openvino]'). Recorded in the store attrs.",
+)
+@click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
+    type=click.Choice(precision_names()),
     default="fp32",
     show_default=True,
-    help="fp16/bf16 need CUDA; recorded in the store attrs.",
+    help="fp16 needs CUDA; bf16 runs on CUDA and on CPUs with bf16 instructions; int8 needs "
+    "--runtime onnxruntime. Recorded in the store attrs.",
 )
 @click.option(
     "--dtype",

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from vidfeat import __version__
+from vidfeat.backbones.runtimes import DEFAULT_RUNTIME
 from vidfeat.config import ExtractConfig
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
 from vidfeat.errors import DecodeError
@@ -61,10 +62,16 @@ def shard_of(video_id: str, n_shards: int) -> int:
 
 
 def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReduction) -> dict:
-    """Everything that determines the stored features (the store refuses to mix others)."""
+    """Everything that determines the stored features (the store refuses to mix others).
+
+    ``runtime`` is left out for eager, the only runtime before runtimes were recorded, so
+    stores written earlier still resume; any other runtime makes the store a different one.
+    """
+    runtime = {} if cfg.runtime == DEFAULT_RUNTIME else {"runtime": cfg.runtime}
     return {
         "backbone": spec_attrs,
         "precision": cfg.precision,
+        **runtime,
         "fps": cfg.fps,
         "max_frames": cfg.max_frames,
         "sampling": "last frame with pts <= k/fps from the first frame, k < fps * duration",
@@ -261,7 +268,11 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     entries = [e for e in entries if shard_of(e.video_id, n) == i]
     reduction = FeatureReduction.from_options(cfg.pca, cfg.quantize)
     backbone = create_backbone(
-        cfg.backbone, weights=cfg.weights, device=cfg.device, precision=cfg.precision
+        cfg.backbone,
+        weights=cfg.weights,
+        device=cfg.device,
+        precision=cfg.precision,
+        runtime=cfg.runtime,
     )
     dim = reduction.output_dim(backbone.spec.feature_dim)
     summary = ExtractSummary(total=len(entries))

@@ -66,6 +66,7 @@ def test_store_attrs_pin_everything_that_determines_the_features(extractor):
         "resize": "tf1_bilinear",
         "norm_mean": [128.0, 128.0, 128.0],
         "norm_std": [128.0, 128.0, 128.0],
+        "runtime": "eager",
         "precision": "fp32",
         "compute_dtype": "float32",
     }
