@@ -101,5 +101,5 @@ def test_batch_size_must_be_a_positive_integer(batch_size):
 def test_half_precision_on_cpu_is_refused():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    with pytest.raises(ConfigError, match="CUDA"):
+    with pytest.raises(ConfigError, match="fp16 on cuda only"):
         FeatureExtractor(device="auto", precision="fp16")
