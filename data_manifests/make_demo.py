@@ -8,18 +8,25 @@ H.264 MP4s written with PyAV, 3-5 seconds at 24-30 fps, 320x240.
     python data_manifests/make_demo.py --out demo_big --per-class 12 --seed 1
 
 The manifest written next to the videos (``demo/manifest.csv``) matches the committed
-``data_manifests/demo.csv``, whose paths point into ``../demo/videos``.
+``data_manifests/demo.csv``, whose paths point into ``../demo/videos``. It gives every video a
+split (per class: the last fifth test, one video val, the rest train), so a training run on the
+demo has validation and test videos of every class.
+
+A rerun reuses the videos already there; each is written under a temporary name and renamed
+when complete, so an interrupted run never leaves a broken video to reuse.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from tqdm import tqdm
 
 CLASSES = (
     ("red_disc", "disc", (220, 40, 40)),
@@ -80,7 +87,8 @@ def render_video(path: Path, shape: str, colour: tuple[int, int, int], seed: int
     vel = rng.uniform(-60, 60, size=2)  # pixels per second
     tint = np.array(colour, dtype=np.float64) + rng.uniform(-20, 20, size=3)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    with av.open(str(partial), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         stream.options = {"crf": "28", "preset": "veryfast"}
@@ -102,26 +110,46 @@ def render_video(path: Path, shape: str, colour: tuple[int, int, int], seed: int
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    os.replace(partial, path)
 
 
-def make_demo(out: Path, per_class: int = 8, seed: int = 0) -> list[dict[str, str]]:
+def split_of(j: int, per_class: int) -> str:
+    """Split of a class's j-th video: the last fifth test, the one before val, the rest train."""
+    n_test = max(1, round(per_class / 5))
+    if j >= per_class - n_test:
+        return "test"
+    return "val" if j == per_class - n_test - 1 else "train"
+
+
+def make_demo(
+    out: Path, per_class: int = 8, seed: int = 0, progress: bool = True
+) -> list[dict[str, str]]:
     """Write the videos under ``out/videos`` and return manifest rows (paths relative to out)."""
-    rows = []
+    if per_class < 3:
+        raise ValueError("per_class must be at least 3 (train, val and test videos per class)")
+    rows, todo = [], []
     for class_index, (name, shape, colour) in enumerate(CLASSES):
         for j in range(per_class):
             video_id = f"{name}_{j:02d}"
             rel = Path("videos") / name / f"{video_id}.mp4"
-            target = out / rel
-            if not target.exists():
-                render_video(target, shape, colour, seed=seed * 100_003 + class_index * 1000 + j)
-            rows.append({"video_id": video_id, "path": rel.as_posix(), "labels": name})
+            if not (out / rel).exists():
+                todo.append((out / rel, shape, colour, seed * 100_003 + class_index * 1000 + j))
+            split = split_of(j, per_class)
+            rows.append(
+                {"video_id": video_id, "path": rel.as_posix(), "labels": name, "split": split}
+            )
+    reused = len(rows) - len(todo)
+    if reused:
+        print(f"reusing {reused} of {len(rows)} videos already in {out / 'videos'}")
+    for args in tqdm(todo, desc="demo videos", unit="video", disable=not progress or not todo):
+        render_video(*args)
     return rows
 
 
 def write_manifest(rows: list[dict[str, str]], path: Path, prefix: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["video_id", "path", "labels"])
+        writer = csv.DictWriter(fh, fieldnames=["video_id", "path", "labels", "split"])
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "path": prefix + row["path"]})
@@ -132,8 +160,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("demo"))
     parser.add_argument("--per-class", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
     args = parser.parse_args()
-    rows = make_demo(args.out, args.per_class, args.seed)
+    rows = make_demo(args.out, args.per_class, args.seed, progress=not args.no_progress)
     write_manifest(rows, args.out / "manifest.csv")
     print(f"{len(rows)} videos in {len(CLASSES)} classes -> {args.out / 'manifest.csv'}")
 

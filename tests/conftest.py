@@ -14,7 +14,7 @@ import pytest
 
 from tests.media import SyntheticVideo, make_corrupt_inputs, write_video
 
-_DEFAULT_CODECS = {".webm": "libvpx-vp9", ".avi": "mpeg4"}
+_DEFAULT_CODECS = {".webm": "libvpx-vp9", ".avi": "mpeg4", ".gif": "gif", ".apng": "apng"}
 
 
 class VideoFactory:
@@ -41,6 +41,8 @@ class VideoFactory:
         pattern: str = "index",
         faststart: bool = False,
         bframes: int = 0,
+        pix_fmt: str = "yuv420p",
+        rotation: int = 0,
     ) -> Path:
         path = Path(name) if Path(name).is_absolute() else self.directory / name
         codec = codec or _DEFAULT_CODECS.get(path.suffix, "libx264")
@@ -53,6 +55,8 @@ class VideoFactory:
             pattern=pattern,
             faststart=faststart,
             bframes=bframes,
+            pix_fmt=pix_fmt,
+            rotation=rotation,
         )
         if path in self._made:
             if self._made[path][0] != params:

@@ -63,15 +63,21 @@ def _quantize(t: Fraction, tb: Fraction) -> Fraction:
     return round(t / tb) * tb
 
 
-def index_pattern(index: int, size: tuple[int, int], noise: bool = False) -> np.ndarray:
+# Tinted blocks for pattern="colour": sharp chroma edges, still read as dark / bright.
+_DARK_TINT, _BRIGHT_TINT = (16, 60, 130), (235, 200, 60)
+
+
+def index_pattern(
+    index: int, size: tuple[int, int], noise: bool = False, colour: bool = False
+) -> np.ndarray:
     """RGB uint8 (H, W, 3) frame whose block grid spells ``index`` in binary."""
     width, height = size
-    img = np.full((height, width, 3), _DARK, np.uint8)
+    img = np.full((height, width, 3), _DARK_TINT if colour else _DARK, np.uint8)
     bw, bh = width // _GRID_COLS, height // _GRID_ROWS
     for bit in range(INDEX_BITS):
         if index >> bit & 1:
             r, c = divmod(bit, _GRID_COLS)
-            img[r * bh : (r + 1) * bh, c * bw : (c + 1) * bw] = _BRIGHT
+            img[r * bh : (r + 1) * bh, c * bw : (c + 1) * bw] = _BRIGHT_TINT if colour else _BRIGHT
     if noise:
         rng = np.random.default_rng(index)
         jitter = rng.integers(-40, 41, size=img.shape)
@@ -99,7 +105,10 @@ _CODEC_OPTIONS = {
     "mpeg4": {"b": "2M"},
     "libvpx": {"crf": "10", "b": "1M"},
     "libvpx-vp9": {"crf": "20", "b": "0"},
+    "libx265": {"crf": "18", "preset": "ultrafast", "x265-params": "log-level=error"},
 }
+# Codecs that only take palette or RGB frames.
+_CODEC_PIX_FMT = {"gif": "rgb8", "apng": "rgb24", "png": "rgb24"}
 
 
 def write_video(
@@ -113,13 +122,17 @@ def write_video(
     pattern: str = "index",
     faststart: bool = False,
     bframes: int = 0,
+    pix_fmt: str = "yuv420p",
+    rotation: int = 0,
 ) -> SyntheticVideo:
     """Encode a clip whose frame i shows ``index_pattern(i)``; the container follows the suffix.
 
     ``bframes`` > 0 (libx264 only) encodes B-frames, pyramid-style, so frames are stored out of
     presentation order and some are never referenced, as in typical camera and web H.264.
+    ``pix_fmt`` is the coded format (e.g. ``yuv420p10le``, ``yuv444p``); ``rotation`` writes a
+    display matrix turning the picture that many degrees counterclockwise, as phones do.
     """
-    if pattern not in ("index", "noise"):
+    if pattern not in ("index", "noise", "colour"):
         raise ValueError(f"unknown pattern {pattern!r}")
     rate = Fraction(str(fps))
     time_base = _MS if vfr or Path(path).suffix in _MS_CONTAINERS else 1 / rate
@@ -135,14 +148,17 @@ def write_video(
             codec_options["x264-params"] = f"bframes={bframes}:b-pyramid=normal:b-adapt=0"
         stream = container.add_stream(codec, rate=rate, options=codec_options)
         stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = _CODEC_PIX_FMT.get(codec, pix_fmt)
+        if rotation:
+            stream.set_display_rotation(rotation)
         stream.codec_context.time_base = time_base
         # The last frame lasts one nominal interval (what demuxers assume when it is not stored).
         durations = [b - a for a, b in itertools.pairwise(times)]
         durations.append(_quantize(1 / rate, time_base))
         for i, (t, dur) in enumerate(zip(times, durations, strict=True)):
             frame = av.VideoFrame.from_ndarray(
-                index_pattern(i, size, noise=pattern == "noise"), format="rgb24"
+                index_pattern(i, size, noise=pattern == "noise", colour=pattern == "colour"),
+                format="rgb24",
             )
             frame.pts = int(t / time_base)
             frame.time_base = time_base

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, precision_names, runtime_names
 from vidfeat.errors import ConfigError
+from vidfeat.sampling import format_fps
 
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -31,7 +32,7 @@ class ExtractConfig:
     format: str | None = None  # zarr | hdf5 | None (by suffix)
     backbone: str = "inception_v3"
     weights: str = "yt8m"
-    fps: str = "1"  # kept as text so 1/3 or 29.97 round-trips exactly
+    fps: str = "1"  # exact text, normalised by format_fps: "1.0" and "1/1" become "1"
     max_frames: int = 360
     decoder: str = "decord"
     workers: int = 2
@@ -56,11 +57,10 @@ class ExtractConfig:
         object.__setattr__(self, "out", Path(self.out))
         problems = []
         try:
-            fps = Fraction(str(self.fps))
-            if fps <= 0:
-                problems.append("fps must be > 0")
-        except (ValueError, ZeroDivisionError):
-            problems.append(f"fps must be a number like 1, 0.5 or 1/3, got {self.fps!r}")
+            # One spelling per rate: "1", "1.0" and "1/1" make the same store.
+            object.__setattr__(self, "fps", format_fps(self.fps))
+        except ConfigError:
+            problems.append(f"fps must be a number > 0 like 1, 0.5 or 1/3, got {self.fps!r}")
         if not 1 <= self.max_frames <= 100_000:
             problems.append("max_frames must be between 1 and 100000")
         if self.workers < 1 or self.batch_size < 1 or self.commit_every < 1:
@@ -75,7 +75,7 @@ class ExtractConfig:
             problems.append("dtype must be float32 or float16 (use --quantize for uint8)")
         if self.quantize and not self.pca:
             problems.append("--quantize needs --pca (raw features do not fit [-2, 2])")
-        if self.timeout_s <= 0:
+        if not self.timeout_s > 0:  # NaN too
             problems.append("timeout must be > 0 seconds")
         i, n = self.shard
         if not 0 <= i < n:

@@ -2,18 +2,25 @@
 
 Columns: ``video_id``, ``path``, ``labels`` (``;``-separated, may be empty), optional ``split``
 and ``group``. Relative paths resolve against the manifest's folder. Validation collects every
-problem with its line number before failing, so a user fixes a manifest in one pass.
+problem with its line number before failing, so a user fixes a manifest in one pass. Line
+numbers are physical lines of the file (a quoted field may span several); every row must have
+exactly as many fields as the header.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from vidfeat.decode.probe import not_a_file
 from vidfeat.errors import ManifestError
+
+log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("video_id", "path", "labels")
 OPTIONAL_COLUMNS = ("split", "group")
@@ -35,39 +42,97 @@ def parse_labels(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in str(text).split(LABEL_SEPARATOR) if part.strip())
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+Row = tuple[int, dict[str, str]]  # (line of the row's first physical line, column -> text)
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[Row], list[str]]:
+    """Header, rows and per-row structural problems (wrong field count)."""
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
     try:
         if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path).astype(str)
-        # Everything as text: ids like "007" must not become integers.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            return _parquet_rows(path)
+        return _csv_rows(path)
     except ImportError as exc:
         raise ManifestError(f"reading {path.name} needs pyarrow: pip install pyarrow") from exc
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot parse manifest {path}: {exc}") from exc
 
 
+def _parquet_rows(path: Path) -> tuple[list[str], list[Row], list[str]]:
+    df = pd.read_parquet(path).astype(str)
+    header = [str(c).strip() for c in df.columns]
+    rows = [(i + 2, dict(zip(header, r, strict=True))) for i, r in enumerate(df.itertuples(False))]
+    return header, rows, []
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[Row], list[str]]:
+    """Read with the csv module, not pandas: pandas turns one extra field on every row into an
+    index column (ids become paths, silently), and numbers lines by records, not lines."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh, skipinitialspace=True)
+        try:
+            header = [c.strip() for c in next(reader, [])]
+            rows: list[Row] = []
+            problems: list[str] = []
+            start = reader.line_num + 1
+            for fields in reader:
+                # A quoted field may span lines: a row starts where the previous one ended.
+                line, start = start, reader.line_num + 1
+                if not any(f.strip() for f in fields):
+                    continue  # blank line
+                if len(fields) != len(header):
+                    problems.append(
+                        f"line {line}: {len(fields)} fields, the header has {len(header)}"
+                    )
+                    continue
+                rows.append((line, dict(zip(header, fields, strict=True))))
+        except csv.Error as exc:
+            raise ManifestError(
+                f"cannot parse manifest {path}, line {reader.line_num}: {exc}"
+            ) from exc
+    return header, rows, problems
+
+
+def _resolve(manifest: Path, raw_path: str) -> Path:
+    video_path = Path(raw_path).expanduser()
+    return video_path if video_path.is_absolute() else manifest.parent / video_path
+
+
+def _path_problem(video_path: Path) -> str | None:
+    """Why a listed path can never be a video (a directory, FIFO, device, ...).
+
+    A file that is missing or cannot be read now is no manifest problem: extraction records
+    it as a failed video (``missing``, ``unreadable``) and goes on with the others.
+    """
+    try:
+        mode = video_path.stat().st_mode
+    except OSError:
+        return None
+    kind = not_a_file(mode)
+    return None if kind is None else f"{video_path} is {kind}, not a video file"
+
+
 def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[ManifestEntry]:
-    """Parse and validate a manifest; raise one ManifestError listing every problem."""
+    """Parse and validate a manifest; raise one ManifestError listing every problem.
+
+    ``check_files``: refuse paths that exist but are not regular files, and log how many
+    files are missing (they become per-video failures, not manifest errors).
+    """
     path = Path(path)
-    df = _read_table(path)
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    columns, rows, problems = _read_rows(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ManifestError(
             f"manifest {path} is missing required column(s) {', '.join(missing)}",
-            [f"found columns: {', '.join(df.columns) or '(none)'}"],
+            [f"found columns: {', '.join(columns) or '(none)'}"],
         )
-    problems: list[str] = []
     entries: list[ManifestEntry] = []
     first_line: dict[str, int] = {}
-    for i, row in enumerate(df.itertuples(index=False)):
-        line = i + 2
-        rec = row._asdict()
-        vid = str(rec["video_id"]).strip()
-        raw_path = str(rec["path"]).strip()
+    n_missing = 0
+    for line, rec in rows:
+        vid = rec["video_id"].strip()
+        raw_path = rec["path"].strip()
         if not vid:
             problems.append(f"line {line}: empty video_id")
         elif vid in first_line:
@@ -79,29 +144,43 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
         if not raw_path:
             problems.append(f"line {line}: empty path")
             continue
-        video_path = Path(raw_path).expanduser()
-        if not video_path.is_absolute():
-            video_path = path.parent / video_path
-        if check_files and not video_path.exists():
-            problems.append(f"line {line}: file not found: {video_path}")
+        video_path = _resolve(path, raw_path)
+        if check_files:
+            problem = _path_problem(video_path)
+            if problem:
+                problems.append(f"line {line}: {problem}")
+            n_missing += not video_path.exists()
         entries.append(
             ManifestEntry(
                 video_id=vid,
                 path=video_path,
                 labels=parse_labels(rec["labels"]),
-                split=str(rec.get("split", "") or "").strip(),
-                group=str(rec.get("group", "") or "").strip(),
+                split=rec.get("split", "").strip(),
+                group=rec.get("group", "").strip(),
                 line=line,
             )
         )
     if not entries and not problems:
         problems.append("the manifest has no rows")
     if problems:
+        problems.sort(key=_line_of)
         shown = problems[:MAX_LISTED_PROBLEMS]
         if len(problems) > len(shown):
             shown.append(f"... and {len(problems) - len(shown)} more")
         raise ManifestError(f"manifest {path} has {len(problems)} problem(s):", shown)
+    if n_missing:
+        log.warning(
+            "%d of %d videos in %s do not exist; they will be recorded as failed (missing)",
+            n_missing,
+            len(entries),
+            path,
+        )
     return entries
+
+
+def _line_of(problem: str) -> int:
+    head = problem.split(":", 1)[0]
+    return int(head[5:]) if head.startswith("line ") and head[5:].isdigit() else 0
 
 
 def write_manifest(entries: list[ManifestEntry], path: str | os.PathLike) -> None:

@@ -25,11 +25,11 @@ from vidfeat import __version__
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME
 from vidfeat.config import ExtractConfig
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
-from vidfeat.errors import DecodeError
+from vidfeat.errors import DecodeError, StoreError
 from vidfeat.manifest import ManifestEntry, read_manifest
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.preprocess import preprocess_frame
-from vidfeat.store import StoreWriter, create_store
+from vidfeat.store import StoreWriter, create_store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +64,42 @@ def shard_of(video_id: str, n_shards: int) -> int:
 def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReduction) -> dict:
     """Everything that determines the stored features (the store refuses to mix others).
 
-    ``runtime`` is left out for eager, the only runtime before runtimes were recorded, so
-    stores written earlier still resume; any other runtime makes the store a different one.
+    The decoder is part of it: the two agree on which frames and on 8-bit pixels, but not
+    exactly on 10-bit 4:2:0 colour edges, so one store never mixes both. So are the runtime
+    and precision the backbone ran with.
     """
-    runtime = {} if cfg.runtime == DEFAULT_RUNTIME else {"runtime": cfg.runtime}
     return {
         "backbone": spec_attrs,
+        "runtime": cfg.runtime,
         "precision": cfg.precision,
-        **runtime,
         "fps": cfg.fps,
+        "decoder": cfg.decoder,
         "max_frames": cfg.max_frames,
         "sampling": "last frame with pts <= k/fps from the first frame, k < fps * duration",
         **reduction.attrs(),
         "vidfeat_version": __version__,
         "command": " ".join(sys.argv),
     }
+
+
+def resume_attrs(cfg: ExtractConfig, attrs: dict) -> dict:
+    """``attrs`` for resuming ``cfg.out``. A store made before a key joined the identity
+    resumes as it was when this run matches what the store implied: ``decoder`` when every
+    video in it came from this run's decoder, ``runtime`` when this run is eager (the only
+    runtime before runtimes were recorded)."""
+    try:
+        reader = open_store(cfg.out, cfg.format)
+    except StoreError:
+        return attrs  # no store yet; or a broken one, which create_store reports
+    with reader:
+        stored = set(reader.attrs)
+        used = set() if "decoder" in stored else set(reader.videos["decoder"]) - {""}
+    implied = set()
+    if "decoder" not in stored and used <= {cfg.decoder}:
+        implied.add("decoder")
+    if "runtime" not in stored and cfg.runtime == DEFAULT_RUNTIME:
+        implied.add("runtime")
+    return {k: v for k, v in attrs.items() if k not in implied}
 
 
 @dataclasses.dataclass
@@ -283,7 +304,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             cfg.out,
             dim=dim,
             format=cfg.format,
-            attrs=store_attrs(cfg, backbone.spec.to_attrs(), reduction),
+            attrs=resume_attrs(cfg, store_attrs(cfg, backbone.spec.to_attrs(), reduction)),
             dtype=reduction.dtype or cfg.dtype,
             quantization=reduction.quantization,
             part=cfg.part_name,

@@ -41,6 +41,25 @@ def parse_fps(fps: Fraction | float | int | str) -> Fraction:
     return rate
 
 
+def format_fps(fps: Fraction | float | int | str) -> str:
+    """One spelling per rate, so ``1``, ``1.0`` and ``1/1`` are the same text: an integer
+    (``"1"``), else a terminating decimal (``"0.5"``, ``"29.97"``), else ``"p/q"``."""
+    rate = parse_fps(fps)
+    if rate.denominator == 1:
+        return str(rate.numerator)
+    den = rate.denominator
+    twos = fives = 0
+    while den % 2 == 0:
+        den, twos = den // 2, twos + 1
+    while den % 5 == 0:
+        den, fives = den // 5, fives + 1
+    if den != 1:
+        return f"{rate.numerator}/{rate.denominator}"
+    digits = max(twos, fives)
+    text = str(rate.numerator * 10**digits // rate.denominator).rjust(digits + 1, "0")
+    return f"{text[:-digits]}.{text[-digits:]}"
+
+
 def _exact(t: Seconds) -> Fraction:
     return t if isinstance(t, Fraction) else Fraction(t)
 

@@ -12,7 +12,7 @@ from vidfeat.pipeline import shard_of
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"fps": "0"}, "fps must be > 0"),
+        ({"fps": "0"}, "fps must be a number > 0"),
         ({"fps": "abc"}, "fps must be a number"),
         ({"max_frames": 0}, "max_frames"),
         ({"precision": "fp8"}, "precision"),

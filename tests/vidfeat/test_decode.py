@@ -199,10 +199,10 @@ def test_broken_inputs_fail_with_their_status(corrupt_videos, decoder, status):
 
 
 @pytest.mark.parametrize("decoder", DECODER_NAMES)
-def test_missing_file_is_empty(tmp_path, decoder):
+def test_missing_file_is_missing(tmp_path, decoder):
     with pytest.raises(DecodeError) as info:
         open_video(tmp_path / "nope.mp4", decoder)
-    assert info.value.status == "empty"
+    assert info.value.status == "missing"
     assert "does not exist" in info.value.reason
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -40,18 +42,73 @@ def test_every_problem_is_reported_with_its_line(tmp_path: Path) -> None:
         "a,a.mp4,x\n"
         "a,a.mp4,y\n"  # duplicate id
         ",a.mp4,z\n"  # empty id
-        "c,missing.mp4,z\n"  # missing file
+        "c,a.mp4,z,extra\n"  # one field too many
         "d,,z\n"  # empty path
     )
     with pytest.raises(ManifestError) as err:
         read_manifest(manifest)
-    problems = err.value.problems
-    assert len(problems) == 4
-    assert "line 3: duplicate video_id 'a' (first on line 2)" in problems
-    assert "line 4: empty video_id" in problems
-    assert any(p.startswith("line 5: file not found") and "missing.mp4" in p for p in problems)
-    assert "line 6: empty path" in problems
+    assert err.value.problems == [
+        "line 3: duplicate video_id 'a' (first on line 2)",
+        "line 4: empty video_id",
+        "line 5: 4 fields, the header has 3",
+        "line 6: empty path",
+    ]
     assert "4 problem(s)" in str(err.value)
+
+
+def test_one_trailing_extra_field_on_every_row_is_refused(tmp_path: Path) -> None:
+    # pandas would make video_id the index and read paths as ids, with no error.
+    _touch(tmp_path / "a.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,path,labels\na,a.mp4,x,\nb,a.mp4,y,\n")
+    with pytest.raises(ManifestError) as err:
+        read_manifest(manifest)
+    assert err.value.problems == [
+        "line 2: 4 fields, the header has 3",
+        "line 3: 4 fields, the header has 3",
+    ]
+
+
+def test_line_numbers_count_physical_lines(tmp_path: Path) -> None:
+    _touch(tmp_path / "a.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "video_id,path,labels\n"
+        'a,a.mp4,"cat;\ndog"\n'  # lines 2-3: a label list with a quoted newline
+        "\n"  # line 4: blank, skipped
+        "b,a.mp4,x\n"  # line 5
+        "a,a.mp4,x\n"  # line 6
+    )
+    with pytest.raises(ManifestError) as err:
+        read_manifest(manifest)
+    assert err.value.problems == ["line 6: duplicate video_id 'a' (first on line 2)"]
+    manifest.write_text('video_id,path,labels\na,a.mp4,"cat;\ndog"\n\nb,a.mp4,x\n')
+    a, b = read_manifest(manifest)
+    assert (a.line, a.labels, b.line) == (2, ("cat", "dog"), 5)
+
+
+def test_directories_fifos_and_devices_are_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "folder.mp4").mkdir()
+    os.mkfifo(tmp_path / "pipe.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,path,labels\na,folder.mp4,x\nb,pipe.mp4,x\nc,/dev/null,x\n")
+    with pytest.raises(ManifestError) as err:
+        read_manifest(manifest)
+    assert err.value.problems == [
+        f"line 2: {tmp_path / 'folder.mp4'} is a directory, not a video file",
+        f"line 3: {tmp_path / 'pipe.mp4'} is a FIFO (named pipe), not a video file",
+        "line 4: /dev/null is a character device, not a video file",
+    ]
+
+
+def test_missing_files_are_not_manifest_errors(tmp_path: Path, caplog) -> None:
+    _touch(tmp_path / "a.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,path,labels\na,a.mp4,x\nb,gone.mp4,y\n")
+    with caplog.at_level(logging.WARNING, logger="vidfeat.manifest"):
+        _, gone = read_manifest(manifest)
+    assert gone.path == tmp_path / "gone.mp4"
+    assert "1 of 2 videos" in caplog.text and "(missing)" in caplog.text
 
 
 def test_missing_columns_and_missing_manifest(tmp_path: Path) -> None:
@@ -90,10 +147,15 @@ def test_write_then_read_round_trips(tmp_path: Path) -> None:
 def test_committed_demo_manifest_matches_the_generator(tmp_path: Path) -> None:
     import csv
 
-    from data_manifests.make_demo import CLASSES
+    from data_manifests.make_demo import CLASSES, split_of
 
     root = Path(__file__).resolve().parents[2]
     rows = list(csv.DictReader((root / "data_manifests" / "demo.csv").open()))
     assert len(rows) == 8 * len(CLASSES)
     assert {r["labels"] for r in rows} == {name for name, _, _ in CLASSES}
     assert all(r["path"] == f"../demo/videos/{r['labels']}/{r['video_id']}.mp4" for r in rows)
+    assert [r["split"] for r in rows] == [split_of(j, 8) for _ in CLASSES for j in range(8)]
+    # Every class has validation and test videos, so training on the demo warns about none.
+    assert {(r["labels"], r["split"]) for r in rows} == {
+        (name, s) for name, _, _ in CLASSES for s in ("train", "val", "test")
+    }

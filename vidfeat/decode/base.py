@@ -2,10 +2,14 @@
 
 A decoder opens one video and yields the frames on screen at t_k = k / fps (the rule in
 ``vidfeat.sampling``), chosen from per-frame timestamps, never from a header frame count or an
-index stride. Every failure is a ``DecodeError(reason, status)`` with one of:
+index stride. Frames are 8-bit RGB as a player shows them: the display matrix's rotation is
+applied (quarter turns), and 10-bit or 4:4:4 sources are converted to 8-bit RGB. Every
+failure is a ``DecodeError(reason, status)`` with one of:
 
-- ``empty``: the file is missing or has zero bytes
-- ``not_video``: not a media container at all (text, image, ...)
+- ``missing``: the file does not exist
+- ``empty``: the file has zero bytes
+- ``not_video``: not a media container at all (text, image, animated GIF, a directory, FIFO or
+  device)
 - ``no_video_stream``: a media file without a video track (audio only)
 - ``unreadable``: looks like a video container but cannot be opened (e.g. MP4 without moov)
 - ``decode_error``: corrupt coded data or a decoder failure

@@ -12,6 +12,7 @@ from vidfeat.decode.base import DECODERS, SampledFrame, VideoDecoder
 from vidfeat.decode.probe import (
     check_truncation,
     demux_scan,
+    display_quarter_turns,
     first_line,
     header_info,
     no_frames_error,
@@ -55,6 +56,9 @@ class DecordDecoder(VideoDecoder):
             stream = video_stream(container)
             self.info = header_info(container, stream)
             self._time_base: Fraction = stream.time_base
+            # decord applies the display matrix itself, but for a quarter turn its batches fail
+            # and single frames may come back with a wrong shape (see _get_turned).
+            self._turned = display_quarter_turns(container, stream) % 2 == 1
         decord = _import_decord()
         try:
             self._reader = decord.VideoReader(
@@ -94,11 +98,36 @@ class DecordDecoder(VideoDecoder):
 
     def _get_batch(self, indices: np.ndarray) -> np.ndarray:
         try:
-            frames = self._reader.get_batch(indices.tolist()).asnumpy()
+            if self._turned:
+                frames = np.stack([self._get_turned(int(i)) for i in indices])
+            else:
+                frames = self._reader.get_batch(indices.tolist()).asnumpy()
+        except DecodeError:
+            raise
         except Exception as e:  # DECORDError, DECORDLimitReachedError
             raise self._failure(e) from e
         self.frames_decoded += len(indices)
         return frames
+
+    def _get_turned(self, index: int) -> np.ndarray:
+        """One frame of a video turned by a quarter: (width, height) of the coded picture.
+
+        decord 0.6 sizes such a frame from its padded row stride: a 72-pixel-wide picture
+        with 288-byte rows comes back as (H, 72, 4). The rows are intact, so cut the padding.
+        """
+        height, width = self.info.width, self.info.height
+        raw = self._reader[index].asnumpy()
+        if raw.shape == (height, width, 3):
+            return raw
+        stride, rest = divmod(raw.size, height)
+        if rest or stride < 3 * width:
+            raise DecodeError(
+                f"decord returned a {raw.shape} frame for a {width}x{height} rotated picture",
+                "decode_error",
+            )
+        return np.ascontiguousarray(raw.reshape(height, stride)[:, : 3 * width]).reshape(
+            height, width, 3
+        )
 
     def _failure(self, e: Exception) -> DecodeError:
         # decord's index may come from the header (MP4 moov) and list frames whose data is

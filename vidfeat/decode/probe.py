@@ -7,7 +7,9 @@ trusts its frame count or duration, but truncation is judged against the declare
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +25,17 @@ TRUNCATION_TOLERANCE_S = 1.0
 TRUNCATION_TOLERANCE_FRACTION = 0.05
 # Formats FFmpeg opens that are not videos: still images and plain text ("tty").
 _NOT_VIDEO_FORMATS = ("image2", "image2pipe", "tty")
+# Animated image formats: decord cannot read them (it needs a container duration), so both
+# decoders refuse them by name rather than one decoding what the other calls corrupt.
+_IMAGE_SEQUENCE_FORMATS = {"gif": "GIF", "apng": "APNG", "webp": "WebP"}
+# What a path that is not a regular file is, for messages (opening a FIFO would block).
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 # Magic bytes of video containers: a file starting like this that will not open is
 # "unreadable" (damaged video), anything else is "not_video".
 _CONTAINER_MAGIC = (
@@ -51,10 +64,25 @@ class VideoInfo:
     n_frames_header: int | None
 
 
+def not_a_file(mode: int) -> str | None:
+    """What a non-regular file is ("a directory", "a FIFO (named pipe)", ...); None if regular."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
 def check_file(path: Path) -> None:
-    if not path.is_file():
-        raise DecodeError(f"file does not exist: {path}", "empty")
-    if path.stat().st_size == 0:
+    """Refuse what cannot be a video before FFmpeg opens it: missing, special or empty files."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DecodeError(f"file does not exist: {path}", "missing") from None
+    except OSError as e:
+        raise DecodeError(f"cannot access {path}: {e.strerror}", "unreadable") from None
+    kind = not_a_file(info.st_mode)
+    if kind is not None:
+        raise DecodeError(f"{path} is {kind}, not a video file", "not_video")
+    if info.st_size == 0:
         raise DecodeError("file is empty (0 bytes)", "empty")
 
 
@@ -72,9 +100,16 @@ def open_container(path: Path) -> av.container.InputContainer:
         if looks_like_container(path):
             raise DecodeError(f"cannot open video container: {first_line(e)}", "unreadable") from e
         raise DecodeError(f"not a video file: {first_line(e)}", "not_video") from e
-    if container.format.name in _NOT_VIDEO_FORMATS or container.format.name.endswith("_pipe"):
+    name = container.format.name
+    if name in _NOT_VIDEO_FORMATS or name.endswith("_pipe") or name in _IMAGE_SEQUENCE_FORMATS:
         container.close()
-        raise DecodeError(f"not a video file (format {container.format.name})", "not_video")
+        if name in _IMAGE_SEQUENCE_FORMATS:
+            raise DecodeError(
+                f"{_IMAGE_SEQUENCE_FORMATS[name]} is an animated image format, not a supported "
+                "video; convert it first (e.g. ffmpeg -i in.gif out.mp4)",
+                "not_video",
+            )
+        raise DecodeError(f"not a video file (format {name})", "not_video")
     return container
 
 
@@ -108,6 +143,21 @@ def header_info(container: av.container.InputContainer, stream: av.VideoStream) 
         codec=stream.codec_context.name,
         n_frames_header=stream.frames or None,
     )
+
+
+def quarter_turns(rotation: float) -> int:
+    """Counterclockwise quarter turns for a display-matrix angle, rounded as FFmpeg does."""
+    return round(rotation / 90) % 4
+
+
+def display_quarter_turns(container: av.container.InputContainer, stream: av.VideoStream) -> int:
+    """Quarter turns the display matrix asks for, read from the first decoded frame."""
+    try:
+        for frame in container.decode(stream):
+            return quarter_turns(frame.rotation)
+    except av.error.FFmpegError:
+        pass  # a damaged start: the decoding pass reports what is wrong
+    return 0
 
 
 # decord prefixes messages with "[12:00:00] /path/to/source.cc:123: "

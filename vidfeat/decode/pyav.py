@@ -21,6 +21,7 @@ from vidfeat.decode.probe import (
     header_info,
     no_frames_error,
     open_container,
+    quarter_turns,
     video_stream,
 )
 from vidfeat.errors import DecodeError
@@ -171,4 +172,15 @@ class _PlanMismatch(Exception):
 
 
 def _to_sampled(pick: Selected[av.VideoFrame]) -> SampledFrame:
-    return SampledFrame(float(pick.pts_s), pick.frame.to_ndarray(format="rgb24"))
+    return SampledFrame(float(pick.pts_s), displayed_rgb(pick.frame))
+
+
+def displayed_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """(H, W, 3) uint8 RGB as a player shows it: the display matrix's rotation applied.
+
+    FFmpeg's own players (and decord) turn the picture by the matrix's counterclockwise angle;
+    PyAV leaves that to the caller.
+    """
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = quarter_turns(frame.rotation)
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb

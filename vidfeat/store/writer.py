@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import json
@@ -17,6 +18,7 @@ import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError, StoreMismatchError
 from vidfeat.pca.quantize import dequantize
+from vidfeat.sampling import format_fps
 from vidfeat.store.base import (
     LABEL_SEPARATOR,
     STRING_COLUMNS,
@@ -35,6 +37,10 @@ VOLATILE_ATTRS = frozenset({"vidfeat_version", "created_at", "command", "argv", 
 
 def _identity(meta: StoreMeta) -> dict:
     attrs = {k: v for k, v in meta.attrs.items() if k not in VOLATILE_ATTRS}
+    if "fps" in attrs:
+        # A rate, not text: a store made with "1.0" or "1/1" takes runs with --fps 1.
+        with contextlib.suppress(ConfigError):
+            attrs["fps"] = format_fps(attrs["fps"])
     return {"dim": meta.dim, "dtype": meta.dtype, "quantization": meta.quantization, **attrs}
 
 
@@ -272,10 +278,14 @@ def new_meta(
     if quantization is not None and not {"scheme", "min", "max"} <= set(quantization):
         raise ConfigError("quantization needs 'scheme', 'min' and 'max'")
     try:
-        # Round-trip through JSON so tuples/lists compare equal after a reopen.
-        attrs = json.loads(json.dumps(dict(attrs or {})))
+        # Round-trip through JSON so tuples/lists compare equal after a reopen. NaN is refused:
+        # it is not JSON, and it never equals itself, so no run could append to the store.
+        attrs = json.loads(json.dumps(dict(attrs or {}), allow_nan=False))
+        json.dumps(quantization, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"store attrs must be JSON-serialisable: {exc}") from exc
+        raise ConfigError(
+            f"store attrs must be JSON-serialisable, without NaN or infinity: {exc}"
+        ) from exc
     created = {
         "vidfeat_version": version,
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
