@@ -30,7 +30,6 @@ def module_runner(module: nn.Module, device: torch.device, precision: str) -> Ru
     def run(x: torch.Tensor) -> torch.Tensor:
         return module(x.to(dtype)).float()
 
-    run.module = module  # type: ignore[attr-defined]
     return run
 
 
