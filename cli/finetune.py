@@ -1,7 +1,7 @@
 """`heads finetune`: transfer a trained run to a new class set (see :mod:`heads.transfer`).
 
-Registered into the ``heads`` group (``main.add_command(finetune)``), whose error handling
-turns library errors into one line on stderr and exit code 2.
+Registered lazily into the ``heads`` group (``main.lazy_command("finetune", ...)``), whose
+error handling turns library errors into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,19 +12,20 @@ from typing import Any
 
 import click
 
-from vidfeat_cli.heads import (
-    METRIC_KEYS,
-    PROGRESS_OPTION,
-    RUN_OUT_OPTION,
-    _train_options,
+from vidfeat.errors import ConfigError
+from vidfeat_cli.core import progress_option, show_progress
+from vidfeat_cli.heads_options import (
     build_config,
-    show_progress,
+    metrics_text,
+    removed_on_failure,
+    run_out_option,
+    train_options,
 )
+from vidfeat_cli.options import SectionedCommand, SectionOption, check_device, deferred
 
-# _train_options documents `heads train` defaults; fine-tuning starts from the parent's values.
+# train_options documents `heads train` defaults; fine-tuning starts from the parent's values.
 _FINETUNE_HELP = {
     "epochs": "Maximum epochs.  [default: the parent run's]",
-    "optimizer": "[default: adam]",
     "patience": "Early-stopping patience (0: off).  [default: the parent run's]",
     "classes": "Comma-separated classes to fine-tune on.  [default: every class in the store]",
     "seed": "Seed for new rows, splits and batches.  [default: the parent run's]",
@@ -35,48 +36,66 @@ TRAIN_HELP = (
 )
 
 
-def _finetune_help(command: click.Command) -> click.Command:
-    """Say what the shared training options default to when fine-tuning."""
-    from heads.transfer import FINETUNE_LR
+def mode_option() -> list[click.Parameter]:
+    """``--train``: which parts of the parent model learn (``heads.transfer.TRAIN_MODES``)."""
+    from heads.transfer import TRAIN_MODES
+
+    return [
+        SectionOption(
+            ["--train", "mode"],
+            type=click.Choice(TRAIN_MODES),
+            default=TRAIN_MODES[0],
+            show_default=True,
+            section="Model",
+            help=TRAIN_HELP,
+        )
+    ]
+
+
+def finetune_options() -> list[click.Parameter]:
+    """The training options, saying what they default to when fine-tuning."""
+    from heads.transfer import FINETUNE_LR, FINETUNE_OPTIMIZER
 
     lrs = ", ".join(f"{lr:g} {mode}" for mode, lr in FINETUNE_LR.items())
-    helps = {**_FINETUNE_HELP, "lr": f"Learning rate.  [default with adam: {lrs}]"}
-    for param in command.params:
-        if not isinstance(param, click.Option) or not param.help:
+    helps = {
+        **_FINETUNE_HELP,
+        "optimizer": f"[default: {FINETUNE_OPTIMIZER}]",
+        "lr": f"Learning rate.  [default with {FINETUNE_OPTIMIZER}: {lrs}]",
+    }
+    params = train_options()
+    for param in params:
+        if not isinstance(param, click.Option):
             continue
         if param.name in helps:
             param.help = helps[param.name]
-        else:
-            param.help = re.sub(r"\[default: [^\]]*\]", "[default: the parent run's]", param.help)
-    return command
+        elif param.help:
+            param.help = re.sub(r"\s*\[default: [^\]]*\]", "", param.help)
+            param.help += "  [default: the parent run's]"
+    return params
 
 
-@_finetune_help
-@click.command("finetune", context_settings={"max_content_width": 100})
+@click.command("finetune", cls=SectionedCommand)
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option(
     "--store",
     type=click.Path(path_type=Path),
     required=True,
+    cls=SectionOption,
+    section="Data",
     help="Store to fine-tune on; its features must match RUN's (dim, backbone, weights, PCA).",
 )
-@RUN_OUT_OPTION
-@click.option(
-    "--train",
-    "mode",
-    type=click.Choice(["head", "top", "all"]),
-    default="head",
-    show_default=True,
-    help=TRAIN_HELP,
-)
+@run_out_option()
 @click.option(
     "--split-file",
     type=click.Path(path_type=Path, dir_okay=False),
+    cls=SectionOption,
+    section="Data",
     help="CSV with video_id and split and/or group columns (default: RUN's split for the "
     "videos it knew, a fresh stratified split for the others).",
 )
-@PROGRESS_OPTION
-@_train_options
+@deferred(mode_option)
+@progress_option
+@deferred(finetune_options)
 def finetune(
     run: Path,
     store: Path,
@@ -106,22 +125,25 @@ def finetune(
 
     parent = load_run(run)
     base = finetune_config(parent.cfg, mode).to_dict()
-    cfg = build_config(parent.cfg.model, options, base)
-    metrics = finetune_run(
-        parent,
-        store,
-        out,
-        mode=mode,
-        cfg=cfg,
-        split_file=split_file,
-        progress=show_progress(progress),
-    )
+    cfg = build_config({**options, "model": parent.cfg.model}, base)
+    check_device(cfg.device)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    with removed_on_failure(out):
+        metrics = finetune_run(
+            parent,
+            store,
+            out,
+            mode=mode,
+            cfg=cfg,
+            split_file=split_file,
+            progress=show_progress(progress),
+        )
     click.echo(_summary_line(metrics, mode) + f"  -> {out}")
 
 
 def _summary_line(metrics: dict[str, Any], mode: str) -> str:
-    parts = [f"{k} {metrics[k]:.4f}" for k in METRIC_KEYS if isinstance(metrics.get(k), float)]
-    scores = ", ".join(parts) if parts else "no metrics"
+    scores = metrics_text(metrics)
     return (
         f"test ({metrics.get('n_test')} videos): {scores}; --train {mode}: "
         f"{metrics['trainable_params']:,} trainable parameters, "

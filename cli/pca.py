@@ -1,7 +1,7 @@
 """`vidfeat pca fit|apply`: YouTube-8M-style whitened PCA and 8-bit quantization of a store.
 
 Errors are raised as ``VidfeatError`` subclasses and left to propagate: the main ``vidfeat``
-command turns them into a one-line message and exit code 2.
+command (``vidfeat_cli.core.CliGroup``) turns them into a one-line message and exit code 2.
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ from tqdm import tqdm
 from vidfeat.pca import apply_pca_to_store, fit_pca, load_pca
 from vidfeat.pca.fit import DEFAULT_BATCH_FRAMES, DEFAULT_SAMPLE_FRAMES
 from vidfeat.store import open_store
+from vidfeat.store.base import BACKENDS
+from vidfeat_cli.core import progress_option, show_progress
 
 
 class _Bar:
     """A tqdm bar over videos, created on the first progress call (when the total is known)."""
 
-    def __init__(self, desc: str) -> None:
+    def __init__(self, desc: str, enabled: bool) -> None:
         self.desc = desc
+        self.enabled = enabled
         self._bar: tqdm | None = None
 
     def __call__(self, done: int, total: int) -> None:
         if self._bar is None:
-            # disable=None: no bar when stderr is not a terminal (logs, CI).
-            self._bar = tqdm(total=total, desc=self.desc, unit="video", disable=None)
+            self._bar = tqdm(total=total, desc=self.desc, unit="video", disable=not self.enabled)
         self._bar.update(done - self._bar.n)
 
     def __enter__(self) -> _Bar:
@@ -73,8 +75,15 @@ def pca() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the PCA (.npz).",
 )
+@progress_option
 def fit(
-    store: Path, dim: int, sample_frames: int, seed: int, batch_frames: int, out_path: Path
+    store: Path,
+    dim: int,
+    sample_frames: int,
+    seed: int,
+    batch_frames: int,
+    out_path: Path,
+    progress: bool | None,
 ) -> None:
     """Fit a whitened PCA on a reproducible sample of STORE's frames.
 
@@ -82,7 +91,7 @@ def fit(
     Example:
       vidfeat pca fit features.zarr --dim 1024 --sample-frames 200000 --out pca.npz
     """
-    with open_store(store) as reader, _Bar("fitting PCA") as bar:
+    with open_store(store) as reader, _Bar("fitting PCA", show_progress(progress)) as bar:
         transform = fit_pca(
             reader,
             dim,
@@ -130,12 +139,19 @@ def fit(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["zarr", "hdf5"]),
+    type=click.Choice(BACKENDS.names()),
     default=None,
     help="Output format [default: from the --out suffix, else zarr].",
 )
+@progress_option
 def apply(
-    store: Path, pca_path: Path, out_path: Path, quantize: bool, dim: int | None, fmt: str | None
+    store: Path,
+    pca_path: Path,
+    out_path: Path,
+    quantize: bool,
+    dim: int | None,
+    fmt: str | None,
+    progress: bool | None,
 ) -> None:
     """Write a new store holding STORE's features reduced by a PCA.
 
@@ -145,7 +161,7 @@ def apply(
       vidfeat pca apply features.zarr --pca yt8m_pca/ --out yt8m-format.zarr --quantize
     """
     transform = load_pca(pca_path, dim=dim)
-    with _Bar("applying PCA") as bar:
+    with _Bar("applying PCA", show_progress(progress)) as bar:
         summary = apply_pca_to_store(
             store, transform, out_path, quantize=quantize, format=fmt, progress=bar
         )

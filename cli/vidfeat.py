@@ -1,46 +1,42 @@
 """`vidfeat`: extract frame features into a store, and inspect stores.
 
-Exit codes (all commands):
-  0  everything succeeded
-  1  the job ran, but some videos failed (see `vidfeat info STORE`)
-  2  could not run: bad options, manifest, weights or store (one-line message, no traceback)
-  130 interrupted (Ctrl-C or SIGTERM); finished videos are committed, rerun to resume
+Exit codes are shared with `heads` (see ``vidfeat_cli.core.EXIT_CODES`` and ``--help``).
+Options whose choices come from registries (backbones, decoders, store backends) are built on
+first use, so ``vidfeat --help`` and ``vidfeat --version`` import neither torch nor a decoder.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
-import logging
-import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, precision_names, runtime_names
-from vidfeat.errors import ConfigError, VidfeatError
-from vidfeat_cli.pca import pca
+from vidfeat.errors import ConfigError
+from vidfeat_cli.core import (
+    EXIT_CANNOT_RUN,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    CliGroup,
+    progress_option,
+    setup_logging,
+    show_progress,
+    verbosity_options,
+    version_option,
+)
+from vidfeat_cli.options import DEVICE, SectionedCommand, SectionOption, check_device, deferred
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class VidfeatGroup(click.Group):
-    """Turns library errors into one line on stderr and a documented exit code."""
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except VidfeatError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(EXIT_CANNOT_RUN)
-        except KeyboardInterrupt:
-            click.echo("interrupted: finished videos are committed; rerun to resume", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+__all__ = ["EXIT_CANNOT_RUN", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "main"]
 
 
-@click.group(cls=VidfeatGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-@click.version_option(package_name="vidfeat")
-def main(verbose: int) -> None:
+@click.group(cls=CliGroup)
+@verbosity_options
+@version_option
+def main(verbose: int, quiet: bool) -> None:
     """Video frame features (InceptionV3, 1 fps) into a resumable Zarr/HDF5 store.
 
     \b
@@ -49,126 +45,155 @@ def main(verbose: int) -> None:
       vidfeat extract videos.csv --out feats.h5 --decoder pyav --workers 4
       vidfeat extract videos.csv --out feats.zarr --shard 3/16   # one job of an array
       vidfeat info feats.zarr
+      vidfeat verify feats.zarr
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose, quiet)
 
 
-def _parse_shard(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    from vidfeat.config import parse_shard
-
-    try:
-        return parse_shard(value)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc)) from None
+# One line per command; the module is imported only when the command is used.
+main.lazy_command("pca", "vidfeat_cli.pca:pca", "Whitened PCA and uint8 codes, as YouTube-8M.")
+main.lazy_command("import-yt8m", "vidfeat_cli.yt8m:import_yt8m", "YouTube-8M TFRecords in.")
+main.lazy_command("export-yt8m", "vidfeat_cli.yt8m:export_yt8m", "A store as YouTube-8M TFRecords.")
 
 
-@main.command()
+def _backbones() -> list[str]:
+    from vidfeat.backbones.base import backbone_names
+
+    return backbone_names()
+
+
+def _decoders() -> list[str]:
+    from vidfeat.decode import DECODERS
+
+    return DECODERS.names()
+
+
+def _backends() -> list[str]:
+    from vidfeat.store.base import BACKENDS
+
+    return BACKENDS.names()
+
+
+def _runtimes() -> list[str]:
+    from vidfeat.backbones.runtimes import runtime_names
+
+    return runtime_names()
+
+
+def _precisions() -> list[str]:
+    from vidfeat.backbones.runtimes import precision_names
+
+    return precision_names()
+
+
+# (ExtractConfig field, section, type or a function giving the choices, help)
+_EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("fps", "Data", str, "Frames per second to sample (1, 0.5, 1/3, 29.97, ...)."),
+    ("max_frames", "Data", click.IntRange(min=1), "Frames per video at most."),
+    (
+        "decoder",
+        "Data",
+        _decoders,
+        "Both pick the same frames; pyav skips unreferenced frames no pick needs, so it uses "
+        "less CPU on long-GOP H.264.",
+    ),
+    (
+        "timeout_s",
+        "Data",
+        click.FloatRange(min=0.1),
+        "Seconds a video may decode without progress.",
+    ),
+    ("backbone", "Model", _backbones, "Frame feature extractor."),
+    (
+        "weights",
+        "Model",
+        str,
+        "yt8m (YouTube-8M's TF InceptionV3, offline), imagenet (torchvision), "
+        "or a state-dict path.",
+    ),
+    (
+        "runtime",
+        "Model",
+        _runtimes,
+        "How the backbone runs; onnxruntime and openvino need their extras "
+        "(pip install 'vidfeat[onnx]' / 'vidfeat[openvino]'). Recorded in the store attrs.",
+    ),
+    (
+        "precision",
+        "Model",
+        _precisions,
+        "fp16 needs CUDA; bf16 runs on CUDA and on CPUs with bf16 instructions; int8 needs "
+        "--runtime onnxruntime. Recorded in the store attrs.",
+    ),
+    (
+        "pca",
+        "Model",
+        str,
+        "PCA to apply: a `vidfeat pca fit` .npz or YouTube-8M's PCA directory.",
+    ),
+    ("quantize", "Model", bool, "Store YouTube-8M uint8 codes (needs --pca)."),
+    ("dtype", "Model", click.Choice(["float32", "float16"]), "Stored dtype (without --quantize)."),
+    ("format", "Run", _backends, "Store format (default: by --out suffix, else zarr)."),
+    ("device", "Run", DEVICE, "auto: cuda when available."),
+    ("workers", "Run", click.IntRange(min=1), "Decode processes (they overlap with inference)."),
+    ("batch_size", "Run", click.IntRange(min=1), "Frames per backbone batch."),
+    ("shard", "Run", str, "I/N: this job takes shard I of N (0-based); jobs share one store."),
+    (
+        "commit_every",
+        "Run",
+        click.IntRange(min=1),
+        "Commit finished videos in groups of N (or every 10 s); a kill loses at most one group.",
+    ),
+    ("fail_fast", "Run", bool, "Stop at the first failed video (debugging)."),
+    ("retry_failed", "Run", bool, "Retry videos recorded as failed."),
+]
+# Option names that differ from the ExtractConfig field.
+_FLAGS = {"timeout_s": "timeout"}
+
+
+def extract_options() -> list[click.Parameter]:
+    """The options of `vidfeat extract`, with defaults from ``ExtractConfig``."""
+    from vidfeat.config import ExtractConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
+    params: list[click.Parameter] = []
+    for name, section, kind, text in _EXTRACT_OPTIONS:
+        flag = "--" + _FLAGS.get(name, name).replace("_", "-")
+        default = defaults[name]
+        if name == "shard":
+            default = "/".join(map(str, default))
+        if kind is bool:
+            params.append(SectionOption([flag, name], is_flag=True, section=section, help=text))
+            continue
+        if inspect.isfunction(kind):  # a registry: its names are the choices
+            kind = click.Choice(kind())
+        params.append(
+            SectionOption(
+                [flag, name],
+                type=kind,
+                default=default,
+                show_default=default is not None,
+                section=section,
+                help=text,
+            )
+        )
+    return params
+
+
+@main.command(cls=SectionedCommand)
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option(
     "--out",
     "-o",
     type=click.Path(path_type=Path),
     required=True,
+    cls=SectionOption,
+    section="Run",
     help="Store path: a directory (Zarr) or a .h5/.hdf5 file (HDF5).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["zarr", "hdf5"]),
-    default=None,
-    help="Store format (default: by --out suffix, else zarr).",
-)
-@click.option("--backbone", default="inception_v3", show_default=True)
-@click.option(
-    "--weights",
-    default="yt8m",
-    show_default=True,
-    help="yt8m (YouTube-8M's TF InceptionV3, offline), imagenet (torchvision), "
-    "or a state-dict path.",
-)
-@click.option("--fps", default="1", show_default=True, help="Frames per second to sample.")
-@click.option("--max-frames", type=click.IntRange(min=1), default=360, show_default=True)
-@click.option(
-    "--decoder",
-    type=click.Choice(["decord", "pyav"]),
-    default="decord",
-    show_default=True,
-    help="Both pick the same frames; pyav skips unreferenced frames no pick needs, so it uses "
-    "less CPU on long-GOP H.264.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Decode processes (they overlap with backbone inference).",
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--runtime",
-    type=click.Choice(runtime_names()),
-    default=DEFAULT_RUNTIME,
-    show_default=True,
-    help="How the backbone runs; onnxruntime and openvino need their extras "
-    "(pip install 'vidfeat[onnx]' / 'vidfeat[openvino]'). Recorded in the store attrs.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(precision_names()),
-    default="fp32",
-    show_default=True,
-    help="fp16 needs CUDA; bf16 runs on CUDA and on CPUs with bf16 instructions; int8 needs "
-    "--runtime onnxruntime. Recorded in the store attrs.",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
-    help="Stored dtype (without --quantize).",
-)
-@click.option(
-    "--pca",
-    "pca_path",
-    default=None,
-    help="PCA to apply: a `vidfeat pca fit` .npz or YouTube-8M's PCA directory.",
-)
-@click.option("--quantize", is_flag=True, help="Store YouTube-8M uint8 codes (needs --pca).")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0.1),
-    default=300.0,
-    show_default=True,
-    help="Seconds a video may decode without progress.",
-)
-@click.option(
-    "--shard",
-    default="0/1",
-    show_default=True,
-    callback=_parse_shard,
-    help="I/N: this job takes shard I of N (0-based); jobs share one store.",
-)
-@click.option(
-    "--commit-every",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Commit finished videos in groups of N (or every 10 s); a kill loses at most one group.",
-)
-@click.option("--fail-fast", is_flag=True, help="Stop at the first failed video (debugging).")
-@click.option("--retry-failed", is_flag=True, help="Retry videos recorded as failed.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-def extract(
-    manifest: Path,
-    out: Path,
-    fmt: str | None,
-    pca_path: str | None,
-    no_progress: bool,
-    **options: object,
-) -> None:
+@deferred(extract_options)
+@progress_option
+def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **options: Any) -> None:
     """Extract per-frame features for every video in MANIFEST into --out.
 
     Reruns resume: videos already in the store are skipped, and a store written with other
@@ -180,12 +205,19 @@ def extract(
       vidfeat extract videos.csv --out feats.zarr --pca yt8m_pca/ --quantize
       vidfeat extract videos.csv --out feats.zarr --shard $SLURM_ARRAY_TASK_ID/64
     """
-    from vidfeat.config import ExtractConfig
+    from vidfeat.config import ExtractConfig, parse_shard
     from vidfeat.pipeline import extract as run_extract
 
     cfg = ExtractConfig(
-        manifest=manifest, out=out, format=fmt, pca=pca_path, progress=not no_progress, **options
+        manifest=manifest,
+        out=out,
+        shard=parse_shard(shard),
+        progress=show_progress(progress),
+        **options,
     )
+    check_device(cfg.device)
+    if out.exists() and out.suffix.lower() not in (".h5", ".hdf5") and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; a Zarr store is a directory")
     summary = run_extract(cfg)
     click.echo(
         f"{summary.ok} extracted, {summary.skipped} already done, {summary.failed} failed "
@@ -195,7 +227,7 @@ def extract(
     if summary.failed:
         for vid, status in list(summary.failures.items())[:10]:
             click.echo(f"  failed: {vid} ({status})", err=True)
-        sys.exit(EXIT_SOME_FAILED)
+        click.get_current_context().exit(EXIT_SOME_FAILED)
 
 
 @main.command()
@@ -215,18 +247,38 @@ def info(store: Path, as_json: bool, failures: bool) -> None:
       vidfeat info feats.zarr
       vidfeat info feats.h5 --json | jq .failed
     """
-    from vidfeat.store.info import store_summary
+    from vidfeat.store.info import format_summary, store_summary
 
     summary = store_summary(store)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
-    from vidfeat.store.info import format_summary
-
     click.echo(format_summary(summary, show_failures=failures))
 
 
-main.add_command(pca)
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(store: Path, as_json: bool) -> None:
+    """Read every chunk of STORE and check its tables; exit 2 naming each problem.
+
+    Checks every checksum (schema 2), that no chunk is missing, the per-video table against
+    the arrays (offsets, frame counts), unique ids per part, and finite feature values.
+
+    \b
+    Examples:
+      vidfeat verify feats.zarr
+      vidfeat verify feats.h5 --json | jq .problems
+    """
+    from vidfeat.store.verify import format_report, verify_store
+
+    report = verify_store(store)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(format_report(report), err=not report.ok)
+    if not report.ok:
+        click.get_current_context().exit(EXIT_CANNOT_RUN)
 
 
 if __name__ == "__main__":

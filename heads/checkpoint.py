@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            first = (str(exc).splitlines() or [""])[0]
+            raise CheckpointError(f"cannot load checkpoint {path}: {first}") from exc
+        # torch's own message is several lines of advice to load with weights_only=False,
+        # which would run the file's code: exactly what must not happen.
+        raise CheckpointError(
+            f"refused checkpoint {path}: it holds objects other than tensors and plain values "
+            "(loading it could run code)"
+        ) from None
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+        first = (str(exc).splitlines() or [""])[0]
+        raise CheckpointError(f"cannot load checkpoint {path}: {first}") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a heads checkpoint (format {CHECKPOINT_FORMAT})")
     return state

@@ -7,12 +7,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from heads import checkpoint as ck
 from heads.data import FeatureDataset, make_loader
 from heads.metrics import evaluate_all
+from heads.predictions import vocabulary_indices
 from heads.run import LoadedRun, format_top_k, is_multilabel, load_run, predict_scores
 from heads.splits import load_splits
 from heads.trainer import Loss, resolve_device
@@ -22,7 +24,7 @@ from vidfeat.store import open_store
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("train", "val", "test", "all")
-FORMATS = ("csv", "yt8m")
+FORMATS = ("csv", "yt8m")  # table styles; file formats are heads.predictions.FORMATS
 
 
 def _with_overrides(run: LoadedRun, num_workers: int | None, device: str | None) -> LoadedRun:
@@ -81,6 +83,29 @@ def evaluate_run(
     return {**metrics, "n": len(dataset), "split": split, "store": path}
 
 
+def _prediction_set(run: LoadedRun, store: str | Path) -> tuple[FeatureDataset, torch.device]:
+    path, videos = _open_checked(run, store)
+    if videos.empty:
+        raise ConfigError(f"store {path} has no successfully extracted videos")
+    dataset = FeatureDataset(path, videos, run.label_map, run.cfg.data)
+    return dataset, resolve_device(run.cfg.device)
+
+
+def predict_scores_run(
+    run_dir: str | Path,
+    store: str | Path,
+    *,
+    num_workers: int | None = None,
+    device: str | None = None,
+) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+    """Video ids, (N, C) float32 scores of every class, and the class names, for every ok
+    video of ``store``."""
+    run = _with_overrides(load_run(run_dir), num_workers, device)
+    dataset, dev = _prediction_set(run, store)
+    scores, _ = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
+    return list(dataset.video_ids), scores, run.label_map.labels
+
+
 def predict_run(
     run_dir: str | Path,
     store: str | Path,
@@ -88,13 +113,16 @@ def predict_run(
     top_k: int = 20,
     per_frame: bool = False,
     fmt: str = "csv",
+    vocabulary: dict[str, int] | None = None,
     num_workers: int | None = None,
     device: str | None = None,
 ) -> pd.DataFrame:
     """Top-k class scores for every ok video of ``store`` (or every time step, ``per_frame``).
 
     csv: ``video_id,predictions`` with "label:score" pairs (per frame: also ``frame`` and
-    ``timestamp_s``); yt8m: YouTube-8M's ``VideoId,LabelConfidencePairs`` ("label score" pairs).
+    ``timestamp_s``); yt8m: YouTube-8M's ``VideoId,LabelConfidencePairs`` with "index score"
+    pairs, the index taken from ``vocabulary`` (label -> index) or from labels that are
+    indices already.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -105,16 +133,10 @@ def predict_run(
     if fmt == "yt8m":
         if per_frame:
             raise ConfigError("the yt8m format has no per-frame variant; use --format csv")
-        spaced = [n for n in names if any(ch.isspace() for ch in n)]
-        if spaced:
-            raise ConfigError(f"labels with spaces cannot be written as yt8m pairs: {spaced[:3]}")
+        names = tuple(str(i) for i in vocabulary_indices(names, vocabulary))
     if per_frame and not run.model.supports_per_frame:
         raise ConfigError(f"{run.cfg.model} has no per-frame outputs; use a recurrent head")
-    path, videos = _open_checked(run, store)
-    if videos.empty:
-        raise ConfigError(f"store {path} has no successfully extracted videos")
-    dataset = FeatureDataset(path, videos, run.label_map, run.cfg.data)
-    dev = resolve_device(run.cfg.device)
+    dataset, dev = _prediction_set(run, store)
     k = min(top_k, len(names))
     if per_frame:
         return _per_frame(run, dataset, dev, k)

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,8 @@ def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return np.asarray(npz["scores"]), np.asarray(npz["labels"])
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # A truncated file (a full disk, a copy cut short) is a damaged run, not a bug.
         raise ReportError(f"{path}: cannot read test predictions: {exc}") from exc
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +22,15 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not m or not int(m[1]) < int(m[2]):
         raise ConfigError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
     return int(m[1]), int(m[2])
+
+
+def shard_of(key: str, n_shards: int) -> int:
+    """Stable shard for a video id or file name: independent of order, so edits don't reshuffle.
+
+    A cryptographic hash, because CRC32's low bits barely move between ids like v1, v2, v3.
+    """
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n_shards
 
 
 @dataclasses.dataclass(frozen=True)

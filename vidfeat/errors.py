@@ -45,8 +45,88 @@ class StoreMismatchError(StoreError):
     """An existing store was written with a different configuration."""
 
 
+class StoreIntegrityError(StoreError):
+    """Stored bytes or values cannot be vouched for: a chunk fails its checksum, is missing, or
+    holds non-finite features. Names where: ``store``, ``part``, ``array`` and ``video``."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        store: object,
+        part: str,
+        array: str,
+        video: str | None = None,
+    ) -> None:
+        self.detail, self.store, self.part, self.array, self.video = (
+            detail,
+            store,
+            part,
+            array,
+            video,
+        )
+        where = f"store {store}, part {part}, array {array}"
+        if video is not None:
+            where += f", video {video!r}"
+        super().__init__(f"{where}: {detail}")
+
+    def for_video(self, video: str) -> StoreIntegrityError:
+        """The same error, naming the video being read."""
+        if self.video is not None:
+            return self
+        return StoreIntegrityError(
+            self.detail, store=self.store, part=self.part, array=self.array, video=video
+        )
+
+
 class VideoNotFoundError(StoreError, KeyError):
     """The requested video id is not in the store (or did not succeed)."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class RecordError(VidfeatError, ValueError):
+    """A TFRecord file, or one record in it, cannot be read.
+
+    ``status`` is a short machine-readable code, ``index`` the record's position in its file
+    (0-based) and ``offset`` its byte offset.
+    """
+
+    status = "bad_record"
+
+    def __init__(self, reason: str, *, index: int = 0, offset: int = 0) -> None:
+        self.reason = reason
+        self.index = index
+        self.offset = offset
+        super().__init__(reason)
+
+
+class EmptyFileError(RecordError):
+    """The file has no bytes at all."""
+
+    status = "empty"
+
+
+class NotTFRecordError(RecordError):
+    """The file does not start with a valid TFRecord header."""
+
+    status = "not_tfrecord"
+
+
+class TruncatedRecordError(RecordError):
+    """The file ends inside a record; nothing after it can be read."""
+
+    status = "truncated"
+
+
+class CorruptRecordError(RecordError):
+    """A record's checksum does not match its bytes."""
+
+    status = "bad_crc"
+
+
+class BadExampleError(RecordError):
+    """A record is framed correctly but does not hold the expected protobuf or fields."""
+
+    status = "bad_example"

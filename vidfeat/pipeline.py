@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -23,12 +21,13 @@ import numpy as np
 
 from vidfeat import __version__
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME
-from vidfeat.config import ExtractConfig
+from vidfeat.config import ExtractConfig, shard_of
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
 from vidfeat.errors import DecodeError, StoreError
 from vidfeat.manifest import ManifestEntry, read_manifest
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.preprocess import preprocess_frame
+from vidfeat.signals import sigterm_as_interrupt
 from vidfeat.store import StoreWriter, create_store, open_store
 
 log = logging.getLogger(__name__)
@@ -50,15 +49,6 @@ class ExtractSummary:
         """Throughput of the decode + embed loop (excluding setup)."""
         loop_s = self.seconds - self.setup_s
         return self.frames / loop_s if loop_s > 0 else 0.0
-
-
-def shard_of(video_id: str, n_shards: int) -> int:
-    """Stable shard for a video: independent of manifest order, so edits don't reshuffle.
-
-    A cryptographic hash, because CRC32's low bits barely move between ids like v1, v2, v3.
-    """
-    digest = hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % n_shards
 
 
 def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReduction) -> dict:
@@ -261,24 +251,6 @@ class _Extraction:
             raise DecodeError(f"{video_id}: {reason}", status=status)
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    # Batch schedulers send SIGTERM; turning it into KeyboardInterrupt runs the same cleanup
-    # (commit finished videos, stop workers) as Ctrl-C.
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Run (or resume) one extraction job. Raises VidfeatError subclasses on bad input."""
     from vidfeat.backbones import create_backbone
@@ -299,7 +271,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     summary = ExtractSummary(total=len(entries))
     # The SIGTERM handler is entered first so it still covers the writer's final commit.
     with (
-        _sigterm_as_interrupt(),
+        sigterm_as_interrupt(),
         create_store(
             cfg.out,
             dim=dim,

@@ -97,26 +97,29 @@ def test_predict_csv_and_yt8m(trained, tmp_path):
         assert len(pairs) == 3 and scores == sorted(scores, reverse=True)
         assert {lbl for lbl, _ in pairs} <= {"class0", "class1", "class2", "class3"}
     out = tmp_path / "sub.csv"
-    result = runner.invoke(
-        main,
-        [
-            "predict",
-            str(root / "bof"),
-            "--store",
-            str(store),
-            "--format",
-            "yt8m",
-            "--out",
-            str(out),
-        ],
-    )
+    yt8m = ["predict", str(root / "bof"), "--store", str(store), "--format", "yt8m"]
+    refused = runner.invoke(main, [*yt8m, "--out", str(out)])
+    assert refused.exit_code == 2 and "--vocabulary" in refused.output and not out.exists()
+    vocab = tmp_path / "vocabulary.csv"
+    index = {"class0": 7, "class1": 3, "class2": 11, "class3": 5}
+    pd.DataFrame(
+        {
+            "Index": list(index.values()),
+            "TrainVideoCount": [10, 9, 8, 7],
+            "KnowledgeGraphId": [f"/m/0{i}" for i in range(4)],
+            "Name": list(index),
+            "WikiUrl": ["", "", "", ""],
+        }
+    ).to_csv(vocab, index=False)
+    result = runner.invoke(main, [*yt8m, "--vocabulary", str(vocab), "--out", str(out)])
     assert result.exit_code == 0, result.output
     sub = pd.read_csv(out)
     assert list(sub.columns) == ["VideoId", "LabelConfidencePairs"]
     first = sub["LabelConfidencePairs"][0].split(" ")
-    assert len(first) == 8 and first[0].startswith("class")  # 4 classes: label score x 4
-    # Same scores in both formats.
-    assert table["predictions"][0].split(" ")[0] == f"{first[0]}:{float(first[1]):.6f}"
+    assert len(first) == 8 and {int(i) for i in first[::2]} == set(index.values())
+    # Same scores in both formats, the label replaced by its vocabulary index.
+    label, score = table["predictions"][0].split(" ")[0].rsplit(":", 1)
+    assert first[:2] == [str(index[label]), score]
 
 
 def test_predict_per_frame_for_recurrent_heads(trained):

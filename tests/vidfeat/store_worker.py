@@ -1,8 +1,9 @@
 """Subprocess body for store tests that kill writers or run them concurrently.
 
 Usage: python -m tests.vidfeat.store_worker STORE FORMAT PART FIRST COUNT [--fsize-limit BYTES]
-Writes videos FIRST..FIRST+COUNT-1 with deterministic features (see ``expected_features``),
-skipping ids already committed, one commit per video.
+Writes videos FIRST..FIRST+COUNT-1 into two streams, ``rgb`` (float32) and ``audio`` (uint8),
+with deterministic values (see ``expected_features`` and ``expected_audio``), skipping ids already
+committed, one commit per video.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ import sys
 import numpy as np
 
 DIM = 64
+AUDIO_DIM = 8
+QUANT = {"scheme": "yt8m_uint8", "min": -2.0, "max": 2.0}
+STREAMS = {"rgb": DIM, "audio": {"dim": AUDIO_DIM, "dtype": "uint8", "quantization": QUANT}}
 
 
 def expected_features(index: int) -> np.ndarray:
     rng = np.random.default_rng(index)
     n_frames = 5 + index % 17
     return rng.standard_normal((n_frames, DIM)).astype(np.float32)
+
+
+def expected_audio(index: int) -> np.ndarray:
+    """(T, AUDIO_DIM) uint8, T equal to the rgb stream's."""
+    n_frames = len(expected_features(index))
+    return np.random.default_rng(10_000 + index).integers(0, 256, (n_frames, AUDIO_DIM), np.uint8)
 
 
 def video_id(index: int) -> str:
@@ -36,14 +46,15 @@ def main(argv: list[str]) -> int:
     from vidfeat import create_store
 
     with create_store(
-        store, dim=DIM, format=fmt, attrs={"test": True}, part=part, commit_every=1
+        store, streams=STREAMS, format=fmt, attrs={"test": True}, part=part, commit_every=1
     ) as w:
         done = w.committed_ids()
         for i in range(int(first), int(first) + int(count)):
             if video_id(i) in done:
                 continue
             feats = expected_features(i)
-            w.write(video_id(i), feats, labels=[f"c{i % 3}"], timestamps=np.arange(len(feats)))
+            values = {"rgb": feats, "audio": expected_audio(i)}
+            w.write(video_id(i), values, labels=[f"c{i % 3}"], timestamps=np.arange(len(feats)))
             print(f"wrote {video_id(i)}", flush=True)
     return 0
 

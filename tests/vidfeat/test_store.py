@@ -13,9 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.vidfeat.store_worker import expected_features, video_id
+from tests.vidfeat.store_cases import IntegrityCases, StreamCases, flip_byte
+from tests.vidfeat.store_worker import expected_audio, expected_features, video_id
 from vidfeat import create_store, open_store
-from vidfeat.errors import ConfigError, StoreError, StoreMismatchError, VideoNotFoundError
+from vidfeat.errors import (
+    ConfigError,
+    StoreError,
+    StoreMismatchError,
+    VideoNotFoundError,
+)
 from vidfeat.pca.quantize import dequantize, quantization_attrs, quantize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +44,7 @@ def run_worker(store: Path, fmt: str, part: str, first: int, count: int, *extra:
     )
 
 
-class StoreContract:
+class StoreContract(StreamCases, IntegrityCases):
     """Every backend must pass these. Subclasses set ``fmt`` and ``suffix``."""
 
     fmt: str
@@ -234,6 +240,9 @@ class StoreContract:
             meta_file.write_text(json.dumps(doc))
         with pytest.raises(StoreError, match="schema 99"):
             open_store(path)
+        # The writer honours the schema exactly as readers do: nothing is appended.
+        with pytest.raises(StoreError, match="schema 99"):
+            create_store(path, dim=8, format=self.fmt, attrs={"fps": 1})
 
     # -- real processes ---------------------------------------------------------------------
     def check_complete(self, path: Path, n: int) -> None:
@@ -241,7 +250,15 @@ class StoreContract:
             assert sorted(r.ok_ids) == [video_id(i) for i in range(n)]
             assert len(r.videos) == n  # each video exactly once
             for i in range(n):
-                np.testing.assert_array_equal(r.read(video_id(i)), expected_features(i))
+                self.check_video(r, i)
+
+    @staticmethod
+    def check_video(r, i: int) -> None:
+        """Both streams of a video are there, whole, and agree in length."""
+        vid = video_id(i)
+        np.testing.assert_array_equal(r.read(vid, "rgb"), expected_features(i))
+        np.testing.assert_array_equal(r.read(vid, "audio", raw=True), expected_audio(i))
+        assert len(r.timestamps(vid)) == len(expected_features(i))
 
     def test_sigkill_then_resume_equals_uninterrupted_run(self, path: Path) -> None:
         n = 40
@@ -257,7 +274,7 @@ class StoreContract:
             with open_store(path) as r:
                 assert len(r.ok_ids) >= kill_after
                 for vid in r.ok_ids:
-                    np.testing.assert_array_equal(r.read(vid), expected_features(int(vid[3:])))
+                    self.check_video(r, int(vid[3:]))
         proc = run_worker(path, self.fmt, "main", 0, n)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -276,7 +293,7 @@ class StoreContract:
         self.check_complete(path, n)
         with open_store(path) as r:
             assert r.videos["part"].nunique() == shards
-            total = sum(float(r.read(v).sum()) for v in r.ok_ids)
+            total = sum(float(r.read(v, "rgb").sum()) for v in r.ok_ids)
             assert total == pytest.approx(sum(float(expected_features(i).sum()) for i in range(n)))
 
     def test_full_disk_is_a_clear_error_and_resumable(self, path: Path) -> None:
@@ -297,10 +314,41 @@ class TestZarrStore(StoreContract):
     fmt = "zarr"
     suffix = ".zarr"
 
+    @staticmethod
+    def first_chunk(path: Path, array: str) -> Path:
+        return min(p for p in (path / "parts" / "main" / array / "c").rglob("*") if p.is_file())
+
+    def corrupt(self, path: Path, array: str) -> None:
+        chunk = self.first_chunk(path, array)
+        flip_byte(chunk, chunk.stat().st_size // 2)
+
+    def delete_chunk(self, path: Path, array: str) -> None:
+        self.first_chunk(path, array).unlink()
+
+    def truncate_part(self, path: Path) -> None:
+        meta = path / "parts" / "main" / "zarr.json"
+        meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
+
 
 class TestHDF5Store(StoreContract):
     fmt = "hdf5"
     suffix = ".h5"
+
+    def corrupt(self, path: Path, array: str) -> None:
+        import h5py
+
+        segment = path.with_name(path.name + ".parts") / "main.00000000.h5"
+        with h5py.File(segment, "r") as f:
+            info = f[array].id.get_chunk_info(0)
+        flip_byte(segment, info.byte_offset + info.size // 2)
+
+    def delete_chunk(self, path: Path, array: str) -> None:
+        # A segment is HDF5's unit of commit: losing the first one leaves a gap in the numbers.
+        (path.with_name(path.name + ".parts") / "main.00000000.h5").unlink()
+
+    def truncate_part(self, path: Path) -> None:
+        segment = path.with_name(path.name + ".parts") / "main.00000000.h5"
+        segment.write_bytes(segment.read_bytes()[: segment.stat().st_size // 2])
 
 
 def test_format_is_chosen_by_suffix(tmp_path: Path) -> None:
@@ -326,7 +374,7 @@ def test_readers_during_extraction_see_only_committed(tmp_path: Path) -> None:
             if (path / "zarr.json").exists():
                 with open_store(path) as r:
                     for vid in r.ok_ids:
-                        np.testing.assert_array_equal(r.read(vid), expected_features(int(vid[3:])))
+                        StoreContract.check_video(r, int(vid[3:]))
                     seen = max(seen, len(r.ok_ids))
     finally:
         proc.kill()

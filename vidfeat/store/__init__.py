@@ -7,18 +7,32 @@ modules behind :class:`vidfeat.store.base.Backend`. Importing this package does 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.store import _hdf5, _zarr  # noqa: F401 - registers the backends
-from vidfeat.store.base import BACKENDS, SCHEMA_VERSION, Backend, StoreMeta
+from vidfeat.store.base import BACKENDS, Backend
 from vidfeat.store.reader import StoreReader
-from vidfeat.store.writer import StoreWriter, check_compatible, new_meta
+from vidfeat.store.schema import (
+    DEFAULT_STREAM,
+    SCHEMA_VERSION,
+    StoreMeta,
+    StreamSpec,
+    as_schema,
+    check_compatible,
+    check_readable,
+    new_meta,
+)
+from vidfeat.store.writer import StoreWriter
 
 __all__ = [
     "SCHEMA_VERSION",
+    "StoreMeta",
     "StoreReader",
     "StoreWriter",
+    "StreamSpec",
     "create_store",
     "detect_format",
     "open_store",
@@ -51,22 +65,35 @@ def open_store(path: str | os.PathLike, format: str | None = None) -> StoreReade
     backend = _backend(path, format)
     if not backend.exists():
         raise StoreError(f"no feature store at {path}")
-    meta = backend.read_meta()
-    if meta.schema_version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} uses store schema {meta.schema_version}; this vidfeat reads up to "
-            f"{SCHEMA_VERSION}. Upgrade vidfeat."
-        )
+    check_readable(backend.read_meta(), backend.path)
     return StoreReader(backend)
+
+
+def _streams(
+    dim: int | None,
+    streams: Mapping[str, int | Mapping[str, Any]] | None,
+    dtype: str | None,
+    quantization: dict | None,
+) -> Mapping[str, int | Mapping[str, Any]]:
+    if (dim is None) == (streams is None):
+        raise ConfigError("give either dim= (one stream named 'rgb') or streams=, not both")
+    if streams is not None:
+        if dtype is not None or quantization is not None:
+            raise ConfigError("with streams=, give dtype and quantization per stream")
+        return streams
+    spec = {"dim": dim, "dtype": dtype or "float32", "quantization": quantization}
+    return {DEFAULT_STREAM: spec}
 
 
 def create_store(
     path: str | os.PathLike,
-    dim: int,
+    dim: int | None = None,
     format: str | None = None,
     attrs: dict | None = None,
     *,
-    dtype: str = "float32",
+    streams: Mapping[str, int | Mapping[str, Any]] | None = None,
+    level: str = "frame",
+    dtype: str | None = None,
     quantization: dict | None = None,
     part: str = "main",
     commit_every: int = 16,
@@ -74,25 +101,33 @@ def create_store(
 ) -> StoreWriter:
     """Create a store, or reopen one written with identical settings to append (resume).
 
-    A store written with other settings (dim, dtype, quantization or any attr except the
-    volatile ones such as ``vidfeat_version``) raises :class:`StoreMismatchError`.
+    ``streams`` maps each stream name to its dim, or to a dict with ``dim`` and optionally
+    ``dtype``, ``quantization`` and ``attrs`` (provenance). ``dim=`` (with ``dtype`` and
+    ``quantization``) is one stream named ``rgb``. ``level="video"`` makes a store of one vector
+    per video and stream, with no frames.
+
+    A store written with other settings (streams, level or any attr except the volatile ones
+    such as ``vidfeat_version``) raises :class:`StoreMismatchError`. A store of a schema this
+    vidfeat does not know is refused. Appending to a schema-1 store writes schema-1 parts, so
+    the store stays readable by older vidfeat versions (and stays unverified).
     """
     from vidfeat import __version__
 
     backend = _backend(path, format)
-    wanted = new_meta(dim, dtype, quantization, attrs, __version__)
-    if backend.exists():
-        check_compatible(backend.read_meta(), wanted, backend.path)
-    else:
+    wanted = new_meta(_streams(dim, streams, dtype, quantization), attrs, __version__, level)
+    if not backend.exists():
         backend.path.parent.mkdir(parents=True, exist_ok=True)
         backend.create_root(wanted)
-        # Another shard may have created it concurrently with other settings.
-        check_compatible(backend.read_meta(), wanted, backend.path)
+    # The root may be older, newer, or made concurrently by another shard with other settings.
+    existing = backend.read_meta()
+    check_readable(existing, backend.path, action="writes")
+    check_compatible(existing, wanted, backend.path)
     if not isinstance(part, str):
         raise ConfigError("part must be a string")
     return StoreWriter(
-        backend, wanted, part=part, commit_every=commit_every, commit_seconds=commit_seconds
+        backend,
+        as_schema(wanted, existing),
+        part=part,
+        commit_every=commit_every,
+        commit_seconds=commit_seconds,
     )
-
-
-__all__ += ["StoreMeta"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vidfeat.errors import StoreError
+from vidfeat.errors import StoreError, StoreIntegrityError
 from vidfeat.store.base import (
     BACKENDS,
     TABLE_DTYPES,
@@ -28,12 +28,16 @@ from vidfeat.store.base import (
     PartWriter,
     StoreMeta,
     VideoRecord,
+    feature_array,
     frame_chunk_rows,
+    mean_array,
 )
 
 ROOT_ATTR = "vidfeat"
+SEGMENT_ATTR = "vidfeat_segment"
 SEGMENT_RE = re.compile(r"^(?P<part>.+)\.(?P<seq>\d{8})\.h5$")
 _STR = h5py.string_dtype("utf-8")
+ROWS_PER_CHUNK = 4096  # per-video arrays and timestamps
 
 
 def _fsync_and_rename(tmp: Path, final: Path) -> None:
@@ -71,7 +75,9 @@ class HDF5PartWriter(PartWriter):
         # Build the segment in memory and write its bytes ourselves: libhdf5 handles a full
         # disk badly (it can crash while closing), plain file I/O raises a clean OSError.
         with h5py.File(io.BytesIO(), "w") as f:
-            _write_segment(f, records, self.meta)
+            _SegmentBuilder(f, self.meta).write(records)
+            if self.meta.checksummed:
+                f.attrs[SEGMENT_ATTR] = json.dumps({"part": self.part, "seq": self.next_seq})
             f.flush()
             image = f.id.get_file_image()
         try:
@@ -87,37 +93,61 @@ class HDF5PartWriter(PartWriter):
         pass
 
 
-def _write_segment(f: h5py.File, records: list[VideoRecord], meta: StoreMeta) -> None:
-    feats = np.concatenate([r.features for r in records], axis=0)
-    lengths = np.array([len(r.features) for r in records], dtype=np.int64)
-    rows = frame_chunk_rows(meta.dim, np.dtype(meta.dtype).itemsize)
-    f.create_dataset(
-        "features",
-        data=feats,
-        dtype=meta.dtype,
-        chunks=(max(1, min(rows, len(feats))), meta.dim) if len(feats) else None,
-    )
-    f.create_dataset("timestamps_s", data=np.concatenate([r.timestamps_s for r in records]))
-    f.create_dataset("mean", data=np.stack([r.mean for r in records]).astype(np.float32))
-    f.create_dataset("n_frames", data=lengths.astype(np.int32))
-    f.create_dataset("offset", data=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64))
-    for col, kind in TABLE_DTYPES.items():
-        if col in ("n_frames", "offset"):
-            continue
-        values = [r.table[col] for r in records]
-        if kind == "str":
-            f.create_dataset(col, data=np.array(values, dtype=object), dtype=_STR)
-        else:
-            f.create_dataset(col, data=np.array(values, dtype=kind))
+class _SegmentBuilder:
+    """Writes one commit's datasets. Schema 2: chunked with fletcher32 checksums, and strings
+    as fixed-length UTF-8 so that they live in checksummed chunks (variable-length strings
+    live in HDF5's global heap, which no filter covers). Schema 1 (resume only): as it was."""
+
+    def __init__(self, f: h5py.File, meta: StoreMeta) -> None:
+        self.f, self.meta = f, meta
+
+    def dataset(self, name: str, data: np.ndarray, chunk_rows: int = ROWS_PER_CHUNK) -> None:
+        if not self.meta.checksummed:
+            if data.dtype == object:
+                self.f.create_dataset(name, data=data, dtype=_STR)
+            else:
+                self.f.create_dataset(name, data=data)
+            return
+        if data.dtype == object:
+            data = np.array([str(x).encode("utf-8") for x in data], dtype=bytes)
+            data = data.astype(f"S{max(1, data.dtype.itemsize)}")
+        kwargs = {}
+        if len(data):  # HDF5 chunks must fit the data; an empty dataset has nothing to check
+            kwargs = {"chunks": (min(chunk_rows, len(data)), *data.shape[1:]), "fletcher32": True}
+        self.f.create_dataset(name, data=data, **kwargs)
+
+    def write(self, records: list[VideoRecord]) -> None:
+        version = self.meta.schema_version
+        lengths = np.array([r.n_frames for r in records], dtype=np.int64)
+        for stream, spec in self.meta.streams.items():
+            if self.meta.level == "frame":
+                feats = np.concatenate([r.features[stream] for r in records], axis=0)
+                rows = frame_chunk_rows(spec.dim, np.dtype(spec.dtype).itemsize)
+                self.dataset(feature_array(stream, version), feats.astype(spec.dtype), rows)
+            means = np.stack([r.means[stream] for r in records]).astype(np.float32)
+            self.dataset(mean_array(stream, version), means, max(16, frame_chunk_rows(spec.dim, 4)))
+        self.dataset("timestamps_s", np.concatenate([r.timestamps_s for r in records]))
+        self.dataset("n_frames", lengths.astype(np.int32))
+        self.dataset("offset", np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64))
+        for col, kind in TABLE_DTYPES.items():
+            if col not in ("n_frames", "offset"):
+                values = [r.table[col] for r in records]
+                self.dataset(col, np.array(values, dtype=object if kind == "str" else kind))
 
 
 class HDF5PartReader(PartReader):
     """One segment file. Opened lazily so a reader can be pickled into DataLoader workers."""
 
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, store: Path, name: str, path: Path) -> None:
+        self.store = store
         self.name = name
+        self.label = path.name
         self.path = path
         self._file: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
+
+    def _fail(self, array: str, detail: str) -> StoreIntegrityError:
+        return StoreIntegrityError(detail, store=self.store, part=self.label, array=array)
 
     @property
     def file(self) -> h5py.File:
@@ -125,26 +155,44 @@ class HDF5PartReader(PartReader):
             try:
                 self._file = h5py.File(self.path, "r")
             except OSError as exc:
-                raise StoreError(f"cannot open store segment {self.path}: {exc}") from exc
+                raise self._fail("(file)", f"cannot open store segment {self.path}: {exc}") from exc
         return self._file
 
-    def table(self) -> dict[str, np.ndarray]:
-        out = {}
-        for col, kind in TABLE_DTYPES.items():
-            ds = self.file[col]
-            out[col] = ds.asstr()[()] if kind == "str" else ds[()]
-        return out
+    def _dataset(self, name: str) -> h5py.Dataset:
+        if name not in self._datasets:  # looking a path up costs as much as a small read
+            try:
+                self._datasets[name] = self.file[name]
+            except (KeyError, OSError) as exc:
+                raise self._fail(name, f"the dataset is missing or unreadable ({exc})") from exc
+        return self._datasets[name]
 
-    def frames(self, start: int, stop: int) -> np.ndarray:
-        return self.file["features"][start:stop]
+    @property
+    def n_videos(self) -> int:  # type: ignore[override]
+        return int(self._dataset("video_id").shape[0])
 
-    def timestamps(self, start: int, stop: int) -> np.ndarray:
-        return self.file["timestamps_s"][start:stop]
+    @property
+    def n_frames(self) -> int:  # type: ignore[override]
+        return int(self._dataset("timestamps_s").shape[0])
 
-    def means(self, rows: np.ndarray) -> np.ndarray:
-        return self.file["mean"][()][np.asarray(rows)]
+    def read_rows(self, array: str, start: int, stop: int) -> np.ndarray:
+        ds = self._dataset(array)
+        try:
+            if ds.dtype.kind == "S":  # schema 2 strings: fixed-length UTF-8
+                return np.char.decode(ds[start:stop], "utf-8").astype(object)
+            if h5py.check_string_dtype(ds.dtype) is not None:  # schema 1: variable-length
+                return ds.asstr()[start:stop]
+            return ds[start:stop]
+        except (OSError, UnicodeDecodeError) as exc:  # fletcher32 mismatch, or broken bytes
+            raise self._fail(array, f"corrupt chunk under rows {start}:{stop} ({exc})") from exc
+
+    def chunk_ranges(self, array: str) -> list[tuple[int, int]]:
+        ds = self._dataset(array)
+        rows = ds.shape[0]
+        step = ds.chunks[0] if ds.chunks else max(rows, 1)
+        return [(i, min(i + step, rows)) for i in range(0, rows, step)]
 
     def close(self) -> None:
+        self._datasets.clear()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -186,7 +234,7 @@ class HDF5Backend(Backend):
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         return HDF5PartWriter(self.parts_dir, part, meta)
 
-    def iter_parts(self) -> Iterator[PartReader]:
+    def iter_parts(self, meta: StoreMeta) -> Iterator[PartReader]:
         if not self.parts_dir.is_dir():
             return
         segments = []
@@ -194,8 +242,10 @@ class HDF5Backend(Backend):
             m = SEGMENT_RE.match(p.name)
             if m:
                 segments.append((m["part"], int(m["seq"]), p))
-        for part, _seq, p in sorted(segments):
-            reader = HDF5PartReader(part, p)
+        segments.sort()
+        _check_no_gaps(self.path, segments)
+        for part, _seq, p in segments:
+            reader = HDF5PartReader(self.path, part, p)
             self._readers.append(reader)
             yield reader
 
@@ -203,3 +253,18 @@ class HDF5Backend(Backend):
         for r in self._readers:
             r.close()
         self._readers.clear()
+
+
+def _check_no_gaps(store: Path, segments: list[tuple[str, int, Path]]) -> None:
+    """Segments of a part are numbered 0, 1, 2...: a gap is a lost commit, never a skip."""
+    expected: dict[str, int] = {}
+    for part, seq, _path in segments:
+        want = expected.get(part, 0)
+        if seq != want:
+            raise StoreIntegrityError(
+                f"segment {part}.{want:08d}.h5 is missing (found {part}.{seq:08d}.h5)",
+                store=store,
+                part=part,
+                array="(segments)",
+            )
+        expected[part] = seq + 1

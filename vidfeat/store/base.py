@@ -1,10 +1,10 @@
 """The storage contract: what every backend (Zarr, HDF5) must provide.
 
 A store is a root (its metadata) plus *parts*. Each writer owns exactly one part, so N concurrent
-shard jobs never touch the same file or chunk. A part holds a flat ``(F, D)`` frame-feature array
-and a per-video table whose ``offset``/``n_frames`` columns index into it (Zarr has no ragged
-arrays). Parts become visible only through an atomic commit, so readers never see a half-written
-video. See docs/store-format.md for the on-disk layout.
+shard jobs never touch the same file or chunk. A part holds, per named stream, a flat ``(F, D)``
+frame-feature array, plus shared timestamps and a per-video table whose ``offset``/``n_frames``
+columns index into them (Zarr has no ragged arrays). Parts become visible only through an atomic
+commit, so readers never see a half-written video. See docs/store-format.md for the on-disk layout.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vidfeat.registry import Registry
-
-SCHEMA_VERSION = 1
+from vidfeat.store.schema import StoreMeta
 
 # Per-video table columns and their on-disk dtypes. "str" columns are UTF-8 strings.
 STRING_COLUMNS = (
@@ -54,30 +53,26 @@ def frame_chunk_rows(dim: int, itemsize: int) -> int:
     return int(max(16, min(MAX_CHUNK_FRAMES, by_bytes)))
 
 
-@dataclasses.dataclass(frozen=True)
-class StoreMeta:
-    """Root metadata: everything that determines what the stored features mean."""
+def feature_array(stream: str, schema_version: int) -> str:
+    """Path of a stream's (F, D) frame array inside a part (schema 1 had one, unnamed)."""
+    return "features" if schema_version == 1 else f"streams/{stream}/features"
 
-    dim: int
-    dtype: str  # stored dtype of frame features: float32 | float16 | uint8
-    quantization: dict | None
-    attrs: dict
-    schema_version: int = SCHEMA_VERSION
-    created: dict = dataclasses.field(default_factory=dict)  # version/time; not part of identity
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+def mean_array(stream: str, schema_version: int) -> str:
+    """Path of a stream's (V, D) float32 video-level array inside a part."""
+    return "mean" if schema_version == 1 else f"streams/{stream}/mean"
 
-    @classmethod
-    def from_json(cls, data: dict) -> StoreMeta:
-        return cls(
-            dim=int(data["dim"]),
-            dtype=str(data["dtype"]),
-            quantization=data.get("quantization"),
-            attrs=dict(data.get("attrs") or {}),
-            schema_version=int(data.get("schema_version", SCHEMA_VERSION)),
-            created=dict(data.get("created") or {}),
-        )
+
+def frame_arrays(meta: StoreMeta) -> list[str]:
+    """Arrays with one row per frame: the streams' features (frame level) and timestamps."""
+    feats = [feature_array(s, meta.schema_version) for s in meta.streams]
+    return [*(feats if meta.level == "frame" else []), "timestamps_s"]
+
+
+def part_arrays(meta: StoreMeta) -> list[str]:
+    """Every array a committed part of this store must hold."""
+    means = [mean_array(s, meta.schema_version) for s in meta.streams]
+    return [*frame_arrays(meta), *means, *TABLE_DTYPES]
 
 
 @dataclasses.dataclass
@@ -85,10 +80,14 @@ class VideoRecord:
     """One video waiting to be committed. Failures have ``features`` of shape (0, D)."""
 
     video_id: str
-    features: np.ndarray  # (T, D) stored dtype
+    features: dict[str, np.ndarray]  # stream -> (T, D) stored dtype; empty for video level
     timestamps_s: np.ndarray  # (T,) float64
-    mean: np.ndarray  # (D,) float32, mean of the (dequantized) frames; zeros for failures
+    means: dict[str, np.ndarray]  # stream -> (D,) float32 mean of the (dequantized) frames
     table: dict  # the TABLE_DTYPES columns except offset and n_frames
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.timestamps_s)
 
 
 class PartWriter(abc.ABC):
@@ -103,24 +102,36 @@ class PartWriter(abc.ABC):
 
 
 class PartReader(abc.ABC):
-    """Reads one committed part."""
+    """Reads one committed part (a Zarr group, or one HDF5 segment).
 
-    name: str
+    Every read goes through :meth:`read_rows`, which raises :class:`StoreIntegrityError` for a
+    chunk that fails its checksum or is missing, so no caller can get numbers nobody vouches for.
+    """
+
+    name: str  # the part, e.g. "main" or "shard-00003-of-00008"
+    label: str  # where it lives, for messages: the part, or the HDF5 segment file
+    n_videos: int
+    n_frames: int
 
     @abc.abstractmethod
+    def read_rows(self, array: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of ``array`` (a path from :func:`part_arrays`), checked."""
+
+    @abc.abstractmethod
+    def chunk_ranges(self, array: str) -> list[tuple[int, int]]:
+        """The row ranges of the array's chunks that hold committed rows (for verify)."""
+
+    def rows(self, array: str) -> int:
+        """Committed rows of ``array``."""
+        per_frame = array in ("timestamps_s", "features") or array.endswith("/features")
+        return self.n_frames if per_frame else self.n_videos
+
     def table(self) -> dict[str, np.ndarray]:
         """Committed rows of the per-video table, column -> (V,) array."""
+        return {col: self.read_rows(col, 0, self.n_videos) for col in TABLE_DTYPES}
 
-    @abc.abstractmethod
-    def frames(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of the (F, D) feature array, stored dtype."""
-
-    @abc.abstractmethod
-    def timestamps(self, start: int, stop: int) -> np.ndarray: ...
-
-    @abc.abstractmethod
-    def means(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), D) float32 video-level means."""
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release open handles."""
 
 
 class Backend(abc.ABC):
@@ -146,8 +157,8 @@ class Backend(abc.ABC):
     def open_part_writer(self, part: str, meta: StoreMeta) -> PartWriter: ...
 
     @abc.abstractmethod
-    def iter_parts(self) -> Iterator[PartReader]:
-        """Every committed part, in a stable order."""
+    def iter_parts(self, meta: StoreMeta) -> Iterator[PartReader]:
+        """Every committed part, in a stable order, read according to ``meta``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release any open handles."""

@@ -12,19 +12,21 @@ from vidfeat.store import open_store
 from vidfeat.store.reader import StoreReader
 
 
-def describe_features(reader: StoreReader) -> dict[str, Any]:
-    """What ``vidfeat info`` shows about the stored features: size, dtype, PCA, quantization."""
-    itemsize = np.dtype(reader.dtype).itemsize
+def describe_features(reader: StoreReader, stream: str | None = None) -> dict[str, Any]:
+    """What ``vidfeat info`` shows about one stream: size, dtype, PCA, quantization."""
+    spec = reader.streams[reader.stream_name(stream)]
+    itemsize = np.dtype(spec.dtype).itemsize
     table = reader.videos
     n_frames = int(table.loc[table["status"] == "ok", "n_frames"].sum()) if len(table) else 0
-    pca = reader.attrs.get("pca")
+    pca = spec.attrs.get("pca", reader.attrs.get("pca"))
     return {
-        "dim": reader.dim,
-        "dtype": str(np.dtype(reader.dtype)),
-        "bytes_per_frame": reader.dim * itemsize,
+        "dim": spec.dim,
+        "dtype": str(np.dtype(spec.dtype)),
+        "bytes_per_frame": spec.dim * itemsize,
         "n_frames": n_frames,
-        "feature_bytes": n_frames * reader.dim * itemsize,
-        "quantization": reader.quantization,
+        "feature_bytes": n_frames * spec.dim * itemsize,
+        "quantization": spec.quantization,
+        "attrs": spec.attrs,
         "pca": None
         if not pca
         else {
@@ -55,10 +57,13 @@ def store_summary(path: str | os.PathLike) -> dict[str, Any]:
         attrs = r.attrs
         backbone = attrs.get("backbone") or {}
         labels = sorted({x for labs in ok["labels"] for x in labs})
+        streams = {name: describe_features(r, name) for name in r.streams}
         return {
             "path": str(path),
             "format": r.format,
             "schema_version": r.meta.schema_version,
+            "level": r.level,
+            "verified": r.verified,
             "created": r.meta.created,
             "videos": len(videos),
             "ok": len(ok),
@@ -72,7 +77,9 @@ def store_summary(path: str | os.PathLike) -> dict[str, Any]:
             },
             "parts": sorted(videos["part"].unique().tolist()),
             "labels": labels,
-            "features": describe_features(r),
+            "streams": streams,
+            # The only stream, for single-stream stores (None with several: see "streams").
+            "features": next(iter(streams.values())) if len(streams) == 1 else None,
             "disk_bytes": _disk_bytes(path),
             "backbone": backbone.get("name"),
             "weights": backbone.get("weights_id"),
@@ -94,21 +101,20 @@ def _mib(n: int) -> str:
 
 
 def format_summary(s: dict[str, Any], show_failures: bool = True, max_failures: int = 50) -> str:
-    f = s["features"]
     fpv = s["frames_per_video"]
-    pca = f.get("pca")
+    checks = "checksummed" if s["verified"] else "unverified: schema 1 has no checksums"
     lines = [
-        f"store       {s['path']} ({s['format']}, schema v{s['schema_version']})",
+        f"store       {s['path']} ({s['format']}, schema v{s['schema_version']}, {checks})",
+        f"level       {s['level']}"
+        + (" (one vector per video and stream, no frames)" if s["level"] == "video" else ""),
         f"videos      {s['videos']} ({s['ok']} ok, {s['failed']} failed) "
         f"in {len(s['parts'])} part(s)",
         f"frames      {s['frames']} (per video min {fpv['min']}, mean {fpv['mean']:.1f}, "
         f"max {fpv['max']})",
-        f"features    {f['dim']}-d {f['dtype']}, {f['bytes_per_frame']} bytes/frame, "
-        f"{_mib(f['feature_bytes'])} of features, {_mib(s['disk_bytes'])} on disk",
+        *_stream_lines(s["streams"]),
+        f"disk        {_mib(s['disk_bytes'])}",
         f"backbone    {s['backbone']} weights={s['weights']} precision={s['precision']}",
         f"sampling    fps={s['fps']} max_frames={s['max_frames']}",
-        f"pca         {_describe_pca(pca)}",
-        f"quantized   {f['quantization'] or 'no'}",
         f"labels      {len(s['labels'])}: {', '.join(s['labels'][:20])}"
         + (" ..." if len(s["labels"]) > 20 else ""),
     ]
@@ -121,6 +127,18 @@ def format_summary(s: dict[str, Any], show_failures: bool = True, max_failures: 
             if len(s["failures"]) > max_failures:
                 lines.append(f"  ... {len(s['failures']) - max_failures} more (use --json)")
     return "\n".join(lines)
+
+
+def _stream_lines(streams: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    for name, f in streams.items():
+        lines += [
+            f"stream      {name}: {f['dim']}-d {f['dtype']}, {f['bytes_per_frame']} bytes/frame, "
+            f"{_mib(f['feature_bytes'])} of features",
+            f"  pca       {_describe_pca(f.get('pca'))}",
+            f"  quantized {f['quantization'] or 'no'}",
+        ]
+    return lines
 
 
 def _describe_pca(pca: dict | None) -> str:

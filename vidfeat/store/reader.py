@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vidfeat.errors import StoreError, VideoNotFoundError
+from vidfeat.errors import ConfigError, StoreError, StoreIntegrityError, VideoNotFoundError
 from vidfeat.pca.quantize import dequantize
-from vidfeat.store.base import LABEL_SEPARATOR, Backend, PartReader, StoreMeta
+from vidfeat.store.base import LABEL_SEPARATOR, Backend, PartReader, feature_array, mean_array
+from vidfeat.store.schema import StoreMeta, StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class StoreReader:
         self._backend = backend
         self.path: Path = backend.path
         self.meta: StoreMeta = backend.read_meta()
-        self._parts: list[PartReader] = list(backend.iter_parts())
+        self._parts: list[PartReader] = list(backend.iter_parts(self.meta))
         table = self._build_table()
         # Where each video lives; kept out of the public table.
         self._loc = table[["_part_no", "offset", "n_frames", "_row"]].to_numpy(dtype=np.int64)
@@ -62,16 +63,47 @@ class StoreReader:
         return dict(self.meta.attrs)
 
     @property
+    def streams(self) -> dict[str, StreamSpec]:
+        """Stream name -> its ``dim``, ``dtype``, ``quantization`` and provenance ``attrs``."""
+        return dict(self.meta.streams)
+
+    @property
+    def level(self) -> str:
+        """``"frame"`` (per-frame features) or ``"video"`` (one vector per video, no frames)."""
+        return self.meta.level
+
+    @property
+    def verified(self) -> bool:
+        """Whether every chunk carries a checksum that reads check (schema 2 and later)."""
+        return self.meta.checksummed
+
+    def stream_name(self, stream: str | None = None) -> str:
+        """``stream``, checked; ``None`` means the only stream, and is an error with several."""
+        names = list(self.meta.streams)
+        if stream is None:
+            if len(names) != 1:
+                raise ConfigError(
+                    f"store {self.path} has streams {', '.join(names)}; choose one with stream="
+                )
+            return names[0]
+        if stream not in self.meta.streams:
+            raise ConfigError(
+                f"store {self.path} has no stream {stream!r}; it has {', '.join(names)}"
+            )
+        return stream
+
+    @property
     def dim(self) -> int:
-        return self.meta.dim
+        """The only stream's dim (an error naming the streams when there are several)."""
+        return self.meta.streams[self.stream_name()].dim
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.meta.dtype)
+        return np.dtype(self.meta.streams[self.stream_name()].dtype)
 
     @property
     def quantization(self) -> dict | None:
-        return self.meta.quantization
+        return self.meta.streams[self.stream_name()].quantization
 
     @property
     def ok_ids(self) -> list[str]:
@@ -126,28 +158,66 @@ class StoreReader:
         return self._parts[part_no], offset, n, table_row
 
     # -- features -------------------------------------------------------------------------
-    def read(self, video_id: str, raw: bool = False) -> np.ndarray:
-        """(T, D) features: float32 (dequantized if stored as uint8), or stored dtype if raw."""
-        part, offset, n, _ = self._locate(video_id)
-        data = part.frames(offset, offset + n)
-        if raw:
-            return data
-        return self.to_float(data)
+    def read(self, video_id: str, stream: str | None = None, *, raw: bool = False) -> np.ndarray:
+        """(T, D) features of one stream: float32 (dequantized if stored as uint8), or the
+        stored dtype if ``raw``. ``stream=None`` means the only stream."""
+        name = self.stream_name(stream)
+        return self.read_streams(video_id, [name], raw=raw)[name]
 
-    def to_float(self, data: np.ndarray) -> np.ndarray:
-        """Stored features -> float32, applying the store's dequantization if any."""
-        q = self.meta.quantization
+    def read_streams(
+        self, video_id: str, streams: list[str] | None = None, *, raw: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Several streams of one video (default: all), located once: name -> (T, D_name)."""
+        names = [self.stream_name(s) for s in (streams or list(self.meta.streams))]
+        if self.meta.level != "frame":
+            raise StoreError(
+                f"store {self.path} is video-level: it holds no frames; use mean(video_id)"
+            )
+        part, offset, n, _ = self._locate(video_id)
+        out = {}
+        for name in names:
+            array = feature_array(name, self.meta.schema_version)
+            data = self._checked(part, array, offset, offset + n, video_id)
+            out[name] = data if raw else self.to_float(data, name)
+        return out
+
+    def _checked(self, part: PartReader, array: str, start: int, stop: int, vid: str) -> np.ndarray:
+        try:
+            data = part.read_rows(array, start, stop)
+        except StoreIntegrityError as exc:
+            raise exc.for_video(vid) from exc
+        # Schema-1 writers checked finiteness before the float16 cast, so inf can be stored.
+        # Schema-2 writers check after the cast and checksums vouch for the bytes since.
+        suspect = not self.meta.checksummed and data.dtype.kind == "f"
+        if suspect and not np.isfinite(data).all():
+            raise StoreIntegrityError(
+                "non-finite values (inf or NaN) stored",
+                store=self.path,
+                part=part.label,
+                array=array,
+                video=vid,
+            )
+        return data
+
+    def to_float(self, data: np.ndarray, stream: str | None = None) -> np.ndarray:
+        """Stored features -> float32, applying the stream's dequantization if any."""
+        q = self.meta.streams[self.stream_name(stream)].quantization
         if q is not None:
             return dequantize(data, q["min"], q["max"])
         return np.asarray(data, dtype=np.float32)
 
     def timestamps(self, video_id: str) -> np.ndarray:
+        """(T,) float64 seconds, shared by every stream of the video."""
         part, offset, n, _ = self._locate(video_id)
-        return np.asarray(part.timestamps(offset, offset + n), dtype=np.float64)
+        return np.asarray(
+            self._checked(part, "timestamps_s", offset, offset + n, video_id), dtype=np.float64
+        )
 
-    def mean(self, video_id: str) -> np.ndarray:
+    def mean(self, video_id: str, stream: str | None = None) -> np.ndarray:
+        """(D,) float32 video-level vector: the mean of the frames, or a video-level store's."""
         part, _, _, row = self._locate(video_id)
-        return part.means(np.array([row]))[0]
+        array = mean_array(self.stream_name(stream), self.meta.schema_version)
+        return self._checked(part, array, row, row + 1, video_id)[0]
 
     def labels(self, video_id: str) -> tuple[str, ...]:
         if video_id not in self._index:

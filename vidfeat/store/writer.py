@@ -2,61 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import fcntl
-import json
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from vidfeat.errors import ConfigError, StoreError, StoreMismatchError
+from vidfeat.errors import ConfigError, StoreError
 from vidfeat.pca.quantize import dequantize
-from vidfeat.sampling import format_fps
-from vidfeat.store.base import (
-    LABEL_SEPARATOR,
-    STRING_COLUMNS,
-    Backend,
-    StoreMeta,
-    VideoRecord,
-)
+from vidfeat.store.base import LABEL_SEPARATOR, STRING_COLUMNS, Backend, VideoRecord
+from vidfeat.store.schema import StoreMeta, StreamSpec
 
 log = logging.getLogger(__name__)
 
-STORED_DTYPES = ("float32", "float16", "uint8")
 PART_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-# Keys of ``attrs`` that describe a run rather than the features; they may differ on resume.
-VOLATILE_ATTRS = frozenset({"vidfeat_version", "created_at", "command", "argv", "host"})
-
-
-def _identity(meta: StoreMeta) -> dict:
-    attrs = {k: v for k, v in meta.attrs.items() if k not in VOLATILE_ATTRS}
-    if "fps" in attrs:
-        # A rate, not text: a store made with "1.0" or "1/1" takes runs with --fps 1.
-        with contextlib.suppress(ConfigError):
-            attrs["fps"] = format_fps(attrs["fps"])
-    return {"dim": meta.dim, "dtype": meta.dtype, "quantization": meta.quantization, **attrs}
-
-
-def check_compatible(existing: StoreMeta, wanted: StoreMeta, path: Path) -> None:
-    """Refuse to mix features made with different settings in one store."""
-    have, want = _identity(existing), _identity(wanted)
-    diffs = [
-        f"{key}: store has {have.get(key)!r}, this run has {want.get(key)!r}"
-        for key in sorted(set(have) | set(want))
-        if have.get(key) != want.get(key)
-    ]
-    if diffs:
-        raise StoreMismatchError(
-            f"{path} was written with different settings; refusing to mix features "
-            f"(use a new output path or the original settings): " + "; ".join(diffs)
-        )
+Features = np.ndarray | Mapping[str, np.ndarray]
 
 
 class StoreWriter:
@@ -87,14 +52,19 @@ class StoreWriter:
         self._lock_fh = _acquire_lock(_lock_path(backend, part), part)
         self._pending: list[VideoRecord] = []
         self._last_commit = time.monotonic()
-        self._committed_ok, self._committed_any = self._scan_committed()
-        self._part = backend.open_part_writer(part, meta)
+        try:
+            self._committed_ok, self._committed_any = self._scan_committed()
+            self._part = backend.open_part_writer(part, meta)
+        except BaseException:  # a damaged store: release the part for the next attempt
+            self._lock_fh.close()
+            backend.close()
+            raise
         self._closed = False
 
     def _scan_committed(self) -> tuple[set[str], set[str]]:
         ok: set[str] = set()
         anyrow: set[str] = set()
-        for part in self._backend.iter_parts():
+        for part in self._backend.iter_parts(self.meta):
             table = part.table()
             for vid, status in zip(table["video_id"], table["status"], strict=True):
                 anyrow.add(str(vid))
@@ -116,29 +86,29 @@ class StoreWriter:
     def write(
         self,
         video_id: str,
-        features: np.ndarray,
+        features: Features,
         labels: Iterable[str] = (),
         timestamps: np.ndarray | None = None,
         **info: object,
     ) -> None:
-        """Queue one successfully extracted video. ``features`` is (T, dim)."""
+        """Queue one successfully extracted video.
+
+        ``features`` maps every stream to its values: (T, dim) per stream for a frame-level
+        store, all with the same T, or (dim,) for a video-level store. A plain array is the
+        only stream's values. Values are checked after the cast to the stored dtype.
+        """
         self._check_id(video_id)
-        feats = self._check_features(video_id, features)
-        if timestamps is None:
-            timestamps_s = np.arange(len(feats), dtype=np.float64)  # 1 fps from t=0
+        by_stream = self._by_stream(video_id, features)
+        stored = {name: self._check_values(video_id, name, x) for name, x in by_stream.items()}
+        means = {name: self._mean(name, x) for name, x in stored.items()}
+        if self.meta.level == "video":
+            if timestamps is not None:
+                raise ConfigError(f"{video_id}: a video-level store has no timestamps")
+            stored, timestamps_s = {}, np.zeros(0)
         else:
-            timestamps_s = np.asarray(timestamps, dtype=np.float64).reshape(-1)
-            if len(timestamps_s) != len(feats):
-                raise ConfigError(
-                    f"{video_id}: {len(timestamps_s)} timestamps for {len(feats)} frames"
-                )
-        floats = (
-            dequantize(feats, self.meta.quantization["min"], self.meta.quantization["max"])
-            if self.meta.quantization
-            else feats.astype(np.float32)
-        )
+            timestamps_s = self._timestamps(video_id, stored, timestamps)
         table = self._table_row(video_id, labels, "ok", "", info)
-        self._queue(VideoRecord(video_id, feats, timestamps_s, floats.mean(axis=0), table))
+        self._queue(VideoRecord(video_id, stored, timestamps_s, means, table))
 
     def write_failure(
         self, video_id: str, status: str, reason: str, labels: Iterable[str] = (), **info: object
@@ -148,31 +118,81 @@ class StoreWriter:
         if status == "ok":
             raise ConfigError("write_failure needs a failure status, not 'ok'")
         table = self._table_row(video_id, labels, status, reason, info)
-        empty = np.zeros((0, self.meta.dim), dtype=self.meta.dtype)
-        mean = np.zeros(self.meta.dim, dtype=np.float32)
-        self._queue(VideoRecord(video_id, empty, np.zeros(0), mean, table))
+        streams = self.meta.streams.items()
+        empty = (
+            {n: np.zeros((0, s.dim), dtype=s.dtype) for n, s in streams}
+            if self.meta.level == "frame"
+            else {}
+        )
+        means = {n: np.zeros(s.dim, dtype=np.float32) for n, s in streams}
+        self._queue(VideoRecord(video_id, empty, np.zeros(0), means, table))
 
     def _check_id(self, video_id: str) -> None:
         if self._closed:
             raise StoreError(f"writer for {self.path} is closed")
-        if not isinstance(video_id, str) or not video_id.strip():
+        if not isinstance(video_id, str) or not video_id.strip() or "\x00" in video_id:
             raise ConfigError(f"video_id must be a non-empty string, got {video_id!r}")
         if video_id in self._committed_ok or any(r.video_id == video_id for r in self._pending):
             raise StoreError(f"video {video_id!r} is already in {self.path}")
 
-    def _check_features(self, video_id: str, features: np.ndarray) -> np.ndarray:
-        feats = np.asarray(features)
-        if feats.ndim != 2 or feats.shape[1] != self.meta.dim or len(feats) == 0:
+    def _by_stream(self, video_id: str, features: Features) -> dict[str, np.ndarray]:
+        names = list(self.meta.streams)
+        if not isinstance(features, Mapping):
+            if len(names) != 1:
+                raise ConfigError(
+                    f"{video_id}: this store has streams {', '.join(names)}; pass a dict "
+                    "with one array per stream"
+                )
+            return {names[0]: np.asarray(features)}
+        missing, unknown = set(names) - set(features), set(features) - set(names)
+        if missing or unknown:
             raise ConfigError(
-                f"{video_id}: features must be (T>=1, {self.meta.dim}), got {feats.shape}"
+                f"{video_id}: every stream must be written together; store streams are "
+                f"{', '.join(names)}; missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
-        if self.meta.dtype == "uint8":
-            if feats.dtype != np.uint8:
-                raise ConfigError(f"{video_id}: this store holds quantized uint8 features")
-            return feats
-        if not np.issubdtype(feats.dtype, np.floating) or not np.isfinite(feats).all():
-            raise ConfigError(f"{video_id}: features must be finite floats")
-        return feats.astype(self.meta.dtype, copy=False)
+        return {name: np.asarray(features[name]) for name in names}
+
+    def _check_values(self, video_id: str, stream: str, x: np.ndarray) -> np.ndarray:
+        spec: StreamSpec = self.meta.streams[stream]
+        want = f"(T>=1, {spec.dim})" if self.meta.level == "frame" else f"({spec.dim},)"
+        shape_ok = x.ndim == 2 and len(x) > 0 if self.meta.level == "frame" else x.ndim == 1
+        if not shape_ok or x.shape[-1] != spec.dim:
+            raise ConfigError(f"{video_id}: stream {stream!r} must be {want}, got {x.shape}")
+        if spec.dtype == "uint8":
+            if x.dtype != np.uint8:
+                raise ConfigError(
+                    f"{video_id}: stream {stream!r} holds quantized uint8 features, got {x.dtype}"
+                )
+            return x
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ConfigError(f"{video_id}: stream {stream!r} needs floats, got {x.dtype}")
+        # Check after the cast: 1e5 is finite in float32 but inf in float16.
+        with np.errstate(over="ignore"):
+            stored = x.astype(spec.dtype, copy=False)
+        if not np.isfinite(stored).all():
+            bad = "NaN" if np.isnan(stored).any() else f"inf (overflow in the {spec.dtype} cast)"
+            raise ConfigError(f"video {video_id!r}: stream {stream!r} has non-finite values: {bad}")
+        return stored
+
+    def _mean(self, stream: str, stored: np.ndarray) -> np.ndarray:
+        q = self.meta.streams[stream].quantization
+        floats = dequantize(stored, q["min"], q["max"]) if q else stored.astype(np.float32)
+        return floats.reshape(-1, floats.shape[-1]).mean(axis=0)
+
+    @staticmethod
+    def _timestamps(
+        video_id: str, stored: dict[str, np.ndarray], timestamps: np.ndarray | None
+    ) -> np.ndarray:
+        counts = {name: len(x) for name, x in stored.items()}
+        n = next(iter(counts.values()))
+        if len(set(counts.values())) > 1:
+            raise ConfigError(f"{video_id}: streams must have the same frame count, got {counts}")
+        if timestamps is None:
+            return np.arange(n, dtype=np.float64)  # 1 fps from t=0
+        timestamps_s = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+        if len(timestamps_s) != n:
+            raise ConfigError(f"{video_id}: {len(timestamps_s)} timestamps for {n} frames")
+        return timestamps_s
 
     @staticmethod
     def _table_row(
@@ -263,31 +283,3 @@ def _acquire_lock(path: Path, part: str) -> object:
     fh.write(f"{os.getpid()}\n")
     fh.flush()
     return fh
-
-
-def new_meta(
-    dim: int, dtype: str, quantization: dict | None, attrs: dict | None, version: str
-) -> StoreMeta:
-    """Validate creation arguments into root metadata."""
-    if not isinstance(dim, int | np.integer) or dim < 1:
-        raise ConfigError(f"dim must be a positive integer, got {dim!r}")
-    if dtype not in STORED_DTYPES:
-        raise ConfigError(f"dtype must be one of {STORED_DTYPES}, got {dtype!r}")
-    if (dtype == "uint8") != (quantization is not None):
-        raise ConfigError("uint8 stores need a quantization block, and only they may have one")
-    if quantization is not None and not {"scheme", "min", "max"} <= set(quantization):
-        raise ConfigError("quantization needs 'scheme', 'min' and 'max'")
-    try:
-        # Round-trip through JSON so tuples/lists compare equal after a reopen. NaN is refused:
-        # it is not JSON, and it never equals itself, so no run could append to the store.
-        attrs = json.loads(json.dumps(dict(attrs or {}), allow_nan=False))
-        json.dumps(quantization, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"store attrs must be JSON-serialisable, without NaN or infinity: {exc}"
-        ) from exc
-    created = {
-        "vidfeat_version": version,
-        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    return StoreMeta(int(dim), dtype, quantization, attrs, created=created)

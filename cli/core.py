@@ -1,0 +1,233 @@
+"""What both command-line tools share: exit codes, the error handler, logging and progress.
+
+Every failure ends as one line on stderr and one of the exit codes in ``EXIT_CODES``; no
+traceback unless ``-vv`` asks for one. Commands are registered lazily (module path plus a short
+help line), so ``--help`` and ``--version`` import neither torch nor a store backend:
+
+    main.lazy_command("verify", "vidfeat_cli.verify:verify", "Check a store's checksums.")
+
+This module imports only click and the standard library; the command modules import it, never
+the other way round, so the CLI modules form no import cycle.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1  # the job finished, but some items (videos) failed and were recorded
+EXIT_CANNOT_RUN = 2  # bad option or path, read-only or full disk, corrupt store, ...
+EXIT_INTERNAL = 70  # a bug (sysexits' EX_SOFTWARE); never 1, so scripts cannot mistake it
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT)
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "success"),
+    (EXIT_SOME_FAILED, "finished, but some items failed (they are recorded; see the summary)"),
+    (EXIT_CANNOT_RUN, "could not run: bad option or path, read-only or full disk, corrupt store"),
+    (EXIT_INTERNAL, "internal error: a bug; rerun with -vv and report the traceback"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C, SIGTERM); finished work is kept, rerun to resume"),
+)
+# \b keeps click from re-wrapping the table.
+EXIT_CODES_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {c:<4} {t}" for c, t in EXIT_CODES)
+
+# errno -> what a user should read instead of the C library's wording.
+OS_ERRORS: dict[int, str] = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a file is in the way where a directory is expected",
+    errno.EISDIR: "is a directory, expected a file",
+    errno.ENOENT: "no such file or directory",
+    errno.EEXIST: "already exists",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EMFILE: "too many open files",
+    errno.EIO: "input/output error (failing disk or network file system?)",
+}
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def _os_error_in_chain(exc: BaseException) -> OSError | None:
+    """The first OSError with a known errno in ``exc``'s cause/context chain (itself included).
+
+    Libraries often wrap the real cause: torch reports a full disk while saving as "unexpected
+    pos", with the ENOSPC only in the chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in OS_ERRORS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line: the file and a plain reason ("out/best.pt: disk full")."""
+    code = exc.errno or -1
+    name = exc.filename2 or exc.filename
+    if code == errno.EEXIST and name and os.path.lexists(name) and not os.path.isdir(name):
+        code = errno.ENOTDIR  # mkdir(exist_ok=True) over a file: the file is in the way
+    reason = OS_ERRORS.get(code) or exc.strerror or str(exc) or type(exc).__name__
+    return f"{name}: {reason}" if name else reason
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one-line message for an exception that ended a command."""
+    from vidfeat.errors import VidfeatError
+
+    os_error = _os_error_in_chain(exc)
+    if isinstance(exc, VidfeatError):
+        message = str(exc) or type(exc).__name__
+        if os_error is not None and OS_ERRORS[os_error.errno] not in message:
+            message = f"{message} ({describe_os_error(os_error)})"
+        return EXIT_CANNOT_RUN, message
+    if os_error is not None:
+        return EXIT_CANNOT_RUN, describe_os_error(os_error)
+    if isinstance(exc, OSError):  # errno unknown to us, still the environment's doing
+        return EXIT_CANNOT_RUN, str(exc) or type(exc).__name__
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return EXIT_INTERNAL, f"{type(exc).__name__}: {first}"
+
+
+def _debugging() -> bool:
+    return logging.getLogger().isEnabledFor(logging.DEBUG - 1)
+
+
+def fail(ctx: click.Context, exc: BaseException) -> NoReturn:
+    """Print ``exc`` as one line (``-vv``: with its traceback) and exit with its code."""
+    if isinstance(exc, KeyboardInterrupt):
+        click.echo("interrupted: finished work is kept; rerun the same command to resume", err=True)
+        ctx.exit(EXIT_INTERRUPTED)
+    code, message = classify(exc)
+    if _debugging():
+        click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
+    if code == EXIT_INTERNAL:
+        click.echo(
+            f"internal error: {message}. This is a bug: please report it with the output of "
+            "the same command run with -vv.",
+            err=True,
+        )
+    else:
+        click.echo(f"error: {message}", err=True)
+    ctx.exit(code)
+
+
+# ------------------------------------------------------------------------------ the group
+
+
+class CliGroup(click.Group):
+    """A command group with one error policy and commands loaded on first use.
+
+    ``lazy_command(name, "module:attr", help)`` registers a command without importing it: the
+    group's ``--help`` shows ``help`` and only running (or asking for help on) the command
+    imports its module.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", EXIT_CODES_EPILOG)
+        kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
+        super().__init__(*args, **kwargs)
+        self._lazy: dict[str, tuple[str, str]] = {}
+
+    def lazy_command(self, name: str, target: str, short_help: str) -> None:
+        """Register ``target`` ("package.module:attribute") as command ``name``."""
+        self._lazy[name] = (target, short_help)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self._lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in self._lazy:
+            module, _, attr = self._lazy[name][0].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Lazy commands show their registered help, so listing them imports nothing.
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                if not self.commands[name].hidden:
+                    rows.append((name, self.commands[name].get_short_help_str(limit=60)))
+            else:
+                rows.append((name, self._lazy[name][1]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.UsageError):
+            raise  # click's own endings: exit codes 0/2, usage errors say how to get help
+        except click.ClickException as exc:  # click's default code for these is 1: not ours
+            click.echo(f"error: {exc.format_message()}", err=True)
+            ctx.exit(EXIT_CANNOT_RUN)
+        except (Exception, KeyboardInterrupt) as exc:
+            fail(ctx, exc)
+
+
+# ------------------------------------------------------------------------------ logging
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    """One logging policy for both tools: INFO by default, -q warnings only, -v debug,
+    -vv debug plus tracebacks of errors."""
+    if quiet:
+        level = logging.WARNING
+    elif verbose >= 2:
+        level = logging.DEBUG - 1  # below DEBUG: also tracebacks (see ``fail``)
+    elif verbose == 1:
+        level = logging.DEBUG
+    else:
+        level = logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def verbosity_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``-v/--verbose`` (count) and ``-q/--quiet`` on a group; call ``setup_logging`` with them."""
+    f = click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")(f)
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        help="More output: -v debug logging, -vv also tracebacks of errors.",
+    )(f)
+
+
+def version_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.version_option(package_name="vidfeat", message="%(prog)s %(version)s")(f)
+
+
+def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--progress/--no-progress``: a progress bar, by default only when stderr is a tty."""
+    from vidfeat_cli.options import SectionOption
+
+    return click.option(
+        "--progress/--no-progress",
+        default=None,
+        cls=SectionOption,
+        section="Run",
+        help="Progress bar.  [default: on when stderr is a terminal]",
+    )(f)
+
+
+def show_progress(progress: bool | None) -> bool:
+    """The value of ``--progress/--no-progress``, or whether stderr is a terminal."""
+    return sys.stderr.isatty() if progress is None else progress

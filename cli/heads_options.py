@@ -1,0 +1,226 @@
+"""`heads train` and `heads finetune` options: built from the config dataclasses and the head
+registry, grouped into the Data, Model, Optimisation and Run sections of ``--help``.
+
+The options are built on first use (``vidfeat_cli.options.deferred``): reading the registry
+imports torch, which ``heads --help`` must not pay for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from vidfeat.errors import ConfigError
+from vidfeat_cli.config_file import config_fields, flatten_config
+from vidfeat_cli.options import DEVICE, SectionOption
+
+if TYPE_CHECKING:
+    from heads.config import TrainConfig
+
+# (field, section, click settings, help). Defaults shown come from the config dataclasses;
+# "choices" names a tuple in heads.config.
+_TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("max_frames", "Data", {"type": int}, "Frames per video."),
+    ("skip_first", "Data", {"type": int}, "Drop this many leading frames."),
+    (
+        "sampling",
+        "Data",
+        {"choices": "SAMPLINGS"},
+        "head: first N; uniform: N evenly spaced; random-crop: a random window (centred at eval).",
+    ),
+    ("batch_size", "Data", {"type": int}, "Videos per batch."),
+    ("bucket", "Data", {"flag": True}, "Batch videos of similar length (less padding)."),
+    ("bucket_batches", "Data", {"type": int}, "Batches per length bucket."),
+    ("classes", "Data", {}, "Comma-separated label subset to train on."),
+    ("test_fraction", "Data", {"type": float}, "Test share when the store has no split."),
+    ("val_fraction", "Data", {"type": float}, "Validation share of the non-test videos."),
+    ("epochs", "Optimisation", {"type": int}, "Maximum epochs."),
+    ("optimizer", "Optimisation", {"choices": "OPTIMIZERS"}, "SGD uses momentum 0.9."),
+    (
+        "lr",
+        "Optimisation",
+        {"type": float},
+        "Learning rate (default: 1e-3 for adam/rmsprop, 0.01 for sgd).",
+    ),
+    ("weight_decay", "Optimisation", {"type": float}, "L2 penalty."),
+    (
+        "lr_step",
+        "Optimisation",
+        {"type": int},
+        "Multiply lr by --lr-gamma every N epochs (0: never).",
+    ),
+    ("lr_gamma", "Optimisation", {"type": float}, "Step-decay factor."),
+    ("grad_clip", "Optimisation", {"type": float}, "Max global gradient norm (0: off)."),
+    (
+        "patience",
+        "Optimisation",
+        {"type": int},
+        "Epochs without improvement before stopping (0: never).",
+    ),
+    ("monitor", "Optimisation", {"choices": "MONITORS"}, "Early-stopping value (metrics on val)."),
+    (
+        "loss",
+        "Optimisation",
+        {"choices": "LOSSES"},
+        "single: softmax CE; multi: sigmoid BCE; auto: by data.",
+    ),
+    (
+        "class_weights",
+        "Optimisation",
+        {"flag": True},
+        "Inverse-frequency class weights in the loss.",
+    ),
+    ("seed", "Run", {"type": int}, "Seed for initialisation, splits, batches and crops."),
+    ("device", "Run", {"type": DEVICE}, "Where to train (auto: cuda when available)."),
+    ("num_workers", "Run", {"type": int}, "DataLoader worker processes."),
+]
+
+# Help for every HeadConfig field (tests check that none is missing).
+HEAD_HELP: dict[str, str] = {
+    "hidden_size": "Recurrent units per direction.",
+    "num_layers": "Stacked recurrent layers (1-3).",
+    "dropout": "Dropout between recurrent layers and inside the FC blocks.",
+    "residual": "Add each recurrent layer's input to its output.",
+    "reduction": "Recurrent heads: how per-step states become one video vector.",
+    "attention_size": "Width of the additive attention scorer (--reduction attention).",
+    "pooling": "bof: order-blind pooling over the valid frames.",
+    "fc_size": "Width of the FC blocks (bof) and of the top block (recurrent heads).",
+    "num_experts": "moe: experts per class, plus one dummy expert.",
+    "input_norm": "Per-frame LayerNorm of the input features, or none.",
+}
+
+
+def _dataclass_default(name: str) -> Any:
+    from heads.config import DataConfig, TrainConfig
+    from heads.models import HeadConfig
+
+    for cls in (TrainConfig, DataConfig, HeadConfig):
+        for field in dataclasses.fields(cls):
+            if field.name == name and field.default is not dataclasses.MISSING:
+                return field.default
+    return None
+
+
+def _make_option(
+    name: str, section: str, kind: Any, text: str, *, flag: bool = False
+) -> SectionOption:
+    """An option whose default None means "the config's default" (shown from the dataclass)."""
+    dash = name.replace("_", "-")
+    default = _dataclass_default(name)
+    shown = ("on" if default else "off") if isinstance(default, bool) else default
+    if shown is not None:
+        text = f"{text}  [default: {shown}]"
+    decls = [f"--{dash}/--no-{dash}", name] if flag else [f"--{dash}", name]
+    return SectionOption(decls, section=section, type=None if flag else kind, help=text)
+
+
+def train_options() -> list[click.Parameter]:
+    """The options that build a TrainConfig's training and data settings."""
+    from heads import config
+
+    params = []
+    for name, section, settings, text in _TRAIN_OPTIONS:
+        if "choices" in settings:
+            kind: Any = click.Choice(getattr(config, settings["choices"]))
+        else:
+            kind = settings.get("type", str)
+        params.append(_make_option(name, section, kind, text, flag=bool(settings.get("flag"))))
+    return params
+
+
+def head_options() -> list[click.Parameter]:
+    """One option per HeadConfig field, so a new head hyper-parameter needs one help line.
+
+    A string field whose values are listed in ``heads.models.base`` as ``<FIELD>S``
+    (``reduction`` -> ``REDUCTIONS``) becomes a choice."""
+    from heads.models import HeadConfig, base
+
+    params = []
+    for field in dataclasses.fields(HeadConfig):
+        default = field.default
+        kind: Any = type(default)
+        values = getattr(base, f"{field.name.upper()}S", None)
+        if isinstance(default, str) and isinstance(values, tuple):
+            kind = click.Choice(values)
+        text = HEAD_HELP.get(field.name, f"See heads.models.HeadConfig.{field.name}.")
+        params.append(_make_option(field.name, "Model", kind, text, flag=isinstance(default, bool)))
+    return params
+
+
+def model_option() -> list[click.Parameter]:
+    from heads.models import HEADS
+
+    return [
+        SectionOption(
+            ["--model", "-m", "model"],
+            section="Model",
+            type=click.Choice(HEADS.names()),
+            default=None,
+            help="Head to train (required unless --config names one).",
+        )
+    ]
+
+
+def build_config(options: dict[str, Any], base: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from CLI options (None = not given) over ``base`` (a config file or a run's
+    config, flat or nested) or the defaults."""
+    from heads.config import TrainConfig
+
+    merged = flatten_config(dict(base or {}), "the base config")
+    given = {k: v for k, v in options.items() if v is not None}
+    if "optimizer" in given and "lr" not in given:
+        merged.pop("lr", None)  # another optimiser: its own default lr, not the base's
+    merged.update(given)
+    if isinstance(merged.get("classes"), str):
+        merged["classes"] = tuple(c.strip() for c in merged["classes"].split(",") if c.strip())
+    if not merged.get("model"):
+        raise ConfigError("choose a head with --model/-m (or 'model' in --config)")
+    nested: dict[str, Any] = {"head": {}, "data": {}}
+    owners = config_fields()
+    for key, value in merged.items():
+        if owners[key] == "train":
+            nested[key] = value
+        else:
+            nested[owners[key]][key] = value
+    return TrainConfig.from_dict(nested)
+
+
+@contextlib.contextmanager
+def removed_on_failure(out: Path, keep: tuple[str, ...] = ("*.pt",)) -> Iterator[None]:
+    """Remove ``out`` if this command created it and then failed before writing anything worth
+    keeping (files matching ``keep``: a checkpoint), so a failed run never blocks its rerun."""
+    existed = out.exists() or out.is_symlink()
+    try:
+        yield
+    except BaseException:
+        if not existed and out.is_dir() and not any(any(out.glob(p)) for p in keep):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def run_out_option(required: bool = True) -> Any:
+    """``--out/-o``: the run directory a command creates."""
+    return click.option(
+        "--out",
+        "-o",
+        "out",
+        type=click.Path(path_type=Path),
+        required=required,
+        cls=SectionOption,
+        section="Run",
+        help="Run directory to create.",
+    )
+
+
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """``hit_at_1 0.8123, top5 ...`` for the metrics a run reports (``heads.config.METRICS``)."""
+    from heads.config import METRICS
+
+    parts = [f"{k} {metrics[k]:.4f}" for k in METRICS if isinstance(metrics.get(k), float)]
+    return ", ".join(parts) if parts else "no metrics"

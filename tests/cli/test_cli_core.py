@@ -1,0 +1,165 @@
+"""The shared CLI core: exit codes, error messages, --help/--version, option sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from heads.config import DataConfig, TrainConfig
+from heads.models import HEADS, HeadConfig, base
+from vidfeat.decode import DECODERS
+from vidfeat.errors import StoreError
+from vidfeat.store.base import BACKENDS
+from vidfeat_cli import core
+from vidfeat_cli import heads as heads_cli
+from vidfeat_cli import vidfeat as vidfeat_cli
+from vidfeat_cli.heads_options import HEAD_HELP
+
+
+def _group_raising(exc: BaseException) -> click.Group:
+    """A CliGroup whose one command raises ``exc``: the handler both tools share."""
+
+    @click.group(cls=core.CliGroup)
+    @core.verbosity_options
+    def group(verbose: int, quiet: bool) -> None:
+        core.setup_logging(verbose, quiet)
+
+    @group.command()
+    def boom() -> None:
+        raise exc
+
+    return group
+
+
+@pytest.mark.parametrize(
+    "exc, code, text",
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "out/best.pt"), 2, "disk full"),
+        (OSError(errno.EROFS, "Read-only file system", "/ro/x"), 2, "read-only file system"),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory", "f/x"), 2, "a file is in the way"),
+        (StoreError("store s.zarr is corrupt"), 2, "store s.zarr is corrupt"),
+        (ValueError("unexpected\nsecond line"), 70, "This is a bug"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_one_line_and_documented_code(exc, code, text):
+    result = CliRunner().invoke(_group_raising(exc), ["boom"])
+    assert result.exit_code == code
+    assert code in dict(core.EXIT_CODES)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0] and "Traceback" not in result.output
+
+
+def test_wrapped_os_error_is_found_in_the_chain():
+    """torch reports a full disk while saving as a RuntimeError; the ENOSPC is its cause."""
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "run/last.pt")
+        except OSError as inner:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from inner
+    except RuntimeError as outer:
+        exc = outer
+    assert core.classify(exc) == (2, "run/last.pt: disk full")
+
+
+def test_internal_error_never_uses_code_1_and_vv_shows_the_traceback():
+    result = CliRunner().invoke(_group_raising(TypeError("bad")), ["-vv", "boom"])
+    assert result.exit_code == core.EXIT_INTERNAL != core.EXIT_SOME_FAILED
+    assert "Traceback" in result.output and "TypeError: bad" in result.output
+
+
+def test_stdout_on_a_full_disk_exits_2(tmp_path):
+    """Real ENOSPC: the merged config printed to /dev/full."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "vidfeat_cli.heads", "train", "-m", "bof", "--print-config"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert "disk full" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("module", ["vidfeat_cli.heads", "vidfeat_cli.vidfeat"])
+@pytest.mark.parametrize("args", [["--help"], ["--version"]])
+def test_help_and_version_import_no_torch(module, args):
+    code = (
+        f"import sys; from {module} import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy = sorted(m for m in ('torch', 'zarr', 'h5py', 'av', 'decord', 'pandas') "
+        "if m in sys.modules)\n"
+        "print('HEAVY', heavy)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in proc.stdout, proc.stdout
+    if args == ["--version"]:
+        assert "0." in proc.stdout.splitlines()[0]
+    else:
+        assert "Exit codes:" in proc.stdout and "70" in proc.stdout
+
+
+def test_exit_code_table_in_both_helps():
+    for main in (heads_cli.main, vidfeat_cli.main):
+        out = CliRunner().invoke(main, ["--help"]).output
+        for code, text in core.EXIT_CODES:
+            assert f"{code}" in out and text in out
+
+
+def test_train_help_is_sectioned_and_derived_from_the_registries():
+    out = CliRunner().invoke(heads_cli.main, ["train", "--help"]).output
+    positions = [out.index(f"{s} options:") for s in ("Data", "Model", "Optimisation", "Run")]
+    assert positions == sorted(positions)
+    assert f"[{'|'.join(HEADS.names())}]" in out
+    for values in (base.REDUCTIONS, base.POOLINGS, base.INPUT_NORMS):
+        assert f"[{'|'.join(values)}]" in out
+    assert "Head option." not in out
+    for field in dataclasses.fields(HeadConfig):
+        assert field.name in HEAD_HELP  # every head option has a real help line
+        assert f"--{field.name.replace('_', '-')}" in out
+    # Defaults shown are the dataclasses' own.
+    assert f"[default: {TrainConfig.__dataclass_fields__['epochs'].default}]" in out
+    assert f"[default: {DataConfig().max_frames}]" in out
+
+
+def test_extract_help_choices_come_from_the_registries():
+    out = CliRunner().invoke(vidfeat_cli.main, ["extract", "--help"]).output
+    assert f"[{'|'.join(DECODERS.names())}]" in out
+    assert f"[{'|'.join(BACKENDS.names())}]" in out
+    assert "Run options:" in out and "--progress / --no-progress" in out
+
+
+def test_bad_device_value_is_a_usage_error():
+    result = CliRunner().invoke(heads_cli.main, ["train", "-m", "bof", "--device", "gpu"])
+    assert result.exit_code == 2 and "not auto, cpu, cuda or cuda:N" in result.output
+
+
+def test_cli_modules_import_each_other_without_cycles():
+    """Every import between vidfeat_cli modules, deferred ones included, forms a DAG."""
+    import ast
+    import graphlib
+    from pathlib import Path
+
+    import vidfeat_cli
+
+    folder = Path(vidfeat_cli.__path__[0])
+    graph = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vidfeat_cli"):
+                if node.module == "vidfeat_cli":
+                    deps |= {alias.name for alias in node.names}
+                else:
+                    deps.add(node.module.split(".")[1])
+        graph[path.stem] = deps
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError
+    assert order.index("core") < order.index("heads_options") < order.index("finetune")

@@ -1,0 +1,227 @@
+"""`heads`: --config files, checks before any output, prediction formats, damaged runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from heads.synthetic import write_store
+from tests.heads.stores import cluster_videos, make_cluster_store
+from vidfeat_cli.heads import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL = ("--epochs", "1", "--hidden-size", "8", "--fc-size", "8")
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_cluster_store(tmp_path_factory.mktemp("s") / "s.zarr", 40, n_classes=4)
+
+
+@pytest.fixture(scope="module")
+def run(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "bof"
+    result = invoke("-q", "train", store, "-m", "bof", "-o", out, *SMALL)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+# ------------------------------------------------------------------------------ --config
+
+
+def test_yaml_config_supplies_the_model_and_options_override_it(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: gru\nepochs: 7\nhead:\n  hidden_size: 12\nbatch-size: 4\n")
+    result = invoke("train", "--config", config, "--epochs", "3", "--print-config")
+    assert result.exit_code == 0, result.output
+    merged = json.loads(result.output)
+    assert merged["model"] == "gru" and merged["epochs"] == 3
+    assert merged["head"]["hidden_size"] == 12 and merged["data"]["batch_size"] == 4
+
+
+def test_a_runs_config_json_is_a_valid_config(run):
+    result = invoke("train", "--config", run / "config.json", "--print-config")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["model"] == "bof"
+
+
+@pytest.mark.parametrize(
+    "text, suffix, hint",
+    [
+        ('{"model": "bof", "epocs": 2}', ".json", "did you mean 'epochs'?"),
+        ("model: bof\nhead:\n  hiden_size: 3\n", ".yaml", "did you mean 'hidden_size'?"),
+        ("model: bof\nzzz: 1\n", ".yml", "unknown key 'zzz'"),
+        ("model: [bof\n", ".yaml", "cannot parse config"),
+    ],
+)
+def test_config_typos_are_refused(tmp_path, store, text, suffix, hint):
+    config = tmp_path / f"c{suffix}"
+    config.write_text(text)
+    out = tmp_path / "run"
+    line = one_line_error(invoke("train", store, "--config", config, "-o", out))
+    assert hint in line and not out.exists()
+
+
+def test_model_is_required_without_a_config(tmp_path, store):
+    line = one_line_error(invoke("train", store, "-o", tmp_path / "r"))
+    assert "--model" in line and not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------ no leftovers
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{missing}", "-m", "bof"], "no feature store"),
+        (["{store}", "-m", "bof", "--classes", "nope"], "nope"),
+        (["{store}", "-m", "bof", "--dropout", "2"], "dropout"),
+        (["{store}", "-m", "bof", "--resume"], "no run to continue"),
+    ],
+)
+def test_failed_validation_leaves_no_output(tmp_path, store, args, message):
+    out = tmp_path / "deep" / "run"
+    values = {"missing": tmp_path / "nope.zarr", "store": store}
+    result = invoke("train", *[a.format(**values) for a in args], "-o", out, *SMALL)
+    assert message in one_line_error(result)
+    assert not out.exists()
+
+
+def test_a_single_class_or_video_is_refused_before_training(tmp_path, store):
+    one_class = invoke("train", store, "-m", "bof", "-o", tmp_path / "a", "--classes", "class1")
+    assert "only one class (class1)" in one_line_error(one_class)
+    video = ("v0", np.ones((3, 16), np.float32), ("class0", "class1"))  # two classes, one video
+    one_video = write_store(tmp_path / "one.zarr", [video], dim=16, attrs={"backbone": "x"})
+    line = one_line_error(invoke("train", one_video, "-m", "bof", "-o", tmp_path / "b"))
+    assert "only 1 labelled video" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_before_any_output(tmp_path, store):
+    out = tmp_path / "run"
+    line = one_line_error(invoke("train", store, "-m", "bof", "-o", out, "--device", "cuda"))
+    assert "CUDA is not available" in line and not out.exists()
+
+
+def test_a_file_in_the_way_is_one_line(tmp_path, store):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = one_line_error(invoke("train", store, "-m", "bof", "-o", blocker / "run", *SMALL))
+    assert "a file is in the way" in line
+
+
+# ------------------------------------------------------------------------------ predict
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_predict_format_follows_the_suffix(run, store, tmp_path, suffix):
+    out = tmp_path / f"p{suffix}"
+    result = invoke("predict", run, "--store", store, "--top-k", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    readers = {
+        ".csv": pd.read_csv,
+        ".parquet": pd.read_parquet,
+        ".jsonl": lambda p: pd.read_json(p, lines=True),
+    }
+    table = readers[suffix](out)
+    assert list(table.columns) == ["video_id", "predictions"] and len(table) == 40
+    assert all(len(cell.split(" ")) == 2 for cell in table["predictions"])
+
+
+def test_predict_npz_holds_the_raw_scores(run, store, tmp_path):
+    out = tmp_path / "scores.npz"
+    assert invoke("predict", run, "--store", store, "--out", out).exit_code == 0
+    csv = tmp_path / "top.csv"
+    assert invoke("predict", run, "--store", store, "--out", csv, "--top-k", "1").exit_code == 0
+    with np.load(out) as npz:
+        scores, names, ids = npz["scores"], list(npz["class_names"]), list(npz["video_id"])
+    assert scores.shape == (40, 4) and names == ["class0", "class1", "class2", "class3"]
+    top = pd.read_csv(csv).set_index("video_id")["predictions"]
+    for i in range(0, 40, 7):
+        label, score = top[ids[i]].rsplit(":", 1)
+        assert names[int(np.argmax(scores[i]))] == label
+        assert float(score) == pytest.approx(float(scores[i].max()), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, fmt, message",
+    [
+        ("p.parquet", "csv", "does not match"),
+        ("p.csv", "npz", "does not match"),
+        ("p.txt", None, "cannot tell the format"),
+    ],
+)
+def test_predict_refuses_a_format_the_suffix_contradicts(run, store, tmp_path, name, fmt, message):
+    out = tmp_path / name
+    args = ["predict", run, "--store", store, "--out", out] + (["--format", fmt] if fmt else [])
+    assert message in one_line_error(invoke(*args))
+    assert not out.exists()
+
+
+def test_yt8m_labels_that_are_indices_need_no_vocabulary(tmp_path):
+    # Labelled as a store imported from YouTube-8M is: labels are vocabulary indices.
+    videos = [
+        (vid, x, tuple(lbl.removeprefix("class") + "0" for lbl in labels))
+        for vid, x, labels in cluster_videos(12, n_classes=3)
+    ]
+    indexed = write_store(tmp_path / "i.zarr", videos, dim=16, attrs={"backbone": "synthetic"})
+    out = tmp_path / "r"
+    trained = invoke("-q", "train", indexed, "-m", "logistic", "-o", out, "--epochs", "1")
+    assert trained.exit_code == 0, trained.output
+    sub = tmp_path / "sub.csv"
+    result = invoke("predict", out, "--store", indexed, "--format", "yt8m", "--out", sub)
+    assert result.exit_code == 0, result.output
+    pairs = pd.read_csv(sub)["LabelConfidencePairs"][0].split(" ")
+    assert {int(i) for i in pairs[::2]} == {0, 10, 20}
+
+
+# ------------------------------------------------------------------------------ damaged runs
+
+
+def test_report_on_a_directory_that_is_not_a_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    line = one_line_error(invoke("report", tmp_path / "empty", "--out", tmp_path / "rep"))
+    assert "not a heads run directory" in line and not (tmp_path / "rep").exists()
+
+
+def test_report_on_a_truncated_predictions_file(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    npz = copy / "test_predictions.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    line = one_line_error(invoke("report", copy, "--out", tmp_path / "rep"))
+    assert "test_predictions.npz" in line
+
+
+class Payload:
+    """Any class a checkpoint should not hold: unpickling it would import and run code."""
+
+
+def test_a_malicious_checkpoint_is_refused_in_one_line(run, store, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    torch.save({"format": 1, "payload": Payload()}, copy / "best.pt")
+    line = one_line_error(invoke("evaluate", copy))
+    assert str(copy / "best.pt") in line and "refused" in line
+    assert "weights_only" not in line
