@@ -61,6 +61,11 @@ class ExtractConfig:
     # Finished videos are committed in groups of this many (or every 10 s): a killed job loses
     # at most that group. Smaller is safer, larger writes fewer metadata updates.
     commit_every: int = 16
+    # A second stream "audio" from the audio track (an audio backbone name, e.g. "vggish"),
+    # its weight file, and VGGish's PCA parameters (needed for uint8 audio with --quantize).
+    audio: str | None = None
+    audio_weights: str | None = None
+    audio_pca: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "manifest", Path(self.manifest))
@@ -87,6 +92,10 @@ class ExtractConfig:
             problems.append("--quantize needs --pca (raw features do not fit [-2, 2])")
         if not self.timeout_s > 0:  # NaN too
             problems.append("timeout must be > 0 seconds")
+        if self.audio is None and (self.audio_weights or self.audio_pca):
+            problems.append("--audio-weights and --audio-pca need --audio")
+        if self.audio is not None and self.quantize and not self.audio_pca:
+            problems.append("--quantize with --audio needs --audio-pca (VGGish's PCA parameters)")
         i, n = self.shard
         if not 0 <= i < n:
             problems.append(f"shard must satisfy 0 <= I < N, got {i}/{n}")

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from vidfeat import __version__
+from vidfeat.audio.features import AudioFeatures
+from vidfeat.audio.postprocess import load_vggish_pca
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME
 from vidfeat.config import ExtractConfig, shard_of
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
@@ -29,6 +31,7 @@ from vidfeat.pca.apply import FeatureReduction
 from vidfeat.preprocess import preprocess_frame
 from vidfeat.signals import sigterm_as_interrupt
 from vidfeat.store import StoreWriter, create_store, open_store
+from vidfeat.store.base import NO_AUDIO_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class ExtractSummary:
     ok: int = 0
     failed: int = 0
     frames: int = 0
+    no_audio: int = 0  # extracted with --audio, but without an audio track
     seconds: float = 0.0  # whole job
     setup_s: float = 0.0  # manifest, weights, store; the rest is the decode+embed loop
     failures: dict[str, str] = dataclasses.field(default_factory=dict)  # video_id -> status
@@ -111,9 +115,10 @@ class _Extraction:
         reduction: FeatureReduction,
         writer: StoreWriter,
         summary: ExtractSummary,
+        audio: AudioFeatures | None = None,
     ) -> None:
         self.cfg, self.backbone, self.reduction = cfg, backbone, reduction
-        self.writer, self.summary = writer, summary
+        self.writer, self.summary, self.audio = writer, summary, audio
         self.videos: dict[str, _Video] = {}
         # Frames waiting for the backbone: (video_id, (n, S, S, 3) float32 chunk).
         self.pending: list[tuple[str, np.ndarray]] = []
@@ -130,6 +135,7 @@ class _Extraction:
             max_frames=self.cfg.max_frames,
             frame_transform=transform,
             timeout_s=self.cfg.timeout_s,
+            audio=None if self.audio is None else self.audio.backbone.spec.front_end,
         ) as pool:
             for entry in todo:
                 self.videos[entry.video_id] = _Video(entry)
@@ -212,9 +218,17 @@ class _Extraction:
     def write(self, video: _Video) -> None:
         e, info = video.entry, video.done.info
         feats = np.concatenate(video.chunks, axis=0)
+        features: np.ndarray | dict[str, np.ndarray] = self.reduction(feats)
+        note = ""
+        if self.audio is not None:
+            has_audio = bool(info["has_audio"])
+            features = {"rgb": features, "audio": self.audio(video.done.audio_examples, has_audio)}
+            note = "" if has_audio else NO_AUDIO_NOTE
+            self.summary.no_audio += not has_audio
         self.writer.write(
             e.video_id,
-            self.reduction(feats),
+            features,
+            note=note,
             labels=e.labels,
             timestamps=np.concatenate(video.timestamps),
             source_path=str(e.path),
@@ -260,6 +274,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     i, n = cfg.shard
     entries = [e for e in entries if shard_of(e.video_id, n) == i]
     reduction = FeatureReduction.from_options(cfg.pca, cfg.quantize)
+    audio = _audio_features(cfg)  # first: missing audio weights stop before the slow load
     backbone = create_backbone(
         cfg.backbone,
         weights=cfg.weights,
@@ -274,13 +289,11 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         sigterm_as_interrupt(),
         create_store(
             cfg.out,
-            dim=dim,
             format=cfg.format,
             attrs=resume_attrs(cfg, store_attrs(cfg, backbone.spec.to_attrs(), reduction)),
-            dtype=reduction.dtype or cfg.dtype,
-            quantization=reduction.quantization,
             part=cfg.part_name,
             commit_every=cfg.commit_every,
+            **_stream_options(dim, reduction.dtype or cfg.dtype, reduction.quantization, audio),
         ) as writer,
     ):
         done = writer.committed_ids("ok" if cfg.retry_failed else "any")
@@ -290,12 +303,35 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             log.info(
                 "resuming: %d of %d videos already in %s", summary.skipped, len(entries), cfg.out
             )
-        job = _Extraction(cfg, backbone, reduction, writer, summary)
+        job = _Extraction(cfg, backbone, reduction, writer, summary, audio)
         summary.setup_s = time.monotonic() - t0
         with _progress(len(todo), cfg.progress) as progress:
             job.run(todo, progress)
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def _audio_features(cfg: ExtractConfig) -> AudioFeatures | None:
+    """The audio stream's network and postprocessing, or None without --audio."""
+    if cfg.audio is None:
+        return None
+    from vidfeat.backbones.audio import create_audio_backbone
+
+    backbone = create_audio_backbone(
+        cfg.audio, weights=cfg.audio_weights, device=cfg.device, precision=cfg.precision
+    )
+    pca = load_vggish_pca(cfg.audio_pca) if cfg.audio_pca else None
+    return AudioFeatures(backbone, pca, quantize=cfg.quantize)
+
+
+def _stream_options(
+    dim: int, dtype: str, quantization: dict | None, audio: AudioFeatures | None
+) -> dict[str, Any]:
+    """``create_store`` keywords: the rgb stream alone as before, or rgb and audio."""
+    if audio is None:
+        return {"dim": dim, "dtype": dtype, "quantization": quantization}
+    rgb = {"dim": dim, "dtype": dtype, "quantization": quantization}
+    return {"streams": {"rgb": rgb, "audio": audio.stream_spec()}}
 
 
 @contextmanager

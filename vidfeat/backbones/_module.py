@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from vidfeat.backbones.audio import AudioBackboneSpec
 from vidfeat.backbones.base import BackboneSpec
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, Runner, check_runtime
 from vidfeat.errors import ConfigError
@@ -32,6 +33,13 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported device {device!r}; use cpu, cuda[:N] or auto")
     return resolved
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Compute dtype of a module that always runs eagerly (the audio backbones): the eager
+    runtime's precisions on that device, so one --precision means the same for every stream."""
+    check_runtime(DEFAULT_RUNTIME, device.type, precision)
+    return PRECISIONS[precision]
 
 
 def fold_batch_norm(module: nn.Module) -> nn.Module:
@@ -85,3 +93,27 @@ class ModuleBackbone:
         # NHWC storage viewed as NCHW is exactly channels_last: no copy on the host.
         x = batch.permute(0, 3, 1, 2).to(self.device, non_blocking=True)
         return self._run(x.contiguous(memory_format=torch.channels_last)).float()
+
+
+class ExamplesBackbone:
+    """Runs ``module`` ((N, frames, bands) in, (N, D) out) in eval mode under inference_mode."""
+
+    def __init__(
+        self, spec: AudioBackboneSpec, module: nn.Module, device: torch.device, precision: str
+    ) -> None:
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self.dtype = resolve_dtype(precision, device)
+        module.eval().requires_grad_(False)
+        self.module = module.to(device=device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def embed_examples(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, frames, bands) float32 log-mel examples -> (N, feature_dim) float32."""
+        shape = self.spec.example_shape
+        if batch.ndim != 3 or tuple(batch.shape[1:]) != shape:
+            raise ConfigError(
+                f"expected a (N, {shape[0]}, {shape[1]}) batch, got {tuple(batch.shape)}"
+            )
+        return self.module(batch.to(self.device, self.dtype)).float()
