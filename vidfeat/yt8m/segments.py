@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vidfeat import atomic
 from vidfeat.location import Location, RemotePath, as_location
 from vidfeat.yt8m.schema import Segments, Yt8mVideo
 from vidfeat.yt8m.sources import SourceFile
@@ -72,11 +73,8 @@ def write_segments(
         return len(rows)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / _file_name(source)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    table.to_csv(tmp, index=False)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic.atomic_open(path, "w", newline="") as fh:
+        table.to_csv(fh, index=False)
     return len(rows)
 
 
