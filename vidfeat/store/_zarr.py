@@ -29,6 +29,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
+from zarr.errors import ContainsGroupError
 from zarr.storage import FsspecStore
 
 from vidfeat.errors import StoreError, StoreIntegrityError
@@ -298,7 +299,10 @@ class ZarrBackend(Backend):
         return zarr.open_group(self.path / sub, mode=mode, zarr_format=3)
 
     def open_part_writer(self, part: str, meta: StoreMeta) -> PartWriter:
-        parts = self._group("parts", "a")
+        try:
+            parts = self._group("parts", "a")
+        except ContainsGroupError:  # another shard made it between zarr's check and create
+            parts = self._group("parts", "r+")
         group = parts[part] if part in parts else parts.create_group(part)
         return ZarrPartWriter(group, meta)
 
