@@ -50,6 +50,11 @@ class ExtractConfig:
     # Finished videos are committed in groups of this many (or every 10 s): a killed job loses
     # at most that group. Smaller is safer, larger writes fewer metadata updates.
     commit_every: int = 16
+    # Where the loop runs (vidfeat.engines): "local", or "ray" with decode tasks over the
+    # cluster feeding ``embed_workers`` actors (default: one per GPU in the cluster, else 1).
+    engine: str = "local"
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a cluster on this machine
+    embed_workers: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "manifest", Path(self.manifest))
@@ -74,6 +79,10 @@ class ExtractConfig:
             problems.append("--quantize needs --pca (raw features do not fit [-2, 2])")
         if not self.timeout_s > 0:  # NaN too
             problems.append("timeout must be > 0 seconds")
+        if self.engine != "ray" and (self.ray_address or self.embed_workers):
+            problems.append("--ray-address and --embed-workers need --engine ray")
+        if self.embed_workers is not None and self.embed_workers < 1:
+            problems.append("embed_workers must be >= 1")
         i, n = self.shard
         if not 0 <= i < n:
             problems.append(f"shard must satisfy 0 <= I < N, got {i}/{n}")

@@ -84,3 +84,7 @@ class VideoNotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class EngineError(VidfeatError, RuntimeError):
+    """A distributed engine cannot go on: unreachable, or its workers keep dying."""

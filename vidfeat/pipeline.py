@@ -135,7 +135,7 @@ class _Extraction:
             timeout_s=self.cfg.timeout_s,
         ) as pool:
             for entry in todo:
-                self.videos[entry.video_id] = _Video(entry)
+                self.add(entry)
             # Only full batches are embedded inside the loop: workers keep decoding meanwhile,
             # and the last partial batch is embedded once the pool has drained.
             for event in pool.map((e.video_id, str(e.path)) for e in todo):
@@ -143,9 +143,17 @@ class _Extraction:
                 while self.pending_frames >= self.cfg.batch_size:
                     self.embed_batch()
                 self.tick(progress)
-            while self.pending:
-                self.embed_batch()
+            self.drain()
             self.tick(progress)
+
+    def add(self, entry: ManifestEntry) -> None:
+        """Expect events for ``entry``."""
+        self.videos[entry.video_id] = _Video(entry)
+
+    def drain(self) -> None:
+        """Embed the last partial batch: every video whose frames all arrived is then ready."""
+        while self.pending:
+            self.embed_batch()
 
     def tick(self, progress: Any) -> None:
         """Write finished videos and show videos/s (tqdm), frames/s and failures."""
@@ -255,7 +263,7 @@ class _Extraction:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     # Batch schedulers send SIGTERM; turning it into KeyboardInterrupt runs the same cleanup
     # (commit finished videos, stop workers) as Ctrl-C.
     def handler(signum: int, frame: object) -> None:
@@ -272,8 +280,32 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def extract(cfg: ExtractConfig) -> ExtractSummary:
-    """Run (or resume) one extraction job. Raises VidfeatError subclasses on bad input."""
+@dataclasses.dataclass
+class ExtractJob:
+    """What every engine starts from: this shard's videos, the model and the store settings.
+
+    ``backbone`` is loaded on ``device`` at ``precision`` as given to :func:`prepare`; an
+    engine whose workers load their own needs it only for its spec.
+    """
+
+    cfg: ExtractConfig
+    entries: list[ManifestEntry]
+    backbone: Any
+    reduction: FeatureReduction
+    store_settings: dict[str, Any]  # create_store keywords, except part and commit_every
+    summary: ExtractSummary
+    started: float
+
+    def open_writer(self, part: str) -> StoreWriter:
+        return create_store(
+            self.cfg.out, **self.store_settings, part=part, commit_every=self.cfg.commit_every
+        )
+
+
+def prepare(
+    cfg: ExtractConfig, device: str | None = None, precision: str | None = None
+) -> ExtractJob:
+    """Read the manifest (this shard of it), load the backbone and PCA, settle the store."""
     from vidfeat.backbones import create_backbone
 
     t0 = time.monotonic()
@@ -282,41 +314,40 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     entries = [e for e in entries if shard_of(e.video_id, n) == i]
     reduction = FeatureReduction.from_options(cfg.pca, cfg.quantize)
     backbone = create_backbone(
-        cfg.backbone, weights=cfg.weights, device=cfg.device, precision=cfg.precision
+        cfg.backbone,
+        weights=cfg.weights,
+        device=device or cfg.device,
+        precision=precision or cfg.precision,
     )
-    dim = reduction.output_dim(backbone.spec.feature_dim)
+    settings = {
+        "dim": reduction.output_dim(backbone.spec.feature_dim),
+        "format": cfg.format,
+        "attrs": resume_attrs(cfg, store_attrs(cfg, backbone.spec.to_attrs(), reduction)),
+        "dtype": reduction.dtype or cfg.dtype,
+        "quantization": reduction.quantization,
+    }
     summary = ExtractSummary(total=len(entries))
-    # The SIGTERM handler is entered first so it still covers the writer's final commit.
-    with (
-        _sigterm_as_interrupt(),
-        create_store(
-            cfg.out,
-            dim=dim,
-            format=cfg.format,
-            attrs=resume_attrs(cfg, store_attrs(cfg, backbone.spec.to_attrs(), reduction)),
-            dtype=reduction.dtype or cfg.dtype,
-            quantization=reduction.quantization,
-            part=cfg.part_name,
-            commit_every=cfg.commit_every,
-        ) as writer,
-    ):
-        done = writer.committed_ids("ok" if cfg.retry_failed else "any")
-        todo = [e for e in entries if e.video_id not in done]
-        summary.skipped = len(entries) - len(todo)
-        if summary.skipped:
-            log.info(
-                "resuming: %d of %d videos already in %s", summary.skipped, len(entries), cfg.out
-            )
-        job = _Extraction(cfg, backbone, reduction, writer, summary)
-        summary.setup_s = time.monotonic() - t0
-        with _progress(len(todo), cfg.progress) as progress:
-            job.run(todo, progress)
+    return ExtractJob(cfg, entries, backbone, reduction, settings, summary, t0)
+
+
+def extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Run (or resume) one extraction job with ``cfg.engine``. Raises VidfeatError subclasses
+    on bad input."""
+    from vidfeat.engines import ENGINES
+
+    t0 = time.monotonic()
+    summary = ENGINES.get(cfg.engine)(cfg)
     summary.seconds = time.monotonic() - t0
     return summary
 
 
+def log_resume(summary: ExtractSummary, out: object) -> None:
+    if summary.skipped:
+        log.info("resuming: %d of %d videos already in %s", summary.skipped, summary.total, out)
+
+
 @contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Any]:
+def progress_bar(total: int, enabled: bool) -> Iterator[Any]:
     from tqdm.auto import tqdm
 
     bar = tqdm(
