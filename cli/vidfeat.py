@@ -52,6 +52,8 @@ def main(verbose: int, quiet: bool) -> None:
 
 # One line per command; the module is imported only when the command is used.
 main.lazy_command("pca", "vidfeat_cli.pca:pca", "Whitened PCA and uint8 codes, as YouTube-8M.")
+main.lazy_command("import-yt8m", "vidfeat_cli.yt8m:import_yt8m", "YouTube-8M TFRecords in.")
+main.lazy_command("export-yt8m", "vidfeat_cli.yt8m:export_yt8m", "A store as YouTube-8M TFRecords.")
 
 
 def _backbones() -> list[str]:
@@ -76,6 +78,12 @@ def _engines() -> list[str]:
     from vidfeat.engines import ENGINES
 
     return ENGINES.names()
+
+
+def _audio_backbones() -> list[str]:
+    from vidfeat.backbones.audio import audio_backbone_names
+
+    return audio_backbone_names()
 
 
 def _precisions() -> list[str]:
@@ -118,6 +126,24 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
     ),
     ("quantize", "Model", bool, "Store YouTube-8M uint8 codes (needs --pca)."),
     ("dtype", "Model", click.Choice(["float32", "float16"]), "Stored dtype (without --quantize)."),
+    (
+        "audio",
+        "Model",
+        _audio_backbones,
+        "Also write a stream 'audio' from the audio track (vggish: 128-d per frame).",
+    ),
+    (
+        "audio_weights",
+        "Model",
+        str,
+        "VGGish weights: vggish-10086976.pth (PyTorch port) or the TF checkpoint as .npz.",
+    ),
+    (
+        "audio_pca",
+        "Model",
+        str,
+        "VGGish's vggish_pca_params.npz: PCA-whitened audio (uint8 with --quantize).",
+    ),
     ("format", "Run", _backends, "Store format (default: by --out suffix, else zarr)."),
     ("device", "Run", DEVICE, "auto: cuda when available."),
     (
@@ -216,6 +242,8 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
       vidfeat extract videos.csv --out feats.zarr --shard $SLURM_ARRAY_TASK_ID/64
       vidfeat extract videos.csv --out /shared/feats.zarr --engine ray --ray-address auto \\
         --workers 128
+      vidfeat extract videos.csv --out feats.zarr --pca yt8m_pca/ --quantize \\
+          --audio vggish --audio-weights vggish-10086976.pth --audio-pca vggish_pca_params.npz
     """
     from vidfeat.config import ExtractConfig, parse_shard
     from vidfeat.pipeline import extract as run_extract
@@ -236,6 +264,8 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
         f"({summary.frames} frames in {summary.seconds:.1f} s, "
         f"{summary.frames_per_s:.1f} frames/s) -> {out}"
     )
+    if summary.no_audio:
+        click.echo(f"  {summary.no_audio} extracted without an audio track (flagged no_audio)")
     if summary.failed:
         for vid, status in list(summary.failures.items())[:10]:
             click.echo(f"  failed: {vid} ({status})", err=True)

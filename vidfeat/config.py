@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +22,15 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not m or not int(m[1]) < int(m[2]):
         raise ConfigError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
     return int(m[1]), int(m[2])
+
+
+def shard_of(key: str, n_shards: int) -> int:
+    """Stable shard for a video id or file name: independent of order, so edits don't reshuffle.
+
+    A cryptographic hash, because CRC32's low bits barely move between ids like v1, v2, v3.
+    """
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n_shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +60,11 @@ class ExtractConfig:
     # Finished videos are committed in groups of this many (or every 10 s): a killed job loses
     # at most that group. Smaller is safer, larger writes fewer metadata updates.
     commit_every: int = 16
+    # A second stream "audio" from the audio track (an audio backbone name, e.g. "vggish"),
+    # its weight file, and VGGish's PCA parameters (needed for uint8 audio with --quantize).
+    audio: str | None = None
+    audio_weights: str | None = None
+    audio_pca: str | None = None
     # Where the loop runs (vidfeat.engines): "local", or "ray" with decode tasks over the
     # cluster feeding ``embed_workers`` actors (default: one per GPU in the cluster, else 1).
     engine: str = "local"
@@ -79,6 +94,10 @@ class ExtractConfig:
             problems.append("--quantize needs --pca (raw features do not fit [-2, 2])")
         if not self.timeout_s > 0:  # NaN too
             problems.append("timeout must be > 0 seconds")
+        if self.audio is None and (self.audio_weights or self.audio_pca):
+            problems.append("--audio-weights and --audio-pca need --audio")
+        if self.audio is not None and self.quantize and not self.audio_pca:
+            problems.append("--quantize with --audio needs --audio-pca (VGGish's PCA parameters)")
         if self.engine != "ray" and (self.ray_address or self.embed_workers):
             problems.append("--ray-address and --embed-workers need --engine ray")
         if self.embed_workers is not None and self.embed_workers < 1:

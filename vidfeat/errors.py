@@ -86,5 +86,51 @@ class VideoNotFoundError(StoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class RecordError(VidfeatError, ValueError):
+    """A TFRecord file, or one record in it, cannot be read.
+
+    ``status`` is a short machine-readable code, ``index`` the record's position in its file
+    (0-based) and ``offset`` its byte offset.
+    """
+
+    status = "bad_record"
+
+    def __init__(self, reason: str, *, index: int = 0, offset: int = 0) -> None:
+        self.reason = reason
+        self.index = index
+        self.offset = offset
+        super().__init__(reason)
+
+
+class EmptyFileError(RecordError):
+    """The file has no bytes at all."""
+
+    status = "empty"
+
+
+class NotTFRecordError(RecordError):
+    """The file does not start with a valid TFRecord header."""
+
+    status = "not_tfrecord"
+
+
+class TruncatedRecordError(RecordError):
+    """The file ends inside a record; nothing after it can be read."""
+
+    status = "truncated"
+
+
+class CorruptRecordError(RecordError):
+    """A record's checksum does not match its bytes."""
+
+    status = "bad_crc"
+
+
+class BadExampleError(RecordError):
+    """A record is framed correctly but does not hold the expected protobuf or fields."""
+
+    status = "bad_example"
+
+
 class EngineError(VidfeatError, RuntimeError):
     """A distributed engine cannot go on: unreachable, or its workers keep dying."""

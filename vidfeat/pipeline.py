@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -22,13 +20,16 @@ from typing import Any
 import numpy as np
 
 from vidfeat import __version__
-from vidfeat.config import ExtractConfig
+from vidfeat.audio.features import AudioFeatures
+from vidfeat.audio.postprocess import load_vggish_pca
+from vidfeat.config import ExtractConfig, shard_of
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
 from vidfeat.errors import DecodeError, StoreError
 from vidfeat.manifest import ManifestEntry, read_manifest
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.preprocess import preprocess_frame
 from vidfeat.store import StoreWriter, create_store, open_store
+from vidfeat.store.base import NO_AUDIO_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class ExtractSummary:
     ok: int = 0
     failed: int = 0
     frames: int = 0
+    no_audio: int = 0  # extracted with --audio, but without an audio track
     seconds: float = 0.0  # whole job
     setup_s: float = 0.0  # manifest, weights, store; the rest is the decode+embed loop
     failures: dict[str, str] = dataclasses.field(default_factory=dict)  # video_id -> status
@@ -49,15 +51,6 @@ class ExtractSummary:
         """Throughput of the decode + embed loop (excluding setup)."""
         loop_s = self.seconds - self.setup_s
         return self.frames / loop_s if loop_s > 0 else 0.0
-
-
-def shard_of(video_id: str, n_shards: int) -> int:
-    """Stable shard for a video: independent of manifest order, so edits don't reshuffle.
-
-    A cryptographic hash, because CRC32's low bits barely move between ids like v1, v2, v3.
-    """
-    digest = hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % n_shards
 
 
 def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReduction) -> dict:
@@ -114,9 +107,10 @@ class _Extraction:
         reduction: FeatureReduction,
         writer: StoreWriter,
         summary: ExtractSummary,
+        audio: AudioFeatures | None = None,
     ) -> None:
         self.cfg, self.backbone, self.reduction = cfg, backbone, reduction
-        self.writer, self.summary = writer, summary
+        self.writer, self.summary, self.audio = writer, summary, audio
         self.videos: dict[str, _Video] = {}
         # Frames waiting for the backbone: (video_id, (n, S, S, 3) float32 chunk).
         self.pending: list[tuple[str, np.ndarray]] = []
@@ -133,6 +127,7 @@ class _Extraction:
             max_frames=self.cfg.max_frames,
             frame_transform=transform,
             timeout_s=self.cfg.timeout_s,
+            audio=None if self.audio is None else self.audio.backbone.spec.front_end,
         ) as pool:
             for entry in todo:
                 self.add(entry)
@@ -223,9 +218,17 @@ class _Extraction:
     def write(self, video: _Video) -> None:
         e, info = video.entry, video.done.info
         feats = np.concatenate(video.chunks, axis=0)
+        features: np.ndarray | dict[str, np.ndarray] = self.reduction(feats)
+        note = ""
+        if self.audio is not None:
+            has_audio = bool(info["has_audio"])
+            features = {"rgb": features, "audio": self.audio(video.done.audio_examples, has_audio)}
+            note = "" if has_audio else NO_AUDIO_NOTE
+            self.summary.no_audio += not has_audio
         self.writer.write(
             e.video_id,
-            self.reduction(feats),
+            features,
+            note=note,
             labels=e.labels,
             timestamps=np.concatenate(video.timestamps),
             source_path=str(e.path),
@@ -262,36 +265,19 @@ class _Extraction:
             raise DecodeError(f"{video_id}: {reason}", status=status)
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    # Batch schedulers send SIGTERM; turning it into KeyboardInterrupt runs the same cleanup
-    # (commit finished videos, stop workers) as Ctrl-C.
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @dataclasses.dataclass
 class ExtractJob:
-    """What every engine starts from: this shard's videos, the model and the store settings.
+    """What every engine starts from: this shard's videos, the models and the store settings.
 
-    ``backbone`` is loaded on ``device`` at ``precision`` as given to :func:`prepare`; an
-    engine whose workers load their own needs it only for its spec.
+    ``backbone`` (and ``audio``'s) are loaded on ``device`` at ``precision`` as given to
+    :func:`prepare`; an engine whose workers load their own needs them only for their specs.
     """
 
     cfg: ExtractConfig
     entries: list[ManifestEntry]
     backbone: Any
     reduction: FeatureReduction
+    audio: AudioFeatures | None
     store_settings: dict[str, Any]  # create_store keywords, except part and commit_every
     summary: ExtractSummary
     started: float
@@ -305,7 +291,7 @@ class ExtractJob:
 def prepare(
     cfg: ExtractConfig, device: str | None = None, precision: str | None = None
 ) -> ExtractJob:
-    """Read the manifest (this shard of it), load the backbone and PCA, settle the store."""
+    """Read the manifest (this shard of it), load the models and PCA, settle the store."""
     from vidfeat.backbones import create_backbone
 
     t0 = time.monotonic()
@@ -313,26 +299,27 @@ def prepare(
     i, n = cfg.shard
     entries = [e for e in entries if shard_of(e.video_id, n) == i]
     reduction = FeatureReduction.from_options(cfg.pca, cfg.quantize)
+    # First: missing audio weights stop before the slow load.
+    audio = audio_features(cfg, device or cfg.device, precision or cfg.precision)
     backbone = create_backbone(
         cfg.backbone,
         weights=cfg.weights,
         device=device or cfg.device,
         precision=precision or cfg.precision,
     )
+    dim = reduction.output_dim(backbone.spec.feature_dim)
     settings = {
-        "dim": reduction.output_dim(backbone.spec.feature_dim),
         "format": cfg.format,
         "attrs": resume_attrs(cfg, store_attrs(cfg, backbone.spec.to_attrs(), reduction)),
-        "dtype": reduction.dtype or cfg.dtype,
-        "quantization": reduction.quantization,
+        **_stream_options(dim, reduction.dtype or cfg.dtype, reduction.quantization, audio),
     }
     summary = ExtractSummary(total=len(entries))
-    return ExtractJob(cfg, entries, backbone, reduction, settings, summary, t0)
+    return ExtractJob(cfg, entries, backbone, reduction, audio, settings, summary, t0)
 
 
 def extract(cfg: ExtractConfig) -> ExtractSummary:
-    """Run (or resume) one extraction job with ``cfg.engine``. Raises VidfeatError subclasses
-    on bad input."""
+    """Run (or resume) one extraction job with ``cfg.engine`` (vidfeat.engines). Raises
+    VidfeatError subclasses on bad input."""
     from vidfeat.engines import ENGINES
 
     t0 = time.monotonic()
@@ -344,6 +331,29 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 def log_resume(summary: ExtractSummary, out: object) -> None:
     if summary.skipped:
         log.info("resuming: %d of %d videos already in %s", summary.skipped, summary.total, out)
+
+
+def audio_features(cfg: ExtractConfig, device: str, precision: str) -> AudioFeatures | None:
+    """The audio stream's network and postprocessing, or None without --audio."""
+    if cfg.audio is None:
+        return None
+    from vidfeat.backbones.audio import create_audio_backbone
+
+    backbone = create_audio_backbone(
+        cfg.audio, weights=cfg.audio_weights, device=device, precision=precision
+    )
+    pca = load_vggish_pca(cfg.audio_pca) if cfg.audio_pca else None
+    return AudioFeatures(backbone, pca, quantize=cfg.quantize)
+
+
+def _stream_options(
+    dim: int, dtype: str, quantization: dict | None, audio: AudioFeatures | None
+) -> dict[str, Any]:
+    """``create_store`` keywords: the rgb stream alone as before, or rgb and audio."""
+    if audio is None:
+        return {"dim": dim, "dtype": dtype, "quantization": quantization}
+    rgb = {"dim": dim, "dtype": dtype, "quantization": quantization}
+    return {"streams": {"rgb": rgb, "audio": audio.stream_spec()}}
 
 
 @contextmanager

@@ -267,7 +267,7 @@ def test_killed_job_resumes_to_the_uninterrupted_result(tmp_path, make_video, si
     _, err = proc.communicate(timeout=60)
     if sig == signal.SIGTERM:
         assert proc.returncode == 130, err
-        assert "rerun to resume" in err
+        assert "rerun the same command to resume" in err
     with open_store(store) as r:
         interrupted = set(r.ok_ids)
         assert seen <= len(interrupted) < 20 and len(r.videos) == len(interrupted)

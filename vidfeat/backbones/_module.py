@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vidfeat.backbones.audio import AudioBackboneSpec
 from vidfeat.backbones.base import BackboneSpec
 from vidfeat.errors import ConfigError
 
@@ -62,3 +63,27 @@ class ModuleBackbone:
         x = batch.permute(0, 3, 1, 2).to(self.device, self.dtype, non_blocking=True)
         features = self.module(x.contiguous(memory_format=torch.channels_last))
         return features.float()
+
+
+class ExamplesBackbone:
+    """Runs ``module`` ((N, frames, bands) in, (N, D) out) in eval mode under inference_mode."""
+
+    def __init__(
+        self, spec: AudioBackboneSpec, module: nn.Module, device: torch.device, precision: str
+    ) -> None:
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self.dtype = resolve_dtype(precision, device)
+        module.eval().requires_grad_(False)
+        self.module = module.to(device=device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def embed_examples(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, frames, bands) float32 log-mel examples -> (N, feature_dim) float32."""
+        shape = self.spec.example_shape
+        if batch.ndim != 3 or tuple(batch.shape[1:]) != shape:
+            raise ConfigError(
+                f"expected a (N, {shape[0]}, {shape[1]}) batch, got {tuple(batch.shape)}"
+            )
+        return self.module(batch.to(self.device, self.dtype)).float()

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
 
 # Modules that register built-in backbones; imported lazily because they import torch.
-_BUILTIN_MODULES = ("vidfeat.backbones.inception_v3",)
+_BUILTIN_MODULES = ("vidfeat.backbones.inception_v3", "vidfeat.backbones.vggish")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

@@ -67,7 +67,12 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def load_state_dict_strict(module: nn.Module, state: Mapping[str, object], source: str) -> None:
+def load_state_dict_strict(
+    module: nn.Module,
+    state: Mapping[str, object],
+    source: str,
+    architecture: str = "inception_v3 (yt8m)",
+) -> None:
     """Load ``state`` into ``module``; any missing, unexpected or misshapen key -> WeightsError."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -88,7 +93,7 @@ def load_state_dict_strict(module: nn.Module, state: Mapping[str, object], sourc
             if keys
         ]
         raise WeightsError(
-            f"{source} does not match the inception_v3 (yt8m) architecture: " + "; ".join(problems)
+            f"{source} does not match the {architecture} architecture: " + "; ".join(problems)
         )
     module.load_state_dict(state, strict=True)
 

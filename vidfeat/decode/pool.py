@@ -41,12 +41,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vidfeat.decode.worker import FrameTransform, WorkerSettings, worker_main
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.sampling import parse_fps
+
+if TYPE_CHECKING:
+    from vidfeat.audio.mel import LogMelParams
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +71,15 @@ class FramesChunk:
 @dataclass(frozen=True)
 class VideoDone:
     """All chunks of the video were delivered. ``info``: n_frames, duration_s (decoded, else
-    declared), native_fps, decoder, declared_duration_s, width, height, codec, n_frames_header."""
+    declared), native_fps, decoder, declared_duration_s, width, height, codec, n_frames_header,
+    and with ``audio`` settings has_audio.
+
+    ``audio_examples``: with ``audio`` settings, (n_frames, 96, 64) float32 log-mel examples,
+    one per frame in timestamp order (silence where there is no audio); else None."""
 
     job_id: str
     info: dict[str, object]
+    audio_examples: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,8 @@ class DecodePool:
     ``timeout_s`` is the per-video budget of worker time (see module docstring).
     ``extra_modules`` are imported in every worker (and here) before decoding, e.g. a module
     registering another decoder. ``map`` submits lazily from an iterable of (job_id, path).
+    ``audio`` (a ``vidfeat.audio.LogMelParams``): also cut one log-mel example per sampled
+    frame from the audio track, in the same worker under the same time limit.
     """
 
     def __init__(
@@ -143,6 +154,7 @@ class DecodePool:
         extra_modules: Iterable[str] = (),
         start_method: str | None = None,
         decode_threads: int | None = None,
+        audio: LogMelParams | None = None,
     ) -> None:
         if num_workers < 1:
             raise ConfigError(f"num_workers must be >= 1, got {num_workers}")
@@ -172,6 +184,7 @@ class DecodePool:
             chunk_frames,
             extra,
             decode_threads,
+            audio,
         )
         self.timeout_s = float(timeout_s)
         self._ctx = _context(start_method)

@@ -19,8 +19,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vidfeat.audio.decode import AudioExamples
+    from vidfeat.audio.mel import LogMelParams
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ class WorkerSettings:
     chunk_frames: int
     extra_modules: tuple[str, ...]
     threads: int = 0  # decoding threads per video; 0: the decoder library's default
+    # Also cut one log-mel example per sampled frame from the audio track (vidfeat.audio).
+    audio: LogMelParams | None = None
 
 
 def _die_with_parent() -> None:
@@ -99,30 +106,43 @@ def _run_job(conn: mp_connection.Connection, s: WorkerSettings, job_id: str, pat
 
     try:
         with open_video(path, s.decoder, threads=s.threads) as video:
-            n_frames = _stream_frames(conn, s, job_id, video.sample(s.fps, s.max_frames))
+            times = _stream_frames(conn, s, job_id, video.sample(s.fps, s.max_frames))
             info = dataclasses.asdict(video.info)  # native_fps, width, height, codec, ...
             info["declared_duration_s"] = info.pop("duration_s")
             info["duration_s"] = video.decoded_duration_s or info["declared_duration_s"]
-            info.update(n_frames=n_frames, decoder=s.decoder)
+            info.update(n_frames=len(times), decoder=s.decoder)
+        audio = None
+        if s.audio is not None:
+            audio = _audio_examples(path, times, s.audio)
+            info["has_audio"] = audio.has_audio
     except DecodeError as e:
         _send(conn, "failed", job_id, e.status, e.reason)
     except Exception as e:  # one bad video must never take the worker down
         _send(conn, "failed", job_id, "decode_error", f"{type(e).__name__}: {e}")
     else:
-        _send(conn, "done", job_id, info)
+        _send(conn, "done", job_id, info, None if audio is None else audio.examples)
+
+
+def _audio_examples(path: str, times: list[float], params: LogMelParams) -> AudioExamples:
+    """The audio track's examples at the sampled frames' timestamps (after the video, so a
+    video that fails costs no audio decoding)."""
+    from vidfeat.audio.decode import decode_audio_examples
+
+    return decode_audio_examples(path, times, params=params)
 
 
 def _stream_frames(
     conn: mp_connection.Connection, s: WorkerSettings, job_id: str, frames: Iterable
-) -> int:
-    """Transform and send frames in chunks; returns how many were sent."""
+) -> list[float]:
+    """Transform and send frames in chunks; returns the timestamps of all frames sent."""
     buf: np.ndarray | None = None  # reused: send() has copied it out by the time it returns
     times: list[float] = []
-    total = 0
+    sent: list[float] = []
 
     def flush() -> None:
         if times:
             _send(conn, "chunk", job_id, np.asarray(times, np.float64), buf[: len(times)])
+            sent.extend(times)
             times.clear()
 
     for sampled in frames:
@@ -132,8 +152,7 @@ def _stream_frames(
             buf = np.empty((s.chunk_frames, *out.shape), out.dtype)
         buf[len(times)] = out
         times.append(sampled.timestamp_s)
-        total += 1
         if len(times) == s.chunk_frames:
             flush()
     flush()
-    return total
+    return sent

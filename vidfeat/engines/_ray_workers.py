@@ -38,6 +38,7 @@ class DecodeSettings:
     frame_transform: FrameTransform | None
     timeout_s: float
     extra_modules: tuple[str, ...] = ()  # as DecodePool's: modules registering decoders
+    audio: Any = None  # as DecodePool's: the audio front end (LogMelParams) with --audio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,7 @@ class VideoReport:
     status: str
     reason: str
     n_frames: int
+    no_audio: bool = False  # extracted with --audio from a file without an audio track
 
 
 # One pool per Ray worker process, reused by every task it runs with the same settings:
@@ -70,6 +72,7 @@ def _decode_pool(settings: DecodeSettings) -> DecodePool:
         frame_transform=settings.frame_transform,
         timeout_s=settings.timeout_s,
         extra_modules=settings.extra_modules,
+        audio=settings.audio,
         decode_threads=1,  # the task holds one CPU of the cluster
     )
     _pool = (key, pool)
@@ -95,15 +98,16 @@ def _extraction_class() -> type:
 
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
-            self.written: dict[str, tuple[str, str, int]] = {}
+            self.written: dict[str, tuple[str, str, int, bool]] = {}
 
         def write(self, video: Any) -> None:
+            no_audio = self.summary.no_audio
             super().write(video)
             n = sum(len(c) for c in video.chunks)
-            self.written[video.entry.video_id] = ("ok", "", n)
+            self.written[video.entry.video_id] = ("ok", "", n, self.summary.no_audio > no_audio)
 
         def fail(self, video_id: str, status: str, reason: str) -> None:
-            self.written[video_id] = (status, reason, 0)
+            self.written[video_id] = (status, reason, 0, False)
             super().fail(video_id, status, reason)
 
     return RecordingExtraction
@@ -117,7 +121,7 @@ class EmbedWorker:
 
         from vidfeat.backbones import create_backbone
         from vidfeat.pca.apply import FeatureReduction
-        from vidfeat.pipeline import ExtractSummary
+        from vidfeat.pipeline import ExtractSummary, audio_features
 
         if device == "cpu":
             torch.set_num_threads(1)  # the actor holds one CPU of the cluster
@@ -127,6 +131,7 @@ class EmbedWorker:
             cfg.backbone, weights=cfg.weights, device=device, precision=cfg.precision
         )
         self.reduction = FeatureReduction.from_options(cfg.pca, cfg.quantize)
+        self.audio = audio_features(cfg, device, cfg.precision)
         self.summary = ExtractSummary()
         self.writer: Any = None
         self.extraction: Any = None
@@ -143,7 +148,7 @@ class EmbedWorker:
             )
             cls = _extraction_class()
             self.extraction = cls(
-                self.cfg, self.backbone, self.reduction, self.writer, self.summary
+                self.cfg, self.backbone, self.reduction, self.writer, self.summary, self.audio
             )
         return self.extraction
 

@@ -12,8 +12,8 @@ from vidfeat.pipeline import (
     log_resume,
     prepare,
     progress_bar,
-    sigterm_as_interrupt,
 )
+from vidfeat.signals import sigterm_as_interrupt
 
 
 @ENGINES.register("local")
@@ -27,7 +27,7 @@ def run_local(cfg: ExtractConfig) -> ExtractSummary:
         todo = [e for e in job.entries if e.video_id not in done]
         summary.skipped = len(job.entries) - len(todo)
         log_resume(summary, cfg.out)
-        extraction = _Extraction(cfg, job.backbone, job.reduction, writer, summary)
+        extraction = _Extraction(cfg, job.backbone, job.reduction, writer, summary, job.audio)
         summary.setup_s = time.monotonic() - job.started
         with progress_bar(len(todo), cfg.progress) as progress:
             extraction.run(todo, progress)

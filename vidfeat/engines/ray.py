@@ -80,7 +80,7 @@ def _absolute_paths(cfg: ExtractConfig) -> ExtractConfig:
     """The paths workers open, made absolute: Ray workers run in other folders. (The store
     records weights by file name and PCA by content, so this changes no store attrs.)"""
     changes: dict[str, Any] = {"out": cfg.out.absolute()}
-    for name in ("weights", "pca"):
+    for name in ("weights", "pca", "audio_weights", "audio_pca"):
         value = getattr(cfg, name)
         if value and os.path.exists(value):
             changes[name] = os.path.abspath(value)
@@ -90,7 +90,8 @@ def _absolute_paths(cfg: ExtractConfig) -> ExtractConfig:
 @ENGINES.register("ray")
 def run_ray(cfg: ExtractConfig) -> Any:
     """Extract this shard of the manifest on a Ray cluster."""
-    from vidfeat.pipeline import log_resume, prepare, progress_bar, sigterm_as_interrupt
+    from vidfeat.pipeline import log_resume, prepare, progress_bar
+    from vidfeat.signals import sigterm_as_interrupt
     from vidfeat.store import check_store
 
     ray = _import_ray()
@@ -99,6 +100,8 @@ def run_ray(cfg: ExtractConfig) -> Any:
     # their own on their devices, so it is loaded here on the CPU at full precision.
     job = prepare(cfg, device="cpu", precision="fp32")
     spec, job.backbone = job.backbone.spec, None
+    audio_front = None if job.audio is None else job.audio.backbone.spec.front_end
+    job.audio = None
     check_store(cfg.out, **job.store_settings)  # refuse other settings before starting
     done = _done_ids(cfg)
     todo = [e for e in job.entries if e.video_id not in done]
@@ -107,7 +110,7 @@ def run_ray(cfg: ExtractConfig) -> Any:
     started_ray = _connect(ray, cfg.ray_address)
     try:
         with sigterm_as_interrupt(), progress_bar(len(todo), cfg.progress) as bar:
-            scheduler = _Scheduler(ray, cfg, job, spec, bar)
+            scheduler = _Scheduler(ray, cfg, job, spec, audio_front, bar)
             job.summary.setup_s = time.monotonic() - job.started
             scheduler.run(todo)
     finally:
@@ -128,7 +131,9 @@ class _Actor:
 class _Scheduler:
     """The driver's loop: decode tasks in flight, decoded videos waiting, actor calls."""
 
-    def __init__(self, ray: Any, cfg: ExtractConfig, job: Any, spec: Any, bar: Any) -> None:
+    def __init__(
+        self, ray: Any, cfg: ExtractConfig, job: Any, spec: Any, audio: Any, bar: Any
+    ) -> None:
         import functools
 
         from vidfeat.engines._ray_workers import DecodeSettings, EmbedWorker, decode_video
@@ -141,6 +146,7 @@ class _Scheduler:
             cfg.max_frames,
             functools.partial(preprocess_frame, spec=spec),
             cfg.timeout_s,
+            audio=audio,
         )
         # A decode task whose worker or node dies is run again: it writes nothing.
         self.decode = ray.remote(decode_video).options(num_cpus=1, num_returns=2, max_retries=3)
@@ -282,6 +288,7 @@ class _Scheduler:
         if report.status == "ok":
             s.ok += 1
             s.frames += report.n_frames
+            s.no_audio += report.no_audio
         else:
             s.failed += 1
             s.failures[report.video_id] = report.status

@@ -18,19 +18,31 @@ DEFAULT_MIN = -2.0
 DEFAULT_MAX = 2.0
 
 
+# np.rint rounds half to even, like YouTube-8M's numpy writer (np.round).
+_ROUNDING = {"nearest": np.rint, "floor": np.floor}
+
+
 def _check_range(min_value: float, max_value: float) -> None:
     if not max_value > min_value:
         raise ConfigError(f"quantization range is empty: min={min_value} max={max_value}")
 
 
 def quantize(
-    x: np.ndarray, min_value: float = DEFAULT_MIN, max_value: float = DEFAULT_MAX
+    x: np.ndarray,
+    min_value: float = DEFAULT_MIN,
+    max_value: float = DEFAULT_MAX,
+    rounding: str = "nearest",
 ) -> np.ndarray:
-    """Float features -> uint8 codes, clipping to [min_value, max_value]."""
+    """Float features -> uint8 codes, clipping to [min_value, max_value].
+
+    ``rounding="nearest"`` is YouTube-8M's frame-feature writer; ``"floor"`` is VGGish's
+    postprocessor (``astype(np.uint8)`` of the scaled value), which made the audio features.
+    """
     _check_range(min_value, max_value)
+    if rounding not in _ROUNDING:
+        raise ConfigError(f"unknown rounding {rounding!r}; choose one of: {sorted(_ROUNDING)}")
     x = np.clip(np.asarray(x, dtype=np.float64), min_value, max_value)
-    # np.rint rounds half to even, like YouTube-8M's numpy writer (np.round).
-    return np.rint((x - min_value) * (255.0 / (max_value - min_value))).astype(np.uint8)
+    return _ROUNDING[rounding]((x - min_value) * (255.0 / (max_value - min_value))).astype(np.uint8)
 
 
 def dequantize(

@@ -38,6 +38,9 @@ TABLE_DTYPES: dict[str, str] = {
     "native_fps": "float64",
 }
 LABEL_SEPARATOR = ";"
+# ``reason`` of an ok video in a store with an "audio" stream when the video has no audio track
+# (its audio features are the no-audio value, see docs/audio.md).
+NO_AUDIO_NOTE = "no_audio"
 
 # Chunks of at most 1 MiB and at most 256 frames. Training reads one video at a time (typically
 # 100-360 frames at 1 fps), and a read decompresses every chunk it touches: with 1024-frame

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from vidfeat.store import open_store
+from vidfeat.store.base import NO_AUDIO_NOTE
 from vidfeat.store.reader import StoreReader
 
 
@@ -78,6 +79,8 @@ def store_summary(path: str | os.PathLike) -> dict[str, Any]:
             "parts": sorted(videos["part"].unique().tolist()),
             "labels": labels,
             "streams": streams,
+            # Videos extracted with an audio stream but without an audio track (None: no audio).
+            "no_audio": int((ok["reason"] == NO_AUDIO_NOTE).sum()) if "audio" in streams else None,
             # The only stream, for single-stream stores (None with several: see "streams").
             "features": next(iter(streams.values())) if len(streams) == 1 else None,
             "disk_bytes": _disk_bytes(path),
@@ -112,6 +115,11 @@ def format_summary(s: dict[str, Any], show_failures: bool = True, max_failures: 
         f"frames      {s['frames']} (per video min {fpv['min']}, mean {fpv['mean']:.1f}, "
         f"max {fpv['max']})",
         *_stream_lines(s["streams"]),
+        *(
+            [f"no audio    {s['no_audio']} ok video(s) without an audio track"]
+            if s.get("no_audio") is not None
+            else []
+        ),
         f"disk        {_mib(s['disk_bytes'])}",
         f"backbone    {s['backbone']} weights={s['weights']} precision={s['precision']}",
         f"sampling    fps={s['fps']} max_frames={s['max_frames']}",

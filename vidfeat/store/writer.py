@@ -94,6 +94,7 @@ class StoreWriter:
         features: Features,
         labels: Iterable[str] = (),
         timestamps: np.ndarray | None = None,
+        note: str = "",
         **info: object,
     ) -> None:
         """Queue one successfully extracted video.
@@ -101,6 +102,7 @@ class StoreWriter:
         ``features`` maps every stream to its values: (T, dim) per stream for a frame-level
         store, all with the same T, or (dim,) for a video-level store. A plain array is the
         only stream's values. Values are checked after the cast to the stored dtype.
+        ``note`` goes to the ``reason`` column of this ok video, e.g. ``no_audio``.
         """
         self._check_id(video_id)
         by_stream = self._by_stream(video_id, features)
@@ -112,7 +114,7 @@ class StoreWriter:
             stored, timestamps_s = {}, np.zeros(0)
         else:
             timestamps_s = self._timestamps(video_id, stored, timestamps)
-        table = self._table_row(video_id, labels, "ok", "", info)
+        table = self._table_row(video_id, labels, "ok", note, info)
         self._queue(VideoRecord(video_id, stored, timestamps_s, means, table))
 
     def write_failure(

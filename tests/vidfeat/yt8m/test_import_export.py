@@ -1,0 +1,372 @@
+"""`vidfeat import-yt8m` / `export-yt8m` end to end: TensorFlow-written files into a real store
+and back, corrupt inputs, and a SIGKILLed import resumed."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.vidfeat.yt8m.helpers import (
+    FRAME,
+    SEGMENT,
+    VIDEO,
+    VOCABULARY,
+    expected,
+    expected_arrays,
+    key,
+    record_spans,
+)
+from vidfeat import open_store
+from vidfeat.yt8m.protos import SequenceExample
+from vidfeat.yt8m.schema import parse_record
+from vidfeat.yt8m.segments import read_segments
+from vidfeat.yt8m.tfrecord import read_records, write_records
+from vidfeat.yt8m.vocabulary import read_vocabulary
+from vidfeat_cli.vidfeat import main
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _tf_videos(path: Path) -> list[dict]:
+    return expected()[key(path)]
+
+
+def _read_dir(directory: Path) -> dict[str, object]:
+    """Every video in the TFRecords of a directory, by id (vidfeat's parser)."""
+    out = {}
+    for f in sorted(directory.glob("*.tfrecord")):
+        for record in read_records(io.BytesIO(f.read_bytes())):
+            video = parse_record(record)
+            out[video.video_id] = (f.name, video)
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_frame_level_import_equals_tensorflow_and_the_formula(tmp_path, suffix):
+    store_path = tmp_path / f"yt8m{suffix}"
+    result = invoke(
+        "import-yt8m", FRAME, SEGMENT, "--out", store_path, "--vocabulary", VOCABULARY,
+        "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 files imported, 0 already done: 5 videos, 10 frames" in result.output
+    vocab = read_vocabulary(str(VOCABULARY))
+    arrays = expected_arrays()
+    with open_store(store_path) as store:
+        assert store.level == "frame"
+        assert {
+            n: (s.dim, s.dtype, s.quantization["scheme"]) for n, s in store.streams.items()
+        } == {
+            "rgb": (1024, "uint8", "yt8m_uint8"),
+            "audio": (128, "uint8", "yt8m_uint8"),
+        }
+        table = store.videos.set_index("video_id")
+        for path in (FRAME, SEGMENT):
+            for want in _tf_videos(path):
+                vid = want["id"]
+                assert table.loc[vid, "labels"] == tuple(vocab.name(i) for i in want["labels"])
+                for stream in ("rgb", "audio"):
+                    name = f"{key(path)}/{vid}/{stream}"
+                    np.testing.assert_array_equal(
+                        store.read(vid, stream=stream, raw=True), arrays[name]
+                    )
+                    # YouTube-8M's Dequantize as TensorFlow computed it, to the bit.
+                    np.testing.assert_array_equal(
+                        store.read(vid, stream=stream), arrays[name + "_dequantized"]
+                    )
+        assert set(table.loc[["Ab1c", "zZ9y", "Qq00"], "split"]) == {"train"}
+        assert set(table.loc[["Se01", "Se02"], "split"]) <= {"val", "test"}
+    segments = read_segments(store_path)
+    for want in _tf_videos(SEGMENT):
+        rows = segments[segments["video_id"] == want["id"]]
+        assert rows["label"].tolist() == want["segments"]["labels"]
+        assert rows["start_time_s"].tolist() == want["segments"]["start_times"]
+        assert rows["score"].tolist() == want["segments"]["scores"]
+
+
+def test_video_level_import_keeps_the_means(tmp_path):
+    store_path = tmp_path / "video.zarr"
+    assert invoke("import-yt8m", VIDEO, "--out", store_path, "--no-progress").exit_code == 0
+    arrays = expected_arrays()
+    with open_store(store_path) as store:
+        assert store.level == "video"
+        for want in _tf_videos(VIDEO):
+            assert store.videos.set_index("video_id").loc[want["id"], "labels"] == tuple(
+                str(i) for i in want["labels"]
+            )
+            for stream in ("rgb", "audio"):
+                np.testing.assert_array_equal(
+                    store.mean(want["id"], stream=stream),
+                    arrays[f"{key(VIDEO)}/{want['id']}/mean_{stream}"],
+                )
+
+
+def test_round_trip_gives_identical_ids_labels_bytes_and_segments(tmp_path):
+    store_path, out = tmp_path / "s.zarr", tmp_path / "exported"
+    args = ["--vocabulary", VOCABULARY, "--no-progress"]
+    assert invoke("import-yt8m", FRAME, SEGMENT, "--out", store_path, *args).exit_code == 0
+    result = invoke("export-yt8m", store_path, "--out", out, "--records-per-file", 2)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "train0000.tfrecord",
+        "train0001.tfrecord",
+        "validate0000.tfrecord",
+    ]
+    exported = _read_dir(out)
+    original = {}
+    for path in (FRAME, SEGMENT):
+        for record in read_records(io.BytesIO(path.read_bytes())):
+            video = parse_record(record)
+            original[video.video_id] = video
+    assert set(exported) == set(original)
+    for vid, (_, video) in exported.items():
+        src = original[vid]
+        assert video.labels == src.labels and video.level == "frame"
+        for stream in ("rgb", "audio"):
+            assert video.features[stream].tobytes() == src.features[stream].tobytes()
+        if src.segments is None:
+            assert video.segments is None
+        else:
+            assert video.segments.labels.tolist() == src.segments.labels.tolist()
+            assert video.segments.start_times.tolist() == src.segments.start_times.tolist()
+            assert video.segments.scores.tolist() == src.segments.scores.tolist()
+
+
+def test_video_level_round_trip_and_means_from_frames(tmp_path):
+    store_path = tmp_path / "v.zarr"
+    assert invoke("import-yt8m", VIDEO, "--out", store_path, "--no-progress").exit_code == 0
+    assert invoke("export-yt8m", store_path, "--out", tmp_path / "e").exit_code == 0
+    exported = _read_dir(tmp_path / "e")
+    arrays = expected_arrays()
+    for want in _tf_videos(VIDEO):
+        _, video = exported[want["id"]]
+        assert list(video.labels) == want["labels"]
+        np.testing.assert_array_equal(
+            video.features["rgb"], arrays[f"{key(VIDEO)}/{want['id']}/mean_rgb"]
+        )
+    # A frame store exported at video level: means of the dequantized frames.
+    frames = tmp_path / "f.zarr"
+    assert invoke("import-yt8m", FRAME, "--out", frames, "--no-progress").exit_code == 0
+    result = invoke("export-yt8m", frames, "--out", tmp_path / "m", "--level", "video")
+    assert result.exit_code == 0, result.output
+    _, video = _read_dir(tmp_path / "m")["Qq00"]
+    want = arrays[f"{key(FRAME)}/Qq00/rgb_dequantized"].mean(axis=0)
+    np.testing.assert_allclose(video.features["rgb"], want, rtol=1e-6)
+    refused = invoke("export-yt8m", store_path, "--out", tmp_path / "x", "--level", "frame")
+    assert refused.exit_code == 2 and "no frames" in refused.output
+
+
+def frame_file_bytes(tag: str, source: Path = FRAME) -> bytes:
+    """A TensorFlow-written file with every video id suffixed by ``tag`` (distinct videos)."""
+    out = io.BytesIO()
+    renamed = []
+    for record in read_records(io.BytesIO(source.read_bytes())):
+        message = SequenceExample.FromString(record)
+        ids = message.context.feature["id"].bytes_list.value
+        ids[0] = ids[0] + tag.encode()
+        renamed.append(message.SerializeToString())
+    write_records(out, renamed)
+    return out.getvalue()
+
+
+def _broken_inputs(directory: Path) -> None:
+    shutil.copy(FRAME, directory / "train0000.tfrecord")
+    bad = bytearray(frame_file_bytes("-b"))
+    start, _ = record_spans(bytes(bad))[1]
+    bad[start + 12 + 50] ^= 0x04  # record 1's payload: its checksum fails
+    (directory / "train0001.tfrecord").write_bytes(bytes(bad))
+    cut = frame_file_bytes("-c")
+    (directory / "train0002.tfrecord").write_bytes(cut[: record_spans(cut)[2][0] + 30])
+    (directory / "train0003.tfrecord").write_text("Index,Name\n0,Game\n")
+    (directory / "train0004.tfrecord").write_bytes(b"")
+
+
+def test_corrupt_inputs_are_recorded_and_a_rerun_adds_nothing(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _broken_inputs(inputs)
+    store_path = tmp_path / "s.zarr"
+    result = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "5 files imported, 0 already done: 7 videos" in result.output
+    assert "4 failed" in result.output
+    with open_store(store_path) as store:
+        table = store.videos
+        ok = set(table.loc[table["status"] == "ok", "video_id"])
+        failed = table[table["status"] != "ok"]
+    assert ok == {"Ab1c", "zZ9y", "Qq00", "Ab1c-b", "Qq00-b", "Ab1c-c", "zZ9y-c"}
+    by_file = {
+        Path(src).name: (status, reason)
+        for src, status, reason in failed[["source_path", "status", "reason"]].itertuples(
+            index=False
+        )
+    }
+    assert {name: status for name, (status, _) in by_file.items()} == {
+        "train0001.tfrecord": "bad_crc",
+        "train0002.tfrecord": "truncated",
+        "train0003.tfrecord": "not_tfrecord",
+        "train0004.tfrecord": "empty",
+    }
+    assert all(reason for _, reason in by_file.values())
+    again = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert again.exit_code == 0, again.output
+    assert "0 files imported, 5 already done: 0 videos" in again.output
+    with open_store(store_path) as store:
+        assert len(store.videos) == len(table)
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _import_cmd(inputs: Path, store: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "vidfeat_cli.vidfeat", "import-yt8m", str(inputs),
+        "--out", str(store), "--no-progress",
+    ]  # fmt: skip
+
+
+def _committed_files(store: Path) -> int:
+    if not (store / "zarr.json").exists():
+        return 0
+    with open_store(store) as r:
+        return r.videos["source_path"].nunique()
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 130), (signal.SIGINT, 130)],
+)
+def test_killed_import_resumes_to_the_uninterrupted_result(tmp_path, sig, code):
+    inputs, n = tmp_path / "in", 5
+    inputs.mkdir()
+    for i in range(n - 1):
+        (inputs / f"train{i:04d}.tfrecord").write_bytes(frame_file_bytes(f"-{i}"))
+    last = inputs / f"train{n - 1:04d}.tfrecord"
+    # A FIFO as the last file: the import blocks opening it, after committing the others, so
+    # the kill lands at a known point without timing.
+    os.mkfifo(last)
+    store = tmp_path / "killed.zarr"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _import_cmd(inputs, store), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while _committed_files(store) < n - 1:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the import never committed its files"
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    if code == 130:
+        assert "rerun" in err
+    with open_store(store) as r:
+        assert len(r.videos) == 3 * (n - 1) and (r.videos["status"] == "ok").all()
+    last.unlink()
+    last.write_bytes(frame_file_bytes(f"-{n - 1}"))
+    rerun = subprocess.run(
+        _import_cmd(inputs, store), cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"1 files imported, {n - 1} already done: 3 videos" in rerun.stdout
+    reference = tmp_path / "reference.zarr"
+    assert invoke("import-yt8m", inputs, "--out", reference, "--no-progress").exit_code == 0
+    with open_store(store) as r, open_store(reference) as ref:
+        assert len(r.videos) == len(ref.videos) == 3 * n
+        assert sorted(r.ok_ids) == sorted(ref.ok_ids)
+        for vid in ref.ok_ids:
+            for stream in ("rgb", "audio"):
+                np.testing.assert_array_equal(
+                    r.read(vid, stream=stream, raw=True), ref.read(vid, stream=stream, raw=True)
+                )
+
+
+def test_workers_and_shards_fill_one_store(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(6):
+        (inputs / f"validate{i:04d}.tfrecord").write_bytes(frame_file_bytes(f"-{i}", SEGMENT))
+    store = tmp_path / "s.h5"
+    for shard in ("0/2", "1/2"):
+        result = invoke(
+            "import-yt8m", inputs, "--out", store, "--shard", shard, "--workers", 2,
+            "--no-progress",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    with open_store(store) as r:
+        assert len(r.videos) == 12 and r.videos["part"].nunique() == 2
+        assert set(r.videos["split"]) == {"val", "test"}
+    assert len(read_segments(store)) == 6 * 3
+
+
+def test_split_comes_from_the_option_when_names_do_not_tell(tmp_path):
+    shutil.copy(FRAME, tmp_path / "frames.tfrecord")
+    store = tmp_path / "s.zarr"
+    refused = invoke("import-yt8m", tmp_path / "frames.tfrecord", "--out", store)
+    assert refused.exit_code == 2 and "give --split" in refused.output
+    assert not store.exists()
+    args = ["--split", "validate", "--no-progress"]
+    assert invoke("import-yt8m", tmp_path / "frames.tfrecord", "--out", store, *args).exit_code == 0
+    with open_store(store) as r:
+        assert set(r.videos["split"]) <= {"val", "test"} and len(r.videos) == 3
+
+
+def test_remote_paths_import_through_fsspec(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/frame/train0000.tfrecord", FRAME.read_bytes())
+    fs.pipe("/bucket/frame/validate0000.tfrecord", SEGMENT.read_bytes())
+    store = tmp_path / "s.zarr"
+    result = invoke("import-yt8m", "memory://bucket/frame/*.tfrecord", "--out", store)
+    assert result.exit_code == 0, result.output
+    with open_store(store) as r:
+        assert len(r.ok_ids) == 5
+        assert all(s.startswith("memory:///bucket/frame/") for s in r.videos["source_path"])
+    assert len(read_segments(store)) == 3
+
+
+def test_extracted_store_exports_for_yt8m_readers(tmp_path):
+    from vidfeat import create_store
+    from vidfeat.pca.quantize import quantization_attrs
+
+    rng = np.random.default_rng(3)
+    codes = {f"clip{i}": rng.integers(0, 256, (4 + i, 1024), dtype=np.uint8) for i in range(3)}
+    labels = {"clip0": ["dog"], "clip1": ["cat", "dog"], "clip2": ["cat"]}
+    store = tmp_path / "feats1024.zarr"
+    spec = {"dim": 1024, "dtype": "uint8", "quantization": quantization_attrs()}
+    with create_store(store, streams={"rgb": spec}) as w:
+        for vid, c in codes.items():
+            w.write(vid, {"rgb": c}, labels=labels[vid], split="train")
+    result = invoke("export-yt8m", store, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    exported = _read_dir(tmp_path / "out")
+    vocab = read_vocabulary(str(tmp_path / "out" / "vocabulary.csv"))
+    assert vocab.indices == {"cat": 0, "dog": 1}
+    for vid, (name, video) in exported.items():
+        assert name == "train0000.tfrecord"
+        assert video.features["rgb"].tobytes() == codes[vid].tobytes()
+        assert sorted(vocab.name(i) for i in video.labels) == sorted(labels[vid])
+
+    floats = tmp_path / "float.zarr"
+    with create_store(floats, streams={"rgb": 8}) as w:
+        w.write("a", {"rgb": np.zeros((2, 8), np.float32)})
+    refused = invoke("export-yt8m", floats, "--out", tmp_path / "x")
+    assert refused.exit_code == 2 and "--quantize" in refused.output
