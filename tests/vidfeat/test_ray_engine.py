@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.vidfeat.audio.media_audio import write_media
 from tests.vidfeat.test_pipeline import ROOT, run_cli, write_manifest
 from vidfeat import open_store
 from vidfeat.decode.pool import VideoDone, VideoFailed
@@ -53,24 +54,36 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, make_video, corrupt_videos) -> dict:
-    """Six clips of one or two frames at 1 fps, a truncated file and a text file."""
+    """Six clips of one or two frames at 1 fps (two with a sound track, so both streams are
+    compared), a truncated file and a text file; extracted with rgb and audio streams."""
+    import torch
+
+    from vidfeat.backbones.vggish import VGGish
+
     tmp = tmp_path_factory.mktemp("ray")
+    torch.manual_seed(1)
+    torch.save(VGGish().state_dict(), tmp / "vggish-random.pth")
     rows = [
         (f"r{i}", make_video(f"r{i}.mp4", seconds=0.5 if i % 2 else 1.2, fps=10), "x;y")
-        for i in range(6)
+        for i in range(4)
     ]
+    for i in (4, 5):
+        path = tmp / f"r{i}.mp4"
+        write_media(path, audio_codec="aac", audio_seconds=1.2, video_seconds=1.2 - 0.6 * (i % 2))
+        rows.append((f"r{i}", path, "x"))
     rows += [(f"bad_{s}", corrupt_videos[s], "z") for s in ("truncated", "not_video")]
     manifest = write_manifest(tmp / "m.csv", rows)
     store = tmp / "local.zarr"
-    code, out = extract(manifest, store)
+    audio = ("--audio", "vggish", "--audio-weights", str(tmp / "vggish-random.pth"))
+    code, out = extract(manifest, store, audio)
     assert code == 1, out
-    return {"manifest": manifest, "store": store, "tmp": tmp, "output": out}
+    return {"manifest": manifest, "store": store, "tmp": tmp, "audio": audio}
 
 
-def extract(manifest: Path, store: Path, *extra: str) -> tuple[int, str]:
+def extract(manifest: Path, store: Path, audio: tuple[str, ...], *extra: str) -> tuple[int, str]:
     return run_cli(
         "extract", str(manifest), "--out", str(store), "--device", "cpu", "--batch-size", "2",
-        *extra,
+        *audio, *extra,
     )  # fmt: skip
 
 
@@ -81,40 +94,47 @@ def assert_same_store(path: Path, reference: Path) -> None:
         assert list(a.index) == list(b.index)  # every video exactly once
         assert a[COLUMNS].equals(b[COLUMNS]), a[COLUMNS].compare(b[COLUMNS])
         assert got.attrs["backbone"] == ref.attrs["backbone"]
+        assert got.streams == ref.streams
         for vid in ref.ok_ids:
-            # Batches are composed differently; convolutions may differ in the last bits.
-            np.testing.assert_allclose(got.read(vid), ref.read(vid), rtol=1e-3, atol=1e-3)
+            for stream in ref.streams:
+                # Batches are composed differently; convolutions may differ in the last bits.
+                a, b = got.read(vid, stream), ref.read(vid, stream)
+                np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
             np.testing.assert_array_equal(got.timestamps(vid), ref.timestamps(vid))
 
 
 def test_ray_store_equals_the_local_store(cluster, reference) -> None:
     store = reference["tmp"] / "ray.zarr"
-    code, out = extract(reference["manifest"], store, "--engine", "ray", "--ray-address", cluster)
+    args = (reference["manifest"], store, reference["audio"])
+    code, out = extract(*args, "--engine", "ray", "--ray-address", cluster)
     assert code == 1, out  # two failed videos, as locally
     assert "6 extracted, 0 already done, 2 failed" in out
+    assert "4 extracted without an audio track" in out
     assert_same_store(store, reference["store"])
     with open_store(store) as r:
         assert r.videos.loc[r.videos["video_id"] == "bad_truncated", "status"].item() == "truncated"
         assert all(p.startswith("ray-") for p in r.videos["part"])
     assert run_cli("verify", str(store))[0] == 0
     # A rerun skips everything; other settings are refused before any work starts.
-    code, out = extract(reference["manifest"], store, "--engine", "ray")
+    code, out = extract(*args, "--engine", "ray")
     assert code == 0 and "0 extracted, 8 already done" in out, out
-    code, out = extract(reference["manifest"], store, "--engine", "ray", "--fps", "2")
+    code, out = extract(*args, "--engine", "ray", "--fps", "2")
     assert code == 2 and "fps: store has '1', this run has '2'" in out, out
     assert "Traceback" not in out
 
 
 def test_ray_options_need_the_ray_engine(reference) -> None:
-    code, out = extract(reference["manifest"], reference["tmp"] / "x.zarr", "--embed-workers", "2")
+    code, out = extract(
+        reference["manifest"], reference["tmp"] / "x.zarr", (), "--embed-workers", "2"
+    )
     assert code == 2 and "need --engine ray" in out, out
 
 
-def _driver(manifest: Path, store: Path, address: str) -> subprocess.Popen:
+def _driver(manifest: Path, store: Path, audio: tuple[str, ...], address: str) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "vidfeat_cli.vidfeat", "extract", str(manifest), "--out",
         str(store), "--device", "cpu", "--batch-size", "2", "--commit-every", "1",
-        "--engine", "ray", "--ray-address", address, "--no-progress",
+        "--engine", "ray", "--ray-address", address, "--no-progress", *audio,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -124,7 +144,7 @@ def _driver(manifest: Path, store: Path, address: str) -> subprocess.Popen:
 
 def test_driver_killed_mid_job_resumes_to_every_video_once(cluster, reference) -> None:
     store = reference["tmp"] / "killed.zarr"
-    proc = _driver(reference["manifest"], store, cluster)
+    proc = _driver(reference["manifest"], store, reference["audio"], cluster)
     deadline = time.monotonic() + 240
     committed = 0
     while proc.poll() is None and time.monotonic() < deadline and not committed:
@@ -137,7 +157,7 @@ def test_driver_killed_mid_job_resumes_to_every_video_once(cluster, reference) -
     proc.wait(timeout=30)
     with open_store(store) as r:
         assert committed <= len(r.videos) < 8  # whole videos only, and not all of them
-    code, out = extract(reference["manifest"], store, "--engine", "ray")
+    code, out = extract(reference["manifest"], store, reference["audio"], "--engine", "ray")
     assert code == 1, out
     done = int(re.search(r"(\d+) already done", out)[1])
     assert committed <= done < 8
