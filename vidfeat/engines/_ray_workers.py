@@ -136,6 +136,10 @@ class EmbedWorker:
         self.writer: Any = None
         self.extraction: Any = None
 
+    def ready(self) -> str:
+        """Answers once the model is loaded; the part this worker will write."""
+        return self.part
+
     def _job(self) -> Any:
         if self.extraction is None:  # the part is created with the first video, not before
             from vidfeat.store import create_store

@@ -111,6 +111,7 @@ def run_ray(cfg: ExtractConfig) -> Any:
     try:
         with sigterm_as_interrupt(), progress_bar(len(todo), cfg.progress) as bar:
             scheduler = _Scheduler(ray, cfg, job, spec, audio_front, bar)
+            scheduler.start()
             job.summary.setup_s = time.monotonic() - job.started
             scheduler.run(todo)
     finally:
@@ -174,9 +175,18 @@ class _Scheduler:
 
     # ---------------------------------------------------------------- the loop
 
+    def start(self) -> None:
+        """Start the embedding workers and wait until each has loaded its model, so that a
+        model that cannot load stops the job before any work, and setup is timed apart."""
+        self.actors = [_Actor(self.new_actor()) for _ in range(self.n_actors)]
+        try:
+            self.ray.get([a.handle.ready.remote() for a in self.actors])
+        except self.ray.exceptions.RayError as exc:
+            self._stop()
+            raise EngineError(f"embedding workers cannot start: {exc}") from exc
+
     def run(self, todo: list[ManifestEntry]) -> None:
         self.queue.extend(todo)
-        self.actors = [_Actor(self.new_actor()) for _ in range(self.n_actors)]
         try:
             while self._step():
                 pass
