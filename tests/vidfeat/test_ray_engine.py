@@ -142,25 +142,55 @@ def _driver(manifest: Path, store: Path, audio: tuple[str, ...], address: str) -
     )
 
 
-def test_driver_killed_mid_job_resumes_to_every_video_once(cluster, reference) -> None:
-    store = reference["tmp"] / "killed.zarr"
-    proc = _driver(reference["manifest"], store, reference["audio"], cluster)
-    deadline = time.monotonic() + 240
-    committed = 0
-    while proc.poll() is None and time.monotonic() < deadline and not committed:
+def _wait_until(store: Path, proc: subprocess.Popen, done, limit_s: float = 240):
+    """Poll the store until ``done(videos table)`` while the driver runs; the table."""
+    deadline = time.monotonic() + limit_s
+    while proc.poll() is None and time.monotonic() < deadline:
         if (store / "zarr.json").exists():
             with open_store(store) as r:
-                committed = len(r.videos)
+                if done(r.videos):
+                    return r.videos
         time.sleep(0.1)
-    assert committed, f"nothing committed before the driver ended: {proc.communicate()[0]}"
+    proc.kill()
+    raise AssertionError(f"the driver ended first, or too slow: {proc.communicate()[0]}")
+
+
+def _descendants_running(word: str) -> list[int]:
+    """Processes under this one (the test cluster's) whose command line contains ``word``."""
+    procs = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat, cmd = (d / "stat").read_text(), (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            procs[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+    mine, grew = {os.getpid()}, True
+    while grew:
+        more = {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine
+        mine |= more
+        grew = bool(more)
+    return [pid for pid in mine if pid in procs and word.encode() in procs[pid][1]]
+
+
+def test_lost_worker_then_killed_driver_resume_to_every_video_once(cluster, reference) -> None:
+    store = reference["tmp"] / "killed.zarr"
+    proc = _driver(reference["manifest"], store, reference["audio"], cluster)
+    _wait_until(store, proc, lambda videos: len(videos) >= 1)
+    # SIGKILL the embedding worker mid-job: the driver requeues what it had not reported
+    # committed and starts another worker, which writes a new part.
+    (actor,) = _descendants_running("EmbedWorker")
+    os.kill(actor, signal.SIGKILL)
+    _wait_until(store, proc, lambda videos: videos["part"].nunique() >= 2)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    output = proc.communicate(timeout=30)[0]
+    assert "an embedding worker died" in output, output
     with open_store(store) as r:
-        assert committed <= len(r.videos) < 8  # whole videos only, and not all of them
+        committed = len(r.videos)
+        assert committed < 8  # whole videos only, and not all of them
     code, out = extract(reference["manifest"], store, reference["audio"], "--engine", "ray")
     assert code == 1, out
-    done = int(re.search(r"(\d+) already done", out)[1])
-    assert committed <= done < 8
+    assert committed <= int(re.search(r"(\d+) already done", out)[1]) < 8
     assert_same_store(store, reference["store"])
 
 
