@@ -292,6 +292,9 @@ def _format_choice() -> list[click.Parameter]:
     help="Classes per video (or per step).",
 )
 @click.option("--per-frame", is_flag=True, help="Scores at every time step (recurrent heads).")
+@click.option(
+    "--attention", is_flag=True, help="Attention weight of every time step (attention heads)."
+)
 @click.option("--num-workers", type=int, default=None, help="DataLoader workers.")
 @click.option("--device", type=DEVICE, default=None, help="Default: the run's device.")
 def predict(
@@ -302,6 +305,7 @@ def predict(
     vocabulary: Path | None,
     top_k: int,
     per_frame: bool,
+    attention: bool,
     num_workers: int | None,
     device: str | None,
 ) -> None:
@@ -314,6 +318,7 @@ def predict(
       heads predict runs/bilstm --store test.zarr --format yt8m --vocabulary vocabulary.csv \\
           --out submission.csv
       heads predict runs/gru --store new.zarr --per-frame --top-k 3
+      heads predict runs/attention --store new.zarr --attention
     """
     from heads import predictions as pr
     from heads.inference import predict_run, predict_scores_run
@@ -323,8 +328,8 @@ def predict(
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
     if fmt == "npz":
-        if per_frame:
-            raise ConfigError("--per-frame writes a table: use .csv, .parquet or .jsonl")
+        if per_frame or attention:
+            raise ConfigError("per-step output is a table: use .csv, .parquet or .jsonl")
         ids, scores, names = predict_scores_run(run, store, num_workers=num_workers, device=device)
         pr.write_scores(out, ids, scores, names)
         click.echo(f"{len(ids)} videos x {len(names)} classes -> {out}", err=True)
@@ -335,6 +340,7 @@ def predict(
         store,
         top_k=top_k,
         per_frame=per_frame,
+        attention=attention,
         fmt="yt8m" if fmt == "yt8m" else "csv",
         vocabulary=vocab,
         num_workers=num_workers,
@@ -348,6 +354,45 @@ def predict(
         return
     pr.write_table(table, out, fmt)
     click.echo(f"{len(table)} rows -> {out}", err=True)
+
+
+# ------------------------------------------------------------------------------ ensemble
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Directory for test_metrics.json and the test predictions.",
+)
+@click.option(
+    "--weights",
+    default="equal",
+    show_default=True,
+    help="equal; gap (validation GAP of each run over their sum); or a JSON file of weights.",
+)
+@click.option(
+    "--vocabulary",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Google's vocabulary.csv, for the YouTube-8M CSV when the labels are names.",
+)
+def ensemble(runs: tuple[Path, ...], out: Path, weights: str, vocabulary: Path | None) -> None:
+    """Average the test scores of RUNS (same classes, same test split) and score the result.
+
+    \b
+    Examples:
+      heads ensemble runs/logistic runs/lstm --out runs/ens --weights gap
+    """
+    from heads import predictions as pr
+    from heads.ensemble import ensemble_runs
+
+    vocab = pr.read_vocabulary(vocabulary) if vocabulary is not None else None
+    metrics = ensemble_runs(list(runs), out, weights, vocabulary=vocab)
+    click.echo(_metrics_line(metrics, "ensemble test") + f"  -> {out}")
 
 
 # ------------------------------------------------------------------------------ report

@@ -37,6 +37,12 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
     ("batch_size", "Data", {"type": int}, "Videos per batch."),
     ("bucket", "Data", {"flag": True}, "Batch videos of similar length (less padding)."),
     ("bucket_batches", "Data", {"type": int}, "Batches per length bucket."),
+    (
+        "sampler",
+        "Data",
+        {"choices": "SAMPLERS"},
+        "balanced: class-balanced draws with replacement.",
+    ),
     ("classes", "Data", {}, "Comma-separated label subset to train on."),
     ("test_fraction", "Data", {"type": float}, "Test share when the store has no split."),
     ("val_fraction", "Data", {"type": float}, "Validation share of the non-test videos."),
@@ -56,12 +62,31 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
         "Multiply lr by --lr-gamma every N epochs (0: never).",
     ),
     ("lr_gamma", "Optimisation", {"type": float}, "Step-decay factor."),
-    ("grad_clip", "Optimisation", {"type": float}, "Max global gradient norm (0: off)."),
+    (
+        "lr_decay_examples",
+        "Optimisation",
+        {"type": int},
+        "Multiply lr by --lr-gamma every N training videos seen (0: never).",
+    ),
+    ("rmsprop_decay", "Optimisation", {"type": float}, "RMSProp moving-average decay."),
+    (
+        "grad_clip",
+        "Optimisation",
+        {"type": float, "alias": "--clip-grad-norm"},
+        "Max global gradient norm (0: off).",
+    ),
+    ("max_steps", "Optimisation", {"type": int}, "Stop after N optimizer steps (0: --epochs)."),
+    (
+        "eval_every",
+        "Optimisation",
+        {"type": int},
+        "Validate, checkpoint and count patience every N steps (0: every epoch).",
+    ),
     (
         "patience",
         "Optimisation",
         {"type": int},
-        "Epochs without improvement before stopping (0: never).",
+        "Evaluations without improvement before stopping (0: never).",
     ),
     ("monitor", "Optimisation", {"choices": "MONITORS"}, "Early-stopping value (metrics on val)."),
     (
@@ -75,6 +100,12 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
         "Optimisation",
         {"flag": True},
         "Inverse-frequency class weights in the loss.",
+    ),
+    (
+        "pos_weight",
+        "Optimisation",
+        {"choices": "POS_WEIGHTS"},
+        "inverse-frequency: false negatives of rare classes cost more (positive terms only).",
     ),
     ("seed", "Run", {"type": int}, "Seed for initialisation, splits, batches and crops."),
     ("device", "Run", {"type": DEVICE}, "Where to train (auto: cuda when available)."),
@@ -93,6 +124,13 @@ HEAD_HELP: dict[str, str] = {
     "fc_size": "Width of the FC blocks (bof) and of the top block (recurrent heads).",
     "num_experts": "moe: experts per class, plus one dummy expert.",
     "input_norm": "Per-frame LayerNorm of the input features, or none.",
+    "classifier": "linear, or moe: the YouTube-8M mixture of experts (--num-experts).",
+    "moe_experts": "lstm_moe: experts of the sparse MoE layer.",
+    "moe_top_k": "lstm_moe: experts each time step is sent to.",
+    "expert_size": "lstm_moe: hidden units of each expert's two FC layers.",
+    "moe_importance_weight": "lstm_moe: weight of the importance loss w*CV^2.",
+    "moe_load_weight": "lstm_moe: weight of the load loss w*CV^2.",
+    "frame_distance": "late_fusion: frames between the two fused frames.",
 }
 
 
@@ -108,7 +146,7 @@ def _dataclass_default(name: str) -> Any:
 
 
 def _make_option(
-    name: str, section: str, kind: Any, text: str, *, flag: bool = False
+    name: str, section: str, kind: Any, text: str, *, flag: bool = False, alias: str = ""
 ) -> SectionOption:
     """An option whose default None means "the config's default" (shown from the dataclass)."""
     dash = name.replace("_", "-")
@@ -116,7 +154,7 @@ def _make_option(
     shown = ("on" if default else "off") if isinstance(default, bool) else default
     if shown is not None:
         text = f"{text}  [default: {shown}]"
-    decls = [f"--{dash}/--no-{dash}", name] if flag else [f"--{dash}", name]
+    decls = [f"--{dash}/--no-{dash}", name] if flag else [f"--{dash}", *filter(None, [alias]), name]
     return SectionOption(decls, section=section, type=None if flag else kind, help=text)
 
 
@@ -130,7 +168,8 @@ def train_options() -> list[click.Parameter]:
             kind: Any = click.Choice(getattr(config, settings["choices"]))
         else:
             kind = settings.get("type", str)
-        params.append(_make_option(name, section, kind, text, flag=bool(settings.get("flag"))))
+        flag, alias = bool(settings.get("flag")), settings.get("alias", "")
+        params.append(_make_option(name, section, kind, text, flag=flag, alias=alias))
     return params
 
 

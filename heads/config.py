@@ -18,6 +18,8 @@ from vidfeat.errors import ConfigError
 SAMPLINGS = ("head", "uniform", "random-crop")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LOSSES = ("auto", "single", "multi")
+POS_WEIGHTS = ("none", "inverse-frequency")
+SAMPLERS = ("shuffle", "balanced")
 METRICS = ("hit_at_1", "top5", "gap_at_20", "mean_ap", "perr")  # all "higher is better"
 MONITORS = ("val_loss", *METRICS)
 # Adam and RMSProp are scale-free, so 1e-3 works across heads; SGD needs a larger step.
@@ -50,6 +52,9 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes; results do not depend on it
     bucket: bool = True  # batch videos of similar length together (less padding)
     bucket_batches: int = 16  # batches per bucket: a pool of this many batches is length-sorted
+    # shuffle: each training video once per epoch | balanced: as many draws, with replacement,
+    # each video drawn with probability ∝ 1 / (videos of its rarest label)
+    sampler: str = "shuffle"
     classes: tuple[str, ...] | None = None  # train on this label subset only
     test_fraction: float = 0.2  # of all videos, when the store has no split
     val_fraction: float = 0.1  # of the non-test videos, held out for early stopping
@@ -63,6 +68,7 @@ class DataConfig:
         if not isinstance(self.bucket, bool):
             raise ConfigError(f"bucket must be true or false, got {self.bucket!r}")
         check_int("bucket_batches", self.bucket_batches, low=1)
+        check_choice("sampler", self.sampler, SAMPLERS)
         check_float(self, "test_fraction", 0.0, 0.9)
         check_float(self, "val_fraction", 0.0, 0.9)
         if self.classes is not None:
@@ -95,14 +101,21 @@ class TrainConfig:
     lr: float | None = None  # None -> DEFAULT_LR[optimizer]
     weight_decay: float = 0.0
     lr_step: int = 0  # multiply lr by lr_gamma every lr_step epochs; 0 keeps it constant
+    lr_decay_examples: int = 0  # or every this many training videos seen (YouTube-8M: 4M)
     lr_gamma: float = 0.1
+    rmsprop_decay: float = 0.99  # RMSProp's moving-average factor (TensorFlow's "decay")
     grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
-    epochs: int = 50
-    patience: int = 10  # epochs without improvement before stopping; 0 never stops early
+    epochs: int = 50  # training ends after this many epochs or max_steps, whichever is first
+    max_steps: int = 0  # optimizer steps (batches); 0: no limit but epochs
+    eval_every: int = 0  # validate, checkpoint and check patience every N steps; 0: per epoch
+    patience: int = 10  # evaluations without improvement before stopping; 0 never stops early
     monitor: str = "val_loss"  # or a validation metric (higher is better)
     seed: int = 0
     loss: str = "auto"  # single: softmax CE | multi: sigmoid BCE | auto: multi iff any video has >1
     class_weights: bool = False  # inverse-frequency class weights in the loss
+    # inverse-frequency: weight only the positive (false-negative) term of each class by
+    # 1 / its training videos (mean 1), as the "_bal" runs of Akopyan & Khashba
+    pos_weight: str = "none"
     device: str = "auto"  # auto: cuda if available, else cpu
 
     def __post_init__(self) -> None:
@@ -118,15 +131,22 @@ class TrainConfig:
         check_float(self, "lr", 0.0, open_low=True)
         check_float(self, "weight_decay", 0.0)
         check_int("lr_step", self.lr_step, low=0)
+        check_int("lr_decay_examples", self.lr_decay_examples, low=0)
+        if self.lr_step and self.lr_decay_examples:
+            raise ConfigError("choose one decay: lr_step (epochs) or lr_decay_examples, not both")
         check_float(self, "lr_gamma", 0.0, 1.0, open_low=True)
+        check_float(self, "rmsprop_decay", 0.0, 1.0, open_low=True)
         check_float(self, "grad_clip", 0.0)
         check_int("epochs", self.epochs, low=1)
+        check_int("max_steps", self.max_steps, low=0)
+        check_int("eval_every", self.eval_every, low=0)
         check_int("patience", self.patience, low=0)
         check_choice("monitor", self.monitor, MONITORS)
         check_int("seed", self.seed, low=0, high=2**63 - 1)
         check_choice("loss", self.loss, LOSSES)
         if not isinstance(self.class_weights, bool):
             raise ConfigError(f"class_weights must be true or false, got {self.class_weights!r}")
+        check_choice("pos_weight", self.pos_weight, POS_WEIGHTS)
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
 

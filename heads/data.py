@@ -242,7 +242,9 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
     Training (shuffle): a seeded permutation per epoch is cut into pools of ``bucket_batches``
     batches; each pool is sorted by length and cut into batches, and all batches are shuffled.
     Evaluation: all videos sorted by length (ties by index), in order. ``bucket=False`` keeps the
-    permutation (or index order) as is.
+    permutation (or index order) as is. With ``weights`` (training only), an epoch is as many
+    seeded draws with replacement, video i drawn with probability weights[i].
+    ``set_start(k)`` skips the first k batches of the epoch (a run resumed mid-epoch).
     """
 
     def __init__(
@@ -254,17 +256,23 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
         bucket: bool = True,
         bucket_batches: int = 16,
         seed: int = 0,
+        weights: np.ndarray | None = None,
     ) -> None:
         self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.weights = weights  # (N,) probabilities summing to 1, or None
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.bucket = bucket
         self.pool = batch_size * bucket_batches
         self.seed = seed
         self.epoch = 0
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_start(self, batch: int) -> None:
+        self.start = batch
 
     def _batches(self) -> list[np.ndarray]:
         n, bs = len(self.lengths), self.batch_size
@@ -272,7 +280,7 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
             order = np.argsort(self.lengths, kind="stable") if self.bucket else np.arange(n)
             return [order[i : i + bs] for i in range(0, n, bs)]
         rng = np.random.default_rng([self.seed, self.epoch])
-        perm = rng.permutation(n)
+        perm = rng.permutation(n) if self.weights is None else rng.choice(n, n, p=self.weights)
         if not self.bucket:
             return [perm[i : i + bs] for i in range(0, n, bs)]
         batches = []
@@ -283,7 +291,7 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        for batch in self._batches():
+        for batch in self._batches()[self.start :]:
             yield [(int(i), self.epoch) for i in batch]
 
     def __len__(self) -> int:
@@ -291,6 +299,14 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
             return -(-len(self.lengths) // self.batch_size)
         full, rest = divmod(len(self.lengths), self.pool)
         return full * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)
+
+
+def balanced_weights(targets: np.ndarray) -> np.ndarray:
+    """(N,) draw probabilities ∝ 1 / (videos of each video's rarest label): every class is
+    drawn about equally often (exactly so for single-label data)."""
+    counts = np.maximum(targets.sum(axis=0, dtype=np.float64), 1.0)  # (C,); float64 for choice()
+    per_video = np.where(targets > 0, 1.0 / counts, 0.0).max(axis=1)  # (N,)
+    return per_video / per_video.sum()
 
 
 def make_loader(
@@ -303,6 +319,7 @@ def make_loader(
     multiprocessing_context: str | None = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` with length bucketing and padding collate."""
+    balanced = shuffle and cfg.sampler == "balanced"
     sampler = BucketBatchSampler(
         dataset.lengths,
         cfg.batch_size,
@@ -310,6 +327,7 @@ def make_loader(
         bucket=cfg.bucket,
         bucket_batches=cfg.bucket_batches,
         seed=seed,
+        weights=balanced_weights(dataset.targets) if balanced else None,
     )
     workers = cfg.num_workers
     return DataLoader(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from heads import checkpoint as ck
 from heads.data import FeatureDataset, make_loader
 from heads.metrics import evaluate_all
+from heads.models import Head
 from heads.predictions import vocabulary_indices
 from heads.run import LoadedRun, format_top_k, is_multilabel, load_run, predict_scores
 from heads.splits import load_splits
@@ -112,6 +114,7 @@ def predict_run(
     *,
     top_k: int = 20,
     per_frame: bool = False,
+    attention: bool = False,
     fmt: str = "csv",
     vocabulary: dict[str, int] | None = None,
     num_workers: int | None = None,
@@ -122,7 +125,8 @@ def predict_run(
     csv: ``video_id,predictions`` with "label:score" pairs (per frame: also ``frame`` and
     ``timestamp_s``); yt8m: YouTube-8M's ``VideoId,LabelConfidencePairs`` with "index score"
     pairs, the index taken from ``vocabulary`` (label -> index) or from labels that are
-    indices already.
+    indices already. ``attention``: instead, the attention weight of every step
+    (``video_id, frame, timestamp_s, attention``), for heads that pool with attention.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -130,16 +134,24 @@ def predict_run(
         raise ConfigError(f"top-k must be a positive integer, got {top_k!r}")
     run = _with_overrides(load_run(run_dir), num_workers, device)
     names = run.label_map.labels
+    if per_frame and attention:
+        raise ConfigError("choose --per-frame or --attention, not both")
     if fmt == "yt8m":
-        if per_frame:
-            raise ConfigError("the yt8m format has no per-frame variant; use --format csv")
+        if per_frame or attention:
+            raise ConfigError("the yt8m format has no per-step variant; use --format csv")
         names = tuple(str(i) for i in vocabulary_indices(names, vocabulary))
     if per_frame and not run.model.supports_per_frame:
         raise ConfigError(f"{run.cfg.model} has no per-frame outputs; use a recurrent head")
+    if attention and not run.model.supports_attention:
+        raise ConfigError(
+            f"{run.cfg.model} has no attention weights; use attention or --reduction attention"
+        )
     dataset, dev = _prediction_set(run, store)
     k = min(top_k, len(names))
     if per_frame:
         return _per_frame(run, dataset, dev, k)
+    if attention:
+        return _attention(run, dataset, dev)
     scores, _ = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
     if fmt == "yt8m":
         pairs = [format_top_k(s, names, k, sep=" ") for s in scores]
@@ -148,25 +160,55 @@ def predict_run(
     return pd.DataFrame({"video_id": dataset.video_ids, "predictions": pairs})
 
 
+StepValues = Callable[[Head, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
-def _per_frame(
-    run: LoadedRun, dataset: FeatureDataset, device: torch.device, k: int
+def _per_step(
+    run: LoadedRun,
+    dataset: FeatureDataset,
+    device: torch.device,
+    compute: StepValues,
+    column: str,
+    cell: Callable[[np.ndarray], Any],
 ) -> pd.DataFrame:
+    """One row per valid step of every video: video_id, frame, timestamp_s and ``column``, the
+    ``cell`` of ``compute(model, x, lengths)[b, step]``."""
     model = run.model.to(device).eval()
-    loss = Loss(is_multilabel(run.cfg, run.label_map))
-    per_video: dict[int, list[tuple[str, int, float, str]]] = {}
+    per_video: dict[int, list[tuple[str, int, float, Any]]] = {}
     with open_store(dataset.store_path) as reader:
         for batch in make_loader(dataset, run.cfg.data, shuffle=False):
-            logits = model.forward_per_frame(batch.x.to(device), batch.lengths.to(device))
-            probs = loss.probabilities(logits.flatten(0, 1)).view(logits.shape).cpu().numpy()
+            values = compute(model, batch.x.to(device), batch.lengths.to(device)).cpu().numpy()
             for b, i in enumerate(batch.index.tolist()):
                 vid = dataset.video_ids[i]
                 frames = dataset.frame_indices(i)  # stored frame numbers of the steps
                 times = reader.timestamps(vid)[frames]
                 per_video[i] = [
-                    (vid, int(f), float(t), format_top_k(probs[b, step], run.label_map.labels, k))
+                    (vid, int(f), float(t), cell(values[b, step]))
                     for step, (f, t) in enumerate(zip(frames, times, strict=True))
                 ]
     # Loader batches are length-bucketed; rows go out in store order.
     rows = [row for i in range(len(dataset)) for row in per_video[i]]
-    return pd.DataFrame(rows, columns=["video_id", "frame", "timestamp_s", "predictions"])
+    return pd.DataFrame(rows, columns=["video_id", "frame", "timestamp_s", column])
+
+
+def _per_frame(
+    run: LoadedRun, dataset: FeatureDataset, device: torch.device, k: int
+) -> pd.DataFrame:
+    loss = Loss(is_multilabel(run.cfg, run.label_map))
+
+    def probabilities(model: Head, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        logits = model.forward_per_frame(x, lengths)  # (B, T, C)
+        return loss.probabilities(logits.flatten(0, 1)).view(logits.shape)
+
+    def top_k(probs: np.ndarray) -> str:
+        return format_top_k(probs, run.label_map.labels, k)
+
+    return _per_step(run, dataset, device, probabilities, "predictions", top_k)
+
+
+def _attention(run: LoadedRun, dataset: FeatureDataset, device: torch.device) -> pd.DataFrame:
+    def weights(model: Head, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return model.attention_weights(x, lengths)  # (B, T)
+
+    return _per_step(run, dataset, device, weights, "attention", float)

@@ -24,7 +24,7 @@ from heads.splits import assign_splits, load_splits, merge_split_file, read_spli
 from heads.trainer import (
     Loaders,
     Loss,
-    inverse_frequency_weights,
+    loss_weights,
     predict_logits,
     resolve_device,
     train,
@@ -146,7 +146,7 @@ def train_run(
     model = create_head(
         cfg.model, input_dim=provenance["dim"], num_classes=len(label_map), cfg=cfg.head
     )
-    weight = inverse_frequency_weights(sets["train"].targets) if cfg.class_weights else None
+    weights = loss_weights(cfg, sets["train"].targets)
     meta = {
         "label_map": label_map.to_dict(),
         "store": provenance,
@@ -159,13 +159,15 @@ def train_run(
         cfg,
         run_dir,
         meta=meta,
-        class_weight=weight,
+        **weights,
         resume=continuing,
         progress=progress,
     )
     summary = {
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
+        "best_step": result.best_step,
+        "steps_run": result.steps_run,
         "trainable_params": result.trainable_params,
         "train_wall_s": result.wall_s,
     }

@@ -1,11 +1,13 @@
-"""The training loop: one visible loop, early stopping, atomic per-epoch checkpoints, resume.
+"""The training loop: one visible loop, early stopping, atomic checkpoints, resume.
 
 ``train(model, loaders, cfg, run_dir, meta=...)`` trains any head (or any subset of its
-parameters, for fine-tuning), writes ``metrics.jsonl``, ``last.pt`` every epoch and ``best.pt``
-on every improvement of the monitored value, and finally loads the best weights back into
+parameters, for fine-tuning). At every evaluation (each epoch, or every ``eval_every`` steps;
+see :mod:`heads.schedule`) it writes a ``metrics.jsonl`` line, ``last.pt``, and ``best.pt`` on
+every improvement of the monitored value; finally it loads the best weights back into
 ``model``. A run killed at any moment continues with ``resume=True`` from ``last.pt`` and ends
 exactly where an uninterrupted run would: every random draw is either a pure function of
 (seed, epoch, index) (data) or comes from the global torch RNG, which the checkpoint restores.
+The loss is the sum of the head's ``training_losses`` terms; each is logged apart.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import StepLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from heads import checkpoint as ck
 from heads.config import SGD_MOMENTUM, TrainConfig
 from heads.metrics import evaluate_all
+from heads.models.base import Head
+from heads.schedule import Position, finished, lr_factor, window_batches
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ class TrainResult:
     history: list[dict]
     trainable_params: int
     wall_s: float
+    best_step: int = 0
+    steps_run: int = 0
 
 
 class EarlyStopping:
@@ -61,11 +66,12 @@ class EarlyStopping:
         self.best_epoch = 0
         self.bad_epochs = 0
 
-    def step(self, value: float | None, epoch: int) -> bool:
-        """Record one epoch's value; True if it is a new best."""
+    def step(self, value: float | None, evaluation: int) -> bool:
+        """Record the value of evaluation number ``evaluation`` (1-based; the epoch when
+        evaluating per epoch, and so named in the state); True if it is a new best."""
         score = self.sign * value if value is not None and math.isfinite(value) else math.inf
-        if score < self.best or self.best_epoch == 0:  # the first epoch is always a checkpoint
-            self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
+        if score < self.best or self.best_epoch == 0:  # the first one is always a checkpoint
+            self.best, self.best_epoch, self.bad_epochs = score, evaluation, 0
             return True
         self.bad_epochs += 1
         return False
@@ -87,17 +93,30 @@ class EarlyStopping:
 
 
 class Loss:
-    """Softmax cross-entropy (one label per video) or per-class sigmoid BCE (multi-label)."""
+    """Softmax cross-entropy (one label per video) or per-class sigmoid BCE (multi-label).
 
-    def __init__(self, multilabel: bool, weight: Tensor | None = None) -> None:
+    ``weight`` (C,) scales every term of a class; ``pos_weight`` (C,) only its positive term,
+    so it makes a false negative of that class cost more. Softmax cross-entropy has only the
+    positive term, so there both act alike.
+    """
+
+    def __init__(
+        self, multilabel: bool, weight: Tensor | None = None, pos_weight: Tensor | None = None
+    ) -> None:
         self.multilabel = multilabel
         self.weight = weight  # (C,) or None
+        self.pos_weight = pos_weight  # (C,) or None
 
     def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
         weight = None if self.weight is None else self.weight.to(logits.device)
+        pos = None if self.pos_weight is None else self.pos_weight.to(logits.device)
         if self.multilabel:
-            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+            loss = F.binary_cross_entropy_with_logits(
+                logits, labels, reduction="none", pos_weight=pos
+            )
             return (loss * weight).mean() if weight is not None else loss.mean()
+        if pos is not None:
+            weight = pos if weight is None else weight * pos
         # Probability targets: exactly one-hot for single-label data, and a forced "single"
         # loss on multi-label data spreads the mass over a video's labels instead of failing.
         target = labels / labels.sum(dim=1, keepdim=True).clamp_min(1.0)
@@ -114,6 +133,15 @@ def inverse_frequency_weights(targets: np.ndarray) -> Tensor:
     return torch.tensor(weights / weights.mean(), dtype=torch.float32)
 
 
+def loss_weights(cfg: TrainConfig, targets: np.ndarray) -> dict[str, Tensor | None]:
+    """``class_weight`` and ``pos_weight`` for ``train`` from the training targets (N, C)."""
+    weights = inverse_frequency_weights(targets)
+    return {
+        "class_weight": weights if cfg.class_weights else None,
+        "pos_weight": weights if cfg.pos_weight == "inverse-frequency" else None,
+    }
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,7 +153,7 @@ def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.
     factories = {
         "sgd": lambda: torch.optim.SGD(params, momentum=SGD_MOMENTUM, **kw),
         "adam": lambda: torch.optim.Adam(params, **kw),
-        "rmsprop": lambda: torch.optim.RMSprop(params, **kw),
+        "rmsprop": lambda: torch.optim.RMSprop(params, alpha=cfg.rmsprop_decay, **kw),
     }
     return factories[cfg.optimizer]()
 
@@ -179,37 +207,48 @@ def validate(
     return {"loss": loss, **{k: float(v) for k, v in metrics.items() if k != "n"}}
 
 
-def _train_epoch(
-    model: nn.Module,
+def set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
+    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = base * factor
+
+
+def _train_window(
+    model: Head,
     loader: DataLoader,
     loss_fn: Loss,
     optimizer: torch.optim.Optimizer,
     params: list[nn.Parameter],
     cfg: TrainConfig,
     device: torch.device,
+    pos: Position,
     bar: tqdm,
 ) -> dict[str, float]:
+    """Train on the batches of one evaluation window; -> mean loss terms and hit@1."""
     model.train()
-    total_loss = torch.zeros((), device=device)
+    base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    sums: dict[str, Tensor] = {}
     hits = torch.zeros((), device=device)
     n = 0
-    for batch in loader:
+    for batch in window_batches(loader, pos, cfg):
+        set_lr(optimizer, base_lrs, lr_factor(pos, cfg))
         batch = batch.to(device)
-        logits = model(batch.x, batch.lengths)
-        loss = loss_fn(logits, batch.labels)
+        logits, terms = model.training_losses(batch.x, batch.lengths, batch.labels, loss_fn)
+        loss = torch.stack(list(terms.values())).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         size = batch.x.shape[0]
-        total_loss += loss.detach() * size
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value.detach() * size
         hits += batch.labels.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
         n += size
         bar.update(size)
         if not bar.disable:  # .item() syncs with the GPU: only when someone is watching
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return {"loss": float(total_loss) / n, "hit_at_1": float(hits) / n}
+    # "loss" is the classification loss; auxiliary terms are logged apart as train_<name>.
+    return {key: float(value) / n for key, value in sums.items()} | {"hit_at_1": float(hits) / n}
 
 
 def _resume_or_start(
@@ -218,25 +257,26 @@ def _resume_or_start(
     cfg: TrainConfig,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
     stopper: EarlyStopping,
-) -> tuple[list[dict], int]:
-    """Restore everything from last.pt (resume) or seed a fresh run; -> (history, first epoch)."""
+    train_loader: DataLoader,
+) -> tuple[list[dict], Position]:
+    """Restore everything from last.pt (resume) or seed a fresh run; -> (history, position)."""
     if not (resume and (run_dir / ck.LAST).exists()):
         torch.manual_seed(cfg.seed)  # dropout masks
         (run_dir / ck.METRICS).unlink(missing_ok=True)
-        return [], 1
+        return [], Position()
     state = ck.load_checkpoint(run_dir / ck.LAST)
     model.load_state_dict(state["model_state"])
     optimizer.load_state_dict(state["optimizer_state"])
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler_state"])
     stopper.load_state_dict(state["early_stopping"])
     ck.set_rng_state(state["rng"])
     history = list(state["history"])
     ck.write_jsonl(run_dir / ck.METRICS, history)  # drops a line written after last.pt
-    log.info("resumed after epoch %d", state["epoch"])
-    return history, int(state["epoch"]) + 1
+    pos = Position.from_checkpoint(
+        state, len(train_loader.batch_sampler), len(train_loader.dataset)
+    )
+    log.info("resumed at step %d (epoch %d)", pos.step, pos.epoch)
+    return history, pos
 
 
 def _monitor(cfg: TrainConfig, loaders: Loaders) -> str:
@@ -247,7 +287,7 @@ def _monitor(cfg: TrainConfig, loaders: Loaders) -> str:
 
 
 def train(
-    model: nn.Module,
+    model: Head,
     loaders: Loaders,
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -255,13 +295,16 @@ def train(
     meta: dict[str, Any],
     trainable_params: Iterable[nn.Parameter] | None = None,
     class_weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
     resume: bool = False,
     progress: bool = False,
 ) -> TrainResult:
     """Train ``model`` (only ``trainable_params``, default all that require grad).
 
-    ``meta`` (label map, store provenance, input_dim, num_classes, ...) is copied into every
-    checkpoint so it describes itself. The best weights are loaded into ``model`` on return.
+    Every evaluation (each epoch, or every ``cfg.eval_every`` steps) validates, appends a line
+    to metrics.jsonl and checkpoints. ``meta`` (label map, store provenance, input_dim,
+    num_classes, ...) is copied into every checkpoint so it describes itself. The best weights
+    are loaded into ``model`` on return.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -270,31 +313,28 @@ def train(
     params = [p for p in (trainable_params or model.parameters()) if p.requires_grad]
     n_params = sum(p.numel() for p in params)
     optimizer = make_optimizer(cfg, params)
-    scheduler = StepLR(optimizer, cfg.lr_step, cfg.lr_gamma) if cfg.lr_step else None
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])  # the schedule scales this
     multilabel = meta["label_map"]["multilabel"] if cfg.loss == "auto" else cfg.loss == "multi"
-    loss_fn = Loss(bool(multilabel), class_weight)
+    loss_fn = Loss(bool(multilabel), class_weight, pos_weight)
     monitor = _monitor(cfg, loaders)
     stopper = EarlyStopping(monitor, cfg.patience)
-    history, start = _resume_or_start(run_dir, resume, cfg, model, optimizer, scheduler, stopper)
+    history, pos = _resume_or_start(run_dir, resume, cfg, model, optimizer, stopper, loaders.train)
     log.info("training %s: %d trainable parameters on %s", cfg.model, n_params, device)
     with deterministic():
-        for epoch in range(start, cfg.epochs + 1):
-            if stopper.should_stop:
-                break
-            record = _epoch(
-                model, loaders, loss_fn, optimizer, params, cfg, device, epoch, progress
+        while not (stopper.should_stop or finished(pos, cfg)):
+            record = _evaluation(
+                model, loaders, loss_fn, optimizer, params, cfg, device, pos, progress
             )
-            if scheduler is not None:
-                scheduler.step()
             record["trainable_params"] = n_params
-            record["improved"] = stopper.step(record[monitor], epoch)
+            record["improved"] = stopper.step(record[monitor], len(history) + 1)
             history.append(record)
             state = {
                 **_describe(cfg, meta),
-                "epoch": epoch,
+                "epoch": record["epoch"],
+                "position": pos.to_dict(),
                 "model_state": model.state_dict(),
                 "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
                 "early_stopping": stopper.state_dict(),
                 "history": history,
                 "rng": ck.rng_state(),
@@ -306,16 +346,25 @@ def train(
             ck.save_checkpoint(run_dir / ck.LAST, state)
             log.info(_summary(record, monitor))
     if stopper.should_stop:
-        log.info("early stop: no %s improvement for %d epochs", monitor, stopper.patience)
+        log.info("early stop: no %s improvement in %d evaluations", monitor, stopper.patience)
     model.load_state_dict(ck.load_checkpoint(run_dir / ck.BEST)["model_state"])
-    log.info("best epoch %d (%s %.4f)", stopper.best_epoch, monitor, stopper.best_value)
+    best = history[stopper.best_epoch - 1]
+    log.info(
+        "best: epoch %d, step %d (%s %.4f)",
+        best["epoch"],
+        best["step"],
+        monitor,
+        stopper.best_value,
+    )
     return TrainResult(
-        best_epoch=stopper.best_epoch,
+        best_epoch=best["epoch"],
         best_value=stopper.best_value,
-        epochs_run=len(history),
+        epochs_run=history[-1]["epoch"],
         history=history,
         trainable_params=n_params,
         wall_s=sum(r["wall_s"] for r in history),
+        best_step=best.get("step", 0),
+        steps_run=history[-1].get("step", 0),
     )
 
 
@@ -329,29 +378,33 @@ def _describe(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _epoch(
-    model: nn.Module,
+def _evaluation(
+    model: Head,
     loaders: Loaders,
     loss_fn: Loss,
     optimizer: torch.optim.Optimizer,
     params: list[nn.Parameter],
     cfg: TrainConfig,
     device: torch.device,
-    epoch: int,
+    pos: Position,
     progress: bool,
 ) -> dict[str, Any]:
+    """Train one window from ``pos`` (advancing it), then validate -> one metrics record."""
     t0 = time.perf_counter()
-    lr = optimizer.param_groups[0]["lr"]
-    loaders.train.batch_sampler.set_epoch(epoch)
-    n = len(loaders.train.dataset)
-    with tqdm(
-        total=n, desc=f"epoch {epoch}/{cfg.epochs}", unit="video", disable=not progress, leave=False
-    ) as bar:
-        tr = _train_epoch(model, loaders.train, loss_fn, optimizer, params, cfg, device, bar)
+    lr = optimizer.param_groups[0]["initial_lr"] * lr_factor(pos, cfg)
+    per_window = cfg.eval_every * cfg.data.batch_size if cfg.eval_every else None
+    desc = f"step {pos.step}" if cfg.eval_every else f"epoch {pos.epoch}/{cfg.epochs}"
+    total = per_window or len(loaders.train.dataset)
+    with tqdm(total=total, desc=desc, unit="video", disable=not progress, leave=False) as bar:
+        tr = _train_window(model, loaders.train, loss_fn, optimizer, params, cfg, device, pos, bar)
     record: dict[str, Any] = {
-        "epoch": epoch,
-        "train_loss": tr["loss"],
-        "train_hit_at_1": tr["hit_at_1"],
+        "epoch": pos.last_epoch,
+        "step": pos.step,
+        "examples": pos.examples,
+        "train_loss": tr.pop("loss"),
+        "train_hit_at_1": tr.pop("hit_at_1"),
+        **{f"train_{key}": value for key, value in tr.items()},  # auxiliary losses
+        **model.pop_stats(),
     }
     val = validate(model, loaders.val, loss_fn, device) if loaders.val is not None else {}
     record["val_loss"] = val.get("loss")
@@ -363,7 +416,11 @@ def _epoch(
 
 
 def _summary(record: dict[str, Any], monitor: str) -> str:
-    parts = [f"epoch {record['epoch']}", f"train_loss {record['train_loss']:.4f}"]
+    parts = [
+        f"epoch {record['epoch']}",
+        f"step {record['step']}",
+        f"train_loss {record['train_loss']:.4f}",
+    ]
     for key in ("val_loss", "val_hit_at_1", "val_gap_at_20"):
         if record.get(key) is not None:
             parts.append(f"{key} {record[key]:.4f}")

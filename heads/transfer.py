@@ -44,7 +44,7 @@ from heads.splits import assign_splits, load_splits, merge_split_file, read_spli
 from heads.trainer import (
     Loaders,
     TrainResult,
-    inverse_frequency_weights,
+    loss_weights,
     train,
 )
 from vidfeat.errors import ConfigError
@@ -312,6 +312,8 @@ def finetune_run(
     summary = {
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
+        "best_step": result.best_step,
+        "steps_run": result.steps_run,
         "trainable_params": result.trainable_params,
         "train_wall_s": result.wall_s,
     }
@@ -333,7 +335,7 @@ def _train(
         train=make_loader(sets["train"], cfg.data, shuffle=True, seed=cfg.seed),
         val=make_loader(sets["val"], cfg.data, shuffle=False) if len(sets["val"]) else None,
     )
-    weight = inverse_frequency_weights(sets["train"].targets) if cfg.class_weights else None
+    weights = loss_weights(cfg, sets["train"].targets)
     with frozen_parts_in_eval(model, mode):
         return train(
             model,
@@ -342,7 +344,7 @@ def _train(
             out,
             meta=meta,
             trainable_params=params,
-            class_weight=weight,
+            **weights,
             progress=progress,
         )
 

@@ -4,10 +4,12 @@ Each family lives in its own module and registers its names in ``HEADS`` on impo
 imports below are what makes every family available.
 """
 
-from heads.models import attention, bof, logistic, moe, recurrent
+from heads.models import attention, bof, frames, logistic, moe, recurrent, sparse_moe, tconv
 from heads.models.base import (
+    CLASSIFIERS,
     HEADS,
     AdditiveAttentionPool,
+    AuxLossModule,
     Head,
     HeadConfig,
     HeadInputError,
@@ -20,14 +22,17 @@ from heads.models.base import (
 )
 
 __all__ = [
+    "CLASSIFIERS",
     "HEADS",
     "AdditiveAttentionPool",
+    "AuxLossModule",
     "Head",
     "HeadConfig",
     "HeadInputError",
     "attention",
     "bof",
     "create_head",
+    "frames",
     "lengths_to_mask",
     "linear_weights",
     "logistic",
@@ -35,5 +40,7 @@ __all__ = [
     "masked_mean",
     "moe",
     "recurrent",
+    "sparse_moe",
+    "tconv",
     "weighted_sum",
 ]

@@ -9,9 +9,7 @@ the width of u_t.
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from heads.models.base import HEADS, HeadConfig, check_inputs
+from heads.models.base import HEADS, HeadConfig
 from heads.models.recurrent import RecurrentHead
 
 
@@ -22,13 +20,6 @@ class AttentionHead(RecurrentHead):
         super().__init__(
             input_dim, num_classes, cfg, cell="gru", bidirectional=True, reduction="attention"
         )
-
-    def attention_weights(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """(B, T, D), (B,) -> (B, T) attention over steps (0 on padding), for inspection."""
-        assert self.attention is not None  # always built: the reduction is fixed
-        lengths = check_inputs(x, lengths, self.input_dim)
-        h = self.encode_frames(self.input_norm(x), lengths)
-        return self.attention.weights(h, lengths)
 
 
 @HEADS.register("attention")

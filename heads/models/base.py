@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from heads.validate import check_choice, check_int
+from heads.validate import check_choice, check_float, check_int
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.registry import Registry
 
 REDUCTIONS = ("last", "mean", "weighted", "attention")
 POOLINGS = ("max", "mean")
 INPUT_NORMS = ("layer", "none")
+CLASSIFIER_NAMES = ("linear", "moe")  # the keys of CLASSIFIERS (moe registers on import)
 
 
 class HeadInputError(VidfeatError, ValueError):
@@ -48,10 +50,25 @@ class HeadConfig:
     fc_size: int = 256  # width of the FC blocks (bof) and of the top block (recurrent heads)
     num_experts: int = 2  # moe: experts per class, plus one dummy expert (as YouTube-8M)
     input_norm: str = "layer"  # per-frame LayerNorm of the input features, or "none"
+    classifier: str = "linear"  # linear | moe: the YouTube-8M mixture of experts (num_experts)
+    # lstm_moe: the sparse mixture-of-experts layer between its two LSTMs (Shazeer et al. 2017).
+    moe_experts: int = 64  # experts in the layer
+    moe_top_k: int = 4  # experts each time step is sent to
+    expert_size: int = 1024  # hidden units of each expert's two FC layers
+    moe_importance_weight: float = 0.1  # w of the importance loss w * CV(importance)^2
+    moe_load_weight: float = 0.1  # w of the load loss w * CV(load)^2
+    frame_distance: int = 15  # late_fusion: frames between the two fused frames (Karpathy: 15)
 
     def __post_init__(self) -> None:
-        for name in ("hidden_size", "attention_size", "fc_size", "num_experts"):
+        names = ("hidden_size", "attention_size", "fc_size", "num_experts", "expert_size")
+        for name in (*names, "frame_distance"):
             check_int(name, getattr(self, name), low=1)
+        check_int("moe_experts", self.moe_experts, low=2)
+        # One expert must stay out of the top k: the load loss needs the (k+1)-th gate value.
+        check_int("moe_top_k", self.moe_top_k, low=1, high=self.moe_experts - 1)
+        check_float(self, "moe_importance_weight", 0.0)
+        check_float(self, "moe_load_weight", 0.0)
+        check_choice("classifier", self.classifier, CLASSIFIER_NAMES)
         check_int("num_layers", self.num_layers, low=1, high=3)
         dropout = self.dropout
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
@@ -155,6 +172,41 @@ class AdditiveAttentionPool(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# Auxiliary losses: a layer that regularises itself (e.g. load balancing of experts) records
+# its terms during a training forward pass; ``Head.training_losses`` collects them for the
+# trainer, which adds them to the loss and logs each one apart. No special cases in the loop.
+
+
+class AuxLossModule(nn.Module):
+    """A layer that contributes named terms to the training loss and window statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._aux_losses: dict[str, Tensor] = {}
+
+    def set_aux_loss(self, name: str, value: Tensor) -> None:
+        """Record ``value`` for this forward pass; it replaces the previous pass's value, so a
+        forward pass whose losses nobody collects keeps no graph alive."""
+        self._aux_losses[name] = value
+
+    def pop_aux_losses(self) -> dict[str, Tensor]:
+        out, self._aux_losses = self._aux_losses, {}
+        return out
+
+    def pop_stats(self) -> dict[str, float]:
+        """Statistics gathered over the training steps since the last call (then reset)."""
+        return {}
+
+
+CLASSIFIERS: Registry[nn.Module] = Registry("classifier")
+
+
+@CLASSIFIERS.register("linear")
+def linear_classifier(in_features: int, num_classes: int, cfg: HeadConfig) -> nn.Module:
+    return nn.Linear(in_features, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def check_inputs(x: Tensor, lengths: Tensor, input_dim: int) -> Tensor:
@@ -217,8 +269,10 @@ class Head(nn.Module):
         return self.top
 
     def make_classifier(self, in_features: int, num_classes: int) -> nn.Module:
-        """Build a fresh classifier; overridden by heads whose classifier is not one Linear."""
-        return nn.Linear(in_features, num_classes)
+        """Build a fresh classifier of kind ``cfg.classifier`` (Linear by default)."""
+        return CLASSIFIERS.create(
+            self.cfg.classifier, in_features=in_features, num_classes=num_classes, cfg=self.cfg
+        )
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a freshly initialised one for ``num_classes`` classes."""
@@ -240,6 +294,48 @@ class Head(nn.Module):
         """x (B, T, D) zero-padded, lengths (B,) -> (B, C) logits."""
         lengths = check_inputs(x, lengths, self.input_dim)
         return self.fc(self.top(self.encode(self.input_norm(x), lengths)))
+
+    def training_losses(
+        self,
+        x: Tensor,
+        lengths: Tensor,
+        labels: Tensor,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One training forward pass -> (B, C) logits and named loss terms to add up.
+
+        ``loss`` is the classification loss; every other key is an auxiliary term recorded by
+        a layer of the head (``AuxLossModule``). Heads trained on another target (per-frame
+        labels) override this.
+        """
+        logits = self(x, lengths)
+        return logits, {"loss": loss_fn(logits, labels), **self.pop_aux_losses()}
+
+    def pop_aux_losses(self) -> dict[str, Tensor]:
+        """The auxiliary terms of the last forward pass, summed by name over the layers."""
+        out: dict[str, Tensor] = {}
+        for module in self.modules():
+            if isinstance(module, AuxLossModule):
+                for key, value in module.pop_aux_losses().items():
+                    out[key] = out[key] + value if key in out else value
+        return out
+
+    def pop_stats(self) -> dict[str, float]:
+        """Statistics of the layers over the training steps since the last call."""
+        out: dict[str, float] = {}
+        for module in self.modules():
+            if isinstance(module, AuxLossModule):
+                out.update(module.pop_stats())
+        return out
+
+    @property
+    def supports_attention(self) -> bool:
+        """True when the head pools its steps with attention (``attention_weights`` works)."""
+        return False
+
+    def attention_weights(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, D), (B,) -> (B, T) attention over steps (0 on padding), for inspection."""
+        raise HeadInputError(f"{type(self).__name__} has no attention weights")
 
     def forward_per_frame(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T, D), lengths (B,) -> (B, T, C) logits at every step; 0 on padded steps."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heads.models.base import HEADS, Head, HeadConfig, masked_mean
+from heads.models.base import CLASSIFIERS, HEADS, Head, HeadConfig, masked_mean
 
 
 class MixtureOfExperts(nn.Module):
@@ -51,6 +51,11 @@ class MixtureOfExperts(nn.Module):
         return f"{sizes}, num_experts={self.num_experts}"
 
 
+@CLASSIFIERS.register("moe")
+def moe_classifier(in_features: int, num_classes: int, cfg: HeadConfig) -> MixtureOfExperts:
+    return MixtureOfExperts(in_features, num_classes, cfg.num_experts)
+
+
 class MoeHead(Head):
     """Masked mean over valid frames -> mixture of experts. Order-blind by construction."""
 
@@ -62,7 +67,7 @@ class MoeHead(Head):
         self.fc = self.make_classifier(input_dim, num_classes)
 
     def make_classifier(self, in_features: int, num_classes: int) -> nn.Module:
-        return MixtureOfExperts(in_features, num_classes, self.cfg.num_experts)
+        return moe_classifier(in_features, num_classes, self.cfg)  # whatever cfg.classifier says
 
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         return masked_mean(x, lengths)  # (B, D)

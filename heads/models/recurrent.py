@@ -20,6 +20,7 @@ from heads.models.base import (
     AdditiveAttentionPool,
     Head,
     HeadConfig,
+    check_inputs,
     last_valid,
     masked_mean,
     weighted_sum,
@@ -121,7 +122,7 @@ REDUCERS: dict[str, Callable[[RecurrentHead, Tensor, Tensor], Tensor]] = {
 
 
 class RecurrentHead(Head):
-    """Recurrent encoder -> reduction over valid steps -> top block -> Linear classifier."""
+    """Recurrent encoder -> reduction over valid steps -> top block -> classifier."""
 
     supports_per_frame = True
 
@@ -134,10 +135,16 @@ class RecurrentHead(Head):
         cell: str,
         bidirectional: bool,
         reduction: str | None = None,
+        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__(input_dim, num_classes, cfg)
         self.reduction = reduction if reduction is not None else cfg.reduction
-        self.encoder = RecurrentEncoder(input_dim, cell, cfg, bidirectional)
+        # Any (B, T, D), (B,) -> (B, T, out_features) encoder with a ``bidirectional`` flag.
+        self.encoder = (
+            encoder
+            if encoder is not None
+            else RecurrentEncoder(input_dim, cell, cfg, bidirectional)
+        )
         width = self.encoder.out_features
         self.attention = (
             AdditiveAttentionPool(width, cfg.attention_size)
@@ -149,6 +156,17 @@ class RecurrentHead(Head):
 
     def encode_frames(self, x: Tensor, lengths: Tensor) -> Tensor:
         return self.encoder(x, lengths)  # (B, T, hidden * directions)
+
+    @property
+    def supports_attention(self) -> bool:
+        return self.attention is not None
+
+    def attention_weights(self, x: Tensor, lengths: Tensor) -> Tensor:
+        if self.attention is None:
+            return super().attention_weights(x, lengths)
+        lengths = check_inputs(x, lengths, self.input_dim)
+        h = self.encode_frames(self.input_norm(x), lengths)
+        return self.attention.weights(h, lengths)
 
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         return REDUCERS[self.reduction](self, self.encoder(x, lengths), lengths)

@@ -231,3 +231,24 @@ def test_split_file_groups_and_config_reuse(tmp_path):
     assert config["seed"] == 5 and config["epochs"] == 1 and config["lr"] == 0.01
     rerun = runner.invoke(main, again)
     assert rerun.exit_code == 2 and "--resume" in rerun.output
+
+
+def test_predict_attention_weights_per_step(trained, tmp_path):
+    root, store = trained
+    runner = CliRunner()
+    args = ["-q", "train", str(store), "-m", "gru", "--reduction", "attention"]
+    args += ["-o", str(tmp_path / "att"), "--epochs", "1", "--hidden-size", "8"]
+    assert runner.invoke(main, args).exit_code == 0
+    result = runner.invoke(
+        main, ["predict", str(tmp_path / "att"), "--store", str(store), "--attention"]
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.output))
+    lengths = {vid: len(x) for vid, x, _ in cluster_videos(60, n_classes=4, seed=0)}
+    assert table.groupby("video_id").size().to_dict() == lengths
+    np.testing.assert_allclose(table.groupby("video_id")["attention"].sum(), 1.0, atol=1e-5)
+    assert (table["attention"] > 0).all()
+    refused = runner.invoke(
+        main, ["predict", str(root / "gru"), "--store", str(store), "--attention"]
+    )
+    assert refused.exit_code == 2 and "no attention weights" in refused.output

@@ -1,7 +1,8 @@
-"""Proof that the recurrent heads model time: classes that differ only in the order of events.
+"""Proof that the temporal heads model time: classes that differ only in the order of events.
 
 Both classes of a pair (ab/ba, cd/dc) contain the same kinds of frames; an order-blind bag of
-frames must stay near chance within each pair, while GRU and BiLSTM must solve the task. All
+frames must stay near chance within each pair, while GRU, BiLSTM and the temporal-convolution
+hierarchy (tconv, slow fusion) must solve the task. All
 heads are trained through the real ``heads train`` command with default options except the
 number of epochs and ``--optimizer adam``, and scored on a separate, held-out store.
 """
@@ -65,7 +66,7 @@ def test_bag_of_frames_cannot_tell_the_order(stores):
     assert hit <= 0.65  # ...but within a pair it is at chance (0.5)
 
 
-@pytest.mark.parametrize("model", ["gru", "bilstm"])
+@pytest.mark.parametrize("model", ["gru", "bilstm", "tconv"])
 def test_recurrent_heads_learn_the_order(stores, model):
     hit, _ = _train_and_score(stores, model)
     assert hit >= 0.90

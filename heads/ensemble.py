@@ -1,0 +1,182 @@
+"""Ensembles of trained runs: a weighted mean of their test-split scores (Zhao's LR + LSTM).
+
+Every run saves its best checkpoint's class scores on its test split (``test_predictions.npz``).
+An ensemble averages those scores, so it needs no store and no model: only runs with the same
+label map (same classes in the same order, same single/multi-label loss) and the same test
+videos can be combined; anything else is refused with a message naming the difference.
+
+Weights: ``equal``; ``gap``, each run's validation GAP@20 (at its best evaluation) over their
+sum; or a JSON file with one non-negative weight per run (a list in run order, or an object
+keyed by the run paths as given). Weights are normalised to sum to 1. Outputs: test_metrics.json,
+test_predictions.{npz,csv} as a run writes them, and the YouTube-8M submission CSV.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from heads import checkpoint as ck
+from heads.data import LabelMap
+from heads.metrics import evaluate_all
+from heads.predictions import vocabulary_indices
+from heads.run import format_top_k, write_predictions
+from vidfeat.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+YT8M_CSV = "test_predictions_yt8m.csv"
+
+
+@dataclass
+class Member:
+    run_dir: Path
+    video_ids: list[str]
+    scores: np.ndarray  # (N, C) float32 probabilities, in video_ids order
+    labels: np.ndarray  # (N, C) multi-hot
+    label_map: LabelMap
+    val_gap: float | None  # GAP@20 on validation at the best evaluation
+
+
+def load_member(run_dir: str | Path) -> Member:
+    """The saved test scores of one finished run, sorted by video id."""
+    run_dir = Path(run_dir)
+    path = run_dir / f"{ck.TEST_PREDICTIONS}.npz"
+    if not path.is_file():
+        raise ck.CheckpointError(f"{path} not found: has the run in {run_dir} finished?")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, scores, labels = data["video_id"], data["scores"], data["labels"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ck.CheckpointError(f"{path}: cannot read test predictions: {exc}") from exc
+    order = np.argsort(ids, kind="stable")
+    label_map = LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP))
+    return Member(
+        run_dir=run_dir,
+        video_ids=[str(v) for v in ids[order]],
+        scores=scores[order].astype(np.float32),
+        labels=labels[order].astype(np.float32),
+        label_map=label_map,
+        val_gap=_best_val_gap(run_dir),
+    )
+
+
+def _best_val_gap(run_dir: Path) -> float | None:
+    """val_gap_at_20 of the last improving evaluation in metrics.jsonl (the best checkpoint)."""
+    try:
+        lines = (run_dir / ck.METRICS).read_text().splitlines()
+    except OSError:
+        return None
+    best = [r for r in map(json.loads, lines) if r.get("improved")]
+    return best[-1].get("val_gap_at_20") if best else None
+
+
+def check_compatible(members: list[Member]) -> None:
+    """Refuse members whose label maps or test splits differ."""
+    first = members[0]
+    for other in members[1:]:
+        if other.label_map != first.label_map:
+            raise ConfigError(
+                f"runs {first.run_dir} and {other.run_dir} have different label maps "
+                f"({len(first.label_map)} vs {len(other.label_map)} classes, multilabel "
+                f"{first.label_map.multilabel} vs {other.label_map.multilabel}); "
+                "train them with the same --classes and --loss"
+            )
+        if other.video_ids != first.video_ids:
+            only = sorted(set(first.video_ids) ^ set(other.video_ids))
+            raise ConfigError(
+                f"runs {first.run_dir} and {other.run_dir} have different test splits "
+                f"({len(only)} videos in one only, e.g. {only[:3]}); "
+                "train them with the same --seed or --split-file"
+            )
+
+
+def resolve_weights(members: list[Member], weights: str | Path) -> np.ndarray:
+    """(R,) weights summing to 1 from ``equal``, ``gap`` or a JSON file."""
+    if str(weights) == "equal":
+        raw = np.ones(len(members))
+    elif str(weights) == "gap":
+        missing = [str(m.run_dir) for m in members if m.val_gap is None]
+        if missing:
+            raise ConfigError(f"--weights gap needs a validation GAP; none in: {missing}")
+        raw = np.array([float(m.val_gap) for m in members])
+    else:
+        raw = _weights_file(Path(weights), members)
+    if (raw < 0).any() or not np.isfinite(raw).all() or raw.sum() <= 0:
+        raise ConfigError(f"ensemble weights must be non-negative with a positive sum: {raw}")
+    return raw / raw.sum()
+
+
+def _weights_file(path: Path, members: list[Member]) -> np.ndarray:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read weights file {path}: {exc}") from exc
+    if isinstance(data, dict):
+        missing = [str(m.run_dir) for m in members if str(m.run_dir) not in data]
+        if missing:
+            raise ConfigError(f"weights file {path} has no weight for {missing}")
+        data = [data[str(m.run_dir)] for m in members]
+    if not isinstance(data, list) or len(data) != len(members):
+        raise ConfigError(f"weights file {path} must give {len(members)} weights")
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in data):
+        raise ConfigError(f"weights in {path} must be numbers, got {data}")
+    return np.array(data, dtype=np.float64)
+
+
+def ensemble_runs(
+    runs: list[str | Path],
+    out: str | Path,
+    weights: str | Path = "equal",
+    *,
+    vocabulary: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Write the ensemble of ``runs`` to ``out``; returns its test metrics. The YouTube-8M CSV
+    needs vocabulary indices: labels that are indices, or ``vocabulary`` (label -> index)."""
+    if len(runs) < 2:
+        raise ConfigError("an ensemble needs at least two runs")
+    members = [load_member(r) for r in runs]
+    check_compatible(members)
+    w = resolve_weights(members, weights)
+    scores = np.tensordot(w, np.stack([m.scores for m in members]), axes=1).astype(np.float32)
+    first = members[0]
+    metrics = {k: v for k, v in evaluate_all(scores, first.labels).items() if k != "n"}
+    metrics |= {
+        "n_test": len(first.video_ids),
+        "members": [str(m.run_dir) for m in members],
+        "weights": [float(x) for x in w],
+        "member_gap_at_20": [float(evaluate_all(m.scores, m.labels)["gap_at_20"]) for m in members],
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ck.write_json(out / ck.TEST_METRICS, metrics)
+    stem = out / ck.TEST_PREDICTIONS
+    write_predictions(stem, first.video_ids, scores, first.labels, first.label_map)
+    _write_yt8m(out / YT8M_CSV, first.video_ids, scores, first.label_map, vocabulary)
+    log.info("ensemble of %d runs: gap_at_20 %.4f", len(members), metrics["gap_at_20"])
+    return metrics
+
+
+def _write_yt8m(
+    path: Path,
+    video_ids: list[str],
+    scores: np.ndarray,
+    label_map: LabelMap,
+    vocabulary: dict[str, int] | None,
+) -> None:
+    """YouTube-8M submission format: VideoId,LabelConfidencePairs ("index score ..." top 20)."""
+    try:
+        names = tuple(str(i) for i in vocabulary_indices(label_map.labels, vocabulary))
+    except ConfigError as exc:  # the metrics are still worth having
+        log.warning("%s not written: %s", path.name, exc)
+        return
+    k = min(20, len(names))
+    pairs = [format_top_k(s, names, k, sep=" ") for s in scores]
+    pd.DataFrame({"VideoId": video_ids, "LabelConfidencePairs": pairs}).to_csv(path, index=False)

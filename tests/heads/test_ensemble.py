@@ -1,0 +1,124 @@
+"""`heads ensemble`: weighted mean of runs' test scores, refusing runs that do not match."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from heads import checkpoint as ck
+from heads.ensemble import YT8M_CSV
+from heads.metrics import evaluate_all
+from heads.synthetic import write_store
+from tests.heads.stores import cluster_videos
+from vidfeat_cli.heads import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two seeds of one model on a store with a fixed split, plus a run on fewer classes."""
+    root = tmp_path_factory.mktemp("ens")
+    videos = cluster_videos(180, dim=16, n_classes=6, signal=0.5)
+    splits = {v[0]: ("test", "val", "train", "train", "train")[i % 5] for i, v in enumerate(videos)}
+    store = write_store(
+        root / "s.zarr", videos, dim=16, attrs={"backbone": "synthetic"}, splits=splits
+    )
+    runner = CliRunner()
+    made = {}
+    for name, extra in (("a", ["--seed", "1"]), ("b", ["--seed", "2"])):
+        made[name] = root / name
+        args = ["train", str(store), "-m", "bof", "-o", str(made[name]), "--epochs", "15"]
+        result = runner.invoke(main, [*args, "--batch-size", "16", "--pooling", "mean", *extra])
+        assert result.exit_code == 0, result.output
+    made["few"] = root / "few"
+    args = ["train", str(store), "-m", "logistic", "-o", str(made["few"]), "--epochs", "1"]
+    result = runner.invoke(main, [*args, "--classes", "class0,class1"])
+    assert result.exit_code == 0, result.output
+    return root, made
+
+
+def _member_gaps(run_dirs) -> list[float]:
+    out = []
+    for run in run_dirs:
+        with np.load(run / f"{ck.TEST_PREDICTIONS}.npz") as data:
+            out.append(evaluate_all(data["scores"], data["labels"])["gap_at_20"])
+    return out
+
+
+def test_gap_weighted_ensemble_of_two_seeds_beats_their_mean(runs):
+    root, made = runs
+    out = root / "ens"
+    vocabulary = root / "vocabulary.csv"
+    names = [f"class{c}" for c in range(6)]
+    pd.DataFrame(
+        {"Index": [10 + c for c in range(6)], "KnowledgeGraphId": "", "Name": names}
+    ).to_csv(vocabulary, index=False)
+    args = ["ensemble", str(made["a"]), str(made["b"]), "--out", str(out), "--weights", "gap"]
+    result = CliRunner().invoke(main, [*args, "--vocabulary", str(vocabulary)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / ck.TEST_METRICS).read_text())
+    gaps = _member_gaps([made["a"], made["b"]])
+    assert metrics["member_gap_at_20"] == pytest.approx(gaps)
+    assert metrics["gap_at_20"] > np.mean(gaps)
+    assert metrics["gap_at_20"] >= max(gaps) - 0.01
+    # gap weights: each run's best validation GAP over their sum
+    val = []
+    for run in (made["a"], made["b"]):
+        records = [json.loads(x) for x in (run / ck.METRICS).read_text().splitlines()]
+        val.append([r for r in records if r["improved"]][-1]["val_gap_at_20"])
+    assert metrics["weights"] == pytest.approx([v / sum(val) for v in val])
+    table = pd.read_csv(out / YT8M_CSV)
+    assert list(table.columns) == ["VideoId", "LabelConfidencePairs"]
+    assert len(table) == metrics["n_test"] == 36
+    indices = {int(x) for pairs in table["LabelConfidencePairs"] for x in pairs.split()[::2]}
+    assert indices <= set(range(10, 16))  # vocabulary indices, not names
+    assert (out / f"{ck.TEST_PREDICTIONS}.csv").is_file()
+
+
+def test_equal_and_file_weights(runs, tmp_path):
+    _, made = runs
+    weights = tmp_path / "w.json"
+    weights.write_text(json.dumps([3, 1]))
+    outs = {}
+    for key, spec in (("equal", "equal"), ("file", str(weights))):
+        outs[key] = tmp_path / key
+        args = ["ensemble", str(made["a"]), str(made["b"]), "-o", str(outs[key])]
+        result = CliRunner().invoke(main, [*args, "--weights", spec])
+        assert result.exit_code == 0, result.output
+    members = []
+    for run in (made["a"], made["b"]):
+        with np.load(run / f"{ck.TEST_PREDICTIONS}.npz") as data:
+            order = np.argsort(data["video_id"])
+            members.append(data["scores"][order])
+    for key, w in (("equal", (0.5, 0.5)), ("file", (0.75, 0.25))):
+        with np.load(outs[key] / f"{ck.TEST_PREDICTIONS}.npz") as data:
+            np.testing.assert_allclose(
+                data["scores"], w[0] * members[0] + w[1] * members[1], rtol=1e-6
+            )
+
+
+def test_runs_with_other_classes_are_refused(runs, tmp_path):
+    _, made = runs
+    args = ["ensemble", str(made["a"]), str(made["few"]), "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "different label maps" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_truncated_prediction_file_is_a_one_line_error(runs, tmp_path):
+    _, made = runs
+    broken = tmp_path / "broken"
+    shutil.copytree(made["b"], broken)
+    npz = broken / f"{ck.TEST_PREDICTIONS}.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    args = ["ensemble", str(made["a"]), str(broken), "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "cannot read test predictions" in result.output
