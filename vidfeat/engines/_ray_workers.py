@@ -128,7 +128,11 @@ class EmbedWorker:
         self.cfg, self.store_settings = cfg, store_settings
         self.part = f"ray-{uuid.uuid4().hex[:24]}"
         self.backbone = create_backbone(
-            cfg.backbone, weights=cfg.weights, device=device, precision=cfg.precision
+            cfg.backbone,
+            weights=cfg.weights,
+            device=device,
+            precision=cfg.precision,
+            runtime=cfg.runtime,
         )
         self.reduction = FeatureReduction.from_options(cfg.pca, cfg.quantize)
         self.audio = audio_features(cfg, device, cfg.precision)

@@ -97,8 +97,8 @@ def run_ray(cfg: ExtractConfig) -> Any:
     ray = _import_ray()
     cfg = _absolute_paths(cfg)
     # The driver needs the backbone's spec only (store attrs, preprocessing); the actors load
-    # their own on their devices, so it is loaded here on the CPU at full precision.
-    job = prepare(cfg, device="cpu", precision="fp32")
+    # their own on their devices, so it is loaded here on the CPU, eagerly at full precision.
+    job = prepare(cfg, device="cpu", precision="fp32", runtime="eager")
     spec, job.backbone = job.backbone.spec, None
     audio_front = None if job.audio is None else job.audio.backbone.spec.front_end
     job.audio = None
