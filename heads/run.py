@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from heads import checkpoint as ck
+from heads import distributed as dd
 from heads.config import TrainConfig
 from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
 from heads.metrics import evaluate_all
@@ -124,9 +125,10 @@ def train_run(
     resume: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Train ``cfg.model`` on the store into ``run_dir``; returns the test metrics."""
+    """Train ``cfg.model`` on the store into ``run_dir``; returns the test metrics (under
+    torchrun: on rank 0, {} on the others)."""
     run_dir = Path(run_dir)
-    continuing = _prepare_run_dir(run_dir, cfg, resume)
+    continuing = dd.on_main(_prepare_run_dir, run_dir, cfg, resume)
     with open_store(store_path) as reader:
         provenance = ck.store_provenance(reader)
         label_map, videos = _split_videos(reader, cfg, split_file)
@@ -135,7 +137,7 @@ def train_run(
         saved = load_splits(run_dir / ck.SPLIT)
         videos = videos.drop(columns=["split"]).merge(saved, on="video_id")
         label_map = LabelMap.load(run_dir / ck.LABEL_MAP)
-    else:
+    elif dd.world().is_main:
         ck.write_json(run_dir / ck.CONFIG, {**cfg.to_dict(), "store": provenance})
         ck.write_json(run_dir / ck.LABEL_MAP, label_map.to_dict())
         save_splits(videos, run_dir / ck.SPLIT)
@@ -171,6 +173,8 @@ def train_run(
         "trainable_params": result.trainable_params,
         "train_wall_s": result.wall_s,
     }
+    if not dd.world().is_main:
+        return {}  # rank 0 tests and reports
     return write_test_results(model, sets["test"], cfg, label_map, run_dir, summary)
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from heads import checkpoint as ck
+from heads import distributed as dd
 from heads.config import TrainConfig
 from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
 from heads.models import Head
@@ -282,7 +283,7 @@ def finetune_run(
     cfg = cfg if cfg is not None else finetune_config(run.cfg, mode)
     _check_same_architecture(run.cfg, cfg)
     out = Path(out)
-    _check_out(out, run.run_dir)
+    dd.on_main(_check_out, out, run.run_dir)  # before rank 0 writes there
     provenance, label_map, videos = _load_videos(run, store, cfg, split_file)
     sets = split_datasets(store, videos, label_map, cfg)
     if not len(sets["train"]):
@@ -302,10 +303,11 @@ def finetune_run(
         len(label_map),
         len(warm.kept),
     )
-    out.mkdir(parents=True, exist_ok=True)  # only once every check has passed
-    ck.write_json(out / ck.CONFIG, {**cfg.to_dict(), "store": provenance, "finetune": info})
-    ck.write_json(out / ck.LABEL_MAP, label_map.to_dict())
-    save_splits(videos, out / ck.SPLIT)
+    if dd.world().is_main:
+        out.mkdir(parents=True, exist_ok=True)  # only once every check has passed
+        ck.write_json(out / ck.CONFIG, {**cfg.to_dict(), "store": provenance, "finetune": info})
+        ck.write_json(out / ck.LABEL_MAP, label_map.to_dict())
+        save_splits(videos, out / ck.SPLIT)
     meta = {"label_map": label_map.to_dict(), "store": provenance, "finetune": info}
     meta |= {"input_dim": provenance["dim"], "num_classes": len(label_map)}
     result = _train(model, sets, cfg, out, meta, params, mode, progress)
@@ -318,6 +320,8 @@ def finetune_run(
         "train_wall_s": result.wall_s,
     }
     log.info("fine-tuned in %.1f s (%d epochs)", result.wall_s, result.epochs_run)
+    if not dd.world().is_main:
+        return {}  # rank 0 tests and reports
     return write_test_results(model, sets["test"], cfg, label_map, out, summary)
 
 
