@@ -191,7 +191,7 @@ def _predict_rows(
     done = np.zeros(n, bool)
     for batch in loader:
         rows = batch.index.numpy()
-        logits_out[rows] = model(batch.x.to(device), batch.lengths.to(device)).float().cpu()
+        logits_out[rows] = model(batch.x.to(device), batch.lengths.to(device)).float().cpu().numpy()
         labels_out[rows], done[rows] = batch.labels.numpy(), True
     return logits_out, labels_out, done
 
