@@ -309,8 +309,8 @@ def gather_rows(logits: np.ndarray, labels: np.ndarray, done: np.ndarray) -> tup
         out_logits[rows], out_labels[rows] = part_logits, part_labels
     if not (count == 1).all():
         raise RuntimeError(
-            f"validation rows gathered {int((count == 0).sum())} times missing, "
-            f"{int((count > 1).sum())} duplicated: the ranks' shares do not partition the set"
+            f"{int((count == 0).sum())} rows missing and {int((count > 1).sum())} duplicated "
+            "after gathering: the ranks' shares do not partition the set"
         )
     return out_logits, out_labels
 
