@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,16 +332,18 @@ def train(
     pos_weight: Tensor | None = None,
     resume: bool = False,
     progress: bool = False,
+    loggers: Sequence[Any] = (),
 ) -> TrainResult:
     """Train ``model`` (only ``trainable_params``, default all that require grad).
 
     Every evaluation (each epoch, or every ``cfg.eval_every`` steps) validates, appends a line
-    to metrics.jsonl and checkpoints. ``meta`` (label map, store provenance, input_dim,
-    num_classes, ...) is copied into every checkpoint so it describes itself. The best weights
-    are loaded into ``model`` on return.
+    to metrics.jsonl, checkpoints and hands the record to each of ``loggers``
+    (:mod:`heads.loggers`). ``meta`` (label map, store identity, input_dim, num_classes, ...) is
+    copied into every checkpoint so it describes itself. The best weights are loaded into
+    ``model`` on return.
 
     Under torchrun (:mod:`heads.distributed`) each rank trains on its share of every batch with
-    DDP, and only rank 0 writes files.
+    DDP, and only rank 0 writes files and feeds ``loggers``.
     """
     run_dir = Path(run_dir)
     world = dd.world()
@@ -393,6 +395,8 @@ def train(
                 ck.save_checkpoint(run_dir / ck.BEST, state)
             ck.append_jsonl(run_dir / ck.METRICS, record)
             ck.save_checkpoint(run_dir / ck.LAST, state)
+            for sink in loggers:
+                sink.log(record, history)
             log.info(_summary(record, monitor))
     if stopper.should_stop:
         log.info("early stop: no %s improvement in %d evaluations", monitor, stopper.patience)
