@@ -294,7 +294,7 @@ def fit_and_test(
         "train_wall_s": result.wall_s,
     }
     if not dd.world().is_main:
-        return {}  # rank 0 tests and reports
+        return summary  # rank 0 alone tests and writes the results
     return write_test_results(model, sets["test"], cfg, data.label_map, run_dir, summary)
 
 
@@ -310,7 +310,7 @@ def train_run(
     logger: str = "csv",
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on the store into ``run_dir``; returns the test metrics (under
-    torchrun: on rank 0, {} on the others).
+    torchrun on rank 0; the other ranks get the training summary only).
 
     ``resume`` continues a killed run on the same data (anything else is refused) and leaves a
     finished one as it is; ``force`` replaces whatever run ``run_dir`` holds.
