@@ -1,0 +1,387 @@
+"""The fault table. Each row: what is broken, the command, and the outcome it must have.
+
+A new fault is one more ``Case`` in ``CASES``. Rows with ``stores=True`` run once per backend
+(Zarr and HDF5). ``kept`` names what the command must not lose (see ``KEPT`` in
+test_faults.py): ``store`` (the store's files are byte-for-byte unchanged), ``run`` (the run
+directory is unchanged), ``no_out`` (nothing left under the output folder), ``committed`` (every
+committed video still reads back as written), ``no_code_ran`` (a hostile pickle did nothing).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from heads.synthetic import write_store
+from tests.faults.harness import (
+    Case,
+    Env,
+    delete_chunk,
+    flip_chunk,
+    heads,
+    lib,
+    set_root_meta,
+    truncate_part,
+    vidfeat,
+)
+from vidfeat import create_store, open_store
+from vidfeat_cli.core import EXIT_CANNOT_RUN as CANNOT_RUN
+from vidfeat_cli.core import EXIT_OK as OK
+
+SMALL = ("--epochs", "1", "--hidden-size", "8", "--fc-size", "8")
+ATTRS = {"backbone": "synthetic", "weights": "w1", "pca": None, "fps": "1"}
+ARRAYS = {"features": "streams/rgb/features", "ids": "video_id", "labels": "labels"}
+
+
+# ------------------------------------------------------------------------------ library calls
+
+
+def read_everything(env: Env) -> None:
+    """What a consumer of a store does: open it, then read every committed video."""
+    with open_store(env.store) as r:
+        for vid in r.ok_ids:
+            r.read(vid)
+            r.mean(vid)
+            r.timestamps(vid)
+            r.labels(vid)
+
+
+def append_one(env: Env, path: Path | None = None, **attrs: object) -> None:
+    """Reopen the store to append (what a rerun of `extract` does) and add one video."""
+    with create_store(path or env.store, dim=16, attrs={**ATTRS, **attrs}) as w:
+        if "appended" not in w.committed_ids():
+            w.write("appended", np.ones((2, 16), np.float32), labels=["class0"])
+
+
+def float16_overflow(env: Env) -> None:
+    with create_store(env.out, dim=2, dtype="float16", attrs=ATTRS) as w:
+        w.write("fine", np.array([[6e4, 0.0]], np.float32))
+        w.write("big", np.array([[1e5, 0.0]], np.float32))  # finite in float32, inf in float16
+
+
+def nan_in_attrs(env: Env) -> None:
+    create_store(env.out, dim=2, attrs={**ATTRS, "fps": float("nan")})
+
+
+# ------------------------------------------------------------------------------ injections
+
+
+def flip(array: str):
+    return lambda env: flip_chunk(env.store, env.fmt, array)
+
+
+def delete(array: str):
+    return lambda env: delete_chunk(env.store, env.fmt, array)
+
+
+def newer_schema(env: Env) -> None:
+    set_root_meta(env.store, env.fmt, schema_version=99)
+
+
+def one_class_store(env: Env) -> None:
+    videos = [(f"v{i}", np.full((3, 16), i, np.float32), ("only",)) for i in range(12)]
+    write_store(env.path(f"one{env.suffix}"), videos, dim=16, format=env.fmt, attrs=ATTRS)
+
+
+def file_at(name: str):
+    def inject(env: Env) -> None:
+        env.path(name).parent.mkdir(parents=True, exist_ok=True)
+        env.path(name).write_text("in the way")
+
+    return inject
+
+
+def locks_is_a_file(env: Env) -> None:
+    env.store.with_name(env.store.name + ".locks").write_text("in the way")
+
+
+def truncate_predictions(env: Env) -> None:
+    npz = env.run / "test_predictions.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+
+
+class _RunsCode:
+    """Unpickling this runs ``touch`` on a marker file: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def hostile_checkpoint(env: Env) -> None:
+    torch.save({"format": 1, "payload": _RunsCode(env.path("pwned"))}, env.run / "best.pt")
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+def _integrity_rows() -> list[Case]:
+    rows = []
+    for what, array in ARRAYS.items():
+        for damage, inject, message in (
+            ("flip", flip(array), f"array {array}"),
+            ("delete", delete(array), "missing"),
+        ):
+            fault = f"{damage} bytes of the first {what} chunk"
+            common = dict(fault=fault, inject=inject, stores=True, code=CANNOT_RUN)
+            rows += [
+                Case(f"{damage}-{what}-read", run=lib(read_everything), message=message, **common),
+                Case(
+                    f"{damage}-{what}-train",
+                    run=heads("train", "{store}", "-m", "bof", "-o", "{tmp}/run-out", *SMALL),
+                    message=message,
+                    kept=("store",),
+                    **common,
+                ),
+                Case(
+                    f"{damage}-{what}-verify",
+                    run=vidfeat("verify", "{store}"),
+                    message=message,
+                    kept=("store",),
+                    **common,
+                ),
+            ]
+            # Reopening to append reads the per-video table (a damaged one must not let a rerun
+            # add a ghost video); feature chunks are checked by readers and verify, not here.
+            if what != "features":
+                rows.append(
+                    Case(
+                        f"{damage}-{what}-append",
+                        run=lib(append_one),
+                        message=message,
+                        kept=("store",),
+                        **common,
+                    )
+                )
+    return rows
+
+
+CASES: list[Case] = [
+    *_integrity_rows(),
+    # -- store structure -----------------------------------------------------------------------
+    *[
+        Case(
+            f"truncated-part-{name}",
+            "part main's zarr.json (HDF5: first segment) cut in half",
+            run=run,
+            inject=lambda env: truncate_part(env.store, env.fmt),
+            stores=True,
+            code=CANNOT_RUN,
+            message="part main",
+            kept=kept,
+        )
+        for name, run, kept in (
+            ("read", lib(read_everything), ()),
+            ("verify", vidfeat("verify", "{store}"), ("store",)),
+            ("append", lib(append_one), ("store",)),
+            ("train", heads("train", "{store}", "-m", "bof", "-o", "{tmp}/r", *SMALL), ("store",)),
+        )
+    ],
+    *[
+        Case(
+            f"newer-schema-{name}",
+            "root metadata says schema_version 99",
+            run=run,
+            inject=newer_schema,
+            stores=True,
+            code=CANNOT_RUN,
+            message="schema",
+            kept=("store",),
+        )
+        for name, run in (
+            ("read", lib(read_everything)),
+            ("append", lib(append_one)),
+            ("train", heads("train", "{store}", "-m", "bof", "-o", "{tmp}/r", *SMALL)),
+        )
+    ],
+    Case(
+        "other-config-append",
+        "append with another backbone in the attrs",
+        run=lib(lambda env: append_one(env, backbone="other")),
+        stores=True,
+        code=CANNOT_RUN,
+        message="backbone",
+        kept=("store",),
+    ),
+    Case(
+        "nan-in-attrs",
+        "NaN inside a new store's attrs",
+        run=lib(nan_in_attrs),
+        stores=True,
+        code=CANNOT_RUN,
+        message="NaN",
+        kept=("no_out",),
+    ),
+    Case(
+        "float16-overflow",
+        "1e5 written to a float16 store (inf after the cast)",
+        run=lib(float16_overflow),
+        stores=True,
+        code=CANNOT_RUN,
+        message="'big'.*inf",
+        kept=("no_big",),
+    ),
+    # -- paths and file systems ----------------------------------------------------------------
+    Case(
+        "locks-is-a-file",
+        "STORE.locks is a file",
+        run=lib(append_one),
+        inject=locks_is_a_file,
+        stores=True,
+        code=CANNOT_RUN,
+        message="in the way",
+        kept=("store",),
+    ),
+    Case(
+        "train-out-under-a-file",
+        "heads train -o below a file",
+        run=heads("train", "{store}", "-m", "bof", "-o", "{tmp}/blocker/run", *SMALL),
+        inject=file_at("blocker"),
+        code=CANNOT_RUN,
+        message="in the way",
+    ),
+    Case(
+        "missing-store",
+        "heads train on a store that does not exist",
+        run=heads("train", "{tmp}/nope.zarr", "-m", "bof", "-o", "{tmp}/out/run"),
+        code=CANNOT_RUN,
+        message="no feature store",
+        kept=("no_out",),
+    ),
+    Case(
+        "read-only-append",
+        "append to a store on a read-only file system",
+        run=lib(append_one),
+        stores=True,
+        needs="ro",
+        code=CANNOT_RUN,
+        message="read-only file system",
+        kept=("store", "committed"),
+    ),
+    Case(
+        "read-only-read",
+        "read and verify a store on a read-only file system",
+        run=lib(read_everything),
+        stores=True,
+        needs="ro",
+        code=OK,
+    ),
+    Case(
+        "read-only-verify",
+        "verify a store on a read-only file system",
+        run=vidfeat("verify", "{store}"),
+        stores=True,
+        needs="ro",
+        code=OK,
+        message="clean",
+    ),
+    Case(
+        "read-only-train-out",
+        "heads train -o on a read-only file system",
+        run=heads("train", "{store}", "-m", "bof", "-o", "{mnt}/run", *SMALL),
+        stores=True,
+        needs="ro",
+        code=CANNOT_RUN,
+        message="read-only file system",
+    ),
+    Case(
+        "full-disk-append",
+        "append to a store on a full file system, then free space and rerun",
+        run=lib(append_one),
+        stores=True,
+        needs="full",
+        code=CANNOT_RUN,
+        message="disk full",
+        kept=("committed", "resumes"),
+    ),
+    Case(
+        "full-disk-checkpoint",
+        "heads train writing its run to a full file system",
+        run=heads("train", "{store}", "-m", "bof", "-o", "{mnt}/run", *SMALL),
+        stores=True,
+        needs="full",
+        code=CANNOT_RUN,
+        message="disk full",
+    ),
+    # -- runs ----------------------------------------------------------------------------------
+    Case(
+        "resume-on-another-store",
+        "train --resume with a store of another backbone",
+        run=heads("train", "{other}", "-m", "bof", "-o", "{run}", "--resume", *SMALL),
+        stores=True,
+        code=CANNOT_RUN,
+        message="backbone",
+        kept=("run",),
+        xfail="heads/run.py resumes without comparing the store with the run's config "
+        "(check_store_compatible is called only by evaluate, predict and finetune)",
+    ),
+    Case(
+        "resume-a-finished-run",
+        "train --resume of a run that already finished",
+        run=heads("train", "{store}", "-m", "bof", "-o", "{run}", "--resume", *SMALL),
+        stores=True,
+        code=OK,
+        message="finished",
+        kept=("run",),
+    ),
+    Case(
+        "evaluate-on-another-store",
+        "evaluate a run on a store of another backbone",
+        run=heads("evaluate", "{run}", "--store", "{other}"),
+        stores=True,
+        code=CANNOT_RUN,
+        message="backbone",
+        kept=("run",),
+    ),
+    Case(
+        "predict-on-another-store",
+        "predict with a store of another backbone",
+        run=heads("predict", "{run}", "--store", "{other}", "--out", "{tmp}/out/p.csv"),
+        stores=True,
+        code=CANNOT_RUN,
+        message="backbone",
+        kept=("run", "no_out"),
+    ),
+    Case(
+        "one-class-store",
+        "every video of the store has the same single label",
+        run=heads("train", "{tmp}/one{suffix}", "-m", "bof", "-o", "{tmp}/out/run", *SMALL),
+        inject=one_class_store,
+        stores=True,
+        code=CANNOT_RUN,
+        message="only one class",
+        kept=("no_out",),
+    ),
+    Case(
+        "report-truncated-predictions",
+        "test_predictions.npz cut to 100 bytes",
+        run=heads("report", "{run}", "--out", "{tmp}/out/rep"),
+        inject=truncate_predictions,
+        code=CANNOT_RUN,
+        message="test_predictions.npz",
+        kept=("no_out",),
+    ),
+    Case(
+        "report-empty-directory",
+        "heads report on an empty directory",
+        run=heads("report", "{tmp}/empty", "--out", "{tmp}/out/rep"),
+        inject=lambda env: env.path("empty").mkdir(),
+        code=CANNOT_RUN,
+        message="not a heads run",
+        kept=("no_out",),
+    ),
+    Case(
+        "hostile-checkpoint",
+        "best.pt is a pickle that runs a shell command when loaded",
+        run=heads("evaluate", "{run}"),
+        inject=hostile_checkpoint,
+        code=CANNOT_RUN,
+        message="^error: refused checkpoint .*best.pt: (?!.*weights_only)",
+        kept=("no_code_ran",),
+    ),
+]
