@@ -19,6 +19,8 @@ from heads.synthetic import write_store
 from tests.faults.harness import (
     Case,
     Env,
+    Outcome,
+    decode_job,
     delete_chunk,
     flip_chunk,
     heads,
@@ -30,6 +32,7 @@ from tests.faults.harness import (
 from vidfeat import create_store, open_store
 from vidfeat_cli.core import EXIT_CANNOT_RUN as CANNOT_RUN
 from vidfeat_cli.core import EXIT_OK as OK
+from vidfeat_cli.core import EXIT_SOME_FAILED as SOME_FAILED
 
 SMALL = ("--epochs", "1", "--hidden-size", "8", "--fc-size", "8")
 ATTRS = {"backbone": "synthetic", "weights": "w1", "pca": None, "fps": "1"}
@@ -116,6 +119,45 @@ class _RunsCode:
 def hostile_checkpoint(env: Env) -> None:
     torch.save({"format": 1, "payload": _RunsCode(env.path("pwned"))}, env.run / "best.pt")
 
+
+def manifest(*rows: str):
+    """Write manifest.csv (header plus ``rows``, ``{tmp}`` filled in) into the case's folder."""
+
+    def inject(env: Env) -> None:
+        text = "video_id,path,labels\n" + "".join(env.format(r) + "\n" for r in rows)
+        env.path("manifest.csv").write_text(text)
+
+    return inject
+
+
+def special_files(env: Env) -> None:
+    env.path("a_dir.mp4").mkdir()
+    os.mkfifo(env.path("a_fifo.mp4"))
+
+
+def killed_writer(sig: int):
+    """Kill a writer (tests.vidfeat.store_worker) after 3 commits, then rerun it to the end."""
+
+    def run(env: Env) -> Outcome:
+        import subprocess
+        import sys
+
+        root = Path(__file__).resolve().parents[2]
+        cmd = [sys.executable, "-m", "tests.vidfeat.store_worker", str(env.out), env.fmt, "main"]
+        proc = subprocess.Popen(
+            [*cmd, "0", "12"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3):
+            proc.stdout.readline()
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        rerun = subprocess.run([*cmd, "0", "12"], cwd=root, capture_output=True, text=True)
+        return Outcome(rerun.returncode, rerun.stderr)
+
+    return run
+
+
+EXTRACT = ("extract", "{tmp}/manifest.csv", "--out", "{out}", "--no-progress")
 
 # ------------------------------------------------------------------------------ the table
 
@@ -384,4 +426,90 @@ CASES: list[Case] = [
         message="^error: refused checkpoint .*best.pt: (?!.*weights_only)",
         kept=("no_code_ran",),
     ),
+    # -- manifests and input paths (refused at validation, before any model is loaded) --------
+    Case(
+        "manifest-trailing-field",
+        "every row has one field more than the header",
+        run=vidfeat(*EXTRACT),
+        inject=manifest("a,{tmp}/a.mp4,x,extra", "b,{tmp}/b.mp4,y,extra"),
+        code=CANNOT_RUN,
+        message="line 2: 4 fields, the header has 3",
+        kept=("no_out",),
+    ),
+    Case(
+        "manifest-quoted-newline",
+        "a quoted label spans two lines; a later row is bad",
+        run=vidfeat(*EXTRACT),
+        inject=manifest('a,{tmp}/a.mp4,"x;\ny"', "b,{tmp}/b.mp4,y,extra"),
+        code=CANNOT_RUN,
+        message="line 4: 4 fields",
+        kept=("no_out",),
+    ),
+    Case(
+        "video-path-is-special",
+        "a directory, a FIFO and a device listed as videos",
+        run=vidfeat(*EXTRACT),
+        inject=lambda env: (
+            special_files(env),
+            manifest("d,{tmp}/a_dir.mp4,x", "f,{tmp}/a_fifo.mp4,x", "c,/dev/null,x")(env),
+        ),
+        code=CANNOT_RUN,
+        message="(?s)a directory.*a FIFO.*a character device",
+        kept=("no_out",),
+    ),
+    Case(
+        "extract-out-is-a-file",
+        "extract --out names an existing file",
+        run=vidfeat(*EXTRACT),
+        inject=lambda env: (manifest("a,{tmp}/a.mp4,x")(env), env.out.write_text("not a store")),
+        code=CANNOT_RUN,
+        message="is a file",
+    ),
+    # -- bad inputs and misbehaving decoders: recorded per video, the job goes on -------------
+    *[
+        Case(
+            f"bad-input-{status}",
+            f"a {status} file among good ones",
+            run=lambda env, status=status: decode_job(env, ("good", status, "good2")),
+            needs="media",
+            code=SOME_FAILED,
+            message=f"good: done\n{status}: {status}\ngood2: done",
+        )
+        for status in (
+            "empty",
+            "not_video",
+            "unreadable",
+            "truncated",
+            "no_video_stream",
+            "decode_error",
+        )
+    ],
+    Case(
+        "hung-decoder",
+        "a decoder that sleeps forever and one stuck in C holding the GIL",
+        run=lambda env: decode_job(env, ("good", "hang", "spin", "good2"), "faulty", 1.0),
+        needs="media",
+        code=SOME_FAILED,
+        message="good: done\nhang: timeout\nspin: timeout\ngood2: done",
+    ),
+    Case(
+        "crashing-decoder",
+        "a decoder process killed by SIGSEGV",
+        run=lambda env: decode_job(env, ("good", "segv", "good2"), "faulty", 30.0),
+        needs="media",
+        code=SOME_FAILED,
+        message="good: done\nsegv: crashed\ngood2: done",
+    ),
+    # -- killed writers ------------------------------------------------------------------------
+    *[
+        Case(
+            f"killed-writer-{name}",
+            f"{name} after 3 commits, then the same command again",
+            run=killed_writer(sig),
+            stores=True,
+            code=OK,
+            kept=("equals_uninterrupted",),
+        )
+        for name, sig in (("sigkill", 9), ("sigterm", 15))
+    ],
 ]

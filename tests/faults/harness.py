@@ -246,3 +246,29 @@ def set_root_meta(store: Path, fmt: str, **changes: object) -> None:
             meta = json.loads(f.attrs["vidfeat"])
             meta.update(changes)
             f.attrs["vidfeat"] = json.dumps(meta)
+
+
+def decode_job(
+    env: Env, names: tuple[str, ...], decoder: str = "pyav", timeout_s: float = 60.0
+) -> Outcome:
+    """Decode the media files ``names`` (keys of ``env.fixtures["media"]``) in one pool, as
+    extraction does; one output line per video (``name: done`` or ``name: STATUS``), and the
+    CLI's code for the job: 1 when some videos failed, 0 when none did."""
+    from vidfeat.decode.pool import DecodePool, VideoDone, VideoFailed
+    from vidfeat_cli.core import EXIT_SOME_FAILED
+
+    media = env.fixtures["media"]
+    extra = ["tests.vidfeat.pool_helpers"] if decoder == "faulty" else []
+    ends: dict[str, str] = {}
+    with DecodePool(2, decoder, timeout_s=timeout_s, extra_modules=extra) as pool:
+        for name in names:
+            pool.submit(name, media[name])
+        for event in pool.events():
+            if isinstance(event, VideoDone):
+                ends[event.job_id] = "done"
+            elif isinstance(event, VideoFailed):
+                ends[event.job_id] = event.status
+    lines = [f"{name}: {ends.get(name, 'lost')}" for name in names]
+    failed = sum(ends.get(name) != "done" for name in names)
+    lines.append(f"{len(names) - failed} done, {failed} failed")
+    return Outcome(EXIT_SOME_FAILED if failed else EXIT_OK, "\n".join(lines) + "\n")

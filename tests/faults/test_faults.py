@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from heads.synthetic import write_store
 from tests.faults.cases import ATTRS, CASES, SMALL, append_one
 from tests.faults.harness import Case, Env, copy_store, mounted, store_files, tree_digest
 from tests.heads.stores import cluster_videos
+from tests.media import make_corrupt_inputs, write_video
 from vidfeat import open_store
 from vidfeat_cli.core import EXIT_INTERNAL, EXIT_SOME_FAILED
 from vidfeat_cli.heads import main as heads_main
@@ -37,8 +39,26 @@ def _params() -> list:
 @pytest.fixture
 def env(request, tmp_path) -> Env:
     fmt = request.node.callspec.params["fmt"]
-    originals = request.getfixturevalue("originals_" + fmt)
-    return Env(tmp_path, fmt, originals)
+    fixtures = dict(request.getfixturevalue("originals_" + fmt))
+    if request.node.callspec.params["case"].needs == "media":
+        fixtures["media"] = request.getfixturevalue("fault_media")
+    return Env(tmp_path, fmt, fixtures)
+
+
+@pytest.fixture(scope="module")
+def fault_media(tmp_path_factory) -> dict[str, Path]:
+    """Two good clips, every kind of broken input (by the status each must get), and copies of
+    a good clip named so the test decoder "faulty" hangs, spins or crashes on them."""
+    folder = tmp_path_factory.mktemp("media")
+    media = {
+        "good": write_video(folder / "good.mp4", seconds=1, fps=10).path,
+        "good2": write_video(folder / "good2.mkv", seconds=1.5, fps=12).path,
+        **make_corrupt_inputs(folder / "broken"),
+    }
+    for fault in ("hang", "spin", "segv"):
+        media[fault] = folder / f"{fault}.mp4"
+        shutil.copyfile(media["good"], media[fault])
+    return media
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +112,16 @@ def _check_no_big(env: Env, before: dict) -> None:
         assert r.ok_ids == ["fine"]
 
 
+def _check_equals_uninterrupted(env: Env, before: dict) -> None:
+    from tests.vidfeat.store_worker import expected_audio, expected_features, video_id
+
+    with open_store(env.out) as r:
+        assert r.ok_ids == [video_id(i) for i in range(12)] and len(r.videos) == 12
+        for i in range(12):
+            np.testing.assert_array_equal(r.read(video_id(i), "rgb"), expected_features(i))
+            np.testing.assert_array_equal(r.read(video_id(i), "audio", raw=True), expected_audio(i))
+
+
 KEPT: dict[str, Callable[[Env, dict], None]] = {
     "store": lambda env, before: (
         tree_digest(store_files(env.store)) == before["store"]
@@ -108,6 +138,7 @@ KEPT: dict[str, Callable[[Env, dict], None]] = {
     "committed": _check_committed,
     "resumes": _check_resumes,
     "no_big": _check_no_big,
+    "equals_uninterrupted": _check_equals_uninterrupted,
     "no_code_ran": lambda env, before: (
         not env.path("pwned").exists() or pytest.fail("unpickling the checkpoint ran code")
     ),
@@ -171,10 +202,13 @@ def test_fault(case: Case, fmt: str, env: Env) -> None:
         assert outcome.code == case.code, (
             f"exit {outcome.code}, wanted {case.code}:\n{outcome.output}"
         )
-        assert re.search(case.message, outcome.output), outcome.output
-        # An error is one line, the last one: no advice, no dump after it (logs may precede it).
+        assert re.search(case.message, outcome.output, re.MULTILINE), outcome.output
+        # An error is one line: logs may precede it, only a list of problems ("  - ...") may
+        # follow it (a manifest names every bad row at once); no advice, no dump.
         errors = [i for i, ln in enumerate(lines) if ln.startswith(("error:", "internal error:"))]
-        assert len(errors) <= 1 and (not errors or errors[0] == len(lines) - 1), outcome.output
+        assert len(errors) <= 1, outcome.output
+        after = lines[errors[0] + 1 :] if errors else []
+        assert all(ln.startswith("  - ") for ln in after), outcome.output
         assert outcome.code != EXIT_INTERNAL
         assert outcome.code != EXIT_SOME_FAILED or "failed" in outcome.output
         for name in case.kept:
