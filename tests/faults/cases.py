@@ -157,6 +157,46 @@ def killed_writer(sig: int):
     return run
 
 
+def extract_with_fps(env: Env, *rates: str) -> None:
+    """Create a store with the identity `extract --fps RATE` gives it, for each rate in turn
+    (the first creates it, the others reopen it), as a rerun with another spelling does."""
+    from vidfeat.config import ExtractConfig
+    from vidfeat.pca.apply import FeatureReduction
+    from vidfeat.pipeline import resume_attrs, store_attrs
+
+    spec = {"name": "inception_v3", "weights_id": "fixture"}
+    for rate in rates:
+        cfg = ExtractConfig(manifest=env.path("m.csv"), out=env.out, fps=rate)
+        attrs = resume_attrs(cfg, store_attrs(cfg, spec, FeatureReduction()))
+        with create_store(env.out, dim=4, attrs=attrs) as w:
+            w.write(f"v{len(w.committed_ids())}", np.zeros((1, 4), np.float32))
+
+
+def decoders_agree(name: str):
+    """Frames of media ``name`` from both decoders: the largest pixel difference."""
+
+    def run(env: Env) -> Outcome:
+        from vidfeat.decode import open_video
+
+        frames = {}
+        for decoder in ("pyav", "decord"):
+            with open_video(env.fixtures["media"][name], decoder) as video:
+                frames[decoder] = [f.frame.astype(int) for f in video.sample(5, None)]
+        pairs = zip(frames["pyav"], frames["decord"], strict=True)
+        diff = max(int(np.abs(a - b).max()) for a, b in pairs)
+        return Outcome(OK, f"{len(frames['pyav'])} frames, max difference {diff}\n")
+
+    return run
+
+
+def open_schema_1(env: Env) -> None:
+    """Replace the case's store by a copy of the schema-1 fixture (it holds an inf)."""
+    from tests.faults.harness import copy_store
+
+    src = Path(__file__).resolve().parents[1] / "vidfeat" / "fixtures" / f"v1{env.suffix}"
+    env.__dict__["store"] = copy_store(src, env.path(f"v1{env.suffix}"))
+
+
 EXTRACT = ("extract", "{tmp}/manifest.csv", "--out", "{out}", "--no-progress")
 
 # ------------------------------------------------------------------------------ the table
@@ -368,8 +408,10 @@ CASES: list[Case] = [
         run=heads("train", "{store}", "-m", "bof", "-o", "{run}", "--resume", *SMALL),
         stores=True,
         code=OK,
-        message="finished",
+        message="(?m)^run .* already finished",
         kept=("run",),
+        xfail="heads/run.py resumes a finished run: it logs 'resumed at step N', evaluates "
+        "again and rewrites test_metrics.json instead of saying the run is finished",
     ),
     Case(
         "evaluate-on-another-store",
@@ -511,5 +553,75 @@ CASES: list[Case] = [
             kept=("equals_uninterrupted",),
         )
         for name, sig in (("sigkill", 9), ("sigterm", 15))
+    ],
+    # -- configuration identity ----------------------------------------------------------------
+    Case(
+        "fps-spellings-are-one-rate",
+        "a store made with --fps 1 reopened with --fps 1.0 and --fps 1/1",
+        run=lib(lambda env: extract_with_fps(env, "1", "1.0", "1/1")),
+        code=OK,
+    ),
+    Case(
+        "fps-other-rate-refused",
+        "a store made with --fps 1 reopened with --fps 2",
+        run=lib(lambda env: extract_with_fps(env, "1", "2")),
+        code=CANNOT_RUN,
+        message="fps",
+    ),
+    Case(
+        "schema-1-inf-names-the-video",
+        "a schema-1 store whose float16 features hold inf (written before the check)",
+        run=lib(read_everything),
+        inject=open_schema_1,
+        stores=True,
+        code=CANNOT_RUN,
+        message="video 'd'.*non-finite",
+    ),
+    Case(
+        "newer-schema-verify",
+        "vidfeat verify on a store of schema_version 99",
+        run=vidfeat("verify", "{store}"),
+        inject=newer_schema,
+        stores=True,
+        code=CANNOT_RUN,
+        message="schema",
+        kept=("store",),
+    ),
+    Case(
+        "train-over-a-finished-run",
+        "heads train into the folder of a finished run, without --resume",
+        run=heads("train", "{store}", "-m", "bof", "-o", "{run}", *SMALL),
+        stores=True,
+        code=CANNOT_RUN,
+        message="already holds a run; add --resume",
+        kept=("run",),
+    ),
+    # -- decoders that used to disagree ----------------------------------------------------------
+    Case(
+        "decoders-rotated",
+        "a video with a 90 degree display matrix, decoded by pyav and by decord",
+        run=decoders_agree("rotated"),
+        needs="media",
+        code=OK,
+        message="max difference 0$",
+    ),
+    Case(
+        "decoders-444",
+        "an H.264 4:4:4 video, decoded by pyav and by decord",
+        run=decoders_agree("yuv444"),
+        needs="media",
+        code=OK,
+        message="max difference 0$",
+    ),
+    *[
+        Case(
+            f"gif-refused-{decoder}",
+            "an animated GIF listed as a video",
+            run=lambda env, decoder=decoder: decode_job(env, ("good", "gif"), decoder),
+            needs="media",
+            code=SOME_FAILED,
+            message="gif: not_video",
+        )
+        for decoder in ("pyav", "decord")
     ],
 ]
