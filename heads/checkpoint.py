@@ -43,6 +43,17 @@ class IncompatibleStoreError(StoreMismatchError):
 # ------------------------------------------------------------------------------ atomic files
 
 
+def _caused_by_os_error(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _atomic_write(path: Path, write: Any, mode: str = "w") -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -51,6 +62,12 @@ def _atomic_write(path: Path, write: Any, mode: str = "w") -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    except (OSError, RuntimeError) as exc:
+        # Name the file: torch reports a full disk as "unexpected pos", with no path at all
+        # (the OSError is only in the exception chain).
+        if not _caused_by_os_error(exc):
+            raise
+        raise CheckpointError(f"cannot write {path}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -378,7 +378,7 @@ CASES: list[Case] = [
         stores=True,
         needs="full",
         code=CANNOT_RUN,
-        message="disk full",
+        message=r"<tmp>/mnt/store\.(zarr|h5)\S*.*\(disk full\)",
         kept=("committed", "resumes"),
     ),
     Case(
@@ -388,7 +388,7 @@ CASES: list[Case] = [
         stores=True,
         needs="full",
         code=CANNOT_RUN,
-        message="disk full",
+        message=r"error: cannot write <tmp>/mnt/run/\S+ \(.*disk full\)$",
     ),
     # -- runs ----------------------------------------------------------------------------------
     Case(
