@@ -157,19 +157,62 @@ def killed_writer(sig: int):
     return run
 
 
-def extract_with_fps(env: Env, *rates: str) -> None:
-    """Create a store with the identity `extract --fps RATE` gives it, for each rate in turn
-    (the first creates it, the others reopen it), as a rerun with another spelling does."""
+def extract_with(env: Env, key: str, *values: str) -> None:
+    """Create a store with the identity `extract --KEY VALUE` gives it, for each value in turn
+    (the first creates it, the others reopen it), as a rerun with other options does."""
     from vidfeat.config import ExtractConfig
     from vidfeat.pca.apply import FeatureReduction
     from vidfeat.pipeline import resume_attrs, store_attrs
 
     spec = {"name": "inception_v3", "weights_id": "fixture"}
-    for rate in rates:
-        cfg = ExtractConfig(manifest=env.path("m.csv"), out=env.out, fps=rate)
+    for value in values:
+        cfg = ExtractConfig(manifest=env.path("m.csv"), out=env.out, **{key: value})
         attrs = resume_attrs(cfg, store_attrs(cfg, spec, FeatureReduction()))
         with create_store(env.out, dim=4, attrs=attrs) as w:
             w.write(f"v{len(w.committed_ids())}", np.zeros((1, 4), np.float32))
+
+
+def two_writers(env: Env) -> None:
+    """A second writer of the same part while the first still holds it."""
+    with create_store(env.store, dim=16, attrs=ATTRS):
+        append_one(env)
+
+
+def concurrent_shards(env: Env) -> Outcome:
+    """Three writer processes (tests.vidfeat.store_worker), one part each, at the same time."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "tests.vidfeat.store_worker", str(env.out), env.fmt]
+    procs = [
+        subprocess.Popen(
+            [*cmd, f"shard-{s}-of-3", str(4 * s), "4"],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for s in range(3)
+    ]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    code = max(p.returncode for p in procs)
+    return Outcome(code, "".join(errs))
+
+
+def one_video_store(env: Env) -> None:
+    videos = [("v0", np.ones((3, 16), np.float32), ("class0", "class1"))]
+    write_store(env.path(f"one{env.suffix}"), videos, dim=16, format=env.fmt, attrs=ATTRS)
+
+
+BAD_INPUTS = ("empty", "not_video", "unreadable", "truncated", "no_video_stream", "decode_error")
+
+
+def bad_inputs_manifest(env: Env) -> None:
+    media = env.fixtures["media"]
+    rows = [f"good,{media['good']},a"] + [f"bad_{s},{media[s]},b" for s in BAD_INPUTS]
+    rows.append(f"bad_missing,{env.path('gone.mp4')},b")
+    env.path("manifest.csv").write_text("video_id,path,labels\n" + "\n".join(rows) + "\n")
 
 
 def decoders_agree(name: str):
@@ -517,15 +560,19 @@ CASES: list[Case] = [
             code=SOME_FAILED,
             message=f"good: done\n{status}: {status}\ngood2: done",
         )
-        for status in (
-            "empty",
-            "not_video",
-            "unreadable",
-            "truncated",
-            "no_video_stream",
-            "decode_error",
-        )
+        for status in BAD_INPUTS
     ],
+    Case(
+        "extract-bad-inputs",
+        "every kind of broken file and a missing one beside a good clip, through `vidfeat "
+        "extract` with the real backbone",
+        run=vidfeat(*EXTRACT, "--device", "cpu", "--decoder", "pyav", "--timeout", "60"),
+        inject=bad_inputs_manifest,
+        needs="media",
+        code=SOME_FAILED,
+        message="1 extracted, 0 already done, 7 failed",
+        kept=("recorded",),
+    ),
     Case(
         "hung-decoder",
         "a decoder that sleeps forever and one stuck in C holding the GIL",
@@ -558,13 +605,13 @@ CASES: list[Case] = [
     Case(
         "fps-spellings-are-one-rate",
         "a store made with --fps 1 reopened with --fps 1.0 and --fps 1/1",
-        run=lib(lambda env: extract_with_fps(env, "1", "1.0", "1/1")),
+        run=lib(lambda env: extract_with(env, "fps", "1", "1.0", "1/1")),
         code=OK,
     ),
     Case(
         "fps-other-rate-refused",
         "a store made with --fps 1 reopened with --fps 2",
-        run=lib(lambda env: extract_with_fps(env, "1", "2")),
+        run=lib(lambda env: extract_with(env, "fps", "1", "2")),
         code=CANNOT_RUN,
         message="fps",
     ),
@@ -624,4 +671,39 @@ CASES: list[Case] = [
         )
         for decoder in ("pyav", "decord")
     ],
+    Case(
+        "decoder-mixing-refused",
+        "a store made with --decoder decord reopened with --decoder pyav (10-bit 4:2:0 frames "
+        "differ between the two, so one store never mixes them)",
+        run=lib(lambda env: extract_with(env, "decoder", "decord", "pyav")),
+        code=CANNOT_RUN,
+        message="decoder: store has 'decord', this run has 'pyav'",
+    ),
+    # -- writers -----------------------------------------------------------------------------
+    Case(
+        "second-writer-of-a-part",
+        "two writers of part main at once",
+        run=lib(two_writers),
+        stores=True,
+        code=CANNOT_RUN,
+        message="part 'main' .* is being written by another process",
+    ),
+    Case(
+        "concurrent-shards",
+        "three processes write one store at once, one part each",
+        run=concurrent_shards,
+        stores=True,
+        code=OK,
+        kept=("shards_complete",),
+    ),
+    Case(
+        "one-video-store",
+        "a store of a single labelled video",
+        run=heads("train", "{tmp}/one{suffix}", "-m", "bof", "-o", "{tmp}/out/run", *SMALL),
+        inject=one_video_store,
+        stores=True,
+        code=CANNOT_RUN,
+        message="only 1 labelled video",
+        kept=("no_out",),
+    ),
 ]

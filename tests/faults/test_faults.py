@@ -125,6 +125,27 @@ def _check_equals_uninterrupted(env: Env, before: dict) -> None:
             np.testing.assert_array_equal(r.read(video_id(i), "audio", raw=True), expected_audio(i))
 
 
+def _check_shards_complete(env: Env, before: dict) -> None:
+    from tests.vidfeat.store_worker import expected_features, video_id
+
+    with open_store(env.out) as r:
+        assert sorted(r.ok_ids) == [video_id(i) for i in range(12)] and len(r.videos) == 12
+        assert r.videos["part"].nunique() == 3
+        for i in range(12):
+            np.testing.assert_array_equal(r.read(video_id(i), "rgb"), expected_features(i))
+
+
+def _check_recorded(env: Env, before: dict) -> None:
+    from tests.faults.cases import BAD_INPUTS
+
+    with open_store(env.out) as r:
+        rows = r.videos.set_index("video_id")
+        assert r.ok_ids == ["good"]
+        for status in (*BAD_INPUTS, "missing"):
+            assert rows.loc[f"bad_{status}", "status"] == status
+            assert rows.loc[f"bad_{status}", "reason"]
+
+
 KEPT: dict[str, Callable[[Env, dict], None]] = {
     "store": lambda env, before: (
         tree_digest(store_files(env.store)) == before["store"]
@@ -142,6 +163,8 @@ KEPT: dict[str, Callable[[Env, dict], None]] = {
     "resumes": _check_resumes,
     "no_big": _check_no_big,
     "equals_uninterrupted": _check_equals_uninterrupted,
+    "shards_complete": _check_shards_complete,
+    "recorded": _check_recorded,
     "no_code_ran": lambda env, before: (
         not env.path("pwned").exists() or pytest.fail("unpickling the checkpoint ran code")
     ),
