@@ -431,19 +431,18 @@ CASES: list[Case] = [
         stores=True,
         needs="full",
         code=CANNOT_RUN,
-        message=r"error: cannot write <tmp>/mnt/run/\S+ \(.*disk full\)$",
+        message=r"error: <tmp>/mnt/run/\S+: disk full$",
     ),
     # -- runs ----------------------------------------------------------------------------------
     Case(
         "resume-on-another-store",
-        "train --resume with a store of another backbone",
+        "train --resume of a run killed before its test results, with a store of another backbone",
         run=heads("train", "{other}", "-m", "bof", "-o", "{run}", "--resume", *SMALL),
+        inject=lambda env: (env.run / "test_metrics.json").unlink(),
         stores=True,
         code=CANNOT_RUN,
         message="backbone",
         kept=("run",),
-        xfail="heads/run.py resumes without comparing the store with the run's config "
-        "(check_store_compatible is called only by evaluate, predict and finetune)",
     ),
     Case(
         "resume-a-finished-run",
@@ -451,10 +450,8 @@ CASES: list[Case] = [
         run=heads("train", "{store}", "-m", "bof", "-o", "{run}", "--resume", *SMALL),
         stores=True,
         code=OK,
-        message="(?m)^run .* already finished",
+        message="holds a finished run: nothing to resume",
         kept=("run",),
-        xfail="heads/run.py resumes a finished run: it logs 'resumed at step N', evaluates "
-        "again and rewrites test_metrics.json instead of saying the run is finished",
     ),
     Case(
         "evaluate-on-another-store",
@@ -640,7 +637,7 @@ CASES: list[Case] = [
         run=heads("train", "{store}", "-m", "bof", "-o", "{run}", *SMALL),
         stores=True,
         code=CANNOT_RUN,
-        message="already holds a run; add --resume",
+        message="already holds a finished run; add --force",
         kept=("run",),
     ),
     # -- decoders that used to disagree ----------------------------------------------------------
