@@ -569,6 +569,7 @@ CASES: list[Case] = [
         code=SOME_FAILED,
         message="1 extracted, 0 already done, 7 failed",
         kept=("recorded",),
+        slow=True,
     ),
     Case(
         "hung-decoder",

@@ -99,7 +99,8 @@ class Case:
     kept: tuple[str, ...] = ()  # names of KEPT checks: what the command must not lose
     stores: bool = False  # the case involves a store: run it for Zarr and HDF5
     xfail: str = ""  # a known bug whose fix belongs elsewhere (strict)
-    needs: str = ""  # "mount": needs a real read-only or full file system
+    needs: str = ""  # "ro" / "full": a real read-only or full file system; "media": test videos
+    slow: bool = False  # runs the real backbone (pytest -m slow)
 
 
 # ------------------------------------------------------------------------------ commands

@@ -30,6 +30,7 @@ def _params() -> list:
     params = []
     for case in CASES:
         marks = [pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else []
+        marks += [pytest.mark.slow] if case.slow else []
         for fmt in BACKENDS if case.stores else ("zarr",):
             name = f"{case.id}-{fmt}" if case.stores else case.id
             params.append(pytest.param(case, fmt, id=name, marks=marks))
