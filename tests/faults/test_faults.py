@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from heads.synthetic import write_store
-from tests.faults.cases import ATTRS, CASES, SMALL, append_one
+from tests.faults.actions import ATTRS, SMALL, append_one
+from tests.faults.cases import CASES
 from tests.faults.harness import Case, Env, copy_store, mounted, store_files, tree_digest
 from tests.heads.stores import cluster_videos
 from tests.media import make_corrupt_inputs, write_video
@@ -137,7 +138,7 @@ def _check_shards_complete(env: Env, before: dict) -> None:
 
 
 def _check_recorded(env: Env, before: dict) -> None:
-    from tests.faults.cases import BAD_INPUTS
+    from tests.faults.actions import BAD_INPUTS
 
     with open_store(env.out) as r:
         rows = r.videos.set_index("video_id")
