@@ -11,6 +11,7 @@ over stops instead of publishing. docs/store-format.md lists what this cannot gu
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -66,10 +67,15 @@ class FileLock:
         except BlockingIOError:
             self._fh.close()
             raise _busy(part, path.parent) from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(f"{os.getpid()}\n")
-        self._fh.flush()
+        try:
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.write(f"{os.getpid()}\n")
+            self._fh.flush()
+        except OSError as exc:  # a full disk: the lock file has no room for the pid
+            with contextlib.suppress(OSError):  # closing flushes the same pid again
+                self._fh.close()
+            raise StoreError(f"cannot write the lock file {path}; nothing was written") from exc
 
     def check(self) -> None:
         pass  # the kernel holds the lock until this process exits
