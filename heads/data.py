@@ -320,12 +320,12 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(n) if self.weights is None else rng.choice(n, n, p=self.weights)
         if not self.bucket:
-            return [perm[i : i + bs] for i in range(0, n, bs)]
+            return _cut_for_training(perm, bs)
         batches = []
-        for p in range(0, n, self.pool):
-            pool = perm[p : p + self.pool]
+        for p, q in _pool_bounds(n, self.pool):
+            pool = perm[p:q]
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]
-            batches += [pool[i : i + bs] for i in range(0, len(pool), bs)]
+            batches += _cut_for_training(pool, bs)
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
@@ -333,10 +333,35 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
             yield [(int(i), self.epoch) for i in batch]
 
     def __len__(self) -> int:
-        if not self.shuffle or not self.bucket:
-            return -(-len(self.lengths) // self.batch_size)
-        full, rest = divmod(len(self.lengths), self.pool)
-        return full * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            return -(-n // bs)
+        if not self.bucket:
+            return _training_batch_count(n, bs)
+        bounds = _pool_bounds(n, self.pool)
+        return sum(_training_batch_count(q - p, bs) for p, q in bounds)
+
+
+def _cut_for_training(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``order`` cut into batches; a last batch of one video joins the batch before it, since
+    BatchNorm cannot train on a single example (it raises on one value per channel)."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
+
+
+def _pool_bounds(n: int, pool: int) -> list[tuple[int, int]]:
+    """[start, stop) of each bucketing pool; a last pool of one video joins the one before."""
+    bounds = [(p, min(p + pool, n)) for p in range(0, n, pool)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _training_batch_count(n: int, batch_size: int) -> int:
+    count = -(-n // batch_size)
+    return count - 1 if count > 1 and n % batch_size == 1 else count
 
 
 def balanced_weights(targets: np.ndarray) -> np.ndarray:
