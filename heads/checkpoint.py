@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ class CheckpointError(VidfeatError, OSError):
 
 class IncompatibleStoreError(StoreMismatchError):
     """A trained model was pointed at a store whose features mean something else."""
+
+
+class MissingStreamError(IncompatibleStoreError):
+    """A store lacks a stream that a run reads."""
 
 
 # ------------------------------------------------------------------------------ atomic files
@@ -141,15 +146,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------ provenance
 
 
-def store_provenance(reader: Any) -> dict[str, Any]:
-    """What a model needs to know about the features it was trained on."""
+def store_provenance(reader: Any, streams: Sequence[str] | None = None) -> dict[str, Any]:
+    """What a model needs to know about the features it was trained on: the store's level and
+    attrs, and each stream it reads (default: all), in input order. ``dim`` is their total
+    width; ``dtype`` and ``quantization`` are the stream's when there is one, else None."""
+    names = tuple(streams) if streams is not None else tuple(reader.streams)
+    specs = {name: reader.streams[name] for name in names}
+    one = specs[names[0]] if len(names) == 1 else None
     return {
         "path": str(Path(reader.path).resolve()),
-        "dim": int(reader.dim),
-        "dtype": str(reader.dtype),
+        "level": reader.level,
+        "streams": {
+            name: {
+                "dim": int(spec.dim),
+                "dtype": str(spec.dtype),
+                "quantization": spec.quantization,
+                "attrs": json.loads(json.dumps(spec.attrs)),
+            }
+            for name, spec in specs.items()
+        },
+        "dim": sum(int(spec.dim) for spec in specs.values()),
+        "dtype": None if one is None else str(one.dtype),
         "attrs": json.loads(json.dumps(reader.attrs)),
-        "quantization": reader.quantization,
+        "quantization": None if one is None else one.quantization,
     }
+
+
+def recorded_streams(provenance: dict[str, Any]) -> dict[str, int] | None:
+    """name -> width of the streams a run reads, in input order; None for a run recorded
+    before stores had streams (it read the store's only stream)."""
+    streams = provenance.get("streams")
+    return None if streams is None else {k: int(v["dim"]) for k, v in streams.items()}
 
 
 def _identity(key: str, value: Any) -> Any:
@@ -168,22 +195,51 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _attr_problems(where: str, trained: dict[str, Any], attrs: dict[str, Any]) -> list[str]:
+    return [
+        f"{where}{key}: model trained on {_brief(trained.get(key))}, "
+        f"store has {_brief(attrs.get(key))}"
+        for key in IDENTITY_ATTRS
+        if _identity(key, trained.get(key)) != _identity(key, attrs.get(key))
+    ]
+
+
+def _stream_problems(provenance: dict[str, Any], reader: Any) -> list[str]:
+    """Each stream the run reads must be in the store, as wide, made the same way."""
+    wanted = recorded_streams(provenance)
+    if wanted is None:
+        if len(reader.streams) != 1:
+            raise MissingStreamError(
+                f"the model reads one stream ({provenance['dim']} wide); store {reader.path} "
+                f"holds {len(reader.streams)}: {', '.join(reader.streams)}"
+            )
+        wanted = {next(iter(reader.streams)): int(provenance["dim"])}
+    missing = [name for name in wanted if name not in reader.streams]
+    if missing:
+        raise MissingStreamError(
+            f"store {reader.path} has no stream {', '.join(repr(m) for m in missing)}: the model "
+            f"reads {', '.join(wanted)}, the store holds {', '.join(reader.streams)}"
+        )
+    problems = []
+    for name, dim in wanted.items():
+        spec = reader.streams[name]
+        if int(spec.dim) != dim:
+            problems.append(f"stream {name} dim: model expects {dim}, store has {spec.dim}")
+        trained = (provenance.get("streams") or {}).get(name, {}).get("attrs") or {}
+        problems += _attr_problems(f"stream {name} ", trained, json.loads(json.dumps(spec.attrs)))
+    return problems
+
+
 def check_store_compatible(provenance: dict[str, Any], reader: Any) -> None:
-    """Refuse a store whose features differ in dimension, backbone, weights or PCA.
+    """Refuse a store that lacks a stream the model reads (``MissingStreamError``), or whose
+    features differ in dimension, backbone, weights or PCA (store or stream attrs).
 
     dtype and quantization may differ: the reader dequantizes, so a uint8 copy of the same
     features is a valid input.
     """
-    problems = []
-    if int(provenance["dim"]) != int(reader.dim):
-        problems.append(f"dim: model expects {provenance['dim']}, store has {reader.dim}")
+    problems = _stream_problems(provenance, reader)
     trained, attrs = provenance.get("attrs") or {}, json.loads(json.dumps(reader.attrs))
-    for key in IDENTITY_ATTRS:
-        if _identity(key, trained.get(key)) != _identity(key, attrs.get(key)):
-            problems.append(
-                f"{key}: model trained on {_brief(trained.get(key))}, "
-                f"store has {_brief(attrs.get(key))}"
-            )
+    problems += _attr_problems("", trained, attrs)
     if problems:
         raise IncompatibleStoreError(
             f"store {reader.path} does not match the features this model was trained on: "

@@ -41,6 +41,17 @@ def _from_dict(cls: type, data: object, nested: dict[str, Any] | None = None) ->
     return cls(**kwargs)
 
 
+def _names(field_name: str, value: Any) -> tuple[str, ...] | None:
+    """None, or a non-empty tuple of unique non-empty names."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{field_name} must be a list of names, got {value!r}")
+    if not value or len(set(value)) != len(value):
+        raise ConfigError(f"{field_name} must be non-empty and unique, got {value!r}")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which frames each video contributes, how batches are formed and how videos are split."""
@@ -56,6 +67,9 @@ class DataConfig:
     # each video drawn with probability ∝ 1 / (videos of its rarest label)
     sampler: str = "shuffle"
     classes: tuple[str, ...] | None = None  # train on this label subset only
+    # Store streams to read, concatenated per frame in this order; None: every stream of the
+    # store (a run records the streams it resolved to).
+    streams: tuple[str, ...] | None = None
     test_fraction: float = 0.2  # of all videos, when the store has no split
     val_fraction: float = 0.1  # of the non-test videos, held out for early stopping
 
@@ -79,10 +93,12 @@ class DataConfig:
             if len(set(self.classes)) != len(self.classes) or not self.classes:
                 raise ConfigError(f"classes must be non-empty and unique, got {self.classes!r}")
             object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "streams", _names("streams", self.streams))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["classes"] = None if self.classes is None else list(self.classes)
+        data["streams"] = None if self.streams is None else list(self.streams)
         return data
 
     @classmethod

@@ -162,7 +162,12 @@ class Batch(NamedTuple):
 
 
 class FeatureDataset(Dataset):
-    """Videos of one split. Items are ``Sample``; keys are an index or (index, epoch)."""
+    """Videos of one split. Items are ``Sample``; keys are an index or (index, epoch).
+
+    Each frame is the store streams ``cfg.streams`` (None: all) concatenated in that order, read
+    with one ``read_streams`` call per video. A video-level store gives each video as one frame:
+    its video-level vectors, concatenated.
+    """
 
     def __init__(
         self,
@@ -208,8 +213,15 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, key: int | SampleKey) -> Sample:
         index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
-        feats = self._store().read(self.video_ids[index])  # (n_frames, D) float32
-        x = np.ascontiguousarray(feats[self.frame_indices(int(index), int(epoch))])
+        reader, vid = self._store(), self.video_ids[index]
+        names = list(self.cfg.streams or reader.streams)
+        if reader.level == "video":
+            x = np.concatenate([reader.mean(vid, name) for name in names])[None]  # (1, D)
+        else:
+            frames = self.frame_indices(int(index), int(epoch))
+            parts = reader.read_streams(vid, names)  # name -> (n_frames, D_name) float32
+            x = np.concatenate([parts[name][frames] for name in names], axis=1)
+        x = np.ascontiguousarray(x, dtype=np.float32)
         return Sample(torch.from_numpy(x), torch.from_numpy(self.targets[index]), int(index))
 
     def close(self) -> None:

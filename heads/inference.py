@@ -42,6 +42,10 @@ def _open_checked(run: LoadedRun, store: str | Path | None) -> tuple[str, pd.Dat
     path = str(store if store is not None else run.provenance["path"])
     with open_store(path) as reader:
         ck.check_store_compatible(run.provenance, reader)
+        if reader.level == "video" and not run.model.video_level:
+            raise ConfigError(
+                f"{run.cfg.model} reads sequences of frames; store {path} is video-level"
+            )
         videos = reader.videos[reader.videos["status"] == "ok"].reset_index(drop=True)
     return path, videos
 

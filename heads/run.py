@@ -21,6 +21,7 @@ from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
 from heads.metrics import evaluate_all
 from heads.models import Head, HeadConfig, create_head
 from heads.splits import assign_splits, load_splits, merge_split_file, read_split_file, save_splits
+from heads.streams import with_streams
 from heads.trainer import (
     Loaders,
     Loss,
@@ -126,9 +127,11 @@ def train_run(
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on the store into ``run_dir``; returns the test metrics."""
     run_dir = Path(run_dir)
+    with open_store(store_path) as reader:  # streams and head checked before run_dir exists
+        cfg = with_streams(cfg, reader)
     continuing = _prepare_run_dir(run_dir, cfg, resume)
     with open_store(store_path) as reader:
-        provenance = ck.store_provenance(reader)
+        provenance = ck.store_provenance(reader, cfg.data.streams)
         label_map, videos = _split_videos(reader, cfg, split_file)
     if continuing:
         # The saved split is authoritative (a split file may have moved since).
@@ -144,7 +147,11 @@ def train_run(
     loaders = _loaders(sets, cfg)
     torch.manual_seed(cfg.seed)  # model initialisation
     model = create_head(
-        cfg.model, input_dim=provenance["dim"], num_classes=len(label_map), cfg=cfg.head
+        cfg.model,
+        input_dim=provenance["dim"],
+        num_classes=len(label_map),
+        cfg=cfg.head,
+        streams=ck.recorded_streams(provenance),
     )
     weights = loss_weights(cfg, sets["train"].targets)
     meta = {
@@ -263,6 +270,7 @@ def model_from_checkpoint(state: dict[str, Any]) -> Head:
         input_dim=int(state["input_dim"]),
         num_classes=int(state["num_classes"]),
         cfg=HeadConfig.from_dict(state["head_config"]),
+        streams=ck.recorded_streams(state["store"]),
     )
     model.load_state_dict(state["model_state"])
     return model.eval()

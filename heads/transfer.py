@@ -41,6 +41,7 @@ from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
 from heads.models import Head
 from heads.run import LoadedRun, load_run, split_datasets, write_test_results
 from heads.splits import assign_splits, load_splits, merge_split_file, read_split_file, save_splits
+from heads.streams import parent_streams
 from heads.trainer import (
     Loaders,
     TrainResult,
@@ -238,7 +239,7 @@ def _load_videos(
     """Provenance, label map and the kept videos with their ``split`` column."""
     with open_store(store) as reader:
         ck.check_store_compatible(parent.provenance, reader)
-        provenance = ck.store_provenance(reader)
+        provenance = ck.store_provenance(reader, cfg.data.streams)
         videos = reader.videos
     if split_file is not None:
         videos = merge_split_file(videos, read_split_file(split_file))
@@ -281,6 +282,7 @@ def finetune_run(
     run = parent if isinstance(parent, LoadedRun) else load_run(parent)
     cfg = cfg if cfg is not None else finetune_config(run.cfg, mode)
     _check_same_architecture(run.cfg, cfg)
+    cfg = parent_streams(run.provenance, cfg)
     out = Path(out)
     _check_out(out, run.run_dir)
     provenance, label_map, videos = _load_videos(run, store, cfg, split_file)

@@ -24,6 +24,7 @@ REDUCTIONS = ("last", "mean", "weighted", "attention")
 POOLINGS = ("max", "mean")
 INPUT_NORMS = ("layer", "none")
 CLASSIFIER_NAMES = ("linear", "moe")  # the keys of CLASSIFIERS (moe registers on import)
+FUSIONS = ("concat", "shared", "projection")  # the keys of FUSION_LAYERS (heads/models/fusion.py)
 
 
 class HeadInputError(VidfeatError, ValueError):
@@ -58,11 +59,17 @@ class HeadConfig:
     moe_importance_weight: float = 0.1  # w of the importance loss w * CV(importance)^2
     moe_load_weight: float = 0.1  # w of the load loss w * CV(load)^2
     frame_distance: int = 15  # late_fusion: frames between the two fused frames (Karpathy: 15)
+    # How the streams of a frame are combined (docs/fusion.md): concat | shared | projection.
+    fusion: str = "concat"
+    fusion_dim: int = 256  # shared / projection: width of the space each stream is mapped to
+    fusion_weight: float = 0.1  # projection: weight of the term pulling a frame's streams together
 
     def __post_init__(self) -> None:
         names = ("hidden_size", "attention_size", "fc_size", "num_experts", "expert_size")
-        for name in (*names, "frame_distance"):
+        for name in (*names, "frame_distance", "fusion_dim"):
             check_int(name, getattr(self, name), low=1)
+        check_choice("fusion", self.fusion, FUSIONS)
+        check_float(self, "fusion_weight", 0.0)
         check_int("moe_experts", self.moe_experts, low=2)
         # One expert must stay out of the top k: the load loss needs the (k+1)-th gate value.
         check_int("moe_top_k", self.moe_top_k, low=1, high=self.moe_experts - 1)
@@ -198,6 +205,31 @@ class AuxLossModule(nn.Module):
         return {}
 
 
+class Fusion(AuxLossModule):
+    """Combines the streams of each frame: (B, T, sum of D_s) -> (B, T, ``out_dim``).
+
+    ``dims`` maps each stream, in input order, to its width. This base is plain per-frame
+    concatenation (the input passes unchanged); the other kinds live in heads/models/fusion.py.
+    Fusion acts on each frame alone, so padded frames never reach a valid one.
+    """
+
+    def __init__(self, dims: dict[str, int], cfg: HeadConfig) -> None:
+        super().__init__()
+        widths = list(dims.values())
+        if not widths or any(
+            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in widths
+        ):
+            raise ConfigError(f"streams must map names to positive widths, got {dims!r}")
+        self.dims = dict(dims)
+        self.in_dim = sum(self.dims.values())
+        self.out_dim = self.in_dim
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        return x
+
+
+FUSION_LAYERS: Registry[Fusion] = Registry("fusion")
+FUSION_LAYERS.register("concat")(Fusion)
 CLASSIFIERS: Registry[nn.Module] = Registry("classifier")
 
 
@@ -241,6 +273,9 @@ class Head(nn.Module):
     supports_per_frame: ClassVar[bool] = False
     # True when the head provably ignores frame order (it pools frames first).
     order_invariant: ClassVar[bool] = False
+    # True when the head's first step is the mean of the frames, so one video-level vector (a
+    # video-level store, read as a one-frame video) is exactly the input it was made for.
+    video_level: ClassVar[bool] = False
 
     def __init__(self, input_dim: int, num_classes: int, cfg: HeadConfig) -> None:
         super().__init__()
@@ -251,6 +286,8 @@ class Head(nn.Module):
         self.input_dim = input_dim
         self.num_classes = num_classes
         self.cfg = cfg
+        # Replaced by create_head when the input holds several streams (``set_fusion``).
+        self.fusion: Fusion = Fusion({"input": input_dim}, cfg)
         # Per-frame, so it cannot mix padding into valid steps. It puts raw CNN features
         # (non-negative, mean ~0.4) and unit-scale features on the same footing.
         self.input_norm = nn.LayerNorm(input_dim) if cfg.input_norm == "layer" else nn.Identity()
@@ -290,10 +327,26 @@ class Head(nn.Module):
         """(B, T, D) normalised frames -> (B, T, F) per-step features."""
         raise NotImplementedError
 
+    def set_fusion(self, fusion: Fusion) -> None:
+        """Read ``fusion.in_dim``-wide frames through ``fusion``; the head was built for its
+        ``out_dim``."""
+        if fusion.out_dim != self.fusion.out_dim:
+            raise ConfigError(
+                f"fusion gives {fusion.out_dim} features per frame, "
+                f"the head reads {self.fusion.out_dim}"
+            )
+        self.fusion = fusion
+        self.input_dim = fusion.in_dim
+
+    def prepare(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Check the contract, fuse the streams and normalise: -> ((B, T, F) frames, lengths)."""
+        lengths = check_inputs(x, lengths, self.input_dim)
+        return self.input_norm(self.fusion(x, lengths)), lengths
+
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T, D) zero-padded, lengths (B,) -> (B, C) logits."""
-        lengths = check_inputs(x, lengths, self.input_dim)
-        return self.fc(self.top(self.encode(self.input_norm(x), lengths)))
+        x, lengths = self.prepare(x, lengths)
+        return self.fc(self.top(self.encode(x, lengths)))
 
     def training_losses(
         self,
@@ -341,8 +394,8 @@ class Head(nn.Module):
         """x (B, T, D), lengths (B,) -> (B, T, C) logits at every step; 0 on padded steps."""
         if not self.supports_per_frame:
             raise HeadInputError(f"{type(self).__name__} has no per-frame outputs")
-        lengths = check_inputs(x, lengths, self.input_dim)
-        logits = self.fc(self.top(self.encode_frames(self.input_norm(x), lengths)))
+        frames, lengths = self.prepare(x, lengths)
+        logits = self.fc(self.top(self.encode_frames(frames, lengths)))
         mask = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1)
         return torch.where(mask, logits, 0.0)
 
@@ -351,12 +404,23 @@ HEADS: Registry[Head] = Registry("head")
 
 
 def create_head(
-    name: str, *, input_dim: int, num_classes: int, cfg: HeadConfig | None = None
+    name: str,
+    *,
+    input_dim: int,
+    num_classes: int,
+    cfg: HeadConfig | None = None,
+    streams: dict[str, int] | None = None,
 ) -> Head:
-    """Build the registered head ``name`` for D-dim frame features and C classes."""
-    return HEADS.create(
-        name,
-        input_dim=input_dim,
-        num_classes=num_classes,
-        cfg=cfg if cfg is not None else HeadConfig(),
-    )
+    """Build the registered head ``name`` for D-dim frame features and C classes.
+
+    ``streams`` (name -> width, in input order, widths summing to D) says how each frame is made
+    of streams; ``cfg.fusion`` combines them before the head proper. None: one stream.
+    """
+    cfg = cfg if cfg is not None else HeadConfig()
+    dims = dict(streams) if streams else {"input": input_dim}
+    if sum(dims.values()) != input_dim:
+        raise ConfigError(f"streams {dims} do not add up to the input width {input_dim}")
+    fusion = FUSION_LAYERS.create(cfg.fusion, dims=dims, cfg=cfg)
+    head = HEADS.create(name, input_dim=fusion.out_dim, num_classes=num_classes, cfg=cfg)
+    head.set_fusion(fusion)
+    return head
