@@ -18,6 +18,7 @@ from vidfeat_cli.heads_options import (
     build_config,
     metrics_text,
     removed_on_failure,
+    run_options,
     run_out_option,
     train_options,
 )
@@ -94,6 +95,7 @@ def finetune_options() -> list[click.Parameter]:
     "videos it knew, a fresh stratified split for the others).",
 )
 @deferred(mode_option)
+@deferred(run_options)
 @progress_option
 @deferred(finetune_options)
 def finetune(
@@ -102,6 +104,8 @@ def finetune(
     out: Path,
     mode: str,
     split_file: Path | None,
+    force: bool,
+    logger: str,
     progress: bool | None,
     **options: Any,
 ) -> None:
@@ -120,7 +124,7 @@ def finetune(
       heads finetune runs/five --store new.zarr -o runs/abf --classes a,b,f --train all --lr 3e-4
       heads report runs/ten
     """
-    from heads.run import load_run
+    from heads.inference import load_run
     from heads.transfer import finetune_config, finetune_run
 
     parent = load_run(run)
@@ -137,7 +141,9 @@ def finetune(
             mode=mode,
             cfg=cfg,
             split_file=split_file,
+            force=force,
             progress=show_progress(progress),
+            logger=logger,
         )
     click.echo(_summary_line(metrics, mode) + f"  -> {out}")
 

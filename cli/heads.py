@@ -35,6 +35,7 @@ from vidfeat_cli.heads_options import (
     metrics_text,
     model_option,
     removed_on_failure,
+    run_options,
     run_out_option,
     train_options,
 )
@@ -104,8 +105,9 @@ main.lazy_command("finetune", "vidfeat_cli.finetune:finetune", "Fine-tune a run 
     is_flag=True,
     cls=SectionOption,
     section="Run",
-    help="Continue a killed run in --out from its last epoch.",
+    help="Continue a killed run in --out from its last epoch, on the same store.",
 )
+@deferred(run_options)
 @progress_option
 @deferred(train_options)
 @deferred(head_options)
@@ -116,6 +118,8 @@ def train(
     print_config: bool,
     split_file: Path | None,
     resume: bool,
+    force: bool,
+    logger: str,
     progress: bool | None,
     **options: Any,
 ) -> None:
@@ -147,7 +151,14 @@ def train(
 
     with removed_on_failure(out):
         metrics = train_run(
-            store, cfg, out, split_file=split_file, resume=resume, progress=show_progress(progress)
+            store,
+            cfg,
+            out,
+            split_file=split_file,
+            resume=resume,
+            force=force,
+            progress=show_progress(progress),
+            logger=logger,
         )
     click.echo(_metrics_line(metrics, "test") + f"  -> {out}")
 
@@ -407,7 +418,18 @@ def ensemble(runs: tuple[Path, ...], out: Path, weights: str, vocabulary: Path |
     type=click.Path(path_type=Path, file_okay=False),
     help="Report directory (default: RUN/report for one run, ./report for several).",
 )
-def report(runs: tuple[Path, ...], out: Path | None) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "pdf", "svg"]),
+    default="png",
+    show_default=True,
+    help="Figure file format (pdf and svg are vector graphics, for papers).",
+)
+@click.option(
+    "--dpi", type=click.IntRange(min=10), default=150, show_default=True, help="Raster resolution."
+)
+def report(runs: tuple[Path, ...], out: Path | None, fmt: str, dpi: int) -> None:
     """Write report.md with training curves, confusion matrices and a comparison of RUNS.
 
     \b
@@ -425,7 +447,7 @@ def report(runs: tuple[Path, ...], out: Path | None) -> None:
     if out is None:
         out = runs[0] / "report" if len(runs) == 1 else Path("report")
     with removed_on_failure(out, keep=()):
-        click.echo(str(write_report(list(runs), out)))
+        click.echo(str(write_report(list(runs), out, fmt=fmt, dpi=dpi)))
 
 
 if __name__ == "__main__":  # pragma: no cover

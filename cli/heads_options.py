@@ -187,15 +187,16 @@ def train_options() -> list[click.Parameter]:
 def head_options() -> list[click.Parameter]:
     """One option per HeadConfig field, so a new head hyper-parameter needs one help line.
 
-    A string field whose values are listed in ``heads.models.base`` as ``<FIELD>S``
+    A string field whose values are listed in ``heads.config`` as ``<FIELD>S``
     (``reduction`` -> ``REDUCTIONS``) becomes a choice."""
-    from heads.models import HeadConfig, base
+    from heads import config
+    from heads.config import HeadConfig
 
     params = []
     for field in dataclasses.fields(HeadConfig):
         default = field.default
         kind: Any = type(default)
-        values = getattr(base, f"{field.name.upper()}S", None)
+        values = getattr(config, f"{field.name.upper()}S", None)
         if isinstance(default, str) and isinstance(values, tuple):
             kind = click.Choice(values)
         text = HEAD_HELP.get(field.name, f"See heads.models.HeadConfig.{field.name}.")
@@ -253,6 +254,28 @@ def removed_on_failure(out: Path, keep: tuple[str, ...] = ("*.pt",)) -> Iterator
         if not existed and out.is_dir() and not any(any(out.glob(p)) for p in keep):
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def run_options() -> list[click.Parameter]:
+    """``--force`` and ``--logger``, shared by ``train`` and ``finetune``."""
+    from heads.loggers import DEFAULT_LOGGER, LOGGERS
+
+    return [
+        SectionOption(
+            ["--force"],
+            is_flag=True,
+            section="Run",
+            help="Replace a run already in --out, finished or not.",
+        ),
+        SectionOption(
+            ["--logger"],
+            type=click.Choice(LOGGERS.names()),
+            default=DEFAULT_LOGGER,
+            show_default=True,
+            section="Run",
+            help="Where scalars go besides metrics.jsonl: metrics.csv or TensorBoard events.",
+        ),
+    ]
 
 
 def run_out_option(required: bool = True) -> Any:

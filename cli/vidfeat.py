@@ -74,6 +74,12 @@ def _backends() -> list[str]:
     return BACKENDS.names()
 
 
+def _runtimes() -> list[str]:
+    from vidfeat.backbones.runtimes import runtime_names
+
+    return runtime_names()
+
+
 def _audio_backbones() -> list[str]:
     from vidfeat.backbones.audio import audio_backbone_names
 
@@ -81,9 +87,9 @@ def _audio_backbones() -> list[str]:
 
 
 def _precisions() -> list[str]:
-    from vidfeat.config import PRECISIONS
+    from vidfeat.backbones.runtimes import precision_names
 
-    return list(PRECISIONS)
+    return precision_names()
 
 
 # (ExtractConfig field, section, type or a function giving the choices, help)
@@ -111,7 +117,20 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
         "yt8m (YouTube-8M's TF InceptionV3, offline), imagenet (torchvision), "
         "or a state-dict path.",
     ),
-    ("precision", "Model", _precisions, "fp16/bf16 need CUDA; recorded in the store attrs."),
+    (
+        "runtime",
+        "Model",
+        _runtimes,
+        "How the backbone runs; onnxruntime and openvino need their extras "
+        "(pip install 'vidfeat[onnx]' / 'vidfeat[openvino]'). Recorded in the store attrs.",
+    ),
+    (
+        "precision",
+        "Model",
+        _precisions,
+        "fp16 needs CUDA; bf16 runs on CUDA and on CPUs with bf16 instructions; int8 needs "
+        "--runtime onnxruntime. Recorded in the store attrs.",
+    ),
     (
         "pca",
         "Model",

@@ -1,5 +1,8 @@
 """Stage-2 configuration: frozen dataclasses validated on construction, with a JSON round trip.
 
+This module imports no torch (nor anything that does), so tools can build and check configs
+without paying for it; the heads' shared ``HeadConfig`` lives here for that reason.
+
 ``TrainConfig`` holds everything that determines a training run (model, head, data, optimiser,
 schedule, stopping rule, seed); a full copy is saved in every checkpoint and in ``config.json``
 so a run directory can rebuild its model and data pipeline alone.
@@ -8,13 +11,18 @@ so a run directory can rebuild its model and data pipeline alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from heads.models import HeadConfig
 from heads.validate import check_choice, check_float, check_int
 from vidfeat.errors import ConfigError
 
+REDUCTIONS = ("last", "mean", "weighted", "attention")
+POOLINGS = ("max", "mean")
+INPUT_NORMS = ("layer", "none")
+CLASSIFIER_NAMES = ("linear", "moe")  # the keys of CLASSIFIERS (moe registers on import)
+FUSIONS = ("concat", "shared", "projection")  # the keys of FUSION_LAYERS (heads.models)
 SAMPLINGS = ("head", "uniform", "random-crop")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LOSSES = ("auto", "single", "multi")
@@ -50,6 +58,81 @@ def _names(field_name: str, value: Any) -> tuple[str, ...] | None:
     if not value or len(set(value)) != len(value):
         raise ConfigError(f"{field_name} must be non-empty and unique, got {value!r}")
     return tuple(value)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Hyper-parameters shared by all head families; each family reads the fields it needs.
+
+    The defaults assume Adam at lr 1e-3 and were picked on synthetic tasks where classes differ
+    only in the order of events: a wide (256) recurrent state learns order from few videos
+    far more reliably than a narrow one, and the last valid state ("last") beat the mean of
+    states when frames are noisy.
+    """
+
+    hidden_size: int = 256  # recurrent units per direction
+    num_layers: int = 1  # stacked recurrent layers, 1..3
+    dropout: float = 0.2  # between recurrent layers and inside the FC blocks
+    residual: bool = False  # add each recurrent layer's input to its output (projected if needed)
+    reduction: str = "last"  # recurrent heads: how per-step states become one video vector
+    attention_size: int = 128  # width of the additive attention scorer
+    pooling: str = "max"  # bof: order-blind pooling over valid frames
+    fc_size: int = 256  # width of the FC blocks (bof) and of the top block (recurrent heads)
+    num_experts: int = 2  # moe: experts per class, plus one dummy expert (as YouTube-8M)
+    input_norm: str = "layer"  # per-frame LayerNorm of the input features, or "none"
+    classifier: str = "linear"  # linear | moe: the YouTube-8M mixture of experts (num_experts)
+    # lstm_moe: the sparse mixture-of-experts layer between its two LSTMs (Shazeer et al. 2017).
+    moe_experts: int = 64  # experts in the layer
+    moe_top_k: int = 4  # experts each time step is sent to
+    expert_size: int = 1024  # hidden units of each expert's two FC layers
+    moe_importance_weight: float = 0.1  # w of the importance loss w * CV(importance)^2
+    moe_load_weight: float = 0.1  # w of the load loss w * CV(load)^2
+    frame_distance: int = 15  # late_fusion: frames between the two fused frames (Karpathy: 15)
+    # How the streams of a frame are combined (docs/fusion.md): concat | shared | projection.
+    fusion: str = "concat"
+    fusion_dim: int = 256  # shared / projection: width of the space each stream is mapped to
+    fusion_weight: float = 0.1  # projection: weight of the term pulling a frame's streams together
+
+    def __post_init__(self) -> None:
+        names = ("hidden_size", "attention_size", "fc_size", "num_experts", "expert_size")
+        for name in (*names, "frame_distance", "fusion_dim"):
+            check_int(name, getattr(self, name), low=1)
+        check_choice("fusion", self.fusion, FUSIONS)
+        check_float(self, "fusion_weight", 0.0)
+        check_int("moe_experts", self.moe_experts, low=2)
+        # One expert must stay out of the top k: the load loss needs the (k+1)-th gate value.
+        check_int("moe_top_k", self.moe_top_k, low=1, high=self.moe_experts - 1)
+        check_float(self, "moe_importance_weight", 0.0)
+        check_float(self, "moe_load_weight", 0.0)
+        check_choice("classifier", self.classifier, CLASSIFIER_NAMES)
+        check_int("num_layers", self.num_layers, low=1, high=3)
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+            raise ConfigError(f"dropout must be a number, got {dropout!r}")
+        if not (0.0 <= dropout < 1.0) or math.isnan(dropout):
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+        # JSON may hand back 0 for 0.0; store a float so round trips compare equal.
+        object.__setattr__(self, "dropout", float(dropout))
+        if not isinstance(self.residual, bool):
+            raise ConfigError(f"residual must be true or false, got {self.residual!r}")
+        check_choice("reduction", self.reduction, REDUCTIONS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("input_norm", self.input_norm, INPUT_NORMS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeadConfig:
+        """Inverse of ``to_dict``; missing keys take defaults, unknown keys are refused."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"head config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown head config keys: {', '.join(unknown)}")
+        return cls(**data)
 
 
 @dataclass(frozen=True)

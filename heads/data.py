@@ -9,7 +9,7 @@ and with persistent workers.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from heads.config import DataConfig
+from heads.errors import MissingStreamError
+from heads.splits import normalise_split_names
 from vidfeat.errors import ConfigError
 from vidfeat.store import StoreReader, open_store
 
@@ -64,13 +66,6 @@ class LabelMap:
     @classmethod
     def from_dict(cls, data: dict) -> LabelMap:
         return cls(labels=tuple(data["labels"]), multilabel=bool(data["multilabel"]))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> LabelMap:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def build_label_map(
@@ -145,6 +140,39 @@ def select_frames(
 # ------------------------------------------------------------------------------ dataset
 
 
+def _store_videos(
+    store: str | Path, label_map: LabelMap | None, split: str | None
+) -> tuple[LabelMap, pd.DataFrame]:
+    """The store's labelled ok videos (of ``split``), and a label map over all of them."""
+    with open_store(store) as reader:
+        videos = reader.videos
+    built, kept = build_label_map(videos)
+    label_map = label_map if label_map is not None else built
+    if split is None:
+        return label_map, kept
+    if "split" not in kept.columns or not (kept["split"].astype(str) != "").any():
+        raise ConfigError(f"store {store} has no split column: use split=None for all videos")
+    names = normalise_split_names(kept["split"].astype(str))
+    return label_map, kept[names == normalise_split_names(pd.Series([split]))[0]]
+
+
+def resolve_streams(
+    reader: StoreReader, wanted: Sequence[str] | None, *, what: str = ""
+) -> tuple[str, ...]:
+    """``wanted`` checked against the store's streams; None means every stream of the store."""
+    held = tuple(reader.streams)
+    if wanted is None:
+        return held
+    missing = [name for name in wanted if name not in held]
+    if missing:
+        reads = f"{what} reads {', '.join(wanted)}; " if what else ""
+        raise MissingStreamError(
+            f"store {reader.path} has no stream {', '.join(repr(m) for m in missing)} "
+            f"({reads}the store holds: {', '.join(held)})"
+        )
+    return tuple(wanted)
+
+
 class Sample(NamedTuple):
     x: torch.Tensor  # (T, D) float32
     labels: torch.Tensor  # (C,) float32 multi-hot
@@ -162,24 +190,42 @@ class Batch(NamedTuple):
 
 
 class FeatureDataset(Dataset):
-    """Videos of one split. Items are ``Sample``; keys are an index or (index, epoch).
+    """Videos of a store (one split, or all), as a torch ``Dataset`` of :class:`Sample`.
 
-    Each frame is the store streams ``cfg.streams`` (None: all) concatenated in that order, read
-    with one ``read_streams`` call per video. A video-level store gives each video as one frame:
-    its video-level vectors, concatenated.
+    ``FeatureDataset("feats.zarr", split="train")`` takes the store's ok, labelled videos (of
+    that value of its ``split`` column), a label map over all of them, and ``DataConfig``'s
+    frame selection. Batch it with :func:`collate` (padding) or :func:`make_loader`
+    (length bucketing too). Training code passes ``videos``, ``label_map`` and ``cfg`` itself.
+
+    Keys are an index or (index, epoch); random crops depend on (seed, epoch, index) only.
+    Each frame is the store streams ``streams`` (default ``cfg.streams``; None: all of them)
+    concatenated in that order, read with one ``read_streams`` call per video. A video-level
+    store gives each video as one frame: its streams' video-level vectors, concatenated.
     """
 
     def __init__(
         self,
-        store_path: str | Path,
-        videos: pd.DataFrame,
-        label_map: LabelMap,
-        cfg: DataConfig,
+        store: str | Path,
+        videos: pd.DataFrame | None = None,
+        label_map: LabelMap | None = None,
+        cfg: DataConfig | None = None,
         *,
+        split: str | None = None,
+        streams: Sequence[str] | None = None,
         train: bool = False,
         seed: int = 0,
     ) -> None:
-        self.store_path = str(store_path)
+        cfg = cfg if cfg is not None else DataConfig()
+        if streams is not None:
+            cfg = dataclasses.replace(cfg, streams=tuple(streams))
+            with open_store(store) as reader:  # a missing stream is named now, not mid-epoch
+                resolve_streams(reader, cfg.streams)
+        if videos is None:
+            label_map, videos = _store_videos(store, label_map, split)
+        elif label_map is None:
+            raise ConfigError("a label map must come with the videos")
+        self.label_map = label_map
+        self.store_path = str(store)
         self.video_ids: list[str] = [str(v) for v in videos["video_id"]]
         self.n_frames = np.asarray(videos["n_frames"], dtype=np.int64)  # (N,)
         self.targets = (
@@ -193,6 +239,12 @@ class FeatureDataset(Dataset):
         self.lengths = np.array([effective_length(int(n), cfg) for n in self.n_frames], np.int64)
         self._reader = None
         self._pid: int | None = None
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension D of every frame: the widths of the streams read, summed."""
+        reader = self._store()
+        return sum(int(reader.streams[n].dim) for n in self.cfg.streams or reader.streams)
 
     def __len__(self) -> int:
         return len(self.video_ids)

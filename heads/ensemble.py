@@ -25,9 +25,11 @@ import pandas as pd
 
 from heads import checkpoint as ck
 from heads.data import LabelMap
+from heads.errors import CheckpointError
 from heads.metrics import evaluate_all
 from heads.predictions import vocabulary_indices
 from heads.run import format_top_k, write_predictions
+from vidfeat import atomic
 from vidfeat.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,12 +52,12 @@ def load_member(run_dir: str | Path) -> Member:
     run_dir = Path(run_dir)
     path = run_dir / f"{ck.TEST_PREDICTIONS}.npz"
     if not path.is_file():
-        raise ck.CheckpointError(f"{path} not found: has the run in {run_dir} finished?")
+        raise CheckpointError(f"{path} not found: has the run in {run_dir} finished?")
     try:
         with np.load(path, allow_pickle=False) as data:
             ids, scores, labels = data["video_id"], data["scores"], data["labels"]
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ck.CheckpointError(f"{path}: cannot read test predictions: {exc}") from exc
+        raise CheckpointError(f"{path}: cannot read test predictions: {exc}") from exc
     order = np.argsort(ids, kind="stable")
     label_map = LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP))
     return Member(
@@ -179,4 +181,5 @@ def _write_yt8m(
         return
     k = min(20, len(names))
     pairs = [format_top_k(s, names, k, sep=" ") for s in scores]
-    pd.DataFrame({"VideoId": video_ids, "LabelConfidencePairs": pairs}).to_csv(path, index=False)
+    with atomic.atomic_open(path, "w", newline="") as fh:
+        pd.DataFrame({"VideoId": video_ids, "LabelConfidencePairs": pairs}).to_csv(fh, index=False)

@@ -1,4 +1,6 @@
-"""Use a trained run: evaluate it on a store, or predict class scores for a store's videos."""
+"""Use a trained run: load it, evaluate it on a store, or predict class scores for a store's
+videos. Scoring the run's own splits needs the run's very data (:func:`heads.identity.
+check_same_data`); any other store needs only features that mean the same thing."""
 
 from __future__ import annotations
 
@@ -13,11 +15,14 @@ import pandas as pd
 import torch
 
 from heads import checkpoint as ck
-from heads.data import FeatureDataset, make_loader
+from heads.config import TrainConfig
+from heads.data import FeatureDataset, LabelMap, make_loader
+from heads.errors import CheckpointError
+from heads.identity import check_same_data, check_store_compatible, recorded_streams
 from heads.metrics import evaluate_all
-from heads.models import Head
+from heads.models import Head, HeadConfig, create_head
 from heads.predictions import vocabulary_indices
-from heads.run import LoadedRun, format_top_k, is_multilabel, load_run, predict_scores
+from heads.run import format_top_k, is_multilabel, predict_scores
 from heads.splits import load_splits
 from heads.trainer import Loss, resolve_device
 from vidfeat.errors import ConfigError
@@ -27,6 +32,55 @@ log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("train", "val", "test", "all")
 FORMATS = ("csv", "yt8m")  # table styles; file formats are heads.predictions.FORMATS
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run, ready to predict: its best model (eval mode, CPU), config and classes."""
+
+    run_dir: Path
+    cfg: TrainConfig
+    label_map: LabelMap
+    provenance: dict[str, Any]  # the store identity it was trained on (heads.identity)
+    model: Head
+    checkpoint: dict[str, Any]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, C) class probabilities for zero-padded features ``x`` (B, T, D) and their
+        ``lengths`` (B,), e.g. a :class:`heads.data.Batch`'s ``x`` and ``lengths``."""
+        device = next(self.model.parameters()).device
+        logits = self.model.eval()(x.to(device), lengths.to(device)).float().cpu()
+        return Loss(is_multilabel(self.cfg, self.label_map)).probabilities(logits)
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> Head:
+    """Rebuild the head a checkpoint describes and load its weights (eval mode, CPU)."""
+    model = create_head(
+        state["model_name"],
+        input_dim=int(state["input_dim"]),
+        num_classes=int(state["num_classes"]),
+        cfg=HeadConfig.from_dict(state["head_config"]),
+        streams=recorded_streams(state["store"]),
+    )
+    model.load_state_dict(state["model_state"])
+    return model.eval()
+
+
+def load_run(run_dir: str | Path, checkpoint: str = ck.BEST) -> LoadedRun:
+    """A trained run from its directory (best weights by default)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found")
+    state = ck.load_checkpoint(run_dir / checkpoint)
+    return LoadedRun(
+        run_dir=run_dir,
+        cfg=TrainConfig.from_dict(state["train_config"]),
+        label_map=LabelMap.from_dict(state["label_map"]),
+        provenance=state["store"],
+        model=model_from_checkpoint(state),
+        checkpoint=state,
+    )
 
 
 def _with_overrides(run: LoadedRun, num_workers: int | None, device: str | None) -> LoadedRun:
@@ -41,13 +95,21 @@ def _open_checked(run: LoadedRun, store: str | Path | None) -> tuple[str, pd.Dat
     """The store path and its ok videos, after checking it matches the model's features."""
     path = str(store if store is not None else run.provenance["path"])
     with open_store(path) as reader:
-        ck.check_store_compatible(run.provenance, reader)
+        check_store_compatible(run.provenance, reader)
         if reader.level == "video" and not run.model.video_level:
             raise ConfigError(
                 f"{run.cfg.model} reads sequences of frames; store {path} is video-level"
             )
         videos = reader.videos[reader.videos["status"] == "ok"].reset_index(drop=True)
     return path, videos
+
+
+def _check_run_videos(run: LoadedRun, path: str, labelled: pd.DataFrame) -> None:
+    """The run's own splits are scored only on the run's own data, unchanged."""
+    splits = load_splits(run.run_dir / ck.SPLIT)
+    own = labelled.drop(columns=["split"], errors="ignore").merge(splits, on="video_id")
+    with open_store(path) as reader:
+        check_same_data(run.provenance, reader, own, "score the run's splits")
 
 
 def evaluate_run(
@@ -78,6 +140,7 @@ def evaluate_run(
     if split is None:
         split = "test" if labelled["video_id"].isin(splits["video_id"]).any() else "all"
     if split != "all":
+        _check_run_videos(run, path, labelled)
         wanted = splits.loc[splits["split"] == split, "video_id"]
         labelled = labelled[labelled["video_id"].isin(wanted)]
     if labelled.empty:

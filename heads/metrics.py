@@ -16,14 +16,11 @@ Definitions follow YouTube-8M's ``eval_util.py``, ``average_precision_calculator
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from vidfeat.errors import VidfeatError
-
-log = logging.getLogger(__name__)
 
 # Rows argsorted per chunk: bounds the (rows, C) int64 index array to ~32 MiB.
 _SORT_CHUNK_ELEMS = 1 << 22

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from heads.checkpoint import _atomic_write
+from vidfeat import atomic
 from vidfeat.errors import ConfigError
 
 # suffix -> formats that may be written to it (the first is the default for that suffix)
@@ -102,7 +102,8 @@ def write_table(table: pd.DataFrame, out: Path, fmt: str) -> None:
         "parquet": (lambda fh: table.to_parquet(fh, index=False), "wb"),
     }
     write, mode = writers[fmt]
-    _atomic_write(out, write, mode=mode)
+    with atomic.atomic_open(out, mode) as fh:
+        write(fh)
 
 
 def write_scores(
@@ -110,12 +111,10 @@ def write_scores(
 ) -> None:
     """``.npz`` with ``video_id`` (N,), ``scores`` (N, C) float32 and ``class_names`` (C,)."""
 
-    def write(fh: object) -> None:
+    with atomic.atomic_open(out, "wb") as fh:
         np.savez(
             fh,
             video_id=np.array(video_ids, dtype=str),
             scores=np.asarray(scores, dtype=np.float32),
             class_names=np.array(class_names, dtype=str),
         )
-
-    _atomic_write(out, write, mode="wb")

@@ -1,47 +1,145 @@
-"""Run-level operations behind the ``heads`` CLI: train a run directory, evaluate, predict.
+"""Run directories: the one training path behind ``heads train`` and ``heads finetune``.
 
-These glue the pieces together (store -> label map -> splits -> datasets -> head -> trainer)
-and own the run-directory layout; the training loop itself is in :mod:`heads.trainer`.
+Both go store -> label map and splits -> datasets -> checks -> run header -> fit -> test
+results, through the functions here; fine-tuning (:mod:`heads.transfer`) only adds its warm
+start and freezing. The loop itself is in :mod:`heads.trainer`; file names in
+:mod:`heads.checkpoint`; what binds a run to its data in :mod:`heads.identity`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from heads import checkpoint as ck
 from heads.config import TrainConfig
 from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
+from heads.errors import RunExistsError, TrainingDataError
+from heads.identity import check_same_data, recorded_streams, store_identity
+from heads.loggers import check_loggers, create_loggers
 from heads.metrics import evaluate_all
-from heads.models import Head, HeadConfig, create_head
-from heads.splits import assign_splits, load_splits, merge_split_file, read_split_file, save_splits
-from heads.streams import with_streams
-from heads.trainer import (
-    Loaders,
-    Loss,
-    loss_weights,
-    predict_logits,
-    resolve_device,
-    train,
+from heads.models import Head, create_head
+from heads.splits import (
+    assign_splits,
+    inherit_splits,
+    load_splits,
+    merge_split_file,
+    read_split_file,
+    save_splits,
 )
+from heads.streams import with_streams
+from heads.trainer import Loaders, Loss, loss_weights, predict_logits, resolve_device
+from heads.trainer import train as train_loop
+from vidfeat import atomic
 from vidfeat.errors import ConfigError
-from vidfeat.store import StoreReader, open_store
+from vidfeat.store import open_store
 
 log = logging.getLogger(__name__)
 
 # Options that may change between a killed run and its resume: they do not affect results.
 RESUMABLE_CHANGES = ("device",)
 RESUMABLE_DATA_CHANGES = ("num_workers",)
+# Every file a run directory may hold; --force removes exactly these before starting over.
+RUN_FILES = (
+    ck.CONFIG,
+    ck.LABEL_MAP,
+    ck.SPLIT,
+    ck.METRICS,
+    ck.METRICS_CSV,
+    ck.BEST,
+    ck.LAST,
+    ck.TEST_METRICS,
+    ck.TEST_PREDICTIONS + ".npz",
+    ck.TEST_PREDICTIONS + ".csv",
+    ck.TENSORBOARD,
+)
+_SHOWN = ("hit_at_1", "gap_at_20", "mean_ap")
+
+
+@dataclasses.dataclass
+class RunData:
+    """What a run trains on: the store, its identity, the classes and the split datasets."""
+
+    store_path: str
+    identity: dict[str, Any]  # heads.identity.store_identity, fingerprint included
+    label_map: LabelMap
+    videos: pd.DataFrame  # the kept videos, with their ``split``
+    sets: dict[str, FeatureDataset]  # train / val / test
+
+    def meta(self, **extra: Any) -> dict[str, Any]:
+        """What every checkpoint of the run carries about its data."""
+        return {
+            "label_map": self.label_map.to_dict(),
+            "store": self.identity,
+            "input_dim": self.identity["dim"],
+            "num_classes": len(self.label_map),
+            **extra,
+        }
 
 
 def is_multilabel(cfg: TrainConfig, label_map: LabelMap) -> bool:
     return label_map.multilabel if cfg.loss == "auto" else cfg.loss == "multi"
+
+
+# ------------------------------------------------------------------------------ run directory
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished once its test metrics are written (the last file a run writes)."""
+    return (run_dir / ck.TEST_METRICS).is_file()
+
+
+def check_run_dir(
+    run_dir: Path, *, resume: bool = False, force: bool = False, resumable: bool = True
+) -> str:
+    """What ``run_dir`` holds: ``new``, ``unfinished`` or ``finished``; creates nothing.
+
+    A run there is refused unless it is resumed or ``force`` replaces it."""
+    for path in (run_dir, *run_dir.parents):  # the nearest existing one must be a directory
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(
+                    f"{run_dir}: a file is in the way where a directory is expected ({path})"
+                )
+            break
+    if resume and force:
+        raise ConfigError("--resume continues a run and --force replaces it: choose one")
+    if not (run_dir / ck.CONFIG).exists():
+        return "new"
+    state = "finished" if is_finished(run_dir) else "unfinished"
+    if not (resume or force):
+        what = "a finished" if state == "finished" else "an unfinished"
+        can_resume = resumable and state == "unfinished"
+        hint = "--resume to continue it or --force" if can_resume else "--force"
+        raise RunExistsError(f"{run_dir} already holds {what} run; add {hint} to replace it")
+    return state
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove a previous run's files (only those a run writes) before starting over."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def write_header(run_dir: Path, cfg: TrainConfig, data: RunData, **extra: Any) -> None:
+    """config.json (with the store identity), label_map.json and split.csv."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ck.write_json(run_dir / ck.CONFIG, {**cfg.to_dict(), "store": data.identity, **extra})
+    ck.write_json(run_dir / ck.LABEL_MAP, data.label_map.to_dict())
+    save_splits(data.videos, run_dir / ck.SPLIT)
 
 
 def _check_resume(saved: TrainConfig, wanted: TrainConfig) -> None:
@@ -57,37 +155,50 @@ def _check_resume(saved: TrainConfig, wanted: TrainConfig) -> None:
         )
 
 
-def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> bool:
-    """Create ``run_dir``; True if it holds a run to continue."""
-    config = run_dir / ck.CONFIG
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} exists and is not a directory")
-    if config.exists() and not resume:
-        raise ConfigError(f"{run_dir} already holds a run; add --resume or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not config.exists():
-        return False
-    saved = ck.read_json(config)
-    saved.pop("store", None)
-    _check_resume(TrainConfig.from_dict(saved), cfg)
-    return True
+# ------------------------------------------------------------------------------ data
 
 
-def _split_videos(
-    reader: StoreReader, cfg: TrainConfig, split_file: str | Path | None
-) -> tuple[LabelMap, pd.DataFrame]:
-    videos = reader.videos
-    if split_file is not None:
-        videos = merge_split_file(videos, read_split_file(split_file))
-    label_map, kept = build_label_map(videos, cfg.data.classes)
-    splits = assign_splits(
-        kept,
-        test_fraction=cfg.data.test_fraction,
-        val_fraction=cfg.data.val_fraction,
-        seed=cfg.seed,
-    )
-    kept = kept.drop(columns=["split"], errors="ignore").merge(splits, on="video_id")
-    return label_map, kept
+def load_data(
+    store_path: str | Path,
+    cfg: TrainConfig,
+    *,
+    split_file: str | Path | None = None,
+    parent_splits: pd.DataFrame | None = None,
+    saved_splits: pd.DataFrame | None = None,
+    saved_label_map: LabelMap | None = None,
+    recorded: dict[str, Any] | None = None,
+) -> RunData:
+    """Label map, splits and datasets of a run on ``store_path``.
+
+    Splits are the store's or the split file's, else made (stratified, seeded); with
+    ``parent_splits`` (fine-tuning) the parent's videos keep theirs; with ``saved_splits`` and
+    ``saved_label_map`` (a resumed run) the run's own are used as written, and the store must
+    then match the ``recorded`` identity.
+    """
+    with open_store(store_path) as reader:
+        videos = reader.videos
+        if split_file is not None:
+            videos = merge_split_file(videos, read_split_file(split_file))
+        label_map, kept = build_label_map(videos, cfg.data.classes)
+        if saved_label_map is not None:
+            label_map = saved_label_map
+        fractions = {
+            "test_fraction": cfg.data.test_fraction,
+            "val_fraction": cfg.data.val_fraction,
+            "seed": cfg.seed,
+        }
+        if saved_splits is not None:
+            splits = saved_splits
+        elif parent_splits is not None:
+            splits = inherit_splits(kept, parent_splits, given=split_file is not None, **fractions)
+        else:
+            splits = assign_splits(kept, **fractions)
+        kept = kept.drop(columns=["split"], errors="ignore").merge(splits, on="video_id")
+        identity = store_identity(reader, kept, cfg.data.streams)
+        if recorded is not None:
+            check_same_data(recorded, reader, kept, "resume")
+    sets = split_datasets(store_path, kept, label_map, cfg)
+    return RunData(str(store_path), identity, label_map, kept, sets)
 
 
 def split_datasets(
@@ -107,13 +218,82 @@ def split_datasets(
     }
 
 
-def _loaders(sets: dict[str, FeatureDataset], cfg: TrainConfig) -> Loaders:
-    if not len(sets["train"]):
-        raise ConfigError("no training videos after splitting")
+def check_training_set(data: RunData) -> None:
+    """Refuse a training set a classifier cannot learn from, before anything is written: one
+    class is "learnt" perfectly without looking at a single feature."""
+    train = data.sets["train"]
+    if len(data.label_map) < 2:
+        raise TrainingDataError(
+            f"the training data has a single class ({data.label_map.labels[0]}): a classifier "
+            "needs at least two (see --classes, or label more videos)"
+        )
+    if len(train) < 2:
+        raise TrainingDataError(
+            f"{len(train)} training video(s) after splitting: nothing to learn from "
+            f"({len(data.videos)} labelled videos in all)"
+        )
+    present = train.targets.sum(axis=0) > 0  # (C,)
+    if not present.all():
+        missing = [n for n, p in zip(data.label_map.labels, present, strict=True) if not p]
+        log.warning(
+            "%d of %d classes have no training video and cannot be learnt: %s",
+            len(missing),
+            len(present),
+            ", ".join(missing[:5]),
+        )
+
+
+def make_loaders(sets: dict[str, FeatureDataset], cfg: TrainConfig) -> Loaders:
     pin = resolve_device(cfg.device).type == "cuda"  # page-locked batches copy asynchronously
-    train_loader = make_loader(sets["train"], cfg.data, shuffle=True, seed=cfg.seed, pin_memory=pin)
-    val_loader = make_loader(sets["val"], cfg.data, shuffle=False, pin_memory=pin)
-    return Loaders(train=train_loader, val=val_loader if len(sets["val"]) else None)
+    train = make_loader(sets["train"], cfg.data, shuffle=True, seed=cfg.seed, pin_memory=pin)
+    val = make_loader(sets["val"], cfg.data, shuffle=False, pin_memory=pin)
+    return Loaders(train=train, val=val if len(sets["val"]) else None)
+
+
+# ------------------------------------------------------------------------------ fit and test
+
+
+def fit_and_test(
+    model: Head,
+    data: RunData,
+    cfg: TrainConfig,
+    run_dir: Path,
+    meta: dict[str, Any],
+    *,
+    trainable_params: Iterable[nn.Parameter] | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    logger: str = "csv",
+) -> dict[str, Any]:
+    """Train ``model`` into ``run_dir``, then write and return its test results."""
+    sets = data.sets
+    weights = loss_weights(cfg, sets["train"].targets)  # class_weight, pos_weight
+    loggers = create_loggers(logger, run_dir)
+    try:
+        result = train_loop(
+            model,
+            make_loaders(sets, cfg),
+            cfg,
+            run_dir,
+            meta=meta,
+            trainable_params=trainable_params,
+            **weights,
+            resume=resume,
+            progress=progress,
+            loggers=loggers,
+        )
+    finally:
+        for sink in loggers:
+            sink.close()
+    summary = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "best_step": result.best_step,
+        "steps_run": result.steps_run,
+        "trainable_params": result.trainable_params,
+        "train_wall_s": result.wall_s,
+    }
+    return write_test_results(model, sets["test"], cfg, data.label_map, run_dir, summary)
 
 
 def train_run(
@@ -123,62 +303,62 @@ def train_run(
     *,
     split_file: str | Path | None = None,
     resume: bool = False,
+    force: bool = False,
     progress: bool = False,
+    logger: str = "csv",
 ) -> dict[str, Any]:
-    """Train ``cfg.model`` on the store into ``run_dir``; returns the test metrics."""
+    """Train ``cfg.model`` on the store into ``run_dir``; returns the test metrics.
+
+    ``resume`` continues a killed run on the same data (anything else is refused) and leaves a
+    finished one as it is; ``force`` replaces whatever run ``run_dir`` holds.
+    """
     run_dir = Path(run_dir)
+    check_loggers(logger)
     with open_store(store_path) as reader:  # streams and head checked before run_dir exists
         cfg = with_streams(cfg, reader)
-    continuing = _prepare_run_dir(run_dir, cfg, resume)
-    with open_store(store_path) as reader:
-        provenance = ck.store_provenance(reader, cfg.data.streams)
-        label_map, videos = _split_videos(reader, cfg, split_file)
+    state = check_run_dir(run_dir, resume=resume, force=force)
+    if state == "finished" and resume:
+        log.warning("%s holds a finished run: nothing to resume (--force trains it anew)", run_dir)
+        return ck.read_json(run_dir / ck.TEST_METRICS)
+    continuing = state == "unfinished" and resume
     if continuing:
-        # The saved split is authoritative (a split file may have moved since).
-        saved = load_splits(run_dir / ck.SPLIT)
-        videos = videos.drop(columns=["split"]).merge(saved, on="video_id")
-        label_map = LabelMap.load(run_dir / ck.LABEL_MAP)
+        saved = ck.read_json(run_dir / ck.CONFIG)
+        recorded = saved.pop("store")
+        _check_resume(TrainConfig.from_dict(saved), cfg)
+        data = load_data(
+            store_path,
+            cfg,
+            saved_splits=load_splits(run_dir / ck.SPLIT),
+            saved_label_map=LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP)),
+            recorded=recorded,
+        )
     else:
-        ck.write_json(run_dir / ck.CONFIG, {**cfg.to_dict(), "store": provenance})
-        ck.write_json(run_dir / ck.LABEL_MAP, label_map.to_dict())
-        save_splits(videos, run_dir / ck.SPLIT)
-    sets = split_datasets(store_path, videos, label_map, cfg)
-    log.info("%d classes; videos: %s", len(label_map), {k: len(v) for k, v in sets.items()})
-    loaders = _loaders(sets, cfg)
+        data = load_data(store_path, cfg, split_file=split_file)
+    check_training_set(data)
+    sizes = {k: len(v) for k, v in data.sets.items()}
+    log.info("%d classes; videos: %s", len(data.label_map), sizes)
+    if not continuing:
+        if state != "new":
+            clear_run_dir(run_dir)
+        write_header(run_dir, cfg, data)
     torch.manual_seed(cfg.seed)  # model initialisation
     model = create_head(
         cfg.model,
-        input_dim=provenance["dim"],
-        num_classes=len(label_map),
+        input_dim=data.identity["dim"],
+        num_classes=len(data.label_map),
         cfg=cfg.head,
-        streams=ck.recorded_streams(provenance),
+        streams=recorded_streams(data.identity),
     )
-    weights = loss_weights(cfg, sets["train"].targets)
-    meta = {
-        "label_map": label_map.to_dict(),
-        "store": provenance,
-        "input_dim": provenance["dim"],
-        "num_classes": len(label_map),
-    }
-    result = train(
+    return fit_and_test(
         model,
-        loaders,
+        data,
         cfg,
         run_dir,
-        meta=meta,
-        **weights,
+        data.meta(),
         resume=continuing,
         progress=progress,
+        logger=logger,
     )
-    summary = {
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "best_step": result.best_step,
-        "steps_run": result.steps_run,
-        "trainable_params": result.trainable_params,
-        "train_wall_s": result.wall_s,
-    }
-    return write_test_results(model, sets["test"], cfg, label_map, run_dir, summary)
 
 
 def write_test_results(
@@ -189,8 +369,8 @@ def write_test_results(
     run_dir: Path,
     summary: dict[str, Any],
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``test``; write test_metrics.json (with ``summary`` merged in) and
-    test_predictions.{npz,csv} into ``run_dir``. Returns the metrics."""
+    """Evaluate ``model`` on ``test``; write test_predictions.{npz,csv}, then test_metrics.json
+    (with ``summary`` merged in; written last, it marks the run finished). Returns the metrics."""
     if not len(test):
         log.warning("no test videos: test metrics are empty")
         metrics = {"n_test": 0, **summary}
@@ -200,13 +380,10 @@ def write_test_results(
     scores, labels = predict_scores(model, test, cfg, label_map, device)
     metrics = evaluate_all(scores, labels)
     metrics = {k: v for k, v in metrics.items() if k != "n"} | {"n_test": len(test), **summary}
-    ck.write_json(run_dir / ck.TEST_METRICS, metrics)
     write_predictions(run_dir / ck.TEST_PREDICTIONS, test.video_ids, scores, labels, label_map)
+    ck.write_json(run_dir / ck.TEST_METRICS, metrics)
     log.info("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in _SHOWN))
     return metrics
-
-
-_SHOWN = ("hit_at_1", "gap_at_20", "mean_ap")
 
 
 def predict_scores(
@@ -234,59 +411,19 @@ def write_predictions(
     stem: Path, video_ids: list[str], scores: np.ndarray, labels: np.ndarray, label_map: LabelMap
 ) -> None:
     """``stem``.npz (all scores) and ``stem``.csv (top-20 label:score pairs and true labels)."""
-    np.savez(
-        stem.with_suffix(".npz"),
-        video_id=np.array(video_ids, dtype=str),
-        scores=scores.astype(np.float32),
-        labels=labels.astype(np.uint8),
-        class_names=np.array(label_map.labels, dtype=str),
-    )
+    with atomic.atomic_open(stem.with_suffix(".npz"), "wb") as fh:
+        np.savez(
+            fh,
+            video_id=np.array(video_ids, dtype=str),
+            scores=scores.astype(np.float32),
+            labels=labels.astype(np.uint8),
+            class_names=np.array(label_map.labels, dtype=str),
+        )
     k = min(20, len(label_map))
     rows = {
         "video_id": video_ids,
         "labels": [";".join(np.array(label_map.labels)[y > 0]) for y in labels],
         "predictions": [format_top_k(s, label_map.labels, k) for s in scores],
     }
-    pd.DataFrame(rows).to_csv(stem.with_suffix(".csv"), index=False)
-
-
-# ------------------------------------------------------------------------------ saved runs
-
-
-@dataclasses.dataclass
-class LoadedRun:
-    run_dir: Path
-    cfg: TrainConfig
-    label_map: LabelMap
-    provenance: dict[str, Any]
-    model: Head
-    checkpoint: dict[str, Any]
-
-
-def model_from_checkpoint(state: dict[str, Any]) -> Head:
-    """Rebuild the head a checkpoint describes and load its weights (eval mode, CPU)."""
-    model = create_head(
-        state["model_name"],
-        input_dim=int(state["input_dim"]),
-        num_classes=int(state["num_classes"]),
-        cfg=HeadConfig.from_dict(state["head_config"]),
-        streams=ck.recorded_streams(state["store"]),
-    )
-    model.load_state_dict(state["model_state"])
-    return model.eval()
-
-
-def load_run(run_dir: str | Path, checkpoint: str = ck.BEST) -> LoadedRun:
-    """A trained run from its directory (best weights by default)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ck.CheckpointError(f"run directory {run_dir} not found")
-    state = ck.load_checkpoint(run_dir / checkpoint)
-    return LoadedRun(
-        run_dir=run_dir,
-        cfg=TrainConfig.from_dict(state["train_config"]),
-        label_map=LabelMap.from_dict(state["label_map"]),
-        provenance=state["store"],
-        model=model_from_checkpoint(state),
-        checkpoint=state,
-    )
+    with atomic.atomic_open(stem.with_suffix(".csv"), "w", newline="") as fh:
+        pd.DataFrame(rows).to_csv(fh, index=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vidfeat import atomic
 from vidfeat.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -201,9 +202,45 @@ def _warn_thin_classes(labels: list[tuple[str, ...]], split: np.ndarray) -> None
             )
 
 
+def inherit_splits(
+    videos: pd.DataFrame,
+    parent_splits: pd.DataFrame,
+    *,
+    test_fraction: float,
+    val_fraction: float,
+    seed: int,
+    given: bool = False,
+) -> pd.DataFrame:
+    """``video_id, split`` for ``videos`` when a run continues from a parent run's split.
+
+    Videos the parent split keep their split, so none of its training videos lands in the new
+    test set; the others are split afresh (stratified, seeded). With ``given`` (a split file was
+    merged into ``videos``) its splits are used as they are, and a leak is only warned about.
+    """
+    fractions = {"test_fraction": test_fraction, "val_fraction": val_fraction, "seed": seed}
+    if given:
+        splits = assign_splits(videos, **fractions)
+        seen = splits.merge(parent_splits, on="video_id", suffixes=("", "_parent"))
+        leaked = int(((seen["split_parent"] == "train") & (seen["split"] != "train")).sum())
+        if leaked:
+            log.warning(
+                "%d val/test videos were training videos of the parent run: "
+                "their metrics are optimistic",
+                leaked,
+            )
+        return splits
+    known = videos["video_id"].isin(parent_splits["video_id"])
+    parts = [parent_splits[parent_splits["video_id"].isin(videos["video_id"])]]
+    if (~known).any():
+        parts.append(assign_splits(videos.loc[~known].reset_index(drop=True), **fractions))
+    splits = pd.concat(parts, ignore_index=True)[["video_id", "split"]]
+    return videos[["video_id"]].merge(splits, on="video_id", how="left")
+
+
 def save_splits(splits: pd.DataFrame, path: str | Path) -> None:
-    """Write ``video_id,split`` CSV."""
-    splits[["video_id", "split"]].to_csv(path, index=False)
+    """Write ``video_id,split`` CSV (atomically)."""
+    with atomic.atomic_open(path, "w", newline="") as fh:
+        splits[["video_id", "split"]].to_csv(fh, index=False)
 
 
 def load_splits(path: str | Path) -> pd.DataFrame:

@@ -16,27 +16,11 @@ from typing import Any
 
 import torch
 
-from heads.checkpoint import MissingStreamError, recorded_streams
 from heads.config import TrainConfig
+from heads.data import resolve_streams
+from heads.identity import recorded_streams
 from heads.models import HEADS, HeadConfig, create_head
 from vidfeat.errors import ConfigError
-
-
-def resolve_streams(
-    reader: Any, wanted: Sequence[str] | None, *, what: str = ""
-) -> tuple[str, ...]:
-    """``wanted`` checked against the store's streams; None means every stream of the store."""
-    held = tuple(reader.streams)
-    if wanted is None:
-        return held
-    missing = [name for name in wanted if name not in held]
-    if missing:
-        reads = f"{what} reads {', '.join(wanted)}; " if what else ""
-        raise MissingStreamError(
-            f"store {reader.path} has no stream {', '.join(repr(m) for m in missing)} "
-            f"({reads}the store holds: {', '.join(held)})"
-        )
-    return tuple(wanted)
 
 
 def stream_dims(reader: Any, names: Sequence[str]) -> dict[str, int]:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,13 +298,15 @@ def train(
     pos_weight: Tensor | None = None,
     resume: bool = False,
     progress: bool = False,
+    loggers: Sequence[Any] = (),
 ) -> TrainResult:
     """Train ``model`` (only ``trainable_params``, default all that require grad).
 
     Every evaluation (each epoch, or every ``cfg.eval_every`` steps) validates, appends a line
-    to metrics.jsonl and checkpoints. ``meta`` (label map, store provenance, input_dim,
-    num_classes, ...) is copied into every checkpoint so it describes itself. The best weights
-    are loaded into ``model`` on return.
+    to metrics.jsonl, checkpoints and hands the record to each of ``loggers``
+    (:mod:`heads.loggers`). ``meta`` (label map, store identity, input_dim, num_classes, ...) is
+    copied into every checkpoint so it describes itself. The best weights are loaded into
+    ``model`` on return.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -344,6 +346,8 @@ def train(
                 ck.save_checkpoint(run_dir / ck.BEST, state)
             ck.append_jsonl(run_dir / ck.METRICS, record)
             ck.save_checkpoint(run_dir / ck.LAST, state)
+            for sink in loggers:
+                sink.log(record, history)
             log.info(_summary(record, monitor))
     if stopper.should_stop:
         log.info("early stop: no %s improvement in %d evaluations", monitor, stopper.patience)

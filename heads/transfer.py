@@ -31,24 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 
 from heads import checkpoint as ck
 from heads.config import TrainConfig
-from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
+from heads.errors import TransferError
+from heads.identity import check_store_compatible
+from heads.inference import LoadedRun, load_run
+from heads.loggers import check_loggers
 from heads.models import Head
-from heads.run import LoadedRun, load_run, split_datasets, write_test_results
-from heads.splits import assign_splits, load_splits, merge_split_file, read_split_file, save_splits
+from heads.run import check_run_dir, check_training_set, clear_run_dir, fit_and_test, load_data
+from heads.run import write_header as write_run_header
+from heads.splits import load_splits
 from heads.streams import parent_streams
-from heads.trainer import (
-    Loaders,
-    TrainResult,
-    loss_weights,
-    train,
-)
-from vidfeat.errors import ConfigError
 from vidfeat.store import open_store
 
 log = logging.getLogger(__name__)
@@ -59,10 +55,6 @@ TRAIN_MODES = ("head", "top", "all")
 # dozen epochs on a few batches each; 1e-2 made the loss on 5-10 validation videos jumpy.
 FINETUNE_LR = {"head": 3e-3, "top": 3e-3, "all": 1e-3}
 FINETUNE_OPTIMIZER = "adam"
-
-
-class TransferError(ConfigError):
-    """A run cannot be fine-tuned as asked (mode, class set, classifier layout)."""
 
 
 @dataclass(frozen=True)
@@ -193,73 +185,13 @@ def _check_same_architecture(parent: TrainConfig, cfg: TrainConfig) -> None:
         )
 
 
-# ------------------------------------------------------------------------------ data
-
-
-def _assign(videos: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
-    return assign_splits(
-        videos,
-        test_fraction=cfg.data.test_fraction,
-        val_fraction=cfg.data.val_fraction,
-        seed=cfg.seed,
-    )
-
-
-def finetune_splits(
-    videos: pd.DataFrame, parent_splits: pd.DataFrame, cfg: TrainConfig, *, given: bool = False
-) -> pd.DataFrame:
-    """``video_id, split`` for ``videos``.
-
-    Videos the parent run split keep their split, so none of its training videos lands in the
-    new test set; the others are split afresh (stratified, seeded). With ``given`` (a split file
-    was merged into ``videos``) its splits are used as they are, and a leak is only warned about.
-    """
-    if given:
-        splits = _assign(videos, cfg)
-        seen = splits.merge(parent_splits, on="video_id", suffixes=("", "_parent"))
-        leaked = int(((seen["split_parent"] == "train") & (seen["split"] != "train")).sum())
-        if leaked:
-            log.warning(
-                "%d val/test videos were training videos of the parent run: "
-                "their metrics are optimistic",
-                leaked,
-            )
-        return splits
-    known = videos["video_id"].isin(parent_splits["video_id"])
-    parts = [parent_splits[parent_splits["video_id"].isin(videos["video_id"])]]
-    if (~known).any():
-        parts.append(_assign(videos.loc[~known].reset_index(drop=True), cfg))
-    splits = pd.concat(parts, ignore_index=True)[["video_id", "split"]]
-    return videos[["video_id"]].merge(splits, on="video_id", how="left")
-
-
-def _load_videos(
-    parent: LoadedRun, store: str | Path, cfg: TrainConfig, split_file: str | Path | None
-) -> tuple[dict[str, Any], LabelMap, pd.DataFrame]:
-    """Provenance, label map and the kept videos with their ``split`` column."""
-    with open_store(store) as reader:
-        ck.check_store_compatible(parent.provenance, reader)
-        provenance = ck.store_provenance(reader, cfg.data.streams)
-        videos = reader.videos
-    if split_file is not None:
-        videos = merge_split_file(videos, read_split_file(split_file))
-    label_map, kept = build_label_map(videos, cfg.data.classes)
-    parent_splits = load_splits(parent.run_dir / ck.SPLIT)
-    splits = finetune_splits(kept, parent_splits, cfg, given=split_file is not None)
-    kept = kept.drop(columns=["split"], errors="ignore").merge(splits, on="video_id")
-    return provenance, label_map, kept
-
-
 # ------------------------------------------------------------------------------ the run
 
 
-def _check_out(out: Path, parent_dir: Path) -> None:
+def _check_out(out: Path, parent_dir: Path, force: bool) -> str:
     if out.resolve() == parent_dir.resolve():
         raise TransferError("the output directory must differ from the parent run directory")
-    if out.exists() and not out.is_dir():
-        raise TransferError(f"{out} exists and is not a directory")
-    if (out / ck.CONFIG).exists():
-        raise TransferError(f"{out} already holds a run; choose another output directory")
+    return check_run_dir(out, force=force, resumable=False)
 
 
 def finetune_run(
@@ -270,85 +202,60 @@ def finetune_run(
     mode: str = "head",
     cfg: TrainConfig | None = None,
     split_file: str | Path | None = None,
+    force: bool = False,
     progress: bool = False,
+    logger: str = "csv",
 ) -> dict[str, Any]:
     """Fine-tune the best model of run ``parent`` on ``store`` into the run directory ``out``.
 
     ``cfg`` defaults to :func:`finetune_config` (every class of the store); its model and head
-    must be the parent's. Returns the test metrics, with the trainable parameter count and the
-    training wall time.
+    must be the parent's, and the store's features the parent's. Videos the parent split keep
+    their split. ``force`` replaces a run in ``out``. Returns the test metrics, with the
+    trainable parameter count and the training wall time.
     """
     check_mode(mode)
+    check_loggers(logger)
     run = parent if isinstance(parent, LoadedRun) else load_run(parent)
     cfg = cfg if cfg is not None else finetune_config(run.cfg, mode)
     _check_same_architecture(run.cfg, cfg)
     cfg = parent_streams(run.provenance, cfg)
     out = Path(out)
-    _check_out(out, run.run_dir)
-    provenance, label_map, videos = _load_videos(run, store, cfg, split_file)
-    sets = split_datasets(store, videos, label_map, cfg)
-    if not len(sets["train"]):
-        raise TransferError("no training videos after splitting")
+    state = _check_out(out, run.run_dir, force)
+    with open_store(store) as reader:
+        check_store_compatible(run.provenance, reader)
+    parent_splits = load_splits(run.run_dir / ck.SPLIT)
+    data = load_data(store, cfg, split_file=split_file, parent_splits=parent_splits)
+    check_training_set(data)
     model = copy.deepcopy(run.model)  # the caller's LoadedRun stays as it was
     torch.manual_seed(cfg.seed)  # the new classifier rows
-    warm = warm_start_classifier(model, run.label_map.labels, label_map.labels)
+    warm = warm_start_classifier(model, run.label_map.labels, data.label_map.labels)
     params = freeze(model, mode)
     info = _finetune_info(run, mode, warm, count_parameters(params))
-    total = count_parameters(list(model.parameters()))
     log.info(
         "fine-tuning %s (--train %s): %d of %d parameters trainable; %d classes, %d warm-started",
         cfg.model,
         mode,
         info["trainable_params"],
-        total,
-        len(label_map),
+        count_parameters(list(model.parameters())),
+        len(data.label_map),
         len(warm.kept),
     )
-    out.mkdir(parents=True, exist_ok=True)  # only once every check has passed
-    ck.write_json(out / ck.CONFIG, {**cfg.to_dict(), "store": provenance, "finetune": info})
-    ck.write_json(out / ck.LABEL_MAP, label_map.to_dict())
-    save_splits(videos, out / ck.SPLIT)
-    meta = {"label_map": label_map.to_dict(), "store": provenance, "finetune": info}
-    meta |= {"input_dim": provenance["dim"], "num_classes": len(label_map)}
-    result = _train(model, sets, cfg, out, meta, params, mode, progress)
-    summary = {
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "best_step": result.best_step,
-        "steps_run": result.steps_run,
-        "trainable_params": result.trainable_params,
-        "train_wall_s": result.wall_s,
-    }
-    log.info("fine-tuned in %.1f s (%d epochs)", result.wall_s, result.epochs_run)
-    return write_test_results(model, sets["test"], cfg, label_map, out, summary)
-
-
-def _train(
-    model: Head,
-    sets: dict[str, FeatureDataset],
-    cfg: TrainConfig,
-    out: Path,
-    meta: dict[str, Any],
-    params: list[nn.Parameter],
-    mode: str,
-    progress: bool,
-) -> TrainResult:
-    loaders = Loaders(
-        train=make_loader(sets["train"], cfg.data, shuffle=True, seed=cfg.seed),
-        val=make_loader(sets["val"], cfg.data, shuffle=False) if len(sets["val"]) else None,
-    )
-    weights = loss_weights(cfg, sets["train"].targets)
+    if state != "new":
+        clear_run_dir(out)
+    write_run_header(out, cfg, data, finetune=info)  # only once every check has passed
     with frozen_parts_in_eval(model, mode):
-        return train(
+        metrics = fit_and_test(
             model,
-            loaders,
+            data,
             cfg,
             out,
-            meta=meta,
+            data.meta(finetune=info),
             trainable_params=params,
-            **weights,
             progress=progress,
+            logger=logger,
         )
+    log.info("fine-tuned in %.1f s (%d epochs)", metrics["train_wall_s"], metrics["epochs_run"])
+    return metrics
 
 
 def _finetune_info(run: LoadedRun, mode: str, warm: WarmStart, n_params: int) -> dict[str, Any]:

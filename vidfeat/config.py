@@ -8,11 +8,11 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
+from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, precision_names, runtime_names
 from vidfeat.errors import ConfigError
 from vidfeat.sampling import format_fps
 
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
-PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -48,6 +48,7 @@ class ExtractConfig:
     workers: int = 2
     batch_size: int = 32
     device: str = "auto"
+    runtime: str = DEFAULT_RUNTIME  # a key of vidfeat.backbones.runtimes.RUNTIMES
     precision: str = "fp32"
     dtype: str = "float32"  # stored dtype without quantization: float32 | float16
     pca: str | None = None
@@ -79,8 +80,10 @@ class ExtractConfig:
             problems.append("max_frames must be between 1 and 100000")
         if self.workers < 1 or self.batch_size < 1 or self.commit_every < 1:
             problems.append("workers, batch_size and commit_every must be >= 1")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {PRECISIONS}")
+        if self.runtime not in runtime_names():
+            problems.append(f"runtime must be one of {runtime_names()}")
+        if self.precision not in precision_names():
+            problems.append(f"precision must be one of {precision_names()}")
         if not DEVICES_RE.match(self.device):
             problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.dtype not in ("float32", "float16"):

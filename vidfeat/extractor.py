@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vidfeat.backbones import BackboneSpec, create_backbone
-from vidfeat.backbones._module import PRECISIONS
+from vidfeat.backbones.runtimes import COMPUTE_DTYPES
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.preprocess import preprocess_frame
 
@@ -24,7 +24,8 @@ class FramesError(VidfeatError, ValueError):
 class FeatureExtractor:
     """Loads a backbone once; ``embed`` maps (N, H, W, 3) uint8 RGB to (N, D) float32.
 
-    ``device``: "cpu", "cuda[:N]" or "auto"; ``precision``: "fp32", or "fp16"/"bf16" on CUDA.
+    ``device``: "cpu", "cuda[:N]" or "auto"; ``runtime`` and ``precision``: a registered
+    runtime (``vidfeat.backbones.runtimes``) and a precision it runs on that device.
     ``weights``: a name the backbone knows (inception_v3: "yt8m", "imagenet"), a state-dict
     file, or None for the backbone's default (inception_v3: "yt8m").
     """
@@ -36,12 +37,13 @@ class FeatureExtractor:
         device: str = "cpu",
         precision: str = "fp32",
         batch_size: int = 32,
+        runtime: str = "eager",
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.backbone = create_backbone(
-            backbone, weights=weights, device=device, precision=precision
+            backbone, weights=weights, device=device, precision=precision, runtime=runtime
         )
 
     @property
@@ -56,6 +58,10 @@ class FeatureExtractor:
     def precision(self) -> str:
         return self.backbone.precision
 
+    @property
+    def runtime(self) -> str:
+        return getattr(self.backbone, "runtime", "eager")
+
     def store_attrs(self) -> dict[str, Any]:
         """Everything that determines the features, JSON-friendly, for the store's attributes."""
         spec = self.spec
@@ -68,8 +74,9 @@ class FeatureExtractor:
             "resize": spec.resize,
             "norm_mean": list(spec.mean),  # pixel units (0-255), after the resize
             "norm_std": list(spec.std),
+            "runtime": self.runtime,
             "precision": self.precision,
-            "compute_dtype": str(PRECISIONS[self.precision]).removeprefix("torch."),
+            "compute_dtype": COMPUTE_DTYPES[self.precision],
         }
 
     def preprocess(self, frames: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 from vidfeat import __version__
 from vidfeat.audio.features import AudioFeatures
 from vidfeat.audio.postprocess import load_vggish_pca
+from vidfeat.backbones.runtimes import DEFAULT_RUNTIME
 from vidfeat.config import ExtractConfig, shard_of
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
 from vidfeat.errors import DecodeError, StoreError
@@ -58,10 +59,12 @@ def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReductio
     """Everything that determines the stored features (the store refuses to mix others).
 
     The decoder is part of it: the two agree on which frames and on 8-bit pixels, but not
-    exactly on 10-bit 4:2:0 colour edges, so one store never mixes both.
+    exactly on 10-bit 4:2:0 colour edges, so one store never mixes both. So are the runtime
+    and precision the backbone ran with.
     """
     return {
         "backbone": spec_attrs,
+        "runtime": cfg.runtime,
         "precision": cfg.precision,
         "fps": cfg.fps,
         "decoder": cfg.decoder,
@@ -74,19 +77,23 @@ def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReductio
 
 
 def resume_attrs(cfg: ExtractConfig, attrs: dict) -> dict:
-    """``attrs`` for resuming ``cfg.out``: a store made before the decoder was part of the
-    identity resumes as it was when every video in it came from this run's decoder."""
+    """``attrs`` for resuming ``cfg.out``. A store made before a key joined the identity
+    resumes as it was when this run matches what the store implied: ``decoder`` when every
+    video in it came from this run's decoder, ``runtime`` when this run is eager (the only
+    runtime before runtimes were recorded)."""
     try:
         reader = open_store(cfg.out, cfg.format)
     except StoreError:
         return attrs  # no store yet; or a broken one, which create_store reports
     with reader:
-        if "decoder" in reader.attrs:
-            return attrs
-        used = set(reader.videos["decoder"]) - {""}
-    if used <= {cfg.decoder}:
-        return {k: v for k, v in attrs.items() if k != "decoder"}
-    return attrs
+        stored = set(reader.attrs)
+        used = set() if "decoder" in stored else set(reader.videos["decoder"]) - {""}
+    implied = set()
+    if "decoder" not in stored and used <= {cfg.decoder}:
+        implied.add("decoder")
+    if "runtime" not in stored and cfg.runtime == DEFAULT_RUNTIME:
+        implied.add("runtime")
+    return {k: v for k, v in attrs.items() if k not in implied}
 
 
 @dataclasses.dataclass
@@ -269,7 +276,11 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     reduction = FeatureReduction.from_options(cfg.pca, cfg.quantize)
     audio = _audio_features(cfg)  # first: missing audio weights stop before the slow load
     backbone = create_backbone(
-        cfg.backbone, weights=cfg.weights, device=cfg.device, precision=cfg.precision
+        cfg.backbone,
+        weights=cfg.weights,
+        device=cfg.device,
+        precision=cfg.precision,
+        runtime=cfg.runtime,
     )
     dim = reduction.output_dim(backbone.spec.feature_dim)
     summary = ExtractSummary(total=len(entries))

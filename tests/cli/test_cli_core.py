@@ -11,8 +11,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from heads import config
 from heads.config import DataConfig, TrainConfig
-from heads.models import HEADS, HeadConfig, base
+from heads.models import HEADS, HeadConfig
 from vidfeat.decode import DECODERS
 from vidfeat.errors import StoreError
 from vidfeat.store.base import BACKENDS
@@ -118,7 +119,7 @@ def test_train_help_is_sectioned_and_derived_from_the_registries():
     positions = [out.index(f"{s} options:") for s in ("Data", "Model", "Optimisation", "Run")]
     assert positions == sorted(positions)
     assert f"[{'|'.join(HEADS.names())}]" in out
-    for values in (base.REDUCTIONS, base.POOLINGS, base.INPUT_NORMS):
+    for values in (config.REDUCTIONS, config.POOLINGS, config.INPUT_NORMS):
         assert f"[{'|'.join(values)}]" in out
     assert "Head option." not in out
     for field in dataclasses.fields(HeadConfig):

@@ -13,6 +13,9 @@ from vidfeat_cli.heads import main
 METRICS = {"hit_at_1", "top5", "gap_at_20", "mean_ap", "perr"}
 
 
+STORE_ATTRS = {"backbone": "synthetic", "weights": "w1", "pca": None}
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small store with a split column, and two runs on it: bof and gru."""
@@ -24,7 +27,7 @@ def trained(tmp_path_factory):
         videos,
         dim=16,
         splits=splits,
-        attrs={"backbone": "synthetic", "weights": "w1", "pca": None},
+        attrs=STORE_ATTRS,
     )
     runner = CliRunner()
     for model in ("bof", "gru"):
@@ -151,6 +154,21 @@ def test_report(trained, tmp_path):
     assert result.exit_code == 0, result.output
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "bof" in text and "gru" in text
+    args = ["report", str(root / "bof"), "--out", str(tmp_path / "svg"), "--format", "svg"]
+    result = CliRunner().invoke(main, [*args, "--dpi", "80"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "svg" / "bof_confusion.svg").read_text().count("<svg") == 1
+
+
+def test_force_replaces_a_finished_run_and_logger_tensorboard(trained, tmp_path):
+    _, store = trained
+    run = tmp_path / "run"
+    args = ["-q", "train", str(store), "-m", "bof", "-o", str(run), "--epochs", "1"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert (run / "metrics.csv").is_file() and not (run / "tensorboard").exists()
+    again = CliRunner().invoke(main, [*args, "--force", "--logger", "tensorboard"])
+    assert again.exit_code == 0, again.output
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize(
@@ -161,12 +179,19 @@ def test_report(trained, tmp_path):
         (["train", "{store}", "-m", "bof", "-o", "{tmp}/r", "--dropout", "2"], "dropout"),
         (["evaluate", "{tmp}/not-a-run"], "not found"),
         (["predict", "{run}", "--store", "{other}"], "weights"),
+        (["train", "{store}", "-m", "bof", "-o", "{run}"], "finished run; add --force"),
+        (["evaluate", "{run}", "--store", "{changed}"], "not the data this run was trained on"),
+        (["report", "{tmp}"], "not a heads run directory"),
     ],
 )
 def test_errors_are_one_line_with_exit_code_2(trained, tmp_path, args, message):
     root, store = trained
     other = make_cluster_store(tmp_path / "o.zarr", n_videos=8, attrs={"weights": "w9"})
+    # The run's video ids, one frame shorter each: another extraction of the same videos.
+    shorter = [(v, x[:-1], labels) for v, x, labels in cluster_videos(60, n_classes=4, seed=0)]
+    changed = write_store(tmp_path / "c.zarr", shorter, dim=16, attrs=STORE_ATTRS)
     values = {
+        "changed": changed,
         "missing": tmp_path / "nope.zarr",
         "tmp": tmp_path,
         "store": store,
@@ -230,7 +255,7 @@ def test_split_file_groups_and_config_reuse(tmp_path):
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["seed"] == 5 and config["epochs"] == 1 and config["lr"] == 0.01
     rerun = runner.invoke(main, again)
-    assert rerun.exit_code == 2 and "--resume" in rerun.output
+    assert rerun.exit_code == 2 and "finished run; add --force" in rerun.output
 
 
 def test_predict_attention_weights_per_step(trained, tmp_path):

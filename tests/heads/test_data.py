@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from heads import checkpoint as ck
 from heads.config import DataConfig
 from heads.data import (
     BucketBatchSampler,
@@ -261,5 +262,5 @@ def test_label_map_class_subset_excludes_other_videos():
 
 def test_label_map_round_trip(tmp_path):
     label_map = LabelMap(("b", "a"), multilabel=False)
-    label_map.save(tmp_path / "m.json")
-    assert LabelMap.load(tmp_path / "m.json") == label_map
+    ck.write_json(tmp_path / ck.LABEL_MAP, label_map.to_dict())
+    assert LabelMap.from_dict(ck.read_json(tmp_path / ck.LABEL_MAP)) == label_map

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from heads.config import REDUCTIONS
 from heads.models import (
     HEADS,
     Head,
@@ -20,7 +21,7 @@ from heads.models import (
     masked_mean,
     weighted_sum,
 )
-from heads.models.base import REDUCTIONS, last_valid
+from heads.models.base import last_valid
 from heads.models.fusion import ProjectionFusion
 from heads.models.moe import MixtureOfExperts
 from vidfeat.errors import ConfigError

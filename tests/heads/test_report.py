@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from heads import report
+from heads import figures, report
+from heads.errors import ReportError
 from vidfeat.errors import VidfeatError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,8 +49,10 @@ def make_run(
     (run / "split.csv").write_text("video_id,split\n" + "".join(f"{v},test\n" for v in ids))
 
     epochs = []
+    lowest = np.inf
     for e in range(1, n_epochs + 1):
         val_loss = 1.0 + 0.1 * abs(e - best) + 0.01 * rng.random()
+        improved, lowest = val_loss < lowest, min(lowest, val_loss)  # as the trainer marks it
         epochs.append(
             {
                 "epoch": e,
@@ -61,6 +64,7 @@ def make_run(
                 "lr": 1e-3,
                 "wall_s": 10.0 + e,
                 "trainable_params": 12345 * seed,
+                "improved": bool(improved),
             }
         )
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
@@ -84,6 +88,7 @@ def make_run(
         "perr": 0.55,
         "n_test": n_test,
         "train_wall_s": 123.4,  # the trainer's own total, preferred over summing epochs
+        "best_epoch": best,
     }
     if with_test_metrics:
         (run / "test_metrics.json").write_text(json.dumps(test_metrics))
@@ -189,33 +194,33 @@ def test_multilabel_run_has_no_confusion_matrix(tmp_path):
     assert table_row(md, "walk", after="| class |")[1] == f"{precision:.4f}"
 
 
-def test_many_classes_cap_pr_curves_and_say_so(tmp_path, monkeypatch):
+def test_many_classes_get_one_pr_panel_each_for_the_largest(tmp_path, monkeypatch):
     classes = [f"class_{i:02d}" for i in range(60)]
     run = make_run(tmp_path, "big", seed=5, classes=classes, n_test=300)
     seen = {}
-    original_save = report._save
+    original_save = figures._save
 
-    def spy(fig, path):
-        ax = fig.axes[0]
-        legend = ax.get_legend()
-        entries = [t.get_text() for t in legend.get_texts()] if legend else []
-        lines = [(ln.get_xdata(), ln.get_ydata()) for ln in ax.get_lines()]
-        seen[path.name] = (ax.get_title(), entries, lines)
-        original_save(fig, path)
+    def spy(fig, path, spec):
+        if "pr_curves" not in path.name:
+            return original_save(fig, path, spec)
+        panels = [ax for ax in fig.axes if ax.get_visible()]
+        curves = [(ax.get_title(), *ax.get_lines()[0].get_data()) for ax in panels]
+        seen[path.name] = (fig.get_suptitle(), curves)
+        original_save(fig, path, spec)
 
-    monkeypatch.setattr(report, "_save", spy)
+    monkeypatch.setattr(figures, "_save", spy)
     report.write_report([run["dir"]], tmp_path / "out")
-    title, entries, lines = seen["big_pr_curves.png"]
-    assert len(entries) == report.MAX_PR_CURVES
-    assert "top 10 of 60" in title
+    title, curves = seen["big_pr_curves.png"]
+    assert len(curves) == figures.MAX_PR_PANELS == 16
+    assert "top 16 of 60" in title
     support = np.bincount(run["y_true"], minlength=60)
-    top_names = [classes[c] for c in np.argsort(-support, kind="stable")[:10]]
-    assert [e.split(" (")[0] for e in entries] == top_names
-    # Each curve is drawn as steps whose area is the AP printed in its legend.
-    for name, entry, (recall, precision) in zip(top_names, entries, lines, strict=True):
+    top_names = [classes[c] for c in np.argsort(-support, kind="stable")[:16]]
+    assert [t.split("\n")[0] for t, _, _ in curves] == top_names
+    # Each panel's curve is drawn as steps whose area is the AP printed in its title.
+    for name, (panel_title, recall, precision) in zip(top_names, curves, strict=True):
         c = classes.index(name)
         ap = average_precision_score(run["labels"][:, c], run["scores"][:, c])
-        assert f"AP {ap:.3f}," in entry
+        assert f"AP {ap:.3f}, n={support[c]}" in panel_title
         assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(ap)
     assert_png(tmp_path / "out" / "big_confusion.png")
 
@@ -223,8 +228,9 @@ def test_many_classes_cap_pr_curves_and_say_so(tmp_path, monkeypatch):
 def test_resumed_and_torn_metrics_log(tmp_path):
     run = make_run(tmp_path, "resumed", seed=6, best=4, with_test_metrics=False)
     log_path = run["dir"] / "metrics.jsonl"
-    # Resume re-ran epoch 2 with a much lower val loss, then the process died mid-line.
-    redo = dict(run["epochs"][1], val_loss=0.01)
+    # Resume re-ran epoch 2 with a much lower val loss (the trainer marked it), then the
+    # process died mid-line.
+    redo = dict(run["epochs"][1], val_loss=0.01, improved=True)
     log_path.write_text(log_path.read_text() + json.dumps(redo) + "\n" + '{"epoch": 7, "val_')
     md = report.write_report([run["dir"]], tmp_path / "out").read_text(encoding="utf-8")
     assert table_row(md, "resumed")[5] == "2"
@@ -255,16 +261,65 @@ def test_same_folder_names_get_distinct_plot_files(tmp_path):
 
 
 def test_invalid_inputs_raise_report_error(tmp_path):
-    with pytest.raises(report.ReportError, match="no run directories"):
+    with pytest.raises(ReportError, match="no run directories"):
         report.write_report([], tmp_path / "out")
-    with pytest.raises(report.ReportError, match="not found"):
+    with pytest.raises(ReportError, match="not found"):
         report.write_report([tmp_path / "missing"], tmp_path / "out")
     run = make_run(tmp_path, "bad", seed=9)
     (run["dir"] / "label_map.json").write_text(json.dumps({"labels": ["a", "b"]}))
-    with pytest.raises(report.ReportError, match="2 labels but"):
+    with pytest.raises(ReportError, match="2 labels but"):
         report.write_report([run["dir"]], tmp_path / "out")
     (run["dir"] / "label_map.json").write_text("{not json")
-    with pytest.raises(report.ReportError, match="cannot read JSON") as info:
+    with pytest.raises(ReportError, match="cannot read JSON") as info:
         report.write_report([run["dir"]], tmp_path / "out")
     assert isinstance(info.value, VidfeatError)
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_figures_for_a_paper_pdf_svg_and_dpi(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "runs", "paper", seed=7, n_test=12)  # counts of 0..4 per cell
+    seen = {}
+    original_save = figures._save
+
+    def spy(fig, path, spec):
+        if "confusion" in path.name:
+            counts, rates, counts_bar, _ = fig.axes
+            seen["ticks"] = [
+                t for t in counts_bar.get_yticks() if 0 <= t <= counts.images[0].norm.vmax
+            ]
+            seen["rates"] = rates.images[0].get_array()
+            seen["rate_texts"] = [t.get_text() for t in rates.texts]
+        original_save(fig, path, spec)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    md = report.write_report([run["dir"]], tmp_path / "pdf", fmt="pdf").read_text()
+    for stem in ("paper_training", "paper_confusion", "paper_pr_curves"):
+        assert f"]({stem}.pdf)" in md
+        assert (tmp_path / "pdf" / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+    assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"])
+    cm = np.zeros((4, 4), int)
+    np.add.at(cm, (run["y_true"], run["y_pred"]), 1)
+    # Empty cells are masked (drawn blank) and carry no "0.00"; the others show their rate.
+    assert np.array_equal(np.ma.getmaskarray(seen["rates"]), cm == 0)
+    assert len(seen["rate_texts"]) == int((cm > 0).sum()) and "0.00" not in seen["rate_texts"]
+
+    report.write_report([run["dir"]], tmp_path / "svg", fmt="svg")
+    assert b"<svg" in (tmp_path / "svg" / "paper_confusion.svg").read_bytes()[:2000]
+    report.write_report([run["dir"]], tmp_path / "lo", dpi=60)
+    report.write_report([run["dir"]], tmp_path / "hi", dpi=120)
+    lo = mpimg.imread(tmp_path / "lo" / "paper_training.png").shape
+    hi = mpimg.imread(tmp_path / "hi" / "paper_training.png").shape
+    assert hi[1] == pytest.approx(2 * lo[1], abs=2)
+    with pytest.raises(ReportError, match="png, pdf, svg"):
+        report.write_report([run["dir"]], tmp_path / "x", fmt="jpg")
+
+
+def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="not a heads run directory"):
+        report.write_report([tmp_path / "empty"], tmp_path / "out")
+    run = make_run(tmp_path / "runs", "torn", seed=8)
+    npz = run["dir"] / "test_predictions.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(ReportError, match="cannot read test predictions"):
+        report.write_report([run["dir"]], tmp_path / "out")

@@ -16,8 +16,9 @@ import torch
 from heads import checkpoint as ck
 from heads.config import DataConfig, TrainConfig
 from heads.data import BucketBatchSampler, balanced_weights
+from heads.inference import load_run
 from heads.models import HeadConfig
-from heads.run import load_run, train_run
+from heads.run import train_run
 from heads.synthetic import write_store
 from heads.trainer import Loss
 from tests.heads.stores import make_cluster_store
@@ -116,6 +117,7 @@ def test_checkpoints_without_step_fields_still_load_and_resume(tmp_path):
         config.pop(key)
     config["epochs"] = 3  # as if a 3-epoch run had been killed after epoch 2
     (tmp_path / "run" / ck.CONFIG).write_text(json.dumps(config))
+    (tmp_path / "run" / ck.TEST_METRICS).unlink()  # killed: it never reached its test results
     train_run(store, cfg, tmp_path / "run", resume=True)
     records = _records(tmp_path / "run")
     assert [r["epoch"] for r in records] == [1, 2, 3]  # continued after epoch 2, not from 1

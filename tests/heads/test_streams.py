@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from heads import checkpoint as ck
 from heads.config import DataConfig
 from heads.data import FeatureDataset, build_label_map
+from heads.errors import MissingStreamError
 from heads.inference import evaluate_run
 from heads.synthetic import write_sum_store
 from heads.transfer import finetune_run
@@ -112,7 +113,7 @@ def test_a_store_missing_a_stream_is_refused(runs, tmp_path):
     )
     assert refused.exit_code == 2 and "has no stream 'audio'" in refused.output
     assert not out.exists()
-    with pytest.raises(ck.MissingStreamError, match="has no stream 'audio'"):
+    with pytest.raises(MissingStreamError, match="has no stream 'audio'"):
         finetune_run(root / "both", rgb_only, tmp_path / "ft")
     assert not (tmp_path / "ft").exists()
     # The rgb run reads only what this store has.

@@ -13,9 +13,16 @@ import torch
 from heads import checkpoint as ck
 from heads.config import DataConfig, TrainConfig
 from heads.data import FeatureDataset, build_label_map, make_loader
-from heads.inference import evaluate_run
+from heads.errors import (
+    IncompatibleStoreError,
+    RunDataMismatchError,
+    RunExistsError,
+    TrainingDataError,
+)
+from heads.identity import check_store_compatible, store_identity
+from heads.inference import evaluate_run, load_run
 from heads.models import HeadConfig, create_head
-from heads.run import load_run, train_run
+from heads.run import train_run
 from heads.synthetic import write_store
 from heads.trainer import Loaders, inverse_frequency_weights, train
 from tests.heads.stores import cluster_videos, make_cluster_store
@@ -155,9 +162,9 @@ def test_incompatible_store_is_refused(tmp_path):
         attrs={"backbone": "synthetic", "weights": "w2", "pca": None},
     )
     other_dim = make_cluster_store(tmp_path / "c.zarr", n_videos=12, dim=8, seed=1)
-    with pytest.raises(ck.IncompatibleStoreError, match="weights"):
+    with pytest.raises(IncompatibleStoreError, match="weights"):
         evaluate_run(tmp_path / "run", other_weights)
-    with pytest.raises(ck.IncompatibleStoreError, match="dim"):
+    with pytest.raises(IncompatibleStoreError, match="dim"):
         evaluate_run(tmp_path / "run", other_dim)
     # A uint8 copy of the same kind of features is fine: the store dequantizes.
     quantized = make_cluster_store(tmp_path / "d.h5", n_videos=12, seed=2, dtype="uint8")
@@ -165,14 +172,71 @@ def test_incompatible_store_is_refused(tmp_path):
     assert result["split"] == "all" and result["n"] == 12
 
 
-def test_existing_run_needs_resume_with_same_options(tmp_path):
+def _unfinished_run(store: Path, cfg: TrainConfig, run: Path) -> None:
+    """A run killed after its last epoch, before its test results (the last files written)."""
+    train_run(store, cfg, run)
+    (run / ck.TEST_METRICS).unlink()
+
+
+def test_resume_needs_the_same_options(tmp_path):
     path = make_cluster_store(tmp_path / "s.zarr", n_videos=30)
     cfg = TrainConfig(model="bof", epochs=1)
-    train_run(path, cfg, tmp_path / "run")
-    with pytest.raises(ConfigError, match="--resume"):
+    _unfinished_run(path, cfg, tmp_path / "run")
+    with pytest.raises(RunExistsError, match="unfinished run; add --resume to continue"):
         train_run(path, cfg, tmp_path / "run")
     with pytest.raises(ConfigError, match="lr"):
         train_run(path, cfg.replace(lr=0.5), tmp_path / "run", resume=True)
+
+
+def test_resume_on_another_store_is_refused(tmp_path):
+    path = make_cluster_store(tmp_path / "s.zarr", n_videos=30)
+    cfg = TrainConfig(model="bof", epochs=2)
+    run = tmp_path / "run"
+    _unfinished_run(path, cfg, run)
+    # Same ids, dim and labels; features from another backbone.
+    attrs = {"backbone": "another", "weights": "w1", "pca": None}
+    other = make_cluster_store(tmp_path / "o.zarr", n_videos=30, attrs=attrs)
+    with pytest.raises(RunDataMismatchError, match=r"backbone.*another"):
+        train_run(other, cfg, run, resume=True)
+    # Same attrs, other videos (another seed: other ids, lengths and features).
+    moved = make_cluster_store(tmp_path / "m.zarr", n_videos=30, seed=7)
+    with pytest.raises(RunDataMismatchError, match=r"videos .* differ"):
+        train_run(moved, cfg, run, resume=True)
+    assert not (run / ck.TEST_METRICS).exists()  # nothing was trained or written
+    # A copy of the very same store elsewhere is the same data.
+    copy = make_cluster_store(tmp_path / "copy.h5", n_videos=30)
+    assert train_run(copy, cfg, run, resume=True)["n_test"] > 0
+
+
+def test_finished_run_is_never_overwritten_without_force(tmp_path, caplog):
+    path = make_cluster_store(tmp_path / "s.zarr", n_videos=30)
+    cfg = TrainConfig(model="bof", epochs=1)
+    run = tmp_path / "run"
+    first = train_run(path, cfg, run)
+    written = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(RunExistsError, match="finished run; add --force"):
+        train_run(path, cfg, run)
+    tiny = make_cluster_store(tmp_path / "tiny.zarr", n_videos=6, seed=3)
+    with caplog.at_level("WARNING"):
+        assert train_run(tiny, cfg, run, resume=True) == json.loads(json.dumps(first))
+    assert "finished run: nothing to resume" in caplog.text
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == written
+    again = train_run(path, cfg.replace(epochs=2), run, force=True)
+    assert again["epochs_run"] == 2
+    assert ck.read_json(run / ck.CONFIG)["epochs"] == 2
+
+
+def test_one_class_or_one_video_is_refused_before_anything_is_written(tmp_path):
+    one_class = make_cluster_store(tmp_path / "c.zarr", n_videos=12, n_classes=1)
+    with pytest.raises(TrainingDataError, match="single class"):
+        train_run(one_class, TrainConfig(model="bof", epochs=1), tmp_path / "run1")
+    assert not (tmp_path / "run1").exists()
+    store = make_cluster_store(tmp_path / "v.zarr", n_videos=4, n_classes=2)
+    splits = tmp_path / "splits.csv"
+    splits.write_text("video_id,split\nc0-0000,train\nc0-0001,val\nc0-0002,test\nc0-0003,test\n")
+    with pytest.raises(TrainingDataError, match="1 training video"):
+        train_run(store, TrainConfig(model="bof"), tmp_path / "run2", split_file=splits)
+    assert not (tmp_path / "run2").exists()
 
 
 # --------------------------------------------------------------------------- real kill, resume
@@ -262,12 +326,12 @@ def test_pca_is_identified_by_its_matrix_not_its_source(tmp_path):
 
     fitted = {"sha256": "ab" * 32, "source": "fit on a.zarr", "output_dim": 16}
     with store("a.zarr", fitted) as a:
-        provenance = ck.store_provenance(a)
+        provenance = store_identity(a)
     moved = {**fitted, "source": "fit on a copy"}
     with store("b.zarr", moved) as b:
-        ck.check_store_compatible(provenance, b)  # same matrix: fine
-    other = pytest.raises(ck.IncompatibleStoreError, match="pca: model trained on")
+        check_store_compatible(provenance, b)  # same matrix: fine
+    other = pytest.raises(IncompatibleStoreError, match="pca: model trained on")
     with store("c.zarr", {**fitted, "sha256": "cd" * 32}) as c, other:
-        ck.check_store_compatible(provenance, c)
-    with store("d.zarr", None) as d, pytest.raises(ck.IncompatibleStoreError, match="pca"):
-        ck.check_store_compatible(provenance, d)
+        check_store_compatible(provenance, c)
+    with store("d.zarr", None) as d, pytest.raises(IncompatibleStoreError, match="pca"):
+        check_store_compatible(provenance, d)

@@ -14,16 +14,16 @@ import torch
 
 from heads import checkpoint as ck
 from heads.config import DataConfig, TrainConfig
-from heads.inference import evaluate_run, predict_run
+from heads.errors import IncompatibleStoreError, RunExistsError, TransferError
+from heads.inference import evaluate_run, load_run, predict_run
 from heads.models import HEADS, HeadConfig, create_head
 from heads.report import write_report
-from heads.run import load_run, train_run
+from heads.run import train_run
+from heads.splits import inherit_splits
 from heads.transfer import (
     FINETUNE_LR,
-    TransferError,
     finetune_config,
     finetune_run,
-    finetune_splits,
     freeze,
     frozen_parts_in_eval,
     trainable_modules,
@@ -192,7 +192,7 @@ def test_parent_split_is_kept_and_new_videos_are_split_afresh() -> None:
     )
     parent = pd.DataFrame({"video_id": [f"v{i}" for i in range(0, 40, 2)], "split": "train"})
     cfg = _cfg("bof")
-    splits = finetune_splits(videos, parent, cfg)
+    splits = inherit_splits(videos, parent, test_fraction=0.2, val_fraction=0.1, seed=cfg.seed)
     assert list(splits["video_id"]) == list(videos["video_id"])
     known = splits["video_id"].isin(parent["video_id"])
     assert (splits.loc[known, "split"] == "train").all()  # no parent training video in test
@@ -278,10 +278,10 @@ def test_finetune_refuses_an_incompatible_store(bof5: Path, tmp_path: Path) -> N
     other = make_cluster_store(
         tmp_path / "other.zarr", 30, attrs={"backbone": "resnet50", "weights": "w1", "pca": None}
     )
-    with pytest.raises(ck.IncompatibleStoreError, match="backbone"):
+    with pytest.raises(IncompatibleStoreError, match="backbone"):
         finetune_run(bof5, other, tmp_path / "ft")
     wide = make_cluster_store(tmp_path / "wide.zarr", 30, dim=24)
-    with pytest.raises(ck.IncompatibleStoreError, match="dim: model expects 16, store has 24"):
+    with pytest.raises(IncompatibleStoreError, match="dim: model expects 16, store has 24"):
         finetune_run(bof5, wide, tmp_path / "ft")
     assert not (tmp_path / "ft").exists()  # nothing written before the checks pass
 
@@ -298,7 +298,7 @@ def test_finetune_refuses_another_architecture_or_an_existing_run(
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / ck.CONFIG).write_text("{}")
-    with pytest.raises(TransferError, match="already holds a run"):
+    with pytest.raises(RunExistsError, match="already holds an unfinished run"):
         finetune_run(bof5, store10, taken)
 
 

@@ -66,6 +66,7 @@ def test_store_attrs_pin_everything_that_determines_the_features(extractor):
         "resize": "tf1_bilinear",
         "norm_mean": [128.0, 128.0, 128.0],
         "norm_std": [128.0, 128.0, 128.0],
+        "runtime": "eager",
         "precision": "fp32",
         "compute_dtype": "float32",
     }
@@ -100,5 +101,5 @@ def test_batch_size_must_be_a_positive_integer(batch_size):
 def test_half_precision_on_cpu_is_refused():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    with pytest.raises(ConfigError, match="CUDA"):
+    with pytest.raises(ConfigError, match="fp16 on cuda only"):
         FeatureExtractor(device="auto", precision="fp16")

@@ -1,8 +1,11 @@
 """Decoding a file's audio track into one VGGish example per video frame timestamp.
 
-The track is decoded with PyAV in pts order, downmixed and resampled to 16 kHz mono by
-FFmpeg's resampler, and cut into windows as it streams (``WindowCutter``), so memory stays at
-about one window whatever the file's length. Positions come from the decoded audio's own
+The track is decoded with PyAV in pts order, converted to float and averaged to mono as the
+reference front end reads a WAV (int16 / 32768, channel mean), laid on its own sample clock
+(``Timeline``), resampled to 16 kHz as it streams by the reference's interpolator
+(``StreamResampler``, resampy's ``kaiser_best``) and cut into windows (``WindowCutter``). Memory
+stays at about one window whatever the file's length, and the 16 kHz samples are those that
+resampling the whole decoded track at once gives. Positions come from the decoded audio's own
 pts, so audio that starts after the first video frame, or ends before the last, lines up: the
 window for a frame at ``t`` reads the audio at ``origin + t``, and samples outside the track
 are silence (zeros).
@@ -15,7 +18,6 @@ declared duration. A file without an audio track is not a failure: ``has_audio``
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ import av
 import numpy as np
 
 from vidfeat.audio.mel import VGGISH_LOG_MEL, LogMelParams, windows_to_examples
-from vidfeat.audio.resample import frames_to_mono, new_resampler
+from vidfeat.audio.source import SourceTrack, frame_to_mono
 from vidfeat.audio.window import WindowCutter
 from vidfeat.decode.probe import first_line, open_container, shortfall, video_stream
 from vidfeat.errors import DecodeError
@@ -78,25 +80,38 @@ def decode_audio_examples(
     times = np.asarray(timestamps_s, np.float64)
     origin = video_origin_s(path) if origin_s is None else float(origin_s)
     starts = np.round((origin + times) * params.sample_rate).astype(np.int64)
+    cutter = WindowCutter(starts, params.example_samples)
     with open_container(path) as container:
         if not container.streams.audio:
-            return _result(WindowCutter(starts, params.example_samples), params, None)
+            return _result(cutter, params, None, None)
         stream = container.streams.audio[0]
-        cutter = WindowCutter(starts, params.example_samples, _jitter(stream, params))
         if stream.codec_context is None:
             raise DecodeError("audio codec is not supported by this FFmpeg build", "decode_error")
+        track = SourceTrack(params.sample_rate, _jitter_s(stream))
         broke_off: list[bool] = []
-        for position, samples in _resampled(container, stream, params.sample_rate, broke_off):
-            if position is None and cutter.first_sample is None:
-                position = _stream_start(container, stream, params.sample_rate)
-            cutter.push(samples, position)
+        for frame in _decoded(container, stream, broke_off):
+            position = _position(frame)
+            if track.rate is None:
+                if position is None:
+                    position = _stream_start(container, stream, frame.sample_rate)
+                cutter.push(np.zeros(0), track.start(frame.sample_rate, position))
+            cutter.push(track.push(frame_to_mono(frame), position, frame.sample_rate))
             if cutter.done:
                 break  # later audio is never needed
         else:
+            if track.rate is not None:
+                cutter.push(track.finish())
             declared = _declared_duration_s(container, stream, bool(broke_off))
-            _check_coverage(cutter, declared, stream, params.sample_rate)
-        _check_gaps(cutter, params.sample_rate)
-        return _result(cutter, params, stream)
+            _check_coverage(track, declared)
+        _check_gaps(track)
+        return _result(cutter, params, stream, track)
+
+
+def _position(frame: av.AudioFrame) -> int | None:
+    """The frame's first sample as an index on the source rate's clock (None: no pts)."""
+    if frame.pts is None or frame.time_base is None:
+        return None
+    return round(frame.pts * frame.time_base * frame.sample_rate)
 
 
 def _stream_start(container: av.container.InputContainer, stream: av.AudioStream, rate: int) -> int:
@@ -106,51 +121,29 @@ def _stream_start(container: av.container.InputContainer, stream: av.AudioStream
     return round((container.start_time or 0) / av.time_base * rate)
 
 
-def _jitter(stream: av.AudioStream, params: LogMelParams) -> int:
-    """Samples by which chunk positions may miss each other without audio missing: the
-    container's timestamp resolution, and at least 5 ms (half a frame hop)."""
+def _jitter_s(stream: av.AudioStream) -> float:
+    """How far frame positions may miss each other without audio missing: the container's
+    timestamp resolution, and at least 5 ms (half a frame hop)."""
     tick = float(stream.time_base) if stream.time_base else 0.0
-    return max(math.ceil(tick * params.sample_rate), round(0.005 * params.sample_rate))
+    return max(tick, 0.005)
 
 
 def _result(
-    cutter: WindowCutter, params: LogMelParams, stream: av.AudioStream | None
+    cutter: WindowCutter,
+    params: LogMelParams,
+    stream: av.AudioStream | None,
+    track: SourceTrack | None,
 ) -> AudioExamples:
-    rate = params.sample_rate
     ctx = stream.codec_context if stream is not None else None
     return AudioExamples(
         examples=windows_to_examples(cutter.finish(), params),
         has_audio=stream is not None,
-        start_s=None if cutter.first_sample is None else cutter.first_sample / rate,
-        end_s=None if cutter.end_sample is None else cutter.end_sample / rate,
+        start_s=track.first_s if track else None,
+        end_s=track.end_s if track else None,
         source_rate=ctx.sample_rate if ctx else None,
         source_channels=ctx.channels if ctx else None,
         codec=ctx.name if ctx else None,
     )
-
-
-def _resampled(
-    container: av.container.InputContainer,
-    stream: av.AudioStream,
-    rate: int,
-    broke_off: list[bool],
-) -> Iterator[tuple[int | None, np.ndarray]]:
-    """(absolute position in output samples or None, mono float64 chunk) in stream order."""
-    resampler = new_resampler(rate)
-    for frame in _decoded(container, stream, broke_off):
-        yield from _positioned(frame, resampler.resample(frame), rate)
-    yield from frames_to_mono(resampler.resample(None))
-
-
-def _positioned(
-    frame: av.AudioFrame, outputs: list[av.AudioFrame], rate: int
-) -> Iterator[tuple[int | None, np.ndarray]]:
-    for pts, samples in frames_to_mono(outputs):
-        # The resampler stamps its output in 1/rate units from the input's pts; fall back to
-        # the input frame's own pts when it does not.
-        if pts is None and frame.pts is not None:
-            pts = round(frame.pts * frame.time_base * rate)
-        yield pts, samples
 
 
 def _decoded(
@@ -198,32 +191,28 @@ def _declared_duration_s(
     return None
 
 
-def _check_coverage(
-    cutter: WindowCutter, declared: float | None, stream: av.AudioStream, rate: int
-) -> None:
+def _check_coverage(track: SourceTrack, declared: float | None) -> None:
     """``truncated`` when the decoded audio ends clearly before its declared end (the
     tolerance of the video's truncation check)."""
-    if cutter.first_sample is None:
+    if track.first_s is None:
         if declared:
             raise DecodeError("no audio sample could be decoded", "decode_error")
         return
-    span = (cutter.end_sample - cutter.first_sample) / rate
+    span = track.end_s - track.first_s
     if declared is not None and shortfall(declared, span):
         raise DecodeError(
             f"decoded {span:.1f} s of audio of declared {declared:.1f} s", "truncated"
         )
 
 
-def _check_gaps(cutter: WindowCutter, rate: int) -> None:
+def _check_gaps(track: SourceTrack) -> None:
     """``decode_error`` when clearly more audio is missing mid-stream than timestamps round
     off: the demuxer skipped damaged data (same tolerance as truncation)."""
-    if cutter.first_sample is None or not cutter.gap_samples:
+    if track.first_s is None or not track.gap_s:
         return
-    span = (cutter.end_sample - cutter.first_sample) / rate
-    if shortfall(span, span - cutter.gap_samples / rate):
-        raise DecodeError(
-            f"{cutter.gap_samples / rate:.1f} s of audio missing mid-stream", "decode_error"
-        )
+    span = track.end_s - track.first_s
+    if shortfall(span, span - track.gap_s):
+        raise DecodeError(f"{track.gap_s:.1f} s of audio missing mid-stream", "decode_error")
 
 
 def silence_value(params: LogMelParams = VGGISH_LOG_MEL) -> float:

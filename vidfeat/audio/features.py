@@ -18,13 +18,14 @@ from vidfeat.audio.postprocess import (
     quantization_attrs,
     quantize_audio,
 )
+from vidfeat.audio.resample import describe
 from vidfeat.errors import ConfigError
 
 if TYPE_CHECKING:
     from vidfeat.backbones.audio import AudioBackbone
 
 ALIGNMENT = "the 96 STFT frames starting at each video frame's pts; silence outside the track"
-RESAMPLER = "libswresample (PyAV AudioResampler) to 16 kHz mono"
+RESAMPLER = f"{describe()}, to 16 kHz"
 
 
 @dataclasses.dataclass

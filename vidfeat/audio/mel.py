@@ -3,7 +3,8 @@
 It follows Google's reference (AudioSet VGGish, ``mel_features.py`` and ``vggish_input.py``)
 step by step, so examples match it to float rounding:
 
-- mono by averaging channels, then 16 kHz (see ``vidfeat.audio.resample``);
+- mono by averaging channels, then 16 kHz with resampy's ``kaiser_best`` interpolator, as the
+  reference does (see ``vidfeat.audio.resample``);
 - frames of 25 ms (400 samples) every 10 ms (160 samples), only whole frames, no padding;
 - a *periodic* Hann window, ``0.5 - 0.5 cos(2 pi n / 400)``;
 - magnitude of a 512-point real FFT (the next power of two above 400);
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vidfeat.audio.resample import resample
 from vidfeat.errors import ConfigError
 
 _HTK_BREAK_HZ = 700.0
@@ -155,13 +157,12 @@ def log_mel_examples(
     """Float waveform in [-1, 1], (samples,) or (samples, channels) -> (N, 96, 64) float32.
 
     The contract of VGGish's ``waveform_to_examples``: N whole examples of 96 frames, 96 frames
-    apart. Other sample rates are resampled to 16 kHz with FFmpeg's resampler.
+    apart. Other sample rates are resampled to 16 kHz as the reference's
+    ``resampy.resample(data, sample_rate, 16000)`` does.
     """
-    from vidfeat.audio.resample import resample_mono
-
     mono = to_mono(waveform)
     if int(sample_rate) != params.sample_rate:
-        mono = resample_mono(mono, int(sample_rate), params.sample_rate)
+        mono = resample(mono, int(sample_rate), params.sample_rate)
     log_mel = log_mel_spectrogram(mono, params)
     examples = frame_signal(log_mel, params.example_frames, params.example_hop_frames)
     return examples.astype(np.float32)

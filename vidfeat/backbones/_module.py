@@ -1,14 +1,18 @@
-"""Shared torch plumbing for backbones that are an ``nn.Module``: device, precision, layout."""
+"""Shared torch plumbing for backbones that are an ``nn.Module``: device, batch-norm folding,
+and the runtime that runs the module."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from vidfeat.backbones.audio import AudioBackboneSpec
 from vidfeat.backbones.base import BackboneSpec
+from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, Runner, check_runtime
 from vidfeat.errors import ConfigError
 
+# Torch dtypes of the precisions that cast the module (int8 is a runtime's own quantization).
 PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,
@@ -32,26 +36,53 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Compute dtype for ``precision``; reduced precision only where it is fast and tested."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of: {sorted(PRECISIONS)}")
-    if precision != "fp32" and device.type != "cuda":
-        raise ConfigError(f"precision {precision!r} needs a CUDA device (got {device}); use fp32")
+    """Compute dtype of a module that always runs eagerly (the audio backbones): the eager
+    runtime's precisions on that device, so one --precision means the same for every stream."""
+    check_runtime(DEFAULT_RUNTIME, device.type, precision)
     return PRECISIONS[precision]
 
 
+def fold_batch_norm(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode batch norm into the convolution before it, in place.
+
+    Blocks that own their batch norm implement ``fold_batch_norm()`` (returning the folded
+    replacement); torchvision-style blocks with a ``conv`` (Conv2d) and a ``bn`` (BatchNorm2d)
+    child are fused with torch's own helper. Exact up to float rounding, and it removes a full
+    pass over every activation map.
+    """
+    for name, child in list(module.named_children()):
+        fold = getattr(child, "fold_batch_norm", None)
+        if callable(fold):
+            setattr(module, name, fold())
+        elif isinstance(getattr(child, "conv", None), nn.Conv2d) and isinstance(
+            getattr(child, "bn", None), nn.BatchNorm2d
+        ):
+            child.conv = fuse_conv_bn_eval(child.conv, child.bn)
+            child.bn = nn.Identity()
+        else:
+            fold_batch_norm(child)
+    return module
+
+
 class ModuleBackbone:
-    """Runs ``module`` (NCHW in, (N, D) out) in eval mode, channels_last, under inference_mode."""
+    """Runs ``module`` (NCHW in, (N, D) out) with BN folded, through a registered runtime."""
 
     def __init__(
-        self, spec: BackboneSpec, module: nn.Module, device: torch.device, precision: str
+        self,
+        spec: BackboneSpec,
+        module: nn.Module,
+        device: torch.device,
+        precision: str,
+        runtime: str = DEFAULT_RUNTIME,
     ) -> None:
         self.spec = spec
         self.device = device
         self.precision = precision
-        self.dtype = resolve_dtype(precision, device)
+        self.runtime = runtime
+        runtime_cls = check_runtime(runtime, device.type, precision)
         module.eval().requires_grad_(False)
-        self.module = module.to(device=device, dtype=self.dtype, memory_format=torch.channels_last)
+        self.module = fold_batch_norm(module)
+        self._run: Runner = runtime_cls().build(self.module, spec, device, precision)
 
     @torch.inference_mode()
     def embed_preprocessed(self, batch: torch.Tensor) -> torch.Tensor:
@@ -60,9 +91,8 @@ class ModuleBackbone:
         if batch.ndim != 4 or tuple(batch.shape[1:]) != (size, size, 3):
             raise ConfigError(f"expected a (N, {size}, {size}, 3) batch, got {tuple(batch.shape)}")
         # NHWC storage viewed as NCHW is exactly channels_last: no copy on the host.
-        x = batch.permute(0, 3, 1, 2).to(self.device, self.dtype, non_blocking=True)
-        features = self.module(x.contiguous(memory_format=torch.channels_last))
-        return features.float()
+        x = batch.permute(0, 3, 1, 2).to(self.device, non_blocking=True)
+        return self._run(x.contiguous(memory_format=torch.channels_last)).float()
 
 
 class ExamplesBackbone:

@@ -97,14 +97,18 @@ def create_backbone(
     weights: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     precision: str = "fp32",
+    runtime: str = "eager",
 ) -> Backbone:
     """Build a registered backbone. ``weights=None`` picks that backbone's default weights.
 
     ``device``: "cpu", "cuda", "cuda:1", ... or "auto" (cuda when available).
-    ``precision``: "fp32", or "fp16"/"bf16" on CUDA only.
+    ``runtime`` and ``precision``: see ``vidfeat.backbones.runtimes`` (which runtime runs which
+    precision on which device).
     """
     _load_builtins()
     kwargs: dict[str, object] = {"device": device, "precision": precision}
+    if runtime != "eager":  # factories that only run eagerly need not know about runtimes
+        kwargs["runtime"] = runtime
     if weights is not None:
         kwargs["weights"] = os.fspath(weights)
     return BACKBONES.create(name, **kwargs)

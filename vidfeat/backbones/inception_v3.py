@@ -19,15 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidfeat.backbones._module import ModuleBackbone, resolve_device, resolve_dtype
+from vidfeat.backbones._module import ModuleBackbone, resolve_device
 from vidfeat.backbones.base import BACKBONES, BackboneSpec
 from vidfeat.backbones.inception_v3_weights import WEIGHT_SOURCES, LoadedWeights, load_from_path
+from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, check_runtime
 
 logger = logging.getLogger(__name__)
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
 DEFAULT_WEIGHTS = "yt8m"
+BN_EPS = 1e-3  # TF's batch-norm epsilon in this graph
 
 # ---- blocks --------------------------------------------------------------------------------------
 
@@ -55,8 +57,39 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(x, self.weight, None, self.stride, self.padding)
-        x = F.batch_norm(x, self.mean, self.var, None, self.beta, False, 0.0, 1e-3)
+        x = F.batch_norm(x, self.mean, self.var, None, self.beta, False, 0.0, BN_EPS)
         return F.relu(x, inplace=True)
+
+    def fold_batch_norm(self) -> ConvReLU:
+        """The same function with the batch norm folded into the convolution (eval mode only).
+
+        y = (conv(x, w) - mean) / sqrt(var + eps) + beta = conv(x, w * s) + (beta - mean * s),
+        with s = 1 / sqrt(var + eps) per output channel: exact up to float rounding.
+        """
+        scale = torch.rsqrt(self.var.double() + BN_EPS)  # float64 so folding adds no error
+        weight = (self.weight.double() * scale.view(-1, 1, 1, 1)).float()
+        bias = (self.beta.double() - self.mean.double() * scale).float()
+        return ConvReLU(weight, bias, self.stride, self.padding)
+
+
+class ConvReLU(nn.Module):
+    """conv (with bias) -> relu: a ``ConvBN`` after ``fold_batch_norm``."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        stride: int,
+        padding: int | tuple[int, int],
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.padding = padding
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(F.conv2d(x, self.weight, self.bias, self.stride, self.padding), inplace=True)
 
 
 def _avg_pool_3x3(x: torch.Tensor) -> torch.Tensor:
@@ -235,11 +268,14 @@ def _load_weights(weights: str) -> LoadedWeights:
 
 @BACKBONES.register("inception_v3")
 def inception_v3(
-    weights: str = DEFAULT_WEIGHTS, device: str = "cpu", precision: str = "fp32"
+    weights: str = DEFAULT_WEIGHTS,
+    device: str = "cpu",
+    precision: str = "fp32",
+    runtime: str = DEFAULT_RUNTIME,
 ) -> ModuleBackbone:
     """InceptionV3 pool_3 (2048-d). ``weights``: "yt8m" (default), "imagenet", or a file path."""
     resolved = resolve_device(device)
-    resolve_dtype(precision, resolved)  # fail before the (slow) weight load
+    check_runtime(runtime, resolved.type, precision)  # fail before the (slow) weight load
     loaded = _load_weights(weights)
     spec = BackboneSpec(
         name="inception_v3",
@@ -252,4 +288,4 @@ def inception_v3(
         weights_sha256=loaded.sha256,
     )
     logger.info("inception_v3 weights %s (sha256 %s)", spec.weights_id, spec.weights_sha256[:12])
-    return ModuleBackbone(spec, loaded.module, resolved, precision)
+    return ModuleBackbone(spec, loaded.module, resolved, precision, runtime)

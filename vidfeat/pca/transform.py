@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from vidfeat import atomic
 from vidfeat.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class PCATransform:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write an ``.npz`` atomically (temporary name, then rename)."""
+        """Write an ``.npz`` atomically and durably (a store records its sha256)."""
         path = Path(path)
         meta = {
             "format": NPZ_FORMAT,
@@ -140,8 +141,7 @@ class PCATransform:
             "sha256": self.sha256,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        with open(tmp, "wb") as f:
+        with atomic.atomic_open(path, "wb") as f:
             np.savez(
                 f,
                 mean=self.mean,
@@ -149,7 +149,6 @@ class PCATransform:
                 eigenvalues=self.eigenvalues,
                 meta=np.array(json.dumps(meta)),
             )
-        os.replace(tmp, path)
         return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vidfeat import atomic
 from vidfeat.errors import StoreError, StoreIntegrityError
 from vidfeat.store.base import (
     BACKENDS,
@@ -38,18 +38,6 @@ SEGMENT_ATTR = "vidfeat_segment"
 SEGMENT_RE = re.compile(r"^(?P<part>.+)\.(?P<seq>\d{8})\.h5$")
 _STR = h5py.string_dtype("utf-8")
 ROWS_PER_CHUNK = 4096  # per-video arrays and timestamps
-
-
-def _fsync_and_rename(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    # fsync the directory so the rename itself survives a power loss.
-    dir_fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class HDF5PartWriter(PartWriter):
@@ -83,7 +71,7 @@ class HDF5PartWriter(PartWriter):
         try:
             with open(tmp, "wb") as fh:
                 fh.write(image)
-            _fsync_and_rename(tmp, final)
+            atomic.replace(tmp, final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"could not write {final}: {exc}") from exc
@@ -221,7 +209,7 @@ class HDF5Backend(Backend):
         if self.exists():  # another shard created it first; theirs is identical or checked later
             tmp.unlink()
             return
-        _fsync_and_rename(tmp, self.path)
+        atomic.replace(tmp, self.path)
 
     def read_meta(self) -> StoreMeta:
         try:

@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from vidfeat import atomic
 from vidfeat.errors import ConfigError
 from vidfeat.pca.quantize import SCHEME
 from vidfeat.yt8m.schema import LEVELS, Yt8mVideo, encode_record
@@ -59,12 +60,8 @@ def write_tfrecord_files(
     def flush(prefix: str) -> Path:
         path = out / f"{prefix}{counters.get(prefix, 0):04d}.tfrecord"
         counters[prefix] = counters.get(prefix, 0) + 1
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic.atomic_open(path, "wb") as fh:
             write_records(fh, buffers.pop(prefix))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         return path
 
     for prefix, video in videos:

