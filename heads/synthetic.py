@@ -149,18 +149,24 @@ def write_sum_store(
     seed: int = 0,
     keep: tuple[str, ...] | None = None,
     format: str | None = None,
+    dtype: str = "float32",
     **task: int | float,
 ) -> Path:
     """A store of the sum task, frame-level or video-level (each stream's mean over the frames).
-    ``keep`` writes only those streams (e.g. a store that lacks one)."""
+    ``keep`` writes only those streams (e.g. a store that lacks one); uint8 frame-level stores
+    get YouTube-8M quantization over [-2, 2], as released YouTube-8M features."""
     dims = dims or {"rgb": 8, "audio": 4}
     keep = tuple(keep or dims)
     attrs = {"backbone": "synthetic-sum", "weights": "patterns", "pca": None, "fps": 1.0}
-    streams = {s: dims[s] for s in keep}
+    quant = quantization_attrs() if dtype == "uint8" else None
+    spec = {"dtype": dtype, "quantization": quant}
+    streams = {s: {"dim": dims[s], **spec} for s in keep}
     with create_store(path, format=format, attrs=attrs, level=level, streams=streams) as w:
         for video_id, frames, labels in sum_videos(n_videos, dims=dims, seed=seed, **task):
             values = {s: frames[s] for s in keep}
             if level == "video":
                 values = {s: v.mean(axis=0) for s, v in values.items()}
+            elif quant:
+                values = {s: quantize(v) for s, v in values.items()}
             w.write(video_id, values, labels=labels)
     return Path(path)

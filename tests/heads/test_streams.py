@@ -181,3 +181,27 @@ def test_fusion_matrices_start_from_n_0_001():
     weights = torch.cat([m.weight.detach().flatten() for m in model.fusion.maps])
     assert abs(float(weights.mean())) < 1e-3
     assert float(weights.std()) == pytest.approx(0.01, rel=0.02)
+
+
+def test_streams_train_and_evaluate_on_an_imported_youtube8m_store(tmp_path):
+    """YouTube-8M's frame-level records (exported, then imported as released files are): rgb
+    1024 and audio 128, uint8. Both streams together solve the task."""
+    from vidfeat_cli.vidfeat import main as vidfeat
+
+    store = write_sum_store(
+        tmp_path / "sum.h5", 180, dims={"rgb": 1024, "audio": 128}, dtype="uint8"
+    )
+    runner = CliRunner()
+    records = tmp_path / "records"
+    exported = ["-q", "export-yt8m", str(store), "--out", str(records)]
+    assert runner.invoke(vidfeat, [*exported, "--records-per-file", "60"]).exit_code == 0
+    # Google's file names give the splits: train on train*, validate and test on validate*.
+    (records / "train0002.tfrecord").rename(records / "validate0000.tfrecord")
+    imported = tmp_path / "yt8m.h5"
+    result = runner.invoke(vidfeat, ["-q", "import-yt8m", str(records), "--out", str(imported)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "run"
+    result = _train(imported, out, "--streams", "rgb,audio")
+    assert result.exit_code == 0, result.output
+    assert _hit(out) >= 0.90
+    assert runner.invoke(main, ["evaluate", str(out)]).exit_code == 0
