@@ -17,10 +17,10 @@ from vidfeat_cli.core import progress_option, show_progress
 from vidfeat_cli.heads_options import (
     build_config,
     metrics_text,
-    removed_on_failure,
     run_options,
     run_out_option,
     train_options,
+    training_session,
 )
 from vidfeat_cli.options import SectionedCommand, SectionOption, check_device, deferred
 
@@ -133,7 +133,7 @@ def finetune(
     check_device(cfg.device)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
-    with removed_on_failure(out):
+    with training_session(cfg.device, out) as is_main:
         metrics = finetune_run(
             parent,
             store,
@@ -145,7 +145,8 @@ def finetune(
             progress=show_progress(progress),
             logger=logger,
         )
-    click.echo(_summary_line(metrics, mode) + f"  -> {out}")
+    if is_main:
+        click.echo(_summary_line(metrics, mode) + f"  -> {out}")
 
 
 def _summary_line(metrics: dict[str, Any], mode: str) -> str:

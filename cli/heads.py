@@ -38,6 +38,7 @@ from vidfeat_cli.heads_options import (
     run_options,
     run_out_option,
     train_options,
+    training_session,
 )
 from vidfeat_cli.options import DEVICE, SectionedCommand, SectionOption, check_device, deferred
 
@@ -138,6 +139,7 @@ def train(
       heads train feats.h5 -m bof -o runs/bof --classes dog,cat --sampling uniform
       heads train feats.zarr --config run.yaml -o runs/a --print-config
       heads train feats.zarr -m lstm -o runs/lstm --resume     # after a crash or kill
+      torchrun --nproc-per-node 4 -m vidfeat_cli.heads train feats.zarr -m lstm -o runs/ddp
     """
     base = read_config_file(config_file) if config_file else None
     cfg = build_config(options, base)
@@ -149,7 +151,7 @@ def train(
     _check_train_inputs(store, cfg, out, resume)
     from heads.run import train_run
 
-    with removed_on_failure(out):
+    with training_session(cfg.device, out) as is_main:
         metrics = train_run(
             store,
             cfg,
@@ -160,7 +162,8 @@ def train(
             progress=show_progress(progress),
             logger=logger,
         )
-    click.echo(_metrics_line(metrics, "test") + f"  -> {out}")
+    if is_main:
+        click.echo(_metrics_line(metrics, "test") + f"  -> {out}")
 
 
 def _check_train_inputs(store: Path, cfg: TrainConfig, out: Path, resume: bool) -> None:

@@ -244,6 +244,19 @@ def build_config(options: dict[str, Any], base: dict[str, Any] | None = None) ->
 
 
 @contextlib.contextmanager
+def training_session(device: str, out: Path) -> Iterator[bool]:
+    """Around a command that trains into ``out``: the process group when torchrun started this
+    process (:mod:`heads.distributed`), and ``removed_on_failure(out)`` on rank 0, the only rank
+    that writes. Yields whether this process is rank 0 (the one to print results)."""
+    from heads.distributed import session
+
+    with session(device) as world:
+        cleanup = removed_on_failure(out) if world.is_main else contextlib.nullcontext()
+        with cleanup:
+            yield world.is_main
+
+
+@contextlib.contextmanager
 def removed_on_failure(out: Path, keep: tuple[str, ...] = ("*.pt",)) -> Iterator[None]:
     """Remove ``out`` if this command created it and then failed before writing anything worth
     keeping (files matching ``keep``: a checkpoint), so a failed run never blocks its rerun."""

@@ -74,6 +74,12 @@ def _backends() -> list[str]:
     return BACKENDS.names()
 
 
+def _engines() -> list[str]:
+    from vidfeat.engines import ENGINES
+
+    return ENGINES.names()
+
+
 def _runtimes() -> list[str]:
     from vidfeat.backbones.runtimes import runtime_names
 
@@ -159,7 +165,13 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
     ),
     ("format", "Run", _backends, "Store format (default: by --out suffix, else zarr)."),
     ("device", "Run", DEVICE, "auto: cuda when available."),
-    ("workers", "Run", click.IntRange(min=1), "Decode processes (they overlap with inference)."),
+    (
+        "workers",
+        "Run",
+        click.IntRange(min=1),
+        "Decode processes (they overlap with inference); with --engine ray, decode tasks in "
+        "flight over the whole cluster, one CPU each.",
+    ),
     ("batch_size", "Run", click.IntRange(min=1), "Frames per backbone batch."),
     ("shard", "Run", str, "I/N: this job takes shard I of N (0-based); jobs share one store."),
     (
@@ -167,6 +179,25 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
         "Run",
         click.IntRange(min=1),
         "Commit finished videos in groups of N (or every 10 s); a kill loses at most one group.",
+    ),
+    (
+        "engine",
+        "Run",
+        _engines,
+        "local: this machine. ray: decode tasks over a Ray cluster feed embedding workers "
+        "(docs/ray.md).",
+    ),
+    (
+        "ray_address",
+        "Run",
+        str,
+        "Ray cluster to join (host:port or auto; default $RAY_ADDRESS, else a new local one).",
+    ),
+    (
+        "embed_workers",
+        "Run",
+        click.IntRange(min=1),
+        "Ray embedding workers, one GPU each (default: every GPU of the cluster; 1 on CPU).",
     ),
     ("fail_fast", "Run", bool, "Stop at the first failed video (debugging)."),
     ("retry_failed", "Run", bool, "Retry videos recorded as failed."),
@@ -228,6 +259,8 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
       vidfeat extract videos.csv --out feats.zarr
       vidfeat extract videos.csv --out feats.zarr --pca yt8m_pca/ --quantize
       vidfeat extract videos.csv --out feats.zarr --shard $SLURM_ARRAY_TASK_ID/64
+      vidfeat extract videos.csv --out /shared/feats.zarr --engine ray --ray-address auto \\
+        --workers 128
       vidfeat extract videos.csv --out feats.zarr --pca yt8m_pca/ --quantize \\
           --audio vggish --audio-weights vggish-10086976.pth --audio-pca vggish_pca_params.npz
     """

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from heads import checkpoint as ck
+from heads import distributed as dd
 from heads.config import TrainConfig
 from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
 from heads.errors import RunExistsError, TrainingDataError
@@ -268,7 +269,7 @@ def fit_and_test(
     """Train ``model`` into ``run_dir``, then write and return its test results."""
     sets = data.sets
     weights = loss_weights(cfg, sets["train"].targets)  # class_weight, pos_weight
-    loggers = create_loggers(logger, run_dir)
+    loggers = create_loggers(logger, run_dir) if dd.world().is_main else []  # rank 0 writes
     try:
         result = train_loop(
             model,
@@ -293,6 +294,8 @@ def fit_and_test(
         "trainable_params": result.trainable_params,
         "train_wall_s": result.wall_s,
     }
+    if not dd.world().is_main:
+        return summary  # rank 0 alone tests and writes the results
     return write_test_results(model, sets["test"], cfg, data.label_map, run_dir, summary)
 
 
@@ -307,7 +310,8 @@ def train_run(
     progress: bool = False,
     logger: str = "csv",
 ) -> dict[str, Any]:
-    """Train ``cfg.model`` on the store into ``run_dir``; returns the test metrics.
+    """Train ``cfg.model`` on the store into ``run_dir``; returns the test metrics (under
+    torchrun on rank 0; the other ranks get the training summary only).
 
     ``resume`` continues a killed run on the same data (anything else is refused) and leaves a
     finished one as it is; ``force`` replaces whatever run ``run_dir`` holds.
@@ -316,7 +320,8 @@ def train_run(
     check_loggers(logger)
     with open_store(store_path) as reader:  # streams and head checked before run_dir exists
         cfg = with_streams(cfg, reader)
-    state = check_run_dir(run_dir, resume=resume, force=force)
+    # Rank 0 decides: another rank could otherwise see the header rank 0 is writing.
+    state = dd.on_main(check_run_dir, run_dir, resume=resume, force=force)
     if state == "finished" and resume:
         log.warning("%s holds a finished run: nothing to resume (--force trains it anew)", run_dir)
         return ck.read_json(run_dir / ck.TEST_METRICS)
@@ -337,7 +342,7 @@ def train_run(
     check_training_set(data)
     sizes = {k: len(v) for k, v in data.sets.items()}
     log.info("%d classes; videos: %s", len(data.label_map), sizes)
-    if not continuing:
+    if not continuing and dd.world().is_main:
         if state != "new":
             clear_run_dir(run_dir)
         write_header(run_dir, cfg, data)

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from heads import distributed as dd
 from heads.config import TrainConfig
 from heads.data import Batch
 
@@ -85,7 +86,8 @@ def window_batches(loader: DataLoader, pos: Position, cfg: TrainConfig) -> Itera
         for batch in loader:
             yield batch
             taken += 1
-            pos.advance(int(batch.x.shape[0]), per_epoch)
+            videos = dd.videos_in_step(sampler, pos.epoch, pos.batch, int(batch.x.shape[0]))
+            pos.advance(videos, per_epoch)
             if finished(pos, cfg) or taken == cfg.eval_every:
                 return
             if pos.batch == 0:

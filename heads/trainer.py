@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from heads import checkpoint as ck
+from heads import distributed as dd
 from heads.config import SGD_MOMENTUM, TrainConfig
 from heads.metrics import evaluate_all
 from heads.models.base import Head
 from heads.schedule import Position, finished, lr_factor, window_batches
+from vidfeat.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -177,30 +179,42 @@ def deterministic() -> Iterator[None]:
 
 
 @torch.no_grad()
+def _predict_rows(
+    model: nn.Module, loader: DataLoader, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, C) float32 logits and labels in dataset order, and (N,) which rows the loader gave
+    (all, or this rank's share under torchrun)."""
+    model.eval()
+    n, classes = loader.dataset.targets.shape
+    logits_out = np.zeros((n, classes), np.float32)
+    labels_out = np.zeros((n, classes), np.float32)
+    done = np.zeros(n, bool)
+    for batch in loader:
+        rows = batch.index.numpy()
+        logits_out[rows] = model(batch.x.to(device), batch.lengths.to(device)).float().cpu().numpy()
+        labels_out[rows], done[rows] = batch.labels.numpy(), True
+    return logits_out, labels_out, done
+
+
 def predict_logits(
     model: nn.Module, loader: DataLoader, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) float32 logits and (N, C) labels, in dataset order (batches may be bucketed)."""
-    model.eval()
-    n = len(loader.dataset)
-    logits_out, labels_out = None, None
-    for batch in loader:
-        logits = model(batch.x.to(device), batch.lengths.to(device)).float().cpu().numpy()
-        if logits_out is None:
-            logits_out = np.zeros((n, logits.shape[1]), np.float32)
-            labels_out = np.zeros((n, batch.labels.shape[1]), np.float32)
-        logits_out[batch.index.numpy()] = logits
-        labels_out[batch.index.numpy()] = batch.labels.numpy()
-    if logits_out is None:
+    logits, labels, done = _predict_rows(model, loader, device)
+    if not done.any():
         raise ValueError("cannot predict on an empty dataset")
-    return logits_out, labels_out
+    return logits, labels
 
 
 def validate(
     model: nn.Module, loader: DataLoader, loss_fn: Loss, device: torch.device
 ) -> dict[str, float]:
-    """Loss and all metrics of ``model`` on ``loader``."""
-    logits, labels = predict_logits(model, loader, device)
+    """Loss and all metrics of ``model`` on ``loader``. Under torchrun each rank predicts its
+    share and rank 0 scores the whole set (the other ranks get {})."""
+    gathered = dd.gather_rows(*_predict_rows(model, loader, device))
+    if gathered is None:
+        return {}
+    logits, labels = gathered
     logits_t, labels_t = torch.from_numpy(logits), torch.from_numpy(labels)
     loss = float(loss_fn(logits_t, labels_t))
     metrics = evaluate_all(loss_fn.probabilities(logits_t).numpy(), labels)
@@ -214,6 +228,7 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: floa
 
 def _train_window(
     model: Head,
+    step: Callable[..., tuple[Tensor, dict[str, Tensor]]],
     loader: DataLoader,
     loss_fn: Loss,
     optimizer: torch.optim.Optimizer,
@@ -223,7 +238,8 @@ def _train_window(
     pos: Position,
     bar: tqdm,
 ) -> dict[str, float]:
-    """Train on the batches of one evaluation window; -> mean loss terms and hit@1."""
+    """Train on the batches of one evaluation window; -> mean loss terms and hit@1 (over every
+    rank's batches). ``step`` is ``model.training_losses`` or its DDP wrapper."""
     model.train()
     base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
     sums: dict[str, Tensor] = {}
@@ -232,14 +248,15 @@ def _train_window(
     for batch in window_batches(loader, pos, cfg):
         set_lr(optimizer, base_lrs, lr_factor(pos, cfg))
         batch = batch.to(device)
-        logits, terms = model.training_losses(batch.x, batch.lengths, batch.labels, loss_fn)
+        logits, terms = step(batch.x, batch.lengths, batch.labels, loss_fn)
         loss = torch.stack(list(terms.values())).sum()
+        size = batch.x.shape[0]
+        scale = dd.loss_scale(loader.batch_sampler, pos.epoch, pos.batch, size)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
-        size = batch.x.shape[0]
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value.detach() * size
         hits += batch.labels.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
@@ -247,8 +264,13 @@ def _train_window(
         bar.update(size)
         if not bar.disable:  # .item() syncs with the GPU: only when someone is watching
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    keys = list(sums)  # the same on every rank: the same head
+    parts = [*(sums[k] for k in keys), hits, torch.tensor(n, device=device)]
+    totals = dd.all_sum(torch.stack([t.double() for t in parts])).tolist()
+    n_all = totals.pop()
     # "loss" is the classification loss; auxiliary terms are logged apart as train_<name>.
-    return {key: float(value) / n for key, value in sums.items()} | {"hit_at_1": float(hits) / n}
+    means = {key: value / n_all for key, value in zip(keys, totals, strict=False)}
+    return means | {"hit_at_1": totals[-1] / n_all}
 
 
 def _resume_or_start(
@@ -260,18 +282,30 @@ def _resume_or_start(
     stopper: EarlyStopping,
     train_loader: DataLoader,
 ) -> tuple[list[dict], Position]:
-    """Restore everything from last.pt (resume) or seed a fresh run; -> (history, position)."""
-    if not (resume and (run_dir / ck.LAST).exists()):
-        torch.manual_seed(cfg.seed)  # dropout masks
-        (run_dir / ck.METRICS).unlink(missing_ok=True)
+    """Restore everything from last.pt (resume) or seed a fresh run; -> (history, position).
+
+    Under torchrun rank 0 decides which, every rank reads last.pt and takes its own RNG state.
+    """
+    world = dd.world()
+    if not (resume and dd.on_main((run_dir / ck.LAST).exists)):
+        torch.manual_seed(cfg.seed + world.rank)  # dropout masks (independent per rank)
+        if world.is_main:
+            (run_dir / ck.METRICS).unlink(missing_ok=True)
         return [], Position()
     state = ck.load_checkpoint(run_dir / ck.LAST)
+    ranks = int(state.get("world_size", 1))
+    if ranks != world.size:
+        raise ConfigError(
+            f"--resume: the run was trained on {ranks} rank(s), not {world.size}; the batches "
+            "of a rank depend on how many there are"
+        )
     model.load_state_dict(state["model_state"])
     optimizer.load_state_dict(state["optimizer_state"])
     stopper.load_state_dict(state["early_stopping"])
-    ck.set_rng_state(state["rng"])
+    ck.set_rng_state(state["rng_ranks"][world.rank] if world.distributed else state["rng"])
     history = list(state["history"])
-    ck.write_jsonl(run_dir / ck.METRICS, history)  # drops a line written after last.pt
+    if world.is_main:
+        ck.write_jsonl(run_dir / ck.METRICS, history)  # drops a line written after last.pt
     pos = Position.from_checkpoint(
         state, len(train_loader.batch_sampler), len(train_loader.dataset)
     )
@@ -307,11 +341,21 @@ def train(
     (:mod:`heads.loggers`). ``meta`` (label map, store identity, input_dim, num_classes, ...) is
     copied into every checkpoint so it describes itself. The best weights are loaded into
     ``model`` on return.
+
+    Under torchrun (:mod:`heads.distributed`) each rank trains on its share of every batch with
+    DDP, and only rank 0 writes files and feeds ``loggers``.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    world = dd.world()
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     model.to(device)
+    step = dd.training_step(model, device)
+    val = dd.shard_loader(loaders.val) if loaders.val is not None else None
+    loaders = Loaders(train=dd.shard_loader(loaders.train), val=val)
+    meta = {**meta, "world_size": world.size}
+    progress = progress and world.is_main
     params = [p for p in (trainable_params or model.parameters()) if p.requires_grad]
     n_params = sum(p.numel() for p in params)
     optimizer = make_optimizer(cfg, params)
@@ -326,11 +370,15 @@ def train(
     with deterministic():
         while not (stopper.should_stop or finished(pos, cfg)):
             record = _evaluation(
-                model, loaders, loss_fn, optimizer, params, cfg, device, pos, progress
+                model, step, loaders, loss_fn, optimizer, params, cfg, device, pos, progress
             )
+            record = dd.broadcast(record)  # rank 0's record, so every rank decides alike
             record["trainable_params"] = n_params
             record["improved"] = stopper.step(record[monitor], len(history) + 1)
             history.append(record)
+            rngs = dd.gather(ck.rng_state())
+            if not world.is_main:
+                continue
             state = {
                 **_describe(cfg, meta),
                 "epoch": record["epoch"],
@@ -340,6 +388,7 @@ def train(
                 "early_stopping": stopper.state_dict(),
                 "history": history,
                 "rng": ck.rng_state(),
+                **({"rng_ranks": rngs} if world.distributed else {}),
             }
             # Order matters for resume: best before last, the metrics line before last.pt.
             if record["improved"]:
@@ -351,6 +400,7 @@ def train(
             log.info(_summary(record, monitor))
     if stopper.should_stop:
         log.info("early stop: no %s improvement in %d evaluations", monitor, stopper.patience)
+    dd.barrier()  # rank 0 has written best.pt
     model.load_state_dict(ck.load_checkpoint(run_dir / ck.BEST)["model_state"])
     best = history[stopper.best_epoch - 1]
     log.info(
@@ -384,6 +434,7 @@ def _describe(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, Any]:
 
 def _evaluation(
     model: Head,
+    step: Callable[..., tuple[Tensor, dict[str, Tensor]]],
     loaders: Loaders,
     loss_fn: Loss,
     optimizer: torch.optim.Optimizer,
@@ -400,7 +451,9 @@ def _evaluation(
     desc = f"step {pos.step}" if cfg.eval_every else f"epoch {pos.epoch}/{cfg.epochs}"
     total = per_window or len(loaders.train.dataset)
     with tqdm(total=total, desc=desc, unit="video", disable=not progress, leave=False) as bar:
-        tr = _train_window(model, loaders.train, loss_fn, optimizer, params, cfg, device, pos, bar)
+        tr = _train_window(
+            model, step, loaders.train, loss_fn, optimizer, params, cfg, device, pos, bar
+        )
     record: dict[str, Any] = {
         "epoch": pos.last_epoch,
         "step": pos.step,

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from heads import checkpoint as ck
+from heads import distributed as dd
 from heads.config import TrainConfig
 from heads.errors import TransferError
 from heads.identity import check_store_compatible
@@ -220,7 +221,7 @@ def finetune_run(
     _check_same_architecture(run.cfg, cfg)
     cfg = parent_streams(run.provenance, cfg)
     out = Path(out)
-    state = _check_out(out, run.run_dir, force)
+    state = dd.on_main(_check_out, out, run.run_dir, force)  # before rank 0 writes there
     with open_store(store) as reader:
         check_store_compatible(run.provenance, reader)
     parent_splits = load_splits(run.run_dir / ck.SPLIT)
@@ -240,9 +241,10 @@ def finetune_run(
         len(data.label_map),
         len(warm.kept),
     )
-    if state != "new":
-        clear_run_dir(out)
-    write_run_header(out, cfg, data, finetune=info)  # only once every check has passed
+    if dd.world().is_main:  # the only rank that writes
+        if state != "new":
+            clear_run_dir(out)
+        write_run_header(out, cfg, data, finetune=info)  # only once every check has passed
     with frozen_parts_in_eval(model, mode):
         metrics = fit_and_test(
             model,

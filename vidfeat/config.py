@@ -66,6 +66,11 @@ class ExtractConfig:
     audio: str | None = None
     audio_weights: str | None = None
     audio_pca: str | None = None
+    # Where the loop runs (vidfeat.engines): "local", or "ray" with decode tasks over the
+    # cluster feeding ``embed_workers`` actors (default: one per GPU in the cluster, else 1).
+    engine: str = "local"
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a cluster on this machine
+    embed_workers: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "manifest", Path(self.manifest))
@@ -96,6 +101,10 @@ class ExtractConfig:
             problems.append("--audio-weights and --audio-pca need --audio")
         if self.audio is not None and self.quantize and not self.audio_pca:
             problems.append("--quantize with --audio needs --audio-pca (VGGish's PCA parameters)")
+        if self.engine != "ray" and (self.ray_address or self.embed_workers):
+            problems.append("--ray-address and --embed-workers need --engine ray")
+        if self.embed_workers is not None and self.embed_workers < 1:
+            problems.append("embed_workers must be >= 1")
         i, n = self.shard
         if not 0 <= i < n:
             problems.append(f"shard must satisfy 0 <= I < N, got {i}/{n}")

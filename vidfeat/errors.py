@@ -130,3 +130,7 @@ class BadExampleError(RecordError):
     """A record is framed correctly but does not hold the expected protobuf or fields."""
 
     status = "bad_example"
+
+
+class EngineError(VidfeatError, RuntimeError):
+    """A distributed engine cannot go on: unreachable, or its workers keep dying."""

@@ -29,7 +29,6 @@ from vidfeat.errors import DecodeError, StoreError
 from vidfeat.manifest import ManifestEntry, read_manifest
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.preprocess import preprocess_frame
-from vidfeat.signals import sigterm_as_interrupt
 from vidfeat.store import StoreWriter, create_store, open_store
 from vidfeat.store.base import NO_AUDIO_NOTE
 
@@ -138,7 +137,7 @@ class _Extraction:
             audio=None if self.audio is None else self.audio.backbone.spec.front_end,
         ) as pool:
             for entry in todo:
-                self.videos[entry.video_id] = _Video(entry)
+                self.add(entry)
             # Only full batches are embedded inside the loop: workers keep decoding meanwhile,
             # and the last partial batch is embedded once the pool has drained.
             for event in pool.map((e.video_id, str(e.path)) for e in todo):
@@ -146,9 +145,17 @@ class _Extraction:
                 while self.pending_frames >= self.cfg.batch_size:
                     self.embed_batch()
                 self.tick(progress)
-            while self.pending:
-                self.embed_batch()
+            self.drain()
             self.tick(progress)
+
+    def add(self, entry: ManifestEntry) -> None:
+        """Expect events for ``entry``."""
+        self.videos[entry.video_id] = _Video(entry)
+
+    def drain(self) -> None:
+        """Embed the last partial batch: every video whose frames all arrived is then ready."""
+        while self.pending:
+            self.embed_batch()
 
     def tick(self, progress: Any) -> None:
         """Write finished videos and show videos/s (tqdm), frames/s and failures."""
@@ -265,8 +272,39 @@ class _Extraction:
             raise DecodeError(f"{video_id}: {reason}", status=status)
 
 
-def extract(cfg: ExtractConfig) -> ExtractSummary:
-    """Run (or resume) one extraction job. Raises VidfeatError subclasses on bad input."""
+@dataclasses.dataclass
+class ExtractJob:
+    """What every engine starts from: this shard's videos, the models and the store settings.
+
+    ``backbone`` (and ``audio``'s) are loaded on ``device`` at ``precision`` as given to
+    :func:`prepare`; an engine whose workers load their own needs them only for their specs.
+    """
+
+    cfg: ExtractConfig
+    entries: list[ManifestEntry]
+    backbone: Any
+    reduction: FeatureReduction
+    audio: AudioFeatures | None
+    store_settings: dict[str, Any]  # create_store keywords, except part and commit_every
+    summary: ExtractSummary
+    started: float
+
+    def open_writer(self, part: str) -> StoreWriter:
+        return create_store(
+            self.cfg.out, **self.store_settings, part=part, commit_every=self.cfg.commit_every
+        )
+
+
+def prepare(
+    cfg: ExtractConfig,
+    device: str | None = None,
+    precision: str | None = None,
+    runtime: str | None = None,
+) -> ExtractJob:
+    """Read the manifest (this shard of it), load the models and PCA, settle the store.
+
+    ``device``, ``precision`` and ``runtime`` override the config's for the models loaded here
+    (the store attrs always record the config's)."""
     from vidfeat.backbones import create_backbone
 
     t0 = time.monotonic()
@@ -274,51 +312,49 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     i, n = cfg.shard
     entries = [e for e in entries if shard_of(e.video_id, n) == i]
     reduction = FeatureReduction.from_options(cfg.pca, cfg.quantize)
-    audio = _audio_features(cfg)  # first: missing audio weights stop before the slow load
+    # First: missing audio weights stop before the slow load.
+    audio = audio_features(cfg, device or cfg.device, precision or cfg.precision)
     backbone = create_backbone(
         cfg.backbone,
         weights=cfg.weights,
-        device=cfg.device,
-        precision=cfg.precision,
-        runtime=cfg.runtime,
+        device=device or cfg.device,
+        precision=precision or cfg.precision,
+        runtime=runtime or cfg.runtime,
     )
     dim = reduction.output_dim(backbone.spec.feature_dim)
+    settings = {
+        "format": cfg.format,
+        "attrs": resume_attrs(cfg, store_attrs(cfg, backbone.spec.to_attrs(), reduction)),
+        **_stream_options(dim, reduction.dtype or cfg.dtype, reduction.quantization, audio),
+    }
     summary = ExtractSummary(total=len(entries))
-    # The SIGTERM handler is entered first so it still covers the writer's final commit.
-    with (
-        sigterm_as_interrupt(),
-        create_store(
-            cfg.out,
-            format=cfg.format,
-            attrs=resume_attrs(cfg, store_attrs(cfg, backbone.spec.to_attrs(), reduction)),
-            part=cfg.part_name,
-            commit_every=cfg.commit_every,
-            **_stream_options(dim, reduction.dtype or cfg.dtype, reduction.quantization, audio),
-        ) as writer,
-    ):
-        done = writer.committed_ids("ok" if cfg.retry_failed else "any")
-        todo = [e for e in entries if e.video_id not in done]
-        summary.skipped = len(entries) - len(todo)
-        if summary.skipped:
-            log.info(
-                "resuming: %d of %d videos already in %s", summary.skipped, len(entries), cfg.out
-            )
-        job = _Extraction(cfg, backbone, reduction, writer, summary, audio)
-        summary.setup_s = time.monotonic() - t0
-        with _progress(len(todo), cfg.progress) as progress:
-            job.run(todo, progress)
+    return ExtractJob(cfg, entries, backbone, reduction, audio, settings, summary, t0)
+
+
+def extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Run (or resume) one extraction job with ``cfg.engine`` (vidfeat.engines). Raises
+    VidfeatError subclasses on bad input."""
+    from vidfeat.engines import ENGINES
+
+    t0 = time.monotonic()
+    summary = ENGINES.get(cfg.engine)(cfg)
     summary.seconds = time.monotonic() - t0
     return summary
 
 
-def _audio_features(cfg: ExtractConfig) -> AudioFeatures | None:
+def log_resume(summary: ExtractSummary, out: object) -> None:
+    if summary.skipped:
+        log.info("resuming: %d of %d videos already in %s", summary.skipped, summary.total, out)
+
+
+def audio_features(cfg: ExtractConfig, device: str, precision: str) -> AudioFeatures | None:
     """The audio stream's network and postprocessing, or None without --audio."""
     if cfg.audio is None:
         return None
     from vidfeat.backbones.audio import create_audio_backbone
 
     backbone = create_audio_backbone(
-        cfg.audio, weights=cfg.audio_weights, device=cfg.device, precision=cfg.precision
+        cfg.audio, weights=cfg.audio_weights, device=device, precision=precision
     )
     pca = load_vggish_pca(cfg.audio_pca) if cfg.audio_pca else None
     return AudioFeatures(backbone, pca, quantize=cfg.quantize)
@@ -335,7 +371,7 @@ def _stream_options(
 
 
 @contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Any]:
+def progress_bar(total: int, enabled: bool) -> Iterator[Any]:
     from tqdm.auto import tqdm
 
     bar = tqdm(

@@ -309,6 +309,24 @@ class StoreContract(StreamCases, IntegrityCases):
         assert proc.returncode == 0, err
         self.check_complete(path, 40)
 
+    def test_a_video_committed_in_two_parts_reads_once_from_the_first_part_by_name(
+        self, path: Path
+    ) -> None:
+        # Two writers open at once (a retried worker and the one it was presumed dead), both
+        # commit "v". The later part name commits first: the rule is by name, not by time.
+        late = create_store(path, dim=4, format=self.fmt, part="ray-b")
+        early = create_store(path, dim=4, format=self.fmt, part="ray-a")
+        with late:
+            late.write("v", np.full((2, 4), 2.0, np.float32))
+            late.write("only-b", np.ones((1, 4), np.float32))
+        with early:
+            early.write("v", np.full((3, 4), 1.0, np.float32))
+        with open_store(path) as r:
+            assert sorted(r.videos["video_id"]) == ["only-b", "v"]
+            row = r.videos.set_index("video_id").loc["v"]
+            assert row["part"] == "ray-a" and row["n_frames"] == 3
+            np.testing.assert_array_equal(r.read("v"), np.full((3, 4), 1.0, np.float32))
+
 
 class TestZarrStore(StoreContract):
     fmt = "zarr"

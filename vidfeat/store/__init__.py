@@ -33,6 +33,7 @@ __all__ = [
     "StoreReader",
     "StoreWriter",
     "StreamSpec",
+    "check_store",
     "create_store",
     "detect_format",
     "open_store",
@@ -85,6 +86,49 @@ def _streams(
     return {DEFAULT_STREAM: spec}
 
 
+def _open_for_writing(
+    path: str | os.PathLike,
+    dim: int | None,
+    format: str | None,
+    attrs: dict | None,
+    streams: Mapping[str, int | Mapping[str, Any]] | None,
+    level: str,
+    dtype: str | None,
+    quantization: dict | None,
+) -> tuple[Backend, StoreMeta, StoreMeta]:
+    """Create the root if absent; check the store accepts these settings. Returns the backend,
+    the wanted metadata and the existing one."""
+    from vidfeat import __version__
+
+    backend = _backend(path, format)
+    wanted = new_meta(_streams(dim, streams, dtype, quantization), attrs, __version__, level)
+    if not backend.exists():
+        backend.path.parent.mkdir(parents=True, exist_ok=True)
+        backend.create_root(wanted)
+    # The root may be older, newer, or made concurrently by another shard with other settings.
+    existing = backend.read_meta()
+    check_readable(existing, backend.path, action="writes")
+    check_compatible(existing, wanted, backend.path)
+    return backend, wanted, existing
+
+
+def check_store(
+    path: str | os.PathLike,
+    dim: int | None = None,
+    format: str | None = None,
+    attrs: dict | None = None,
+    *,
+    streams: Mapping[str, int | Mapping[str, Any]] | None = None,
+    level: str = "frame",
+    dtype: str | None = None,
+    quantization: dict | None = None,
+) -> None:
+    """What :func:`create_store` checks, without opening a part: create the root if absent,
+    refuse a store written with other settings. For a coordinator whose workers write."""
+    backend, _, _ = _open_for_writing(path, dim, format, attrs, streams, level, dtype, quantization)
+    backend.close()
+
+
 def create_store(
     path: str | os.PathLike,
     dim: int | None = None,
@@ -111,17 +155,9 @@ def create_store(
     vidfeat does not know is refused. Appending to a schema-1 store writes schema-1 parts, so
     the store stays readable by older vidfeat versions (and stays unverified).
     """
-    from vidfeat import __version__
-
-    backend = _backend(path, format)
-    wanted = new_meta(_streams(dim, streams, dtype, quantization), attrs, __version__, level)
-    if not backend.exists():
-        backend.path.parent.mkdir(parents=True, exist_ok=True)
-        backend.create_root(wanted)
-    # The root may be older, newer, or made concurrently by another shard with other settings.
-    existing = backend.read_meta()
-    check_readable(existing, backend.path, action="writes")
-    check_compatible(existing, wanted, backend.path)
+    backend, wanted, existing = _open_for_writing(
+        path, dim, format, attrs, streams, level, dtype, quantization
+    )
     if not isinstance(part, str):
         raise ConfigError("part must be a string")
     return StoreWriter(

@@ -82,6 +82,11 @@ class StoreWriter:
         """
         return set(self._committed_ok if status == "ok" else self._committed_any)
 
+    @property
+    def queued_ids(self) -> set[str]:
+        """Ids written (or recorded as failed) but not committed yet: lost if the process dies."""
+        return {r.video_id for r in self._pending}
+
     # -- writing ----------------------------------------------------------------------------
     def write(
         self,

@@ -1,0 +1,260 @@
+"""Data-parallel training: real ``torchrun`` jobs of 2 gloo ranks on 127.0.0.1.
+
+The torchrun runs are compared with single-process runs at the same global batch (the
+tolerance documented in README's "Several GPUs or processes" section), killed with SIGKILL
+and resumed.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from heads import checkpoint as ck
+from heads.config import TrainConfig
+from heads.data import BucketBatchSampler
+from heads.distributed import DistributedBucketBatchSampler, loss_scale, videos_in_step
+from heads.run import train_run
+from tests.heads.stores import make_cluster_store
+from vidfeat.errors import ConfigError
+from vidfeat_cli.heads import main
+
+REPO = Path(__file__).resolve().parents[2]
+# The documented tolerance of N ranks x batch B against one process x batch N*B: only the
+# order of float additions differs (gradient all-reduce, per-slice loss means, padding).
+RTOL, ATOL = 1e-4, 1e-5
+PER_RANK_BATCH = 4
+# 43 training videos: the last batch of 8 has 3, split 2 + 1 between the ranks.
+TRAIN = [
+    "--model",
+    "gru",
+    "--hidden-size",
+    8,
+    "--fc-size",
+    8,
+    "--dropout",
+    0,
+    "--epochs",
+    10,
+    "--patience",
+    0,
+    "--seed",
+    3,
+    "--sampling",
+    "random-crop",
+    "--max-frames",
+    8,
+    "--bucket-batches",
+    2,
+]
+
+
+# --------------------------------------------------------------------------- sampler (no ranks)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rank_slices_make_up_the_single_process_batches(weighted):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 60, size=43)
+    weights = rng.random(43) if weighted else None
+    kw = {"shuffle": True, "bucket_batches": 2, "seed": 5}
+    kw["weights"] = None if weights is None else weights / weights.sum()
+    single = BucketBatchSampler(lengths, 8, **kw)
+    ranks = [DistributedBucketBatchSampler(lengths, 4, rank=r, size=2, **kw) for r in (0, 1)]
+    for epoch in (1, 2):
+        for s in (single, *ranks):
+            s.set_epoch(epoch)
+        shares = [list(s) for s in ranks]
+        assert len(shares[0]) == len(shares[1]) == len(single)  # every rank steps together
+        for k, batch in enumerate(single):
+            union = shares[0][k] + shares[1][k]
+            assert sorted(union) == sorted(batch)  # the same videos, none twice or lost
+            assert {len(shares[0][k]), len(shares[1][k])} <= {len(batch) // 2, -(-len(batch) // 2)}
+            total = videos_in_step(ranks[0], epoch, k, len(shares[0][k]))
+            assert total == len(batch)
+            scales = [
+                loss_scale(s, epoch, k, len(share[k]))
+                for s, share in zip(ranks, shares, strict=True)
+            ]
+            assert sum(scales) == pytest.approx(2.0)  # DDP divides by 2: the batch mean
+    ranks[1].set_start(3)
+    assert list(ranks[1]) == shares[1][3:]  # a run resumed mid-epoch
+
+
+def test_evaluation_shares_partition_the_set_in_length_order():
+    lengths = np.random.default_rng(1).integers(1, 60, size=21)
+    shares = [
+        list(DistributedBucketBatchSampler(lengths, 4, rank=r, size=2, shuffle=False))
+        for r in (0, 1)
+    ]
+    seen = [i for share in shares for batch in share for i, _ in batch]
+    assert sorted(seen) == list(range(21))
+    for share in shares:
+        for batch in share:
+            index = [i for i, _ in batch]
+            assert list(lengths[index]) == sorted(lengths[index])
+
+
+def test_a_batch_smaller_than_the_world_fills_the_empty_ranks():
+    ranks = [DistributedBucketBatchSampler([3], 2, rank=r, size=2, shuffle=True) for r in (0, 1)]
+    assert [list(s) for s in ranks] == [[[(0, 0)]], [[(0, 0)]]]
+    assert loss_scale(ranks[0], 0, 0, 1) + loss_scale(ranks[1], 0, 0, 1) == pytest.approx(2.0)
+
+
+# --------------------------------------------------------------------------- torchrun jobs
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(args, **env) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "vidfeat_cli.heads",
+        "-q",
+        *map(str, args),
+    ]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return out.decode()
+
+
+def _single(args) -> None:
+    result = CliRunner().invoke(main, ["-q", *map(str, args)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def _records(run: Path) -> list[dict]:
+    lines = (run / ck.METRICS).read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k != "wall_s"} for x in lines]
+
+
+def _assert_close_runs(a: Path, b: Path, rtol: float = RTOL, atol: float = ATOL) -> None:
+    ra, rb = _records(a), _records(b)
+    assert len(ra) == len(rb)
+    for x, y in zip(ra, rb, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            if isinstance(x[key], float):
+                assert x[key] == pytest.approx(y[key], rel=rtol, abs=atol), key
+            else:
+                assert x[key] == y[key], key
+    wa, wb = (ck.load_checkpoint(r / ck.BEST)["model_state"] for r in (a, b))
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=rtol, atol=atol)
+    ta, tb = (json.loads((r / ck.TEST_METRICS).read_text()) for r in (a, b))
+    for key in ("hit_at_1", "gap_at_20", "mean_ap", "best_epoch", "n_test"):
+        assert ta[key] == pytest.approx(tb[key], rel=rtol, abs=atol), key
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One store; a 2-rank run with batch 4 and a single-process run with batch 8."""
+    root = tmp_path_factory.mktemp("ddp")
+    store = make_cluster_store(root / "s.zarr", n_videos=60, signal=0.4)
+    ddp = _torchrun(["train", store, *TRAIN, "--batch-size", PER_RANK_BATCH, "--out", root / "ddp"])
+    _single(["train", store, *TRAIN, "--batch-size", 2 * PER_RANK_BATCH, "--out", root / "one"])
+    printed = _finish(ddp)
+    return {"root": root, "store": store, "printed": printed}
+
+
+def test_two_ranks_match_one_process_at_the_same_global_batch(runs):
+    root = runs["root"]
+    _assert_close_runs(root / "ddp", root / "one")
+    assert runs["printed"].count("test (12 videos)") == 1  # rank 0 reports, once
+    saved = ck.load_checkpoint(root / "ddp" / ck.LAST)
+    assert saved["world_size"] == 2 and len(saved["rng_ranks"]) == 2
+    assert _records(root / "ddp")[0]["examples"] == 43  # every training video, once
+    # Only rank 0 writes: the same files as a single-process run, no leftovers.
+    assert sorted(p.name for p in (root / "ddp").iterdir()) == sorted(
+        p.name for p in (root / "one").iterdir()
+    )
+
+
+def test_finetune_under_torchrun_matches_one_process(runs):
+    root, store = runs["root"], runs["store"]
+    tune = ["--train", "top", "--epochs", 3, "--seed", 4]
+    ddp = _torchrun(
+        ["finetune", root / "one", "--store", store, *tune, "--batch-size", PER_RANK_BATCH,
+         "--out", root / "tune-ddp"]
+    )  # fmt: skip
+    _single(
+        ["finetune", root / "one", "--store", store, *tune, "--batch-size", 2 * PER_RANK_BATCH,
+         "--out", root / "tune-one"]
+    )  # fmt: skip
+    _finish(ddp)
+    _assert_close_runs(root / "tune-ddp", root / "tune-one")
+    info = json.loads((root / "tune-ddp" / ck.CONFIG).read_text())["finetune"]
+    assert info["train"] == "top"
+
+
+def _epochs_done(run: Path) -> int:
+    try:
+        return len((run / ck.METRICS).read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def _worker(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of the worker process of ``rank`` that torchrun started."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    for pid in children:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no worker of rank {rank} among {children}")
+
+
+def test_sigkill_of_one_rank_fails_the_job_and_resume_finishes_it(runs):
+    root, store = runs["root"], runs["store"]
+    run = root / "killed"
+    args = ["train", store, *TRAIN, "--batch-size", PER_RANK_BATCH, "--out", run]
+    job = _torchrun(args, HEADS_DIST_TIMEOUT_S="60")
+    deadline = time.monotonic() + 240
+    while _epochs_done(run) < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.poll() is None, "the job ended before it could be killed"
+    os.kill(_worker(job, 1), signal.SIGKILL)
+    _, err = job.communicate(timeout=180)  # torchrun stops rank 0 and fails
+    assert job.returncode != 0
+    assert b"SIGKILL" in err or b"Signal 9" in err, err.decode()[-2000:]
+    assert not (run / ck.TEST_METRICS).exists()
+    assert 1 <= ck.load_checkpoint(run / ck.LAST)["epoch"] < 10
+    # One process cannot continue a 2-rank run: its batches would be others.
+    cfg = TrainConfig.from_dict(
+        {k: v for k, v in ck.read_json(run / ck.CONFIG).items() if k != "store"}
+    )
+    with pytest.raises(ConfigError, match="2 rank"):
+        train_run(store, cfg, run, resume=True)
+    _finish(_torchrun([*args, "--resume"]))
+    # The resumed job ends exactly where the uninterrupted one did.
+    assert _records(run) == _records(root / "ddp")
+    _assert_close_runs(run, root / "ddp", rtol=0, atol=0)

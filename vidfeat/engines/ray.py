@@ -1,0 +1,322 @@
+"""The ``ray`` engine: decode tasks over a whole Ray cluster feed embedding actors.
+
+The driver (the machine running ``vidfeat extract``) hands out work and writes nothing:
+
+- **Decoding** runs as one-CPU tasks anywhere in the cluster, at most ``--workers`` at once,
+  each in an isolated process with the local wall-clock limit (``_ray_workers``).
+- **Embedding** runs in ``--embed-workers`` actors, one GPU each (or one CPU each when the
+  cluster has no GPU or ``--device cpu``). Each writes its own part of the store.
+- **Work is pulled**: a video is decoded when a decode slot frees up and goes to the actor
+  with the fewest calls in flight, so a slow or dead node holds back only what it holds.
+- **Progress** counts videos whose rows are committed, reported back by the actors.
+
+Nothing is retried by Ray in a way that could write twice: decode tasks (which write nothing)
+are retried on worker loss; actors are not restarted. When an actor dies, the videos it held
+but had not reported committed go back to the queue and a new actor (a new part) takes its
+place. A video the dead actor committed just before dying is then written twice, in two parts;
+readers show one row per video (the first ``ok`` row in part-name order, see
+docs/store-format.md), and both rows hold the same features.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+from vidfeat.config import ExtractConfig
+from vidfeat.decode.pool import VideoFailed
+from vidfeat.engines.base import ENGINES
+from vidfeat.errors import ConfigError, EngineError, StoreError, VidfeatError
+from vidfeat.manifest import ManifestEntry
+
+log = logging.getLogger(__name__)
+
+_CALLS_PER_ACTOR = 2  # one being embedded, one waiting: the GPU never idles on a round trip
+_MAX_ACTOR_DEATHS = 3  # actors lost in a row, none reporting in between: give up
+_STOP_TIMEOUT_S = 60.0  # for actors to commit what is whole when the job stops early
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--engine ray needs Ray: pip install 'vidfeat[ray]' (on every node)"
+        ) from None
+    return ray
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """Join the cluster (or start one on this machine); True when this call started Ray."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except ConnectionError as exc:
+        raise EngineError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
+    return True
+
+
+def _done_ids(cfg: ExtractConfig) -> set[str]:
+    """Videos already in the store (ok ones only with --retry-failed)."""
+    from vidfeat.store import open_store
+
+    try:
+        reader = open_store(cfg.out, cfg.format)
+    except StoreError:
+        return set()
+    with reader:
+        videos = reader.videos
+        if cfg.retry_failed:
+            videos = videos[videos["status"] == "ok"]
+        return set(videos["video_id"])
+
+
+def _absolute_paths(cfg: ExtractConfig) -> ExtractConfig:
+    """The paths workers open, made absolute: Ray workers run in other folders. (The store
+    records weights by file name and PCA by content, so this changes no store attrs.)"""
+    changes: dict[str, Any] = {"out": cfg.out.absolute()}
+    for name in ("weights", "pca", "audio_weights", "audio_pca"):
+        value = getattr(cfg, name)
+        if value and os.path.exists(value):
+            changes[name] = os.path.abspath(value)
+    return dataclasses.replace(cfg, **changes)
+
+
+@ENGINES.register("ray")
+def run_ray(cfg: ExtractConfig) -> Any:
+    """Extract this shard of the manifest on a Ray cluster."""
+    from vidfeat.pipeline import log_resume, prepare, progress_bar
+    from vidfeat.signals import sigterm_as_interrupt
+    from vidfeat.store import check_store
+
+    ray = _import_ray()
+    cfg = _absolute_paths(cfg)
+    # The driver needs the backbone's spec only (store attrs, preprocessing); the actors load
+    # their own on their devices, so it is loaded here on the CPU, eagerly at full precision.
+    job = prepare(cfg, device="cpu", precision="fp32", runtime="eager")
+    spec, job.backbone = job.backbone.spec, None
+    audio_front = None if job.audio is None else job.audio.backbone.spec.front_end
+    job.audio = None
+    check_store(cfg.out, **job.store_settings)  # refuse other settings before starting
+    done = _done_ids(cfg)
+    todo = [e for e in job.entries if e.video_id not in done]
+    job.summary.skipped = len(job.entries) - len(todo)
+    log_resume(job.summary, cfg.out)
+    started_ray = _connect(ray, cfg.ray_address)
+    try:
+        with sigterm_as_interrupt(), progress_bar(len(todo), cfg.progress) as bar:
+            scheduler = _Scheduler(ray, cfg, job, spec, audio_front, bar)
+            scheduler.start()
+            job.summary.setup_s = time.monotonic() - job.started
+            scheduler.run(todo)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return job.summary
+
+
+@dataclasses.dataclass
+class _Actor:
+    handle: Any
+    calls: int = 0  # calls in flight
+    held: dict[str, ManifestEntry] = dataclasses.field(default_factory=dict)  # not yet committed
+    finishing: bool = False
+    finished: bool = False
+
+
+class _Scheduler:
+    """The driver's loop: decode tasks in flight, decoded videos waiting, actor calls."""
+
+    def __init__(
+        self, ray: Any, cfg: ExtractConfig, job: Any, spec: Any, audio: Any, bar: Any
+    ) -> None:
+        import functools
+
+        from vidfeat.engines._ray_workers import DecodeSettings, EmbedWorker, decode_video
+        from vidfeat.preprocess import preprocess_frame
+
+        self.ray, self.cfg, self.summary, self.bar = ray, cfg, job.summary, bar
+        self.settings = DecodeSettings(
+            cfg.decoder,
+            cfg.fps_fraction,
+            cfg.max_frames,
+            functools.partial(preprocess_frame, spec=spec),
+            cfg.timeout_s,
+            audio=audio,
+        )
+        # A decode task whose worker or node dies is run again: it writes nothing.
+        self.decode = ray.remote(decode_video).options(num_cpus=1, num_returns=2, max_retries=3)
+        device, n_actors, resources = self._embed_resources()
+        self.n_actors = n_actors
+        worker = ray.remote(EmbedWorker).options(max_restarts=0, max_task_retries=0, **resources)
+        self.new_actor = functools.partial(worker.remote, cfg, job.store_settings, device)
+        self.queue: collections.deque[ManifestEntry] = collections.deque()
+        self.decoding: dict[Any, tuple[ManifestEntry, Any]] = {}  # small ref -> entry, frames
+        self.decoded: collections.deque[tuple[ManifestEntry, Any]] = collections.deque()
+        self.actors: list[_Actor] = []
+        self.calls: dict[Any, _Actor] = {}
+        self.deaths = 0
+        self.started = time.monotonic()
+
+    def _embed_resources(self) -> tuple[str, int, dict]:
+        gpus = int(self.ray.cluster_resources().get("GPU", 0))
+        if self.cfg.device.startswith("cuda") and not gpus:
+            raise ConfigError(f"--device {self.cfg.device}: the Ray cluster has no GPU")
+        use_gpu = gpus > 0 and self.cfg.device != "cpu"
+        n = self.cfg.embed_workers or (gpus if use_gpu else 1)
+        if use_gpu:
+            return "cuda", n, {"num_gpus": 1, "num_cpus": 1}
+        return "cpu", n, {"num_cpus": 1}
+
+    # ---------------------------------------------------------------- the loop
+
+    def start(self) -> None:
+        """Start the embedding workers and wait until each has loaded its model, so that a
+        model that cannot load stops the job before any work, and setup is timed apart."""
+        self.actors = [_Actor(self.new_actor()) for _ in range(self.n_actors)]
+        try:
+            self.ray.get([a.handle.ready.remote() for a in self.actors])
+        except self.ray.exceptions.RayError as exc:
+            self._stop()
+            raise EngineError(f"embedding workers cannot start: {exc}") from exc
+
+    def run(self, todo: list[ManifestEntry]) -> None:
+        self.queue.extend(todo)
+        try:
+            while self._step():
+                pass
+        finally:
+            self._stop()
+
+    def _step(self) -> bool:
+        """Hand out work, then wait for one result; False once every actor has finished."""
+        self._launch_decodes()
+        self._dispatch()
+        if not (self.queue or self.decoding or self.decoded or self.calls):
+            live = [a for a in self.actors if not a.finished]
+            if not live:
+                return False
+            for actor in live:
+                if not actor.finishing:
+                    actor.finishing = True
+                    self._call(actor, actor.handle.finish.remote())
+        waiting = [*self.decoding, *self.calls]
+        if not waiting:
+            return True
+        ready, _ = self.ray.wait(waiting, num_returns=1, timeout=5.0)
+        for ref in ready:
+            if ref in self.decoding:
+                self._decoded(ref)
+            else:
+                self._reported(ref)
+        return True
+
+    def _launch_decodes(self) -> None:
+        while (
+            self.queue
+            and len(self.decoding) < self.cfg.workers
+            and len(self.decoded) < _CALLS_PER_ACTOR * self.n_actors
+        ):
+            entry = self.queue.popleft()
+            path = os.path.abspath(entry.path)  # relative to the driver's folder
+            small, frames = self.decode.remote(self.settings, entry.video_id, path)
+            self.decoding[small] = (entry, frames)
+
+    def _decoded(self, ref: Any) -> None:
+        entry, frames = self.decoding.pop(ref)
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, VidfeatError):  # e.g. decode processes cannot start
+                raise cause from exc
+            raise
+        except self.ray.exceptions.RayError as exc:  # its worker or node died, retries spent
+            reason = f"decode task lost ({type(exc).__name__})"
+            log.warning("%s: crashed (%s)", entry.path, reason)
+            frames = [VideoFailed(entry.video_id, "crashed", reason)]
+        self.decoded.append((entry, frames))
+
+    def _dispatch(self) -> None:
+        while self.decoded:
+            open_actors = [a for a in self.actors if not a.finishing and a.calls < _CALLS_PER_ACTOR]
+            if not open_actors:
+                return
+            actor = min(open_actors, key=lambda a: a.calls)
+            entry, frames = self.decoded.popleft()
+            actor.held[entry.video_id] = entry
+            self._call(actor, actor.handle.add.remote(entry, frames))
+
+    def _call(self, actor: _Actor, ref: Any) -> None:
+        actor.calls += 1
+        self.calls[ref] = actor
+
+    def _reported(self, ref: Any) -> None:
+        actor = self.calls.pop(ref)
+        actor.calls -= 1
+        try:
+            reports = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as exc:
+            self._lost(actor, exc)
+            return
+        except self.ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, VidfeatError):  # --fail-fast, a store error: as locally
+                raise cause from exc
+            raise
+        self.deaths = 0
+        if actor.finishing and actor.calls == 0:
+            actor.finished = True
+        for report in reports:
+            actor.held.pop(report.video_id, None)
+            self._count(report)
+
+    def _lost(self, actor: _Actor, exc: Exception) -> None:
+        """An actor died: requeue what it had not committed, and start another in its place."""
+        if actor not in self.actors:
+            return  # already handled through another of its calls
+        self.actors.remove(actor)
+        self.calls = {r: a for r, a in self.calls.items() if a is not actor}
+        log.warning(
+            "an embedding worker died (%s); %d uncommitted videos go back to the queue",
+            type(exc).__name__,
+            len(actor.held),
+        )
+        self.queue.extendleft(reversed(list(actor.held.values())))
+        self.deaths += 1
+        if self.deaths >= _MAX_ACTOR_DEATHS:
+            raise EngineError(f"embedding workers keep dying: {exc}") from exc
+        self.actors.append(_Actor(self.new_actor()))
+
+    def _count(self, report: Any) -> None:
+        s = self.summary
+        if report.status == "ok":
+            s.ok += 1
+            s.frames += report.n_frames
+            s.no_audio += report.no_audio
+        else:
+            s.failed += 1
+            s.failures[report.video_id] = report.status
+            log.warning("%s failed (%s): %s", report.video_id, report.status, report.reason)
+        elapsed = max(1e-9, time.monotonic() - self.started)
+        self.bar.set_postfix(frames_s=f"{s.frames / elapsed:.1f}", failed=s.failed, refresh=False)
+        self.bar.update(1)
+
+    def _stop(self) -> None:
+        """Have live actors commit what is whole (after an error or Ctrl-C), then end them."""
+        live = [a for a in self.actors if not a.finished]
+        refs = [a.handle.finish.remote(False) for a in live]
+        if refs:
+            try:
+                for reports in self.ray.get(refs, timeout=_STOP_TIMEOUT_S):
+                    for report in reports:
+                        self._count(report)
+            except Exception as exc:  # the job is failing already; report that error, not this
+                log.warning("embedding workers did not all commit before stopping: %s", exc)
+        for actor in self.actors:
+            self.ray.kill(actor.handle)
