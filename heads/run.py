@@ -149,6 +149,8 @@ def _check_resume(saved: TrainConfig, wanted: TrainConfig) -> None:
         a.pop(key), b.pop(key)
     for key in RESUMABLE_DATA_CHANGES:
         a["data"].pop(key), b["data"].pop(key)
+    if a["data"]["streams"] is None:  # saved before runs recorded streams: the store's only one
+        b["data"]["streams"] = None
     diffs = [k for k in a if a[k] != b[k]]
     if diffs:
         raise ConfigError(
