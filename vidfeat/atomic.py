@@ -57,8 +57,27 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Pa
     try:
         yield tmp
         replace(tmp, final, durable=durable)
+    except (OSError, RuntimeError) as exc:
+        cause = _os_error(exc)
+        if cause is None or cause.errno is None:
+            raise
+        # Name the file being replaced, not its hidden temporary name; torch reports a full
+        # disk as "unexpected pos" with the OSError (and no file name) only in the chain.
+        raise OSError(cause.errno, cause.strerror or str(cause), str(final)) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """``exc`` itself or the first OSError in its cause/context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @contextlib.contextmanager

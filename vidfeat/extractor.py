@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vidfeat.backbones import BackboneSpec, create_backbone
-from vidfeat.backbones.runtimes import COMPUTE_DTYPES
+from vidfeat.backbones.base import backbone_provenance
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.preprocess import preprocess_frame
 
@@ -63,21 +63,9 @@ class FeatureExtractor:
         return getattr(self.backbone, "runtime", "eager")
 
     def store_attrs(self) -> dict[str, Any]:
-        """Everything that determines the features, JSON-friendly, for the store's attributes."""
-        spec = self.spec
-        return {
-            "backbone": spec.name,
-            "weights": spec.weights_id,
-            "weights_sha256": spec.weights_sha256,
-            "feature_dim": spec.feature_dim,
-            "input_size": spec.input_size,
-            "resize": spec.resize,
-            "norm_mean": list(spec.mean),  # pixel units (0-255), after the resize
-            "norm_std": list(spec.std),
-            "runtime": self.runtime,
-            "precision": self.precision,
-            "compute_dtype": COMPUTE_DTYPES[self.precision],
-        }
+        """Everything that determines the features, JSON-friendly, for the store's attributes
+        (the same shape ``vidfeat extract`` writes, less its sampling keys)."""
+        return backbone_provenance(self.spec, self.runtime, self.precision)
 
     def preprocess(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, S, S, 3) float32, the backbone's own resize + normalisation."""

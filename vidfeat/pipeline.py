@@ -22,6 +22,7 @@ import numpy as np
 from vidfeat import __version__
 from vidfeat.audio.features import AudioFeatures
 from vidfeat.audio.postprocess import load_vggish_pca
+from vidfeat.backbones.base import BackboneSpec, backbone_provenance
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME
 from vidfeat.config import ExtractConfig, shard_of
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
@@ -54,7 +55,7 @@ class ExtractSummary:
         return self.frames / loop_s if loop_s > 0 else 0.0
 
 
-def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReduction) -> dict:
+def store_attrs(cfg: ExtractConfig, spec: BackboneSpec, reduction: FeatureReduction) -> dict:
     """Everything that determines the stored features (the store refuses to mix others).
 
     The decoder is part of it: the two agree on which frames and on 8-bit pixels, but not
@@ -62,9 +63,7 @@ def store_attrs(cfg: ExtractConfig, spec_attrs: dict, reduction: FeatureReductio
     and precision the backbone ran with.
     """
     return {
-        "backbone": spec_attrs,
-        "runtime": cfg.runtime,
-        "precision": cfg.precision,
+        **backbone_provenance(spec, cfg.runtime, cfg.precision),
         "fps": cfg.fps,
         "decoder": cfg.decoder,
         "max_frames": cfg.max_frames,
@@ -324,7 +323,7 @@ def prepare(
     dim = reduction.output_dim(backbone.spec.feature_dim)
     settings = {
         "format": cfg.format,
-        "attrs": resume_attrs(cfg, store_attrs(cfg, backbone.spec.to_attrs(), reduction)),
+        "attrs": resume_attrs(cfg, store_attrs(cfg, backbone.spec, reduction)),
         **_stream_options(dim, reduction.dtype or cfg.dtype, reduction.quantization, audio),
     }
     summary = ExtractSummary(total=len(entries))

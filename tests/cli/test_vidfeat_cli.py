@@ -85,3 +85,27 @@ def test_a_file_where_the_store_needs_a_directory(tmp_path, pca_inputs, blocked)
     (tmp_path / blocked).write_text("in the way")
     line = one_line_error(invoke("pca", "apply", store, "--pca", pca, "--out", tmp_path / "o.zarr"))
     assert f"{tmp_path / blocked}: a file is in the way" in line
+
+
+@pytest.mark.parametrize(
+    ("attrs", "backbone"),
+    [
+        ({"backbone": "my-cnn"}, "my-cnn"),
+        ({}, None),
+        ({"backbone": {"name": "cnn"}, "n": [1]}, "cnn"),
+    ],
+    ids=["name", "none", "free-form"],
+)
+def test_info_reads_stores_made_through_the_api_with_free_form_attrs(tmp_path, attrs, backbone):
+    # The README's "bring your own features" example, then `vidfeat info` on its store.
+    import numpy as np
+
+    import vidfeat
+
+    feats = np.random.default_rng(0).random((5, 2048), dtype=np.float32)
+    with vidfeat.create_store(tmp_path / "mine.zarr", dim=2048, attrs=attrs) as w:
+        w.write("vid001", feats, labels=["cat"], timestamps=None)
+    result = invoke("info", tmp_path / "mine.zarr", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["ok"] == 1 and summary["backbone"] == backbone

@@ -58,17 +58,18 @@ def test_store_attrs_pin_everything_that_determines_the_features(extractor):
     with open(yt8m_weights_path(), "rb") as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
     assert attrs == {
-        "backbone": "inception_v3",
-        "weights": "yt8m:inception-2015-12-05",
-        "weights_sha256": sha256,
-        "feature_dim": 2048,
-        "input_size": 299,
-        "resize": "tf1_bilinear",
-        "norm_mean": [128.0, 128.0, 128.0],
-        "norm_std": [128.0, 128.0, 128.0],
+        "backbone": {
+            "name": "inception_v3",
+            "feature_dim": 2048,
+            "input_size": 299,
+            "resize": "tf1_bilinear",
+            "mean": [128.0, 128.0, 128.0],  # pixel units (0-255), after the resize
+            "std": [128.0, 128.0, 128.0],
+            "weights_id": "yt8m:inception-2015-12-05",
+            "weights_sha256": sha256,
+        },
         "runtime": "eager",
         "precision": "fp32",
-        "compute_dtype": "float32",
     }
 
 

@@ -243,3 +243,12 @@ def test_unknown_decoder_and_double_sampling_are_refused(make_video):
         list(video.sample(1, None))
         with pytest.raises(RuntimeError):
             video.sample(1, None)
+
+
+def test_the_decode_package_imports_without_torch():
+    # Decode workers import it; they only decode and resize, and must not pay for torch.
+    import subprocess
+    import sys
+
+    code = "import sys, vidfeat.decode, vidfeat.decode.pool; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

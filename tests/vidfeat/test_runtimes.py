@@ -183,14 +183,14 @@ def test_every_precision_and_runtime_is_an_extract_choice():
     ],
 )
 def test_stores_made_with_another_runtime_or_precision_are_refused(tmp_path, first, second, key):
-    spec_attrs = small_spec().to_attrs()
+    spec = small_spec()
     reduction = FeatureReduction.from_options(None, False)
 
     def attrs(runtime: str, precision: str) -> dict:
         cfg = ExtractConfig(
             manifest="m.csv", out=tmp_path / "s.zarr", runtime=runtime, precision=precision
         )
-        return store_attrs(cfg, spec_attrs, reduction)
+        return store_attrs(cfg, spec, reduction)
 
     path = tmp_path / "s.zarr"
     with create_store(path, dim=4, attrs=attrs(*first)) as writer:

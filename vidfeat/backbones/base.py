@@ -65,6 +65,29 @@ class BackboneSpec:
         return attrs
 
 
+def backbone_provenance(spec: BackboneSpec, runtime: str, precision: str) -> dict[str, Any]:
+    """The store attrs that pin a backbone's features: the one definition of their shape.
+
+    Written by ``vidfeat extract`` and ``FeatureExtractor.store_attrs``; read back by
+    :func:`describe_backbone`.
+    """
+    return {"backbone": spec.to_attrs(), "runtime": runtime, "precision": precision}
+
+
+def describe_backbone(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``{"name", "weights"}`` from any store's attrs, or None values where they say nothing.
+
+    Stores made through the API carry free-form attrs: ``backbone`` may be a provenance dict,
+    a plain name, or missing, so readers go through here instead of assuming a shape.
+    """
+    backbone = attrs.get("backbone")
+    if isinstance(backbone, dict):
+        return {"name": backbone.get("name"), "weights": backbone.get("weights_id")}
+    name = backbone if isinstance(backbone, str) else None
+    weights = attrs.get("weights")
+    return {"name": name, "weights": weights if isinstance(weights, str) else None}
+
+
 class Backbone(Protocol):
     """A loaded backbone on one device at one precision."""
 

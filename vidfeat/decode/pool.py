@@ -34,7 +34,6 @@ import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import signal
-import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
@@ -48,6 +47,7 @@ import numpy as np
 from vidfeat.decode.worker import FrameTransform, WorkerSettings, worker_main
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.sampling import parse_fps
+from vidfeat.signals import raise_on_sigterm
 
 if TYPE_CHECKING:
     from vidfeat.audio.mel import LogMelParams
@@ -192,7 +192,11 @@ class DecodePool:
         self._startup_failures = 0
         self._closed = False
         self._workers: list[_Worker] = []
-        self._previous_sigterm = _install_sigterm_exit()
+        # Used on its own, SIGTERM unwinds like Ctrl-C so `with DecodePool(...)` reaps workers;
+        # inside a job that handles SIGTERM already, the pool stands aside.
+        self._undo_sigterm = raise_on_sigterm(
+            lambda signum: SystemExit(128 + signum), stand_aside=True
+        )
         # Kill workers even if close() is never called.
         self._finalizer = weakref.finalize(self, _kill_all, self._workers)
         for _ in range(num_workers):
@@ -254,7 +258,7 @@ class DecodePool:
                 w.process.join(max(0.0, deadline - time.monotonic()))
         _kill_all(self._workers)
         self._workers.clear()
-        _restore_sigterm(self._previous_sigterm)
+        self._undo_sigterm()
 
     def __enter__(self) -> DecodePool:
         return self
@@ -385,26 +389,3 @@ def _kill_all(workers: list[_Worker]) -> None:
             w.process.kill()
         w.process.join()
         w.conn.close()
-
-
-def _sigterm_to_exit(signum: int, frame: object) -> None:
-    # Unwind like Ctrl-C does, so `with DecodePool(...)` blocks reap their workers.
-    raise SystemExit(128 + signum)
-
-
-def _install_sigterm_exit() -> object:
-    """Turn SIGTERM into SystemExit, unless someone else already handles it (or not main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return None
-    return signal.signal(signal.SIGTERM, _sigterm_to_exit)
-
-
-def _restore_sigterm(previous: object) -> None:
-    if (
-        previous is not None
-        and threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) is _sigterm_to_exit
-    ):
-        signal.signal(signal.SIGTERM, previous)

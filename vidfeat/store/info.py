@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from vidfeat.backbones.base import describe_backbone
 from vidfeat.store import open_store
 from vidfeat.store.base import NO_AUDIO_NOTE
 from vidfeat.store.reader import StoreReader
@@ -56,7 +57,7 @@ def store_summary(path: str | os.PathLike) -> dict[str, Any]:
         ok = videos[videos["status"] == "ok"]
         failed = videos[videos["status"] != "ok"]
         attrs = r.attrs
-        backbone = attrs.get("backbone") or {}
+        backbone = describe_backbone(attrs)
         labels = sorted({x for labs in ok["labels"] for x in labs})
         streams = {name: describe_features(r, name) for name in r.streams}
         return {
@@ -84,8 +85,8 @@ def store_summary(path: str | os.PathLike) -> dict[str, Any]:
             # The only stream, for single-stream stores (None with several: see "streams").
             "features": next(iter(streams.values())) if len(streams) == 1 else None,
             "disk_bytes": _disk_bytes(path),
-            "backbone": backbone.get("name"),
-            "weights": backbone.get("weights_id"),
+            "backbone": backbone["name"],
+            "weights": backbone["weights"],
             "fps": attrs.get("fps"),
             "max_frames": attrs.get("max_frames"),
             "precision": attrs.get("precision"),

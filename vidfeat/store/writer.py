@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -285,8 +286,13 @@ def _acquire_lock(path: Path, part: str) -> object:
             f"part {part!r} of {path.parent} is being written by another process; "
             "give each concurrent job its own --shard"
         ) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+    except OSError as exc:  # a full disk: the lock file has no room for the pid
+        with contextlib.suppress(OSError):  # closing flushes the same pid again
+            fh.close()
+        raise StoreError(f"cannot write the lock file {path}; nothing was written") from exc
     return fh
