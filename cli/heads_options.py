@@ -44,6 +44,13 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
         "balanced: class-balanced draws with replacement.",
     ),
     ("classes", "Data", {}, "Comma-separated label subset to train on."),
+    (
+        "streams",
+        "Data",
+        {},
+        "Comma-separated store streams to read, e.g. rgb,audio (default: every stream, "
+        "concatenated per frame; --fusion says how they combine).",
+    ),
     ("test_fraction", "Data", {"type": float}, "Test share when the store has no split."),
     ("val_fraction", "Data", {"type": float}, "Validation share of the non-test videos."),
     ("epochs", "Optimisation", {"type": int}, "Maximum epochs."),
@@ -131,6 +138,10 @@ HEAD_HELP: dict[str, str] = {
     "moe_importance_weight": "lstm_moe: weight of the importance loss w*CV^2.",
     "moe_load_weight": "lstm_moe: weight of the load loss w*CV^2.",
     "frame_distance": "late_fusion: frames between the two fused frames.",
+    "fusion": "How the streams of a frame combine: concat; shared (one learned space); "
+    "projection (one space per stream, pulled together). See docs/fusion.md.",
+    "fusion_dim": "shared/projection: width each stream is mapped to.",
+    "fusion_weight": "projection: weight of the term pulling a frame's projections together.",
 }
 
 
@@ -217,8 +228,9 @@ def build_config(options: dict[str, Any], base: dict[str, Any] | None = None) ->
     if "optimizer" in given and "lr" not in given:
         merged.pop("lr", None)  # another optimiser: its own default lr, not the base's
     merged.update(given)
-    if isinstance(merged.get("classes"), str):
-        merged["classes"] = tuple(c.strip() for c in merged["classes"].split(",") if c.strip())
+    for key in ("classes", "streams"):  # comma-separated on the command line
+        if isinstance(merged.get(key), str):
+            merged[key] = tuple(c.strip() for c in merged[key].split(",") if c.strip())
     if not merged.get("model"):
         raise ConfigError("choose a head with --model/-m (or 'model' in --config)")
     nested: dict[str, Any] = {"head": {}, "data": {}}

@@ -22,6 +22,7 @@ REDUCTIONS = ("last", "mean", "weighted", "attention")
 POOLINGS = ("max", "mean")
 INPUT_NORMS = ("layer", "none")
 CLASSIFIER_NAMES = ("linear", "moe")  # the keys of CLASSIFIERS (moe registers on import)
+FUSIONS = ("concat", "shared", "projection")  # the keys of FUSION_LAYERS (heads.models)
 SAMPLINGS = ("head", "uniform", "random-crop")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LOSSES = ("auto", "single", "multi")
@@ -46,6 +47,17 @@ def _from_dict(cls: type, data: object, nested: dict[str, Any] | None = None) ->
         if key in kwargs:
             kwargs[key] = build(kwargs[key])
     return cls(**kwargs)
+
+
+def _names(field_name: str, value: Any) -> tuple[str, ...] | None:
+    """None, or a non-empty tuple of unique non-empty names."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{field_name} must be a list of names, got {value!r}")
+    if not value or len(set(value)) != len(value):
+        raise ConfigError(f"{field_name} must be non-empty and unique, got {value!r}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -76,11 +88,17 @@ class HeadConfig:
     moe_importance_weight: float = 0.1  # w of the importance loss w * CV(importance)^2
     moe_load_weight: float = 0.1  # w of the load loss w * CV(load)^2
     frame_distance: int = 15  # late_fusion: frames between the two fused frames (Karpathy: 15)
+    # How the streams of a frame are combined (docs/fusion.md): concat | shared | projection.
+    fusion: str = "concat"
+    fusion_dim: int = 256  # shared / projection: width of the space each stream is mapped to
+    fusion_weight: float = 0.1  # projection: weight of the term pulling a frame's streams together
 
     def __post_init__(self) -> None:
         names = ("hidden_size", "attention_size", "fc_size", "num_experts", "expert_size")
-        for name in (*names, "frame_distance"):
+        for name in (*names, "frame_distance", "fusion_dim"):
             check_int(name, getattr(self, name), low=1)
+        check_choice("fusion", self.fusion, FUSIONS)
+        check_float(self, "fusion_weight", 0.0)
         check_int("moe_experts", self.moe_experts, low=2)
         # One expert must stay out of the top k: the load loss needs the (k+1)-th gate value.
         check_int("moe_top_k", self.moe_top_k, low=1, high=self.moe_experts - 1)
@@ -132,6 +150,9 @@ class DataConfig:
     # each video drawn with probability ∝ 1 / (videos of its rarest label)
     sampler: str = "shuffle"
     classes: tuple[str, ...] | None = None  # train on this label subset only
+    # Store streams to read, concatenated per frame in this order; None: every stream of the
+    # store (a run records the streams it resolved to).
+    streams: tuple[str, ...] | None = None
     test_fraction: float = 0.2  # of all videos, when the store has no split
     val_fraction: float = 0.1  # of the non-test videos, held out for early stopping
 
@@ -155,10 +176,12 @@ class DataConfig:
             if len(set(self.classes)) != len(self.classes) or not self.classes:
                 raise ConfigError(f"classes must be non-empty and unique, got {self.classes!r}")
             object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "streams", _names("streams", self.streams))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["classes"] = None if self.classes is None else list(self.classes)
+        data["streams"] = None if self.streams is None else list(self.streams)
         return data
 
     @classmethod

@@ -9,6 +9,7 @@ and with persistent workers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from heads.config import DataConfig
+from heads.errors import MissingStreamError
 from heads.splits import normalise_split_names
 from vidfeat.errors import ConfigError
 from vidfeat.store import StoreReader, open_store
@@ -137,8 +139,6 @@ def select_frames(
 
 # ------------------------------------------------------------------------------ dataset
 
-STREAMS = ("features",)  # the feature arrays a store holds per frame
-
 
 def _store_videos(
     store: str | Path, label_map: LabelMap | None, split: str | None
@@ -154,6 +154,23 @@ def _store_videos(
         raise ConfigError(f"store {store} has no split column: use split=None for all videos")
     names = normalise_split_names(kept["split"].astype(str))
     return label_map, kept[names == normalise_split_names(pd.Series([split]))[0]]
+
+
+def resolve_streams(
+    reader: StoreReader, wanted: Sequence[str] | None, *, what: str = ""
+) -> tuple[str, ...]:
+    """``wanted`` checked against the store's streams; None means every stream of the store."""
+    held = tuple(reader.streams)
+    if wanted is None:
+        return held
+    missing = [name for name in wanted if name not in held]
+    if missing:
+        reads = f"{what} reads {', '.join(wanted)}; " if what else ""
+        raise MissingStreamError(
+            f"store {reader.path} has no stream {', '.join(repr(m) for m in missing)} "
+            f"({reads}the store holds: {', '.join(held)})"
+        )
+    return tuple(wanted)
 
 
 class Sample(NamedTuple):
@@ -181,8 +198,9 @@ class FeatureDataset(Dataset):
     (length bucketing too). Training code passes ``videos``, ``label_map`` and ``cfg`` itself.
 
     Keys are an index or (index, epoch); random crops depend on (seed, epoch, index) only.
-    ``streams`` names the feature arrays to read; stores hold one stream today, so only the
-    default (``None`` or ``("features",)``) is accepted.
+    Each frame is the store streams ``streams`` (default ``cfg.streams``; None: all of them)
+    concatenated in that order, read with one ``read_streams`` call per video. A video-level
+    store gives each video as one frame: its streams' video-level vectors, concatenated.
     """
 
     def __init__(
@@ -197,11 +215,11 @@ class FeatureDataset(Dataset):
         train: bool = False,
         seed: int = 0,
     ) -> None:
-        if streams is not None and tuple(streams) != STREAMS:
-            raise ConfigError(
-                f"streams {tuple(streams)!r}: stores hold a single stream, {STREAMS[0]!r}"
-            )
         cfg = cfg if cfg is not None else DataConfig()
+        if streams is not None:
+            cfg = dataclasses.replace(cfg, streams=tuple(streams))
+            with open_store(store) as reader:  # a missing stream is named now, not mid-epoch
+                resolve_streams(reader, cfg.streams)
         if videos is None:
             label_map, videos = _store_videos(store, label_map, split)
         elif label_map is None:
@@ -224,8 +242,9 @@ class FeatureDataset(Dataset):
 
     @property
     def dim(self) -> int:
-        """Feature dimension D of every frame."""
-        return int(self._store().dim)
+        """Feature dimension D of every frame: the widths of the streams read, summed."""
+        reader = self._store()
+        return sum(int(reader.streams[n].dim) for n in self.cfg.streams or reader.streams)
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -246,8 +265,15 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, key: int | SampleKey) -> Sample:
         index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
-        feats = self._store().read(self.video_ids[index])  # (n_frames, D) float32
-        x = np.ascontiguousarray(feats[self.frame_indices(int(index), int(epoch))])
+        reader, vid = self._store(), self.video_ids[index]
+        names = list(self.cfg.streams or reader.streams)
+        if reader.level == "video":
+            x = np.concatenate([reader.mean(vid, name) for name in names])[None]  # (1, D)
+        else:
+            frames = self.frame_indices(int(index), int(epoch))
+            parts = reader.read_streams(vid, names)  # name -> (n_frames, D_name) float32
+            x = np.concatenate([parts[name][frames] for name in names], axis=1)
+        x = np.ascontiguousarray(x, dtype=np.float32)
         return Sample(torch.from_numpy(x), torch.from_numpy(self.targets[index]), int(index))
 
     def close(self) -> None:
@@ -320,12 +346,12 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(n) if self.weights is None else rng.choice(n, n, p=self.weights)
         if not self.bucket:
-            return [perm[i : i + bs] for i in range(0, n, bs)]
+            return _cut_for_training(perm, bs)
         batches = []
-        for p in range(0, n, self.pool):
-            pool = perm[p : p + self.pool]
+        for p, q in _pool_bounds(n, self.pool):
+            pool = perm[p:q]
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]
-            batches += [pool[i : i + bs] for i in range(0, len(pool), bs)]
+            batches += _cut_for_training(pool, bs)
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
@@ -333,10 +359,35 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
             yield [(int(i), self.epoch) for i in batch]
 
     def __len__(self) -> int:
-        if not self.shuffle or not self.bucket:
-            return -(-len(self.lengths) // self.batch_size)
-        full, rest = divmod(len(self.lengths), self.pool)
-        return full * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            return -(-n // bs)
+        if not self.bucket:
+            return _training_batch_count(n, bs)
+        bounds = _pool_bounds(n, self.pool)
+        return sum(_training_batch_count(q - p, bs) for p, q in bounds)
+
+
+def _cut_for_training(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``order`` cut into batches; a last batch of one video joins the batch before it, since
+    BatchNorm cannot train on a single example (it raises on one value per channel)."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
+
+
+def _pool_bounds(n: int, pool: int) -> list[tuple[int, int]]:
+    """[start, stop) of each bucketing pool; a last pool of one video joins the one before."""
+    bounds = [(p, min(p + pool, n)) for p in range(0, n, pool)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _training_batch_count(n: int, batch_size: int) -> int:
+    count = -(-n // batch_size)
+    return count - 1 if count > 1 and n % batch_size == 1 else count
 
 
 def balanced_weights(targets: np.ndarray) -> np.ndarray:

@@ -18,6 +18,10 @@ class IncompatibleStoreError(StoreMismatchError):
     """A trained model was pointed at a store whose features mean something else."""
 
 
+class MissingStreamError(IncompatibleStoreError):
+    """A store lacks a stream that a run reads."""
+
+
 class RunDataMismatchError(StoreMismatchError):
     """A run is continued or scored on data other than the data it was trained on."""
 

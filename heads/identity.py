@@ -1,12 +1,12 @@
 """What a run was trained on, and the checks that keep a run bound to it.
 
 A run records its store's identity in ``config.json`` and in every checkpoint (``"store"``):
-the root metadata (dim, dtype, quantization, attrs) plus a fingerprint of the videos it uses
-and their split. Two levels of check follow from it:
+the root metadata (level, attrs, and each stream it reads with its dim, dtype, quantization and
+attrs) plus a fingerprint of the videos it uses and their split. Two levels of check follow from it:
 
-* :func:`check_store_compatible` - the features mean the same thing (dim, backbone, weights,
-  PCA). Enough to score a model on another store (``evaluate --split all``, ``predict``,
-  ``finetune``): other videos are the point there.
+* :func:`check_store_compatible` - the store has the run's streams and the features mean the
+  same thing (dim, backbone, weights, PCA). Enough to score a model on another store
+  (``evaluate --split all``, ``predict``, ``finetune``): other videos are the point there.
 * :func:`check_same_data` - the very data of the run: every root attr and the fingerprint. A
   resumed run, or a score of the run's own train/val/test videos, needs this; another store
   with the same ids and dim (another backbone, re-extracted videos) is refused.
@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
-from heads.errors import IncompatibleStoreError, RunDataMismatchError
+from heads.errors import IncompatibleStoreError, MissingStreamError, RunDataMismatchError
 from vidfeat.location import canonical
 
 log = logging.getLogger(__name__)
@@ -51,28 +52,55 @@ def video_fingerprint(videos: pd.DataFrame) -> dict[str, Any]:
     return {"n_videos": len(rows), "sha256": digest}
 
 
-def store_identity(reader: Any, videos: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The store a run trains on: its root metadata, and the fingerprint of ``videos``."""
+def store_identity(
+    reader: Any, videos: pd.DataFrame | None = None, streams: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The store a run trains on: its level and attrs, each stream it reads (default: all) in
+    input order, and the fingerprint of ``videos``. ``dim`` is the streams' total width;
+    ``dtype`` and ``quantization`` are the stream's when there is one, else None."""
+    names = tuple(streams) if streams is not None else tuple(reader.streams)
+    specs = {name: reader.streams[name] for name in names}
+    one = specs[names[0]] if len(names) == 1 else None
     identity = {
         "path": canonical(reader.path),
-        "dim": int(reader.dim),
-        "dtype": str(reader.dtype),
+        "level": reader.level,
+        "streams": {
+            name: {
+                "dim": int(spec.dim),
+                "dtype": str(spec.dtype),
+                "quantization": spec.quantization,
+                "attrs": json.loads(json.dumps(spec.attrs, default=str)),
+            }
+            for name, spec in specs.items()
+        },
+        "dim": sum(int(spec.dim) for spec in specs.values()),
+        "dtype": None if one is None else str(one.dtype),
         "attrs": json.loads(json.dumps(reader.attrs, default=str)),
-        "quantization": reader.quantization,
+        "quantization": None if one is None else one.quantization,
     }
     if videos is not None:
         identity["videos"] = video_fingerprint(videos)
     return identity
 
 
+def recorded_streams(identity: dict[str, Any]) -> dict[str, int] | None:
+    """name -> width of the streams a run reads, in input order; None for a run recorded
+    before stores had streams (it read the store's only stream)."""
+    streams = identity.get("streams")
+    return None if streams is None else {k: int(v["dim"]) for k, v in streams.items()}
+
+
 def check_same_data(
     recorded: dict[str, Any], reader: Any, videos: pd.DataFrame, action: str
 ) -> None:
     """Refuse ``action`` unless ``reader`` and ``videos`` are exactly the run's data."""
-    current = store_identity(reader, videos)
+    streams = recorded_streams(recorded)
+    current = store_identity(reader, videos, None if streams is None else list(streams))
+    # Runs recorded before stores had streams have no level or streams to compare.
+    keys = [*ROOT_KEYS, *(k for k in ("level", "streams") if k in recorded)]
     problems = [
         f"{key} differs" if key != "attrs" else _attr_diff(recorded["attrs"], current["attrs"])
-        for key in ROOT_KEYS
+        for key in keys
         if _canonical(recorded.get(key)) != _canonical(current[key])
     ]
     saved = recorded.get("videos")
@@ -117,24 +145,53 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _attr_problems(where: str, trained: dict[str, Any], attrs: dict[str, Any]) -> list[str]:
+    return [
+        f"{where}{key}: model trained on {_brief(trained.get(key))}, "
+        f"store has {_brief(attrs.get(key))}"
+        for key in IDENTITY_ATTRS
+        if _canonical(_identity(key, trained.get(key)))
+        != _canonical(_identity(key, attrs.get(key)))
+    ]
+
+
+def _stream_problems(provenance: dict[str, Any], reader: Any) -> list[str]:
+    """Each stream the run reads must be in the store, as wide, made the same way."""
+    wanted = recorded_streams(provenance)
+    if wanted is None:
+        if len(reader.streams) != 1:
+            raise MissingStreamError(
+                f"the model reads one stream ({provenance['dim']} wide); store {reader.path} "
+                f"holds {len(reader.streams)}: {', '.join(reader.streams)}"
+            )
+        wanted = {next(iter(reader.streams)): int(provenance["dim"])}
+    missing = [name for name in wanted if name not in reader.streams]
+    if missing:
+        raise MissingStreamError(
+            f"store {reader.path} has no stream {', '.join(repr(m) for m in missing)}: the model "
+            f"reads {', '.join(wanted)}, the store holds {', '.join(reader.streams)}"
+        )
+    problems = []
+    for name, dim in wanted.items():
+        spec = reader.streams[name]
+        if int(spec.dim) != dim:
+            problems.append(f"stream {name} dim: model expects {dim}, store has {spec.dim}")
+        trained = (provenance.get("streams") or {}).get(name, {}).get("attrs") or {}
+        attrs = json.loads(json.dumps(spec.attrs, default=str))
+        problems += _attr_problems(f"stream {name} ", trained, attrs)
+    return problems
+
+
 def check_store_compatible(provenance: dict[str, Any], reader: Any) -> None:
-    """Refuse a store whose features differ in dimension, backbone, weights or PCA.
+    """Refuse a store that lacks a stream the model reads (``MissingStreamError``), or whose
+    features differ in dimension, backbone, weights or PCA (store or stream attrs).
 
     dtype and quantization may differ: the reader dequantizes, so a uint8 copy of the same
     features is a valid input.
     """
-    problems = []
-    if int(provenance["dim"]) != int(reader.dim):
-        problems.append(f"dim: model expects {provenance['dim']}, store has {reader.dim}")
+    problems = _stream_problems(provenance, reader)
     trained, attrs = provenance.get("attrs") or {}, json.loads(json.dumps(reader.attrs))
-    for key in IDENTITY_ATTRS:
-        if _canonical(_identity(key, trained.get(key))) != _canonical(
-            _identity(key, attrs.get(key))
-        ):
-            problems.append(
-                f"{key}: model trained on {_brief(trained.get(key))}, "
-                f"store has {_brief(attrs.get(key))}"
-            )
+    problems += _attr_problems("", trained, attrs)
     if problems:
         raise IncompatibleStoreError(
             f"store {reader.path} does not match the features this model was trained on: "

@@ -18,7 +18,7 @@ from heads import checkpoint as ck
 from heads.config import TrainConfig
 from heads.data import FeatureDataset, LabelMap, make_loader
 from heads.errors import CheckpointError
-from heads.identity import check_same_data, check_store_compatible
+from heads.identity import check_same_data, check_store_compatible, recorded_streams
 from heads.metrics import evaluate_all
 from heads.models import Head, HeadConfig, create_head
 from heads.predictions import vocabulary_indices
@@ -61,6 +61,7 @@ def model_from_checkpoint(state: dict[str, Any]) -> Head:
         input_dim=int(state["input_dim"]),
         num_classes=int(state["num_classes"]),
         cfg=HeadConfig.from_dict(state["head_config"]),
+        streams=recorded_streams(state["store"]),
     )
     model.load_state_dict(state["model_state"])
     return model.eval()
@@ -95,6 +96,10 @@ def _open_checked(run: LoadedRun, store: str | Path | None) -> tuple[str, pd.Dat
     path = str(store if store is not None else run.provenance["path"])
     with open_store(path) as reader:
         check_store_compatible(run.provenance, reader)
+        if reader.level == "video" and not run.model.video_level:
+            raise ConfigError(
+                f"{run.cfg.model} reads sequences of frames; store {path} is video-level"
+            )
         videos = reader.videos[reader.videos["status"] == "ok"].reset_index(drop=True)
     return path, videos
 

@@ -25,7 +25,7 @@ from heads import distributed as dd
 from heads.config import TrainConfig
 from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
 from heads.errors import RunExistsError, TrainingDataError
-from heads.identity import check_same_data, store_identity
+from heads.identity import check_same_data, recorded_streams, store_identity
 from heads.loggers import check_loggers, create_loggers
 from heads.metrics import evaluate_all
 from heads.models import Head, create_head
@@ -37,6 +37,7 @@ from heads.splits import (
     read_split_file,
     save_splits,
 )
+from heads.streams import with_streams
 from heads.trainer import Loaders, Loss, loss_weights, predict_logits, resolve_device
 from heads.trainer import train as train_loop
 from vidfeat import atomic
@@ -148,6 +149,8 @@ def _check_resume(saved: TrainConfig, wanted: TrainConfig) -> None:
         a.pop(key), b.pop(key)
     for key in RESUMABLE_DATA_CHANGES:
         a["data"].pop(key), b["data"].pop(key)
+    if a["data"]["streams"] is None:  # saved before runs recorded streams: the store's only one
+        b["data"]["streams"] = None
     diffs = [k for k in a if a[k] != b[k]]
     if diffs:
         raise ConfigError(
@@ -194,7 +197,7 @@ def load_data(
         else:
             splits = assign_splits(kept, **fractions)
         kept = kept.drop(columns=["split"], errors="ignore").merge(splits, on="video_id")
-        identity = store_identity(reader, kept)
+        identity = store_identity(reader, kept, cfg.data.streams)
         if recorded is not None:
             check_same_data(recorded, reader, kept, "resume")
     sets = split_datasets(store_path, kept, label_map, cfg)
@@ -317,6 +320,8 @@ def train_run(
     """
     run_dir = Path(run_dir)
     check_loggers(logger)
+    with open_store(store_path) as reader:  # streams and head checked before run_dir exists
+        cfg = with_streams(cfg, reader)
     # Rank 0 decides: another rank could otherwise see the header rank 0 is writing.
     state = dd.on_main(check_run_dir, run_dir, resume=resume, force=force)
     if state == "finished" and resume:
@@ -345,7 +350,11 @@ def train_run(
         write_header(run_dir, cfg, data)
     torch.manual_seed(cfg.seed)  # model initialisation
     model = create_head(
-        cfg.model, input_dim=data.identity["dim"], num_classes=len(data.label_map), cfg=cfg.head
+        cfg.model,
+        input_dim=data.identity["dim"],
+        num_classes=len(data.label_map),
+        cfg=cfg.head,
+        streams=recorded_streams(data.identity),
     )
     return fit_and_test(
         model,

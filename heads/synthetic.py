@@ -98,3 +98,75 @@ def write_order_store(
     }
     videos = order_videos(n_videos, dim=dim, seed=seed, **task)
     return write_store(path, videos, dim=dim, format=format, dtype=dtype, attrs=attrs)
+
+
+# ------------------------------------------------------------------------------ two streams
+
+# The *sum* task: stream ``rgb`` carries a digit a and stream ``audio`` a digit b, each in
+# 0..K-1 and equally often in every combination; the label is (a + b) mod K (K = 2: XOR).
+# Given either stream alone, every label is equally likely (1/K is the chance level of hit@1);
+# both together decide it.
+
+
+def sum_videos(
+    n_videos: int,
+    *,
+    dims: dict[str, int] | None = None,
+    classes: int = 3,
+    min_len: int = 3,
+    max_len: int = 8,
+    noise: float = 0.3,
+    seed: int = 0,
+    pattern_seed: int = 99,
+) -> Iterator[tuple[str, dict[str, np.ndarray], tuple[str, ...]]]:
+    """Videos of the sum task: (video_id, {stream: (T, D_stream) float32}, labels). Every
+    (a, b) pair comes in turn, so each label has n_videos / K videos."""
+    dims = dims or {"rgb": 8, "audio": 4}
+    if len(dims) != 2:
+        raise ValueError(f"the sum task has two streams, got {list(dims)}")
+    k = classes
+    pattern_rng = np.random.default_rng(pattern_seed)
+    patterns = {s: 0.8 * pattern_rng.choice([-1.0, 1.0], size=(k, d)) for s, d in dims.items()}
+    rng = np.random.default_rng(seed)
+    for i in range(n_videos):
+        digits = (i % k, (i // k) % k)
+        length = int(rng.integers(min_len, max_len + 1))
+        streams = {
+            s: (patterns[s][digit] + rng.normal(0.0, noise, size=(length, dims[s]))).astype(
+                np.float32
+            )
+            for s, digit in zip(dims, digits, strict=True)
+        }
+        yield f"sum-{seed}-{i:05d}", streams, (f"sum{sum(digits) % k}",)
+
+
+def write_sum_store(
+    path: str | Path,
+    n_videos: int,
+    *,
+    dims: dict[str, int] | None = None,
+    level: str = "frame",
+    seed: int = 0,
+    keep: tuple[str, ...] | None = None,
+    format: str | None = None,
+    dtype: str = "float32",
+    **task: int | float,
+) -> Path:
+    """A store of the sum task, frame-level or video-level (each stream's mean over the frames).
+    ``keep`` writes only those streams (e.g. a store that lacks one); uint8 frame-level stores
+    get YouTube-8M quantization over [-2, 2], as released YouTube-8M features."""
+    dims = dims or {"rgb": 8, "audio": 4}
+    keep = tuple(keep or dims)
+    attrs = {"backbone": "synthetic-sum", "weights": "patterns", "pca": None, "fps": 1.0}
+    quant = quantization_attrs() if dtype == "uint8" else None
+    spec = {"dtype": dtype, "quantization": quant}
+    streams = {s: {"dim": dims[s], **spec} for s in keep}
+    with create_store(path, format=format, attrs=attrs, level=level, streams=streams) as w:
+        for video_id, frames, labels in sum_videos(n_videos, dims=dims, seed=seed, **task):
+            values = {s: frames[s] for s in keep}
+            if level == "video":
+                values = {s: v.mean(axis=0) for s, v in values.items()}
+            elif quant:
+                values = {s: quantize(v) for s, v in values.items()}
+            w.write(video_id, values, labels=labels)
+    return Path(path)

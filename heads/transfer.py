@@ -45,6 +45,7 @@ from heads.models import Head
 from heads.run import check_run_dir, check_training_set, clear_run_dir, fit_and_test, load_data
 from heads.run import write_header as write_run_header
 from heads.splits import load_splits
+from heads.streams import parent_streams
 from vidfeat.store import open_store
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ def finetune_run(
     run = parent if isinstance(parent, LoadedRun) else load_run(parent)
     cfg = cfg if cfg is not None else finetune_config(run.cfg, mode)
     _check_same_architecture(run.cfg, cfg)
+    cfg = parent_streams(run.provenance, cfg)
     out = Path(out)
     state = dd.on_main(_check_out, out, run.run_dir, force)  # before rank 0 writes there
     with open_store(store) as reader:

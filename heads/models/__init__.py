@@ -4,9 +4,20 @@ Each family lives in its own module and registers its names in ``HEADS`` on impo
 imports below are what makes every family available.
 """
 
-from heads.models import attention, bof, frames, logistic, moe, recurrent, sparse_moe, tconv
+from heads.models import (
+    attention,
+    bof,
+    frames,
+    fusion,
+    logistic,
+    moe,
+    recurrent,
+    sparse_moe,
+    tconv,
+)
 from heads.models.base import (
     CLASSIFIERS,
+    FUSION_LAYERS,
     HEADS,
     AdditiveAttentionPool,
     AuxLossModule,
@@ -23,6 +34,7 @@ from heads.models.base import (
 
 __all__ = [
     "CLASSIFIERS",
+    "FUSION_LAYERS",
     "HEADS",
     "AdditiveAttentionPool",
     "AuxLossModule",
@@ -33,6 +45,7 @@ __all__ = [
     "bof",
     "create_head",
     "frames",
+    "fusion",
     "lengths_to_mask",
     "linear_weights",
     "logistic",

@@ -119,6 +119,31 @@ class AuxLossModule(nn.Module):
         return {}
 
 
+class Fusion(AuxLossModule):
+    """Combines the streams of each frame: (B, T, sum of D_s) -> (B, T, ``out_dim``).
+
+    ``dims`` maps each stream, in input order, to its width. This base is plain per-frame
+    concatenation (the input passes unchanged); the other kinds live in heads/models/fusion.py.
+    Fusion acts on each frame alone, so padded frames never reach a valid one.
+    """
+
+    def __init__(self, dims: dict[str, int], cfg: HeadConfig) -> None:
+        super().__init__()
+        widths = list(dims.values())
+        if not widths or any(
+            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in widths
+        ):
+            raise ConfigError(f"streams must map names to positive widths, got {dims!r}")
+        self.dims = dict(dims)
+        self.in_dim = sum(self.dims.values())
+        self.out_dim = self.in_dim
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        return x
+
+
+FUSION_LAYERS: Registry[Fusion] = Registry("fusion")
+FUSION_LAYERS.register("concat")(Fusion)
 CLASSIFIERS: Registry[nn.Module] = Registry("classifier")
 
 
@@ -162,6 +187,9 @@ class Head(nn.Module):
     supports_per_frame: ClassVar[bool] = False
     # True when the head provably ignores frame order (it pools frames first).
     order_invariant: ClassVar[bool] = False
+    # True when the head's first step is the mean of the frames, so one video-level vector (a
+    # video-level store, read as a one-frame video) is exactly the input it was made for.
+    video_level: ClassVar[bool] = False
 
     def __init__(self, input_dim: int, num_classes: int, cfg: HeadConfig) -> None:
         super().__init__()
@@ -172,6 +200,8 @@ class Head(nn.Module):
         self.input_dim = input_dim
         self.num_classes = num_classes
         self.cfg = cfg
+        # Replaced by create_head when the input holds several streams (``set_fusion``).
+        self.fusion: Fusion = Fusion({"input": input_dim}, cfg)
         # Per-frame, so it cannot mix padding into valid steps. It puts raw CNN features
         # (non-negative, mean ~0.4) and unit-scale features on the same footing.
         self.input_norm = nn.LayerNorm(input_dim) if cfg.input_norm == "layer" else nn.Identity()
@@ -211,10 +241,26 @@ class Head(nn.Module):
         """(B, T, D) normalised frames -> (B, T, F) per-step features."""
         raise NotImplementedError
 
+    def set_fusion(self, fusion: Fusion) -> None:
+        """Read ``fusion.in_dim``-wide frames through ``fusion``; the head was built for its
+        ``out_dim``."""
+        if fusion.out_dim != self.fusion.out_dim:
+            raise ConfigError(
+                f"fusion gives {fusion.out_dim} features per frame, "
+                f"the head reads {self.fusion.out_dim}"
+            )
+        self.fusion = fusion
+        self.input_dim = fusion.in_dim
+
+    def prepare(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Check the contract, fuse the streams and normalise: -> ((B, T, F) frames, lengths)."""
+        lengths = check_inputs(x, lengths, self.input_dim)
+        return self.input_norm(self.fusion(x, lengths)), lengths
+
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T, D) zero-padded, lengths (B,) -> (B, C) logits."""
-        lengths = check_inputs(x, lengths, self.input_dim)
-        return self.fc(self.top(self.encode(self.input_norm(x), lengths)))
+        x, lengths = self.prepare(x, lengths)
+        return self.fc(self.top(self.encode(x, lengths)))
 
     def training_losses(
         self,
@@ -262,8 +308,8 @@ class Head(nn.Module):
         """x (B, T, D), lengths (B,) -> (B, T, C) logits at every step; 0 on padded steps."""
         if not self.supports_per_frame:
             raise HeadInputError(f"{type(self).__name__} has no per-frame outputs")
-        lengths = check_inputs(x, lengths, self.input_dim)
-        logits = self.fc(self.top(self.encode_frames(self.input_norm(x), lengths)))
+        frames, lengths = self.prepare(x, lengths)
+        logits = self.fc(self.top(self.encode_frames(frames, lengths)))
         mask = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1)
         return torch.where(mask, logits, 0.0)
 
@@ -272,12 +318,23 @@ HEADS: Registry[Head] = Registry("head")
 
 
 def create_head(
-    name: str, *, input_dim: int, num_classes: int, cfg: HeadConfig | None = None
+    name: str,
+    *,
+    input_dim: int,
+    num_classes: int,
+    cfg: HeadConfig | None = None,
+    streams: dict[str, int] | None = None,
 ) -> Head:
-    """Build the registered head ``name`` for D-dim frame features and C classes."""
-    return HEADS.create(
-        name,
-        input_dim=input_dim,
-        num_classes=num_classes,
-        cfg=cfg if cfg is not None else HeadConfig(),
-    )
+    """Build the registered head ``name`` for D-dim frame features and C classes.
+
+    ``streams`` (name -> width, in input order, widths summing to D) says how each frame is made
+    of streams; ``cfg.fusion`` combines them before the head proper. None: one stream.
+    """
+    cfg = cfg if cfg is not None else HeadConfig()
+    dims = dict(streams) if streams else {"input": input_dim}
+    if sum(dims.values()) != input_dim:
+        raise ConfigError(f"streams {dims} do not add up to the input width {input_dim}")
+    fusion = FUSION_LAYERS.create(cfg.fusion, dims=dims, cfg=cfg)
+    head = HEADS.create(name, input_dim=fusion.out_dim, num_classes=num_classes, cfg=cfg)
+    head.set_fusion(fusion)
+    return head

@@ -60,6 +60,7 @@ class MoeHead(Head):
     """Masked mean over valid frames -> mixture of experts. Order-blind by construction."""
 
     order_invariant = True  # pools frames before anything else sees them
+    video_level = True  # the mean of a video's frames is its video-level vector
 
     def __init__(self, input_dim: int, num_classes: int, cfg: HeadConfig) -> None:
         super().__init__(input_dim, num_classes, cfg)

@@ -20,7 +20,6 @@ from heads.models.base import (
     AdditiveAttentionPool,
     Head,
     HeadConfig,
-    check_inputs,
     last_valid,
     masked_mean,
     weighted_sum,
@@ -164,9 +163,8 @@ class RecurrentHead(Head):
     def attention_weights(self, x: Tensor, lengths: Tensor) -> Tensor:
         if self.attention is None:
             return super().attention_weights(x, lengths)
-        lengths = check_inputs(x, lengths, self.input_dim)
-        h = self.encode_frames(self.input_norm(x), lengths)
-        return self.attention.weights(h, lengths)
+        frames, lengths = self.prepare(x, lengths)
+        return self.attention.weights(self.encode_frames(frames, lengths), lengths)
 
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         return REDUCERS[self.reduction](self, self.encoder(x, lengths), lengths)

@@ -514,8 +514,5 @@ CASES: list[Case] = [
         stores=True,
         code=OK,
         message="test \\(5 videos\\)",
-        xfail="heads' training loop feeds a batch of one video to BatchNorm, which raises "
-        "'Expected more than 1 value per channel' (exit 70); the fix belongs in the trainer "
-        "or data loader (drop or merge a last batch of one)",
     ),
 ]

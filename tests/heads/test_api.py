@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import heads
 from heads import checkpoint as ck
 from heads.config import DataConfig, HeadConfig, TrainConfig
+from heads.errors import MissingStreamError
 from heads.run import train_run
 from heads.synthetic import write_store
 from tests.heads.stores import cluster_videos
@@ -79,8 +80,8 @@ def test_feature_dataset_over_a_store(tmp_path):
     sample = everything[0]
     assert sample.x.shape == (everything.n_frames[0], 16) and everything.dim == 16
     assert parts["train"][3].labels.sum() == 1
-    assert heads.FeatureDataset(path, streams=("features",)).video_ids == everything.video_ids
-    with pytest.raises(ConfigError, match="single stream"):
+    assert heads.FeatureDataset(path, streams=("rgb",)).video_ids == everything.video_ids
+    with pytest.raises(MissingStreamError, match="has no stream 'audio'"):
         heads.FeatureDataset(path, streams=("rgb", "audio"))
     with pytest.raises(ConfigError, match="unknown split names"):
         heads.FeatureDataset(path, split="holdout")

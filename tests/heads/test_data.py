@@ -264,3 +264,17 @@ def test_label_map_round_trip(tmp_path):
     label_map = LabelMap(("b", "a"), multilabel=False)
     ck.write_json(tmp_path / ck.LABEL_MAP, label_map.to_dict())
     assert LabelMap.from_dict(ck.read_json(tmp_path / ck.LABEL_MAP)) == label_map
+
+
+@pytest.mark.parametrize("bucket", [True, False])
+@pytest.mark.parametrize("n", [9, 17, 33, 41])
+def test_training_batches_never_hold_a_single_video(n, bucket):
+    # BatchNorm cannot train on one example; a lone leftover joins the batch before it.
+    lengths = np.random.default_rng(n).integers(1, 50, n)
+    sampler = BucketBatchSampler(lengths, 8, shuffle=True, bucket=bucket, bucket_batches=2)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert min(len(b) for b in batches) > 1
+        assert sorted(i for b in batches for i, _ in b) == list(range(n))
+        assert len(batches) == len(sampler)

@@ -22,6 +22,7 @@ from heads.models import (
     weighted_sum,
 )
 from heads.models.base import last_valid
+from heads.models.fusion import ProjectionFusion
 from heads.models.moe import MixtureOfExperts
 from vidfeat.errors import ConfigError
 
@@ -137,6 +138,30 @@ def assert_padding_invariant(model: Head, pad: float) -> None:
 def test_padding_never_changes_outputs(name, pad):
     # NaN padding proves padded steps are masked out, not merely added as zeros.
     assert_padding_invariant(make_head(name).eval(), pad)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "shared", "projection"])
+def test_padding_never_changes_outputs_with_fused_streams(name, fusion):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, fusion=fusion, fusion_dim=6)
+    model = create_head(name, input_dim=D, num_classes=C, cfg=cfg, streams={"a": 7, "b": 5})
+    assert model.input_dim == D
+    assert_padding_invariant(model.eval(), float("nan"))
+
+
+def test_projection_term_counts_valid_frames_only():
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    alone = ProjectionFusion.distance([a[None], b[None]], torch.tensor([4]))
+    pad = torch.full((2, 6, 3), float("nan"))
+    pa, pb = pad.clone(), pad.clone()
+    pa[1, :4], pb[1, :4] = a, b
+    pa[0, :6], pb[0, :6] = a.repeat(2, 1)[:6], b.repeat(2, 1)[:6]
+    batched = ProjectionFusion.distance([pa, pb], torch.tensor([6, 4]))
+    expected = (alone * 4 + ProjectionFusion.distance([pa[:1], pb[:1]], torch.tensor([6])) * 6) / 10
+    torch.testing.assert_close(batched, expected)
+    same = ProjectionFusion.distance([a[None], 3 * a[None]], torch.tensor([4]))
+    assert float(same) == pytest.approx(0.0, abs=1e-6)  # scale-free: only directions count
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

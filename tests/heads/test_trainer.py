@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -118,7 +119,9 @@ def test_checkpoint_is_self_describing_and_weights_only(tmp_path):
     state = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert _only_primitives(state)
     assert state["model_name"] == "bilstm"
-    assert TrainConfig.from_dict(state["train_config"]) == cfg
+    # The default streams (every one) are recorded resolved: this store has one, rgb.
+    resolved = cfg.replace(data=dataclasses.replace(cfg.data, streams=("rgb",)))
+    assert TrainConfig.from_dict(state["train_config"]) == resolved
     assert HeadConfig.from_dict(state["head_config"]) == SMALL_HEAD
     assert state["label_map"] == {"labels": ["class0", "class1", "class2"], "multilabel": False}
     assert state["store"]["dim"] == 16 and state["store"]["attrs"]["weights"] == "w1"
