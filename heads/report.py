@@ -22,6 +22,7 @@ import numpy as np
 
 from heads import checkpoint as ck
 from heads import metrics
+from heads.config import METRICS as METRIC_NAMES
 from heads.errors import ReportError
 from heads.figures import (
     DPI,
@@ -253,7 +254,7 @@ def _class_table(run: _Run, stats: metrics.ClassStats) -> list[str]:
 
 def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
     lines = [f"## Run `{run.name}`", ""]
-    keys = ["hit_at_1", "top5", "gap_at_20", "mean_ap", "perr", "n_test"]
+    keys = [*METRIC_NAMES, "n_test"]
     lines += _table(keys, [[_fmt(run.test_metrics.get(k)) for k in keys]])
     if run.epochs:
         name = spec.name(f"{run.slug}_training")

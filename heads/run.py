@@ -43,6 +43,7 @@ from heads.trainer import train as train_loop
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
 from vidfeat.store import open_store
+from vidfeat.store.base import LABEL_SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +430,7 @@ def write_predictions(
     k = min(20, len(label_map))
     rows = {
         "video_id": video_ids,
-        "labels": [";".join(np.array(label_map.labels)[y > 0]) for y in labels],
+        "labels": [LABEL_SEPARATOR.join(np.array(label_map.labels)[y > 0]) for y in labels],
         "predictions": [format_top_k(s, label_map.labels, k) for s in scores],
     }
     with atomic.atomic_open(stem.with_suffix(".csv"), "w", newline="") as fh:

@@ -21,12 +21,12 @@ import pandas as pd
 from vidfeat.decode.probe import not_a_file
 from vidfeat.errors import ConfigError, ManifestError
 from vidfeat.location import Location, RemotePath, as_location
+from vidfeat.store.base import LABEL_SEPARATOR  # one separator for manifests and stores
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("video_id", "path", "labels")
 OPTIONAL_COLUMNS = ("split", "group")
-LABEL_SEPARATOR = ";"
 MAX_LISTED_PROBLEMS = 50
 
 

@@ -9,14 +9,13 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from vidfeat.backbones.audio import AudioBackboneSpec
 from vidfeat.backbones.base import BackboneSpec
-from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, Runner, check_runtime
+from vidfeat.backbones.runtimes import COMPUTE_DTYPES, DEFAULT_RUNTIME, Runner, check_runtime
 from vidfeat.errors import ConfigError
 
-# Torch dtypes of the precisions that cast the module (int8 is a runtime's own quantization).
-PRECISIONS: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
+# Torch dtypes of the precisions that cast the module (int8 is a runtime's own quantization),
+# named by the one precision table in vidfeat.backbones.runtimes.
+CAST_DTYPES: dict[str, torch.dtype] = {
+    p: getattr(torch, COMPUTE_DTYPES[p]) for p in ("fp32", "fp16", "bf16")
 }
 
 
@@ -39,7 +38,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """Compute dtype of a module that always runs eagerly (the audio backbones): the eager
     runtime's precisions on that device, so one --precision means the same for every stream."""
     check_runtime(DEFAULT_RUNTIME, device.type, precision)
-    return PRECISIONS[precision]
+    return CAST_DTYPES[precision]
 
 
 def fold_batch_norm(module: nn.Module) -> nn.Module:
