@@ -12,17 +12,17 @@ from typing import Any
 
 import click
 
-from vidfeat.errors import ConfigError
 from vidfeat_cli.core import progress_option, show_progress
 from vidfeat_cli.heads_options import (
     build_config,
+    check_training_target,
     metrics_text,
     run_options,
     run_out_option,
     train_options,
     training_session,
 )
-from vidfeat_cli.options import STORE, SectionedCommand, SectionOption, check_device, deferred
+from vidfeat_cli.options import STORE, SectionedCommand, SectionOption, deferred
 
 # train_options documents `heads train` defaults; fine-tuning starts from the parent's values.
 _FINETUNE_HELP = {
@@ -130,9 +130,7 @@ def finetune(
     parent = load_run(run)
     base = finetune_config(parent.cfg, mode).to_dict()
     cfg = build_config({**options, "model": parent.cfg.model}, base)
-    check_device(cfg.device)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
+    check_training_target(cfg.device, out)
     with training_session(cfg.device, out) as is_main:
         metrics = finetune_run(
             parent,

@@ -31,6 +31,7 @@ from vidfeat_cli.core import (
 )
 from vidfeat_cli.heads_options import (
     build_config,
+    check_training_target,
     head_options,
     metrics_text,
     model_option,
@@ -180,9 +181,7 @@ def _check_train_inputs(store: Path | str, cfg: TrainConfig, out: Path, resume: 
     from heads.data import build_label_map
     from vidfeat.store import open_store
 
-    check_device(cfg.device)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
+    check_training_target(cfg.device, out)
     if resume and not out.is_dir():
         raise ConfigError(f"--resume: {out} holds no run to continue")
     # train_run builds the same map again and logs its warnings then; say them once.

@@ -18,7 +18,7 @@ import click
 
 from vidfeat.errors import ConfigError
 from vidfeat_cli.config_file import config_fields, flatten_config
-from vidfeat_cli.options import DEVICE, SectionOption
+from vidfeat_cli.options import DEVICE, SectionOption, check_device
 
 if TYPE_CHECKING:
     from heads.config import TrainConfig
@@ -241,6 +241,14 @@ def build_config(options: dict[str, Any], base: dict[str, Any] | None = None) ->
         else:
             nested[owners[key]][key] = value
     return TrainConfig.from_dict(nested)
+
+
+def check_training_target(device: str, out: Path) -> None:
+    """What a command that trains into ``out`` checks before creating anything: the device,
+    and that ``out`` is not a file."""
+    check_device(device)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
 
 
 @contextlib.contextmanager

@@ -35,13 +35,18 @@ DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "rmsprop": 1e-3}
 SGD_MOMENTUM = 0.9
 
 
-def _from_dict(cls: type, data: object, nested: dict[str, Any] | None = None) -> Any:
+def _from_dict(
+    cls: type, data: object, nested: dict[str, Any] | None = None, what: str | None = None
+) -> Any:
+    """``cls(**data)``, refusing a non-mapping and unknown keys (``what`` names ``cls`` in the
+    errors); ``nested`` builds the given fields from their dicts."""
+    what = what or cls.__name__
     if not isinstance(data, dict):
-        raise ConfigError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{what} must be a mapping, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+        raise ConfigError(f"unknown {what} keys: {', '.join(unknown)}")
     kwargs = dict(data)
     for key, build in (nested or {}).items():
         if key in kwargs:
@@ -126,13 +131,7 @@ class HeadConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadConfig:
         """Inverse of ``to_dict``; missing keys take defaults, unknown keys are refused."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"head config must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown head config keys: {', '.join(unknown)}")
-        return cls(**data)
+        return _from_dict(cls, data, what="head config")
 
 
 @dataclass(frozen=True)

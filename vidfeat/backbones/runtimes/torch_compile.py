@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from vidfeat.backbones.runtimes.base import RUNTIMES, Runner, Runtime
-from vidfeat.backbones.runtimes.eager import module_runner
+from vidfeat.backbones.runtimes.eager import Eager, module_runner
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 @RUNTIMES.register("compile")
 class Compile(Runtime):
     name = "compile"
-    precisions: ClassVar = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")}
+    precisions: ClassVar = Eager.precisions  # it compiles the eager runner
     bounds: ClassVar = {"fp32": 1e-4, "fp16": 0.01, "bf16": 0.05}
 
     def build(
