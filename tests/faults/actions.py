@@ -149,11 +149,12 @@ def killed_writer(sig: int):
 def extract_with(env: Env, key: str, *values: str) -> None:
     """Create a store with the identity `extract --KEY VALUE` gives it, for each value in turn
     (the first creates it, the others reopen it), as a rerun with other options does."""
+    from vidfeat.backbones import BackboneSpec
     from vidfeat.config import ExtractConfig
     from vidfeat.pca.apply import FeatureReduction
     from vidfeat.pipeline import resume_attrs, store_attrs
 
-    spec = {"name": "inception_v3", "weights_id": "fixture"}
+    spec = BackboneSpec("inception_v3", 4, 8, "tf1_bilinear", (0, 0, 0), (1, 1, 1), "w", "a" * 64)
     for value in values:
         cfg = ExtractConfig(manifest=env.path("m.csv"), out=env.out, **{key: value})
         attrs = resume_attrs(cfg, store_attrs(cfg, spec, FeatureReduction()))
