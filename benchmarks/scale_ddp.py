@@ -14,14 +14,12 @@ approach N until the store read (each rank reads its own slice) or the gradient 
 step (the whole head's parameters, every step) dominates; for the small heads here the
 all-reduce latency is what breaks first on slow interconnects.
 
-    python -m benchmarks.scale_ddp                       # prints the figures as JSON
-    python -m benchmarks.scale_ddp --videos 400 --epochs 2
-    python -m benchmarks.scale_ddp --save                # also benchmarks/results/scale_ddp.json
+Run through ``python -m benchmarks.scale --only ddp`` (``--ddp-videos``, ``--ddp-epochs``,
+``--ddp-batch-size``, ``--ddp-model``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,11 +27,20 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.common import machine_info, work_dir, write_result
-
 REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DdpSettings:
+    videos: int = 4000
+    epochs: int = 3
+    batch_size: int = 64  # global batch (all ranks)
+    model: str = "gru"
+    device: str = "cpu"
+    ranks: tuple[int, ...] = (1, 2)
 
 
 def _free_port() -> int:
@@ -51,7 +58,7 @@ def _command(ranks: int, args: list[str]) -> list[str]:
     return [sys.executable, *launcher, *rendezvous, *heads]
 
 
-def run(store: Path, out: Path, ranks: int, opts: argparse.Namespace) -> dict:
+def run(store: Path, out: Path, ranks: int, opts: DdpSettings) -> dict:
     """One ``heads train`` run with ``ranks`` processes; its figures."""
     args = ["train", str(store), "--model", opts.model, "--out", str(out)]
     args += ["--epochs", str(opts.epochs), "--patience", "0", "--dropout", "0"]
@@ -60,7 +67,8 @@ def run(store: Path, out: Path, ranks: int, opts: argparse.Namespace) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": threads}
     shutil.rmtree(out, ignore_errors=True)  # a kept --work holds the previous runs
     t0 = time.perf_counter()
-    subprocess.run(_command(ranks, args), cwd=REPO, env=env, check=True)
+    # stdout to stderr: the benchmark's own stdout is its JSON.
+    subprocess.run(_command(ranks, args), cwd=REPO, env=env, check=True, stdout=sys.stderr)
     wall = time.perf_counter() - t0
     test = json.loads((out / "test_metrics.json").read_text())
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -73,36 +81,20 @@ def run(store: Path, out: Path, ranks: int, opts: argparse.Namespace) -> dict:
         "videos_per_s": videos / test["train_wall_s"],
         "command_wall_s": wall,
         "final_train_loss": records[-1]["train_loss"],
+        "trainable_params": records[-1].get("trainable_params"),
         "test_gap_at_20": test.get("gap_at_20"),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=4000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch (all ranks)")
-    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--model", default="gru")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--work", type=Path, help="keep the store and runs here")
-    parser.add_argument("--save", action="store_true", help="write results/scale_ddp.json")
-    opts = parser.parse_args()
+def measure(opts: DdpSettings, work: Path) -> dict:
+    """One run per world size in ``opts.ranks`` on one store kept in ``work``."""
     from heads.synthetic import write_order_store
 
-    with work_dir(opts.work, "scale-ddp-") as work:
-        store = work / "order.zarr"
-        if not store.exists():
-            write_order_store(store, opts.videos, dim=128)
-        rows = [run(store, work / f"run-{n}", n, opts) for n in opts.ranks]
+    store = work / "order.zarr"
+    if not store.exists():
+        write_order_store(store, opts.videos, dim=128)
+    rows = [run(store, work / f"run-{n}", n, opts) for n in opts.ranks]
     base = rows[0]["videos_per_s"]
     for row in rows:
         row["speedup"] = row["videos_per_s"] / base
-    payload = {"settings": vars(opts) | {"work": None}, "runs": rows}
-    print(json.dumps({"machine": machine_info(), **payload}, indent=2))
-    if opts.save:
-        write_result("scale_ddp", payload)
-
-
-if __name__ == "__main__":
-    main()
+    return {"settings": asdict(opts), "runs": rows}

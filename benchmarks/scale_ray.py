@@ -12,22 +12,23 @@ little with N; the decode figure is the one that should grow with N until the co
 On a real cluster decoding grows with the CPUs added (more nodes, larger ``--workers``) until it
 feeds every GPU; see docs/ray.md ("Scaling") for what breaks first.
 
-    python -m benchmarks.scale_ray                         # prints the figures as JSON
-    python -m benchmarks.scale_ray --workers 1 2 --videos 4 --seconds 6
-    python -m benchmarks.scale_ray --save                  # also benchmarks/results/scale_ray.json
+Run through ``python -m benchmarks.scale --only ray`` (``--ray-workers``, ``--ray-videos``,
+``--ray-seconds``).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
+import logging
+import shutil
 import time
 from fractions import Fraction
 from pathlib import Path
 
 from benchmarks.clips import write_clip_manifest, write_generated_clips
-from benchmarks.common import machine_info, work_dir, write_result
+
+log = logging.getLogger(__name__)
 
 
 def decode_alone(ray, paths: list[Path], workers: int, spec) -> dict:
@@ -81,47 +82,33 @@ def extract_end_to_end(manifest: Path, out: Path, workers: int, device: str) -> 
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--videos", type=int, default=8)
-    ap.add_argument("--seconds", type=float, default=20.0, help="length of each clip")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--work", type=Path, help="keep clips here (reused by a rerun)")
-    ap.add_argument("--save", action="store_true", help="write benchmarks/results/scale_ray.json")
-    args = ap.parse_args()
-
+def measure(workers: list[int], videos: int, seconds: float, device: str, work: Path) -> dict:
+    """Decode alone and end to end for each number of decode workers, on clips kept in
+    ``work`` (a rerun reuses them)."""
     import ray
 
     from vidfeat.backbones import create_backbone
 
     spec = create_backbone("inception_v3", device="cpu").spec
+    clips = write_generated_clips(work, videos, seconds)
+    manifest = write_clip_manifest(work / "m.csv", [(p.stem, p, "x") for p in clips])
     rows = []
-    with work_dir(args.work, "vidfeat-scale-ray-") as work:
-        clips = write_generated_clips(work, args.videos, args.seconds)
-        manifest = write_clip_manifest(work / "m.csv", [(p.stem, p, "x") for p in clips])
-        for n in args.workers:
-            ray.init(num_cpus=n + 1, include_dashboard=False, log_to_driver=False)
-            try:
-                row = {"decode_workers": n, "decode_alone": decode_alone(ray, clips, n, spec)}
-                out = work / f"ray-{n}.zarr"
-                row["end_to_end"] = extract_end_to_end(manifest, out, n, args.device)
-            finally:
-                ray.shutdown()
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    payload = {
-        "videos": args.videos,
-        "clip_seconds": args.seconds,
+    for n in workers:
+        ray.init(num_cpus=n + 1, include_dashboard=False, log_to_driver=False)
+        try:
+            row = {"decode_workers": n, "decode_alone": decode_alone(ray, clips, n, spec)}
+            out = work / f"ray-{n}.zarr"
+            shutil.rmtree(out, ignore_errors=True)  # a kept work folder holds the last run's
+            shutil.rmtree(out.with_name(out.name + ".locks"), ignore_errors=True)
+            row["end_to_end"] = extract_end_to_end(manifest, out, n, device)
+        finally:
+            ray.shutdown()
+        rows.append(row)
+        log.info("ray: %s", json.dumps(row))
+    return {
+        "videos": videos,
+        "clip_seconds": seconds,
         "decoder": "pyav",
         "embed_workers": 1,
         "rows": rows,
     }
-    if args.save:
-        print(write_result("scale_ray", payload))
-    else:
-        print(json.dumps({"machine": machine_info(), **payload}, indent=2))
-
-
-if __name__ == "__main__":
-    main()
