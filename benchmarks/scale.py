@@ -78,6 +78,7 @@ def _train(opts: argparse.Namespace, stores: Stores) -> dict:
         eval_every=opts.train_steps,
         num_workers=opts.num_workers,
         device=opts.device,
+        cache_mb=opts.cache_mb,
     )
     out = stores.work / "train-run"
     return scale_train.throughput(stores.get(opts.videos), out, run, val_videos(opts.videos))
@@ -91,9 +92,10 @@ def _flat(opts: argparse.Namespace, stores: Stores) -> dict:
         model=opts.model,
         batch_size=opts.flat_batch_size,
         max_steps=steps,
-        eval_every=opts.flat_eval_every or max(1, steps // 10),
+        eval_every=opts.flat_eval_every or max(1, steps // 15),
         num_workers=opts.num_workers,
         device=opts.device,
+        cache_mb=opts.cache_mb,
     )
     row = scale_train.flat_memory(store, stores.work / "flat-run", run, n_train)
     row["open_probe"] = scale_store.probe("open", store)  # a second point for open's costs
@@ -152,11 +154,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train = ap.add_argument_group("train and flat")
     train.add_argument("--model", default="bof")
     train.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    train.add_argument("--cache-mb", type=int, help="decoded-chunk cache (default: heads')")
     train.add_argument("--train-steps", type=int, default=200)
     train.add_argument("--train-batch-size", type=int, default=256)
     train.add_argument("--flat-videos", type=int, default=100_000)
-    train.add_argument("--flat-steps", type=int, help="default: two passes over the train set")
-    train.add_argument("--flat-eval-every", type=int, help="default: a tenth of the steps")
+    train.add_argument("--flat-steps", type=int, help="default: 3 passes over the train set")
+    train.add_argument("--flat-eval-every", type=int, help="default: a 15th of the steps")
     train.add_argument("--flat-batch-size", type=int, default=64)
     dist = ap.add_argument_group("ray and ddp")
     dist.add_argument("--ray-workers", type=int, nargs="+", default=[1, 2, 4])

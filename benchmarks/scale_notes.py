@@ -116,8 +116,9 @@ def flat_note(p: dict) -> dict:
     return {
         "figures": figures,
         "grows": (
-            "training memory should depend on the batch, the model and the index of the store, "
-            "not on steps or videos read; the slope is the check."
+            "training memory should depend on the batch, the model, the index of the store and "
+            "the bound of the decoded-chunk cache (--cache-mb per reading process), not on steps "
+            "or videos read; the slope after the first pass is the check."
         ),
         "breaks_first": (
             "a positive slope would be a per-step or per-video leak (history kept per "

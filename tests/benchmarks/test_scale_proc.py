@@ -21,17 +21,30 @@ def test_child_peak_and_samples_see_an_allocation():
     assert run.samples and max(s.rss_mib for s in run.samples) >= 200
 
 
-def _samples(growth_mib_per_s: float) -> tuple[list[RssSample], list[dict]]:
-    samples = [RssSample(t / 2, 500 + growth_mib_per_s * t / 2, int(t / 20)) for t in range(200)]
+def _run(leak_mib_per_s: float, warmup_mib: float = 0.0) -> tuple[list[RssSample], list[dict]]:
+    """100 s sampled every 0.5 s, an evaluation every 10 s (100 steps, 800 videos); the first
+    20 s add ``warmup_mib`` (a cache filling), then ``leak_mib_per_s`` grows throughout."""
+
+    def rss(t: float) -> float:
+        return 500 + warmup_mib * min(t, 20) / 20 + leak_mib_per_s * t
+
+    samples = [RssSample(t / 2, rss(t / 2), int(t / 20)) for t in range(200)]
     points = [
-        {"step": 100 * k, "t_s": 10.0 * k, "rss_mib": 500 + growth_mib_per_s * 10 * k}
+        {"step": 100 * k, "examples": 800 * k, "t_s": 10.0 * k, "rss_mib": rss(10.0 * k)}
         for k in range(1, 10)
     ]
     return samples, points
 
 
 def test_flatness_tells_growth_from_flat():
-    assert flatness(*_samples(0.0))["flat"] is True
-    leaking = flatness(*_samples(2.0))
+    assert flatness(*_run(0.0))["flat"] is True
+    leaking = flatness(*_run(2.0))
     assert leaking["flat"] is False
     assert leaking["rss_slope_mib_per_1k_steps"] > 0
+
+
+def test_flatness_leaves_the_first_pass_out():
+    # A cache filling during the first pass (1,600 videos) is not growth; a leak after it is.
+    assert flatness(*_run(0.0, warmup_mib=100), warm_examples=1600)["flat"] is True
+    assert flatness(*_run(0.0, warmup_mib=100))["flat"] is False
+    assert flatness(*_run(2.0, warmup_mib=100), warm_examples=1600)["flat"] is False
