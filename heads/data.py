@@ -252,7 +252,8 @@ class FeatureDataset(Dataset):
     def _store(self) -> StoreReader:
         # A reader inherited through fork shares file handles with its parent: reopen.
         if self._reader is None or self._pid != os.getpid():
-            self._reader = open_store(self.store_path)
+            cache = {} if self.cfg.cache_mb is None else {"cache_mb": self.cfg.cache_mb}
+            self._reader = open_store(self.store_path, **cache)
             self._pid = os.getpid()
         return self._reader
 
@@ -271,8 +272,11 @@ class FeatureDataset(Dataset):
             x = np.concatenate([reader.mean(vid, name) for name in names])[None]  # (1, D)
         else:
             frames = self.frame_indices(int(index), int(epoch))
-            parts = reader.read_streams(vid, names)  # name -> (n_frames, D_name) float32
-            x = np.concatenate([parts[name][frames] for name in names], axis=1)
+            # Select frames before dequantizing, and let a contiguous selection stay a view.
+            pick = _as_slice(frames)
+            raw = reader.read_streams(vid, names, raw=True)  # name -> (n_frames, D_name)
+            parts = [reader.to_float(raw[name][pick], name) for name in names]
+            x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         x = np.ascontiguousarray(x, dtype=np.float32)
         return Sample(torch.from_numpy(x), torch.from_numpy(self.targets[index]), int(index))
 
@@ -285,6 +289,13 @@ class FeatureDataset(Dataset):
         state = dict(self.__dict__)
         state["_reader"], state["_pid"] = None, None
         return state
+
+
+def _as_slice(frames: np.ndarray) -> slice | np.ndarray:
+    """``frames`` as a slice when it is a run of consecutive indices (no copy to take it)."""
+    if len(frames) and frames[-1] - frames[0] == len(frames) - 1:
+        return slice(int(frames[0]), int(frames[-1]) + 1)
+    return frames
 
 
 def collate(samples: Sequence[Sample]) -> Batch:

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # Options that may change between a killed run and its resume: they do not affect results.
 RESUMABLE_CHANGES = ("device",)
-RESUMABLE_DATA_CHANGES = ("num_workers",)
+RESUMABLE_DATA_CHANGES = ("num_workers", "cache_mb")
 # Every file a run directory may hold; --force removes exactly these before starting over.
 RUN_FILES = (
     ck.CONFIG,

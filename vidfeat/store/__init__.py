@@ -15,6 +15,7 @@ from vidfeat.errors import ConfigError, StoreError
 from vidfeat.location import RemotePath, as_location
 from vidfeat.store import _hdf5, _zarr  # noqa: F401 - registers the backends
 from vidfeat.store.base import BACKENDS, Backend
+from vidfeat.store.chunks import DEFAULT_CACHE_MB
 from vidfeat.store.reader import StoreReader
 from vidfeat.store.schema import (
     DEFAULT_STREAM,
@@ -69,13 +70,19 @@ def store_exists(path: str | os.PathLike | RemotePath, format: str | None = None
     return _backend(path, format).exists()
 
 
-def open_store(path: str | os.PathLike | RemotePath, format: str | None = None) -> StoreReader:
-    """Open an existing store for reading (a snapshot of its committed videos)."""
+def open_store(
+    path: str | os.PathLike | RemotePath,
+    format: str | None = None,
+    *,
+    cache_mb: float = DEFAULT_CACHE_MB,
+) -> StoreReader:
+    """Open an existing store for reading (a snapshot of its committed videos), keeping up to
+    ``cache_mb`` MiB of decoded chunks for later reads (0: none)."""
     backend = _backend(path, format)
     if not backend.exists():
         raise StoreError(f"no feature store at {path}")
     check_readable(backend.read_meta(), backend.path)
-    return StoreReader(backend)
+    return StoreReader(backend, cache_mb=cache_mb)
 
 
 def _streams(

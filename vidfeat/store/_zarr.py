@@ -46,6 +46,7 @@ from vidfeat.store.base import (
     frame_chunk_rows,
     mean_array,
 )
+from vidfeat.store.chunks import ChunkCache, ChunkError, FastChunks, fast_chunks
 
 ROOT_KEY = "vidfeat"
 COMMIT_KEY = "vidfeat_commit"
@@ -171,6 +172,19 @@ class ZarrPartReader(PartReader):
         self.n_frames = int(commit["n_frames"])
         self._arrays: dict[str, zarr.Array] = {}
         self._listed: dict[str, set[str]] = {}
+        self._cache = ChunkCache(0)
+        self._fast: dict[str, FastChunks | None] = {}
+
+    def use_cache(self, cache: ChunkCache) -> None:
+        self._cache = cache
+        self._fast.clear()
+
+    def _fast_reader(self, name: str) -> FastChunks | None:
+        if name not in self._fast:
+            arr = self._array(name)
+            ok = self.meta.checksummed
+            self._fast[name] = fast_chunks(arr, self._cache, (self.name, name)) if ok else None
+        return self._fast[name]
 
     def _fail(self, array: str, detail: str) -> StoreIntegrityError:
         return StoreIntegrityError(detail, store=self.store, part=self.name, array=array)
@@ -231,6 +245,12 @@ class ZarrPartReader(PartReader):
             raise self._fail(array, f"rows {start}:{stop} are outside the committed rows")
         if start == stop:
             return np.asarray(arr[0:0])
+        fast = self._fast_reader(array)
+        if fast is not None:
+            try:
+                return fast.rows(start, stop)
+            except ChunkError as exc:
+                raise self._fail(array, f"{exc} (rows {start}:{stop})") from exc
         if self.meta.checksummed:
             missing = self.missing_chunks(array, start, stop)
             if missing:

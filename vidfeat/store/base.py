@@ -13,11 +13,15 @@ import abc
 import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vidfeat.registry import Registry
 from vidfeat.store.schema import StoreMeta
+
+if TYPE_CHECKING:
+    from vidfeat.store.chunks import ChunkCache
 
 # Per-video table columns and their on-disk dtypes. "str" columns are UTF-8 strings.
 STRING_COLUMNS = (
@@ -136,6 +140,9 @@ class PartReader(abc.ABC):
     def table(self) -> dict[str, np.ndarray]:
         """Committed rows of the per-video table, column -> (V,) array."""
         return {col: self.read_rows(col, 0, self.n_videos) for col in TABLE_DTYPES}
+
+    def use_cache(self, cache: ChunkCache) -> None:  # noqa: B027 - optional hook
+        """Keep decoded chunks in ``cache`` (shared by the parts of one reader)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release open handles."""

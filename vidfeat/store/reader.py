@@ -11,6 +11,7 @@ import pandas as pd
 from vidfeat.errors import ConfigError, StoreError, StoreIntegrityError, VideoNotFoundError
 from vidfeat.pca.quantize import dequantize
 from vidfeat.store.base import LABEL_SEPARATOR, Backend, PartReader, feature_array, mean_array
+from vidfeat.store.chunks import DEFAULT_CACHE_MB, ChunkCache
 from vidfeat.store.schema import StoreMeta, StreamSpec
 
 log = logging.getLogger(__name__)
@@ -38,18 +39,24 @@ def split_labels(joined: str) -> tuple[str, ...]:
 class StoreReader:
     """A snapshot of the committed videos at open time.
 
-    Cheap to construct (reads only the per-video tables); frames are read on demand. Open one
-    reader per process: a DataLoader worker must open its own, never inherit one across fork.
+    Cheap to construct (reads only the per-video tables); frames are read on demand, and up to
+    ``cache_mb`` MiB of decoded chunks are kept for later reads. Open one reader per process: a
+    DataLoader worker must open its own, never inherit one across fork.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, cache_mb: float = DEFAULT_CACHE_MB) -> None:
         self._backend = backend
         self.path: Path = backend.path
         self.meta: StoreMeta = backend.read_meta()
         self._parts: list[PartReader] = list(backend.iter_parts(self.meta))
+        cache = ChunkCache.of_mb(cache_mb)
+        for part in self._parts:
+            part.use_cache(cache)
         table = self._build_table()
-        # Where each video lives; kept out of the public table.
+        # Where each video lives, and whether it is readable; kept out of the public table and
+        # in numpy, since every read looks a video up.
         self._loc = table[["_part_no", "offset", "n_frames", "_row"]].to_numpy(dtype=np.int64)
+        self._ok = (table["status"] == "ok").to_numpy(dtype=bool)
         self.videos: pd.DataFrame = table[list(PUBLIC_COLUMNS)]
         self._index = {vid: i for i, vid in enumerate(self.videos["video_id"])}
 
@@ -149,8 +156,8 @@ class StoreReader:
             i = self._index[video_id]
         except KeyError:
             raise VideoNotFoundError(f"video {video_id!r} is not in store {self.path}") from None
-        row = self.videos.iloc[i]
-        if row["status"] != "ok":
+        if not self._ok[i]:
+            row = self.videos.iloc[i]
             raise VideoNotFoundError(
                 f"video {video_id!r} failed during extraction ({row['status']}: {row['reason']})"
             )
