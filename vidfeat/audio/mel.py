@@ -136,9 +136,20 @@ def log_mel_spectrogram(
 ) -> np.ndarray:
     """Mono waveform at ``params.sample_rate`` -> (frames, mel_bands) float64 log-mel."""
     x = np.ascontiguousarray(waveform_16k, dtype=np.float64)
-    frames = frame_signal(x, params.window_samples, params.hop_samples)
-    spectrum = np.abs(np.fft.rfft(frames * periodic_hann(params.window_samples), params.fft_size))
+    return log_mel_frames(frame_signal(x, params.window_samples, params.hop_samples), params)
+
+
+def log_mel_frames(frames: np.ndarray, params: LogMelParams = VGGISH_LOG_MEL) -> np.ndarray:
+    """(..., window_samples) float64 frames -> (..., mel_bands) float64 log-mel, all at once."""
+    spectrum = np.abs(np.fft.rfft(frames * _hann(params.window_samples), params.fft_size))
     return np.log(spectrum @ mel_matrix(params) + params.log_offset)
+
+
+@lru_cache(maxsize=8)
+def _hann(n: int) -> np.ndarray:
+    window = periodic_hann(n)
+    window.setflags(write=False)
+    return window
 
 
 def to_mono(waveform: np.ndarray) -> np.ndarray:
@@ -168,6 +179,9 @@ def log_mel_examples(
     return examples.astype(np.float32)
 
 
+_WINDOWS_AT_ONCE = 16  # examples per FFT call: ~6 MB of spectra, far fewer numpy calls
+
+
 def windows_to_examples(windows: np.ndarray, params: LogMelParams = VGGISH_LOG_MEL) -> np.ndarray:
     """(T, example_samples) mono 16 kHz windows -> (T, 96, 64) float32, one example each.
 
@@ -178,7 +192,17 @@ def windows_to_examples(windows: np.ndarray, params: LogMelParams = VGGISH_LOG_M
         raise ConfigError(
             f"expected (T, {params.example_samples}) windows, got {tuple(windows.shape)}"
         )
-    out = np.empty((windows.shape[0], params.example_frames, params.mel_bands), np.float32)
-    for i, window in enumerate(windows):
-        out[i] = log_mel_spectrogram(window, params)
+    windows = np.ascontiguousarray(windows, dtype=np.float64)
+    n_frames, length, hop = params.example_frames, params.window_samples, params.hop_samples
+    out = np.empty((windows.shape[0], n_frames, params.mel_bands), np.float32)
+    for lo in range(0, windows.shape[0], _WINDOWS_AT_ONCE):
+        chunk = windows[lo : lo + _WINDOWS_AT_ONCE]
+        # (chunk, frames, length) view: frame f of window w starts at sample f * hop.
+        frames = np.lib.stride_tricks.as_strided(
+            chunk,
+            shape=(chunk.shape[0], n_frames, length),
+            strides=(chunk.strides[0], hop * chunk.strides[1], chunk.strides[1]),
+            writeable=False,
+        )
+        out[lo : lo + len(chunk)] = log_mel_frames(frames, params)
     return out

@@ -16,18 +16,20 @@ arithmetic in numpy, so the examples match the reference to float rounding witho
   the input at and before it and the right wing after it; outside the signal is zero;
 - ``int(n * rate_out / rate_in)`` samples come out.
 
-``StreamResampler`` computes the same samples from chunks, holding only the filter's reach of
-input, so a long track is resampled in bounded memory with the same numbers as the whole.
+The weights depend only on the output's phase in the rate ratio (160 phases for 44.1 kHz ->
+16 kHz), so they are built once per rate pair and applied as matrix products over contiguous
+input (``_Kernel``). ``StreamResampler`` computes the same samples from chunks a block at a
+time, holding about one block and the filter's reach of input, so a long track is resampled in
+bounded memory with the same numbers as the whole.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import numpy as np
-
-_BLOCK = 4096  # output samples computed at once (bounds the (block, taps) temporaries)
 
 
 @dataclass(frozen=True)
@@ -77,20 +79,33 @@ def output_length(n: int, rate_in: int, rate_out: int) -> int:
     return int(n * float(rate_out) / float(rate_in))
 
 
-class _Kernel:
-    """Everything fixed by (rate_in, rate_out): the table laid out by phase.
+_BLOCK_OUTPUTS = 1024  # outputs per block, about (the block is whole phase periods)
+_DENSE_LIMIT = 1 << 21  # entries of the dense phase matrix (16 MB); past it, per-block weights
+_FALLBACK_PHASES = 1024  # phases whose weights are built at once without the dense matrix
 
-    resampy reads one wing at entries ``offset + i * step`` for ``i < (size - offset) // step``
-    and interpolates towards the next entry by ``eta``. Row ``offset`` of ``win``/``delta``
-    holds exactly those entries (zeros past each row's reach), so one output is two dot
-    products with contiguous input: ``(win[o] + eta * delta[o]) . x``.
+
+class _Kernel:
+    """Everything fixed by (rate_in, rate_out): one filter per phase of the rate ratio.
+
+    With ``rate_out / rate_in = L / M`` in lowest terms, output ``j = k * L + r`` sits at input
+    time ``k * M + r * M / L``: its integer part ``n`` and the fraction, hence the weights it
+    gives to ``x[n - taps + 1 .. n + taps]``, depend only on the phase ``r``. resampy reads a
+    wing's entries ``offset + i * step`` of the table and interpolates towards the next entry
+    by ``eta`` (``(win + eta * delta)[o]`` below); here that is done once per phase instead of
+    once per output.
+
+    Phases are grouped ``G`` periods at a time (``Lg = G * L`` outputs from ``Mg = G * M``
+    inputs, ``Mg`` at least the filter's length) and laid into a dense ``(A, Mg, Lg)`` matrix,
+    so ``Lg`` outputs are ``sum_a x_rows[k + a] @ dense[a]`` over contiguous rows of ``Mg``
+    input samples: one matrix product per block, no gathers. A block is always ``B`` groups
+    computed by the same product shapes, because BLAS results depend on the shapes: every
+    output then has the same value however the input was chunked.
     """
 
     def __init__(self, rate_in: int, rate_out: int, sinc: SincFilter) -> None:
         ratio = float(rate_out) / rate_in
         table = sinc.table * ratio if ratio < 1 else sinc.table
         self.scale = min(1.0, ratio)
-        self.increment = 1.0 / ratio  # input samples per output sample
         self.per_crossing = sinc.per_crossing
         step = int(self.scale * sinc.per_crossing)
         self.taps = len(table) // step + 1  # most products one wing can need
@@ -101,40 +116,84 @@ class _Kernel:
         delta = np.diff(table, append=table[-1])
         self.win = np.where(reach, table[np.minimum(idx, len(table) - 1)], 0.0)
         self.delta = np.where(reach, delta[np.minimum(idx, len(table) - 1)], 0.0)
-        # The left wing pairs tap i with x[n - i]: reversed, it reads x[n - taps + 1 .. n].
-        self.win_rev = np.ascontiguousarray(self.win[:, ::-1])
-        self.delta_rev = np.ascontiguousarray(self.delta[:, ::-1])
 
-    def phase(self, frac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Table row and interpolation factor for fractional offsets ``frac``."""
+        common = math.gcd(rate_in, rate_out)
+        self.L, self.M = rate_out // common, rate_in // common
+        periods = max(1, -(-2 * self.taps // self.M))
+        self.Lg, self.Mg = periods * self.L, periods * self.M
+        self.A = -(-(self.Mg + 2 * self.taps - 1) // self.Mg)  # input rows one group reads
+        self.B = max(1, _BLOCK_OUTPUTS // self.Lg)  # groups per block
+        self.dense = self._dense() if self.A * self.Mg * self.Lg <= _DENSE_LIMIT else None
+
+    @property
+    def block_outputs(self) -> int:
+        return self.B * self.Lg
+
+    @property
+    def block_inputs(self) -> int:
+        return self.B * self.Mg
+
+    @property
+    def span(self) -> int:
+        """Input samples a block reads, from ``block_start``."""
+        return (self.B + self.A - 1) * self.Mg
+
+    def block_start(self, block: int) -> int:
+        """Input index of the first sample block ``block`` reads (its first left wing)."""
+        return block * self.block_inputs - self.taps + 1
+
+    def phase_weights(self, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P,) phases -> their centre sample ``n`` within the group and (P, 2 * taps) weights
+        on ``x[n - taps + 1 .. n + taps]`` (the left wing reversed, then the right wing)."""
+        centre, rest = np.divmod(phases * self.M, self.L)
+        frac = self.scale * (rest / self.L)  # the fraction resampy computes as t - int(t)
+        o, eta = self._offset(frac)
+        left = self.win[o] + eta[:, None] * self.delta[o]
+        o, eta = self._offset(self.scale - frac)
+        right = self.win[o] + eta[:, None] * self.delta[o]
+        return centre, np.concatenate([left[:, ::-1], right], axis=1)
+
+    def _offset(self, frac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         index_frac = frac * self.per_crossing
         offset = index_frac.astype(np.int64)
         return offset, index_frac - offset
 
-    def compute(self, x: np.ndarray, x_start: int, first: int, stop: int) -> np.ndarray:
-        """Outputs ``first``..``stop - 1`` from ``x`` (input samples from index ``x_start``);
-        ``x`` must hold every input sample they read, zeros standing for outside the signal."""
-        out = np.empty(stop - first, np.float64)
-        rows = np.lib.stride_tricks.sliding_window_view(x, self.taps)
-        for lo in range(first, stop, _BLOCK):
-            t = np.arange(lo, min(lo + _BLOCK, stop)) * self.increment
-            n = t.astype(np.int64)
-            frac = self.scale * (t - n)
-            left = rows[n - x_start - self.taps + 1]  # x[n - taps + 1 .. n]
-            right = rows[n - x_start + 1]  # x[n + 1 .. n + taps]
-            o, eta = self.phase(frac)
-            y = _dot(self.win_rev[o], left) + eta * _dot(self.delta_rev[o], left)
-            o, eta = self.phase(self.scale - frac)
-            y += _dot(self.win[o], right) + eta * _dot(self.delta[o], right)
-            out[lo - first : lo - first + len(t)] = y
-        return out
+    def _dense(self) -> np.ndarray:
+        centre, weights = self.phase_weights(np.arange(self.Lg))
+        dense = np.zeros((self.A * self.Mg, self.Lg))
+        rows = centre[:, None] + np.arange(2 * self.taps)
+        dense[rows, np.arange(self.Lg)[:, None]] = weights
+        return dense.reshape(self.A, self.Mg, self.Lg)
+
+    def compute(self, x: np.ndarray, blocks: int) -> np.ndarray:
+        """(blocks * block_outputs,) outputs of consecutive blocks; ``x`` holds the input from
+        the first block's ``block_start``, at least ``(blocks - 1) * block_inputs + span``."""
+        groups = blocks * self.B
+        rows = x[: (groups + self.A - 1) * self.Mg].reshape(-1, self.Mg)
+        if self.dense is None:
+            return self._compute_sparse(rows, groups)
+        shape = (blocks, self.B, self.Mg)
+        y = rows[:groups].reshape(shape) @ self.dense[0]
+        for a in range(1, self.A):
+            y += rows[a : a + groups].reshape(shape) @ self.dense[a]
+        return y.reshape(-1)
+
+    def _compute_sparse(self, rows: np.ndarray, groups: int) -> np.ndarray:
+        """For ratios with too many phases to lay out densely: weights built per chunk of
+        phases, windows gathered (slower, but only for unusual rate pairs)."""
+        flat = rows.reshape(-1)
+        windows = np.lib.stride_tricks.sliding_window_view(flat, 2 * self.taps)
+        out = np.empty((groups, self.Lg))
+        for lo in range(0, self.Lg, _FALLBACK_PHASES):
+            centre, weights = self.phase_weights(np.arange(lo, min(lo + _FALLBACK_PHASES, self.Lg)))
+            for k in range(groups):
+                out[k, lo : lo + len(centre)] = np.einsum(
+                    "ij,ij->i", weights, windows[k * self.Mg + centre]
+                )
+        return out.reshape(-1)
 
 
-def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", a, b)
-
-
-@lru_cache(maxsize=4)  # ~7 MB of tables each
+@lru_cache(maxsize=4)  # a few MB each
 def _kernel(rate_in: int, rate_out: int, sinc: SincFilter = KAISER_BEST) -> _Kernel:
     return _Kernel(rate_in, rate_out, sinc)
 
@@ -149,50 +208,67 @@ def resample(waveform: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.concatenate([stream.push(x), stream.finish()])
 
 
+_BLOCKS_AT_ONCE = 64  # blocks per matrix product (bounds the temporaries of a long push)
+
+
 class StreamResampler:
     """``resample`` over a signal fed in chunks: the concatenated outputs are the samples the
-    whole signal resamples to. Holds the filter's reach of input (~2 * 50 zero crossings)."""
+    whole signal resamples to. Outputs come a block at a time (~1024 samples), so it holds
+    about one block's input plus the filter's reach (~2 * 50 zero crossings) and one chunk."""
 
     def __init__(self, rate_in: int, rate_out: int) -> None:
         self.rate_in, self.rate_out = int(rate_in), int(rate_out)
         self._k = _kernel(self.rate_in, self.rate_out)
-        self._reach = self._k.taps + 1  # input samples a wing can read beyond its centre
         self._buf = np.zeros(0, np.float64)
         self._buf_start = 0  # input index of _buf[0]
         self._received = 0
-        self._next = 0  # next output index
+        self._block = 0  # next block to compute
+        self._sent = 0  # outputs returned so far
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Append input samples; return the outputs that no later input can change."""
         samples = np.asarray(samples, np.float64).reshape(-1)
         self._buf = np.concatenate([self._buf, samples])
         self._received += len(samples)
-        # Output j reads input up to int(j * increment) + reach.
-        last_input = self._received - 1 - self._reach
-        if last_input < 0:
-            return np.zeros(0, np.float64)
-        stop = int(last_input / self._k.increment) + 1
-        while stop > self._next and int((stop - 1) * self._k.increment) > last_input:
-            stop -= 1  # the division in floats can land one too high
-        return self._emit(stop)
+        k = self._k
+        # Whole blocks whose input has all arrived, and whose outputs the signal has.
+        ready = (self._received - k.span - k.block_start(self._block)) // k.block_inputs + 1
+        known = output_length(self._received, self.rate_in, self.rate_out) // k.block_outputs
+        return self._emit(min(ready, known - self._block), None)
 
     def finish(self) -> np.ndarray:
         """The remaining outputs, reading zeros past the end of the input."""
         stop = output_length(self._received, self.rate_in, self.rate_out)
-        self._buf = np.concatenate([self._buf, np.zeros(self._reach)])
-        return self._emit(max(stop, self._next))
+        blocks = -(-stop // self._k.block_outputs) - self._block
+        return self._emit(blocks, stop)
 
-    def _emit(self, stop: int) -> np.ndarray:
-        if stop <= self._next:
-            return np.zeros(0, np.float64)
-        # Zeros before the signal's start stand in for resampy's shortened left wing.
-        lead = self._reach if self._buf_start == 0 else 0
-        x = np.concatenate([np.zeros(lead), self._buf]) if lead else self._buf
-        out = self._k.compute(x, self._buf_start - lead, self._next, stop)
-        self._next = stop
-        # Keep what the next output's left wing can still read.
-        keep_from = int(stop * self._k.increment) - self._reach
-        drop = min(max(0, keep_from - self._buf_start), len(self._buf))
+    def _emit(self, blocks: int, stop: int | None) -> np.ndarray:
+        k, parts = self._k, [np.zeros(0, np.float64)]
+        while blocks > 0:
+            n = min(blocks, _BLOCKS_AT_ONCE)
+            parts.append(k.compute(self._input(k.block_start(self._block), n), n))
+            self._block += n
+            blocks -= n
+        out = np.concatenate(parts)
+        if stop is not None:
+            out = out[: max(0, stop - self._sent)]
+        self._sent += len(out)
+        # Keep what the next block reads.
+        drop = min(max(0, k.block_start(self._block) - self._buf_start), len(self._buf))
         self._buf = self._buf[drop:]
         self._buf_start += drop
         return out
+
+    def _input(self, start: int, blocks: int) -> np.ndarray:
+        """Input samples ``start ..`` for ``blocks`` blocks; zeros outside the signal (before
+        its start they stand in for resampy's shortened left wing)."""
+        k = self._k
+        length = (blocks - 1) * k.block_inputs + k.span
+        end = self._buf_start + len(self._buf)
+        if start >= self._buf_start and start + length <= end:
+            return self._buf[start - self._buf_start : start - self._buf_start + length]
+        x = np.zeros(length, np.float64)
+        lo, hi = max(start, self._buf_start), min(start + length, end)
+        if hi > lo:
+            x[lo - start : hi - start] = self._buf[lo - self._buf_start : hi - self._buf_start]
+        return x

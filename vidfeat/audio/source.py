@@ -18,14 +18,14 @@ from vidfeat.audio.resample import StreamResampler
 from vidfeat.audio.window import Timeline
 from vidfeat.errors import DecodeError
 
-# FFmpeg sample format (packed name) -> (zero level, scale to [-1, 1]).
-_SAMPLE_FORMATS: dict[str, tuple[float, float]] = {
-    "u8": (128.0, 2.0**-7),
-    "s16": (0.0, 2.0**-15),
-    "s32": (0.0, 2.0**-31),
-    "s64": (0.0, 2.0**-63),
-    "flt": (0.0, 1.0),
-    "dbl": (0.0, 1.0),
+# FFmpeg sample format (packed name) -> (numpy dtype, zero level, scale to [-1, 1]).
+_SAMPLE_FORMATS: dict[str, tuple[str, float, float]] = {
+    "u8": ("u1", 128.0, 2.0**-7),
+    "s16": ("i2", 0.0, 2.0**-15),
+    "s32": ("i4", 0.0, 2.0**-31),
+    "s64": ("i8", 0.0, 2.0**-63),
+    "flt": ("f4", 0.0, 1.0),
+    "dbl": ("f8", 0.0, 1.0),
 }
 
 
@@ -33,19 +33,30 @@ def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     """(samples,) float64: the frame's channels as floats in [-1, 1], averaged."""
     fmt = frame.format
     try:
-        zero, scale = _SAMPLE_FORMATS[fmt.packed.name]
+        dtype, zero, scale = _SAMPLE_FORMATS[fmt.packed.name]
     except KeyError:
         raise DecodeError(f"unsupported audio sample format {fmt.name}", "decode_error") from None
-    data = frame.to_ndarray()
     channels = frame.layout.nb_channels
-    # Planar frames come as (channels, samples), packed ones as (1, samples * channels).
-    data = data if fmt.is_planar else data.reshape(-1, channels).T
-    x = data.astype(np.float64)
+    # Views of the planes' buffers (padded past the last sample): the per-frame cost of
+    # ``to_ndarray``'s copies is as large as the mixing itself.
+    if fmt.is_planar:
+        planes = [np.frombuffer(p, dtype, frame.samples) for p in frame.planes[:channels]]
+    else:
+        packed = np.frombuffer(frame.planes[0], dtype, frame.samples * channels)
+        planes = [packed[c::channels] for c in range(channels)]
+    # Sum the channels in float64, in channel order. The sum of integer samples is exact, and
+    # offset and power-of-two scale commute with it, so this is the mean of the scaled
+    # channels (float samples: their mean) as the reference computes it.
+    x = planes[0].astype(np.float64)
+    for plane in planes[1:]:
+        x += plane
     if zero:
-        x -= zero
+        x -= zero * channels
     if scale != 1.0:
         x *= scale
-    return x[0] if channels == 1 else x.T.mean(axis=1)
+    if channels > 1:
+        x /= channels
+    return x
 
 
 class SourceTrack:

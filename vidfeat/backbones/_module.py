@@ -105,7 +105,9 @@ class ExamplesBackbone:
         self.precision = precision
         self.dtype = resolve_dtype(precision, device)
         module.eval().requires_grad_(False)
-        self.module = module.to(device=device, dtype=self.dtype)
+        # channels_last as the image backbones run (oneDNN's fast convolution layout); a
+        # (N, 1, H, W) input already has that layout, so only the weights are converted.
+        self.module = module.to(device=device, dtype=self.dtype, memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def embed_examples(self, batch: torch.Tensor) -> torch.Tensor:

@@ -72,8 +72,12 @@ def load_state_dict_strict(
     state: Mapping[str, object],
     source: str,
     architecture: str = "inception_v3 (yt8m)",
+    assign: bool = False,
 ) -> None:
-    """Load ``state`` into ``module``; any missing, unexpected or misshapen key -> WeightsError."""
+    """Load ``state`` into ``module``; any missing, unexpected or misshapen key -> WeightsError.
+
+    ``assign``: the state's tensors become the module's (for a module built on the meta
+    device, which holds no values to copy into)."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -95,7 +99,7 @@ def load_state_dict_strict(
         raise WeightsError(
             f"{source} does not match the {architecture} architecture: " + "; ".join(problems)
         )
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 # ---- yt8m: the TF "inception-2015-12-05" graph ---------------------------------------------------

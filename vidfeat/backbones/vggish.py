@@ -70,7 +70,8 @@ def vggish(
 
     resolved = resolve_device(device)
     resolve_dtype(precision, resolved)  # fail before the weight load
-    module = VGGish()
+    with torch.device("meta"):  # shapes only: every value comes from the weight file
+        module = VGGish()
     weights_id, sha256 = load_vggish_weights(weights, module)
     spec = AudioBackboneSpec(
         name="vggish",

@@ -80,7 +80,10 @@ def from_tf_names(state: Mapping[str, object]) -> dict[str, object]:
 
 
 def load_vggish_weights(path: str | os.PathLike[str] | None, module: nn.Module) -> tuple[str, str]:
-    """Load a weight file into ``module``; returns (weights_id, sha256 of the file)."""
+    """Load a weight file into ``module``; returns (weights_id, sha256 of the file).
+
+    The file's tensors are assigned, not copied, so ``module`` may be built on the meta device
+    (no random initialisation of ~70M parameters that would be overwritten at once)."""
     if path is None or not Path(path).is_file():
         raise missing_weights_error(None if path is None else os.fspath(path))
     file = Path(path)
@@ -88,6 +91,8 @@ def load_vggish_weights(path: str | os.PathLike[str] | None, module: nn.Module) 
     tf_layout = any(str(k).startswith("vggish/") for k in state)
     if tf_layout:
         state = from_tf_names(state)
-    load_state_dict_strict(module, state, f"weights file {file}", architecture="vggish")
+    load_state_dict_strict(
+        module, state, f"weights file {file}", architecture="vggish", assign=True
+    )
     layout = "tf" if tf_layout else "torch"
     return f"file:{file.name}:{layout}", file_sha256(file)
