@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from vidfeat.location import is_url, local_copy
 
@@ -95,6 +96,10 @@ def _serve(conn: mp_connection.Connection, settings: WorkerSettings) -> None:
     except Exception as e:
         _send(conn, "fatal", f"{type(e).__name__}: {e}")
         return
+    # Several workers share the cores with the backbone: a worker's BLAS (the audio front
+    # end's matmuls) must not start a thread per core, which on 2 cores made one small matmul
+    # 25x slower through contention.
+    threadpool_limits(1)
     if "torch" in sys.modules:  # loaded by the main script or frame_transform's module
         log.warning("torch is loaded in a decode worker: memory spent on a module it never uses")
     _send(conn, "ready")
