@@ -110,3 +110,28 @@ def test_other_encodings_keep_zarrs_read_path(tmp_path):
     assert fast_chunks(plain, ChunkCache(0), ("x",)) is None  # default codecs: no CRC32C
     split = zarr.create_array(tmp_path / "cols.zarr", shape=(10, 4), chunks=(5, 2), dtype="f4")
     assert fast_chunks(split, ChunkCache(0), ("x",)) is None  # chunked along columns
+
+
+def test_float_frames_are_written_at_zstd_level_minus_1_and_either_level_reads(tmp_path):
+    from vidfeat.store._zarr import CHECKSUMMED_CODECS
+
+    path, _ = _store(tmp_path, "float32", 2048)
+    group = zarr.open_group(path / "parts" / "main", mode="r")
+    levels = {
+        name: group[name].metadata.codecs[1].level
+        for name in ("streams/rgb/features", "streams/rgb/mean", "timestamps_s")
+    }
+    assert levels == {"streams/rgb/features": -1, "streams/rgb/mean": 0, "timestamps_s": 0}
+    # An array written at the default level, as stores before this choice were.
+    x = RNG.normal(size=(300, 2048)).astype(np.float32)
+    old = zarr.create_array(
+        tmp_path / "old.zarr",
+        shape=x.shape,
+        chunks=(128, 2048),
+        dtype="float32",
+        compressors=CHECKSUMMED_CODECS,
+    )
+    old[:] = x
+    fast = fast_chunks(old, ChunkCache(1 << 24), ("old",))
+    assert fast is not None
+    np.testing.assert_array_equal(fast.rows(5, 290), x[5:290])
