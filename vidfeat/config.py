@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, precision_names, runtime_names
+from vidfeat.decode.base import DEFAULT_DECODER
 from vidfeat.errors import ConfigError
 from vidfeat.location import Location, as_location
 from vidfeat.sampling import format_fps
@@ -45,7 +46,7 @@ class ExtractConfig:
     weights: str = "yt8m"
     fps: str = "1"  # exact text, normalised by format_fps: "1.0" and "1/1" become "1"
     max_frames: int = 360
-    decoder: str = "decord"
+    decoder: str = DEFAULT_DECODER
     workers: int = 2
     batch_size: int = 32
     device: str = "auto"

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from vidfeat import FeatureExtractor, open_store
+from vidfeat.decode.base import DEFAULT_DECODER
 from vidfeat.sampling import grid_times
 from vidfeat_cli.vidfeat import main
 
@@ -101,10 +102,10 @@ def test_frames_follow_the_pts_grid(mixed, make_video) -> None:
             k = np.arange(len(ts))
             assert np.all(ts <= k + 1e-6) and np.all(ts > k - 1.0 / row["native_fps"] - 0.05)
             assert row["labels"] == tuple(labels.split(";"))
-            assert row["decoder"] == "decord" and row["source_path"] == str(path)
+            assert row["decoder"] == DEFAULT_DECODER and row["source_path"] == str(path)
         assert r.attrs["backbone"]["weights_id"].startswith("yt8m")
         assert r.attrs["fps"] == "1" and r.attrs["max_frames"] == 360
-        assert r.attrs["decoder"] == "decord"
+        assert r.attrs["decoder"] == DEFAULT_DECODER
         assert r.dim == 2048
 
 

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vidfeat.decode.base import DEFAULT_DECODER
 from vidfeat.decode.worker import FrameTransform, WorkerSettings, worker_main
 from vidfeat.errors import ConfigError, VidfeatError
 from vidfeat.sampling import parse_fps
@@ -144,7 +145,7 @@ class DecodePool:
     def __init__(
         self,
         num_workers: int = 1,
-        decoder: str = "decord",
+        decoder: str = DEFAULT_DECODER,
         fps: Fraction | float | str = 1,
         max_frames: int | None = 300,
         frame_transform: FrameTransform | None = None,
