@@ -125,7 +125,7 @@ def train_case(store: Path, model: str) -> dict:
         "rounds": 3,
         "batch_size": 32,
     }
-    return {**case, **_run_in_subprocess(case)}
+    return {**case, **_run_in_subprocess(case), "store": store.name}  # no machine path
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ def train_note(p: dict) -> dict:
             "peak_rss_mib": t["peak_rss_mib"],
         },
         "grows": (
-            "reading is per video (locate, chunk-existence check, crc32c, decompress), so it "
+            "reading is per video (locate, read the chunk file, crc32c, decompress), so it "
             "grows with DataLoader workers and DDP ranks, each reading its own videos, until the "
             "disk or the object store's request rate is reached; the start-up (open, splits, "
             "label encoding) grows with the videos in the store and is paid once per process."

@@ -229,7 +229,7 @@ def main() -> None:
                 "rounds": args.rounds,
                 "batch_size": args.batch_size,
             }
-            rows.append({**case, **_run_in_subprocess(case)})
+            rows.append({**case, **_run_in_subprocess(case), "store": path.name})
             print(_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
     config = {
         "videos": args.videos,
