@@ -95,7 +95,9 @@ def run_recipe(recipe: Recipe, store: Path, runs: Path, seed: int, step_cap: int
     run_heads(args)
     wall_s = time.perf_counter() - start
     metrics = json.loads((out / "test_metrics.json").read_text())
-    row = {"recipe": recipe.name, "study": recipe.study, "seed": seed, "args": args[1:]}
+    # The recorded command names the store and runs by file name only: no machine paths.
+    shown = [Path(a).name if a.startswith(str(runs.parent)) else a for a in args[1:]]
+    row = {"recipe": recipe.name, "study": recipe.study, "seed": seed, "args": shown}
     row |= {k: metrics.get(k) for k in (*METRICS, "trainable_params", "best_step", "steps_run")}
     row |= {"wall_s": round(wall_s, 2), "moe_max_load_ratio": last_load_ratio(out)}
     log.info("%s seed %d: hit@1 %.3f GAP %.3f (%.1f s)", recipe.name, seed,
@@ -114,7 +116,11 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, Any]]:
 
 
 def check_claim(claim: Claim, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The claim beside the measured means; ``agrees`` is None when a run is missing."""
+    """The claim beside the measured means; ``agrees`` is None when a run is missing.
+
+    A claim that one run beats another is only confirmed by a strict win: an exact tie (both
+    saturated, or both at the step cap) agrees with "at least as high" but shows nothing, so it
+    is flagged ``tied`` and printed as such."""
     better = summary.get(claim.better, {}).get(claim.metric, {}).get("mean")
     worse = None
     if claim.worse is not None:
@@ -127,9 +133,11 @@ def check_claim(claim: Claim, summary: dict[str, dict[str, Any]]) -> dict[str, A
         agrees = better <= worse + claim.tolerance
     else:
         agrees = better >= worse - claim.tolerance
+    tied = claim.limit is None and claim.tolerance == 0 and better is not None and better == worse
     return {
         "study": claim.study,
         "claim": claim.text,
+        "tied": tied,
         "metric": claim.metric,
         "better": claim.better,
         "worse": claim.worse,
@@ -159,6 +167,7 @@ def print_tables(summary: dict[str, dict[str, Any]], claims: list[dict]) -> None
         other = _fmt(c["limit"]) if c["limit"] is not None else _fmt(c["measured_worse"])
         measured = f"{c['better']} {_fmt(c['measured_better'])} vs {other}"
         agrees = {True: "yes", False: "no", None: "not run"}[c["agrees"]]
+        agrees = "tie: shows nothing" if c.get("tied") else agrees
         print(f"| {c['study']} | {c['claim']} | {c['metric']} | {measured} | {agrees} |")
 
 
