@@ -53,15 +53,35 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def signals_held() -> Iterator[None]:
     """Defer SIGINT and SIGTERM until the block ends, so a commit is never cut in two by them.
 
-    SIGKILL cannot be held; the store's own commit protocol covers it.
+    The signals are recorded by a handler and handed to the previous handlers when the block
+    ends. A signal mask would not do: blocked in the main thread, a process-directed signal is
+    delivered to another thread (zarr's event loop, BLAS workers), and Python then raises it in
+    the main thread anyway, mid-commit, possibly while it waits on that event loop.
+
+    SIGKILL cannot be held; the store's own commit protocol covers it. Outside the main thread
+    nothing is installed (signal handlers live there).
     """
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, ValueError):  # no pthreads, or not the main thread
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            _deliver(received[0], previous[received[0]])
+
+
+def _deliver(signum: int, handler: object) -> None:
+    """What ``signum`` would have done without the block: call the handler, or the default."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)
