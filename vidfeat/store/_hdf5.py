@@ -64,6 +64,16 @@ def _open_h5(path: Location) -> h5py.File:
     return h5py.File(path, "r")
 
 
+def _open_root(path: Location) -> h5py.File:
+    """The root file, which holds only attributes: on an object store its bytes are fetched
+    whole (one GET), so HDF5 never calls back into the object store's client while it parses,
+    which in concurrent shard writers was seen to hang on the client's event loop."""
+    if isinstance(path, RemotePath):
+        fs, key = path.filesystem()
+        return h5py.File(io.BytesIO(fs.cat_file(key)), "r")
+    return h5py.File(path, "r")
+
+
 def _put_new(final: RemotePath, image: bytes) -> None:
     fs, key = final.filesystem()
     if not put_exclusive(fs, key, image):
@@ -260,7 +270,7 @@ class HDF5Backend(Backend):
 
     def read_meta(self) -> StoreMeta:
         try:
-            with _open_h5(self.path) as f:
+            with _open_root(self.path) as f:
                 return StoreMeta.from_json(json.loads(f.attrs[ROOT_ATTR]))
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise StoreError(f"{self.path} is not a readable vidfeat HDF5 store: {exc}") from exc
