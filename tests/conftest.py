@@ -7,12 +7,27 @@ reads it back), so a test can tell exactly which frame a decoder returned.
 from __future__ import annotations
 
 import importlib.util
+import signal
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from tests.media import SyntheticVideo, make_corrupt_inputs, write_video
+
+
+@pytest.fixture(autouse=True)
+def _sigint_as_python_sets_it(request: pytest.FixtureRequest):
+    """A test (or a library it drives in-process) that leaves SIGINT ignored would make every
+    later child process ignore Ctrl-C too (SIG_IGN is inherited across exec), and a test that
+    interrupts a child would then wait for a process that never stops. Restore it, and say
+    which test changed it."""
+    yield
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        warnings.warn(f"{request.node.nodeid} left SIGINT changed; restored", stacklevel=1)
+
 
 _DEFAULT_CODECS = {".webm": "libvpx-vp9", ".avi": "mpeg4", ".gif": "gif", ".apng": "apng"}
 
