@@ -90,12 +90,6 @@ def _array_specs(meta: StoreMeta) -> dict[str, tuple[tuple[int, ...], tuple[int,
     return specs
 
 
-def _codecs(path: str, dtype: object) -> tuple:
-    frames = path == "features" or path.endswith("/features")
-    is_float = dtype is not str and np.dtype(dtype).kind == "f"
-    return FLOAT_FRAME_CODECS if frames and is_float else CHECKSUMMED_CODECS
-
-
 class ZarrPartWriter(PartWriter):
     def __init__(self, group: zarr.Group, meta: StoreMeta) -> None:
         self.group = group
@@ -108,6 +102,7 @@ class ZarrPartWriter(PartWriter):
 
     def _open_arrays(self) -> dict[str, zarr.Array]:
         arrays = {}
+        features = {feature_array(name, self.meta.schema_version) for name in self.meta.streams}
         for path, (shape, chunks, dtype) in _array_specs(self.meta).items():
             *parents, name = path.split("/")
             g = self.group
@@ -116,8 +111,10 @@ class ZarrPartWriter(PartWriter):
             if name in g:
                 arr = g[name]
             elif self.meta.checksummed:
+                is_float = path in features and np.dtype(dtype).kind == "f"
+                codecs = FLOAT_FRAME_CODECS if is_float else CHECKSUMMED_CODECS
                 arr = g.create_array(
-                    name, shape=shape, chunks=chunks, dtype=dtype, compressors=_codecs(path, dtype)
+                    name, shape=shape, chunks=chunks, dtype=dtype, compressors=codecs
                 )
             else:  # appending to a schema-1 store keeps its layout: zarr's default codecs
                 arr = g.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
