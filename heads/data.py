@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from heads.config import DataConfig
 from heads.errors import MissingStreamError
@@ -199,8 +199,9 @@ class FeatureDataset(Dataset):
 
     Keys are an index or (index, epoch); random crops depend on (seed, epoch, index) only.
     Each frame is the store streams ``streams`` (default ``cfg.streams``; None: all of them)
-    concatenated in that order, read with one ``read_streams`` call per video. A video-level
-    store gives each video as one frame: its streams' video-level vectors, concatenated.
+    concatenated in that order. A video-level store gives each video as one frame: its
+    streams' video-level vectors, concatenated. A DataLoader reads a whole batch in one
+    ``__getitems__`` call, into one padded buffer.
     """
 
     def __init__(
@@ -265,20 +266,36 @@ class FeatureDataset(Dataset):
         return select_frames(int(self.n_frames[index]), self.cfg, train=self.train, rng=rng)
 
     def __getitem__(self, key: int | SampleKey) -> Sample:
-        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
-        reader, vid = self._store(), self.video_ids[index]
+        batch = self.__getitems__([key])
+        return Sample(batch.x[0], batch.labels[0], int(batch.index[0]))
+
+    def __getitems__(self, keys: Sequence[int | SampleKey]) -> Batch:
+        """The videos of ``keys`` as one padded :class:`Batch` (what a DataLoader calls with a
+        batch's keys; :func:`collate` passes it through).
+
+        Each video's frames are converted once, from the store's chunks straight into the
+        batch (dequantized there for uint8 streams), and only its padding is zeroed: no
+        per-video arrays, no second copy to pad them. In a DataLoader worker the batch lives
+        in shared memory, so it reaches the main process without another copy.
+        """
+        pairs = [(int(k), 0) if isinstance(k, (int, np.integer)) else k for k in keys]
+        indices = np.array([int(i) for i, _ in pairs], dtype=np.int64)
+        reader = self._store()
         names = list(self.cfg.streams or reader.streams)
+        dim = sum(int(reader.streams[n].dim) for n in names)
         if reader.level == "video":
-            x = np.concatenate([reader.mean(vid, name) for name in names])[None]  # (1, D)
+            frames: list[slice | np.ndarray | None] = [None] * len(pairs)
+            lengths = np.ones(len(pairs), dtype=np.int64)
         else:
-            frames = self.frame_indices(int(index), int(epoch))
-            # Select frames before dequantizing, and let a contiguous selection stay a view.
-            pick = _as_slice(frames)
-            raw = reader.read_streams(vid, names, raw=True)  # name -> (n_frames, D_name)
-            parts = [reader.to_float(raw[name][pick], name) for name in names]
-            x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return Sample(torch.from_numpy(x), torch.from_numpy(self.targets[index]), int(index))
+            frames = [_as_slice(self.frame_indices(int(i), int(e))) for i, e in pairs]
+            lengths = np.array([_count(f) for f in frames], dtype=np.int64)
+        x = batch_buffer((len(pairs), int(lengths.max(initial=0)), dim))
+        out = x.numpy()
+        for b, (index, pick) in enumerate(zip(indices, frames, strict=True)):
+            reader.read_into(self.video_ids[index], out[b, : lengths[b]], names, pick)
+            out[b, lengths[b] :] = 0
+        labels = torch.from_numpy(self.targets[indices])  # fancy indexing copies
+        return Batch(x, torch.from_numpy(lengths), labels, torch.from_numpy(indices))
 
     def close(self) -> None:
         if self._reader is not None and self._pid == os.getpid():
@@ -292,17 +309,37 @@ class FeatureDataset(Dataset):
 
 
 def _as_slice(frames: np.ndarray) -> slice | np.ndarray:
-    """``frames`` as a slice when it is a run of consecutive indices (no copy to take it)."""
+    """``frames`` as a slice when it is a run of consecutive indices (read without a gather)."""
     if len(frames) and frames[-1] - frames[0] == len(frames) - 1:
         return slice(int(frames[0]), int(frames[-1]) + 1)
     return frames
 
 
-def collate(samples: Sequence[Sample]) -> Batch:
-    """Zero-pad to the longest video of the batch."""
-    xs = [s.x for s in samples]
-    lengths = torch.tensor([x.shape[0] for x in xs], dtype=torch.int64)
-    x = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True)
+def _count(frames: slice | np.ndarray) -> int:
+    return frames.stop - frames.start if isinstance(frames, slice) else len(frames)
+
+
+def batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor for a batch: in shared memory inside a DataLoader
+    worker, as torch's default collate does, since a batch built elsewhere is copied into
+    shared memory on its way to the main process."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    numel = int(np.prod(shape))
+    storage = torch.empty(0, dtype=torch.float32)._typed_storage()._new_shared(numel)
+    return torch.empty(0, dtype=torch.float32).new(storage).view(shape)
+
+
+def collate(samples: Sequence[Sample] | Batch) -> Batch:
+    """Zero-pad to the longest video of the batch. A :class:`Batch` (what
+    ``FeatureDataset.__getitems__`` reads) is padded already and passes through."""
+    if isinstance(samples, Batch):
+        return samples
+    lengths = torch.tensor([s.x.shape[0] for s in samples], dtype=torch.int64)
+    x = batch_buffer((len(samples), int(lengths.max()), samples[0].x.shape[1]))
+    for b, s in enumerate(samples):
+        x[b, : len(s.x)] = s.x
+        x[b, len(s.x) :] = 0
     labels = torch.stack([s.labels for s in samples])
     index = torch.tensor([s.index for s in samples], dtype=torch.int64)
     return Batch(x, lengths, labels, index)

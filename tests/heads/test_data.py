@@ -8,6 +8,7 @@ import torch
 from heads import checkpoint as ck
 from heads.config import DataConfig
 from heads.data import (
+    Batch,
     BucketBatchSampler,
     FeatureDataset,
     LabelMap,
@@ -18,11 +19,11 @@ from heads.data import (
     make_loader,
     select_frames,
 )
-from heads.synthetic import write_store
-from tests.heads.stores import frame_videos, make_frame_store
+from heads.synthetic import write_store, write_sum_store
+from tests.heads.stores import LABELS, frame_videos, make_frame_store
 from vidfeat.errors import ConfigError
 from vidfeat.pca.quantize import dequantize, quantization_attrs, quantize
-from vidfeat.store import open_store
+from vidfeat.store import create_store, open_store
 
 
 @pytest.fixture(params=["zarr", "hdf5"])
@@ -240,6 +241,94 @@ def test_batches_identical_for_any_chunk_cache_size(tmp_path):
         for ref, got in zip(ref_epoch, epoch, strict=True):
             for a, b in zip(ref, got, strict=True):
                 assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------- batch reads
+
+# Lengths that start mid-chunk, end on a chunk boundary and span three chunks (both streams'
+# chunks hold 256 rows).
+BATCH_LENGTHS = [3, 253, 256, 600, 1, 130, 41, 70, 9]
+
+
+def _two_dtype_store(path, fmt="zarr"):
+    """Stream rgb: uint8-1024 (YouTube-8M quantized); audio: float32-128. Row r of a video holds
+    r in audio's column 0, so a misplaced frame shows."""
+    rng = np.random.default_rng(3)
+    quant = quantization_attrs()
+    streams = {
+        "rgb": {"dim": 1024, "dtype": "uint8", "quantization": quant},
+        "audio": {"dim": 128, "dtype": "float32"},
+    }
+    with create_store(path, format=fmt, attrs={"backbone": "random"}, streams=streams) as w:
+        for v, n in enumerate(BATCH_LENGTHS):
+            audio = rng.normal(size=(n, 128)).astype(np.float32)
+            audio[:, 0] = np.arange(n)
+            rgb = rng.integers(0, 256, size=(n, 1024), dtype=np.uint8)
+            w.write(f"vid{v:03d}", {"rgb": rgb, "audio": audio}, labels=(LABELS[v % 3],))
+    return path
+
+
+def _check_against_direct_reads(ds, batch, epoch, streams):
+    """``batch`` is each video's frames as read one video at a time, padded with zeros."""
+    with open_store(ds.store_path) as reader:
+        for b, i in enumerate(batch.index.tolist()):
+            frames = ds.frame_indices(i, epoch)
+            parts = [reader.read(ds.video_ids[i], name)[frames] for name in streams]
+            expected = np.concatenate(parts, axis=1)
+            n = len(frames)
+            assert batch.lengths[b] == n
+            assert batch.x[b, :n].numpy().tobytes() == expected.tobytes()
+            assert not batch.x[b, n:].any()
+            assert torch.equal(batch.labels[b], torch.from_numpy(ds.targets[i]))
+    assert batch.x.shape[1] == int(batch.lengths.max())
+
+
+@pytest.mark.parametrize(
+    ("fmt", "sampling", "max_frames"),
+    [("zarr", "head", 1000), ("zarr", "uniform", 50), ("zarr", "random-crop", 100),
+     ("hdf5", "uniform", 50)],
+)  # fmt: skip
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_batches_equal_direct_reads_for_any_workers_and_cache(tmp_path, fmt, sampling, max_frames):
+    """A batch read whole (uint8 dequantized and float32 copied into one padded buffer, only
+    the selected rows read) equals the videos read one by one, for 0 or 2 workers and any
+    chunk cache; streams are concatenated in the order asked."""
+    path = _two_dtype_store(tmp_path / f"two.{'zarr' if fmt == 'zarr' else 'h5'}", fmt)
+    seen = []
+    for streams in (("rgb", "audio"), ("audio", "rgb")):
+        for cache_mb, workers in ((0, 0), (None, 0), (1, 2)):
+            cfg = DataConfig(
+                max_frames=max_frames, sampling=sampling, batch_size=3, bucket_batches=2,
+                cache_mb=cache_mb, num_workers=workers, streams=streams,
+            )  # fmt: skip
+            ds = _dataset(path, cfg, train=True, seed=4)
+            batches = _collect(ds, cfg, epochs=(1,))[0]
+            for batch in batches:
+                _check_against_direct_reads(ds, Batch(*batch), 1, streams)
+            seen.append(sorted(i for batch in batches for i in batch[3].tolist()))
+            ds.close()
+    assert seen[0] == list(range(len(BATCH_LENGTHS))) and all(s == seen[0] for s in seen)
+
+
+def test_video_level_batches_are_the_streams_vectors(tmp_path):
+    path = write_sum_store(tmp_path / "v.zarr", 12, level="video")
+    ds = _dataset(path, DataConfig(streams=("audio", "rgb")))
+    batch = ds.__getitems__([5, 0, 11])
+    assert batch.lengths.tolist() == [1, 1, 1] and batch.x.shape == (3, 1, 12)
+    with open_store(path) as reader:
+        for b, i in enumerate((5, 0, 11)):
+            vid = ds.video_ids[i]
+            expected = np.concatenate([reader.mean(vid, "audio"), reader.mean(vid, "rgb")])
+            assert batch.x[b, 0].numpy().tobytes() == expected.tobytes()
+
+
+def test_collate_passes_a_read_batch_through_and_pads_samples_alike(store):
+    ds = _dataset(store, DataConfig(max_frames=20))
+    batch = ds.__getitems__([4, 1, 7])
+    assert collate(batch) is batch
+    again = collate([ds[i] for i in (4, 1, 7)])
+    for a, b in zip(batch, again, strict=True):
+        assert torch.equal(a, b)
 
 
 # --------------------------------------------------------------------------- label map

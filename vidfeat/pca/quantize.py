@@ -46,20 +46,33 @@ def quantize(
 
 
 def dequantize(
-    q: np.ndarray, min_value: float = DEFAULT_MIN, max_value: float = DEFAULT_MAX
+    q: np.ndarray,
+    min_value: float = DEFAULT_MIN,
+    max_value: float = DEFAULT_MAX,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """uint8 codes -> float32 with YouTube-8M's reader formula (including its +range/512 bias)."""
+    """uint8 codes -> float32 with YouTube-8M's reader formula (including its +range/512 bias).
+
+    ``out``: a float32 array of ``q``'s shape to write into (a slice of a padded batch, say),
+    returned; by default a new one.
+    """
     _check_range(min_value, max_value)
     q = np.asarray(q)
     if q.dtype != np.uint8:
         raise ConfigError(f"dequantize expects uint8 codes, got {q.dtype}")
+    if out is None:
+        out = np.empty(q.shape, dtype=np.float32)
+    elif out.dtype != np.float32 or out.shape != q.shape:
+        raise ConfigError(f"dequantize writes float32 {q.shape}, got {out.dtype} {out.shape}")
     span = max_value - min_value
     scalar = span / 255.0
     bias = span / 512.0 + min_value
     # The formula in float32, one rounding per operation as YouTube-8M's reader does, in three
-    # vectorised passes: on the training read path this is about 5x faster than a
-    # 256-entry table gather, which numpy can only index through widened (intp) indices.
-    out = q.astype(np.float32)
+    # passes over ``out`` (the codes widen exactly; the later passes find ``out`` in cache).
+    # On the training read path this beats both a multiply that casts the codes as it goes
+    # (1.6x) and a 256-entry table gather, which numpy indexes through widened (intp) indices.
+    out[...] = q
     out *= np.float32(scalar)
     out += np.float32(bias)
     return out

@@ -246,13 +246,28 @@ class ZarrPartReader(PartReader):
             self._listed[name] = sync(keys())
         return self._listed[name]
 
-    def read_rows(self, array: str, start: int, stop: int) -> np.ndarray:
-        arr = self._array(array)
+    def _checked_fast(self, array: str, start: int, stop: int) -> FastChunks | None:
+        """The direct chunk reader for rows [start, stop) of ``array`` (bounds checked), or
+        None when zarr's own path reads it."""
         if stop > self.rows(array) or start > stop:
             raise self._fail(array, f"rows {start}:{stop} are outside the committed rows")
+        return self._fast_reader(array) if start < stop else None
+
+    def row_pieces(self, array: str, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        fast = self._checked_fast(array, start, stop)
+        if fast is None:
+            yield from super().row_pieces(array, start, stop)
+            return
+        try:
+            yield from fast.pieces(start, stop)
+        except ChunkError as exc:
+            raise self._fail(array, f"{exc} (rows {start}:{stop})") from exc
+
+    def read_rows(self, array: str, start: int, stop: int) -> np.ndarray:
+        arr = self._array(array)
+        fast = self._checked_fast(array, start, stop)
         if start == stop:
             return np.asarray(arr[0:0])
-        fast = self._fast_reader(array)
         if fast is not None:
             try:
                 return fast.rows(start, stop)

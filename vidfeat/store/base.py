@@ -128,6 +128,12 @@ class PartReader(abc.ABC):
     def read_rows(self, array: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of ``array`` (a path from :func:`part_arrays`), checked."""
 
+    def row_pieces(self, array: str, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Rows [start, stop) of ``array``, checked, as (first row - start, rows) pieces that
+        may be read-only views of shared buffers: readers that keep decoded chunks hand out
+        views of them, so a caller copies each row once, into its own buffer."""
+        yield 0, self.read_rows(array, start, stop)
+
     @abc.abstractmethod
     def chunk_ranges(self, array: str) -> list[tuple[int, int]]:
         """The row ranges of the array's chunks that hold committed rows (for verify)."""

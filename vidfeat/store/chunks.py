@@ -16,7 +16,9 @@ A cache of 0 bytes keeps nothing (``vidfeat verify`` reads each chunk once). Any
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import google_crc32c
@@ -81,12 +83,8 @@ class FastChunks:
         if hit is not None:
             return hit
         name = self.arr.metadata.encode_chunk_key((i,) + (0,) * (len(self.chunk_shape) - 1))
-        try:
-            raw = (self.directory / name).read_bytes()
-        except FileNotFoundError:
-            raise ChunkError(f"chunk {name} missing") from None
-        body, stored = raw[:-4], raw[-4:]
-        if len(raw) < 4 or google_crc32c.value(body) != int.from_bytes(stored, "little"):
+        body, stored = _read_checked_file(self.directory / name, name)
+        if google_crc32c.value(body) != int.from_bytes(stored, "little"):
             raise ChunkError(f"chunk {name} fails its CRC32C checksum")
         try:
             data = np.frombuffer(_ZSTD.decode(body), dtype=self.dtype)
@@ -97,18 +95,36 @@ class FastChunks:
         self.cache.put(key, data)
         return data
 
+    def pieces(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Rows [start, stop) chunk by chunk, as (first row - start, read-only view of the
+        chunk's rows): a caller converts them straight into its own buffer."""
+        step = self.rows_per_chunk
+        for i in range(start // step, (stop - 1) // step + 1):
+            lo, hi = max(start, i * step), min(stop, (i + 1) * step)
+            yield lo - start, self.chunk(i)[lo - i * step : hi - i * step]
+
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop), as a new array (callers may write to it; the cache is shared)."""
-        step = self.rows_per_chunk
-        first, last = start // step, (stop - 1) // step
-        if first == last:
-            base = first * step
-            return self.chunk(first)[start - base : stop - base].copy()
         out = np.empty((stop - start, *self.chunk_shape[1:]), dtype=self.dtype)
-        for i in range(first, last + 1):
-            lo, hi = max(start, i * step), min(stop, (i + 1) * step)
-            out[lo - start : hi - start] = self.chunk(i)[lo - i * step : hi - i * step]
+        for at, piece in self.pieces(start, stop):
+            out[at : at + len(piece)] = piece
         return out
+
+
+def _read_checked_file(path: Path, name: str) -> tuple[bytes, bytes]:
+    """A chunk file's body and its trailing 4-byte CRC32C, read as two objects: slicing one
+    read would copy the whole body once more (the checksum library takes bytes only)."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 4:
+                raise ChunkError(f"chunk {name} fails its CRC32C checksum")
+            body, stored = f.read(size - 4), f.read(4)
+    except FileNotFoundError:
+        raise ChunkError(f"chunk {name} missing") from None
+    if len(body) != size - 4 or len(stored) != 4:  # shrank while being read
+        raise ChunkError(f"chunk {name} fails its CRC32C checksum")
+    return body, stored
 
 
 def fast_chunks(arr: zarr.Array, cache: ChunkCache, key: tuple) -> FastChunks | None:

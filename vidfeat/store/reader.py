@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -188,11 +189,71 @@ class StoreReader:
             out[name] = data if raw else self.to_float(data, name)
         return out
 
+    def read_into(
+        self,
+        video_id: str,
+        out: np.ndarray,
+        streams: Sequence[str],
+        frames: slice | np.ndarray | None = None,
+    ) -> None:
+        """Write frames of one video, float32 (dequantized), into ``out``: (len(frames),
+        sum of the streams' dims), the streams side by side in the order given.
+
+        ``frames`` are the video's frame numbers (a slice of step 1, or an index array; None:
+        all); only their rows are read. Each row is converted once, from the part's (cached) chunk
+        straight into ``out``, so a batch reader can fill a preallocated padded batch. A
+        video-level store gives its one vector per stream (``out`` of one row, ``frames`` None).
+        """
+        if self.meta.level != "frame":
+            cols = 0
+            for name in streams:
+                vector = self.mean(video_id, name)
+                out[0, cols : cols + len(vector)] = vector
+                cols += len(vector)
+            return
+        part, offset, n, _ = self._locate(video_id)
+        frames = slice(0, n) if frames is None else frames
+        lo, hi = frames.indices(n)[:2] if isinstance(frames, slice) else _bounds(frames)
+        cols = 0
+        for name in streams:
+            spec = self.meta.streams[self.stream_name(name)]
+            dest = out[:, cols : cols + spec.dim]
+            array = feature_array(name, self.meta.schema_version)
+            for at, piece in self._pieces(part, array, offset + lo, offset + hi, video_id):
+                if isinstance(frames, slice):
+                    self._to_float_into(piece, dest[at : at + len(piece)], spec.quantization)
+                    continue
+                inside = (frames >= lo + at) & (frames < lo + at + len(piece))
+                picked = piece[frames[inside] - (lo + at)]
+                dest[inside] = self._to_float_into(picked, None, spec.quantization)
+            cols += spec.dim
+
+    @staticmethod
+    def _to_float_into(data: np.ndarray, out: np.ndarray | None, q: dict | None) -> np.ndarray:
+        if q is not None:
+            return dequantize(data, q["min"], q["max"], out=out)
+        if out is None:
+            return np.asarray(data, dtype=np.float32)
+        np.copyto(out, data)
+        return out
+
+    def _pieces(
+        self, part: PartReader, array: str, start: int, stop: int, vid: str
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        try:
+            for at, piece in part.row_pieces(array, start, stop):
+                yield at, self._finite(piece, part, array, vid)
+        except StoreIntegrityError as exc:
+            raise exc.for_video(vid) from exc
+
     def _checked(self, part: PartReader, array: str, start: int, stop: int, vid: str) -> np.ndarray:
         try:
             data = part.read_rows(array, start, stop)
         except StoreIntegrityError as exc:
             raise exc.for_video(vid) from exc
+        return self._finite(data, part, array, vid)
+
+    def _finite(self, data: np.ndarray, part: PartReader, array: str, vid: str) -> np.ndarray:
         # Schema-1 writers checked finiteness before the float16 cast, so inf can be stored.
         # Schema-2 writers check after the cast and checksums vouch for the bytes since.
         suspect = not self.meta.checksummed and data.dtype.kind == "f"
@@ -209,9 +270,7 @@ class StoreReader:
     def to_float(self, data: np.ndarray, stream: str | None = None) -> np.ndarray:
         """Stored features -> float32, applying the stream's dequantization if any."""
         q = self.meta.streams[self.stream_name(stream)].quantization
-        if q is not None:
-            return dequantize(data, q["min"], q["max"])
-        return np.asarray(data, dtype=np.float32)
+        return self._to_float_into(data, None, q)
 
     def timestamps(self, video_id: str) -> np.ndarray:
         """(T,) float64 seconds, shared by every stream of the video."""
@@ -248,6 +307,13 @@ class StoreReader:
         raise StoreError(
             "a StoreReader cannot be pickled; open the store inside each worker process"
         )
+
+
+def _bounds(frames: np.ndarray) -> tuple[int, int]:
+    """[first, last + 1) of the frame numbers ``frames`` (0, 0 for none)."""
+    if not len(frames):
+        return 0, 0
+    return int(frames.min()), int(frames.max()) + 1
 
 
 def _as_python(values: np.ndarray) -> np.ndarray:
