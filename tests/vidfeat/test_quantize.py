@@ -28,6 +28,21 @@ def test_dequantize_keeps_the_shape_of_frame_matrices() -> None:
     np.testing.assert_allclose(x, q * (4.0 / 255.0) + 4.0 / 512.0 - 1.0, atol=1e-6)
 
 
+def test_dequantize_into_a_strided_slice_writes_only_there() -> None:
+    q = np.random.default_rng(2).integers(0, 256, size=(5, 12), dtype=np.uint8)
+    batch = np.full((2, 6, 20), 7.0, dtype=np.float32)  # a padded batch, streams side by side
+    got = dequantize(q, -1.0, 3.0, out=batch[1, :5, 4:16])
+    assert np.shares_memory(got, batch)
+    per_element = q.astype(np.float32) * np.float32(4 / 255) + np.float32(4 / 512 - 1)
+    assert batch[1, :5, 4:16].tobytes() == per_element.tobytes()
+    batch[1, :5, 4:16] = 7.0
+    assert (batch == 7.0).all()  # nothing else written
+    with pytest.raises(ConfigError, match="float32"):
+        dequantize(q, out=np.empty((5, 12), np.float64))
+    with pytest.raises(ConfigError, match="float32"):
+        dequantize(q, out=np.empty((5, 11), np.float32))
+
+
 def test_quantize_clips_and_rounds_half_to_even() -> None:
     x = np.array([-5.0, -2.0, 2.0, 7.0, 0.0, -1.0, 1.0])
     # Beyond the range: clipped to the end codes; 0 sits at 127.5 steps and rounds to even.

@@ -96,6 +96,13 @@ def test_a_flipped_byte_is_caught_by_the_direct_path(tmp_path):
         reader.read("v1")
         with pytest.raises(StoreIntegrityError, match=r"v2.*c/1/0 fails its CRC32C"):
             reader.read("v2")  # rows 256:512, chunk 1
+        out = np.empty((256, 1024), np.float32)
+        reader.read_into("v1", out[:253], ["rgb"])
+        assert out[:253].tobytes() == reader.read("v1").tobytes()
+        with pytest.raises(StoreIntegrityError, match=r"v2.*c/1/0 fails its CRC32C"):
+            reader.read_into("v2", out, ["rgb"])  # the batch read path checks alike
+        with pytest.raises(StoreIntegrityError, match=r"v2.*c/1/0 fails its CRC32C"):
+            reader.read_into("v2", out[:2], ["rgb"], frames=np.array([0, 255]))
 
 
 def test_a_missing_chunk_names_the_chunk_and_the_video(tmp_path):
