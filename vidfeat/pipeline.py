@@ -336,9 +336,22 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     from vidfeat.engines import ENGINES
 
     t0 = time.monotonic()
-    summary = ENGINES.get(cfg.engine)(cfg)
+    summary = ENGINES.get(cfg.engine)(settle_config_precision(cfg))
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
+    """``cfg`` with ``precision="auto"`` replaced by the runtime's default on ``cfg.device``
+    as resolved here, so the store records (and a resume compares) what actually ran."""
+    from vidfeat.backbones._module import resolve_device
+    from vidfeat.backbones.runtimes import AUTO_PRECISION, settle_precision
+
+    if cfg.precision != AUTO_PRECISION:
+        return cfg
+    precision = settle_precision(cfg.runtime, resolve_device(cfg.device).type, cfg.precision)
+    log.info("precision auto: %s", precision)
+    return dataclasses.replace(cfg, precision=precision)
 
 
 def log_resume(summary: ExtractSummary, out: object) -> None:
