@@ -69,17 +69,21 @@ def reference_module() -> object:
     return run
 
 
-def all_variants() -> list[str]:
+def all_variants(device_type: str = "cpu") -> list[str]:
     from vidfeat.backbones.runtimes import get_runtime, runtime_names
 
-    return [f"{name}:{p}" for name in runtime_names() for p in get_runtime(name).precisions["cpu"]]
+    return [
+        f"{name}:{p}"
+        for name in runtime_names()
+        for p in get_runtime(name).precisions.get(device_type, ())
+    ]
 
 
 def embed_all(run: object, frames: np.ndarray, batch_size: int) -> np.ndarray:
     import torch
 
     chunks = [
-        run(torch.from_numpy(frames[i : i + batch_size])).float().numpy()
+        run(torch.from_numpy(frames[i : i + batch_size])).float().cpu().numpy()
         for i in range(0, len(frames), batch_size)
     ]
     return np.concatenate(chunks)
@@ -105,7 +109,9 @@ def measure_variant(variant: str, frames: np.ndarray, reference: np.ndarray, arg
     conversions = sum(cache.CONVERSIONS.values())
     started = time.perf_counter()
     try:
-        backbone = create_backbone("inception_v3", runtime=runtime, precision=precision)
+        backbone = create_backbone(
+            "inception_v3", device=args.device, runtime=runtime, precision=precision
+        )
     except ConfigError as exc:
         return {**row, "skipped": str(exc)}
     row["build_s"] = time.perf_counter() - started
@@ -151,6 +157,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fidelity-only", action="store_true", help="no timing")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="of the variants; the reference is CPU")
     args = parser.parse_args()
 
     import torch
@@ -174,7 +181,8 @@ def main() -> None:
                 "ratio_to_reference": 1.0,
             }
         )
-    for variant in args.variants.split(",") if args.variants else all_variants():
+    device_type = args.device.split(":")[0]
+    for variant in args.variants.split(",") if args.variants else all_variants(device_type):
         row = measure_variant(variant, frames, reference, args)
         if "frames_per_s" in row:
             row["ratio_to_reference"] = row["frames_per_s"] / reference_fps

@@ -54,8 +54,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--resolutions", default="360p,720p")
     p.add_argument("--decoders", default="decord,pyav", help="compared on the same clips")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", help="of end to end and cost 0")
-    p.add_argument("--backbone-precisions", default="fp32", help="backbone alone, e.g. fp32,fp16")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="of end to end and cost 0 (auto: what vidfeat extract picks by default on --device)",
+    )
+    p.add_argument(
+        "--backbone-precisions", default="fp32,auto", help="backbone alone, e.g. fp32,fp16"
+    )
     p.add_argument("--backbone-cost", choices=["0", "1"], default=None,
                    help="0: only decode alone vs the no-op backbone; 1: only the real one; "
                    "default both")  # fmt: skip
@@ -71,6 +77,13 @@ def default_decoder() -> str:
     from vidfeat.config import ExtractConfig
 
     return ExtractConfig.__dataclass_fields__["decoder"].default
+
+
+def settled(args: argparse.Namespace, precision: str) -> str:
+    from vidfeat.backbones._module import resolve_device
+    from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, settle_precision
+
+    return settle_precision(DEFAULT_RUNTIME, resolve_device(args.device).type, precision)
 
 
 def cli_options(args: argparse.Namespace, decoder: str) -> list[str]:
@@ -181,7 +194,9 @@ def main() -> None:
     from vidfeat.backbones import create_backbone
 
     real, cost0 = args.backbone_cost != "0", args.backbone_cost != "1"
-    precisions = args.backbone_precisions.split(",")
+    # "auto" is settled here, as vidfeat extract would, so every run names what it ran.
+    args.precision = settled(args, args.precision)
+    precisions = list(dict.fromkeys(settled(args, p) for p in args.backbone_precisions.split(",")))
     backbones = {
         p: create_backbone("inception_v3", device=args.device, precision=p) for p in precisions
     }

@@ -14,6 +14,9 @@
 #     (cores) one GPU needs;
 #   - audio end to end and peak RSS with N and 2N videos at 360p.
 # -> benchmarks/results/extract_gpu.json, and nvidia-smi's view of the device beside it.
+# Then every runtime x precision that runs on CUDA against the CPU's fp32 features on the same
+# real frames (fidelity, and frames/s at BATCH): the check that fp16, what --precision auto
+# picks on CUDA, stays within 0.01 of fp32 there too -> benchmarks/results/backbone_gpu.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,3 +37,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
   --batch-size "$BATCH" --backbone-batch "$BATCH" \
   --workers "$WORKERS" --videos "$VIDEOS" --seconds "$CLIP_SECONDS" \
   --resolutions "$RESOLUTIONS" --name extract_gpu
+
+"$PY" -m benchmarks.backbone --device cuda --batch-size "$BATCH" --frames "$BATCH" \
+  --out benchmarks/results/backbone_gpu.json

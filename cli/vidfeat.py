@@ -100,9 +100,9 @@ def _audio_backbones() -> list[str]:
 
 
 def _precisions() -> list[str]:
-    from vidfeat.backbones.runtimes import precision_names
+    from vidfeat.backbones.runtimes import AUTO_PRECISION, precision_names
 
-    return precision_names()
+    return [AUTO_PRECISION, *precision_names()]
 
 
 # (ExtractConfig field, section, type or a function giving the choices, help)
@@ -141,8 +141,11 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
         "precision",
         "Model",
         _precisions,
-        "fp16 needs CUDA; bf16 runs on CUDA and on CPUs with bf16 instructions; int8 needs "
-        "--runtime onnxruntime. Recorded in the store attrs.",
+        "auto: the fastest within 0.01 of fp32 for --runtime on --device (eager: mixed on "
+        "CPUs with bf16 instructions, else fp32; fp16 on CUDA). mixed: bf16 after the "
+        "backbone's stem, fp32 before it. fp16 needs CUDA; bf16 runs on CUDA and on CPUs "
+        "with bf16 instructions; int8 needs --runtime onnxruntime. Recorded in the store "
+        "attrs as the precision that ran.",
     ),
     (
         "pca",

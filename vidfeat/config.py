@@ -8,7 +8,12 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
-from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, precision_names, runtime_names
+from vidfeat.backbones.runtimes import (
+    AUTO_PRECISION,
+    DEFAULT_RUNTIME,
+    precision_names,
+    runtime_names,
+)
 from vidfeat.decode.base import DEFAULT_DECODER
 from vidfeat.errors import ConfigError
 from vidfeat.location import Location, as_location
@@ -51,7 +56,8 @@ class ExtractConfig:
     batch_size: int = 32
     device: str = "auto"
     runtime: str = DEFAULT_RUNTIME  # a key of vidfeat.backbones.runtimes.RUNTIMES
-    precision: str = "fp32"
+    # "auto": the runtime's default on the job's device (settled when the job starts).
+    precision: str = AUTO_PRECISION
     dtype: str = "float32"  # stored dtype without quantization: float32 | float16
     pca: str | None = None
     quantize: bool = False
@@ -89,8 +95,8 @@ class ExtractConfig:
             problems.append("workers, batch_size and commit_every must be >= 1")
         if self.runtime not in runtime_names():
             problems.append(f"runtime must be one of {runtime_names()}")
-        if self.precision not in precision_names():
-            problems.append(f"precision must be one of {precision_names()}")
+        if self.precision not in (AUTO_PRECISION, *precision_names()):
+            problems.append(f"precision must be one of {[AUTO_PRECISION, *precision_names()]}")
         if not DEVICES_RE.match(self.device):
             problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.dtype not in ("float32", "float16"):

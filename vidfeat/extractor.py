@@ -25,7 +25,8 @@ class FeatureExtractor:
     """Loads a backbone once; ``embed`` maps (N, H, W, 3) uint8 RGB to (N, D) float32.
 
     ``device``: "cpu", "cuda[:N]" or "auto"; ``runtime`` and ``precision``: a registered
-    runtime (``vidfeat.backbones.runtimes``) and a precision it runs on that device.
+    runtime (``vidfeat.backbones.runtimes``) and a precision it runs on that device, or "auto"
+    (as ``vidfeat extract``: the runtime's default there, docs/precision.md).
     ``weights``: a name the backbone knows (inception_v3: "yt8m", "imagenet"), a state-dict
     file, or None for the backbone's default (inception_v3: "yt8m").
     """
@@ -35,7 +36,7 @@ class FeatureExtractor:
         backbone: str = "inception_v3",
         weights: str | os.PathLike[str] | None = None,
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
         batch_size: int = 32,
         runtime: str = "eager",
     ) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from vidfeat.pca.apply import FeatureReduction
 from vidfeat.preprocess import preprocess_frame
 from vidfeat.store import StoreWriter, create_store, open_store
 from vidfeat.store.base import NO_AUDIO_NOTE
+
+if TYPE_CHECKING:  # torch is imported when the first batch is embedded, not before
+    from vidfeat.staging import BatchStaging, FeaturesInFlight, Owners
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,8 @@ class _Extraction:
         # Frames waiting for the backbone: (video_id, (n, S, S, 3) float32 chunk).
         self.pending: list[tuple[str, np.ndarray]] = []
         self.pending_frames = 0
+        self.staging: BatchStaging | None = None  # made on the first batch (spec, device)
+        self.in_flight: FeaturesInFlight | None = None  # the last batch's features
         self.failed_since_update = 0  # failures not yet counted by the progress bar
         self.started = time.monotonic()
 
@@ -155,6 +160,7 @@ class _Extraction:
         """Embed the last partial batch: every video whose frames all arrived is then ready."""
         while self.pending:
             self.embed_batch()
+        self._collect(None)
 
     def tick(self, progress: Any) -> None:
         """Write finished videos and show videos/s (tqdm), frames/s and failures."""
@@ -180,20 +186,37 @@ class _Extraction:
             self.fail(event.job_id, event.status, event.reason)
 
     def embed_batch(self) -> None:
+        """Launch the next batch, then hand out the previous batch's features: on CUDA their
+        copy to the host overlaps this batch's work (``vidfeat.staging``)."""
         import torch
 
-        batch, owners = self._take_batch()
+        from vidfeat.staging import BatchStaging, FeaturesInFlight
+
+        parts, owners = self._take_batch()
+        if self.staging is None:
+            device = getattr(self.backbone, "device", None) or torch.device("cpu")
+            self.staging = BatchStaging(self.cfg.batch_size, self.backbone.spec.input_size, device)
         # (N, S, S, 3) HWC float32 from the workers is channels_last NCHW after a permute.
-        feats = self.backbone.embed_preprocessed(torch.from_numpy(batch)).float().cpu().numpy()
+        features = self.backbone.embed_preprocessed(self.staging.fill(parts))
+        self.staging.launched()
+        self._collect(FeaturesInFlight.start(features, owners))
+
+    def _collect(self, launched: FeaturesInFlight | None) -> None:
+        """Hand the batch in flight's features to their videos, and keep ``launched`` as the
+        next one in flight."""
+        previous, self.in_flight = self.in_flight, launched
+        if previous is None:
+            return
+        feats = previous.ready()
         start = 0
-        for video_id, n in owners:
+        for video_id, n in previous.owners:
             video = self.videos.get(video_id)
-            if video is not None:
+            if video is not None:  # None: it failed since its frames were batched
                 video.chunks.append(feats[start : start + n])
                 video.embedded += n
             start += n
 
-    def _take_batch(self) -> tuple[np.ndarray, list[tuple[str, int]]]:
+    def _take_batch(self) -> tuple[list[np.ndarray], Owners]:
         parts, owners, n = [], [], 0
         while self.pending and n < self.cfg.batch_size:
             video_id, frames = self.pending[0]
@@ -206,7 +229,7 @@ class _Extraction:
             else:
                 self.pending[0] = (video_id, frames[take:])
         self.pending_frames -= n
-        return np.concatenate(parts, axis=0), owners
+        return parts, owners
 
     def finish_ready(self) -> int:
         """Write every video whose frames are all embedded; returns videos finished."""
@@ -336,9 +359,22 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     from vidfeat.engines import ENGINES
 
     t0 = time.monotonic()
-    summary = ENGINES.get(cfg.engine)(cfg)
+    summary = ENGINES.get(cfg.engine)(settle_config_precision(cfg))
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
+    """``cfg`` with ``precision="auto"`` replaced by the runtime's default on ``cfg.device``
+    as resolved here, so the store records (and a resume compares) what actually ran."""
+    from vidfeat.backbones._module import resolve_device
+    from vidfeat.backbones.runtimes import AUTO_PRECISION, settle_precision
+
+    if cfg.precision != AUTO_PRECISION:
+        return cfg
+    precision = settle_precision(cfg.runtime, resolve_device(cfg.device).type, cfg.precision)
+    log.info("precision auto: %s", precision)
+    return dataclasses.replace(cfg, precision=precision)
 
 
 def log_resume(summary: ExtractSummary, out: object) -> None:

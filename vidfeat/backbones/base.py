@@ -126,9 +126,15 @@ def create_backbone(
 
     ``device``: "cpu", "cuda", "cuda:1", ... or "auto" (cuda when available).
     ``runtime`` and ``precision``: see ``vidfeat.backbones.runtimes`` (which runtime runs which
-    precision on which device).
+    precision on which device); precision "auto" is the runtime's default on that device.
     """
+    from vidfeat.backbones.runtimes import AUTO_PRECISION, settle_precision
+
     _load_builtins()
+    if precision == AUTO_PRECISION:
+        from vidfeat.backbones._module import resolve_device
+
+        precision = settle_precision(runtime, resolve_device(device).type, precision)
     kwargs: dict[str, object] = {"device": device, "precision": precision}
     if runtime != "eager":  # factories that only run eagerly need not know about runtimes
         kwargs["runtime"] = runtime

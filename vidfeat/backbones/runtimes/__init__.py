@@ -6,6 +6,7 @@ choices cheaply; a runtime imports what it needs when it builds.
 """
 
 from vidfeat.backbones.runtimes.base import (
+    AUTO_PRECISION,
     COMPUTE_DTYPES,
     DEFAULT_RUNTIME,
     PRECISIONS,
@@ -16,9 +17,11 @@ from vidfeat.backbones.runtimes.base import (
     get_runtime,
     precision_names,
     runtime_names,
+    settle_precision,
 )
 
 __all__ = [
+    "AUTO_PRECISION",
     "COMPUTE_DTYPES",
     "DEFAULT_RUNTIME",
     "PRECISIONS",
@@ -29,4 +32,5 @@ __all__ = [
     "get_runtime",
     "precision_names",
     "runtime_names",
+    "settle_precision",
 ]

@@ -25,10 +25,20 @@ if TYPE_CHECKING:
 # (N, 3, S, S) float32 channels_last on the backbone's device -> (N, D) float32 on that device.
 Runner = Callable[["torch.Tensor"], "torch.Tensor"]
 
-# precision -> the dtype its arithmetic runs in (int8: a runtime's own quantized kernels).
-COMPUTE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
+# precision -> the dtype its arithmetic runs in (int8: a runtime's own quantized kernels;
+# mixed: bf16 for the layers a backbone's measured plan allows, fp32 for the rest).
+COMPUTE_DTYPES = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "int8": "int8",
+    "mixed": "bfloat16",
+}
 PRECISIONS = tuple(COMPUTE_DTYPES)
 DEFAULT_RUNTIME = "eager"
+# A job's default: the runtime's fastest precision on the job's device that stays within 0.01
+# of fp32 (Runtime.default_precision), settled once when the job starts and recorded as such.
+AUTO_PRECISION = "auto"
 
 _BUILTIN_MODULES = tuple(
     f"vidfeat.backbones.runtimes.{name}" for name in ("eager", "torch_compile", "ort", "openvino")
@@ -46,6 +56,12 @@ class Runtime(ABC):
     bounds: ClassVar[Mapping[str, float]]
     requires: ClassVar[tuple[str, ...]] = ()  # importable packages it needs
     extra: ClassVar[str | None] = None  # the pip extra that installs them
+
+    @classmethod
+    def default_precision(cls, device_type: str) -> str:
+        """What ``--precision auto`` means on ``device_type``: fp32 unless a runtime measured
+        something faster within the 0.01 a default may move (see docs/precision.md)."""
+        return "fp32"
 
     @classmethod
     def missing(cls) -> list[str]:
@@ -106,6 +122,13 @@ def precision_names() -> list[str]:
         p for name in RUNTIMES.names() for ps in get_runtime(name).precisions.values() for p in ps
     }
     return [p for p in PRECISIONS if p in offered]
+
+
+def settle_precision(runtime: str, device_type: str, precision: str) -> str:
+    """``precision``, with "auto" replaced by the runtime's default on ``device_type``."""
+    if precision != AUTO_PRECISION:
+        return precision
+    return get_runtime(runtime).default_precision(device_type)
 
 
 def check_runtime(runtime: str, device_type: str, precision: str) -> type[Runtime]:

@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 @RUNTIMES.register("compile")
 class Compile(Runtime):
     name = "compile"
-    precisions: ClassVar = Eager.precisions  # it compiles the eager runner
+    # It compiles the eager runner; not "mixed", whose fused oneDNN calls Inductor would
+    # treat as opaque, so there is nothing left for it to compile.
+    precisions: ClassVar = {
+        device: tuple(p for p in precisions if p != "mixed")
+        for device, precisions in Eager.precisions.items()
+    }
     bounds: ClassVar = {"fp32": 1e-4, "fp16": 0.01, "bf16": 0.05}
 
     def build(
@@ -30,7 +35,7 @@ class Compile(Runtime):
     ) -> Runner:
         import torch
 
-        eager = module_runner(module, device, precision)
+        eager = module_runner(module, device, precision, spec)
         # dynamic=None: the first new batch size (a job's smaller last batch) recompiles once
         # with a dynamic batch dimension, not once per size.
         return torch.compile(eager, dynamic=None, fullgraph=False)
