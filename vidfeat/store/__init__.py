@@ -39,6 +39,7 @@ __all__ = [
     "create_store",
     "detect_format",
     "open_store",
+    "read_store_attrs",
     "store_exists",
 ]
 
@@ -68,6 +69,18 @@ def _backend(path: str | os.PathLike | RemotePath, format: str | None) -> Backen
 def store_exists(path: str | os.PathLike | RemotePath, format: str | None = None) -> bool:
     """Whether a store's root is at ``path`` (a local path or a URL)."""
     return _backend(path, format).exists()
+
+
+def read_store_attrs(
+    path: str | os.PathLike | RemotePath, format: str | None = None
+) -> dict[str, Any] | None:
+    """The store's root attrs, read without its per-video index; None when there is no
+    readable store at ``path`` (whoever creates or opens it reports why)."""
+    try:
+        backend = _backend(path, format)
+        return dict(backend.read_meta().attrs) if backend.exists() else None
+    except StoreError:
+        return None
 
 
 def open_store(
