@@ -367,22 +367,39 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
     """``cfg`` with ``precision="auto"`` replaced by what runs: the store's own precision when
     resuming one (a store begun under an older default, or on another device, carries on as
-    it began), else the runtime's default on ``cfg.device`` as resolved here. The store
+    it began), else the runtime's default on the device the backbone runs on. The store
     records, and a resume compares, that precision."""
-    from vidfeat.backbones._module import resolve_device
     from vidfeat.backbones.runtimes import AUTO_PRECISION, settle_precision
     from vidfeat.store import read_store_attrs
 
     if cfg.precision != AUTO_PRECISION:
         return cfg
     stored = (read_store_attrs(cfg.out, cfg.format) or {}).get("precision")
+    device_type = _backbone_device_type(cfg)
     if stored is not None:
-        precision = str(stored)
-        log.info("precision auto: %s, as the store was begun", precision)
+        precision, why = str(stored), "as the store was begun"
+    elif device_type is None:
+        # The engine's workers pick their devices later (a Ray cluster's GPUs, else CPUs);
+        # fp32 is the one precision every device runs.
+        precision, why = "fp32", f"the {cfg.engine} workers' devices are not known yet"
     else:
-        precision = settle_precision(cfg.runtime, resolve_device(cfg.device).type, cfg.precision)
-        log.info("precision auto: %s", precision)
+        precision = settle_precision(cfg.runtime, device_type, cfg.precision)
+        why = f"the default on {device_type}"
+    log.info("precision auto: %s (%s)", precision, why)
     return dataclasses.replace(cfg, precision=precision)
+
+
+def _backbone_device_type(cfg: ExtractConfig) -> str | None:
+    """ "cpu" or "cuda" for the backbone of ``cfg``'s job, or None when it is not known here:
+    another engine with ``device="auto"``. Only the local engine resolves "auto" on this
+    machine, where its backbone runs."""
+    from vidfeat.backbones._module import resolve_device
+
+    if cfg.engine == "local":
+        return resolve_device(cfg.device).type
+    if cfg.device == "auto":
+        return None
+    return "cuda" if cfg.device.startswith("cuda") else "cpu"
 
 
 def log_resume(summary: ExtractSummary, out: object) -> None:

@@ -180,3 +180,21 @@ def test_extract_records_the_settled_precision_and_a_resume_keeps_to_it(
     with open_store(fp32_store) as reader:
         assert reader.attrs["precision"] == "fp32"
         assert sorted(reader.ok_ids) == ["bikes", "car"]
+
+
+def test_auto_settles_where_the_backbone_runs(tmp_path):
+    from vidfeat.config import ExtractConfig
+    from vidfeat.pipeline import settle_config_precision
+
+    def settled(**options: str) -> str:
+        cfg = ExtractConfig(manifest="m.csv", out=tmp_path / "new.zarr", **options)
+        return settle_config_precision(cfg).precision
+
+    local_cpu = settle_precision("eager", "cpu", "auto")
+    assert settled(device="cpu") == local_cpu
+    # Ray workers choose their devices later: without a named device, the safe fp32.
+    assert settled(engine="ray") == "fp32"
+    assert settled(engine="ray", device="cpu") == local_cpu
+    # Named for the workers; this machine needs no GPU to settle it.
+    assert settled(engine="ray", device="cuda") == "fp16"
+    assert settled(device="cpu", precision="bf16") == "bf16"
