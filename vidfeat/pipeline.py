@@ -375,7 +375,7 @@ def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
     if cfg.precision != AUTO_PRECISION:
         return cfg
     stored = (read_store_attrs(cfg.out, cfg.format) or {}).get("precision")
-    device_type = _backbone_device_type(cfg)
+    device_type = None if stored is not None else _backbone_device_type(cfg)
     if stored is not None:
         precision, why = str(stored), "as the store was begun"
     elif device_type is None:

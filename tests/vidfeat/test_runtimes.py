@@ -42,14 +42,6 @@ def cpu_variants() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def converted_cache(tmp_path_factory):
-    """Converted models go to a fresh cache folder for this module."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(runtime_cache.CACHE_ENV, str(tmp_path_factory.mktemp("vidfeat-cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
 def unfolded():
     """The native port as loaded, batch norm not folded: the reference of every runtime."""
     module = InceptionV3TF()
