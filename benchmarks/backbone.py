@@ -11,6 +11,11 @@ backbone as it ran before runtimes existed. For each variant that is installed a
 - frames/s over ``--frames`` frames (the real frames tiled) in batches of ``--batch-size``,
   median of ``--repeats`` passes, and the ratio to the reference in the same run.
 
+The process sets up malloc as the ``vidfeat`` command does (``vidfeat.allocator``; ``--malloc
+system`` leaves glibc's defaults). The reference is timed twice: in this process, and in a
+child process under glibc's defaults, as the backbone ran before the allocator setting; each
+variant gets a ratio to both.
+
     python -m benchmarks.backbone                     # -> benchmarks/results/backbone.json
     python -m benchmarks.backbone --fidelity-only     # -> benchmarks/results/backbone_fidelity.json
     python -m benchmarks.backbone --variants eager:fp32,onnxruntime:int8 --frames 3 --repeats 1
@@ -20,8 +25,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -149,6 +157,16 @@ def cpu_flags() -> list[str]:
     return sorted(wanted & set(text.split()))
 
 
+def reference_under_system_malloc(args: argparse.Namespace) -> float:
+    """The reference's frames/s in a child process under glibc's default malloc."""
+    command = [sys.executable, "-m", "benchmarks.backbone", "--reference-only", "--malloc"]
+    command += ["system", "--frames", str(args.frames), "--batch-size", str(args.batch_size)]
+    command += ["--repeats", str(args.repeats)]
+    env = {**os.environ, "VIDFEAT_MALLOC": "system"}
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["frames_per_s"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=None, help="runtime:precision,... (default: all)")
@@ -158,7 +176,18 @@ def main() -> None:
     parser.add_argument("--fidelity-only", action="store_true", help="no timing")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cpu", help="of the variants; the reference is CPU")
+    parser.add_argument(
+        "--malloc",
+        choices=("keep", "system"),
+        default="keep",
+        help="keep: as the vidfeat command sets malloc up (vidfeat.allocator); system: glibc's",
+    )
+    parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.malloc == "keep":
+        from vidfeat.allocator import keep_freed_memory
+
+        keep_freed_memory()
 
     import torch
 
@@ -170,9 +199,23 @@ def main() -> None:
     run_reference = reference_module()
     reference = embed_all(run_reference, frames, args.batch_size)
     rows = []
+    system_fps = None
     if not args.fidelity_only:
         timing = np.resize(frames, (args.frames, *frames.shape[1:]))
         reference_fps = frames_per_s(run_reference, timing, args.batch_size, args.repeats)
+        if args.reference_only:
+            print(json.dumps({"frames_per_s": reference_fps}))
+            return
+        system_fps = reference_under_system_malloc(args) if args.malloc == "keep" else None
+        if system_fps is not None:
+            rows.append(
+                {
+                    "runtime": "reference (BN not folded), glibc's default malloc",
+                    "precision": "fp32",
+                    "frames_per_s": system_fps,
+                    "ratio_to_reference": system_fps / reference_fps,
+                }
+            )
         rows.append(
             {
                 "runtime": "reference (BN not folded)",
@@ -186,6 +229,8 @@ def main() -> None:
         row = measure_variant(variant, frames, reference, args)
         if "frames_per_s" in row:
             row["ratio_to_reference"] = row["frames_per_s"] / reference_fps
+            if system_fps is not None:
+                row["ratio_to_reference_system_malloc"] = row["frames_per_s"] / system_fps
         rows.append(row)
         print(row, flush=True)
     name = "backbone_fidelity" if args.fidelity_only else "backbone"

@@ -22,6 +22,10 @@ on twice the videos, to show peak memory does not grow with their number.
     python -m benchmarks.extract                      # writes benchmarks/results/extract.json
     python -m benchmarks.extract --seconds 3 --videos 1 --resolutions 360p   # smoke run
     python -m benchmarks.extract --backbone-cost 0    # only decode alone vs cost 0
+
+This process sets malloc up as ``vidfeat extract`` does (``vidfeat.allocator``), so backbone
+alone and cost 0 run as end to end does; the plain loop keeps glibc's defaults, as users' do.
+``VIDFEAT_MALLOC=system`` turns the setting off everywhere but in the plain loop, unchanged.
 """
 
 from __future__ import annotations
@@ -191,7 +195,10 @@ def main() -> None:
     args = parse_args()
     args.backbone_batch = args.backbone_batch or args.batch_size
     load_start = os.getloadavg()
+    from vidfeat.allocator import keep_freed_memory
     from vidfeat.backbones import create_backbone
+
+    malloc_kept = keep_freed_memory()
 
     real, cost0 = args.backbone_cost != "0", args.backbone_cost != "1"
     # "auto" is settled here, as vidfeat extract would, so every run names what it ran.
@@ -232,7 +239,7 @@ def main() -> None:
                 extras = audio_and_growth(args, paths, tmp, weights, base["end_to_end"])
                 print(f"{res} audio: wall x{extras['audio_wall_ratio']:.2f}", flush=True)
     result = {
-        "settings": {**vars(args), "fps": 1, "weights": "yt8m"},
+        "settings": {**vars(args), "fps": 1, "weights": "yt8m", "malloc_kept": malloc_kept},
         "load": {"start": list(load_start), "end": list(os.getloadavg())},
         "backbone_alone_fps": backbone_fps,
         "results": rows,

@@ -6,14 +6,16 @@ training step (forward, backward, Adam) is timed over the same batches, fed by:
 - ``ram``: the batches' tensors already in memory, only padding-collate per batch (the limit);
 - ``store wN``: the real path, store -> FeatureDataset -> DataLoader(num_workers=N) -> step;
 
-with length-bucketed batches (padded to the batch's longest video) or unbucketed batches
-padded to max_frames ("pad-max"). The two feeds alternate for ``--rounds`` rounds in one
-process and each keeps its fastest round, so load from other processes on the machine hits
-both alike. The store feed's first pass is reported apart: it decodes every chunk from its
-file, while later passes find them in the reader's decoded-chunk cache when they fit
-(``--cache-mb``, 256 MiB by default). Each case runs in a fresh process: its peak RSS
-(``ru_maxrss``, which includes the preloaded RAM batches) is its own, and DataLoader workers
-are reported by their proportional set size (PSS: shared pages split between processes).
+with length-bucketed batches (padded to the batch's longest video) or unbucketed batches padded
+to max_frames ("pad-max"). Each case's process sets malloc up as the ``heads`` command does
+(``vidfeat.allocator``; ``VIDFEAT_MALLOC=system`` keeps glibc's defaults). The two feeds
+alternate for ``--rounds`` rounds in one process and each keeps its fastest round, so load from
+other processes on the machine hits both alike. The store feed's first pass is reported apart:
+it decodes every chunk from its file, while later passes find them in the reader's decoded-
+chunk cache when they fit (``--cache-mb``, 256 MiB by default). Each case runs in a fresh
+process: its peak RSS (``ru_maxrss``, which includes the preloaded RAM batches) is its own, and
+DataLoader workers are reported by their proportional set size (PSS: shared pages split between
+processes).
 
     python -m benchmarks.train                    # writes benchmarks/results/train.json
     python -m benchmarks.train --videos 300 --batches 4     # a quick look
@@ -105,6 +107,10 @@ def run_case(case: dict) -> dict:
     """Alternate RAM-fed and store-fed passes over the same ``case['batches']`` batches."""
     import torch
 
+    from vidfeat.allocator import keep_freed_memory
+
+    malloc_kept = keep_freed_memory()  # as the heads command does (VIDFEAT_MALLOC=system: not)
+
     from heads.config import DataConfig
     from heads.data import FeatureDataset, build_label_map, collate, make_loader
     from heads.models import create_head
@@ -157,6 +163,7 @@ def run_case(case: dict) -> dict:
         "store_first_pass_sequences_per_s": n_videos / first_store,
         "vs_ram_first_pass": best["ram"] / first_store,
         "sequences_timed": n_videos,
+        "malloc_kept": malloc_kept,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "workers_pss_mb": sum(_pss_mb(pid) for pid in workers),
     }

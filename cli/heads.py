@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from vidfeat.allocator import keep_freed_memory
 from vidfeat.errors import ConfigError
 from vidfeat_cli.config_file import read_config_file
 from vidfeat_cli.core import (
@@ -73,6 +74,7 @@ def main(verbose: int, quiet: bool) -> None:
       heads report runs/bilstm runs/bof --out report/
     """
     setup_logging(verbose, quiet)
+    keep_freed_memory()  # every command allocates large blocks over and over: vidfeat.allocator
 
 
 # One line per command; the module is imported only when the command is used.

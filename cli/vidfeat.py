@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from vidfeat.allocator import keep_freed_memory
 from vidfeat.errors import ConfigError
 from vidfeat_cli.core import (
     EXIT_CANNOT_RUN,
@@ -55,6 +56,7 @@ def main(verbose: int, quiet: bool) -> None:
       vidfeat verify feats.zarr
     """
     setup_logging(verbose, quiet)
+    keep_freed_memory()  # every command allocates large blocks over and over: vidfeat.allocator
 
 
 # One line per command; the module is imported only when the command is used.

@@ -19,6 +19,7 @@ import uuid
 from fractions import Fraction
 from typing import Any
 
+from vidfeat.allocator import keep_freed_memory
 from vidfeat.config import ExtractConfig
 from vidfeat.decode.pool import DecodePool, PoolEvent
 from vidfeat.decode.worker import FrameTransform
@@ -125,6 +126,7 @@ class EmbedWorker:
 
         if device == "cpu":
             torch.set_num_threads(1)  # the actor holds one CPU of the cluster
+        keep_freed_memory()  # the actor's process is its own: vidfeat.allocator
         self.cfg, self.store_settings = cfg, store_settings
         self.part = f"ray-{uuid.uuid4().hex[:24]}"
         self.backbone = create_backbone(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vidfeat.convert import copy_into
 from vidfeat.errors import ConfigError, StoreError, StoreIntegrityError, VideoNotFoundError
 from vidfeat.pca.quantize import dequantize
 from vidfeat.store.base import LABEL_SEPARATOR, Backend, PartReader, feature_array, mean_array
@@ -234,7 +235,7 @@ class StoreReader:
             return dequantize(data, q["min"], q["max"], out=out)
         if out is None:
             return np.asarray(data, dtype=np.float32)
-        np.copyto(out, data)
+        copy_into(out, data)
         return out
 
     def _pieces(
