@@ -121,7 +121,8 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
         "cache_mb",
         "Run",
         {"type": int},
-        "MiB of decoded store chunks each reading process keeps (default 256; 0: none).",
+        "MiB of decoded store chunks each reading process keeps (default 256; 0: none). "
+        "Videos that fit are read from the store once; train logs the size when they would.",
     ),
 ]
 

@@ -247,6 +247,17 @@ class FeatureDataset(Dataset):
         reader = self._store()
         return sum(int(reader.streams[n].dim) for n in self.cfg.streams or reader.streams)
 
+    @property
+    def stored_mib(self) -> float:
+        """MiB the frames of these videos take in the store's chunks, as stored (what the
+        reader's chunk cache holds to keep them all; uint8 streams take a quarter of float32)."""
+        reader = self._store()
+        names = self.cfg.streams or reader.streams
+        specs = [reader.streams[n] for n in names]
+        row = sum(int(spec.dim) * np.dtype(spec.dtype).itemsize for spec in specs)
+        frames = len(self) if reader.level == "video" else int(self.n_frames.sum())
+        return frames * row / (1 << 20)
+
     def __len__(self) -> int:
         return len(self.video_ids)
 

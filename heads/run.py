@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,7 +24,7 @@ from torch import nn
 
 from heads import checkpoint as ck
 from heads import distributed as dd
-from heads.config import TrainConfig
+from heads.config import DataConfig, TrainConfig
 from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
 from heads.errors import RunExistsError, TrainingDataError
 from heads.identity import check_same_data, recorded_streams, store_identity
@@ -42,7 +44,7 @@ from heads.trainer import Loaders, Loss, loss_weights, predict_logits, resolve_d
 from heads.trainer import train as train_loop
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
-from vidfeat.store import open_store
+from vidfeat.store import DEFAULT_CACHE_MB, open_store
 from vidfeat.store.base import LABEL_SEPARATOR
 
 log = logging.getLogger(__name__)
@@ -249,9 +251,45 @@ def check_training_set(data: RunData) -> None:
 
 def make_loaders(sets: dict[str, FeatureDataset], cfg: TrainConfig) -> Loaders:
     pin = resolve_device(cfg.device).type == "cuda"  # page-locked batches copy asynchronously
+    hint_cache_size(sets, cfg.data)
     train = make_loader(sets["train"], cfg.data, shuffle=True, seed=cfg.seed, pin_memory=pin)
     val = make_loader(sets["val"], cfg.data, shuffle=False, pin_memory=pin)
     return Loaders(train=train, val=val if len(sets["val"]) else None)
+
+
+def hint_cache_size(sets: dict[str, FeatureDataset], cfg: DataConfig) -> int | None:
+    """Say when the videos an epoch reads do not fit the chunk cache but would fit in memory:
+    every epoch then reads, checks and decompresses them from the store again, which bounds the
+    cheap heads (benchmarks/README.md). Returns the ``--cache-mb`` suggested, or None."""
+    cache_mb = DEFAULT_CACHE_MB if cfg.cache_mb is None else cfg.cache_mb
+    needed = sum(sets[name].stored_mib for name in ("train", "val") if len(sets[name]))
+    suggested = math.ceil(needed * 1.1)  # whole chunks: neighbouring videos' rows come along
+    # Every reading process keeps its own cache; leave most of the memory to everything else.
+    readers = max(cfg.num_workers, 1)
+    if needed <= cache_mb or suggested * readers > available_mib() / 2:
+        return None
+    log.info(
+        "the training and validation videos take %.0f MiB in the store, more than the chunk "
+        "cache (%d MiB): each epoch reads them from the store again. --cache-mb %d keeps them "
+        "in memory after the first epoch",
+        needed,
+        cache_mb,
+        suggested,
+    )
+    return suggested
+
+
+def available_mib() -> float:
+    """Memory available to new allocations without swapping (Linux's MemAvailable), in MiB;
+    elsewhere the free physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
 # ------------------------------------------------------------------------------ fit and test

@@ -5,7 +5,7 @@ training batch: megabytes to a few hundred) with a fresh ``mmap`` and unmaps it 
 trims the top of its heap once enough is free. Each new block then faults in every page again,
 and the kernel zeroes them: on the benchmark machine that cost more than the work itself for the
 cheap heads (training ``bof`` from RAM on a float32 store ran at 216 sequences/s by default and
-606 with the settings below) and 13-28% of InceptionV3's time in ``mixed`` precision.
+606 with the settings below; InceptionV3 in ``mixed`` precision ran 11-33% faster).
 
 The price is memory. Freed blocks stay in the process, and glibc's aligned allocations leave
 gaps while the heap settles: a loop that allocates and frees one 64 MiB tensor grows the heap
@@ -14,9 +14,9 @@ Batch jobs allocate the same shapes over and over, so the footprint rises to a p
 the default's (backbone benchmark: 1.7 GB peak against 1.56) and stays there.
 
 The commands ``vidfeat`` and ``heads`` call :func:`keep_freed_memory` when they start, and so
-do the processes they start that do the heavy work (Ray actors; DataLoader workers and torchrun
-ranks inherit it or run the command themselves). A library user may call it too. Setting
-``VIDFEAT_MALLOC=system`` leaves the C library's defaults alone.
+do the processes they start that do the heavy work (Ray embedding actors; DataLoader workers
+and torchrun ranks inherit it or run the command themselves). A library user may call it too.
+Setting ``VIDFEAT_MALLOC=system`` leaves the C library's defaults alone.
 """
 
 from __future__ import annotations

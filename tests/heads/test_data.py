@@ -380,3 +380,41 @@ def test_training_batches_never_hold_a_single_video(n, bucket):
         assert min(len(b) for b in batches) > 1
         assert sorted(i for b in batches for i, _ in b) == list(range(n))
         assert len(batches) == len(sampler)
+
+
+# --------------------------------------------------------------------------- chunk cache hint
+
+
+def test_cache_hint_names_a_size_that_serves_later_epochs_from_memory(tmp_path, caplog):
+    from heads.run import hint_cache_size
+    from vidfeat.errors import StoreIntegrityError
+
+    rng = np.random.default_rng(0)
+    videos = [
+        (f"v{i:02d}", rng.normal(size=(40 + 7 * i, 64)).astype(np.float32), (LABELS[i % 2],))
+        for i in range(12)
+    ]
+    path = write_store(tmp_path / "f.zarr", videos, dim=64, dtype="float32")
+    ds = _dataset(path, DataConfig(max_frames=1000, cache_mb=0))
+    assert ds.stored_mib == sum(len(x) for _, x, _ in videos) * 64 * 4 / 2**20
+    empty = FeatureDataset(path, ds_videos(path).iloc[:0], ds.label_map, ds.cfg)
+    sets = {"train": ds, "val": empty, "test": empty}
+    with caplog.at_level("INFO", logger="heads.run"):
+        suggested = hint_cache_size(sets, ds.cfg)
+    assert suggested is not None and f"--cache-mb {suggested}" in caplog.text
+    assert hint_cache_size(sets, DataConfig(cache_mb=suggested)) is None  # it fits now
+
+    # With the suggested cache, a second epoch needs nothing from the files.
+    cached = _dataset(path, DataConfig(max_frames=1000, cache_mb=suggested))
+    first = [cached[i].x.clone() for i in range(len(cached))]
+    (features,) = [p for p in path.rglob("features") if p.is_dir()]
+    features.rename(features.with_name("moved"))
+    for i in range(len(cached)):
+        assert torch.equal(cached[i].x, first[i])
+    with pytest.raises(StoreIntegrityError):  # without it, every epoch reads the files again
+        ds[0]
+
+
+def ds_videos(path):
+    with open_store(path) as reader:
+        return build_label_map(reader.videos)[1]
