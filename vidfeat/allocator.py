@@ -54,7 +54,8 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL(None)
     except OSError:
         return False
-    # gnu_get_libc_version is glibc's own: musl's mallopt takes the same call and ignores it.
+    # gnu_get_libc_version is glibc's own: the parameters below are glibc's, other C
+    # libraries (musl) have no such settings or give the numbers other meanings.
     if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
         return False
     mallopt = libc.mallopt
