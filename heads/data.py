@@ -27,6 +27,7 @@ from heads.errors import MissingStreamError
 from heads.splits import normalise_split_names
 from vidfeat.errors import ConfigError
 from vidfeat.store import StoreReader, open_store
+from vidfeat.store.schema import StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -244,19 +245,20 @@ class FeatureDataset(Dataset):
     @property
     def dim(self) -> int:
         """Feature dimension D of every frame: the widths of the streams read, summed."""
-        reader = self._store()
-        return sum(int(reader.streams[n].dim) for n in self.cfg.streams or reader.streams)
+        return sum(int(spec.dim) for spec in self._specs())
 
     @property
     def stored_mib(self) -> float:
         """MiB the frames of these videos take in the store's chunks, as stored (what the
         reader's chunk cache holds to keep them all; uint8 streams take a quarter of float32)."""
-        reader = self._store()
-        names = self.cfg.streams or reader.streams
-        specs = [reader.streams[n] for n in names]
-        row = sum(int(spec.dim) * np.dtype(spec.dtype).itemsize for spec in specs)
-        frames = len(self) if reader.level == "video" else int(self.n_frames.sum())
+        row = sum(int(spec.dim) * np.dtype(spec.dtype).itemsize for spec in self._specs())
+        frames = len(self) if self._store().level == "video" else int(self.n_frames.sum())
         return frames * row / (1 << 20)
+
+    def _specs(self) -> list[StreamSpec]:
+        """The store streams read, in the order their features are concatenated per frame."""
+        reader = self._store()
+        return [reader.streams[name] for name in self.cfg.streams or reader.streams]
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -293,7 +295,7 @@ class FeatureDataset(Dataset):
         indices = np.array([int(i) for i, _ in pairs], dtype=np.int64)
         reader = self._store()
         names = list(self.cfg.streams or reader.streams)
-        dim = sum(int(reader.streams[n].dim) for n in names)
+        dim = self.dim
         if reader.level == "video":
             frames: list[slice | np.ndarray | None] = [None] * len(pairs)
             lengths = np.ones(len(pairs), dtype=np.int64)

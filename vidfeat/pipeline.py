@@ -375,10 +375,9 @@ def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
     if cfg.precision != AUTO_PRECISION:
         return cfg
     stored = (read_store_attrs(cfg.out, cfg.format) or {}).get("precision")
-    device_type = None if stored is not None else _backbone_device_type(cfg)
     if stored is not None:
         precision, why = str(stored), "as the store was begun"
-    elif device_type is None:
+    elif (device_type := _backbone_device_type(cfg)) is None:
         # The engine's workers pick their devices later (a Ray cluster's GPUs, else CPUs);
         # fp32 is the one precision every device runs.
         precision, why = "fp32", f"the {cfg.engine} workers' devices are not known yet"
