@@ -25,6 +25,7 @@ from vidfeat_cli.core import (
     EXIT_OK,
     CliGroup,
     progress_option,
+    run_command,
     setup_logging,
     show_progress,
     verbosity_options,
@@ -54,7 +55,7 @@ from vidfeat_cli.options import (
 if TYPE_CHECKING:
     from heads.config import TrainConfig
 
-__all__ = ["EXIT_CANNOT_RUN", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "main"]
+__all__ = ["EXIT_CANNOT_RUN", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "main", "run"]
 
 
 @click.group(cls=CliGroup)
@@ -461,5 +462,10 @@ def report(runs: tuple[Path, ...], out: Path | None, fmt: str, dpi: int) -> None
         click.echo(str(write_report(list(runs), out, fmt=fmt, dpi=dpi)))
 
 
+def run() -> None:
+    """The installed ``heads`` script: ``main`` without the interpreter's slow teardown."""
+    run_command(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

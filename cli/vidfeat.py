@@ -24,6 +24,7 @@ from vidfeat_cli.core import (
     EXIT_SOME_FAILED,
     CliGroup,
     progress_option,
+    run_command,
     setup_logging,
     show_progress,
     verbosity_options,
@@ -38,7 +39,7 @@ from vidfeat_cli.options import (
     deferred,
 )
 
-__all__ = ["EXIT_CANNOT_RUN", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "main"]
+__all__ = ["EXIT_CANNOT_RUN", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "main", "run"]
 
 
 @click.group(cls=CliGroup)
@@ -57,6 +58,10 @@ def main(verbose: int, quiet: bool) -> None:
     """
     setup_logging(verbose, quiet)
     keep_freed_memory()  # every command allocates large blocks over and over: vidfeat.allocator
+    if click.get_current_context().invoked_subcommand == "extract":
+        from vidfeat.decode.pool import start_fork_server
+
+        start_fork_server()  # its imports overlap the ones parsing extract's options needs
 
 
 # One line per command; the module is imported only when the command is used.
@@ -360,5 +365,10 @@ def verify(store: Path | str, as_json: bool) -> None:
         click.get_current_context().exit(EXIT_CANNOT_RUN)
 
 
+def run() -> None:
+    """The installed ``vidfeat`` script: ``main`` without the interpreter's slow teardown."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -164,3 +164,73 @@ def test_cli_modules_import_each_other_without_cycles():
         graph[path.stem] = deps
     order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError
     assert order.index("core") < order.index("heads_options") < order.index("finetune")
+
+
+# A command run the way the installed scripts run (``core.run_command``), in its own process.
+_SCRIPT_EXIT = """
+import atexit, sys, threading, time
+from pathlib import Path
+import click
+from vidfeat_cli import core
+
+out = Path(sys.argv[1])
+
+
+class TornDown:
+    def __del__(self):  # runs in the interpreter's teardown, which run_command skips
+        (out / "teardown").write_text("ran")
+
+
+kept = TornDown()
+
+
+@click.group(cls=core.CliGroup)
+def group():
+    pass
+
+
+@group.command()
+@click.argument("code", type=int)
+def finish(code):
+    def late():
+        time.sleep(0.5)
+        (out / "thread").write_text("joined")
+
+    threading.Thread(target=late).start()
+    atexit.register(lambda: (out / "atexit").write_text("ran"))
+    print("buffered", flush=False)
+    sys.exit(code)
+
+
+sys.argv = ["prog", "finish", sys.argv[2]]
+core.run_command(group) if "{mode}" == "fast" else group.main()
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_installed_script_ending_skips_only_the_teardown(tmp_path, code):
+    """Threads are joined, atexit handlers run, buffered output arrives, the code is kept;
+    the interpreter's teardown (here: a module global's __del__) does not happen."""
+    for mode in ("fast", "click"):
+        out = tmp_path / mode
+        out.mkdir()
+        script = _SCRIPT_EXIT.replace("{mode}", mode)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(out), str(code)], capture_output=True, text=True
+        )
+        assert proc.returncode == code, (mode, proc.stderr)
+        assert proc.stdout == "buffered\n"
+        assert (out / "thread").read_text() == "joined"
+        assert (out / "atexit").read_text() == "ran"
+        # The control: ended by click and the interpreter, the teardown runs.
+        assert (out / "teardown").exists() == (mode == "click"), mode
+
+
+def test_installed_script_output_lost_on_a_full_disk_is_an_error(tmp_path):
+    """Buffered output that cannot be written at the end turns success into exit code 2."""
+    script = _SCRIPT_EXIT.replace("{mode}", "fast")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path), "0"], stdout=full, stderr=subprocess.PIPE
+        )
+    assert proc.returncode == core.EXIT_CANNOT_RUN, proc.stderr

@@ -79,6 +79,14 @@ def torch_loaded(frame: np.ndarray) -> np.ndarray:
     return np.array([float("torch" in sys.modules)], np.float32)
 
 
+ENV_MARK = "VIDFEAT_TEST_POOL_MARK"
+
+
+def env_mark(frame: np.ndarray) -> np.ndarray:
+    """A frame transform reporting the worker's ``$VIDFEAT_TEST_POOL_MARK`` (-1: unset)."""
+    return np.array([float(os.environ.get(ENV_MARK, -1))], np.float32)
+
+
 def main(paths: list[str]) -> None:
     pool = DecodePool(
         len(paths),

@@ -15,9 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.vidfeat.pool_helpers import torch_loaded, upscale_299
+from tests.vidfeat.pool_helpers import ENV_MARK, env_mark, torch_loaded, upscale_299
 from vidfeat.decode import open_video
-from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
+from vidfeat.decode.pool import (
+    DecodePool,
+    FramesChunk,
+    VideoDone,
+    VideoFailed,
+    start_fork_server,
+)
 from vidfeat.errors import ConfigError
 
 HELPERS = "tests.vidfeat.pool_helpers"
@@ -215,3 +221,16 @@ def test_invalid_settings_are_refused():
         DecodePool(1, "pyav", timeout_s=0)
     with pytest.raises(ModuleNotFoundError):
         DecodePool(1, "pyav", extra_modules=["tests.no_such_module"])
+
+
+def test_workers_see_the_environment_of_their_pool_not_of_the_fork_server(clips, monkeypatch):
+    """The fork server may start long before a pool (``vidfeat extract`` starts it first
+    thing); what the environment holds when the pool is made (e.g. S3 credentials) counts."""
+    monkeypatch.delenv(ENV_MARK, raising=False)
+    start_fork_server()
+    for mark in ("1", "2"):
+        monkeypatch.setenv(ENV_MARK, mark)
+        with DecodePool(1, fps=1, frame_transform=env_mark, extra_modules=[HELPERS]) as pool:
+            pool.submit("a", clips["a"])
+            chunks = [e for e in collect(pool)["a"] if isinstance(e, FramesChunk)]
+        assert {float(v) for c in chunks for v in c.frames.ravel()} == {float(mark)}

@@ -186,6 +186,7 @@ class DecodePool:
             extra,
             decode_threads,
             audio,
+            tuple(os.environ.items()),
         )
         self.timeout_s = float(timeout_s)
         self._ctx = _context(start_method)
@@ -382,6 +383,20 @@ def _context(start_method: str | None) -> mp.context.BaseContext:
         # always does, the main module) once, so a replacement starts in milliseconds.
         ctx.set_forkserver_preload(["__main__", "vidfeat.decode", "vidfeat.decode.worker"])
     return ctx
+
+
+def start_fork_server() -> None:
+    """Start the process that workers fork from now, instead of with the first pool.
+
+    That process imports PyAV, numpy and the decoders as it starts. Started before the caller's
+    own slow imports (``vidfeat extract`` imports torch to parse its options), it does so on
+    another core meanwhile, and the first workers fork at once.
+    """
+    ctx = _context(None)
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def _kill_all(workers: list[_Worker]) -> None:

@@ -48,6 +48,10 @@ class WorkerSettings:
     threads: int = 0  # decoding threads per video; 0: the decoder library's default
     # Also cut one log-mel example per sampled frame from the audio track (vidfeat.audio).
     audio: LogMelParams | None = None
+    # The pool's environment when it was made. Workers fork from a server started earlier
+    # (perhaps by another pool), which kept the environment of that moment: credentials or
+    # endpoints set since then would otherwise never reach a worker. None: keep the server's.
+    environ: tuple[tuple[str, str], ...] | None = None
 
 
 def _die_with_parent() -> None:
@@ -74,6 +78,12 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
+def _set_environ(environ: dict[str, str]) -> None:
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update(environ)
+
+
 def _send(conn: mp_connection.Connection, *message: object) -> None:
     conn.send((time.monotonic(), message))
 
@@ -82,6 +92,8 @@ def worker_main(conn: mp_connection.Connection, settings: WorkerSettings) -> Non
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    if settings.environ is not None:
+        _set_environ(dict(settings.environ))
     with contextlib.suppress(EOFError, OSError):  # the parent is gone: nobody to report to
         _serve(conn, settings)
 
