@@ -111,8 +111,10 @@ def run_case(case: dict) -> dict:
 
     malloc_kept = keep_freed_memory()  # as the heads command does (VIDFEAT_MALLOC=system: not)
 
+    from heads.batching import make_loader
     from heads.config import DataConfig
-    from heads.data import FeatureDataset, build_label_map, collate, make_loader
+    from heads.data import FeatureDataset, collate
+    from heads.labels import build_label_map
     from heads.models import create_head
     from vidfeat.store import open_store
 

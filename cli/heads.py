@@ -181,7 +181,7 @@ def _check_train_inputs(store: Path | str, cfg: TrainConfig, out: Path, resume: 
     """What can be checked without training, before --out exists: the device, --out, the
     store and its classes (a single class or video would train to meaningless "perfect"
     metrics)."""
-    from heads.data import build_label_map
+    from heads.labels import build_label_map
     from vidfeat.store import open_store
 
     check_training_target(cfg.device, out)

@@ -1,4 +1,4 @@
-"""Stage-2 data path: store -> per-video frame selection -> length-bucketed padded batches.
+"""Stage-2 data path: store -> per-video frame selection -> padded batches.
 
 The store is opened lazily inside whichever process reads (the main process or a DataLoader
 worker), never inherited across fork or pickled for spawn. All randomness is a pure function of
@@ -10,95 +10,25 @@ and with persistent workers.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 
 from heads.config import DataConfig
 from heads.errors import MissingStreamError
+from heads.labels import LabelMap, build_label_map
 from heads.splits import normalise_split_names
 from vidfeat.errors import ConfigError
 from vidfeat.store import StoreReader, open_store
 from vidfeat.store.schema import StreamSpec
 
-log = logging.getLogger(__name__)
-
 SampleKey = tuple[int, int]  # (index into the dataset, epoch)
-
-
-# ------------------------------------------------------------------------------ label map
-
-
-@dataclass(frozen=True)
-class LabelMap:
-    """Class names in logit order, and whether videos may carry several labels."""
-
-    labels: tuple[str, ...]
-    multilabel: bool
-
-    def __post_init__(self) -> None:
-        if not self.labels or len(set(self.labels)) != len(self.labels):
-            raise ConfigError(f"a label map needs unique class names, got {self.labels!r}")
-        object.__setattr__(self, "labels", tuple(self.labels))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def encode(self, labels: Iterable[str]) -> np.ndarray:
-        """Multi-hot (C,) float32; labels outside the map are ignored."""
-        index = {name: i for i, name in enumerate(self.labels)}
-        out = np.zeros(len(self.labels), dtype=np.float32)
-        for name in labels:
-            if name in index:
-                out[index[name]] = 1.0
-        return out
-
-    def to_dict(self) -> dict:
-        return {"labels": list(self.labels), "multilabel": bool(self.multilabel)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LabelMap:
-        return cls(labels=tuple(data["labels"]), multilabel=bool(data["multilabel"]))
-
-
-def build_label_map(
-    videos: pd.DataFrame, classes: Sequence[str] | None = None
-) -> tuple[LabelMap, pd.DataFrame]:
-    """Label map over the ok videos (all their labels, sorted, or ``classes`` in that order).
-
-    Returns the map and the ok videos that carry at least one of its labels (others are left
-    out with a warning), with ``labels`` restricted to the map.
-    """
-    ok = videos[videos["status"] == "ok"]
-    seen = sorted({name for labels in ok["labels"] for name in labels})
-    if classes is not None:
-        unknown = sorted(set(classes) - set(seen))
-        if unknown:
-            raise ConfigError(f"classes not found in the store's videos: {unknown}")
-        names = tuple(classes)
-    else:
-        names = tuple(seen)
-    if not names:
-        raise ConfigError("no labelled videos in the store: nothing to train on")
-    keep_set = set(names)
-    kept_labels = [tuple(x for x in labels if x in keep_set) for labels in ok["labels"]]
-    has_label = np.array([bool(x) for x in kept_labels], dtype=bool)
-    if not has_label.all():
-        log.warning(
-            "%d ok videos have none of the %d classes; left out", (~has_label).sum(), len(names)
-        )
-    kept = ok.loc[has_label].copy()
-    kept["labels"] = [x for x, keep in zip(kept_labels, has_label, strict=True) if keep]
-    multilabel = any(len(x) > 1 for x in kept["labels"])
-    return LabelMap(names, multilabel), kept.reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------ frames
@@ -356,139 +286,3 @@ def collate(samples: Sequence[Sample] | Batch) -> Batch:
     labels = torch.stack([s.labels for s in samples])
     index = torch.tensor([s.index for s in samples], dtype=torch.int64)
     return Batch(x, lengths, labels, index)
-
-
-# ------------------------------------------------------------------------------ batching
-
-
-class BucketBatchSampler(Sampler[list[SampleKey]]):
-    """Batches of (index, epoch) keys.
-
-    Training (shuffle): a seeded permutation per epoch is cut into pools of ``bucket_batches``
-    batches; each pool is sorted by length and cut into batches, and all batches are shuffled.
-    Evaluation: all videos sorted by length (ties by index), in order. ``bucket=False`` keeps the
-    permutation (or index order) as is. With ``weights`` (training only), an epoch is as many
-    seeded draws with replacement, video i drawn with probability weights[i].
-    ``set_start(k)`` skips the first k batches of the epoch (a run resumed mid-epoch).
-    """
-
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        *,
-        shuffle: bool,
-        bucket: bool = True,
-        bucket_batches: int = 16,
-        seed: int = 0,
-        weights: np.ndarray | None = None,
-    ) -> None:
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.weights = weights  # (N,) probabilities summing to 1, or None
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.bucket = bucket
-        self.pool = batch_size * bucket_batches
-        self.seed = seed
-        self.epoch = 0
-        self.start = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_start(self, batch: int) -> None:
-        self.start = batch
-
-    def _batches(self) -> list[np.ndarray]:
-        n, bs = len(self.lengths), self.batch_size
-        if not self.shuffle:
-            order = np.argsort(self.lengths, kind="stable") if self.bucket else np.arange(n)
-            return [order[i : i + bs] for i in range(0, n, bs)]
-        rng = np.random.default_rng([self.seed, self.epoch])
-        perm = rng.permutation(n) if self.weights is None else rng.choice(n, n, p=self.weights)
-        if not self.bucket:
-            return _cut_for_training(perm, bs)
-        batches = []
-        for p, q in _pool_bounds(n, self.pool):
-            pool = perm[p:q]
-            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
-            batches += _cut_for_training(pool, bs)
-        return [batches[i] for i in rng.permutation(len(batches))]
-
-    def __iter__(self) -> Iterator[list[SampleKey]]:
-        for batch in self._batches()[self.start :]:
-            yield [(int(i), self.epoch) for i in batch]
-
-    def __len__(self) -> int:
-        n, bs = len(self.lengths), self.batch_size
-        if not self.shuffle:
-            return -(-n // bs)
-        if not self.bucket:
-            return _training_batch_count(n, bs)
-        bounds = _pool_bounds(n, self.pool)
-        return sum(_training_batch_count(q - p, bs) for p, q in bounds)
-
-
-def _cut_for_training(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """``order`` cut into batches; a last batch of one video joins the batch before it, since
-    BatchNorm cannot train on a single example (it raises on one value per channel)."""
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2:] = [np.concatenate(batches[-2:])]
-    return batches
-
-
-def _pool_bounds(n: int, pool: int) -> list[tuple[int, int]]:
-    """[start, stop) of each bucketing pool; a last pool of one video joins the one before."""
-    bounds = [(p, min(p + pool, n)) for p in range(0, n, pool)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
-        bounds[-2:] = [(bounds[-2][0], n)]
-    return bounds
-
-
-def _training_batch_count(n: int, batch_size: int) -> int:
-    count = -(-n // batch_size)
-    return count - 1 if count > 1 and n % batch_size == 1 else count
-
-
-def balanced_weights(targets: np.ndarray) -> np.ndarray:
-    """(N,) draw probabilities ∝ 1 / (videos of each video's rarest label): every class is
-    drawn about equally often (exactly so for single-label data)."""
-    counts = np.maximum(targets.sum(axis=0, dtype=np.float64), 1.0)  # (C,); float64 for choice()
-    per_video = np.where(targets > 0, 1.0 / counts, 0.0).max(axis=1)  # (N,)
-    return per_video / per_video.sum()
-
-
-def make_loader(
-    dataset: FeatureDataset,
-    cfg: DataConfig,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    pin_memory: bool = False,
-    multiprocessing_context: str | None = None,
-) -> DataLoader:
-    """A DataLoader over ``dataset`` with length bucketing and padding collate."""
-    balanced = shuffle and cfg.sampler == "balanced"
-    sampler = BucketBatchSampler(
-        dataset.lengths,
-        cfg.batch_size,
-        shuffle=shuffle,
-        bucket=cfg.bucket,
-        bucket_batches=cfg.bucket_batches,
-        seed=seed,
-        weights=balanced_weights(dataset.targets) if balanced else None,
-    )
-    workers = cfg.num_workers
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=pin_memory,
-        multiprocessing_context=multiprocessing_context if workers > 0 else None,
-        # Its own generator, so creating loaders never advances the global torch RNG (which
-        # dropout draws from and which a resumed run restores).
-        generator=torch.Generator().manual_seed(seed),
-    )

@@ -37,7 +37,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from heads.data import BucketBatchSampler, SampleKey
+from heads.batching import BucketBatchSampler
+from heads.data import SampleKey
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from heads import checkpoint as ck
-from heads.data import LabelMap
 from heads.errors import CheckpointError
+from heads.labels import LabelMap
 from heads.metrics import evaluate_all
 from heads.predictions import vocabulary_indices
 from heads.run import format_top_k, write_predictions

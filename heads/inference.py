@@ -15,10 +15,12 @@ import pandas as pd
 import torch
 
 from heads import checkpoint as ck
+from heads.batching import make_loader
 from heads.config import TrainConfig
-from heads.data import FeatureDataset, LabelMap, make_loader
+from heads.data import FeatureDataset
 from heads.errors import CheckpointError
 from heads.identity import check_same_data, check_store_compatible, recorded_streams
+from heads.labels import LabelMap
 from heads.metrics import evaluate_all
 from heads.models import Head, HeadConfig, create_head
 from heads.predictions import vocabulary_indices

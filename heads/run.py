@@ -24,10 +24,12 @@ from torch import nn
 
 from heads import checkpoint as ck
 from heads import distributed as dd
+from heads.batching import make_loader
 from heads.config import DataConfig, TrainConfig
-from heads.data import FeatureDataset, LabelMap, build_label_map, make_loader
+from heads.data import FeatureDataset
 from heads.errors import RunExistsError, TrainingDataError
 from heads.identity import check_same_data, recorded_streams, store_identity
+from heads.labels import LabelMap, build_label_map
 from heads.loggers import check_loggers, create_loggers
 from heads.metrics import evaluate_all
 from heads.models import Head, create_head

@@ -6,19 +6,10 @@ import pytest
 import torch
 
 from heads import checkpoint as ck
+from heads.batching import BucketBatchSampler, make_loader
 from heads.config import DataConfig
-from heads.data import (
-    Batch,
-    BucketBatchSampler,
-    FeatureDataset,
-    LabelMap,
-    Sample,
-    build_label_map,
-    collate,
-    effective_length,
-    make_loader,
-    select_frames,
-)
+from heads.data import Batch, FeatureDataset, Sample, collate, effective_length, select_frames
+from heads.labels import LabelMap, build_label_map
 from heads.synthetic import write_store, write_sum_store
 from tests.heads.stores import LABELS, frame_videos, make_frame_store
 from vidfeat.errors import ConfigError

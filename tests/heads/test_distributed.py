@@ -20,8 +20,8 @@ import torch
 from click.testing import CliRunner
 
 from heads import checkpoint as ck
+from heads.batching import BucketBatchSampler
 from heads.config import TrainConfig
-from heads.data import BucketBatchSampler
 from heads.distributed import DistributedBucketBatchSampler, loss_scale, videos_in_step
 from heads.run import train_run
 from tests.heads.stores import make_cluster_store

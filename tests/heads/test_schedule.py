@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from heads import checkpoint as ck
+from heads.batching import BucketBatchSampler, balanced_weights
 from heads.config import DataConfig, TrainConfig
-from heads.data import BucketBatchSampler, balanced_weights
 from heads.inference import load_run
 from heads.models import HeadConfig
 from heads.run import train_run

@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 from heads import checkpoint as ck
 from heads.config import DataConfig
-from heads.data import FeatureDataset, build_label_map
+from heads.data import FeatureDataset
 from heads.errors import MissingStreamError
 from heads.inference import evaluate_run
+from heads.labels import build_label_map
 from heads.synthetic import write_sum_store
 from heads.transfer import finetune_run
 from vidfeat.store import open_store

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from heads import checkpoint as ck
+from heads.batching import make_loader
 from heads.config import DataConfig, TrainConfig
-from heads.data import FeatureDataset, build_label_map, make_loader
+from heads.data import FeatureDataset
 from heads.errors import (
     IncompatibleStoreError,
     RunDataMismatchError,
@@ -22,6 +23,7 @@ from heads.errors import (
 )
 from heads.identity import check_store_compatible, store_identity
 from heads.inference import evaluate_run, load_run
+from heads.labels import build_label_map
 from heads.models import HeadConfig, create_head
 from heads.run import train_run
 from heads.synthetic import write_store

@@ -5,9 +5,10 @@ A decode task runs in a Ray worker process, but decodes in a child process of it
 decoder that hangs in native code or crashes costs that video (``timeout`` / ``crashed``) and
 a fresh child, never the Ray worker, and the wall-clock limit is the local one.
 
-An embedding actor is the local engine's loop (``_Extraction``) fed by decode results instead
-of a local pool. Each actor incarnation writes its own store part, named at random when it
-starts, so a restarted or duplicated actor never shares a part with another writer.
+An embedding actor is the local engine's loop (``vidfeat.extraction.Extraction``) fed by
+decode results instead of a local pool. Each actor incarnation writes its own store part, named
+at random when it starts, so a restarted or duplicated actor never shares a part with another
+writer.
 """
 
 from __future__ import annotations
@@ -92,9 +93,9 @@ def decode_video(settings: DecodeSettings, video_id: str, path: str) -> tuple[in
 
 def _extraction_class() -> type:
     # pipeline imports the store and PCA; decode tasks never need them.
-    from vidfeat.pipeline import _Extraction
+    from vidfeat.extraction import Extraction
 
-    class RecordingExtraction(_Extraction):
+    class RecordingExtraction(Extraction):
         """The local loop, remembering what it handed to the writer (to report commits)."""
 
         def __init__(self, *args: Any) -> None:

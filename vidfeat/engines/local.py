@@ -6,13 +6,8 @@ import time
 
 from vidfeat.config import ExtractConfig
 from vidfeat.engines.base import ENGINES
-from vidfeat.pipeline import (
-    ExtractSummary,
-    _Extraction,
-    log_resume,
-    prepare,
-    progress_bar,
-)
+from vidfeat.extraction import Extraction
+from vidfeat.pipeline import ExtractSummary, log_resume, prepare, progress_bar
 from vidfeat.signals import sigterm_as_interrupt
 
 
@@ -27,7 +22,7 @@ def run_local(cfg: ExtractConfig) -> ExtractSummary:
         todo = [e for e in job.entries if e.video_id not in done]
         summary.skipped = len(job.entries) - len(todo)
         log_resume(summary, cfg.out)
-        extraction = _Extraction(cfg, job.backbone, job.reduction, writer, summary, job.audio)
+        extraction = Extraction(cfg, job.backbone, job.reduction, writer, summary, job.audio)
         summary.setup_s = time.monotonic() - job.started
         with progress_bar(len(todo), cfg.progress) as progress:
             extraction.run(todo, progress)
