@@ -188,7 +188,7 @@ def _check_train_inputs(store: Path | str, cfg: TrainConfig, out: Path, resume: 
     if resume and not out.is_dir():
         raise ConfigError(f"--resume: {out} holds no run to continue")
     # train_run builds the same map again and logs its warnings then; say them once.
-    data_log = logging.getLogger("heads.data")
+    data_log = logging.getLogger("heads.labels")
     level, data_log.level = data_log.level, logging.ERROR
     try:
         with open_store(store) as reader:

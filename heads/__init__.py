@@ -19,7 +19,7 @@ _EXPORTS = {
     "FeatureDataset": "heads.data",
     "Batch": "heads.data",
     "collate": "heads.data",
-    "make_loader": "heads.data",
+    "make_loader": "heads.batching",
     "create_head": "heads.models",
     "TrainConfig": "heads.config",
     "DataConfig": "heads.config",
