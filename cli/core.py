@@ -193,11 +193,10 @@ def run_command(group: click.Group) -> NoReturn:
     Once torch is imported, CPython's teardown (a full garbage collection, then every module's
     objects freed one by one) took 0.6 s after ``import torch`` alone and 1.0 s after a one-clip
     ``vidfeat extract`` on this project's 2-core benchmark machine, three times the weight load.
-    What exit must do still happens, in the
-    interpreter's own order: threads still running are joined (as ``threading`` does at exit),
-    the atexit handlers run (multiprocessing reaps its children, logging flushes its handlers,
-    Ray disconnects), stdout and stderr are flushed. Stores are closed by the commands
-    themselves, never by a finalizer.
+    What exit must do still happens, in the interpreter's own order: threads still running are
+    joined (as ``threading`` does at exit), the atexit handlers run (multiprocessing reaps its
+    children, logging flushes its handlers, Ray disconnects), stdout and stderr are flushed.
+    Stores are closed by the commands themselves, never by a finalizer.
     """
     try:
         group.main()
