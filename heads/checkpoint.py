@@ -1,4 +1,5 @@
-"""Run-directory files: their names, self-describing checkpoints and JSON records.
+"""Run-directory files: their names, self-describing checkpoints and JSON records, and what a
+directory holds (a new, unfinished or finished run) before a run starts there.
 
 A checkpoint is a plain dict of tensors and primitives (no pickled classes), so it loads with
 ``torch.load(weights_only=True)``. It carries everything needed to rebuild its model and data
@@ -16,17 +17,33 @@ import json
 import math
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
-from heads.errors import CheckpointError
+from heads.errors import CheckpointError, RunExistsError
 from vidfeat import atomic
+from vidfeat.errors import ConfigError
 
 CHECKPOINT_FORMAT = 1
 BEST, LAST = "best.pt", "last.pt"
 CONFIG, LABEL_MAP, SPLIT, METRICS = "config.json", "label_map.json", "split.csv", "metrics.jsonl"
 TEST_METRICS, TEST_PREDICTIONS = "test_metrics.json", "test_predictions"
 METRICS_CSV, TENSORBOARD = "metrics.csv", "tensorboard"
+# Every file a run directory may hold; --force removes exactly these before starting over.
+RUN_FILES = (
+    CONFIG,
+    LABEL_MAP,
+    SPLIT,
+    METRICS,
+    METRICS_CSV,
+    BEST,
+    LAST,
+    TEST_METRICS,
+    TEST_PREDICTIONS + ".npz",
+    TEST_PREDICTIONS + ".csv",
+    TENSORBOARD,
+)
 
 
 def _json_safe(value: Any) -> Any:
@@ -118,3 +135,47 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------ run directory
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished once its test metrics are written (the last file a run writes)."""
+    return (run_dir / TEST_METRICS).is_file()
+
+
+def check_run_dir(
+    run_dir: Path, *, resume: bool = False, force: bool = False, resumable: bool = True
+) -> str:
+    """What ``run_dir`` holds: ``new``, ``unfinished`` or ``finished``; creates nothing.
+
+    A run there is refused unless it is resumed or ``force`` replaces it."""
+    for path in (run_dir, *run_dir.parents):  # the nearest existing one must be a directory
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(
+                    f"{run_dir}: a file is in the way where a directory is expected ({path})"
+                )
+            break
+    if resume and force:
+        raise ConfigError("--resume continues a run and --force replaces it: choose one")
+    if not (run_dir / CONFIG).exists():
+        return "new"
+    state = "finished" if is_finished(run_dir) else "unfinished"
+    if not (resume or force):
+        what = "a finished" if state == "finished" else "an unfinished"
+        can_resume = resumable and state == "unfinished"
+        hint = "--resume to continue it or --force" if can_resume else "--force"
+        raise RunExistsError(f"{run_dir} already holds {what} run; add {hint} to replace it")
+    return state
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove a previous run's files (only those a run writes) before starting over."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

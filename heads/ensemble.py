@@ -27,8 +27,7 @@ from heads import checkpoint as ck
 from heads.errors import CheckpointError
 from heads.labels import LabelMap
 from heads.metrics import evaluate_all
-from heads.predictions import vocabulary_indices
-from heads.run import format_top_k, write_predictions
+from heads.predictions import format_top_k, vocabulary_indices, write_predictions
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
 

@@ -23,10 +23,11 @@ from heads.identity import check_same_data, check_store_compatible, recorded_str
 from heads.labels import LabelMap
 from heads.metrics import evaluate_all
 from heads.models import Head, HeadConfig, create_head
-from heads.predictions import vocabulary_indices
-from heads.run import format_top_k, is_multilabel, predict_scores
+from heads.objective import Loss
+from heads.predictions import format_top_k, vocabulary_indices
+from heads.run import is_multilabel, predict_scores
 from heads.splits import load_splits
-from heads.trainer import Loss, resolve_device
+from heads.trainer import resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.store import open_store
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from heads.labels import LabelMap
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
+from vidfeat.store.base import LABEL_SEPARATOR
 
 # suffix -> formats that may be written to it (the first is the default for that suffix)
 SUFFIX_FORMATS: dict[str, tuple[str, ...]] = {
@@ -118,3 +120,31 @@ def write_scores(
             scores=np.asarray(scores, dtype=np.float32),
             class_names=np.array(class_names, dtype=str),
         )
+
+
+def format_top_k(scores: np.ndarray, names: tuple[str, ...], k: int, sep: str = ":") -> str:
+    """'label:score label:score ...' of the k best classes (ties by class index)."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return " ".join(f"{names[i]}{sep}{scores[i]:.6f}" for i in order)
+
+
+def write_predictions(
+    stem: Path, video_ids: list[str], scores: np.ndarray, labels: np.ndarray, label_map: LabelMap
+) -> None:
+    """``stem``.npz (all scores) and ``stem``.csv (top-20 label:score pairs and true labels)."""
+    with atomic.atomic_open(stem.with_suffix(".npz"), "wb") as fh:
+        np.savez(
+            fh,
+            video_id=np.array(video_ids, dtype=str),
+            scores=scores.astype(np.float32),
+            labels=labels.astype(np.uint8),
+            class_names=np.array(label_map.labels, dtype=str),
+        )
+    k = min(20, len(label_map))
+    rows = {
+        "video_id": video_ids,
+        "labels": [LABEL_SEPARATOR.join(np.array(label_map.labels)[y > 0]) for y in labels],
+        "predictions": [format_top_k(s, label_map.labels, k) for s in scores],
+    }
+    with atomic.atomic_open(stem.with_suffix(".csv"), "w", newline="") as fh:
+        pd.DataFrame(rows).to_csv(fh, index=False)

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,14 @@ from heads import distributed as dd
 from heads.batching import make_loader
 from heads.config import DataConfig, TrainConfig
 from heads.data import FeatureDataset
-from heads.errors import RunExistsError, TrainingDataError
+from heads.errors import TrainingDataError
 from heads.identity import check_same_data, recorded_streams, store_identity
 from heads.labels import LabelMap, build_label_map
 from heads.loggers import check_loggers, create_loggers
 from heads.metrics import evaluate_all
 from heads.models import Head, create_head
+from heads.objective import Loss, loss_weights
+from heads.predictions import write_predictions
 from heads.splits import (
     assign_splits,
     inherit_splits,
@@ -42,32 +43,16 @@ from heads.splits import (
     save_splits,
 )
 from heads.streams import with_streams
-from heads.trainer import Loaders, Loss, loss_weights, predict_logits, resolve_device
+from heads.trainer import Loaders, predict_logits, resolve_device
 from heads.trainer import train as train_loop
-from vidfeat import atomic
 from vidfeat.errors import ConfigError
 from vidfeat.store import DEFAULT_CACHE_MB, open_store
-from vidfeat.store.base import LABEL_SEPARATOR
 
 log = logging.getLogger(__name__)
 
 # Options that may change between a killed run and its resume: they do not affect results.
 RESUMABLE_CHANGES = ("device",)
 RESUMABLE_DATA_CHANGES = ("num_workers", "cache_mb")
-# Every file a run directory may hold; --force removes exactly these before starting over.
-RUN_FILES = (
-    ck.CONFIG,
-    ck.LABEL_MAP,
-    ck.SPLIT,
-    ck.METRICS,
-    ck.METRICS_CSV,
-    ck.BEST,
-    ck.LAST,
-    ck.TEST_METRICS,
-    ck.TEST_PREDICTIONS + ".npz",
-    ck.TEST_PREDICTIONS + ".csv",
-    ck.TENSORBOARD,
-)
 _SHOWN = ("hit_at_1", "gap_at_20", "mean_ap")
 
 
@@ -97,47 +82,6 @@ def is_multilabel(cfg: TrainConfig, label_map: LabelMap) -> bool:
 
 
 # ------------------------------------------------------------------------------ run directory
-
-
-def is_finished(run_dir: Path) -> bool:
-    """A run is finished once its test metrics are written (the last file a run writes)."""
-    return (run_dir / ck.TEST_METRICS).is_file()
-
-
-def check_run_dir(
-    run_dir: Path, *, resume: bool = False, force: bool = False, resumable: bool = True
-) -> str:
-    """What ``run_dir`` holds: ``new``, ``unfinished`` or ``finished``; creates nothing.
-
-    A run there is refused unless it is resumed or ``force`` replaces it."""
-    for path in (run_dir, *run_dir.parents):  # the nearest existing one must be a directory
-        if path.exists():
-            if not path.is_dir():
-                raise ConfigError(
-                    f"{run_dir}: a file is in the way where a directory is expected ({path})"
-                )
-            break
-    if resume and force:
-        raise ConfigError("--resume continues a run and --force replaces it: choose one")
-    if not (run_dir / ck.CONFIG).exists():
-        return "new"
-    state = "finished" if is_finished(run_dir) else "unfinished"
-    if not (resume or force):
-        what = "a finished" if state == "finished" else "an unfinished"
-        can_resume = resumable and state == "unfinished"
-        hint = "--resume to continue it or --force" if can_resume else "--force"
-        raise RunExistsError(f"{run_dir} already holds {what} run; add {hint} to replace it")
-    return state
-
-
-def clear_run_dir(run_dir: Path) -> None:
-    """Remove a previous run's files (only those a run writes) before starting over."""
-    for name in RUN_FILES:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def write_header(run_dir: Path, cfg: TrainConfig, data: RunData, **extra: Any) -> None:
@@ -364,7 +308,7 @@ def train_run(
     with open_store(store_path) as reader:  # streams and head checked before run_dir exists
         cfg = with_streams(cfg, reader)
     # Rank 0 decides: another rank could otherwise see the header rank 0 is writing.
-    state = dd.on_main(check_run_dir, run_dir, resume=resume, force=force)
+    state = dd.on_main(ck.check_run_dir, run_dir, resume=resume, force=force)
     if state == "finished" and resume:
         log.warning("%s holds a finished run: nothing to resume (--force trains it anew)", run_dir)
         return ck.read_json(run_dir / ck.TEST_METRICS)
@@ -387,7 +331,7 @@ def train_run(
     log.info("%d classes; videos: %s", len(data.label_map), sizes)
     if not continuing and dd.world().is_main:
         if state != "new":
-            clear_run_dir(run_dir)
+            ck.clear_run_dir(run_dir)
         write_header(run_dir, cfg, data)
     torch.manual_seed(cfg.seed)  # model initialisation
     model = create_head(
@@ -447,31 +391,3 @@ def predict_scores(
     logits, labels = predict_logits(model, loader, device)
     probs = Loss(is_multilabel(cfg, label_map)).probabilities(torch.from_numpy(logits))
     return probs.numpy().astype(np.float32), labels
-
-
-def format_top_k(scores: np.ndarray, names: tuple[str, ...], k: int, sep: str = ":") -> str:
-    """'label:score label:score ...' of the k best classes (ties by class index)."""
-    order = np.argsort(-scores, kind="stable")[:k]
-    return " ".join(f"{names[i]}{sep}{scores[i]:.6f}" for i in order)
-
-
-def write_predictions(
-    stem: Path, video_ids: list[str], scores: np.ndarray, labels: np.ndarray, label_map: LabelMap
-) -> None:
-    """``stem``.npz (all scores) and ``stem``.csv (top-20 label:score pairs and true labels)."""
-    with atomic.atomic_open(stem.with_suffix(".npz"), "wb") as fh:
-        np.savez(
-            fh,
-            video_id=np.array(video_ids, dtype=str),
-            scores=scores.astype(np.float32),
-            labels=labels.astype(np.uint8),
-            class_names=np.array(label_map.labels, dtype=str),
-        )
-    k = min(20, len(label_map))
-    rows = {
-        "video_id": video_ids,
-        "labels": [LABEL_SEPARATOR.join(np.array(label_map.labels)[y > 0]) for y in labels],
-        "predictions": [format_top_k(s, label_map.labels, k) for s in scores],
-    }
-    with atomic.atomic_open(stem.with_suffix(".csv"), "w", newline="") as fh:
-        pd.DataFrame(rows).to_csv(fh, index=False)

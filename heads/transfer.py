@@ -42,7 +42,7 @@ from heads.identity import check_store_compatible
 from heads.inference import LoadedRun, load_run
 from heads.loggers import check_loggers
 from heads.models import Head
-from heads.run import check_run_dir, check_training_set, clear_run_dir, fit_and_test, load_data
+from heads.run import check_training_set, fit_and_test, load_data
 from heads.run import write_header as write_run_header
 from heads.splits import load_splits
 from heads.streams import parent_streams
@@ -192,7 +192,7 @@ def _check_same_architecture(parent: TrainConfig, cfg: TrainConfig) -> None:
 def _check_out(out: Path, parent_dir: Path, force: bool) -> str:
     if out.resolve() == parent_dir.resolve():
         raise TransferError("the output directory must differ from the parent run directory")
-    return check_run_dir(out, force=force, resumable=False)
+    return ck.check_run_dir(out, force=force, resumable=False)
 
 
 def finetune_run(
@@ -243,7 +243,7 @@ def finetune_run(
     )
     if dd.world().is_main:  # the only rank that writes
         if state != "new":
-            clear_run_dir(out)
+            ck.clear_run_dir(out)
         write_run_header(out, cfg, data, finetune=info)  # only once every check has passed
     with frozen_parts_in_eval(model, mode):
         metrics = fit_and_test(

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from heads.config import DataConfig, TrainConfig
 from heads.models import HeadConfig, create_head
 from heads.models.frames import fused_frames
+from heads.objective import Loss
 from heads.run import train_run
-from heads.trainer import Loss
 from tests.heads.stores import make_cluster_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

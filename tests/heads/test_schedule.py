@@ -18,9 +18,9 @@ from heads.batching import BucketBatchSampler, balanced_weights
 from heads.config import DataConfig, TrainConfig
 from heads.inference import load_run
 from heads.models import HeadConfig
+from heads.objective import Loss
 from heads.run import train_run
 from heads.synthetic import write_store
-from heads.trainer import Loss
 from tests.heads.stores import make_cluster_store
 from tests.heads.test_trainer import _epochs_done, _heads
 from vidfeat.errors import ConfigError

@@ -25,9 +25,10 @@ from heads.identity import check_store_compatible, store_identity
 from heads.inference import evaluate_run, load_run
 from heads.labels import build_label_map
 from heads.models import HeadConfig, create_head
+from heads.objective import inverse_frequency_weights
 from heads.run import train_run
 from heads.synthetic import write_store
-from heads.trainer import Loaders, inverse_frequency_weights, train
+from heads.trainer import Loaders, train
 from tests.heads.stores import cluster_videos, make_cluster_store
 from vidfeat.errors import ConfigError
 from vidfeat.store import open_store
