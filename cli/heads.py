@@ -35,9 +35,8 @@ from vidfeat_cli.heads_options import (
     build_config,
     check_training_target,
     head_options,
-    metrics_text,
+    metrics_line,
     model_option,
-    removed_on_failure,
     run_options,
     run_out_option,
     train_options,
@@ -80,6 +79,12 @@ def main(verbose: int, quiet: bool) -> None:
 
 # One line per command; the module is imported only when the command is used.
 main.lazy_command("finetune", "vidfeat_cli.finetune:finetune", "Fine-tune a run on new classes.")
+main.lazy_command(
+    "ensemble", "vidfeat_cli.runs:ensemble", "Average the test scores of several runs."
+)
+main.lazy_command(
+    "report", "vidfeat_cli.runs:report", "Training curves, confusion matrices, comparisons."
+)
 
 
 # ------------------------------------------------------------------------------ train
@@ -174,7 +179,7 @@ def train(
             logger=logger,
         )
     if is_main:
-        click.echo(_metrics_line(metrics, "test") + f"  -> {out}")
+        click.echo(metrics_line(metrics, "test") + f"  -> {out}")
 
 
 def _check_train_inputs(store: Path | str, cfg: TrainConfig, out: Path, resume: bool) -> None:
@@ -202,11 +207,6 @@ def _check_train_inputs(store: Path | str, cfg: TrainConfig, out: Path, resume: 
         )
     if len(videos) < 2:
         raise ConfigError(f"only {len(videos)} labelled video in {store}: nothing to split")
-
-
-def _metrics_line(metrics: dict[str, Any], name: str) -> str:
-    n = metrics.get("n_test", metrics.get("n"))
-    return f"{name} ({n} videos): {metrics_text(metrics)}"
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -260,7 +260,7 @@ def evaluate(
     if as_json:
         click.echo(json.dumps({k: _finite(v) for k, v in metrics.items()}, indent=2))
     else:
-        click.echo(_metrics_line(metrics, f"{metrics['split']} on {metrics['store']}"))
+        click.echo(metrics_line(metrics, f"{metrics['split']} on {metrics['store']}"))
 
 
 def _finite(value: Any) -> Any:
@@ -377,89 +377,6 @@ def predict(
         return
     pr.write_table(table, out, fmt)
     click.echo(f"{len(table)} rows -> {out}", err=True)
-
-
-# ------------------------------------------------------------------------------ ensemble
-
-
-@main.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    "out",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="Directory for test_metrics.json and the test predictions.",
-)
-@click.option(
-    "--weights",
-    default="equal",
-    show_default=True,
-    help="equal; gap (validation GAP of each run over their sum); or a JSON file of weights.",
-)
-@click.option(
-    "--vocabulary",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Google's vocabulary.csv, for the YouTube-8M CSV when the labels are names.",
-)
-def ensemble(runs: tuple[Path, ...], out: Path, weights: str, vocabulary: Path | None) -> None:
-    """Average the test scores of RUNS (same classes, same test split) and score the result.
-
-    \b
-    Examples:
-      heads ensemble runs/logistic runs/lstm --out runs/ens --weights gap
-    """
-    from heads import predictions as pr
-    from heads.ensemble import ensemble_runs
-
-    vocab = pr.read_vocabulary(vocabulary) if vocabulary is not None else None
-    metrics = ensemble_runs(list(runs), out, weights, vocabulary=vocab)
-    click.echo(_metrics_line(metrics, "ensemble test") + f"  -> {out}")
-
-
-# ------------------------------------------------------------------------------ report
-
-
-@main.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    "out",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Report directory (default: RUN/report for one run, ./report for several).",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["png", "pdf", "svg"]),
-    default="png",
-    show_default=True,
-    help="Figure file format (pdf and svg are vector graphics, for papers).",
-)
-@click.option(
-    "--dpi", type=click.IntRange(min=10), default=150, show_default=True, help="Raster resolution."
-)
-def report(runs: tuple[Path, ...], out: Path | None, fmt: str, dpi: int) -> None:
-    """Write report.md with training curves, confusion matrices and a comparison of RUNS.
-
-    \b
-    Examples:
-      heads report runs/bilstm
-      heads report runs/bilstm runs/gru runs/bof --out report/
-    """
-    from heads import checkpoint as ck
-    from heads.report import write_report
-
-    for run in runs:
-        if not (run / ck.CONFIG).is_file():
-            what = "does not exist" if not run.exists() else f"has no {ck.CONFIG}"
-            raise ConfigError(f"{run} is not a heads run directory ({what})")
-    if out is None:
-        out = runs[0] / "report" if len(runs) == 1 else Path("report")
-    with removed_on_failure(out, keep=()):
-        click.echo(str(write_report(list(runs), out, fmt=fmt, dpi=dpi)))
 
 
 def run() -> None:

@@ -320,6 +320,12 @@ def run_out_option(required: bool = True) -> Any:
     )
 
 
+def metrics_line(metrics: dict[str, Any], name: str) -> str:
+    """``test (120 videos): hit_at_1 0.8123, ...``: a run's metrics as commands print them."""
+    n = metrics.get("n_test", metrics.get("n"))
+    return f"{name} ({n} videos): {metrics_text(metrics)}"
+
+
 def metrics_text(metrics: dict[str, Any]) -> str:
     """``hit_at_1 0.8123, top5 ...`` for the metrics a run reports (``heads.config.METRICS``)."""
     from heads.config import METRICS

@@ -1,0 +1,87 @@
+"""`heads ensemble` and `heads report`: commands over finished run directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vidfeat.errors import ConfigError
+from vidfeat_cli.heads_options import metrics_line, removed_on_failure
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Directory for test_metrics.json and the test predictions.",
+)
+@click.option(
+    "--weights",
+    default="equal",
+    show_default=True,
+    help="equal; gap (validation GAP of each run over their sum); or a JSON file of weights.",
+)
+@click.option(
+    "--vocabulary",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Google's vocabulary.csv, for the YouTube-8M CSV when the labels are names.",
+)
+def ensemble(runs: tuple[Path, ...], out: Path, weights: str, vocabulary: Path | None) -> None:
+    """Average the test scores of RUNS (same classes, same test split) and score the result.
+
+    \b
+    Examples:
+      heads ensemble runs/logistic runs/lstm --out runs/ens --weights gap
+    """
+    from heads import predictions as pr
+    from heads.ensemble import ensemble_runs
+
+    vocab = pr.read_vocabulary(vocabulary) if vocabulary is not None else None
+    metrics = ensemble_runs(list(runs), out, weights, vocabulary=vocab)
+    click.echo(metrics_line(metrics, "ensemble test") + f"  -> {out}")
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Report directory (default: RUN/report for one run, ./report for several).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "pdf", "svg"]),
+    default="png",
+    show_default=True,
+    help="Figure file format (pdf and svg are vector graphics, for papers).",
+)
+@click.option(
+    "--dpi", type=click.IntRange(min=10), default=150, show_default=True, help="Raster resolution."
+)
+def report(runs: tuple[Path, ...], out: Path | None, fmt: str, dpi: int) -> None:
+    """Write report.md with training curves, confusion matrices and a comparison of RUNS.
+
+    \b
+    Examples:
+      heads report runs/bilstm
+      heads report runs/bilstm runs/gru runs/bof --out report/
+    """
+    from heads import checkpoint as ck
+    from heads.report import write_report
+
+    for run in runs:
+        if not (run / ck.CONFIG).is_file():
+            what = "does not exist" if not run.exists() else f"has no {ck.CONFIG}"
+            raise ConfigError(f"{run} is not a heads run directory ({what})")
+    if out is None:
+        out = runs[0] / "report" if len(runs) == 1 else Path("report")
+    with removed_on_failure(out, keep=()):
+        click.echo(str(write_report(list(runs), out, fmt=fmt, dpi=dpi)))
