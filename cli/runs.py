@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -9,17 +10,24 @@ import click
 from vidfeat.errors import ConfigError
 from vidfeat_cli.heads_options import metrics_line, removed_on_failure
 
+_RUNS = click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+
+
+def _out_dir(help_text: str, required: bool = False) -> Callable[[Callable], Callable]:
+    """``--out/-o``: the directory the command writes."""
+    return click.option(
+        "--out",
+        "-o",
+        "out",
+        type=click.Path(path_type=Path, file_okay=False),
+        required=required,
+        help=help_text,
+    )
+
 
 @click.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    "out",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="Directory for test_metrics.json and the test predictions.",
-)
+@_RUNS
+@_out_dir(required=True, help_text="Directory for test_metrics.json and the test predictions.")
 @click.option(
     "--weights",
     default="equal",
@@ -47,14 +55,8 @@ def ensemble(runs: tuple[Path, ...], out: Path, weights: str, vocabulary: Path |
 
 
 @click.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    "out",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Report directory (default: RUN/report for one run, ./report for several).",
-)
+@_RUNS
+@_out_dir(help_text="Report directory (default: RUN/report for one run, ./report for several).")
 @click.option(
     "--format",
     "fmt",
