@@ -162,8 +162,7 @@ def reference_under_system_malloc(args: argparse.Namespace) -> float:
     command = [sys.executable, "-m", "benchmarks.backbone", "--reference-only", "--malloc"]
     command += ["system", "--frames", str(args.frames), "--batch-size", str(args.batch_size)]
     command += ["--repeats", str(args.repeats)]
-    env = {**os.environ, "VIDFEAT_MALLOC": "system"}
-    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["frames_per_s"])
 
 
