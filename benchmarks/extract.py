@@ -84,8 +84,8 @@ def default_decoder() -> str:
 
 
 def settled(args: argparse.Namespace, precision: str) -> str:
-    from vidfeat.backbones._module import resolve_device
     from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, settle_precision
+    from vidfeat.device import resolve_device
 
     return settle_precision(DEFAULT_RUNTIME, resolve_device(args.device).type, precision)
 

@@ -158,7 +158,8 @@ def register_noop_backbone(spec) -> str:
     import torch
 
     from vidfeat.backbones import BACKBONES
-    from vidfeat.backbones._module import ModuleBackbone, resolve_device
+    from vidfeat.backbones._module import ModuleBackbone
+    from vidfeat.device import resolve_device
 
     class ZeroFeatures(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -141,16 +141,8 @@ STORE = StorePathType()
 
 def check_device(name: str | None) -> None:
     """Refuse a CUDA device this machine does not have, before any output is created."""
-    from vidfeat.errors import ConfigError
-
     if name in (None, "auto", "cpu"):
-        return
-    import torch
+        return  # without importing torch
+    from vidfeat.device import resolve_device
 
-    if not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    index = int(name.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
+    resolve_device(name, label="--device")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heads.validate import check_choice, check_float, check_int
+from vidfeat.config import DEVICES_RE
 from vidfeat.errors import ConfigError
 
 REDUCTIONS = ("last", "mean", "weighted", "attention")
@@ -250,8 +251,8 @@ class TrainConfig:
         if not isinstance(self.class_weights, bool):
             raise ConfigError(f"class_weights must be true or false, got {self.class_weights!r}")
         check_choice("pos_weight", self.pos_weight, POS_WEIGHTS)
-        if not isinstance(self.device, str) or not self.device:
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if not isinstance(self.device, str) or not DEVICES_RE.match(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (nested dicts for head and data)."""

@@ -27,7 +27,7 @@ from heads.objective import Loss
 from heads.predictions import format_top_k, vocabulary_indices
 from heads.run import is_multilabel, predict_scores
 from heads.splits import load_splits
-from heads.trainer import resolve_device
+from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.store import open_store
 

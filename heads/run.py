@@ -27,6 +27,7 @@ from heads.batching import make_loader
 from heads.config import DataConfig, TrainConfig
 from heads.data import FeatureDataset
 from heads.errors import TrainingDataError
+from heads.evaluation import predict_logits
 from heads.identity import check_same_data, recorded_streams, store_identity
 from heads.labels import LabelMap, build_label_map
 from heads.loggers import check_loggers, create_loggers
@@ -43,8 +44,9 @@ from heads.splits import (
     save_splits,
 )
 from heads.streams import with_streams
-from heads.trainer import Loaders, predict_logits, resolve_device
+from heads.trainer import Loaders
 from heads.trainer import train as train_loop
+from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.store import DEFAULT_CACHE_MB, open_store
 

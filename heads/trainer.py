@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -30,10 +29,11 @@ from tqdm import tqdm
 from heads import checkpoint as ck
 from heads import distributed as dd
 from heads.config import TrainConfig
-from heads.metrics import evaluate_all
+from heads.evaluation import validate
 from heads.models.base import Head
 from heads.objective import Loss, make_optimizer
 from heads.schedule import Position, finished, lr_factor, window_batches
+from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -94,12 +94,6 @@ class EarlyStopping:
         self.best_epoch, self.bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @contextlib.contextmanager
 def deterministic() -> Iterator[None]:
     """Deterministic kernels while training; the caller's settings are restored afterwards."""
@@ -118,84 +112,31 @@ def deterministic() -> Iterator[None]:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
 
-@torch.no_grad()
-def _predict_rows(
-    model: nn.Module, loader: DataLoader, device: torch.device
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N, C) float32 logits and labels in dataset order, and (N,) which rows the loader gave
-    (all, or this rank's share under torchrun)."""
-    model.eval()
-    n, classes = loader.dataset.targets.shape
-    logits_out = np.zeros((n, classes), np.float32)
-    labels_out = np.zeros((n, classes), np.float32)
-    done = np.zeros(n, bool)
-    for batch in loader:
-        rows = batch.index.numpy()
-        logits_out[rows] = model(batch.x.to(device), batch.lengths.to(device)).float().cpu().numpy()
-        labels_out[rows], done[rows] = batch.labels.numpy(), True
-    return logits_out, labels_out, done
-
-
-def predict_logits(
-    model: nn.Module, loader: DataLoader, device: torch.device
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) float32 logits and (N, C) labels, in dataset order (batches may be bucketed)."""
-    logits, labels, done = _predict_rows(model, loader, device)
-    if not done.any():
-        raise ValueError("cannot predict on an empty dataset")
-    return logits, labels
-
-
-def validate(
-    model: nn.Module, loader: DataLoader, loss_fn: Loss, device: torch.device
-) -> dict[str, float]:
-    """Loss and all metrics of ``model`` on ``loader``. Under torchrun each rank predicts its
-    share and rank 0 scores the whole set (the other ranks get {})."""
-    gathered = dd.gather_rows(*_predict_rows(model, loader, device))
-    if gathered is None:
-        return {}
-    logits, labels = gathered
-    logits_t, labels_t = torch.from_numpy(logits), torch.from_numpy(labels)
-    loss = float(loss_fn(logits_t, labels_t))
-    metrics = evaluate_all(loss_fn.probabilities(logits_t).numpy(), labels)
-    return {"loss": loss, **{k: float(v) for k, v in metrics.items() if k != "n"}}
-
-
 def set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
     for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
         group["lr"] = base * factor
 
 
-def _train_window(
-    model: Head,
-    step: Callable[..., tuple[Tensor, dict[str, Tensor]]],
-    loader: DataLoader,
-    loss_fn: Loss,
-    optimizer: torch.optim.Optimizer,
-    params: list[nn.Parameter],
-    cfg: TrainConfig,
-    device: torch.device,
-    pos: Position,
-    bar: tqdm,
-) -> dict[str, float]:
+def _train_window(run: _Session, pos: Position, bar: tqdm) -> dict[str, float]:
     """Train on the batches of one evaluation window; -> mean loss terms and hit@1 (over every
-    rank's batches). ``step`` is ``model.training_losses`` or its DDP wrapper."""
+    rank's batches)."""
+    model, optimizer, cfg, device = run.model, run.optimizer, run.cfg, run.device
     model.train()
     base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
     sums: dict[str, Tensor] = {}
     hits = torch.zeros((), device=device)
     n = 0
-    for batch in window_batches(loader, pos, cfg):
+    for batch in window_batches(run.loaders.train, pos, cfg):
         set_lr(optimizer, base_lrs, lr_factor(pos, cfg))
         batch = batch.to(device)
-        logits, terms = step(batch.x, batch.lengths, batch.labels, loss_fn)
+        logits, terms = run.step(batch.x, batch.lengths, batch.labels, run.loss_fn)
         loss = torch.stack(list(terms.values())).sum()
         size = batch.x.shape[0]
-        scale = dd.loss_scale(loader.batch_sampler, pos.epoch, pos.batch, size)
+        scale = dd.loss_scale(run.loaders.train.batch_sampler, pos.epoch, pos.batch, size)
         optimizer.zero_grad(set_to_none=True)
         (loss * scale if scale != 1.0 else loss).backward()
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
         optimizer.step()
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value.detach() * size
@@ -214,13 +155,7 @@ def _train_window(
 
 
 def _resume_or_start(
-    run_dir: Path,
-    resume: bool,
-    cfg: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    stopper: EarlyStopping,
-    train_loader: DataLoader,
+    run_dir: Path, resume: bool, run: _Session, stopper: EarlyStopping
 ) -> tuple[list[dict], Position]:
     """Restore everything from last.pt (resume) or seed a fresh run; -> (history, position).
 
@@ -228,7 +163,7 @@ def _resume_or_start(
     """
     world = dd.world()
     if not (resume and dd.on_main((run_dir / ck.LAST).exists)):
-        torch.manual_seed(cfg.seed + world.rank)  # dropout masks (independent per rank)
+        torch.manual_seed(run.cfg.seed + world.rank)  # dropout masks (independent per rank)
         if world.is_main:
             (run_dir / ck.METRICS).unlink(missing_ok=True)
         return [], Position()
@@ -239,13 +174,14 @@ def _resume_or_start(
             f"--resume: the run was trained on {ranks} rank(s), not {world.size}; the batches "
             "of a rank depend on how many there are"
         )
-    model.load_state_dict(state["model_state"])
-    optimizer.load_state_dict(state["optimizer_state"])
+    run.model.load_state_dict(state["model_state"])
+    run.optimizer.load_state_dict(state["optimizer_state"])
     stopper.load_state_dict(state["early_stopping"])
     ck.set_rng_state(state["rng_ranks"][world.rank] if world.distributed else state["rng"])
     history = list(state["history"])
     if world.is_main:
         ck.write_jsonl(run_dir / ck.METRICS, history)  # drops a line written after last.pt
+    train_loader = run.loaders.train
     pos = Position.from_checkpoint(
         state, len(train_loader.batch_sampler), len(train_loader.dataset)
     )
@@ -289,57 +225,95 @@ def train(
     world = dd.world()
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    run = _start(model, loaders, cfg, trainable_params, class_weight, pos_weight, meta)
+    meta = {**meta, "world_size": world.size}
+    n_params = sum(p.numel() for p in run.params)
+    monitor = _monitor(cfg, run.loaders)
+    stopper = EarlyStopping(monitor, cfg.patience)
+    history, pos = _resume_or_start(run_dir, resume, run, stopper)
+    log.info("training %s: %d trainable parameters on %s", cfg.model, n_params, run.device)
+    with deterministic():
+        while not (stopper.should_stop or finished(pos, cfg)):
+            record = _evaluation(run, pos, progress and world.is_main)
+            record = dd.broadcast(record)  # rank 0's record, so every rank decides alike
+            record["trainable_params"] = n_params
+            record["improved"] = stopper.step(record[monitor], len(history) + 1)
+            history.append(record)
+            rngs = dd.gather(ck.rng_state())  # a collective: every rank takes part
+            if world.is_main:
+                state = {
+                    **_describe(cfg, meta),
+                    "epoch": record["epoch"],
+                    "position": pos.to_dict(),
+                    "model_state": model.state_dict(),
+                    "optimizer_state": run.optimizer.state_dict(),
+                    "early_stopping": stopper.state_dict(),
+                    "history": history,
+                    "rng": ck.rng_state(),
+                    **({"rng_ranks": rngs} if world.distributed else {}),
+                }
+                _save(run_dir, state, record, loggers)
+                log.info(_summary(record, monitor))
+    return _finish(model, run_dir, stopper, history, n_params)
+
+
+@dataclass
+class _Session:
+    """What every step of one training run uses, on the device it runs on."""
+
+    model: Head
+    step: Callable[..., tuple[Tensor, dict[str, Tensor]]]  # training_losses, or its DDP wrapper
+    loaders: Loaders  # this rank's share under torchrun
+    params: list[nn.Parameter]  # the trained ones
+    optimizer: torch.optim.Optimizer
+    loss_fn: Loss
+    cfg: TrainConfig
+    device: torch.device
+
+
+def _start(
+    model: Head,
+    loaders: Loaders,
+    cfg: TrainConfig,
+    trainable_params: Iterable[nn.Parameter] | None,
+    class_weight: Tensor | None,
+    pos_weight: Tensor | None,
+    meta: dict[str, Any],
+) -> _Session:
+    """Move ``model`` to its device and build its step, loaders, optimizer and loss."""
     device = resolve_device(cfg.device)
     model.to(device)
     step = dd.training_step(model, device)
     val = dd.shard_loader(loaders.val) if loaders.val is not None else None
     loaders = Loaders(train=dd.shard_loader(loaders.train), val=val)
-    meta = {**meta, "world_size": world.size}
-    progress = progress and world.is_main
     params = [p for p in (trainable_params or model.parameters()) if p.requires_grad]
-    n_params = sum(p.numel() for p in params)
     optimizer = make_optimizer(cfg, params)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])  # the schedule scales this
     multilabel = meta["label_map"]["multilabel"] if cfg.loss == "auto" else cfg.loss == "multi"
     loss_fn = Loss(bool(multilabel), class_weight, pos_weight)
-    monitor = _monitor(cfg, loaders)
-    stopper = EarlyStopping(monitor, cfg.patience)
-    history, pos = _resume_or_start(run_dir, resume, cfg, model, optimizer, stopper, loaders.train)
-    log.info("training %s: %d trainable parameters on %s", cfg.model, n_params, device)
-    with deterministic():
-        while not (stopper.should_stop or finished(pos, cfg)):
-            record = _evaluation(
-                model, step, loaders, loss_fn, optimizer, params, cfg, device, pos, progress
-            )
-            record = dd.broadcast(record)  # rank 0's record, so every rank decides alike
-            record["trainable_params"] = n_params
-            record["improved"] = stopper.step(record[monitor], len(history) + 1)
-            history.append(record)
-            rngs = dd.gather(ck.rng_state())
-            if not world.is_main:
-                continue
-            state = {
-                **_describe(cfg, meta),
-                "epoch": record["epoch"],
-                "position": pos.to_dict(),
-                "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(),
-                "early_stopping": stopper.state_dict(),
-                "history": history,
-                "rng": ck.rng_state(),
-                **({"rng_ranks": rngs} if world.distributed else {}),
-            }
-            # Order matters for resume: best before last, the metrics line before last.pt.
-            if record["improved"]:
-                ck.save_checkpoint(run_dir / ck.BEST, state)
-            ck.append_jsonl(run_dir / ck.METRICS, record)
-            ck.save_checkpoint(run_dir / ck.LAST, state)
-            for sink in loggers:
-                sink.log(record, history)
-            log.info(_summary(record, monitor))
+    return _Session(model, step, loaders, params, optimizer, loss_fn, cfg, device)
+
+
+def _save(run_dir: Path, state: dict[str, Any], record: dict, loggers: Sequence[Any]) -> None:
+    """Write one evaluation's files, then hand its record to ``loggers`` (rank 0 only)."""
+    # Order matters for resume: best before last, the metrics line before last.pt.
+    if record["improved"]:
+        ck.save_checkpoint(run_dir / ck.BEST, state)
+    ck.append_jsonl(run_dir / ck.METRICS, record)
+    ck.save_checkpoint(run_dir / ck.LAST, state)
+    for sink in loggers:
+        sink.log(record, state["history"])
+
+
+def _finish(
+    model: Head, run_dir: Path, stopper: EarlyStopping, history: list[dict], n_params: int
+) -> TrainResult:
+    """Load the best weights into ``model`` (on every rank) and sum the run up."""
     if stopper.should_stop:
-        log.info("early stop: no %s improvement in %d evaluations", monitor, stopper.patience)
+        log.info(
+            "early stop: no %s improvement in %d evaluations", stopper.monitor, stopper.patience
+        )
     dd.barrier()  # rank 0 has written best.pt
     model.load_state_dict(ck.load_checkpoint(run_dir / ck.BEST)["model_state"])
     best = history[stopper.best_epoch - 1]
@@ -347,7 +321,7 @@ def train(
         "best: epoch %d, step %d (%s %.4f)",
         best["epoch"],
         best["step"],
-        monitor,
+        stopper.monitor,
         stopper.best_value,
     )
     return TrainResult(
@@ -372,28 +346,16 @@ def _describe(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _evaluation(
-    model: Head,
-    step: Callable[..., tuple[Tensor, dict[str, Tensor]]],
-    loaders: Loaders,
-    loss_fn: Loss,
-    optimizer: torch.optim.Optimizer,
-    params: list[nn.Parameter],
-    cfg: TrainConfig,
-    device: torch.device,
-    pos: Position,
-    progress: bool,
-) -> dict[str, Any]:
+def _evaluation(run: _Session, pos: Position, progress: bool) -> dict[str, Any]:
     """Train one window from ``pos`` (advancing it), then validate -> one metrics record."""
     t0 = time.perf_counter()
-    lr = optimizer.param_groups[0]["initial_lr"] * lr_factor(pos, cfg)
+    cfg, loaders = run.cfg, run.loaders
+    lr = run.optimizer.param_groups[0]["initial_lr"] * lr_factor(pos, cfg)
     per_window = cfg.eval_every * cfg.data.batch_size if cfg.eval_every else None
     desc = f"step {pos.step}" if cfg.eval_every else f"epoch {pos.epoch}/{cfg.epochs}"
     total = per_window or len(loaders.train.dataset)
     with tqdm(total=total, desc=desc, unit="video", disable=not progress, leave=False) as bar:
-        tr = _train_window(
-            model, step, loaders.train, loss_fn, optimizer, params, cfg, device, pos, bar
-        )
+        tr = _train_window(run, pos, bar)
     record: dict[str, Any] = {
         "epoch": pos.last_epoch,
         "step": pos.step,
@@ -401,9 +363,11 @@ def _evaluation(
         "train_loss": tr.pop("loss"),
         "train_hit_at_1": tr.pop("hit_at_1"),
         **{f"train_{key}": value for key, value in tr.items()},  # auxiliary losses
-        **model.pop_stats(),
+        **run.model.pop_stats(),
     }
-    val = validate(model, loaders.val, loss_fn, device) if loaders.val is not None else {}
+    val = {}
+    if loaders.val is not None:
+        val = validate(run.model, loaders.val, run.loss_fn, run.device)
     record["val_loss"] = val.get("loss")
     for key in ("hit_at_1", "gap_at_20", "top5", "mean_ap", "perr"):
         record[f"val_{key}"] = val.get(key)

@@ -186,7 +186,7 @@ def _backbone_device_type(cfg: ExtractConfig) -> str | None:
     """ "cpu" or "cuda" for the backbone of ``cfg``'s job, or None when it is not known here:
     another engine with ``device="auto"``. Only the local engine resolves "auto" on this
     machine, where its backbone runs."""
-    from vidfeat.backbones._module import resolve_device
+    from vidfeat.device import resolve_device
 
     if cfg.engine == "local":
         return resolve_device(cfg.device).type

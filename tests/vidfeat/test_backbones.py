@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from vidfeat.backbones import BackboneSpec, backbone_names, create_backbone
-from vidfeat.backbones._module import resolve_device
 from vidfeat.backbones.inception_v3 import InceptionV3TF
 from vidfeat.backbones.inception_v3_weights import (
     load_state_dict_strict,
@@ -217,11 +216,6 @@ def test_bad_device_precision_and_name_are_config_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             create_backbone("inception_v3", device="cuda")
-
-
-def test_auto_device_picks_cuda_only_when_available():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
 
 
 def test_embed_preprocessed_rejects_wrong_layout(yt8m):

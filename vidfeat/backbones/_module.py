@@ -1,5 +1,5 @@
-"""Shared torch plumbing for backbones that are an ``nn.Module``: device, batch-norm folding,
-and the runtime that runs the module."""
+"""Shared torch plumbing for backbones that are an ``nn.Module``: compute dtype, batch-norm
+folding, and the runtime that runs the module."""
 
 from __future__ import annotations
 
@@ -17,21 +17,6 @@ from vidfeat.errors import ConfigError
 CAST_DTYPES: dict[str, torch.dtype] = {
     p: getattr(torch, COMPUTE_DTYPES[p]) for p in ("fp32", "fp16", "bf16")
 }
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; anything else must be a usable torch device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"invalid device {device!r}: {exc}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    if resolved.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {device!r}; use cpu, cuda[:N] or auto")
-    return resolved
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:

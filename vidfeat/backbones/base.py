@@ -132,7 +132,7 @@ def create_backbone(
 
     _load_builtins()
     if precision == AUTO_PRECISION:
-        from vidfeat.backbones._module import resolve_device
+        from vidfeat.device import resolve_device
 
         precision = settle_precision(runtime, resolve_device(device).type, precision)
     kwargs: dict[str, object] = {"device": device, "precision": precision}

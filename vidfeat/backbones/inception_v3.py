@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidfeat.backbones._module import ModuleBackbone, resolve_device
+from vidfeat.backbones._module import ModuleBackbone
 from vidfeat.backbones.base import BACKBONES, BackboneSpec
 from vidfeat.backbones.inception_v3_weights import WEIGHT_SOURCES, LoadedWeights, load_from_path
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME, check_runtime
+from vidfeat.device import resolve_device
 
 logger = logging.getLogger(__name__)
 

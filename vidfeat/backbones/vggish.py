@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from vidfeat.audio.mel import VGGISH_LOG_MEL
-from vidfeat.backbones._module import ExamplesBackbone, resolve_device, resolve_dtype
+from vidfeat.backbones._module import ExamplesBackbone, resolve_dtype
 from vidfeat.backbones.audio import AUDIO_BACKBONES, AudioBackboneSpec
+from vidfeat.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
