@@ -30,6 +30,8 @@ _FINETUNE_HELP = {
     "patience": "Early-stopping patience (0: off).  [default: the parent run's]",
     "classes": "Comma-separated classes to fine-tune on.  [default: every class in the store]",
     "seed": "Seed for new rows, splits and batches.  [default: the parent run's]",
+    "streams": "Store streams the model reads: only the parent run's, which its input layer "
+    "is made for.  [default: the parent run's]",
 }
 TRAIN_HELP = (
     "head: the output layer only; top: also the last block before it; all: everything. "

@@ -235,7 +235,9 @@ def _split_option() -> list[click.Parameter]:
 )
 @deferred(_split_option)
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
-@click.option("--num-workers", type=int, default=None, help="DataLoader workers.")
+@click.option(
+    "--num-workers", type=int, default=None, help="DataLoader workers. Default: the run's."
+)
 @click.option("--device", type=DEVICE, default=None, help="Default: the run's device.")
 def evaluate(
     run: Path,
@@ -318,7 +320,9 @@ def _format_choice() -> list[click.Parameter]:
 @click.option(
     "--attention", is_flag=True, help="Attention weight of every time step (attention heads)."
 )
-@click.option("--num-workers", type=int, default=None, help="DataLoader workers.")
+@click.option(
+    "--num-workers", type=int, default=None, help="DataLoader workers. Default: the run's."
+)
 @click.option("--device", type=DEVICE, default=None, help="Default: the run's device.")
 def predict(
     run: Path,

@@ -123,6 +123,10 @@ class StorePathType(click.ParamType):
     name = "store"
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        # An argument keeps its name (STORE), which the command's text refers to; an option
+        # (--out) says what it takes.
+        if isinstance(param, click.Argument) and param.name:
+            return param.name.upper()
         return "PATH|URL"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:

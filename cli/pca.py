@@ -42,7 +42,13 @@ class _Bar:
 
 @click.group("pca")
 def pca() -> None:
-    """Reduce features to YouTube-8M's format: whitened PCA, then optional uint8 codes."""
+    """Reduce features to YouTube-8M's format: whitened PCA, then optional uint8 codes.
+
+    \b
+    Examples:
+      vidfeat pca fit feats.zarr --dim 1024 --out pca.npz
+      vidfeat pca apply feats.zarr --pca pca.npz --out feats-1024.zarr --quantize
+    """
 
 
 @pca.command("fit")
@@ -71,6 +77,7 @@ def pca() -> None:
 )
 @click.option(
     "--out",
+    "-o",
     "out_path",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
@@ -121,6 +128,7 @@ def fit(
 )
 @click.option(
     "--out",
+    "-o",
     "out_path",
     required=True,
     type=STORE,

@@ -51,8 +51,8 @@ def main(verbose: int, quiet: bool) -> None:
     \b
     Examples:
       vidfeat extract data_manifests/demo.csv --out feats.zarr
-      vidfeat extract videos.csv --out feats.h5 --decoder pyav --workers 4
-      vidfeat extract videos.csv --out feats.zarr --shard 3/16   # one job of an array
+      vidfeat extract videos.csv --out feats.h5 --decoder decord --workers 4
+      vidfeat extract videos.csv --out feats.zarr --shard 3/16   # job 3 of 0..15
       vidfeat info feats.zarr
       vidfeat verify feats.zarr
     """
@@ -127,7 +127,8 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
         "timeout_s",
         "Data",
         click.FloatRange(min=0.1),
-        "Seconds a video may decode without progress.",
+        "Seconds each video may spend decoding in total (time waiting for the backbone "
+        "not counted); past it the worker is killed and the video recorded as timeout.",
     ),
     ("backbone", "Model", _backbones, "Frame feature extractor."),
     (
@@ -276,7 +277,7 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
     Examples:
       vidfeat extract videos.csv --out feats.zarr
       vidfeat extract videos.csv --out feats.zarr --pca yt8m_pca/ --quantize
-      vidfeat extract videos.csv --out feats.zarr --shard $SLURM_ARRAY_TASK_ID/64
+      vidfeat extract videos.csv --out feats.zarr --shard $SLURM_ARRAY_TASK_ID/64  # --array=0-63
       vidfeat extract videos.csv --out /shared/feats.zarr --engine ray --ray-address auto \\
         --workers 128
       vidfeat extract videos.csv --out feats.zarr --pca yt8m_pca/ --quantize \\

@@ -20,7 +20,11 @@ from vidfeat_cli.options import STORE
     help="Store path: a directory (Zarr) or a .h5/.hdf5 file (HDF5), or a URL (s3://...).",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None, help="Store format."
+    "--format",
+    "fmt",
+    type=click.Choice(["zarr", "hdf5"]),
+    default=None,
+    help="Store format (default: by --out suffix, else zarr).",
 )
 @click.option(
     "--vocabulary",
@@ -65,7 +69,7 @@ def import_yt8m(
     Examples:
       vidfeat import-yt8m yt8m/frame/ --out yt8m.zarr --vocabulary vocabulary.csv
       vidfeat import-yt8m 'gs://bucket/frame/train*.tfrecord' --out yt8m.zarr --workers 4
-      vidfeat import-yt8m yt8m/frame/ --out yt8m.zarr --shard $SLURM_ARRAY_TASK_ID/16
+      vidfeat import-yt8m yt8m/frame/ -o yt8m.zarr --shard $SLURM_ARRAY_TASK_ID/16  # --array=0-15
     """
     from vidfeat.config import parse_shard
     from vidfeat.yt8m.importer import ImportConfig
@@ -101,7 +105,13 @@ def import_yt8m(
     default=None,
     help="Records to write (default: the store's level; video from a frame store writes means).",
 )
-@click.option("--records-per-file", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option(
+    "--records-per-file",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Videos per TFRecord file.",
+)
 def export_yt8m(store: Path, out: Path, level: str | None, records_per_file: int) -> None:
     """Write a store's videos as YouTube-8M TFRecords under --out.
 
