@@ -316,16 +316,7 @@ def train_run(
         return ck.read_json(run_dir / ck.TEST_METRICS)
     continuing = state == "unfinished" and resume
     if continuing:
-        saved = ck.read_json(run_dir / ck.CONFIG)
-        recorded = saved.pop("store")
-        _check_resume(TrainConfig.from_dict(saved), cfg)
-        data = load_data(
-            store_path,
-            cfg,
-            saved_splits=load_splits(run_dir / ck.SPLIT),
-            saved_label_map=LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP)),
-            recorded=recorded,
-        )
+        data = _resumed_data(store_path, cfg, run_dir)
     else:
         data = load_data(store_path, cfg, split_file=split_file)
     check_training_set(data)
@@ -352,6 +343,21 @@ def train_run(
         resume=continuing,
         progress=progress,
         logger=logger,
+    )
+
+
+def _resumed_data(store_path: str | Path, cfg: TrainConfig, run_dir: Path) -> RunData:
+    """The data of the unfinished run in ``run_dir``: its splits and label map, on a store
+    that must still be the one it recorded, with ``cfg`` equal to its config."""
+    saved = ck.read_json(run_dir / ck.CONFIG)
+    recorded = saved.pop("store")
+    _check_resume(TrainConfig.from_dict(saved), cfg)
+    return load_data(
+        store_path,
+        cfg,
+        saved_splits=load_splits(run_dir / ck.SPLIT),
+        saved_label_map=LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP)),
+        recorded=recorded,
     )
 
 

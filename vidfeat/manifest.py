@@ -134,32 +134,15 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
             [f"found columns: {', '.join(columns) or '(none)'}"],
         )
     entries: list[ManifestEntry] = []
-    first_line: dict[str, int] = {}
+    first_line: dict[str, int] = {}  # video_id -> the line it first appears on
     n_missing = 0
     for line, rec in rows:
         vid = rec["video_id"].strip()
-        raw_path = rec["path"].strip()
-        if not vid:
-            problems.append(f"line {line}: empty video_id")
-        elif vid in first_line:
-            problems.append(
-                f"line {line}: duplicate video_id {vid!r} (first on line {first_line[vid]})"
-            )
-        else:
-            first_line[vid] = line
-        if not raw_path:
-            problems.append(f"line {line}: empty path")
+        problems.extend(_id_problems(vid, line, first_line))
+        video_path = _entry_path(path, rec["path"].strip(), line, check_files, problems)
+        if video_path is None:
             continue
-        try:
-            video_path = _resolve(path, raw_path)
-        except ConfigError as exc:  # e.g. a URL with credentials in it
-            problems.append(f"line {line}: {exc}")
-            continue
-        if check_files:
-            problem = _path_problem(video_path)
-            if problem:
-                problems.append(f"line {line}: {problem}")
-            n_missing += isinstance(video_path, Path) and not video_path.exists()
+        n_missing += check_files and isinstance(video_path, Path) and not video_path.exists()
         entries.append(
             ManifestEntry(
                 video_id=vid,
@@ -186,6 +169,36 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
             path,
         )
     return entries
+
+
+def _id_problems(vid: str, line: int, first_line: dict[str, int]) -> list[str]:
+    """What is wrong with this line's video_id (empty, or seen before); records a new one."""
+    if not vid:
+        return [f"line {line}: empty video_id"]
+    if vid in first_line:
+        return [f"line {line}: duplicate video_id {vid!r} (first on line {first_line[vid]})"]
+    first_line[vid] = line
+    return []
+
+
+def _entry_path(
+    manifest: Path, raw_path: str, line: int, check_files: bool, problems: list[str]
+) -> Location | None:
+    """Where this line's video lives, or None (with the reason added to ``problems``) when the
+    line has no usable path. A path that exists but is no file is a problem, yet still listed,
+    so that every line's problems are reported at once."""
+    if not raw_path:
+        problems.append(f"line {line}: empty path")
+        return None
+    try:
+        video_path = _resolve(manifest, raw_path)
+    except ConfigError as exc:  # e.g. a URL with credentials in it
+        problems.append(f"line {line}: {exc}")
+        return None
+    problem = _path_problem(video_path) if check_files else None
+    if problem:
+        problems.append(f"line {line}: {problem}")
+    return video_path
 
 
 def _line_of(problem: str) -> int:

@@ -157,36 +157,18 @@ class DecodePool:
         decode_threads: int | None = None,
         audio: LogMelParams | None = None,
     ) -> None:
-        if num_workers < 1:
-            raise ConfigError(f"num_workers must be >= 1, got {num_workers}")
         if not timeout_s > 0:
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
-        if chunk_frames < 1:
-            raise ConfigError(f"chunk_frames must be >= 1, got {chunk_frames}")
-        if max_frames is not None and max_frames < 1:
-            raise ConfigError(f"max_frames must be >= 1 or None, got {max_frames}")
-        extra = tuple(extra_modules)
-        for module in extra:  # registers extra decoders here too, so the name is checked now
-            importlib.import_module(module)
-        from vidfeat.decode import DECODERS
-
-        DECODERS.get(decoder).check_available()
-        if decode_threads is None:
-            # Split the cores between the workers: the processes already decode in parallel,
-            # and on 2 cores FFmpeg's own threads cost 8-23% more CPU per frame.
-            decode_threads = max(1, _usable_cpus() // num_workers)
-        if decode_threads < 0:
-            raise ConfigError(f"decode_threads must be >= 0, got {decode_threads}")
-        self._settings = WorkerSettings(
+        self._settings = _worker_settings(
+            num_workers,
             decoder,
-            str(parse_fps(fps)),
+            fps,
             max_frames,
             frame_transform,
             chunk_frames,
-            extra,
+            tuple(extra_modules),
             decode_threads,
             audio,
-            tuple(os.environ.items()),
         )
         self.timeout_s = float(timeout_s)
         self._ctx = _context(start_method)
@@ -397,6 +379,49 @@ def start_fork_server() -> None:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+
+
+def _worker_settings(
+    num_workers: int,
+    decoder: str,
+    fps: Fraction | float | str,
+    max_frames: int | None,
+    frame_transform: FrameTransform | None,
+    chunk_frames: int,
+    extra: tuple[str, ...],
+    decode_threads: int | None,
+    audio: LogMelParams | None,
+) -> WorkerSettings:
+    """What every worker of a pool is started with, checked here so that a bad value fails
+    the caller instead of each worker."""
+    if num_workers < 1:
+        raise ConfigError(f"num_workers must be >= 1, got {num_workers}")
+    if chunk_frames < 1:
+        raise ConfigError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"max_frames must be >= 1 or None, got {max_frames}")
+    for module in extra:  # registers extra decoders here too, so the name is checked now
+        importlib.import_module(module)
+    from vidfeat.decode import DECODERS
+
+    DECODERS.get(decoder).check_available()
+    if decode_threads is None:
+        # Split the cores between the workers: the processes already decode in parallel,
+        # and on 2 cores FFmpeg's own threads cost 8-23% more CPU per frame.
+        decode_threads = max(1, _usable_cpus() // num_workers)
+    if decode_threads < 0:
+        raise ConfigError(f"decode_threads must be >= 0, got {decode_threads}")
+    return WorkerSettings(
+        decoder,
+        str(parse_fps(fps)),
+        max_frames,
+        frame_transform,
+        chunk_frames,
+        extra,
+        decode_threads,
+        audio,
+        tuple(os.environ.items()),
+    )
 
 
 def _kill_all(workers: list[_Worker]) -> None:

@@ -120,28 +120,8 @@ def fit_pca(
         )
     comps, vals = _top_components(cov, dim)
     kept = float(vals.sum() / total_var)
-    n_tiny = int(np.sum(vals <= eps))
-    if n_tiny:
-        logger.warning(
-            "%d of %d components have variance <= eps=%g: the frames span fewer directions; "
-            "whitening will scale their noise by up to 1/sqrt(eps)",
-            n_tiny,
-            dim,
-            eps,
-        )
     n_videos = int(sum(1 for p in positions if len(p)))
-    if n_videos < dim:
-        # Frames of one video are nearly alike, so the sample holds about one independent
-        # observation per video: the components past that describe within-clip jitter, and
-        # whitening scales them to the same unit variance as the informative ones.
-        logger.warning(
-            "fitting %d components on frames of only %d videos: components beyond about the "
-            "first %d will not generalise to new videos, and whitening gives them as much "
-            "weight as the rest; fit on more videos or keep fewer components",
-            dim,
-            n_videos,
-            n_videos,
-        )
+    _warn_if_weak(vals, eps, n_videos)
     logger.info(
         "PCA %d -> %d on %d frames keeps %.4f of the variance", reader.dim, dim, n_sampled, kept
     )
@@ -160,6 +140,33 @@ def fit_pca(
             "store_frames": int(ok["n_frames"].sum()),
         },
     )
+
+
+def _warn_if_weak(eigenvalues: np.ndarray, eps: float, n_videos: int) -> None:
+    """Warn when components are noise that whitening would blow up: variance at or below
+    ``eps``, or more components than the sample holds independent videos."""
+    dim = len(eigenvalues)
+    n_tiny = int(np.sum(eigenvalues <= eps))
+    if n_tiny:
+        logger.warning(
+            "%d of %d components have variance <= eps=%g: the frames span fewer directions; "
+            "whitening will scale their noise by up to 1/sqrt(eps)",
+            n_tiny,
+            dim,
+            eps,
+        )
+    if n_videos < dim:
+        # Frames of one video are nearly alike, so the sample holds about one independent
+        # observation per video: the components past that describe within-clip jitter, and
+        # whitening scales them to the same unit variance as the informative ones.
+        logger.warning(
+            "fitting %d components on frames of only %d videos: components beyond about the "
+            "first %d will not generalise to new videos, and whitening gives them as much "
+            "weight as the rest; fit on more videos or keep fewer components",
+            dim,
+            n_videos,
+            n_videos,
+        )
 
 
 def _accumulate(
