@@ -47,6 +47,30 @@ def replace(tmp: str | os.PathLike, final: str | os.PathLike, *, durable: bool =
         fsync_dir(Path(final).parent)
 
 
+def create(tmp: str | os.PathLike, final: str | os.PathLike) -> bool:
+    """Publish the finished file ``tmp`` as ``final`` only if ``final`` does not exist yet.
+
+    Returns whether it did; ``tmp`` is gone either way. A hard link fails when the name
+    exists, atomically, so of two processes racing to create ``final`` exactly one wins (a
+    rename would let the second silently replace the first). Where hard links are not
+    supported, it falls back to checking, then renaming, which leaves that race open.
+    """
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, final)
+        created = True
+    except FileExistsError:
+        created = False
+    except OSError:  # no hard links on this filesystem
+        created = not os.path.exists(final)
+        if created:
+            os.replace(tmp, final)
+    Path(tmp).unlink(missing_ok=True)
+    fsync_dir(Path(final).parent)
+    return created
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on error it is removed.

@@ -1,9 +1,14 @@
 """Subprocess body for store tests that kill writers or run them concurrently.
 
 Usage: python -m tests.vidfeat.store_worker STORE FORMAT PART FIRST COUNT [--fsize-limit BYTES]
+    [--keep-writing]
 Writes videos FIRST..FIRST+COUNT-1 into two streams, ``rgb`` (float32) and ``audio`` (uint8),
 with deterministic values (see ``expected_features`` and ``expected_audio``), skipping ids already
 committed, one commit per video.
+
+``--keep-writing``: when a write fails, lift the file-size limit (as if space had been freed)
+and go on writing with the same writer, printing ``refused <id>: <error>`` for each write it
+refuses.
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ def main(argv: list[str]) -> int:
         limit = int(argv[argv.index("--fsize-limit") + 1])
         # A file-size limit behaves like a full disk: writes fail with EFBIG instead of a signal.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # soft: may be lifted later
+    keep_writing = "--keep-writing" in argv
     from vidfeat import create_store
+    from vidfeat.errors import StoreError
 
     with create_store(
         store, streams=STREAMS, format=fmt, attrs={"test": True}, part=part, commit_every=1
@@ -54,7 +62,15 @@ def main(argv: list[str]) -> int:
                 continue
             feats = expected_features(i)
             values = {"rgb": feats, "audio": expected_audio(i)}
-            w.write(video_id(i), values, labels=[f"c{i % 3}"], timestamps=np.arange(len(feats)))
+            try:
+                w.write(video_id(i), values, labels=[f"c{i % 3}"], timestamps=np.arange(len(feats)))
+            except StoreError as exc:
+                if not keep_writing:
+                    raise
+                limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limits[1], limits[1]))
+                print(f"refused {video_id(i)}: {exc}", flush=True)
+                continue
             print(f"wrote {video_id(i)}", flush=True)
     return 0
 

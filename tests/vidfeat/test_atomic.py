@@ -66,3 +66,14 @@ def test_a_killed_writer_leaves_the_old_file(tmp_path):
     (leftover,) = _leftovers(tmp_path)  # hidden, and named so a writer can sweep it
     assert leftover.startswith(".metrics.json.")
     assert (tmp_path / leftover).read_text() == "half of the new"
+
+
+def test_create_publishes_only_a_file_that_does_not_exist_yet(tmp_path):
+    final = tmp_path / "root.h5"
+    first, second = atomic.temp_name(final), atomic.temp_name(final)
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    assert atomic.create(first, final) is True
+    assert atomic.create(second, final) is False  # a rename would have replaced it
+    assert final.read_bytes() == b"first"
+    assert _leftovers(tmp_path) == []

@@ -13,16 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.vidfeat.store_cases import IntegrityCases, StreamCases, flip_byte
+from tests.vidfeat.store_cases import IntegrityCases, StreamCases, cli_verify, flip_byte
 from tests.vidfeat.store_worker import expected_audio, expected_features, video_id
 from vidfeat import create_store, open_store
 from vidfeat.errors import (
     ConfigError,
     StoreError,
+    StoreIntegrityError,
     StoreMismatchError,
     VideoNotFoundError,
 )
 from vidfeat.pca.quantize import dequantize, quantization_attrs, quantize
+from vidfeat.store.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -309,6 +311,27 @@ class StoreContract(StreamCases, IntegrityCases):
         assert proc.returncode == 0, err
         self.check_complete(path, 40)
 
+    def test_a_writer_whose_commit_failed_takes_no_more_videos(self, path: Path) -> None:
+        # The disk fills mid-commit (a 12 KiB file-size limit), then frees up: the writer that
+        # failed must not append after the rows its failed commit left behind.
+        ok = run_worker(path, self.fmt, "main", 0, 3)
+        assert ok.wait(timeout=120) == 0
+        limit = ("--fsize-limit", str(12 * 1024), "--keep-writing")
+        proc = run_worker(path, self.fmt, "main", 0, 8, *limit)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        lines = out.splitlines()
+        outcomes = [line.split()[0] for line in lines]  # videos 3..7: wrote, then refused
+        n_wrote = outcomes.index("refused")
+        assert outcomes == ["wrote"] * n_wrote + ["refused"] * (5 - n_wrote), out
+        assert all("rerun to resume" in line for line in lines[n_wrote:])
+        self.check_complete(path, 3 + n_wrote)
+        assert verify_store(path).ok
+        proc = run_worker(path, self.fmt, "main", 0, 8)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        self.check_complete(path, 8)
+
     def test_a_video_committed_in_two_parts_reads_once_from_the_first_part_by_name(
         self, path: Path
     ) -> None:
@@ -343,6 +366,9 @@ class TestZarrStore(StoreContract):
     def delete_chunk(self, path: Path, array: str) -> None:
         self.first_chunk(path, array).unlink()
 
+    def part_files(self, path: Path) -> list[Path]:
+        return sorted(p for p in (path / "parts" / "main").rglob("*") if p.is_file())
+
     def truncate_part(self, path: Path) -> None:
         meta = path / "parts" / "main" / "zarr.json"
         meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
@@ -367,6 +393,25 @@ class TestHDF5Store(StoreContract):
     def truncate_part(self, path: Path) -> None:
         segment = path.with_name(path.name + ".parts") / "main.00000000.h5"
         segment.write_bytes(segment.read_bytes()[: segment.stat().st_size // 2])
+
+    def part_files(self, path: Path) -> list[Path]:
+        return sorted(path.with_name(path.name + ".parts").glob("main.*.h5"))
+
+    def test_a_chunk_zeroed_with_its_checksum_is_an_error(self, path: Path) -> None:
+        # fletcher32 sums zero bytes to 0, so HDF5 alone reads such a chunk back as zeros.
+        import h5py
+
+        self.write_some(path)
+        segment = self.part_files(path)[0]
+        with h5py.File(segment, "r") as f:
+            info = f["streams/rgb/features"].id.get_chunk_info(0)
+        data = bytearray(segment.read_bytes())
+        data[info.byte_offset : info.byte_offset + info.size] = bytes(info.size)
+        segment.write_bytes(bytes(data))
+        with open_store(path) as r, pytest.raises(StoreIntegrityError, match="CRC32C"):
+            r.read("v0")
+        code, out = cli_verify(path)
+        assert code == 2 and "streams/rgb/features" in out and "CRC32C" in out
 
 
 def test_format_is_chosen_by_suffix(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import google_crc32c
 import h5py
 import numpy as np
 
@@ -44,6 +45,9 @@ SEGMENT_ATTR = "vidfeat_segment"
 SEGMENT_RE = re.compile(r"^(?P<part>.+)\.(?P<seq>\d{8})\.h5$")
 _STR = h5py.string_dtype("utf-8")
 ROWS_PER_CHUNK = 4096  # per-video arrays and timestamps
+# Schema-2 segments written since the chunk checksums came: on each chunked dataset, a uint32
+# CRC32C per chunk (in row order) of its stored bytes. Older segments lack it.
+CHUNK_CRC_ATTR = "vidfeat_chunk_crc32c"
 
 
 def _list_names(folder: Location) -> list[str]:
@@ -101,10 +105,16 @@ class HDF5PartWriter(PartWriter):
         final = self.parts_dir / f"{self.part}.{self.next_seq:08d}.h5"
         # Build the segment in memory and write its bytes ourselves: libhdf5 handles a full
         # disk badly (it can crash while closing), plain file I/O raises a clean OSError.
-        with h5py.File(io.BytesIO(), "w") as f:
+        # Schema 2 segments use HDF5's newest file format, whose metadata (object headers,
+        # chunk indexes) carries checksums: a flipped byte there is an error, not a chunk that
+        # silently reads as fill values. Schema 1 (resume only) keeps the format it had.
+        libver = "latest" if self.meta.checksummed else None
+        with h5py.File(io.BytesIO(), "w", libver=libver) as f:
             _SegmentBuilder(f, self.meta).write(records)
             if self.meta.checksummed:
                 f.attrs[SEGMENT_ATTR] = json.dumps({"part": self.part, "seq": self.next_seq})
+                f.flush()
+                _record_chunk_checksums(f)
             f.flush()
             image = f.id.get_file_image()
         fence()
@@ -124,6 +134,38 @@ class HDF5PartWriter(PartWriter):
 
     def close(self) -> None:
         pass
+
+
+def _record_chunk_checksums(f: h5py.File) -> None:
+    """Give every chunked dataset a CRC32C of each chunk's stored bytes (``CHUNK_CRC_ATTR``).
+
+    fletcher32, the filter HDF5 checks on every read, sums to 0 over zero bytes: a chunk zeroed
+    together with its checksum reads back as zeros. CRC32C does not, and verify checks it."""
+
+    def visit(_name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.chunks is not None:
+            obj.attrs[CHUNK_CRC_ATTR] = np.array(
+                [_stored_crc(obj, row) for row in range(0, obj.shape[0], obj.chunks[0])],
+                dtype=np.uint32,
+            )
+
+    f.visititems(visit)
+
+
+def _chunk_crcs(ds: h5py.Dataset) -> np.ndarray | None:
+    """The dataset's chunk checksums, when it has them and its chunks are stored as this module
+    writes them (fletcher32 only, so the stored bytes are the rows): else None."""
+    if ds.chunks is None or CHUNK_CRC_ATTR not in ds.attrs:
+        return None
+    if ds.compression is not None or ds.shuffle or ds.scaleoffset is not None or not ds.fletcher32:
+        return None
+    return ds.attrs[CHUNK_CRC_ATTR]
+
+
+def _stored_crc(ds: h5py.Dataset, row: int) -> int:
+    """CRC32C of the stored (filtered) bytes of the chunk that starts at ``row``."""
+    _mask, raw = ds.id.read_direct_chunk((row,) + (0,) * (ds.ndim - 1))
+    return google_crc32c.value(bytes(raw))
 
 
 class _SegmentBuilder:
@@ -194,10 +236,26 @@ class HDF5PartReader(PartReader):
     def _dataset(self, name: str) -> h5py.Dataset:
         if name not in self._datasets:  # looking a path up costs as much as a small read
             try:
-                self._datasets[name] = self.file[name]
-            except (KeyError, OSError) as exc:
+                found = self.file[name]
+            except (KeyError, OSError, ValueError, RuntimeError) as exc:
                 raise self._fail(name, f"the dataset is missing or unreadable ({exc})") from exc
+            if not isinstance(found, h5py.Dataset):  # damaged metadata can name another object
+                raise self._fail(name, f"not a dataset but {type(found).__name__}")
+            self._datasets[name] = found
         return self._datasets[name]
+
+    def _chunk_starts(self, ds: h5py.Dataset, start: int, stop: int) -> range:
+        step = ds.chunks[0]
+        return range(start - start % step, stop, step)
+
+    def _check_allocated(self, array: str, ds: h5py.Dataset, start: int, stop: int) -> None:
+        """Every chunk under rows [start, stop) must be stored: a segment is written whole,
+        and HDF5 would read an absent chunk as fill values."""
+        for row in self._chunk_starts(ds, start, stop):
+            info = ds.id.get_chunk_info_by_coord((row,) + (0,) * (ds.ndim - 1))
+            if info.byte_offset is None:
+                end = min(row + ds.chunks[0], ds.shape[0])
+                raise self._fail(array, f"chunk under rows {row}:{end} missing")
 
     @property
     def n_videos(self) -> int:  # type: ignore[override]
@@ -210,13 +268,45 @@ class HDF5PartReader(PartReader):
     def read_rows(self, array: str, start: int, stop: int) -> np.ndarray:
         ds = self._dataset(array)
         try:
+            if ds.chunks is not None and stop > start:
+                self._check_allocated(array, ds, start, stop)
+            crcs = _chunk_crcs(ds)
+            if crcs is not None:
+                rows = self._read_checked(array, ds, crcs, start, stop)
+            elif ds.dtype.kind != "S" and h5py.check_string_dtype(ds.dtype) is not None:
+                return ds.asstr()[start:stop]  # schema 1: variable-length strings
+            else:
+                rows = ds[start:stop]
             if ds.dtype.kind == "S":  # schema 2 strings: fixed-length UTF-8
-                return np.char.decode(ds[start:stop], "utf-8").astype(object)
-            if h5py.check_string_dtype(ds.dtype) is not None:  # schema 1: variable-length
-                return ds.asstr()[start:stop]
-            return ds[start:stop]
-        except (OSError, UnicodeDecodeError) as exc:  # fletcher32 mismatch, or broken bytes
+                return np.char.decode(rows, "utf-8").astype(object)
+            return rows
+        except StoreIntegrityError:  # already names the chunk (and is a ValueError)
+            raise
+        except (OSError, ValueError, RuntimeError) as exc:  # fletcher32 or metadata checksum
+            # mismatch, or broken bytes (UnicodeDecodeError is a ValueError)
             raise self._fail(array, f"corrupt chunk under rows {start}:{stop} ({exc})") from exc
+
+    def _read_checked(
+        self, array: str, ds: h5py.Dataset, crcs: np.ndarray, start: int, stop: int
+    ) -> np.ndarray:
+        """Rows [start, stop) from the chunks' stored bytes, each checked against its CRC32C.
+
+        The stored bytes are the chunk's rows (edge chunks padded to the full chunk) and the
+        4-byte fletcher32 that CRC32C supersedes: one read serves both the check and the rows.
+        """
+        step = ds.chunks[0]
+        per_chunk = int(np.prod(ds.chunks))
+        out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
+        for row in self._chunk_starts(ds, start, stop):
+            index = row // step
+            mask, raw = ds.id.read_direct_chunk((row,) + (0,) * (ds.ndim - 1))
+            if mask or index >= len(crcs) or google_crc32c.value(raw) != int(crcs[index]):
+                end = min(row + step, ds.shape[0])
+                raise self._fail(array, f"chunk under rows {row}:{end} fails its CRC32C checksum")
+            chunk = np.frombuffer(raw, dtype=ds.dtype, count=per_chunk).reshape(ds.chunks)
+            lo, hi = max(start, row), min(stop, row + step)
+            out[lo - start : hi - start] = chunk[lo - row : hi - row]
+        return out
 
     def chunk_ranges(self, array: str) -> list[tuple[int, int]]:
         ds = self._dataset(array)
@@ -263,10 +353,9 @@ class HDF5Backend(Backend):
         tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         with h5py.File(tmp, "w") as f:
             f.attrs[ROOT_ATTR] = json.dumps(meta.to_json())
-        if self.exists():  # another shard created it first; theirs is identical or checked later
-            tmp.unlink()
-            return
-        atomic.replace(tmp, self.path)
+        # Another shard may be creating it now: the first root stays, and the caller compares
+        # its settings with the root it reads back.
+        atomic.create(tmp, self.path)
 
     def read_meta(self) -> StoreMeta:
         try:

@@ -202,6 +202,10 @@ class ZarrPartReader(PartReader):
                 arr = self.group[name]
             except KeyError:
                 raise self._fail(name, "the array is missing") from None
+            except (OSError, ValueError, TypeError) as exc:
+                # A damaged array document: zarr raises JSON, Unicode, codec and metadata
+                # validation errors for it, all ValueErrors.
+                raise self._fail(name, f"unreadable array metadata ({exc})") from exc
             if not isinstance(arr, zarr.Array):
                 raise self._fail(name, "expected an array, found a group")
             if arr.shape[0] < self.rows(name):

@@ -135,7 +135,8 @@ class _PartCheck:
             ]
             if wrong:
                 self.problem("n_frames", "frame counts disagree with status/level", tuple(wrong))
-        expected = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)[:-1]])
+        # Where each video's frames start: 0, then the running sum (nothing for an empty part).
+        expected = np.cumsum(lengths, dtype=np.int64) - lengths
         bad = tuple(str(v) for v, o, e in zip(ids, offsets, expected, strict=True) if o != e)
         if bad:
             self.problem("offset", "offsets do not follow the frame counts", bad)

@@ -58,6 +58,9 @@ class StoreWriter:
             backend.close()
             raise
         self._closed = False
+        # Set when a commit fails: its rows may be half-written, so this writer takes no more
+        # (reopening the store discards them and resumes from the last commit).
+        self._broken: str | None = None
 
     def _scan_committed(self) -> tuple[set[str], set[str]]:
         ok: set[str] = set()
@@ -135,6 +138,8 @@ class StoreWriter:
     def _check_id(self, video_id: str) -> None:
         if self._closed:
             raise StoreError(f"writer for {self.path} is closed")
+        if self._broken:
+            raise StoreError(self._broken)
         if not isinstance(video_id, str) or not video_id.strip() or "\x00" in video_id:
             raise ConfigError(f"video_id must be a non-empty string, got {video_id!r}")
         if video_id in self._committed_ok or any(r.video_id == video_id for r in self._pending):
@@ -242,7 +247,11 @@ class StoreWriter:
             # The claim is checked between the data and the commit point (object stores).
             self._part.commit(batch, fence=self._claim.check)
         except OSError as exc:  # disk full and friends: committed data stays intact
-            raise StoreError(f"could not commit to {self.path}: {exc}; rerun to resume") from exc
+            self._broken = f"could not commit to {self.path}: {exc}; rerun to resume"
+            raise StoreError(self._broken) from exc
+        except BaseException:
+            self._broken = f"an earlier commit to {self.path} failed; rerun to resume"
+            raise
         for r in batch:
             self._committed_any.add(r.video_id)
             if r.table["status"] == "ok":
