@@ -110,10 +110,20 @@ def _debugging() -> bool:
     return logging.getLogger().isEnabledFor(logging.DEBUG - 1)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, raised again by a command that knows what the user should do next
+    (a bare KeyboardInterrupt: rerun the same command, which resumes)."""
+
+    def __init__(self, next_step: str) -> None:
+        super().__init__(next_step)
+        self.next_step = next_step
+
+
 def fail(ctx: click.Context, exc: BaseException) -> NoReturn:
     """Print ``exc`` as one line (``-vv``: with its traceback) and exit with its code."""
     if isinstance(exc, KeyboardInterrupt):
-        click.echo("interrupted: finished work is kept; rerun the same command to resume", err=True)
+        default = "finished work is kept; rerun the same command to resume"
+        click.echo(f"interrupted: {getattr(exc, 'next_step', default)}", err=True)
         ctx.exit(EXIT_INTERRUPTED)
     code, message = classify(exc)
     if _debugging():

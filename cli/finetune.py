@@ -133,7 +133,8 @@ def finetune(
     base = finetune_config(parent.cfg, mode).to_dict()
     cfg = build_config({**options, "model": parent.cfg.model}, base)
     check_training_target(cfg.device, out)
-    with training_session(cfg.device, out) as is_main:
+    restart = "fine-tuning does not resume: add --force to the same command to start it again"
+    with training_session(cfg.device, out, restart) as is_main:
         metrics = finetune_run(
             parent,
             store,

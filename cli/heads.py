@@ -167,7 +167,8 @@ def train(
     _check_train_inputs(store, cfg, out, resume)
     from heads.run import train_run
 
-    with training_session(cfg.device, out) as is_main:
+    resume_step = "the last checkpoint is kept; add --resume to the same command to continue"
+    with training_session(cfg.device, out, resume_step) as is_main:
         metrics = train_run(
             store,
             cfg,

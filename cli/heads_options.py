@@ -173,7 +173,10 @@ def _make_option(
     if shown is not None:
         text = f"{text}  [default: {shown}]"
     decls = [f"--{dash}/--no-{dash}", name] if flag else [f"--{dash}", *filter(None, [alias]), name]
-    return SectionOption(decls, section=section, type=None if flag else kind, help=text)
+    # default=None for every option, flags too (click would pass False for an on/off flag not
+    # given), so that only what was typed overrides --config or the parent run.
+    kind = None if flag else kind
+    return SectionOption(decls, section=section, type=kind, default=None, help=text)
 
 
 def train_options() -> list[click.Parameter]:
@@ -259,16 +262,25 @@ def check_training_target(device: str, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def training_session(device: str, out: Path) -> Iterator[bool]:
-    """Around a command that trains into ``out``: the process group when torchrun started this
-    process (:mod:`heads.distributed`), and ``removed_on_failure(out)`` on rank 0, the only rank
-    that writes. Yields whether this process is rank 0 (the one to print results)."""
+def training_session(device: str, out: Path, resume_step: str) -> Iterator[bool]:
+    """Around a command that trains into ``out``: SIGTERM as Ctrl-C, the process group when
+    torchrun started this process (:mod:`heads.distributed`), and ``removed_on_failure(out)``
+    on rank 0, the only rank that writes. Yields whether this process is rank 0 (the one to
+    print results). Interrupted after a checkpoint, the message says ``resume_step``."""
     from heads.distributed import session
+    from vidfeat.signals import sigterm_as_interrupt
+    from vidfeat_cli.core import Interrupted
 
-    with session(device) as world:
+    # Schedulers (Slurm, torchrun on a failed rank) stop jobs with SIGTERM.
+    with sigterm_as_interrupt(), session(device) as world:
         cleanup = removed_on_failure(out) if world.is_main else contextlib.nullcontext()
-        with cleanup:
-            yield world.is_main
+        try:
+            with cleanup:
+                yield world.is_main
+        except KeyboardInterrupt as exc:
+            kept = out.is_dir() and any(out.glob("*.pt"))
+            step = resume_step if kept else "nothing was kept; rerun the same command"
+            raise Interrupted(step) from exc
 
 
 @contextlib.contextmanager

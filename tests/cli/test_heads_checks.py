@@ -59,6 +59,24 @@ def test_yaml_config_supplies_the_model_and_options_override_it(tmp_path):
     assert merged["head"]["hidden_size"] == 12 and merged["data"]["batch_size"] == 4
 
 
+def test_on_off_options_override_only_when_given(tmp_path):
+    # Not given, an on/off option keeps the default or the config file's value, like any other.
+    plain = json.loads(invoke("train", "-m", "gru", "--print-config").output)
+    assert plain["data"]["bucket"] is True  # the documented default
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model: gru\ndata: {bucket: false}\nclass_weights: true\nhead: {residual: true}\n"
+    )
+    kept = json.loads(invoke("train", "--config", config, "--print-config").output)
+    assert kept["data"]["bucket"] is False and kept["class_weights"] is True
+    assert kept["head"]["residual"] is True
+    flipped = invoke(
+        "train", "--config", config, "--bucket", "--no-class-weights", "--print-config"
+    )
+    merged = json.loads(flipped.output)
+    assert merged["data"]["bucket"] is True and merged["class_weights"] is False
+
+
 def test_a_runs_config_json_is_a_valid_config(run):
     result = invoke("train", "--config", run / "config.json", "--print-config")
     assert result.exit_code == 0, result.output
