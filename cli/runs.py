@@ -39,7 +39,10 @@ def _out_dir(help_text: str, required: bool = False) -> Callable[[Callable], Cal
     type=click.Path(path_type=Path, dir_okay=False),
     help="Google's vocabulary.csv, for the YouTube-8M CSV when the labels are names.",
 )
-def ensemble(runs: tuple[Path, ...], out: Path, weights: str, vocabulary: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Replace an ensemble already in --out.")
+def ensemble(
+    runs: tuple[Path, ...], out: Path, weights: str, vocabulary: Path | None, force: bool
+) -> None:
     """Average the test scores of RUNS (same classes, same test split) and score the result.
 
     \b
@@ -50,7 +53,7 @@ def ensemble(runs: tuple[Path, ...], out: Path, weights: str, vocabulary: Path |
     from heads.ensemble import ensemble_runs
 
     vocab = pr.read_vocabulary(vocabulary) if vocabulary is not None else None
-    metrics = ensemble_runs(list(runs), out, weights, vocabulary=vocab)
+    metrics = ensemble_runs(list(runs), out, weights, vocabulary=vocab, force=force)
     click.echo(metrics_line(metrics, "ensemble test") + f"  -> {out}")
 
 

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from heads import checkpoint as ck
-from heads.errors import CheckpointError
-from heads.labels import LabelMap
+from heads.errors import CheckpointError, RunExistsError
+from heads.labels import LabelMap, multilabel_loss
 from heads.metrics import evaluate_all
 from heads.predictions import format_top_k, vocabulary_indices, write_predictions
 from vidfeat import atomic
@@ -44,6 +44,7 @@ class Member:
     labels: np.ndarray  # (N, C) multi-hot
     label_map: LabelMap
     val_gap: float | None  # GAP@20 on validation at the best evaluation
+    multilabel: bool  # sigmoid outputs (else softmax): what its scores mean
 
 
 def load_member(run_dir: str | Path) -> Member:
@@ -66,7 +67,16 @@ def load_member(run_dir: str | Path) -> Member:
         labels=labels[order].astype(np.float32),
         label_map=label_map,
         val_gap=_best_val_gap(run_dir),
+        multilabel=multilabel_loss(_trained_loss(run_dir), label_map),
     )
+
+
+def _trained_loss(run_dir: Path) -> str:
+    """The run's --loss (read_json names a missing or broken config.json)."""
+    config = ck.read_json(run_dir / ck.CONFIG)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{run_dir / ck.CONFIG}: not a run's config")
+    return str(config.get("loss", "auto"))
 
 
 def _best_val_gap(run_dir: Path) -> float | None:
@@ -89,6 +99,13 @@ def check_compatible(members: list[Member]) -> None:
                 f"({len(first.label_map)} vs {len(other.label_map)} classes, multilabel "
                 f"{first.label_map.multilabel} vs {other.label_map.multilabel}); "
                 "train them with the same --classes and --loss"
+            )
+        if other.multilabel != first.multilabel:
+            kinds = {True: "sigmoid (multi-label)", False: "softmax"}
+            raise ConfigError(
+                f"runs {first.run_dir} and {other.run_dir} were trained with different losses "
+                f"({kinds[first.multilabel]} vs {kinds[other.multilabel]}): their scores do not "
+                "mean the same; train them with the same --loss"
             )
         if other.video_ids != first.video_ids:
             only = sorted(set(first.video_ids) ^ set(other.video_ids))
@@ -138,11 +155,15 @@ def ensemble_runs(
     weights: str | Path = "equal",
     *,
     vocabulary: dict[str, int] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the ensemble of ``runs`` to ``out``; returns its test metrics. The YouTube-8M CSV
-    needs vocabulary indices: labels that are indices, or ``vocabulary`` (label -> index)."""
+    needs vocabulary indices: labels that are indices, or ``vocabulary`` (label -> index).
+    ``force`` replaces an ensemble already in ``out``; a training run there is never touched."""
     if len(runs) < 2:
         raise ConfigError("an ensemble needs at least two runs")
+    out = Path(out)
+    _check_out(out, force)
     members = [load_member(r) for r in runs]
     check_compatible(members)
     w = resolve_weights(members, weights)
@@ -155,7 +176,6 @@ def ensemble_runs(
         "weights": [float(x) for x in w],
         "member_gap_at_20": [float(evaluate_all(m.scores, m.labels)["gap_at_20"]) for m in members],
     }
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ck.write_json(out / ck.TEST_METRICS, metrics)
     stem = out / ck.TEST_PREDICTIONS
@@ -163,6 +183,17 @@ def ensemble_runs(
     _write_yt8m(out / YT8M_CSV, first.video_ids, scores, first.label_map, vocabulary)
     log.info("ensemble of %d runs: gap_at_20 %.4f", len(members), metrics["gap_at_20"])
     return metrics
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """An ensemble's files share their names with a run's test results: never write them over
+    a training run, and over an earlier ensemble only with ``force``."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if (out / ck.CONFIG).exists():
+        raise RunExistsError(f"{out} holds a training run; write the ensemble to another --out")
+    if (out / ck.TEST_METRICS).exists() and not force:
+        raise RunExistsError(f"{out} already holds an ensemble; add --force to replace it")
 
 
 def _write_yt8m(

@@ -32,9 +32,12 @@ def is_num(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def series(epochs: list[dict[str, Any]], key: str) -> tuple[list[Any], list[float]]:
-    """(epochs, values) of ``key`` where both are finite numbers."""
-    pairs = [(e.get("epoch"), e.get(key)) for e in epochs]
+def series(
+    records: list[dict[str, Any]], key: str, x: str = "epoch"
+) -> tuple[list[Any], list[float]]:
+    """(x, values) of ``key`` over metrics records, where both are finite numbers; ``x`` is
+    ``epoch`` or ``step``."""
+    pairs = [(e.get(x), e.get(key)) for e in records]
     pairs = [(x, y) for x, y in pairs if is_num(x) and is_num(y)]
     return [x for x, _ in pairs], [y for _, y in pairs]
 
@@ -66,23 +69,34 @@ def _save(fig: plt.Figure, path: Path, spec: FigureSpec) -> None:
         plt.close(fig)
 
 
+def _per(x: str) -> str:
+    return "per evaluation" if x == "step" else "per epoch"
+
+
 def plot_training(
-    name: str, epochs: list[dict[str, Any]], best: Any, monitor: str, path: Path, spec: FigureSpec
+    name: str,
+    records: list[dict[str, Any]],
+    best: Any,
+    monitor: str,
+    path: Path,
+    spec: FigureSpec,
+    x: str = "epoch",
 ) -> None:
-    """hit@1 and loss per epoch, train and val, with the best epoch marked."""
+    """hit@1 and loss at each evaluation, train and val, against ``x`` (``epoch`` or ``step``),
+    with the best evaluation marked."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric, ylabel in ((axes[0], "hit_at_1", "hit@1"), (axes[1], "loss", "loss")):
         for split in ("train", "val"):
-            xs, ys = series(epochs, f"{split}_{metric}")
+            xs, ys = series(records, f"{split}_{metric}", x)
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=3, label=split)
         if best is not None:
             ax.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"best ({best})")
-        ax.set(title=f"{ylabel} per epoch", xlabel="epoch", ylabel=ylabel)
+        ax.set(title=f"{ylabel} {_per(x)}", xlabel=x, ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{name}: training curves (best epoch by {monitor})")
+    fig.suptitle(f"{name}: training curves (best {x} by {monitor})")
     _save(fig, path, spec)
 
 
@@ -173,19 +187,19 @@ def plot_pr_curves(
 
 
 def plot_comparison(
-    runs: list[tuple[str, list[dict[str, Any]]]], path: Path, spec: FigureSpec
+    runs: list[tuple[str, list[dict[str, Any]]]], path: Path, spec: FigureSpec, x: str = "epoch"
 ) -> None:
-    """Validation curves of several runs, given as (name, epochs)."""
+    """Validation curves of several runs, given as (name, metrics records), against ``x``."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, ylabel in (
         (axes[0], "val_hit_at_1", "val hit@1"),
         (axes[1], "val_loss", "val loss"),
     ):
-        for run_name, epochs in runs:
-            xs, ys = series(epochs, key)
+        for run_name, records in runs:
+            xs, ys = series(records, key, x)
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=3, label=run_name)
-        ax.set(title=f"{ylabel} per epoch", xlabel="epoch", ylabel=ylabel)
+        ax.set(title=f"{ylabel} {_per(x)}", xlabel=x, ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

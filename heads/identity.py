@@ -7,9 +7,13 @@ attrs) plus a fingerprint of the videos it uses and their split. Two levels of c
 * :func:`check_store_compatible` - the store has the run's streams and the features mean the
   same thing (dim, backbone, weights, PCA). Enough to score a model on another store
   (``evaluate --split all``, ``predict``, ``finetune``): other videos are the point there.
-* :func:`check_same_data` - the very data of the run: every root attr and the fingerprint. A
+* :func:`check_same_data` - the very data of the run: every root attr and the fingerprints. A
   resumed run, or a score of the run's own train/val/test videos, needs this; another store
   with the same ids and dim (another backbone, re-extracted videos) is refused.
+
+Two fingerprints: one of the videos (ids, splits, frame counts, labels), one of their features
+(the stored per-video means of a fixed sample of them), so that a store holding the same videos
+with other numbers is told apart even when its attrs were copied.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from heads.errors import IncompatibleStoreError, MissingStreamError, RunDataMismatchError
@@ -52,6 +57,23 @@ def video_fingerprint(videos: pd.DataFrame) -> dict[str, Any]:
     return {"n_videos": len(rows), "sha256": digest}
 
 
+CONTENT_SAMPLE = 64  # videos whose stored means the content fingerprint covers
+
+
+def content_fingerprint(reader: Any, video_ids: Sequence[str], streams: Sequence[str]) -> dict:
+    """sha256 over the stored mean vectors, every stream in ``streams``, of up to
+    ``CONTENT_SAMPLE`` of ``video_ids``: those whose id hashes lowest, so the sample depends
+    neither on row order nor on which other videos the store holds. Reading 64 means costs
+    milliseconds where hashing every feature of a large store would cost a pass over it."""
+    chosen = sorted(video_ids, key=lambda v: hashlib.sha256(str(v).encode("utf-8")).digest())
+    digest = hashlib.sha256()
+    for vid in sorted(chosen[:CONTENT_SAMPLE]):
+        digest.update(f"{vid}\n".encode())
+        for stream in streams:
+            digest.update(np.ascontiguousarray(reader.mean(vid, stream), dtype="<f4").tobytes())
+    return {"n_videos": min(len(chosen), CONTENT_SAMPLE), "sha256": digest.hexdigest()}
+
+
 def store_identity(
     reader: Any, videos: pd.DataFrame | None = None, streams: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -80,6 +102,7 @@ def store_identity(
     }
     if videos is not None:
         identity["videos"] = video_fingerprint(videos)
+        identity["content"] = content_fingerprint(reader, list(videos["video_id"]), names)
     return identity
 
 
@@ -110,6 +133,14 @@ def check_same_data(
         problems.append(
             f"the run's {saved['n_videos']} videos (ids, splits, frame counts, labels) differ "
             f"from what the store holds now ({current['videos']['n_videos']} match by id)"
+        )
+    content = recorded.get("content")
+    if content is None:
+        log.warning("this run predates content fingerprints: its features are not checked")
+    elif saved == current["videos"] and content != current["content"]:
+        problems.append(
+            "the same videos hold other features (the stored means of "
+            f"{content['n_videos']} of them differ): re-extracted, or another store's"
         )
     if problems:
         raise RunDataMismatchError(

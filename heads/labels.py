@@ -47,6 +47,12 @@ class LabelMap:
         return cls(labels=tuple(data["labels"]), multilabel=bool(data["multilabel"]))
 
 
+def multilabel_loss(loss: str, label_map: LabelMap) -> bool:
+    """Whether a run trained with ``--loss loss`` has sigmoid (multi-label) outputs rather than
+    softmax: ``auto`` follows the data (whether any video carries several labels)."""
+    return label_map.multilabel if loss == "auto" else loss == "multi"
+
+
 def build_label_map(
     videos: pd.DataFrame, classes: Sequence[str] | None = None
 ) -> tuple[LabelMap, pd.DataFrame]:

@@ -77,22 +77,19 @@ def read_vocabulary(path: str | Path) -> dict[str, int]:
 
 
 def vocabulary_indices(labels: tuple[str, ...], vocabulary: dict[str, int] | None) -> list[int]:
-    """The vocabulary index of each label, for YouTube-8M's submission format.
-
-    Without a vocabulary the labels themselves must be indices (a store imported from
-    YouTube-8M keeps them so)."""
-    if vocabulary is None:
-        names = [lbl for lbl in labels if not lbl.isdigit()]
-        if names:
-            raise ConfigError(
-                f"the run's labels are names ({', '.join(names[:3])}, ...), but the yt8m format "
-                "needs vocabulary indices: pass --vocabulary vocabulary.csv"
-            )
-        return [int(lbl) for lbl in labels]
-    unknown = [lbl for lbl in labels if lbl not in vocabulary]
+    """The vocabulary index of each label, for YouTube-8M's submission format: the label
+    itself when it is an index (a store imported from YouTube-8M keeps them so), else its
+    entry in ``vocabulary`` (by name or Knowledge Graph id)."""
+    names = [lbl for lbl in labels if not lbl.isdigit()]
+    if names and vocabulary is None:
+        raise ConfigError(
+            f"the run's labels are names ({', '.join(names[:3])}, ...), but the yt8m format "
+            "needs vocabulary indices: pass --vocabulary vocabulary.csv"
+        )
+    unknown = [lbl for lbl in names if lbl not in (vocabulary or {})]
     if unknown:
         raise ConfigError(f"labels not in the vocabulary: {', '.join(unknown[:5])}")
-    return [vocabulary[lbl] for lbl in labels]
+    return [int(lbl) if lbl.isdigit() else (vocabulary or {})[lbl] for lbl in labels]
 
 
 def write_table(table: pd.DataFrame, out: Path, fmt: str) -> None:

@@ -14,6 +14,7 @@ import logging
 import math
 import re
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,8 @@ class _Run:
     name: str
     slug: str
     config: dict[str, Any]
-    epochs: list[dict[str, Any]]  # one record per epoch, sorted by epoch
-    logged_best: Any  # the last epoch metrics.jsonl marks as improved
+    evaluations: list[dict[str, Any]]  # metrics.jsonl's records, in order
+    logged_best: dict[str, Any] | None  # the last record metrics.jsonl marks as improved
     test_metrics: dict[str, Any]
     class_names: list[str]
     multilabel: bool
@@ -71,13 +72,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _read_epochs(path: Path) -> tuple[list[dict[str, Any]], Any]:
-    """metrics.jsonl records, last one per epoch (a resumed run may repeat epochs), and the
-    epoch of the last record the trainer marked ``improved`` (its best checkpoint)."""
+def _read_evaluations(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """metrics.jsonl records in order, the last one per (epoch, step) (a run resumed by an
+    older version may repeat some), and the last record the trainer marked ``improved`` (its
+    best checkpoint)."""
     if not path.is_file():
         return [], None
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    by_epoch: dict[Any, dict[str, Any]] = {}
+    by_key: dict[tuple[Any, Any], dict[str, Any]] = {}
     best = None
     for i, line in enumerate(lines):
         try:
@@ -87,10 +89,22 @@ def _read_epochs(path: Path) -> tuple[list[dict[str, Any]], Any]:
                 log.warning("%s: ignoring unreadable last line", path)
                 continue
             raise ReportError(f"{path}:{i + 1}: invalid JSON: {exc}") from exc
-        by_epoch[record.get("epoch", i + 1)] = record
+        # Step-based runs (--eval-every) evaluate several times per epoch: the step tells apart.
+        by_key[(record.get("epoch", i + 1), record.get("step"))] = record
         if record.get("improved") is True:
-            best = record.get("epoch")
-    return [by_epoch[e] for e in sorted(by_epoch, key=lambda e: (not is_num(e), e))], best
+            best = record
+    order = sorted(by_key, key=lambda k: tuple((not is_num(v), v if is_num(v) else 0) for v in k))
+    return [by_key[k] for k in order], best
+
+
+def _x_axis(runs: list[_Run]) -> str:
+    """``step`` when some run evaluated more than once per epoch and every record has its
+    step (curves per epoch would drop those points), else ``epoch``."""
+    records = [r for run in runs for r in run.evaluations]
+    if not records or not all(is_num(r.get("step")) for r in records):
+        return "epoch"
+    per_epoch = [Counter(r.get("epoch") for r in run.evaluations) for run in runs]
+    return "step" if any(n > 1 for counts in per_epoch for n in counts.values()) else "epoch"
 
 
 def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -110,7 +124,7 @@ def _load_run(run_dir: Path, slug: str) -> _Run:
     if not any((run_dir / name).is_file() for name in _RUN_MARKERS):
         raise ReportError(f"{run_dir} is not a heads run directory (no {ck.CONFIG})")
     label_map = _read_json(run_dir / ck.LABEL_MAP) or {}
-    epochs, logged_best = _read_epochs(run_dir / ck.METRICS)
+    evaluations, logged_best = _read_evaluations(run_dir / ck.METRICS)
     predictions = _read_predictions(run_dir / f"{ck.TEST_PREDICTIONS}.npz")
     names = [str(n) for n in label_map.get("labels", [])]
     scores, labels = predictions if predictions else (None, None)
@@ -129,7 +143,7 @@ def _load_run(run_dir: Path, slug: str) -> _Run:
         name=run_dir.name,
         slug=slug,
         config=_read_json(run_dir / ck.CONFIG) or {},
-        epochs=epochs,
+        evaluations=evaluations,
         logged_best=logged_best,
         test_metrics=_read_json(run_dir / ck.TEST_METRICS) or {},
         class_names=names,
@@ -166,11 +180,13 @@ def _model_name(config: dict[str, Any], depth: int = 2) -> str | None:
     return None
 
 
-def _best_epoch(run: _Run) -> Any:
-    """The trainer's best epoch: from test_metrics.json, else the last record it marked as an
-    improvement (a run still training)."""
-    best = run.test_metrics.get("best_epoch")
-    return best if is_num(best) else run.logged_best
+def _best_at(run: _Run, x: str = "epoch") -> Any:
+    """The trainer's best evaluation, as its epoch or its step (``x``): from test_metrics.json,
+    else the last record it marked as an improvement (a run still training)."""
+    best = run.test_metrics.get(f"best_{x}")
+    if is_num(best):
+        return best
+    return run.logged_best.get(x) if run.logged_best else None
 
 
 def _monitor(run: _Run) -> str:
@@ -181,18 +197,19 @@ def _summary(run: _Run) -> dict[str, Any]:
     # Totals written at the end of training win; metrics.jsonl covers runs that never got there.
     wall = run.test_metrics.get("train_wall_s")
     if not is_num(wall):
-        per_epoch = [e["wall_s"] for e in run.epochs if is_num(e.get("wall_s"))]
+        per_epoch = [e["wall_s"] for e in run.evaluations if is_num(e.get("wall_s"))]
         wall = sum(per_epoch) if per_epoch else None
     params = run.test_metrics.get("trainable_params")
     if not is_num(params):
-        logged = [e["trainable_params"] for e in run.epochs if is_num(e.get("trainable_params"))]
+        counts = [r.get("trainable_params") for r in run.evaluations]
+        logged = [n for n in counts if is_num(n)]
         params = logged[-1] if logged else run.config.get("trainable_params")
     return {
         "model": _model_name(run.config),
         "hit_at_1": run.test_metrics.get("hit_at_1"),
         "gap_at_20": run.test_metrics.get("gap_at_20"),
         "mean_ap": run.test_metrics.get("mean_ap"),
-        "best_epoch": _best_epoch(run),
+        "best_epoch": _best_at(run),
         "wall_s": wall,
         "trainable_params": params,
     }
@@ -256,9 +273,11 @@ def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
     lines = [f"## Run `{run.name}`", ""]
     keys = [*METRIC_NAMES, "n_test"]
     lines += _table(keys, [[_fmt(run.test_metrics.get(k)) for k in keys]])
-    if run.epochs:
+    if run.evaluations:
         name = spec.name(f"{run.slug}_training")
-        plot_training(run.name, run.epochs, _best_epoch(run), _monitor(run), out_dir / name, spec)
+        x = _x_axis([run])
+        best = _best_at(run, x)
+        plot_training(run.name, run.evaluations, best, _monitor(run), out_dir / name, spec, x=x)
         lines += [f"![Training curves]({name})", ""]
     else:
         lines += [f"_No {ck.METRICS}: training curves omitted._", ""]
@@ -291,7 +310,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, fmt: str = "png", dpi: 
     lines = ["# Run report", "", "## Summary", "", *_comparison_table(runs)]
     if len(runs) > 1:
         name = spec.name("comparison_val_curves")
-        plot_comparison([(r.name, r.epochs) for r in runs], out_dir / name, spec)
+        curves = [(r.name, r.evaluations) for r in runs]
+        plot_comparison(curves, out_dir / name, spec, x=_x_axis(runs))
         lines += [f"![Validation curves of all runs]({name})", ""]
     for run in runs:
         lines += _run_section(run, out_dir, spec)

@@ -29,7 +29,7 @@ from heads.data import FeatureDataset
 from heads.errors import TrainingDataError
 from heads.evaluation import predict_logits
 from heads.identity import check_same_data, recorded_streams, store_identity
-from heads.labels import LabelMap, build_label_map
+from heads.labels import LabelMap, build_label_map, multilabel_loss
 from heads.loggers import check_loggers, create_loggers
 from heads.metrics import evaluate_all
 from heads.models import Head, create_head
@@ -80,7 +80,7 @@ class RunData:
 
 
 def is_multilabel(cfg: TrainConfig, label_map: LabelMap) -> bool:
-    return label_map.multilabel if cfg.loss == "auto" else cfg.loss == "multi"
+    return multilabel_loss(cfg.loss, label_map)
 
 
 # ------------------------------------------------------------------------------ run directory

@@ -30,6 +30,7 @@ from heads import checkpoint as ck
 from heads import distributed as dd
 from heads.config import TrainConfig
 from heads.evaluation import validate
+from heads.labels import LabelMap, multilabel_loss
 from heads.models.base import Head
 from heads.objective import Loss, make_optimizer
 from heads.schedule import Position, finished, lr_factor, window_batches
@@ -290,8 +291,8 @@ def _start(
     optimizer = make_optimizer(cfg, params)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])  # the schedule scales this
-    multilabel = meta["label_map"]["multilabel"] if cfg.loss == "auto" else cfg.loss == "multi"
-    loss_fn = Loss(bool(multilabel), class_weight, pos_weight)
+    multilabel = multilabel_loss(cfg.loss, LabelMap.from_dict(meta["label_map"]))
+    loss_fn = Loss(multilabel, class_weight, pos_weight)
     return _Session(model, step, loaders, params, optimizer, loss_fn, cfg, device)
 
 

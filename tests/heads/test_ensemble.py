@@ -36,6 +36,10 @@ def runs(tmp_path_factory):
         args = ["train", str(store), "-m", "bof", "-o", str(made[name]), "--epochs", "15"]
         result = runner.invoke(main, [*args, "--batch-size", "16", "--pooling", "mean", *extra])
         assert result.exit_code == 0, result.output
+    made["multi"] = root / "multi"  # a's settings, but sigmoid outputs
+    args = ["train", str(store), "-m", "bof", "-o", str(made["multi"]), "--epochs", "1"]
+    result = runner.invoke(main, [*args, "--batch-size", "16", "--loss", "multi"])
+    assert result.exit_code == 0, result.output
     made["few"] = root / "few"
     args = ["train", str(store), "-m", "logistic", "-o", str(made["few"]), "--epochs", "1"]
     result = runner.invoke(main, [*args, "--classes", "class0,class1"])
@@ -122,3 +126,30 @@ def test_a_truncated_prediction_file_is_a_one_line_error(runs, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "cannot read test predictions" in result.output
+
+
+def test_runs_with_another_loss_are_refused(runs, tmp_path):
+    # The same classes and test videos, but softmax against sigmoid scores.
+    _, made = runs
+    args = ["ensemble", str(made["a"]), str(made["multi"]), "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "different losses" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_out_never_overwrites_a_run_and_an_ensemble_only_with_force(runs, tmp_path):
+    _, made = runs
+    before = (made["b"] / ck.TEST_METRICS).read_bytes()
+    into_run = ["ensemble", str(made["a"]), str(made["b"]), "--out", str(made["b"])]
+    result = CliRunner().invoke(main, into_run)
+    assert result.exit_code == 2 and "holds a training run" in result.output
+    assert (made["b"] / ck.TEST_METRICS).read_bytes() == before
+    out = tmp_path / "ens"
+    first = CliRunner().invoke(main, ["ensemble", str(made["a"]), str(made["b"]), "-o", str(out)])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, ["ensemble", str(made["a"]), str(made["b"]), "-o", str(out)])
+    assert again.exit_code == 2 and "add --force" in again.output
+    args = ["ensemble", str(made["a"]), str(made["b"]), "-o", str(out), "--weights", "gap"]
+    forced = CliRunner().invoke(main, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((out / ck.TEST_METRICS).read_text())["weights"] != [0.5, 0.5]

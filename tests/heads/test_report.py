@@ -323,3 +323,40 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
     npz.write_bytes(npz.read_bytes()[:100])
     with pytest.raises(ReportError, match="cannot read test predictions"):
         report.write_report([run["dir"]], tmp_path / "out")
+
+
+def test_step_based_runs_plot_every_evaluation_against_its_step(tmp_path, monkeypatch):
+    # --eval-every 5 for 30 steps, all within epoch 1: six evaluations, best at step 20.
+    run = tmp_path / "steps"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "gru", "eval_every": 5}))
+    records = [
+        {
+            "epoch": 1,
+            "step": step,
+            "train_loss": 1.0 / step,
+            "val_loss": abs(step - 20) / 10 + 0.5,
+            "train_hit_at_1": step / 40,
+            "val_hit_at_1": 0.5,
+            "wall_s": 1.0,
+            "improved": step <= 20,
+        }
+        for step in range(5, 35, 5)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    seen = {}
+    original_save = figures._save
+
+    def spy(fig, path, spec):
+        ax = fig.axes[1]  # the loss panel
+        seen[path.name] = (ax.get_xlabel(), [line.get_data() for line in ax.get_lines()])
+        original_save(fig, path, spec)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    report.write_report([run], tmp_path / "out")
+    xlabel, lines = seen["steps_training.png"]
+    assert xlabel == "step"
+    train, val, best = lines
+    assert list(train[0]) == list(val[0]) == [5, 10, 15, 20, 25, 30]
+    assert list(val[1]) == [r["val_loss"] for r in records]
+    assert list(best[0]) == [20, 20]  # the best evaluation's marker

@@ -208,6 +208,13 @@ def test_resume_on_another_store_is_refused(tmp_path):
     moved = make_cluster_store(tmp_path / "m.zarr", n_videos=30, seed=7)
     with pytest.raises(RunDataMismatchError, match=r"videos .* differ"):
         train_run(moved, cfg, run, resume=True)
+    # Same ids, lengths, labels and attrs, other numbers (re-extracted videos).
+    redone = tmp_path / "redone.zarr"
+    videos = [(vid, x + 0.25, labels) for vid, x, labels in cluster_videos(30)]
+    attrs = {"backbone": "synthetic", "weights": "w1", "pca": None}
+    write_store(redone, videos, dim=16, attrs=attrs)
+    with pytest.raises(RunDataMismatchError, match="same videos hold other features"):
+        train_run(redone, cfg, run, resume=True)
     assert not (run / ck.TEST_METRICS).exists()  # nothing was trained or written
     # A copy of the very same store elsewhere is the same data.
     copy = make_cluster_store(tmp_path / "copy.h5", n_videos=30)
