@@ -6,6 +6,7 @@ command (``vidfeat_cli.core.CliGroup``) turns them into a one-line message and e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -38,6 +39,14 @@ class _Bar:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def _stream_option(text: str) -> Callable[[Callable], Callable]:
+    return click.option(
+        "--stream",
+        default=None,
+        help=f"{text} (e.g. rgb) [default: the store's only stream; needed with several].",
+    )
 
 
 @click.group("pca")
@@ -83,6 +92,7 @@ def pca() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the PCA (.npz).",
 )
+@_stream_option("The stream to fit on")
 @progress_option
 def fit(
     store: Path,
@@ -91,6 +101,7 @@ def fit(
     seed: int,
     batch_frames: int,
     out_path: Path,
+    stream: str | None,
     progress: bool | None,
 ) -> None:
     """Fit a whitened PCA on a reproducible sample of STORE's frames.
@@ -107,6 +118,7 @@ def fit(
             seed=seed,
             batch_frames=batch_frames,
             progress=bar,
+            stream=stream,
         )
     transform.save(out_path)
     info = transform.fit_info
@@ -152,6 +164,7 @@ def fit(
     default=None,
     help="Output format [default: from the --out suffix, else zarr].",
 )
+@_stream_option("The stream to reduce; the store's other streams are copied as they are")
 @progress_option
 def apply(
     store: Path,
@@ -160,6 +173,7 @@ def apply(
     quantize: bool,
     dim: int | None,
     fmt: str | None,
+    stream: str | None,
     progress: bool | None,
 ) -> None:
     """Write a new store holding STORE's features reduced by a PCA.
@@ -172,7 +186,13 @@ def apply(
     transform = load_pca(pca_path, dim=dim)
     with _Bar("applying PCA", show_progress(progress)) as bar:
         summary = apply_pca_to_store(
-            store, transform, out_path, quantize=quantize, format=fmt, progress=bar
+            store,
+            transform,
+            out_path,
+            quantize=quantize,
+            format=fmt,
+            progress=bar,
+            stream=stream,
         )
     click.echo(
         f"wrote {summary['written']} videos ({summary['frames']} frames, {summary['dim']}-d "

@@ -85,11 +85,17 @@ def import_yt8m(
     )
     s = run_import(cfg)
     mb = s.feature_bytes / 1e6
-    click.echo(
-        f"{s.imported_files} files imported, {s.skipped_files} already done: {s.videos} videos, "
-        f"{s.frames} frames ({mb:.1f} MB of features in {s.seconds:.1f} s), "
-        f"{s.failed} failed -> {out}"
-    )
+    if not s.written:
+        click.echo(
+            f"no video could be read from {s.files - s.skipped_files} file(s): nothing was "
+            f"written to {out}; {s.failed} failed"
+        )
+    else:
+        click.echo(
+            f"{s.imported_files} files imported, {s.skipped_files} already done: "
+            f"{s.videos} videos, {s.frames} frames ({mb:.1f} MB of features in "
+            f"{s.seconds:.1f} s), {s.failed} failed -> {out}"
+        )
     if s.failed:
         for url, failure in s.failures[:10]:
             click.echo(f"  failed: {url} record {failure.index} ({failure.status})", err=True)

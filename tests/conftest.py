@@ -58,6 +58,8 @@ class VideoFactory:
         bframes: int = 0,
         pix_fmt: str = "yuv420p",
         rotation: int = 0,
+        start_s: float = 0.0,
+        audio_s: float | None = None,
     ) -> Path:
         path = Path(name) if Path(name).is_absolute() else self.directory / name
         codec = codec or _DEFAULT_CODECS.get(path.suffix, "libx264")
@@ -72,6 +74,8 @@ class VideoFactory:
             bframes=bframes,
             pix_fmt=pix_fmt,
             rotation=rotation,
+            start_s=start_s,
+            audio_s=audio_s,
         )
         if path in self._made:
             if self._made[path][0] != params:

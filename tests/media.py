@@ -124,8 +124,13 @@ def write_video(
     bframes: int = 0,
     pix_fmt: str = "yuv420p",
     rotation: int = 0,
+    start_s: float = 0.0,
+    audio_s: float | None = None,
 ) -> SyntheticVideo:
     """Encode a clip whose frame i shows ``index_pattern(i)``; the container follows the suffix.
+
+    ``start_s``: the first frame's timestamp (the times returned still count from it).
+    ``audio_s``: also a silent AAC track lasting that long from 0, which may outlast the video.
 
     ``bframes`` > 0 (libx264 only) encodes B-frames, pyramid-style, so frames are stored out of
     presentation order and some are never referenced, as in typical camera and web H.264.
@@ -152,15 +157,18 @@ def write_video(
         if rotation:
             stream.set_display_rotation(rotation)
         stream.codec_context.time_base = time_base
+        if audio_s is not None:
+            _write_silence(container, audio_s)
         # The last frame lasts one nominal interval (what demuxers assume when it is not stored).
         durations = [b - a for a, b in itertools.pairwise(times)]
         durations.append(_quantize(1 / rate, time_base))
+        offset = _quantize(Fraction(str(start_s)), time_base)
         for i, (t, dur) in enumerate(zip(times, durations, strict=True)):
             frame = av.VideoFrame.from_ndarray(
                 index_pattern(i, size, noise=pattern == "noise", colour=pattern == "colour"),
                 format="rgb24",
             )
-            frame.pts = int(t / time_base)
+            frame.pts = int((offset + t) / time_base)
             frame.time_base = time_base
             frame.duration = int(dur / time_base)
             for packet in stream.encode(frame):
@@ -168,6 +176,21 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return SyntheticVideo(Path(path), tuple(times), times[-1] + durations[-1], codec)
+
+
+def _write_silence(container: av.container.OutputContainer, seconds: float) -> None:
+    """A mono AAC track of ``seconds`` of silence, muxed before the video."""
+    rate = 16000
+    stream = container.add_stream("aac", rate=rate)
+    for start in range(0, int(seconds * rate), 1024):
+        n = min(1024, int(seconds * rate) - start)
+        silence = np.zeros((1, n), np.float32)
+        frame = av.AudioFrame.from_ndarray(silence, format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def write_audio_only(path: Path, seconds: float = 1.0, empty_video: bool = False) -> Path:

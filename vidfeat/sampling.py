@@ -215,6 +215,14 @@ class FrameSelector(Generic[T]):
         self.n_frames += 1
         return picks
 
+    def cap_end(self, end_s: Seconds) -> None:
+        """End the held frame no later than ``end_s`` (pts from the stream's start), when that
+        is after its pts: a frame's own duration may be a gap between decode times rather than
+        how long it is shown (B-frames, variable frame rate), and reach past the stream's end."""
+        end = _exact(end_s)
+        if self._held_pts is not None and self._held_pts < end < self.end_s:
+            self._held_duration = end - self._held_pts
+
     def finish(self) -> list[Selected[T]]:
         """End of stream: the last frame covers every remaining t_k before the decoded end."""
         if self.done or self._held_pts is None:

@@ -175,3 +175,40 @@ def test_extract_with_pca_equals_extract_then_apply(tmp_path: Path, make_video) 
             # The same frames through the same backbone: at most one code of float jitter.
             assert np.abs(codes_a - codes_b).max() <= 1
             np.testing.assert_array_equal(a.timestamps(vid), b.timestamps(vid))
+
+
+def test_a_two_stream_store_reduces_the_stream_named_and_keeps_the_other(
+    low_rank: LowRankStore, tmp_path: Path
+) -> None:
+    # rgb (float32, to reduce) beside audio already in YouTube-8M's uint8 codes (to keep).
+    from vidfeat import create_store
+    from vidfeat.pca.quantize import quantization_attrs
+
+    store = tmp_path / "two.zarr"
+    audio = {}
+    codes = {"dim": 8, "dtype": "uint8", "quantization": quantization_attrs()}
+    streams = {"rgb": 48, "audio": codes}
+    rng = np.random.default_rng(1)
+    with create_store(store, streams=streams, attrs={"fps": 1}) as w:
+        for vid, frames in low_rank.frames.items():
+            audio[vid] = rng.integers(0, 256, (len(frames), 8), dtype=np.uint8)
+            w.write(vid, {"rgb": frames, "audio": audio[vid]}, labels=["x"])
+    unnamed = invoke("fit", store, "--dim", 6, "--out", tmp_path / "p.npz").exception
+    assert isinstance(unnamed, ConfigError) and "has streams rgb, audio" in str(unnamed)
+    assert "--stream" in str(unnamed)
+    fitted = invoke("fit", store, "--dim", 6, "--stream", "rgb", "--out", tmp_path / "p.npz")
+    assert fitted.exit_code == 0, fitted.output
+    with open_store(low_rank.path) as reader:  # the rgb stream alone fits the same PCA
+        assert load_pca(tmp_path / "p.npz").sha256 == fit_pca(reader, 6).sha256
+    out = tmp_path / "reduced.zarr"
+    args = ["apply", store, "--pca", tmp_path / "p.npz", "--out", out, "--quantize"]
+    result = invoke(*args, "--stream", "rgb")
+    assert result.exit_code == 0, result.output
+    transform = load_pca(tmp_path / "p.npz")
+    with open_store(out) as r:
+        assert r.streams["rgb"].dim == 6 and r.streams["rgb"].dtype == "uint8"
+        assert r.streams["audio"].quantization == quantization_attrs()
+        for vid, frames in low_rank.frames.items():
+            rgb = quantize_reference(transform.apply(frames))
+            np.testing.assert_array_equal(r.read(vid, "rgb", raw=True), rgb)
+            np.testing.assert_array_equal(r.read(vid, "audio", raw=True), audio[vid])

@@ -252,3 +252,23 @@ def test_the_decode_package_imports_without_torch():
 
     code = "import sys, vidfeat.decode, vidfeat.decode.pool; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+@pytest.mark.parametrize(
+    "name, layout",
+    [
+        ("late_start.mkv", {"start_s": 2.5}),  # Matroska counts its durations from 0
+        ("long_audio.mkv", {"audio_s": 6.0}),  # the container's duration covers the audio
+        ("late_start.mp4", {"start_s": 2.5}),
+    ],
+)
+def test_a_whole_video_is_not_truncated_by_where_it_starts_or_its_audio(
+    make_video, decoder, name, layout
+):
+    # 3 s of video: 3 picks at 1 fps, counted from the first frame, and nothing missing.
+    path = make_video(name, seconds=3, fps=25, **layout)
+    frames, video = sample_all(path, decoder, 1)
+    assert [f.timestamp_s for f in frames] == pytest.approx([0, 1, 2], abs=1e-6)
+    assert [read_frame_index(f.frame) for f in frames] == [0, 25, 50]
+    assert video.info.duration_s == pytest.approx(3.0, abs=0.05)

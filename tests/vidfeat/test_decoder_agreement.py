@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import av
 import numpy as np
 import pytest
 
@@ -82,3 +85,58 @@ def test_directories_and_fifos_are_refused_by_name(tmp_path, decoder):
             open_video(tmp_path / name, decoder)
         assert info.value.status == "not_video"
         assert kind in info.value.reason
+
+
+def _blocks(i: int) -> np.ndarray:
+    """128x96 grey frame showing the 8 bits of ``i`` as black/white blocks, red bottom-left."""
+    img = np.full((96, 128, 3), 128, np.uint8)
+    for b in range(8):
+        img[:48, b * 16 : (b + 1) * 16] = 255 if (i >> (7 - b)) & 1 else 0
+    img[72:, :32] = (255, 0, 0)
+    return img
+
+
+def test_a_last_frame_never_reaches_past_the_stream_end(tmp_path):
+    # VFR H.264 with B-frames: the last frame shown may carry the gap to the next decode time
+    # (here 0.4 s) as its duration, past the stream's declared end. Both decoders must end the
+    # video where the stream says, and so pick the same frames.
+    path = tmp_path / "vfr_bframes.mp4"
+    gaps = np.random.default_rng(0).choice([10, 33, 50, 200, 400], size=60)
+    pts = np.concatenate([[0], np.cumsum(gaps)[:-1]])
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)  # x264's default: B-frames
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(pts):
+            frame = av.VideoFrame.from_ndarray(_blocks(i), format="rgb24")
+            frame.pts, frame.time_base = int(t), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        last = max((p for p in container.demux(video) if p.size), key=lambda p: p.pts)
+        end = float(video.duration * video.time_base)
+        if float((last.pts + last.duration) * video.time_base) <= end:
+            pytest.skip("this x264 ordered the frames otherwise: no frame reaches past the end")
+    picks = {}
+    for decoder in DECODER_NAMES:
+        with open_video(path, decoder) as video:
+            frames = list(video.sample(1, None))
+            picks[decoder] = [(f.timestamp_s, read_frame_index(f.frame)) for f in frames]
+            assert video.decoded_duration_s <= end + 1e-3
+    assert picks["pyav"] == picks["decord"]
+
+
+def test_decord_never_picks_by_missing_timestamps(make_video):
+    # A three-frame Matroska file: decord times its frames as AV_NOPTS. It must refuse the file
+    # (pyav reads it) rather than pick by those, which returned the last frame for t = 0.
+    path = make_video("three_frames.mkv", seconds=0.1, fps=30)
+    with open_video(path, "pyav") as video:
+        assert [read_frame_index(f.frame) for f in video.sample(1, None)] == [0]
+    try:
+        with open_video(path, "decord") as video:
+            picked = [read_frame_index(f.frame) for f in video.sample(1, None)]
+    except DecodeError as e:
+        assert e.status == "decode_error" and "--decoder pyav" in e.reason
+    else:
+        assert picked == [0]

@@ -25,6 +25,8 @@ from vidfeat.errors import ConfigError, DecodeError
 from vidfeat.sampling import select_tick_indices
 
 _DECORD_BATCH = 8  # frames per get_batch call; bounds memory on long, large videos
+# Frame times beyond this (about 115 days) are not times but "no timestamp" markers.
+_MAX_TIMESTAMP_S = 1e7
 
 
 def _import_decord() -> object:
@@ -78,6 +80,13 @@ class DecordDecoder(VideoDecoder):
         if n == 0:
             raise no_frames_error()
         ts = self._reader.get_frame_timestamp(range(n))  # (n, 2) float32 [start, end) s
+        if not np.isfinite(ts).all() or float(np.abs(ts).max()) > _MAX_TIMESTAMP_S:
+            # decord reports AV_NOPTS (about 9.2e15 s) for frames it could not time (seen in
+            # short Matroska files): picking by those would return the wrong frames, silently.
+            raise DecodeError(
+                "decord reports no timestamps for this file's frames; --decoder pyav reads it",
+                "decode_error",
+            )
         # float32 seconds lose exactness; snap back to the stream's integer ticks.
         ticks = np.rint(ts.astype(np.float64) / float(self._time_base)).astype(np.int64)
         starts = ticks[:, 0]

@@ -127,16 +127,42 @@ def video_stream(container: av.container.InputContainer) -> av.VideoStream:
     return streams[0]
 
 
-def header_info(container: av.container.InputContainer, stream: av.VideoStream) -> VideoInfo:
+# Matroska's per-track DURATION tag: "HH:MM:SS.nnnnnnnnn", the track's end time.
+_TAG_DURATION = re.compile(r"^(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
+
+
+def declared_duration_s(
+    container: av.container.InputContainer, stream: av.VideoStream
+) -> float | None:
+    """How long the video stream says it lasts, from its first frame: what sampling and the
+    truncation check measure decoded frames against.
+
+    The stream's own duration where the container has one (MP4). Matroska has none; its track
+    DURATION tag and the container's duration are end times, counted from 0 rather than from
+    the first frame, and the container's covers every stream: a video starting at 2.5 s, or
+    audio outlasting the picture, would otherwise look like frames missing at the end.
+    """
     if stream.duration and stream.time_base:
-        duration = float(stream.duration * stream.time_base)
+        return float(stream.duration * stream.time_base)
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
+    tag = _TAG_DURATION.match(str(stream.metadata.get("DURATION", "")).strip())
+    if tag:
+        end = int(tag[1]) * 3600 + int(tag[2]) * 60 + float(tag[3])
     elif container.duration:
-        duration = container.duration / av.time_base
+        # Where a container's duration already counts from its start, this understates it by
+        # the start: truncation is then judged leniently, never falsely.
+        end = container.duration / av.time_base
+        if start is None and container.start_time is not None:
+            start = container.start_time / av.time_base
     else:
-        duration = None
+        return None
+    return max(0.0, end - max(0.0, start or 0.0))
+
+
+def header_info(container: av.container.InputContainer, stream: av.VideoStream) -> VideoInfo:
     rate = stream.average_rate or stream.guessed_rate
     return VideoInfo(
-        duration_s=duration,
+        duration_s=declared_duration_s(container, stream),
         native_fps=float(rate) if rate else None,
         width=stream.codec_context.width,
         height=stream.codec_context.height,

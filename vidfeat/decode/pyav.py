@@ -80,6 +80,8 @@ class PyAVDecoder(VideoDecoder):
                 return  # the rest of the file is never decoded
         if selector.n_frames == 0:
             raise no_frames_error()
+        if self.info.duration_s:  # the stream's own length bounds its last frame's
+            selector.cap_end(selector.first_pts_s + Fraction(self.info.duration_s))
         self.decoded_duration_s = float(selector.end_s - selector.first_pts_s)
         check_truncation(self.info, self.decoded_duration_s, fps, max_frames)
         yield from map(_to_sampled, selector.finish())

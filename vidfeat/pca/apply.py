@@ -83,17 +83,37 @@ class FeatureReduction:
         return quantize(reduced) if self.quantize else reduced
 
 
-def _parent_block(src_path: str | os.PathLike, reader: StoreReader) -> dict[str, Any]:
+def _parent_block(src_path: str | os.PathLike, reader: StoreReader, stream: str) -> dict:
     # Only what identifies the parent's features: a parent that grows keeps the same block,
     # so the derived store can be resumed to cover the new videos.
-    return {
+    spec = reader.streams[stream]
+    block = {
         "path": canonical(src_path),
         "format": reader.format,
-        "dim": reader.dim,
-        "dtype": str(reader.dtype),
-        "quantization": reader.quantization,
+        "dim": spec.dim,
+        "dtype": str(np.dtype(spec.dtype)),
+        "quantization": spec.quantization,
         "pca": reader.attrs.get("pca"),
     }
+    return block if len(reader.streams) == 1 else {**block, "stream": stream}
+
+
+def _stream_specs(reader: StoreReader, stream: str, reduction: FeatureReduction) -> dict:
+    """Every stream of the parent, ``stream`` as the reduction makes it, the others as stored."""
+    specs = {}
+    for name, spec in reader.streams.items():
+        specs[name] = {
+            "dim": spec.dim,
+            "dtype": str(np.dtype(spec.dtype)),
+            "quantization": spec.quantization,
+            "attrs": spec.attrs,
+        }
+    specs[stream] |= {
+        "dim": reduction.output_dim(reader.streams[stream].dim),
+        "dtype": reduction.dtype or "float32",
+        "quantization": reduction.quantization,
+    }
+    return specs
 
 
 def apply_pca_to_store(
@@ -103,9 +123,12 @@ def apply_pca_to_store(
     quantize: bool = False,
     format: str | None = None,
     progress: Progress | None = None,
+    stream: str | None = None,
 ) -> dict[str, Any]:
     """Derive a reduced store from ``src_path``, video by video; rerun to resume.
 
+    ``stream`` is reduced (default: the store's only stream); a store's other streams are
+    copied as stored (rgb reduced, the audio that VGGish's own PCA already made, kept).
     Successful videos are transformed, failed ones copied as failures, so the derived store
     describes the same videos. Returns counts for the run.
     """
@@ -115,30 +138,39 @@ def apply_pca_to_store(
         raise ConfigError("the output store must differ from the input store")
     reduction = FeatureReduction(pca, quantize)
     with open_store(src_path) as reader:
-        dim = reduction.output_dim(reader.dim)
+        stream = reader.stream_name(stream)
+        dim = reduction.output_dim(reader.streams[stream].dim)
         attrs = {
             **reader.attrs,
             **reduction.attrs(),
-            "parent_store": _parent_block(src_path, reader),
+            "parent_store": _parent_block(src_path, reader, stream),
         }
         if not reader.ok_ids:
             logger.warning("%s has no successful videos; only failures will be copied", src_path)
-        writer = create_store(
-            out_path,
-            dim=dim,
-            format=format,
-            attrs=attrs,
-            dtype=reduction.dtype or "float32",
-            quantization=reduction.quantization,
-        )
+        if len(reader.streams) == 1:  # one stream: laid out as before streams existed
+            writer = create_store(
+                out_path,
+                dim=dim,
+                format=format,
+                attrs=attrs,
+                dtype=reduction.dtype or "float32",
+                quantization=reduction.quantization,
+            )
+        else:
+            specs = _stream_specs(reader, stream, reduction)
+            writer = create_store(out_path, streams=specs, format=format, attrs=attrs)
         with writer:
-            counts = _copy_videos(reader, writer, reduction, progress)
+            counts = _copy_videos(reader, writer, reduction, stream, progress)
     logger.info("derived %s from %s: %s", out_path, src_path, counts)
     return {"out_path": str(out_path), "dim": dim, "dtype": reduction.dtype, **counts}
 
 
 def _copy_videos(
-    reader: StoreReader, writer: Any, reduction: FeatureReduction, progress: Progress | None
+    reader: StoreReader,
+    writer: Any,
+    reduction: FeatureReduction,
+    stream: str,
+    progress: Progress | None,
 ) -> dict[str, int]:
     done_ok = writer.committed_ids(status="ok")
     done_any = writer.committed_ids()
@@ -152,9 +184,12 @@ def _copy_videos(
         else:
             info = {k: row[k] for k in _INFO_COLUMNS if k in row}
             if ok:
-                out = reduction(reader.read(vid))  # (T, K) float32 or uint8
+                out = reduction(reader.read(vid, stream))  # (T, K) float32 or uint8
+                others = [name for name in reader.streams if name != stream]
+                values = {**reader.read_streams(vid, others, raw=True), stream: out}
+                features = values if others else out
                 writer.write(
-                    vid, out, labels=row["labels"], timestamps=reader.timestamps(vid), **info
+                    vid, features, labels=row["labels"], timestamps=reader.timestamps(vid), **info
                 )
                 counts["written"] += 1
                 counts["frames"] += len(out)

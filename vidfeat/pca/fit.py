@@ -89,13 +89,17 @@ def fit_pca(
     batch_frames: int = DEFAULT_BATCH_FRAMES,
     eps: float = WHITEN_EPS,
     progress: Progress | None = None,
+    stream: str | None = None,
 ) -> PCATransform:
-    """Whitened PCA with ``dim`` components from a seeded sample of the store's frames."""
+    """Whitened PCA with ``dim`` components from a seeded sample of the store's frames, of
+    ``stream`` (default: the store's only stream)."""
     if dim < 1 or sample_frames < 1 or batch_frames < 1:
         raise ConfigError(
             f"dim, sample_frames and batch_frames must be >= 1 "
             f"(got {dim}, {sample_frames}, {batch_frames})"
         )
+    stream = reader.stream_name(stream)
+    in_dim = reader.streams[stream].dim
     table = reader.videos
     ok = table[table["status"] == "ok"]
     if ok.empty:
@@ -105,12 +109,12 @@ def fit_pca(
     ids = ok["video_id"].tolist()
     positions = sample_positions(ok["n_frames"].to_numpy(), sample_frames, seed)
     n_sampled = int(sum(len(p) for p in positions))
-    if dim > min(n_sampled, reader.dim):
+    if dim > min(n_sampled, in_dim):
         raise ConfigError(
             f"cannot fit {dim} components from {n_sampled} sampled frames of "
-            f"{reader.dim}-d features: at most min(frames, dim) = {min(n_sampled, reader.dim)}"
+            f"{in_dim}-d features: at most min(frames, dim) = {min(n_sampled, in_dim)}"
         )
-    moments = _accumulate(reader, ids, positions, batch_frames, progress)
+    moments = _accumulate(reader, stream, ids, positions, batch_frames, progress)
     cov = moments.covariance()
     total_var = float(np.trace(cov))
     if not total_var > 0:
@@ -123,7 +127,7 @@ def fit_pca(
     n_videos = int(sum(1 for p in positions if len(p)))
     _warn_if_weak(vals, eps, n_videos)
     logger.info(
-        "PCA %d -> %d on %d frames keeps %.4f of the variance", reader.dim, dim, n_sampled, kept
+        "PCA %d -> %d on %d frames keeps %.4f of the variance", in_dim, dim, n_sampled, kept
     )
     return PCATransform(
         mean=moments.mean,
@@ -171,17 +175,18 @@ def _warn_if_weak(eigenvalues: np.ndarray, eps: float, n_videos: int) -> None:
 
 def _accumulate(
     reader: StoreReader,
+    stream: str,
     ids: list[str],
     positions: list[np.ndarray],
     batch_frames: int,
     progress: Progress | None,
 ) -> StreamingMoments:
-    moments = StreamingMoments(reader.dim)
+    moments = StreamingMoments(reader.streams[stream].dim)
     todo = [(vid, pos) for vid, pos in zip(ids, positions, strict=True) if len(pos)]
     pending: list[np.ndarray] = []
     n_pending = 0
     for done, (vid, pos) in enumerate(todo, start=1):
-        frames = reader.read(vid)[pos]  # (n, D) float32, dequantized if stored as uint8
+        frames = reader.read(vid, stream=stream)[pos]  # (n, D) float32, dequantized if uint8
         if not np.all(np.isfinite(frames)):
             raise StoreError(f"video {vid!r} has NaN or inf features; cannot fit a PCA")
         pending.append(frames)

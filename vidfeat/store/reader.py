@@ -92,7 +92,8 @@ class StoreReader:
         if stream is None:
             if len(names) != 1:
                 raise ConfigError(
-                    f"store {self.path} has streams {', '.join(names)}; choose one with stream="
+                    f"store {self.path} has streams {', '.join(names)}; choose one "
+                    "(stream= in Python, --stream on the command line)"
                 )
             return names[0]
         if stream not in self.meta.streams:

@@ -78,6 +78,9 @@ class ImportSummary:
     feature_bytes: int = 0
     failed: int = 0  # records (or whole files) that could not be imported
     seconds: float = 0.0
+    # False when no file of this run held a readable video: the store's streams come from the
+    # first video, so there was no store to create and nothing (failures included) is recorded.
+    written: bool = True
     failures: list[tuple[str, RecordFailure]] = dataclasses.field(default_factory=list)
 
 
@@ -253,8 +256,11 @@ def import_yt8m(cfg: ImportConfig) -> ImportSummary:
     level, streams, first = _layout(cfg, results)
     with sigterm_as_interrupt(), _progress(len(todo), cfg.progress) as bar:
         if level is None:  # no file held a single video: nothing to make a store from
+            summary.written = False
             for result in first:
-                _account(summary, result, result.failures, result.failures)
+                for failure in result.failures:
+                    summary.failed += 1
+                    summary.failures.append((result.source.url, failure))
                 _tick(bar, summary)
         else:
             writer = create_store(

@@ -227,6 +227,22 @@ def test_corrupt_inputs_are_recorded_and_a_rerun_adds_nothing(tmp_path):
         assert len(store.videos) == len(table)
 
 
+def test_a_run_with_no_readable_video_says_nothing_was_written(tmp_path):
+    # The store's streams come from the first video read: with none, there is no store, and
+    # the summary must not claim files were imported.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _broken_inputs(inputs)
+    for name in ("train0000", "train0001", "train0002"):  # the files with a good record
+        (inputs / f"{name}.tfrecord").unlink()
+    store_path = tmp_path / "s.zarr"
+    result = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "no video could be read from 2 file(s): nothing was written" in result.output
+    assert "files imported" not in result.output and not store_path.exists()
+    assert "failed: " in result.output and "not_tfrecord" in result.output
+
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
