@@ -140,7 +140,7 @@ def _record_chunk_checksums(f: h5py.File) -> None:
     """Give every chunked dataset a CRC32C of each chunk's stored bytes (``CHUNK_CRC_ATTR``).
 
     fletcher32, the filter HDF5 checks on every read, sums to 0 over zero bytes: a chunk zeroed
-    together with its checksum reads back as zeros. CRC32C does not, and verify checks it."""
+    together with its checksum reads back as zeros. CRC32C does not; every read checks it."""
 
     def visit(_name: str, obj: object) -> None:
         if isinstance(obj, h5py.Dataset) and obj.chunks is not None:
@@ -220,6 +220,7 @@ class HDF5PartReader(PartReader):
         self.path = path
         self._file: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
+        self._crcs: dict[str, np.ndarray | None] = {}  # per dataset, read once
 
     def _fail(self, array: str, detail: str) -> StoreIntegrityError:
         return StoreIntegrityError(detail, store=self.store, part=self.label, array=array)
@@ -270,7 +271,9 @@ class HDF5PartReader(PartReader):
         try:
             if ds.chunks is not None and stop > start:
                 self._check_allocated(array, ds, start, stop)
-            crcs = _chunk_crcs(ds)
+            if array not in self._crcs:
+                self._crcs[array] = _chunk_crcs(ds)
+            crcs = self._crcs[array]
             if crcs is not None:
                 rows = self._read_checked(array, ds, crcs, start, stop)
             elif ds.dtype.kind != "S" and h5py.check_string_dtype(ds.dtype) is not None:
@@ -316,6 +319,7 @@ class HDF5PartReader(PartReader):
 
     def close(self) -> None:
         self._datasets.clear()
+        self._crcs.clear()
         if self._file is not None:
             self._file.close()
             self._file = None
