@@ -238,12 +238,17 @@ class DistributedBucketBatchSampler(BucketBatchSampler):
         return [self._slices(batch)[self.rank] for batch in self._batches()]
 
     def global_size(self, epoch: int, batch: int) -> int:
-        """Videos over all ranks in batch ``batch`` (0-based) of ``epoch``."""
+        """Videos over all ranks in batch ``batch`` (0-based) of ``epoch``, each once."""
         if self._sizes[0] != epoch:
             current, self.epoch = self.epoch, epoch
-            sizes = [max(len(b), self.ranks) for b in self._batches()]
+            sizes = [len(b) for b in self._batches()]
             self.epoch, self._sizes = current, (epoch, sizes)
         return self._sizes[1][batch]
+
+    def is_filler(self, epoch: int, batch: int) -> bool:
+        """Whether this rank's slice of that batch is a copy standing in for an empty one (a
+        batch of fewer videos than ranks): it must not count, in the loss or the metrics."""
+        return self.shuffle and self.rank >= self.global_size(epoch, batch)
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
         for batch in self.rank_batches()[self.start :]:
@@ -262,11 +267,21 @@ def videos_in_step(sampler: Any, epoch: int, batch: int, local: int) -> int:
     return local
 
 
+def videos_counted(sampler: Any, epoch: int, batch: int, local: int) -> int:
+    """This rank's videos in that batch as the training metrics count them: none for a filler
+    copy (:meth:`DistributedBucketBatchSampler.is_filler`), else ``local``."""
+    if isinstance(sampler, DistributedBucketBatchSampler) and sampler.is_filler(epoch, batch):
+        return 0
+    return local
+
+
 def loss_scale(sampler: Any, epoch: int, batch: int, local: int) -> float:
     """Factor on this rank's mean loss so that DDP's average of the ranks' gradients is the
-    gradient of the mean loss over the whole batch, whatever the sizes of the slices."""
+    gradient of the mean loss over the whole batch, whatever the sizes of the slices: a filler
+    copy gets 0, so that no video counts twice."""
     if isinstance(sampler, DistributedBucketBatchSampler) and sampler.shuffle:
-        return local * sampler.ranks / sampler.global_size(epoch, batch)
+        counted = videos_counted(sampler, epoch, batch, local)
+        return counted * sampler.ranks / sampler.global_size(epoch, batch)
     return 1.0
 
 

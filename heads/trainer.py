@@ -132,17 +132,19 @@ def _train_window(run: _Session, pos: Position, bar: tqdm) -> dict[str, float]:
         batch = batch.to(device)
         logits, terms = run.step(batch.x, batch.lengths, batch.labels, run.loss_fn)
         loss = torch.stack(list(terms.values())).sum()
-        size = batch.x.shape[0]
-        scale = dd.loss_scale(run.loaders.train.batch_sampler, pos.epoch, pos.batch, size)
+        sampler, size = run.loaders.train.batch_sampler, batch.x.shape[0]
+        scale = dd.loss_scale(sampler, pos.epoch, pos.batch, size)
+        counted = dd.videos_counted(sampler, pos.epoch, pos.batch, size)  # 0 for a filler
         optimizer.zero_grad(set_to_none=True)
         (loss * scale if scale != 1.0 else loss).backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
         optimizer.step()
         for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value.detach() * size
-        hits += batch.labels.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
-        n += size
+            sums[key] = sums.get(key, 0.0) + value.detach() * counted
+        if counted:
+            hits += batch.labels.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
+        n += counted
         bar.update(size)
         if not bar.disable:  # .item() syncs with the GPU: only when someone is watching
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)

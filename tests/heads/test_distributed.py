@@ -22,7 +22,12 @@ from click.testing import CliRunner
 from heads import checkpoint as ck
 from heads.batching import BucketBatchSampler
 from heads.config import TrainConfig
-from heads.distributed import DistributedBucketBatchSampler, loss_scale, videos_in_step
+from heads.distributed import (
+    DistributedBucketBatchSampler,
+    loss_scale,
+    videos_counted,
+    videos_in_step,
+)
 from heads.run import train_run
 from tests.heads.stores import make_cluster_store
 from vidfeat.errors import ConfigError
@@ -88,6 +93,38 @@ def test_rank_slices_make_up_the_single_process_batches(weighted):
             assert sum(scales) == pytest.approx(2.0)  # DDP divides by 2: the batch mean
     ranks[1].set_start(3)
     assert list(ranks[1]) == shares[1][3:]  # a run resumed mid-epoch
+
+
+@pytest.mark.parametrize(
+    "n_ranks, n_videos, has_short", [(2, 43, False), (3, 38, True), (3, 29, True), (4, 9, False)]
+)
+def test_every_video_weighs_the_same_in_each_step_for_any_world(n_ranks, n_videos, has_short):
+    # A batch with fewer videos than ranks hands the empty ranks a copy of its first video;
+    # that copy must weigh nothing, in the gradient and in the videos counted.
+    lengths = np.random.default_rng(2).integers(1, 60, size=n_videos)
+    kw = {"shuffle": True, "bucket_batches": 2, "seed": 3}
+    ranks = [
+        DistributedBucketBatchSampler(lengths, 3, rank=r, size=n_ranks, **kw)
+        for r in range(n_ranks)
+    ]
+    for s in ranks:
+        s.set_epoch(1)
+    shares = [list(s) for s in ranks]
+    short = 0
+    for k in range(len(shares[0])):
+        weight: dict[int, float] = {}
+        videos = {i for share in shares for i, _ in share[k]}
+        short += len(videos) < n_ranks
+        counted = 0
+        for s, share in zip(ranks, shares, strict=True):
+            local = len(share[k])
+            scale = loss_scale(s, 1, k, local)  # on the rank's mean loss; DDP then averages
+            for i, _ in share[k]:
+                weight[i] = weight.get(i, 0.0) + scale / (n_ranks * local)
+            counted += videos_counted(s, 1, k, local)
+        assert weight == pytest.approx(dict.fromkeys(videos, 1 / len(videos)))
+        assert counted == videos_in_step(ranks[0], 1, k, len(shares[0][k])) == len(videos)
+    assert bool(short) == has_short  # a batch of fewer videos than ranks, where one is drawn
 
 
 def test_evaluation_shares_partition_the_set_in_length_order():

@@ -7,6 +7,7 @@ features. A driver killed with SIGKILL mid-job must resume to every video exactl
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -216,3 +217,60 @@ def test_hung_or_crashing_decoder_in_a_ray_task_costs_one_video(cluster, tmp_pat
     assert isinstance(last["segv"], VideoFailed) and last["segv"].status == "crashed"
     assert "SIGSEGV" in last["segv"].reason
     assert isinstance(last["ok"], VideoDone) and last["ok"].info["n_frames"] == 2
+
+
+def test_a_requeued_video_already_committed_is_reported_not_written(reference, tmp_path) -> None:
+    # An embedding worker that dies right after a commit, before reporting it, has its videos
+    # queued again; the worker taking one must report it done (the job used to stop with
+    # "already in the store"). Run in this process: the worker is a plain class under Ray.
+    from vidfeat.config import ExtractConfig
+    from vidfeat.engines._ray_workers import EmbedWorker
+    from vidfeat.engines.ray import _absolute_paths
+    from vidfeat.manifest import read_manifest
+    from vidfeat.pipeline import prepare, settle_config_precision
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference["store"], store)  # r0..r5 committed, in part main
+    audio = dict(zip(("audio", "audio_weights"), reference["audio"][1::2], strict=True))
+    cfg = ExtractConfig(manifest=reference["manifest"], out=store, device="cpu", **audio)
+    cfg = _absolute_paths(settle_config_precision(dataclasses.replace(cfg, engine="ray")))
+    job = prepare(cfg, device="cpu", precision="fp32", runtime="eager")
+    worker = EmbedWorker(cfg, job.store_settings, "cpu")
+    entry = next(e for e in read_manifest(reference["manifest"]) if e.video_id == "r0")
+    reports = worker.add(entry, [])
+    reports += worker.finish()
+    with open_store(store) as r:
+        frames = int(r.videos.set_index("video_id").loc["r0", "n_frames"])
+        assert list(r.videos["video_id"]).count("r0") == 1
+        assert set(r.videos["part"]) == {"main"}  # nothing written by the worker
+    assert [(x.video_id, x.status, x.n_frames) for x in reports] == [("r0", "ok", frames)]
+
+
+def test_embedding_workers_that_take_every_cpu_are_refused_on_a_local_cluster(
+    cluster, caplog
+) -> None:
+    # Each embedding worker holds a CPU for the whole job; with none left no decode task can
+    # start, and the driver used to wait forever.
+    from vidfeat.engines.ray import _Scheduler
+    from vidfeat.errors import ConfigError
+
+    scheduler = object.__new__(_Scheduler)  # only its CPU check: the cluster has 2 CPUs
+    scheduler.ray, scheduler.n_actors = ray, 2
+    scheduler._check_cpus(1, fixed=True)  # one left for decoding: fine
+    with pytest.raises(ConfigError, match="none is left for decode tasks"):
+        scheduler._check_cpus(2, fixed=True)
+    scheduler._check_cpus(2, fixed=False)  # a cluster that may grow: a warning, not a refusal
+    assert "decoding starts once the cluster has more CPUs" in caplog.text
+
+
+def test_urls_stay_urls_for_the_workers(tmp_path) -> None:
+    from vidfeat.config import ExtractConfig
+    from vidfeat.engines.ray import _absolute, _absolute_paths
+    from vidfeat.location import RemotePath
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,path,labels\na,s3://bucket/a.mp4,x\n")
+    cfg = ExtractConfig(manifest=manifest, out="s3://bucket/feats.zarr", engine="ray")
+    assert str(_absolute_paths(cfg).out) == "s3://bucket/feats.zarr"
+    assert str(_absolute(RemotePath("s3://bucket/a.mp4"))) == "s3://bucket/a.mp4"
+    assert _absolute(Path("rel/a.mp4")) == Path.cwd() / "rel" / "a.mp4"

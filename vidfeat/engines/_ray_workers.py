@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
+import time
 import uuid
 from fractions import Fraction
 from typing import Any
@@ -129,7 +130,9 @@ class EmbedWorker:
             torch.set_num_threads(1)  # the actor holds one CPU of the cluster
         keep_freed_memory()  # the actor's process is its own: vidfeat.allocator
         self.cfg, self.store_settings = cfg, store_settings
-        self.part = f"ray-{uuid.uuid4().hex[:24]}"
+        # Named by start time, then at random: readers show a video's most recent failure by
+        # part-name order, so a rerun's parts must sort after the earlier runs'.
+        self.part = f"ray-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         self.backbone = create_backbone(
             cfg.backbone,
             weights=cfg.weights,
@@ -142,6 +145,7 @@ class EmbedWorker:
         self.summary = ExtractSummary()
         self.writer: Any = None
         self.extraction: Any = None
+        self._stored_ok: set[str] = set()  # ok videos in the store when the part was opened
 
     def ready(self) -> str:
         """Answers once the model is loaded; the part this worker will write."""
@@ -161,11 +165,16 @@ class EmbedWorker:
             self.extraction = cls(
                 self.cfg, self.backbone, self.reduction, self.writer, self.summary, self.audio
             )
+            self._stored_ok = self.writer.committed_ids("ok")
         return self.extraction
 
     def add(self, entry: ManifestEntry, events: list[PoolEvent]) -> list[VideoReport]:
         """Take one decoded video; returns every video committed since the last call."""
         job = self._job()
+        if entry.video_id in self._stored_ok:
+            # A worker that died right after committing it never reported it, so the driver
+            # queued it again: it is done, and writing it again would be refused.
+            return [*self._committed(), self._already_stored(entry.video_id)]
         job.add(entry)
         try:
             for event in events:
@@ -186,6 +195,13 @@ class EmbedWorker:
                 self.extraction.finish_ready()
             self.writer.close()
         return self._committed()
+
+    def _already_stored(self, video_id: str) -> VideoReport:
+        from vidfeat.store import open_store
+
+        with open_store(self.cfg.out, self.cfg.format) as reader:
+            row = reader.videos.set_index("video_id").loc[video_id]
+        return VideoReport(video_id, "ok", "", int(row["n_frames"]))
 
     def _committed(self) -> list[VideoReport]:
         if self.extraction is None:

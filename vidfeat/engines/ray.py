@@ -31,6 +31,7 @@ from vidfeat.config import ExtractConfig
 from vidfeat.decode.pool import VideoFailed
 from vidfeat.engines.base import ENGINES
 from vidfeat.errors import ConfigError, EngineError, StoreError, VidfeatError
+from vidfeat.location import Location, RemotePath
 from vidfeat.manifest import ManifestEntry
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,17 @@ def _done_ids(cfg: ExtractConfig) -> set[str]:
 def _absolute_paths(cfg: ExtractConfig) -> ExtractConfig:
     """The paths workers open, made absolute: Ray workers run in other folders. (The store
     records weights by file name and PCA by content, so this changes no store attrs.)"""
-    changes: dict[str, Any] = {"out": cfg.out.absolute()}
+    changes: dict[str, Any] = {"out": _absolute(cfg.out)}
     for name in ("weights", "pca", "audio_weights", "audio_pca"):
         value = getattr(cfg, name)
         if value and os.path.exists(value):
             changes[name] = os.path.abspath(value)
     return dataclasses.replace(cfg, **changes)
+
+
+def _absolute(location: Location) -> Location:
+    """A local path made absolute; a URL (an object store) as it is."""
+    return location if isinstance(location, RemotePath) else location.absolute()
 
 
 @ENGINES.register("ray")
@@ -110,7 +116,9 @@ def run_ray(cfg: ExtractConfig) -> Any:
     started_ray = _connect(ray, cfg.ray_address)
     try:
         with sigterm_as_interrupt(), progress_bar(len(todo), cfg.progress) as bar:
-            scheduler = _Scheduler(ray, cfg, job, spec, audio_front, bar)
+            # A cluster started here, on this machine, has the CPUs it has.
+            local = started_ray and not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
+            scheduler = _Scheduler(ray, cfg, job, spec, audio_front, bar, local)
             scheduler.start()
             job.summary.setup_s = time.monotonic() - job.started
             scheduler.run(todo)
@@ -133,7 +141,14 @@ class _Scheduler:
     """The driver's loop: decode tasks in flight, decoded videos waiting, actor calls."""
 
     def __init__(
-        self, ray: Any, cfg: ExtractConfig, job: Any, spec: Any, audio: Any, bar: Any
+        self,
+        ray: Any,
+        cfg: ExtractConfig,
+        job: Any,
+        spec: Any,
+        audio: Any,
+        bar: Any,
+        fixed_cluster: bool = False,
     ) -> None:
         import functools
 
@@ -153,6 +168,7 @@ class _Scheduler:
         self.decode = ray.remote(decode_video).options(num_cpus=1, num_returns=2, max_retries=3)
         device, n_actors, resources = self._embed_resources()
         self.n_actors = n_actors
+        self._check_cpus(n_actors * resources["num_cpus"], fixed=fixed_cluster)
         worker = ray.remote(EmbedWorker).options(max_restarts=0, max_task_retries=0, **resources)
         self.new_actor = functools.partial(worker.remote, cfg, job.store_settings, device)
         self.queue: collections.deque[ManifestEntry] = collections.deque()
@@ -172,6 +188,20 @@ class _Scheduler:
         if use_gpu:
             return "cuda", n, {"num_gpus": 1, "num_cpus": 1}
         return "cpu", n, {"num_cpus": 1}
+
+    def _check_cpus(self, held: int, fixed: bool) -> None:
+        """The embedding workers hold their CPUs for the whole job: with none left over, no
+        decode task could ever start and the job would wait forever."""
+        cpus = float(self.ray.cluster_resources().get("CPU", 0))
+        if cpus - held >= 1:
+            return
+        problem = (
+            f"the Ray cluster has {cpus:g} CPU(s) and the {self.n_actors} embedding worker(s) "
+            f"hold {held}: none is left for decode tasks"
+        )
+        if fixed:  # the cluster this job started on this machine: it will not grow
+            raise ConfigError(f"{problem}; use --engine local here, or a larger cluster")
+        log.warning("%s; decoding starts once the cluster has more CPUs", problem)
 
     # ---------------------------------------------------------------- the loop
 
@@ -223,7 +253,7 @@ class _Scheduler:
             and len(self.decoded) < _CALLS_PER_ACTOR * self.n_actors
         ):
             entry = self.queue.popleft()
-            path = os.path.abspath(entry.path)  # relative to the driver's folder
+            path = str(_absolute(entry.path))  # relative to the driver's folder
             small, frames = self.decode.remote(self.settings, entry.video_id, path)
             self.decoding[small] = (entry, frames)
 
