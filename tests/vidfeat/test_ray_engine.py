@@ -244,6 +244,10 @@ def test_a_requeued_video_already_committed_is_reported_not_written(reference, t
         assert list(r.videos["video_id"]).count("r0") == 1
         assert set(r.videos["part"]) == {"main"}  # nothing written by the worker
     assert [(x.video_id, x.status, x.n_frames) for x in reports] == [("r0", "ok", frames)]
+    # Parts sort by when their worker started: readers show the last failure by part name, so
+    # a rerun's (--retry-failed) must come after the earlier runs'.
+    later = EmbedWorker(cfg, job.store_settings, "cpu")
+    assert worker.part < later.part
 
 
 def test_embedding_workers_that_take_every_cpu_are_refused_on_a_local_cluster(
