@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import importlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
-import os
 import signal
 import time
 import weakref
@@ -45,9 +43,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vidfeat.decode.base import DEFAULT_DECODER
-from vidfeat.decode.worker import FrameTransform, WorkerSettings, worker_main
+from vidfeat.decode.worker import FrameTransform, checked_settings, worker_main
 from vidfeat.errors import ConfigError, VidfeatError
-from vidfeat.sampling import parse_fps
 from vidfeat.signals import raise_on_sigterm
 
 if TYPE_CHECKING:
@@ -159,7 +156,7 @@ class DecodePool:
     ) -> None:
         if not timeout_s > 0:
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
-        self._settings = _worker_settings(
+        self._settings = checked_settings(
             num_workers,
             decoder,
             fps,
@@ -348,13 +345,6 @@ class DecodePool:
         return []
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # honours taskset and cgroup cpusets
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _context(start_method: str | None) -> mp.context.BaseContext:
     """forkserver where available, else spawn: never fork a parent that may run torch threads."""
     if start_method is None:
@@ -379,49 +369,6 @@ def start_fork_server() -> None:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
-
-
-def _worker_settings(
-    num_workers: int,
-    decoder: str,
-    fps: Fraction | float | str,
-    max_frames: int | None,
-    frame_transform: FrameTransform | None,
-    chunk_frames: int,
-    extra: tuple[str, ...],
-    decode_threads: int | None,
-    audio: LogMelParams | None,
-) -> WorkerSettings:
-    """What every worker of a pool is started with, checked here so that a bad value fails
-    the caller instead of each worker."""
-    if num_workers < 1:
-        raise ConfigError(f"num_workers must be >= 1, got {num_workers}")
-    if chunk_frames < 1:
-        raise ConfigError(f"chunk_frames must be >= 1, got {chunk_frames}")
-    if max_frames is not None and max_frames < 1:
-        raise ConfigError(f"max_frames must be >= 1 or None, got {max_frames}")
-    for module in extra:  # registers extra decoders here too, so the name is checked now
-        importlib.import_module(module)
-    from vidfeat.decode import DECODERS
-
-    DECODERS.get(decoder).check_available()
-    if decode_threads is None:
-        # Split the cores between the workers: the processes already decode in parallel,
-        # and on 2 cores FFmpeg's own threads cost 8-23% more CPU per frame.
-        decode_threads = max(1, _usable_cpus() // num_workers)
-    if decode_threads < 0:
-        raise ConfigError(f"decode_threads must be >= 0, got {decode_threads}")
-    return WorkerSettings(
-        decoder,
-        str(parse_fps(fps)),
-        max_frames,
-        frame_transform,
-        chunk_frames,
-        extra,
-        decode_threads,
-        audio,
-        tuple(os.environ.items()),
-    )
 
 
 def _kill_all(workers: list[_Worker]) -> None:

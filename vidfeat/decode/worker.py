@@ -19,12 +19,15 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from vidfeat.errors import ConfigError
 from vidfeat.location import is_url, local_copy
+from vidfeat.sampling import parse_fps
 
 if TYPE_CHECKING:
     from vidfeat.audio.decode import AudioExamples
@@ -52,6 +55,57 @@ class WorkerSettings:
     # (perhaps by another pool), which kept the environment of that moment: credentials or
     # endpoints set since then would otherwise never reach a worker. None: keep the server's.
     environ: tuple[tuple[str, str], ...] | None = None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset and cgroup cpusets
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def checked_settings(
+    num_workers: int,
+    decoder: str,
+    fps: Fraction | float | str,
+    max_frames: int | None,
+    frame_transform: FrameTransform | None,
+    chunk_frames: int,
+    extra: tuple[str, ...],
+    decode_threads: int | None,
+    audio: LogMelParams | None,
+) -> WorkerSettings:
+    """What every worker of a pool is started with, checked in the pool's process so that a
+    bad value fails the caller instead of each worker."""
+    if num_workers < 1:
+        raise ConfigError(f"num_workers must be >= 1, got {num_workers}")
+    if chunk_frames < 1:
+        raise ConfigError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"max_frames must be >= 1 or None, got {max_frames}")
+    for module in extra:  # registers extra decoders here too, so the name is checked now
+        importlib.import_module(module)
+    from vidfeat.decode import DECODERS
+
+    DECODERS.get(decoder).check_available()
+    if decode_threads is None:
+        # Split the cores between the workers: the processes already decode in parallel,
+        # and on 2 cores FFmpeg's own threads cost 8-23% more CPU per frame.
+        decode_threads = max(1, usable_cpus() // num_workers)
+    if decode_threads < 0:
+        raise ConfigError(f"decode_threads must be >= 0, got {decode_threads}")
+    return WorkerSettings(
+        decoder,
+        str(parse_fps(fps)),
+        max_frames,
+        frame_transform,
+        chunk_frames,
+        extra,
+        decode_threads,
+        audio,
+        tuple(os.environ.items()),
+    )
 
 
 def _die_with_parent() -> None:
