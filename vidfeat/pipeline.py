@@ -22,7 +22,7 @@ from vidfeat.audio.postprocess import load_vggish_pca
 from vidfeat.backbones.base import BackboneSpec, backbone_provenance
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME
 from vidfeat.config import ExtractConfig, shard_of
-from vidfeat.errors import StoreError
+from vidfeat.errors import StoreError, StoreMismatchError
 from vidfeat.manifest import ManifestEntry, read_manifest
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.store import StoreWriter, create_store, open_store
@@ -168,8 +168,18 @@ def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
 
     if cfg.precision != AUTO_PRECISION:
         return cfg
-    stored = (read_store_attrs(cfg.out, cfg.format) or {}).get("precision")
+    attrs = read_store_attrs(cfg.out, cfg.format) or {}
+    stored = attrs.get("precision")
     if stored is not None:
+        runtime = attrs.get("runtime")
+        if runtime is not None and runtime != cfg.runtime:
+            # Said now, by name: checked later, the store's precision would be refused as
+            # one this runtime cannot run, which the user never asked for.
+            raise StoreMismatchError(
+                f"{cfg.out} was written with different settings; refusing to mix features "
+                f"(use a new output path or the original settings): runtime: store has "
+                f"{runtime!r}, this run has {cfg.runtime!r}"
+            )
         precision, why = str(stored), "as the store was begun"
     elif (device_type := _backbone_device_type(cfg)) is None:
         # The engine's workers pick their devices later (a Ray cluster's GPUs, else CPUs);

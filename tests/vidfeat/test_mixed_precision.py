@@ -127,6 +127,7 @@ def test_a_module_without_a_plan_runs_fp32_under_mixed():
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert resolve_dtype("mixed", torch.device("cpu")) == torch.float32  # audio backbones
+    assert resolve_dtype("int8", torch.device("cpu")) == torch.float32  # with onnxruntime int8
 
 
 def test_auto_settles_to_each_runtimes_default():
@@ -191,3 +192,21 @@ def test_auto_settles_where_the_backbone_runs(tmp_path):
     # Named for the workers; this machine needs no GPU to settle it.
     assert settled(engine="ray", device="cuda") == "fp16"
     assert settled(device="cpu", precision="bf16") == "bf16"
+
+
+def test_auto_resuming_a_store_of_another_runtime_names_the_runtime(tmp_path):
+    # The store's precision (mixed) is one onnxruntime cannot run; the difference the user
+    # made is the runtime, and that is what must be refused by name.
+    from vidfeat import create_store
+    from vidfeat.config import ExtractConfig
+    from vidfeat.errors import StoreMismatchError
+    from vidfeat.pipeline import settle_config_precision
+
+    store = tmp_path / "s.zarr"
+    with create_store(store, dim=2, attrs={"runtime": "eager", "precision": "mixed"}) as w:
+        w.write("v", np.ones((1, 2), np.float32))
+    cfg = ExtractConfig(manifest="m.csv", out=store, device="cpu", runtime="onnxruntime")
+    with pytest.raises(StoreMismatchError, match="runtime: store has 'eager', this run has"):
+        settle_config_precision(cfg)
+    same = ExtractConfig(manifest="m.csv", out=store, device="cpu")  # eager: carries on as begun
+    assert settle_config_precision(same).precision == "mixed"

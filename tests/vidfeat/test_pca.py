@@ -524,3 +524,17 @@ def test_importing_pca_does_not_import_torch() -> None:
     code = "import sys, vidfeat.pca; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_info_names_an_audio_streams_pca_by_its_file(tmp_path: Path) -> None:
+    # --audio-pca records VGGish's own parameters by file and sha256, not as a fitted PCA.
+    from vidfeat.store.info import format_summary, store_summary
+
+    vggish_pca = {"file": "vggish_pca_params.npz", "sha256": "ab" * 32}
+    streams = {"rgb": 4, "audio": {"dim": 2, "attrs": {"pca": vggish_pca}}}
+    path = tmp_path / "s.zarr"
+    with create_store(path, streams=streams) as w:
+        w.write("v", {"rgb": np.ones((2, 4), np.float32), "audio": np.ones((2, 2), np.float32)})
+    text = format_summary(store_summary(path))
+    assert "vggish_pca_params.npz (sha256 abababababababab)" in text
+    assert "None -> None" not in text

@@ -138,6 +138,35 @@ def test_a_failed_conversion_leaves_no_entry(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "damage",
+    [
+        lambda model: model.unlink(),
+        lambda model: model.write_bytes(model.read_bytes()[:3]),
+        lambda model: model.write_bytes(bytes(b ^ 1 for b in model.read_bytes())),  # same size
+    ],
+    ids=["deleted", "truncated", "changed"],
+)
+def test_a_damaged_entry_is_converted_again_never_used(monkeypatch, tmp_path, caplog, damage):
+    monkeypatch.setenv(runtime_cache.CACHE_ENV, str(tmp_path))
+    spec = small_spec()
+    made = []
+
+    def convert(folder):
+        made.append(folder)
+        (folder / "model.onnx").write_bytes(b"converted model bytes")
+
+    entry = runtime_cache.cached_conversion(spec, "onnxruntime", "fp32", convert)
+    damage(entry / "model.onnx")
+    again = runtime_cache.cached_conversion(spec, "onnxruntime", "fp32", convert)
+    assert again == entry and len(made) == 2
+    assert (entry / "model.onnx").read_bytes() == b"converted model bytes"
+    assert "is damaged" in caplog.text and "converting again" in caplog.text
+    runtime_cache.cached_conversion(spec, "onnxruntime", "fp32", convert)
+    assert len(made) == 2  # intact now: used as it is
+    assert [p.name for p in entry.parent.iterdir() if "damaged" in p.name] == []
+
+
+@pytest.mark.parametrize(
     ("runtime", "precision", "match"),
     [
         ("eager", "int8", "does not run precision 'int8' on cpu"),

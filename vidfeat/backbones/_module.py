@@ -22,11 +22,12 @@ CAST_DTYPES: dict[str, torch.dtype] = {
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """Compute dtype of a module that always runs eagerly (the audio backbones): the eager
     runtime's precisions on that device, so one --precision means the same for every stream."""
-    check_runtime(DEFAULT_RUNTIME, device.type, precision)
-    if precision == "mixed":
-        # "mixed" means bf16 only where a backbone's measured plan allows it, and the audio
-        # backbones have no plan: they run fp32.
+    if precision in ("mixed", "int8"):
+        # "mixed" means bf16 only where a backbone's measured plan allows it, and int8 is the
+        # image backbone's ONNX Runtime quantization, calibrated on frames: the audio
+        # backbones have neither, and run fp32.
         return torch.float32
+    check_runtime(DEFAULT_RUNTIME, device.type, precision)
     return CAST_DTYPES[precision]
 
 

@@ -32,7 +32,9 @@ def describe_features(reader: StoreReader, stream: str | None = None) -> dict[st
         "pca": None
         if not pca
         else {
-            k: pca.get(k) for k in ("source", "input_dim", "output_dim", "variance_kept", "sha256")
+            k: pca.get(k)
+            for k in ("source", "input_dim", "output_dim", "variance_kept", "sha256", "file")
+            if k in pca  # an audio stream's PCA (--audio-pca) records its file and sha256
         },
     }
 
@@ -163,6 +165,8 @@ def _stream_lines(streams: dict[str, dict[str, Any]]) -> list[str]:
 def _describe_pca(pca: dict | None) -> str:
     if not pca:
         return "none"
+    if "input_dim" not in pca:  # VGGish's own PCA parameters, recorded by file
+        return f"{pca.get('file')} (sha256 {str(pca.get('sha256'))[:16]})"
     kept = pca.get("variance_kept")
     kept_txt = f", variance kept {kept:.3f}" if isinstance(kept, float) else ""
     return f"{pca.get('source')} {pca.get('input_dim')} -> {pca.get('output_dim')}{kept_txt}"
