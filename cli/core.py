@@ -90,9 +90,11 @@ def describe_os_error(exc: OSError) -> str:
 
 def classify(exc: BaseException) -> tuple[int, str]:
     """The exit code and the one-line message for an exception that ended a command."""
-    from vidfeat.errors import VidfeatError
+    from vidfeat.errors import StoppedAtFailure, VidfeatError
 
     os_error = _os_error_in_chain(exc)
+    if isinstance(exc, StoppedAtFailure):
+        return EXIT_SOME_FAILED, f"stopped at the first failed video (--fail-fast): {exc}"
     if isinstance(exc, VidfeatError):
         message = str(exc) or type(exc).__name__
         if os_error is not None and OS_ERRORS[os_error.errno] not in message:
@@ -236,6 +238,16 @@ def run_command(group: click.Group) -> NoReturn:
 
 
 # ------------------------------------------------------------------------------ logging
+
+
+def interrupt_on_sigterm() -> None:
+    """For the rest of the command, SIGTERM (a scheduler, torchrun, ``kill``) ends it as Ctrl-C
+    does: exit 130 and finished work kept, from the first moment (loading a model can take a
+    while), not only once the long-running part has begun."""
+    from vidfeat.signals import raise_on_sigterm
+
+    undo = raise_on_sigterm(lambda signum: KeyboardInterrupt())
+    click.get_current_context().call_on_close(undo)
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:

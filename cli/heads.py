@@ -24,6 +24,7 @@ from vidfeat_cli.core import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     CliGroup,
+    interrupt_on_sigterm,
     progress_option,
     run_command,
     setup_logging,
@@ -75,6 +76,7 @@ def main(verbose: int, quiet: bool) -> None:
     """
     setup_logging(verbose, quiet)
     keep_freed_memory()  # every command allocates large blocks over and over: vidfeat.allocator
+    interrupt_on_sigterm()
 
 
 # One line per command; the module is imported only when the command is used.

@@ -23,6 +23,7 @@ from vidfeat_cli.core import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     CliGroup,
+    interrupt_on_sigterm,
     progress_option,
     run_command,
     setup_logging,
@@ -58,6 +59,7 @@ def main(verbose: int, quiet: bool) -> None:
     """
     setup_logging(verbose, quiet)
     keep_freed_memory()  # every command allocates large blocks over and over: vidfeat.allocator
+    interrupt_on_sigterm()
     if click.get_current_context().invoked_subcommand == "extract":
         from vidfeat.decode.pool import start_fork_server
 
@@ -302,16 +304,25 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
     ):
         raise ConfigError(f"--out {out} is a file; a Zarr store is a directory")
     summary = run_extract(cfg)
+    earlier = f" ({summary.skipped_failed} of them failed)" if summary.skipped_failed else ""
     click.echo(
-        f"{summary.ok} extracted, {summary.skipped} already done, {summary.failed} failed "
-        f"({summary.frames} frames in {summary.seconds:.1f} s, "
+        f"{summary.ok} extracted, {summary.skipped} already done{earlier}, "
+        f"{summary.failed} failed ({summary.frames} frames in {summary.seconds:.1f} s, "
         f"{summary.frames_per_s:.1f} frames/s) -> {out}"
     )
     if summary.no_audio:
         click.echo(f"  {summary.no_audio} extracted without an audio track (flagged no_audio)")
-    if summary.failed:
-        for vid, status in list(summary.failures.items())[:10]:
-            click.echo(f"  failed: {vid} ({status})", err=True)
+    for vid, status in list(summary.failures.items())[:10]:
+        click.echo(f"  failed: {vid} ({status})", err=True)
+    if summary.failed or summary.skipped_failed:
+        # A job resumed after an interruption still has the failures its first run recorded:
+        # exit 1 means "some videos of this job failed", whichever run recorded them.
+        if summary.skipped_failed:
+            click.echo(
+                f"  {summary.skipped_failed} recorded as failed by an earlier run "
+                "(`vidfeat info` lists them; --retry-failed retries them)",
+                err=True,
+            )
         click.get_current_context().exit(EXIT_SOME_FAILED)
 
 

@@ -33,6 +33,12 @@ class DecodeError(VidfeatError, RuntimeError):
         super().__init__(reason)
 
 
+class StoppedAtFailure(DecodeError):
+    """``--fail-fast`` stopped the job at a video that failed (its failure is recorded): the job
+    ran, and some of it failed, so the command exits as such a job does (1), not as one that
+    could not run."""
+
+
 class WeightsError(VidfeatError, RuntimeError):
     """Backbone weights could not be found or loaded."""
 

@@ -21,7 +21,7 @@ import numpy as np
 from vidfeat.audio.features import AudioFeatures
 from vidfeat.config import ExtractConfig
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
-from vidfeat.errors import DecodeError
+from vidfeat.errors import StoppedAtFailure
 from vidfeat.manifest import ManifestEntry
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.pipeline import ExtractSummary
@@ -82,7 +82,10 @@ class Extraction:
                 self.add(entry)
             # Only full batches are embedded inside the loop: workers keep decoding meanwhile,
             # and the last partial batch is embedded once the pool has drained.
-            for event in pool.map((e.video_id, str(e.path)) for e in todo):
+            jobs = ((e.video_id, str(e.path)) for e in todo)
+            # Idle waits keep the commit timer honest: finished videos wait at most about
+            # commit_seconds for their commit, not for the next video to finish.
+            for event in pool.map(jobs, on_idle=self.writer.commit_if_due):
                 self.handle(event)
                 while self.pending_frames >= self.cfg.batch_size:
                     self.embed_batch()
@@ -229,4 +232,4 @@ class Extraction:
         self.failed_since_update += 1
         log.warning("%s failed (%s): %s", video_id, status, reason)
         if self.cfg.fail_fast:
-            raise DecodeError(f"{video_id}: {reason}", status=status)
+            raise StoppedAtFailure(f"{video_id}: {reason}", status=status)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 class ExtractSummary:
     total: int = 0  # videos in this shard of the manifest
     skipped: int = 0  # already in the store
+    skipped_failed: int = 0  # of those, recorded as failed by an earlier run (not retried)
     ok: int = 0
     failed: int = 0
     frames: int = 0

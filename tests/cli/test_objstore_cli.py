@@ -125,7 +125,8 @@ def test_extract_s3_videos_into_s3_equals_local(s3, make_video, tmp_path: Path) 
     # A rerun resumes (both videos are done, one as a recorded failure); other settings are
     # refused.
     result = invoke(vidfeat_main, "extract", remote, "--out", store, *args)
-    assert result.exit_code == 0 and "2 already done" in result.output, result.output
+    assert result.exit_code == 1, result.output  # "gone" is still a failure of this job
+    assert "2 already done (1 of them failed)" in result.output
     result = invoke(vidfeat_main, "extract", remote, "--out", store, "--fps", "2", *args)
     assert result.exit_code == 2 and "fps: store has '1', this run has '2'" in result.output
 

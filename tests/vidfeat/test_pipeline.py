@@ -137,14 +137,17 @@ def test_rerun_skips_everything_and_other_settings_are_refused(mixed) -> None:
     code, out = run_cli(
         "extract", str(mixed["manifest"]), "--out", str(mixed["store"]), "--device", "cpu"
     )
-    assert code == 0, out
-    assert "0 extracted, 12 already done, 0 failed" in out
+    # Nothing to do, but the job's recorded failures still make its exit code 1.
+    failed = len(mixed["corrupt"])
+    assert code == 1, out
+    assert f"0 extracted, 12 already done ({failed} of them failed), 0 failed" in out
+    assert f"{failed} recorded as failed by an earlier run" in out
     # The same rate spelled otherwise is the same store.
     for same_rate in ("1.0", "1/1"):
         code, out = run_cli(
             "extract", str(mixed["manifest"]), "--out", str(mixed["store"]), "--fps", same_rate
         )
-        assert code == 0 and "12 already done" in out, out
+        assert code == 1 and "12 already done" in out, out
     code, out = run_cli(
         "extract",
         str(mixed["manifest"]),
@@ -254,6 +257,49 @@ def _wait_for_commits(store: Path, n: int, proc: subprocess.Popen, limit_s: floa
                     return len(r.ok_ids)
         time.sleep(0.2)
     raise AssertionError(f"no {n} commits before the job ended: {proc.communicate()}")
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_fail_fast_stops_at_the_first_failure_and_exits_1(tmp_path, make_video) -> None:
+    rows = [("a", make_video("ff_a.mp4", seconds=1.2, fps=10), "x")]
+    rows += [("gone", tmp_path / "nope.mp4", "x")]
+    rows += [(f"z{i}", make_video(f"ff_z{i}.mp4", seconds=1.2, fps=10), "x") for i in range(3)]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    store = tmp_path / "ff.zarr"
+    code, out = run_cli("extract", str(manifest), "--out", str(store), "--fail-fast")
+    assert code == 1, out  # a job that ran and had a failure, not one that could not run
+    assert "stopped at the first failed video (--fail-fast): gone" in out
+    with open_store(store) as r:
+        assert r.videos.set_index("video_id").loc["gone", "status"] == "missing"
+        assert len(r.videos) < len(rows)  # it stopped
+
+
+def test_sigterm_while_the_job_starts_is_an_interrupt(tmp_path, make_video) -> None:
+    # Loading models takes seconds; a scheduler's SIGTERM then must end the job as Ctrl-C
+    # does (exit 130 and its message), not by the default action (exit 143, no word).
+    rows = [("s0", make_video("sigterm_start.mp4", seconds=1.2, fps=10), "x")]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    proc = _extract_proc(manifest, tmp_path / "s.zarr")
+    deadline = time.time() + 60
+    while not _children(proc.pid):  # the decode fork server: the command has begun
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])

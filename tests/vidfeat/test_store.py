@@ -311,6 +311,17 @@ class StoreContract(StreamCases, IntegrityCases):
         assert proc.returncode == 0, err
         self.check_complete(path, 40)
 
+    def test_the_commit_timer_fires_without_a_new_video(self, path: Path) -> None:
+        w = create_store(path, dim=2, format=self.fmt, commit_every=100, commit_seconds=0.2)
+        with w:
+            w.write("a", np.ones((1, 2), np.float32))
+            w.commit_if_due()  # not yet due
+            assert not w.committed_ids()
+            time.sleep(0.3)
+            w.commit_if_due()  # due, and nothing else came
+            with open_store(path) as r:
+                assert r.ok_ids == ["a"]
+
     def test_a_writer_whose_commit_failed_takes_no_more_videos(self, path: Path) -> None:
         # The disk fills mid-commit (a 12 KiB file-size limit), then frees up: the writer that
         # failed must not append after the rows its failed commit left behind.

@@ -150,6 +150,16 @@ def test_hangs_and_crashes_cost_only_their_video(faulty_copies):
         assert outcome(collect(pool)["ok3"]) == "done"
 
 
+def test_idle_waits_call_back_while_every_worker_is_busy(faulty_copies):
+    # A hung video: no event for seconds. The consumer's on_idle runs meanwhile (the extract
+    # loop commits finished videos on time from it), and the hang still times out.
+    paths = faulty_copies("hang")
+    idle = []
+    with DecodePool(1, "faulty", timeout_s=6.0, extra_modules=[HELPERS]) as pool:
+        events = list(pool.map([("hang", paths["hang"])], on_idle=lambda: idle.append(1)))
+    assert outcome(events) == "timeout" and idle
+
+
 def test_slow_consumer_never_causes_a_timeout(clips):
     # ~1 MB frames, one per chunk: the worker blocks on every send while the consumer
     # sleeps twice the timeout between reads; a wall clock per video would fire.

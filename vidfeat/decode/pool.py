@@ -34,7 +34,7 @@ import multiprocessing.connection as mp_connection
 import signal
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -206,9 +206,15 @@ class DecodePool:
         yield from self.map(())
 
     def map(
-        self, jobs: Iterable[tuple[str, str | Path]], max_queued: int | None = None
+        self,
+        jobs: Iterable[tuple[str, str | Path]],
+        max_queued: int | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> Iterator[PoolEvent]:
-        """Submit ``jobs`` lazily, keeping at most ``max_queued`` waiting, and yield all events."""
+        """Submit ``jobs`` lazily, keeping at most ``max_queued`` waiting, and yield all events.
+
+        ``on_idle`` is called whenever a wait (at most ``_MAX_WAIT_S``) brought nothing: the
+        consumer's chance to act on time while every worker is busy on long videos."""
         source = iter(jobs)
         limit = max_queued or 2 * len(self._workers)
         exhausted = False
@@ -222,7 +228,10 @@ class DecodePool:
             if exhausted and not self.unfinished:
                 return
             self._dispatch()
-            yield from self._poll()
+            events = self._poll()
+            if not events and on_idle is not None:
+                on_idle()
+            yield from events
 
     def close(self) -> None:
         """Stop idle workers, kill busy ones, reap all. Safe to call twice."""

@@ -7,20 +7,30 @@ import time
 from vidfeat.config import ExtractConfig
 from vidfeat.engines.base import ENGINES
 from vidfeat.extraction import Extraction
-from vidfeat.pipeline import ExtractSummary, log_resume, prepare, progress_bar
+from vidfeat.pipeline import ExtractJob, ExtractSummary, log_resume, prepare, progress_bar
 from vidfeat.signals import sigterm_as_interrupt
 
 
 @ENGINES.register("local")
 def run_local(cfg: ExtractConfig) -> ExtractSummary:
     """Extract this shard of the manifest into the part ``cfg.part_name``."""
-    job = prepare(cfg)
+    # SIGTERM is Ctrl-C from the start (loading models can take a while), and the handler is
+    # entered before the writer so it still covers the writer's final commit.
+    with sigterm_as_interrupt():
+        job = prepare(cfg)
+        return _run(cfg, job)
+
+
+def _run(cfg: ExtractConfig, job: ExtractJob) -> ExtractSummary:
     summary = job.summary
-    # The SIGTERM handler is entered first so it still covers the writer's final commit.
-    with sigterm_as_interrupt(), job.open_writer(cfg.part_name) as writer:
-        done = writer.committed_ids("ok" if cfg.retry_failed else "any")
+    with job.open_writer(cfg.part_name) as writer:
+        ok = writer.committed_ids("ok")
+        done = ok if cfg.retry_failed else writer.committed_ids("any")
         todo = [e for e in job.entries if e.video_id not in done]
         summary.skipped = len(job.entries) - len(todo)
+        summary.skipped_failed = sum(
+            e.video_id in done and e.video_id not in ok for e in job.entries
+        )
         log_resume(summary, cfg.out)
         extraction = Extraction(cfg, job.backbone, job.reduction, writer, summary, job.audio)
         summary.setup_s = time.monotonic() - job.started

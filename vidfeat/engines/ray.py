@@ -62,19 +62,21 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
-def _done_ids(cfg: ExtractConfig) -> set[str]:
-    """Videos already in the store (ok ones only with --retry-failed)."""
+def _done_ids(cfg: ExtractConfig) -> tuple[set[str], set[str]]:
+    """Videos already in the store (ok ones only with --retry-failed), and of those the ones
+    recorded as failed."""
     from vidfeat.store import open_store
 
     try:
         reader = open_store(cfg.out, cfg.format)
     except StoreError:
-        return set()
+        return set(), set()
     with reader:
         videos = reader.videos
         if cfg.retry_failed:
             videos = videos[videos["status"] == "ok"]
-        return set(videos["video_id"])
+        failed = set(videos.loc[videos["status"] != "ok", "video_id"])
+        return set(videos["video_id"]), failed
 
 
 def _absolute_paths(cfg: ExtractConfig) -> ExtractConfig:
@@ -109,9 +111,10 @@ def run_ray(cfg: ExtractConfig) -> Any:
     audio_front = None if job.audio is None else job.audio.backbone.spec.front_end
     job.audio = None
     check_store(cfg.out, **job.store_settings)  # refuse other settings before starting
-    done = _done_ids(cfg)
+    done, failed_before = _done_ids(cfg)
     todo = [e for e in job.entries if e.video_id not in done]
     job.summary.skipped = len(job.entries) - len(todo)
+    job.summary.skipped_failed = sum(e.video_id in failed_before for e in job.entries)
     log_resume(job.summary, cfg.out)
     started_ray = _connect(ray, cfg.ray_address)
     try:

@@ -238,6 +238,12 @@ class StoreWriter:
         if len(self._pending) >= self.commit_every or due:
             self.flush()
 
+    def commit_if_due(self) -> None:
+        """Commit what is queued once ``commit_seconds`` have passed since the last commit, even
+        when no new video comes to trigger it (a job whose workers are all on long videos)."""
+        if self._pending and time.monotonic() - self._last_commit >= self.commit_seconds:
+            self.flush()
+
     def flush(self) -> None:
         """Commit everything queued so far."""
         if not self._pending:
