@@ -312,12 +312,12 @@ class StoreContract(StreamCases, IntegrityCases):
         self.check_complete(path, 40)
 
     def test_the_commit_timer_fires_without_a_new_video(self, path: Path) -> None:
-        w = create_store(path, dim=2, format=self.fmt, commit_every=100, commit_seconds=0.2)
+        w = create_store(path, dim=2, format=self.fmt, commit_every=100, commit_seconds=1.5)
         with w:
             w.write("a", np.ones((1, 2), np.float32))
             w.commit_if_due()  # not yet due
             assert not w.committed_ids()
-            time.sleep(0.3)
+            time.sleep(1.6)
             w.commit_if_due()  # due, and nothing else came
             with open_store(path) as r:
                 assert r.ok_ids == ["a"]
