@@ -263,16 +263,15 @@ def check_training_target(device: str, out: Path) -> None:
 
 @contextlib.contextmanager
 def training_session(device: str, out: Path, resume_step: str) -> Iterator[bool]:
-    """Around a command that trains into ``out``: SIGTERM as Ctrl-C, the process group when
-    torchrun started this process (:mod:`heads.distributed`), and ``removed_on_failure(out)``
-    on rank 0, the only rank that writes. Yields whether this process is rank 0 (the one to
-    print results). Interrupted after a checkpoint, the message says ``resume_step``."""
+    """Around a command that trains into ``out``: the process group when torchrun started this
+    process (:mod:`heads.distributed`), and ``removed_on_failure(out)`` on rank 0, the only
+    rank that writes. Yields whether this process is rank 0 (the one to print results).
+    Interrupted (Ctrl-C, or SIGTERM: see ``interrupt_on_sigterm``) after a checkpoint, the
+    message says ``resume_step``."""
     from heads.distributed import session
-    from vidfeat.signals import sigterm_as_interrupt
     from vidfeat_cli.core import Interrupted
 
-    # Schedulers (Slurm, torchrun on a failed rank) stop jobs with SIGTERM.
-    with sigterm_as_interrupt(), session(device) as world:
+    with session(device) as world:
         cleanup = removed_on_failure(out) if world.is_main else contextlib.nullcontext()
         try:
             with cleanup:

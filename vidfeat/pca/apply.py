@@ -100,14 +100,7 @@ def _parent_block(src_path: str | os.PathLike, reader: StoreReader, stream: str)
 
 def _stream_specs(reader: StoreReader, stream: str, reduction: FeatureReduction) -> dict:
     """Every stream of the parent, ``stream`` as the reduction makes it, the others as stored."""
-    specs = {}
-    for name, spec in reader.streams.items():
-        specs[name] = {
-            "dim": spec.dim,
-            "dtype": str(np.dtype(spec.dtype)),
-            "quantization": spec.quantization,
-            "attrs": spec.attrs,
-        }
+    specs = {name: spec.to_json() for name, spec in reader.streams.items()}
     specs[stream] |= {
         "dim": reduction.output_dim(reader.streams[stream].dim),
         "dtype": reduction.dtype or "float32",

@@ -162,9 +162,14 @@ def _chunk_crcs(ds: h5py.Dataset) -> np.ndarray | None:
     return ds.attrs[CHUNK_CRC_ATTR]
 
 
+def _chunk_at(ds: h5py.Dataset, row: int) -> tuple[int, ...]:
+    """The coordinates of the chunk that starts at ``row`` (chunked along rows only)."""
+    return (row,) + (0,) * (ds.ndim - 1)
+
+
 def _stored_crc(ds: h5py.Dataset, row: int) -> int:
     """CRC32C of the stored (filtered) bytes of the chunk that starts at ``row``."""
-    _mask, raw = ds.id.read_direct_chunk((row,) + (0,) * (ds.ndim - 1))
+    _mask, raw = ds.id.read_direct_chunk(_chunk_at(ds, row))
     return google_crc32c.value(bytes(raw))
 
 
@@ -253,7 +258,7 @@ class HDF5PartReader(PartReader):
         """Every chunk under rows [start, stop) must be stored: a segment is written whole,
         and HDF5 would read an absent chunk as fill values."""
         for row in self._chunk_starts(ds, start, stop):
-            info = ds.id.get_chunk_info_by_coord((row,) + (0,) * (ds.ndim - 1))
+            info = ds.id.get_chunk_info_by_coord(_chunk_at(ds, row))
             if info.byte_offset is None:
                 end = min(row + ds.chunks[0], ds.shape[0])
                 raise self._fail(array, f"chunk under rows {row}:{end} missing")
@@ -269,11 +274,13 @@ class HDF5PartReader(PartReader):
     def read_rows(self, array: str, start: int, stop: int) -> np.ndarray:
         ds = self._dataset(array)
         try:
-            if ds.chunks is not None and stop > start:
-                self._check_allocated(array, ds, start, stop)
             if array not in self._crcs:
                 self._crcs[array] = _chunk_crcs(ds)
             crcs = self._crcs[array]
+            # Segments with chunk checksums have checksummed chunk indexes too: a chunk cannot
+            # go missing there without an error. Older ones are looked up chunk by chunk.
+            if crcs is None and ds.chunks is not None and stop > start:
+                self._check_allocated(array, ds, start, stop)
             if crcs is not None:
                 rows = self._read_checked(array, ds, crcs, start, stop)
             elif ds.dtype.kind != "S" and h5py.check_string_dtype(ds.dtype) is not None:
@@ -302,7 +309,7 @@ class HDF5PartReader(PartReader):
         out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
         for row in self._chunk_starts(ds, start, stop):
             index = row // step
-            mask, raw = ds.id.read_direct_chunk((row,) + (0,) * (ds.ndim - 1))
+            mask, raw = ds.id.read_direct_chunk(_chunk_at(ds, row))
             if mask or index >= len(crcs) or google_crc32c.value(raw) != int(crcs[index]):
                 end = min(row + step, ds.shape[0])
                 raise self._fail(array, f"chunk under rows {row}:{end} fails its CRC32C checksum")

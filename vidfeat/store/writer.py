@@ -234,14 +234,17 @@ class StoreWriter:
     def _queue(self, record: VideoRecord) -> None:
         self._pending.append(record)
         self._claim.keep_alive()
-        due = time.monotonic() - self._last_commit >= self.commit_seconds
-        if len(self._pending) >= self.commit_every or due:
+        if len(self._pending) >= self.commit_every or self._due:
             self.flush()
+
+    @property
+    def _due(self) -> bool:
+        return time.monotonic() - self._last_commit >= self.commit_seconds
 
     def commit_if_due(self) -> None:
         """Commit what is queued once ``commit_seconds`` have passed since the last commit, even
         when no new video comes to trigger it (a job whose workers are all on long videos)."""
-        if self._pending and time.monotonic() - self._last_commit >= self.commit_seconds:
+        if self._pending and self._due:
             self.flush()
 
     def flush(self) -> None:
