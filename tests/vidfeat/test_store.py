@@ -24,7 +24,7 @@ from vidfeat.errors import (
     VideoNotFoundError,
 )
 from vidfeat.pca.quantize import dequantize, quantization_attrs, quantize
-from vidfeat.store.verify import verify_store
+from vidfeat.store.verify import format_report, verify_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,6 +116,10 @@ class StoreContract(StreamCases, IntegrityCases):
         with open_store(path) as r:
             assert len(r.videos) == 1 and r.videos["status"].tolist() == ["ok"]
             np.testing.assert_array_equal(r.read("v"), np.full((3, 4), 2.0))
+        # verify counts videos as the reader does, and names the extra table row.
+        report = verify_store(path)
+        assert report.ok and (report.videos, report.rows) == (1, 2), report
+        assert "1 video(s) (2 table rows)" in format_report(report)
 
     def test_float16_and_uint8_storage(self, tmp_path: Path) -> None:
         x = np.random.default_rng(1).uniform(-2.5, 2.5, (6, 16)).astype(np.float32)

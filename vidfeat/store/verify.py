@@ -43,7 +43,8 @@ class VerifyReport:
     schema_version: int
     checksummed: bool
     parts: int = 0
-    videos: int = 0
+    videos: int = 0  # distinct video ids, as `vidfeat info` counts them
+    rows: int = 0  # table rows: more than videos where a retried video kept its failed attempt
     chunks_read: int = 0
     problems: list[Problem] = dataclasses.field(default_factory=list)
 
@@ -76,7 +77,7 @@ class _PartCheck:
         for array in part_arrays(self.meta):
             self._scan(array)
         self._check_table()
-        self.report.videos += 0 if self.ids is None else len(self.ids)
+        self.report.rows += 0 if self.ids is None else len(self.ids)
 
     def _column(self, name: str) -> np.ndarray | None:
         try:
@@ -158,17 +159,21 @@ def verify_store(path: str | os.PathLike, format: str | None = None) -> VerifyRe
     meta = backend.read_meta()
     check_readable(meta, backend.path, action="verifies")
     report = VerifyReport(str(backend.path), backend.name, meta.schema_version, meta.checksummed)
+    ids: set[str] = set()
     try:
         for part in backend.iter_parts(meta):
             report.parts += 1
+            check = _PartCheck(part, meta, report)
             try:
-                _PartCheck(part, meta, report).run()
+                check.run()
             finally:
                 part.close()
+            ids.update(str(v) for v in (() if check.ids is None else check.ids))
     except StoreIntegrityError as exc:  # a part that cannot even be listed or opened
         report.problems.append(Problem(exc.part, exc.array, exc.detail))
     finally:
         backend.close()
+        report.videos = len(ids)
     return report
 
 
@@ -176,8 +181,9 @@ def format_report(report: VerifyReport) -> str:
     lines = [str(p) for p in report.problems]
     state = "clean" if report.ok else f"{len(report.problems)} problem(s)"
     checks = "checksums and tables" if report.checksummed else "tables only (schema 1: unverified)"
+    rows = f" ({report.rows} table rows)" if report.rows != report.videos else ""
     lines.append(
-        f"{report.path}: {state}; {report.videos} videos in {report.parts} part(s), "
+        f"{report.path}: {state}; {report.videos} video(s){rows} in {report.parts} part(s), "
         f"{report.chunks_read} chunks read, {checks}"
     )
     return "\n".join(lines)
