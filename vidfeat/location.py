@@ -143,11 +143,15 @@ def put_exclusive(fs: Any, path: str, data: bytes) -> bool:
 def local_copy(url: str, max_bytes: int = MAX_FETCH_BYTES) -> Iterator[Path]:
     """A temporary local copy of the object at ``url``, removed on exit.
 
-    Raises ``FileNotFoundError`` for a missing object and ``OSError`` for one over ``max_bytes``.
+    Raises ``FileNotFoundError`` for a missing object, ``IsADirectoryError`` for a prefix (which
+    would otherwise read as an empty file) and ``OSError`` for one over ``max_bytes``.
     """
     remote = RemotePath(url)
     fs, path = remote.filesystem()
-    size = fs.size(path)
+    info = fs.info(path)
+    if info.get("type") == "directory":
+        raise IsADirectoryError(f"{url} is a prefix (a directory), not a video object")
+    size = info.get("size")
     if size is not None and size > max_bytes:
         raise OSError(f"{remote.name} is {size} bytes, over the {max_bytes}-byte fetch limit")
     fd, tmp = tempfile.mkstemp(prefix="vidfeat-", suffix=remote.suffix)

@@ -106,12 +106,16 @@ def test_extract_s3_videos_into_s3_equals_local(s3, make_video, tmp_path: Path) 
     local = write_manifest(tmp_path / "local.csv", [("clip", str(clip), "a")])
     remote = write_manifest(
         tmp_path / "remote.csv",
-        [("clip", f"{bucket}/videos/clip.mp4", "a"), ("gone", f"{bucket}/videos/gone.mp4", "a")],
+        [
+            ("clip", f"{bucket}/videos/clip.mp4", "a"),
+            ("gone", f"{bucket}/videos/gone.mp4", "a"),
+            ("folder", f"{bucket}/videos", "a"),  # a prefix reads as an empty object
+        ],
     )
     store, local_store = f"{bucket}/feats.zarr", tmp_path / "feats.zarr"
     args = ("--device", "cpu", "--no-progress", "--timeout", "120")
     result = invoke(vidfeat_main, "-v", "extract", remote, "--out", store, *args)
-    assert result.exit_code == 1, result.output  # "gone" failed, and was recorded
+    assert result.exit_code == 1, result.output  # "gone" and "folder" failed, recorded
     assert "DEBUG" in result.output  # debug logs were on, and hold no secret
     assert_no_secret(store, result.output)
     result = invoke(vidfeat_main, "extract", local, "--out", local_store, *args)
@@ -120,13 +124,15 @@ def test_extract_s3_videos_into_s3_equals_local(s3, make_video, tmp_path: Path) 
         assert r.ok_ids == ["clip"]
         gone = r.videos.set_index("video_id").loc["gone"]
         assert gone["status"] == "missing" and gone["source_path"].startswith("s3://")
+        folder = r.videos.set_index("video_id").loc["folder"]
+        assert folder["status"] == "not_video" and "is a prefix" in folder["reason"], folder
         np.testing.assert_array_equal(r.read("clip"), lr.read("clip"))
         np.testing.assert_array_equal(r.timestamps("clip"), lr.timestamps("clip"))
-    # A rerun resumes (both videos are done, one as a recorded failure); other settings are
+    # A rerun resumes (every video is done, two as recorded failures); other settings are
     # refused.
     result = invoke(vidfeat_main, "extract", remote, "--out", store, *args)
     assert result.exit_code == 1, result.output  # "gone" is still a failure of this job
-    assert "2 already done (1 of them failed)" in result.output
+    assert "3 already done (2 of them failed)" in result.output
     result = invoke(vidfeat_main, "extract", remote, "--out", store, "--fps", "2", *args)
     assert result.exit_code == 2 and "fps: store has '1', this run has '2'" in result.output
 

@@ -186,6 +186,8 @@ def _fetch_failure(exc: OSError) -> tuple[str, str]:
     """(status, reason) of a URL whose object could not be fetched."""
     if isinstance(exc, FileNotFoundError):
         return "missing", "the object does not exist"
+    if isinstance(exc, IsADirectoryError):
+        return "not_video", str(exc)
     return "unreadable", f"could not fetch the video: {type(exc).__name__}: {exc}"
 
 
