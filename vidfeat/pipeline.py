@@ -111,6 +111,23 @@ class ExtractJob:
             self.cfg.out, **self.store_settings, part=part, commit_every=self.cfg.commit_every
         )
 
+    def resume(self, done: set[str], failed: set[str]) -> list[ManifestEntry]:
+        """The entries still to extract, given the store's ``done`` ids (``failed``: those of
+        them recorded as failures, not retried); counts the rest in the summary and logs it."""
+        todo = [e for e in self.entries if e.video_id not in done]
+        self.summary.skipped = len(self.entries) - len(todo)
+        self.summary.skipped_failed = sum(
+            e.video_id in done and e.video_id in failed for e in self.entries
+        )
+        if self.summary.skipped:
+            log.info(
+                "resuming: %d of %d videos already in %s",
+                self.summary.skipped,
+                self.summary.total,
+                self.cfg.out,
+            )
+        return todo
+
 
 def prepare(
     cfg: ExtractConfig,
@@ -204,11 +221,6 @@ def _backbone_device_type(cfg: ExtractConfig) -> str | None:
     if cfg.device == "auto":
         return None
     return "cuda" if cfg.device.startswith("cuda") else "cpu"
-
-
-def log_resume(summary: ExtractSummary, out: object) -> None:
-    if summary.skipped:
-        log.info("resuming: %d of %d videos already in %s", summary.skipped, summary.total, out)
 
 
 def audio_features(cfg: ExtractConfig, device: str, precision: str) -> AudioFeatures | None:

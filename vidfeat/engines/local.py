@@ -7,7 +7,7 @@ import time
 from vidfeat.config import ExtractConfig
 from vidfeat.engines.base import ENGINES
 from vidfeat.extraction import Extraction
-from vidfeat.pipeline import ExtractJob, ExtractSummary, log_resume, prepare, progress_bar
+from vidfeat.pipeline import ExtractJob, ExtractSummary, prepare, progress_bar
 from vidfeat.signals import sigterm_as_interrupt
 
 
@@ -26,12 +26,7 @@ def _run(cfg: ExtractConfig, job: ExtractJob) -> ExtractSummary:
     with job.open_writer(cfg.part_name) as writer:
         ok = writer.committed_ids("ok")
         done = ok if cfg.retry_failed else writer.committed_ids("any")
-        todo = [e for e in job.entries if e.video_id not in done]
-        summary.skipped = len(job.entries) - len(todo)
-        summary.skipped_failed = sum(
-            e.video_id in done and e.video_id not in ok for e in job.entries
-        )
-        log_resume(summary, cfg.out)
+        todo = job.resume(done, done - ok)
         extraction = Extraction(cfg, job.backbone, job.reduction, writer, summary, job.audio)
         summary.setup_s = time.monotonic() - job.started
         with progress_bar(len(todo), cfg.progress) as progress:

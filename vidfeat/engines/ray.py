@@ -98,7 +98,7 @@ def _absolute(location: Location) -> Location:
 @ENGINES.register("ray")
 def run_ray(cfg: ExtractConfig) -> Any:
     """Extract this shard of the manifest on a Ray cluster."""
-    from vidfeat.pipeline import log_resume, prepare, progress_bar
+    from vidfeat.pipeline import prepare, progress_bar
     from vidfeat.signals import sigterm_as_interrupt
     from vidfeat.store import check_store
 
@@ -111,11 +111,7 @@ def run_ray(cfg: ExtractConfig) -> Any:
     audio_front = None if job.audio is None else job.audio.backbone.spec.front_end
     job.audio = None
     check_store(cfg.out, **job.store_settings)  # refuse other settings before starting
-    done, failed_before = _done_ids(cfg)
-    todo = [e for e in job.entries if e.video_id not in done]
-    job.summary.skipped = len(job.entries) - len(todo)
-    job.summary.skipped_failed = sum(e.video_id in failed_before for e in job.entries)
-    log_resume(job.summary, cfg.out)
+    todo = job.resume(*_done_ids(cfg))
     started_ray = _connect(ray, cfg.ray_address)
     try:
         with sigterm_as_interrupt(), progress_bar(len(todo), cfg.progress) as bar:
