@@ -538,3 +538,22 @@ def test_info_names_an_audio_streams_pca_by_its_file(tmp_path: Path) -> None:
     text = format_summary(store_summary(path))
     assert "vggish_pca_params.npz (sha256 abababababababab)" in text
     assert "None -> None" not in text
+
+
+def test_apply_keeps_the_no_audio_note_of_the_copied_audio_stream(tmp_path: Path) -> None:
+    # An ok video without an audio track has zeros in its audio stream and reason "no_audio";
+    # without the note, a reduced store would pass those zeros off as heard silence.
+    src, out = tmp_path / "src.zarr", tmp_path / "out.zarr"
+    rgb = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    with create_store(src, streams={"rgb": 4, "audio": 2}) as w:
+        for i, note in enumerate(["", "no_audio"]):
+            audio = np.full((6, 2), 0.0 if note else 1.0, np.float32)
+            w.write(f"v{i}", {"rgb": rgb[6 * i : 6 * i + 6], "audio": audio}, note=note)
+    pca = PCATransform(
+        mean=np.zeros(4), components=np.eye(4)[:2], eigenvalues=np.ones(2), source="fitted"
+    )
+    apply_pca_to_store(src, pca, out, stream="rgb")
+    with open_store(src) as a, open_store(out) as b:
+        for table in (a.videos, b.videos):
+            assert table.set_index("video_id")["reason"].to_dict() == {"v0": "", "v1": "no_audio"}
+        np.testing.assert_array_equal(b.read("v1", "audio"), a.read("v1", "audio"))

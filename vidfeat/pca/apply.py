@@ -181,8 +181,15 @@ def _copy_videos(
                 others = [name for name in reader.streams if name != stream]
                 values = {**reader.read_streams(vid, others, raw=True), stream: out}
                 features = values if others else out
+                # An ok row's reason is its note (``no_audio``): the copied audio stream's
+                # zeros mean "no track" only with it.
                 writer.write(
-                    vid, features, labels=row["labels"], timestamps=reader.timestamps(vid), **info
+                    vid,
+                    features,
+                    labels=row["labels"],
+                    timestamps=reader.timestamps(vid),
+                    note=row["reason"],
+                    **info,
                 )
                 counts["written"] += 1
                 counts["frames"] += len(out)
