@@ -388,6 +388,28 @@ class TestZarrStore(StoreContract):
         meta = path / "parts" / "main" / "zarr.json"
         meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
 
+    def test_an_array_rewritten_without_checksums_is_refused(self, path: Path) -> None:
+        # Another tool may rewrite an array with its own codecs: the store still says schema
+        # 2, but a damaged chunk of that array would read back as plausible numbers.
+        import zarr
+
+        self.write_some(path)
+        where = path / "parts" / "main" / "streams" / "rgb"
+        old = zarr.open_array(where / "features", mode="r")[:]
+        plain = zarr.open_group(where).create_array(
+            "features",
+            shape=old.shape,
+            chunks=(64, 8),
+            dtype="float32",
+            compressors=None,
+            overwrite=True,
+        )
+        plain[:] = old
+        with open_store(path) as r, pytest.raises(StoreIntegrityError, match="no CRC32C"):
+            r.read("v0")
+        report = verify_store(path)
+        assert not report.ok and "no CRC32C" in str(report.problems[0]), report
+
 
 class TestHDF5Store(StoreContract):
     fmt = "hdf5"

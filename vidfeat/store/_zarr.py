@@ -210,6 +210,10 @@ class ZarrPartReader(PartReader):
                 raise self._fail(name, "expected an array, found a group")
             if arr.shape[0] < self.rows(name):
                 raise self._fail(name, f"{arr.shape[0]} rows, but {self.rows(name)} are committed")
+            codecs = arr.metadata.codecs
+            if self.meta.checksummed and not (codecs and isinstance(codecs[-1], Crc32cCodec)):
+                # Rewritten by another tool: nothing would catch a damaged chunk of it.
+                raise self._fail(name, "its chunks carry no CRC32C, which schema 2 requires")
             self._arrays[name] = arr
         return self._arrays[name]
 
