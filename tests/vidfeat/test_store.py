@@ -141,6 +141,12 @@ class StoreContract(StreamCases, IntegrityCases):
             np.testing.assert_array_equal(r.read("a"), dequantize(quantize(x)))
             assert r.quantization == {"scheme": "yt8m_uint8", "min": -2.0, "max": 2.0}
             np.testing.assert_allclose(r.mean("a"), dequantize(quantize(x)).mean(0), rtol=1e-6)
+        # A scheme readers do not know would be read with YouTube-8M's formula regardless.
+        q = {**quantization_attrs(), "scheme": "linear_uint8"}
+        with pytest.raises(ConfigError, match="unknown quantization scheme 'linear_uint8'"):
+            create_store(
+                tmp_path / f"q{self.suffix}", dim=16, format=self.fmt, dtype="uint8", quantization=q
+            )
 
     def test_resume_appends_and_refuses_duplicates(self, path: Path) -> None:
         self.write_some(path, n=2)
@@ -433,6 +439,18 @@ class TestHDF5Store(StoreContract):
 
     def part_files(self, path: Path) -> list[Path]:
         return sorted(path.with_name(path.name + ".parts").glob("main.*.h5"))
+
+    def test_string_columns_are_typed_utf8(self, path: Path) -> None:
+        # Typed ASCII, a non-ASCII id would fail in tools that decode by the declared type.
+        import h5py
+
+        with create_store(path, dim=2, format=self.fmt) as w:
+            w.write("café 日本", np.ones((1, 2)), labels=["naïve"])
+        with h5py.File(self.part_files(path)[0], "r") as f:
+            assert f["video_id"].asstr()[:].tolist() == ["café 日本"]
+            assert f["labels"].asstr()[:].tolist() == ["naïve"]
+        with open_store(path) as r:
+            assert r.ok_ids == ["café 日本"] and r.labels("café 日本") == ("naïve",)
 
     def test_a_chunk_zeroed_with_its_checksum_is_an_error(self, path: Path) -> None:
         # fletcher32 sums zero bytes to 0, so HDF5 alone reads such a chunk back as zeros.

@@ -190,7 +190,9 @@ class _SegmentBuilder:
             return
         if data.dtype == object:
             data = np.array([str(x).encode("utf-8") for x in data], dtype=bytes)
-            data = data.astype(f"S{max(1, data.dtype.itemsize)}")
+            # Typed as UTF-8: numpy's S alone is typed ASCII, which tools that trust the type,
+            # such as h5py's .asstr(), refuse to decode when a value is not ASCII.
+            data = data.astype(h5py.string_dtype("utf-8", max(1, data.dtype.itemsize)))
         kwargs = {}
         if len(data):  # HDF5 chunks must fit the data; an empty dataset has nothing to check
             kwargs = {"chunks": (min(chunk_rows, len(data)), *data.shape[1:]), "fletcher32": True}

@@ -21,6 +21,10 @@ import numpy as np
 from vidfeat.errors import ConfigError, StoreError, StoreMismatchError
 from vidfeat.sampling import format_fps
 
+# uint8 schemes readers know, all read with YouTube-8M's dequantization formula (they differ in
+# how writers round: yt8m_uint8 half-to-even, vggish_uint8 down).
+QUANTIZATION_SCHEMES = ("yt8m_uint8", "vggish_uint8")
+
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 DEFAULT_STREAM = "rgb"
@@ -174,6 +178,13 @@ def parse_stream(name: str, value: int | Mapping[str, Any], level: str) -> Strea
         )
     if quant is not None and not {"scheme", "min", "max"} <= set(quant):
         raise ConfigError(f"stream {name!r}: quantization needs 'scheme', 'min' and 'max'")
+    if quant is not None and quant["scheme"] not in QUANTIZATION_SCHEMES:
+        # Readers apply YouTube-8M's formula to every scheme they know; another scheme's codes
+        # would read back as plausible but wrong numbers.
+        raise ConfigError(
+            f"stream {name!r}: unknown quantization scheme {quant['scheme']!r} "
+            f"(known: {', '.join(QUANTIZATION_SCHEMES)})"
+        )
     if level == "video" and dtype != "float32":
         raise ConfigError(f"stream {name!r}: video-level streams are stored as float32")
     return StreamSpec(
