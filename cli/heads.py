@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -376,14 +375,9 @@ def predict(
         num_workers=num_workers,
         device=device,
     )
-    if out is None:
-        if fmt == "jsonl":
-            table.to_json(sys.stdout, orient="records", lines=True)
-        else:
-            table.to_csv(sys.stdout, index=False)
-        return
     pr.write_table(table, out, fmt)
-    click.echo(f"{len(table)} rows -> {out}", err=True)
+    if out is not None:
+        click.echo(f"{len(table)} rows -> {out}", err=True)
 
 
 def run() -> None:

@@ -79,13 +79,12 @@ def report(runs: tuple[Path, ...], out: Path | None, fmt: str, dpi: int) -> None
       heads report runs/bilstm
       heads report runs/bilstm runs/gru runs/bof --out report/
     """
-    from heads import checkpoint as ck
-    from heads.report import write_report
+    from heads.report import RUN_FILES, write_report
 
     for run in runs:
-        if not (run / ck.CONFIG).is_file():
-            what = "does not exist" if not run.exists() else f"has no {ck.CONFIG}"
-            raise ConfigError(f"{run} is not a heads run directory ({what})")
+        if not any((run / name).is_file() for name in RUN_FILES):
+            what = "does not exist" if not run.exists() else f"has none of {', '.join(RUN_FILES)}"
+            raise ConfigError(f"{run} is neither a heads run nor an ensemble ({what})")
     if out is None:
         out = runs[0] / "report" if len(runs) == 1 else Path("report")
     with removed_on_failure(out, keep=()):

@@ -14,6 +14,7 @@ torch is imported by the functions that need it, so the file names and JSON reco
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pickle
@@ -24,6 +25,8 @@ from typing import Any
 from heads.errors import CheckpointError, RunExistsError
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 BEST, LAST = "best.pt", "last.pt"
@@ -74,6 +77,32 @@ def read_json(path: str | Path) -> Any:
 def write_jsonl(path: str | Path, records: list[dict]) -> None:
     text = "".join(json.dumps(_json_safe(r)) + "\n" for r in records)
     atomic.write_text(path, text)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file such as ``metrics.jsonl``, in order ([] if there is no
+    file). A torn last line (a run killed mid-write) is skipped with a warning; any other
+    unreadable line is a ``CheckpointError`` naming it."""
+    path = Path(path)
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1:
+                log.warning("%s: ignoring unreadable last line", path)
+                continue
+            raise CheckpointError(f"{path}:{i + 1}: invalid JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path}:{i + 1}: expected a JSON object")
+        records.append(record)
+    return records
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

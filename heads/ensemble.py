@@ -27,7 +27,7 @@ from heads import checkpoint as ck
 from heads.errors import CheckpointError, RunExistsError
 from heads.labels import LabelMap, multilabel_loss
 from heads.metrics import evaluate_all
-from heads.predictions import format_top_k, vocabulary_indices, write_predictions
+from heads.predictions import format_yt8m_pairs, vocabulary_indices, write_predictions
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
 
@@ -52,7 +52,9 @@ def load_member(run_dir: str | Path) -> Member:
     run_dir = Path(run_dir)
     path = run_dir / f"{ck.TEST_PREDICTIONS}.npz"
     if not path.is_file():
-        raise CheckpointError(f"{path} not found: has the run in {run_dir} finished?")
+        finished = (run_dir / ck.TEST_METRICS).is_file()
+        why = "its test split was empty" if finished else f"has the run in {run_dir} finished?"
+        raise CheckpointError(f"{path} not found: {why}")
     try:
         with np.load(path, allow_pickle=False) as data:
             ids, scores, labels = data["video_id"], data["scores"], data["labels"]
@@ -81,11 +83,7 @@ def _trained_loss(run_dir: Path) -> str:
 
 def _best_val_gap(run_dir: Path) -> float | None:
     """val_gap_at_20 of the last improving evaluation in metrics.jsonl (the best checkpoint)."""
-    try:
-        lines = (run_dir / ck.METRICS).read_text().splitlines()
-    except OSError:
-        return None
-    best = [r for r in map(json.loads, lines) if r.get("improved")]
+    best = [r for r in ck.read_jsonl(run_dir / ck.METRICS) if r.get("improved")]
     return best[-1].get("val_gap_at_20") if best else None
 
 
@@ -177,6 +175,7 @@ def ensemble_runs(
         "member_gap_at_20": [float(evaluate_all(m.scores, m.labels)["gap_at_20"]) for m in members],
     }
     out.mkdir(parents=True, exist_ok=True)
+    ck.write_json(out / ck.LABEL_MAP, first.label_map.to_dict())  # what heads report reads
     ck.write_json(out / ck.TEST_METRICS, metrics)
     stem = out / ck.TEST_PREDICTIONS
     write_predictions(stem, first.video_ids, scores, first.labels, first.label_map)
@@ -210,6 +209,6 @@ def _write_yt8m(
         log.warning("%s not written: %s", path.name, exc)
         return
     k = min(20, len(names))
-    pairs = [format_top_k(s, names, k, sep=" ") for s in scores]
+    pairs = [format_yt8m_pairs(s, names, k) for s in scores]
     with atomic.atomic_open(path, "w", newline="") as fh:
         pd.DataFrame({"VideoId": video_ids, "LabelConfidencePairs": pairs}).to_csv(fh, index=False)

@@ -4,7 +4,10 @@ takes plain values (names, records, arrays) and writes one file atomically."""
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,20 @@ DPI = 150
 MAX_PR_PANELS = 16  # per-class precision-recall panels (classes with most positives first)
 MAX_TICK_CLASSES = 50  # confusion axes name classes up to this many
 MAX_ANNOTATED_CLASSES = 20  # confusion cells print their value up to this many
+
+
+def _plain_text(plot: Callable[..., None]) -> Callable[..., None]:
+    """Draw ``plot``'s figure with class and run names as plain text: matplotlib would read a
+    label such as ``US$ 5 $bill`` as mathtext (and fail on ``$\\x$``). A name in a script the
+    font lacks (CJK) draws as boxes, without matplotlib's warning per missing glyph."""
+
+    @functools.wraps(plot)
+    def draw(*args: Any, **kwargs: Any) -> None:
+        with matplotlib.rc_context({"text.parse_math": False}), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            plot(*args, **kwargs)
+
+    return draw
 
 
 def is_num(value: object) -> bool:
@@ -73,6 +90,7 @@ def _per(x: str) -> str:
     return "per evaluation" if x == "step" else "per epoch"
 
 
+@_plain_text
 def plot_training(
     name: str,
     records: list[dict[str, Any]],
@@ -129,6 +147,7 @@ def _confusion_panel(
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=7)
 
 
+@_plain_text
 def plot_confusion(
     name: str, cm: np.ndarray, class_names: list[str], path: Path, spec: FigureSpec
 ) -> None:
@@ -145,6 +164,7 @@ def plot_confusion(
     _save(fig, path, spec)
 
 
+@_plain_text
 def plot_pr_curves(
     name: str,
     class_names: list[str],
@@ -186,6 +206,7 @@ def plot_pr_curves(
     _save(fig, path, spec)
 
 
+@_plain_text
 def plot_comparison(
     runs: list[tuple[str, list[dict[str, Any]]]], path: Path, spec: FigureSpec, x: str = "epoch"
 ) -> None:

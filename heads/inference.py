@@ -18,13 +18,13 @@ from heads import checkpoint as ck
 from heads.batching import make_loader
 from heads.config import TrainConfig
 from heads.data import FeatureDataset
-from heads.errors import CheckpointError
+from heads.errors import CheckpointError, RunDataMismatchError
 from heads.identity import check_same_data, check_store_compatible, recorded_streams
 from heads.labels import LabelMap
 from heads.metrics import evaluate_all
 from heads.models import Head, HeadConfig, create_head
 from heads.objective import Loss
-from heads.predictions import format_top_k, vocabulary_indices
+from heads.predictions import format_yt8m_pairs, top_classes, vocabulary_indices
 from heads.run import is_multilabel, predict_scores
 from heads.splits import load_splits
 from vidfeat.device import resolve_device
@@ -140,12 +140,29 @@ def evaluate_run(
             "%d videos carry none of the run's classes; left out", len(videos) - len(labelled)
         )
     splits = load_splits(run.run_dir / ck.SPLIT)
-    if split is None:
+    chosen = split is None
+    if chosen:
         split = "test" if labelled["video_id"].isin(splits["video_id"]).any() else "all"
     if split != "all":
-        _check_run_videos(run, path, labelled)
+        try:
+            _check_run_videos(run, path, labelled)
+        except RunDataMismatchError as exc:
+            if not chosen:
+                raise
+            # The store shares video ids with the run, so "test" was assumed; say how to score
+            # it as a held-out store instead.
+            raise RunDataMismatchError(
+                f"{exc}; to score every labelled video of this store, pass --split all"
+            ) from exc
         wanted = splits.loc[splits["split"] == split, "video_id"]
         labelled = labelled[labelled["video_id"].isin(wanted)]
+    if labelled.empty and videos.empty:
+        raise ConfigError(f"no ok videos in store {path}")
+    if labelled.empty and split == "all":
+        raise ConfigError(
+            f"no video of store {path} carries one of the run's {len(names)} classes "
+            f"({', '.join(sorted(names)[:5])}{', ...' if len(names) > 5 else ''})"
+        )
     if labelled.empty:
         raise ConfigError(f"no labelled videos of split {split!r} in store {path}")
     dataset = FeatureDataset(path, labelled, run.label_map, run.cfg.data)
@@ -192,11 +209,12 @@ def predict_run(
 ) -> pd.DataFrame:
     """Top-k class scores for every ok video of ``store`` (or every time step, ``per_frame``).
 
-    csv: ``video_id,predictions`` with "label:score" pairs (per frame: also ``frame`` and
-    ``timestamp_s``); yt8m: YouTube-8M's ``VideoId,LabelConfidencePairs`` with "index score"
-    pairs, the index taken from ``vocabulary`` (label -> index) or from labels that are
-    indices already. ``attention``: instead, the attention weight of every step
-    (``video_id, frame, timestamp_s, attention``), for heads that pool with attention.
+    csv: ``video_id,predictions``, the top classes as a list of ``{"label", "score"}`` (per
+    frame: also ``frame`` and ``timestamp_s``); yt8m: YouTube-8M's
+    ``VideoId,LabelConfidencePairs`` with "index score" pairs, the index taken from
+    ``vocabulary`` (label -> index) or from labels that are indices already. ``attention``:
+    instead, the attention weight of every step (``video_id, frame, timestamp_s,
+    attention``), for heads that pool with attention.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -224,10 +242,10 @@ def predict_run(
         return _attention(run, dataset, dev)
     scores, _ = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
     if fmt == "yt8m":
-        pairs = [format_top_k(s, names, k, sep=" ") for s in scores]
+        pairs = [format_yt8m_pairs(s, names, k) for s in scores]
         return pd.DataFrame({"VideoId": dataset.video_ids, "LabelConfidencePairs": pairs})
-    pairs = [format_top_k(s, names, k) for s in scores]
-    return pd.DataFrame({"video_id": dataset.video_ids, "predictions": pairs})
+    best = [top_classes(s, names, k) for s in scores]
+    return pd.DataFrame({"video_id": dataset.video_ids, "predictions": best})
 
 
 StepValues = Callable[[Head, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -271,10 +289,10 @@ def _per_frame(
         logits = model.forward_per_frame(x, lengths)  # (B, T, C)
         return loss.probabilities(logits.flatten(0, 1)).view(logits.shape)
 
-    def top_k(probs: np.ndarray) -> str:
-        return format_top_k(probs, run.label_map.labels, k)
+    def best(probs: np.ndarray) -> list[dict[str, Any]]:
+        return top_classes(probs, run.label_map.labels, k)
 
-    return _per_step(run, dataset, device, probabilities, "predictions", top_k)
+    return _per_step(run, dataset, device, probabilities, "predictions", best)
 
 
 def _attention(run: LoadedRun, dataset: FeatureDataset, device: torch.device) -> pd.DataFrame:

@@ -47,10 +47,13 @@ class LabelMap:
         return cls(labels=tuple(data["labels"]), multilabel=bool(data["multilabel"]))
 
 
-def multilabel_loss(loss: str, label_map: LabelMap) -> bool:
+def multilabel_loss(loss: str, data: LabelMap | bool) -> bool:
     """Whether a run trained with ``--loss loss`` has sigmoid (multi-label) outputs rather than
-    softmax: ``auto`` follows the data (whether any video carries several labels)."""
-    return label_map.multilabel if loss == "auto" else loss == "multi"
+    softmax: ``auto`` follows the data (its label map's ``multilabel``: whether any video
+    carries several labels)."""
+    if loss != "auto":
+        return loss == "multi"
+    return data.multilabel if isinstance(data, LabelMap) else bool(data)
 
 
 def build_label_map(

@@ -4,7 +4,7 @@ Every function takes ``scores`` (N, C) float and ``labels`` (N, C) binary, one r
 Only the ranking of scores matters, so probabilities and logits give identical results.
 
 Definitions follow YouTube-8M's ``eval_util.py``, ``average_precision_calculator.py`` and
-``mean_average_precision_calculator.py``, with three deliberate differences:
+``mean_average_precision_calculator.py``, with four deliberate differences:
 
 - Ties are broken deterministically: within a video by class index, in pooled lists by
   (video index, class index). YouTube-8M shuffles with a global RNG and uses ``argpartition``,
@@ -12,6 +12,10 @@ Definitions follow YouTube-8M's ``eval_util.py``, ``average_precision_calculator
 - PERR averages over videos with at least one positive (YouTube-8M counts label-less videos
   as 0) and has no "score > 0" rule, which only differs for scores <= 0, i.e. logits.
 - Undefined averages (no video or class with a positive) are ``nan`` rather than 0.
+- mAP averages the classes with at least one positive among the videos evaluated; YouTube-8M
+  divides the sum by every class, so a class absent from a split counts as an AP of 0 (its
+  figure is ours times the share of classes present). A class missing from a small test split
+  says nothing about the model, so it does not pull the mean down here.
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
 """Prediction files: the format follows the file suffix, and YouTube-8M vocabulary indices.
 
-``.csv`` (``video_id,predictions`` with "label:score" pairs, or Kaggle's YouTube-8M
-``VideoId,LabelConfidencePairs`` with ``fmt="yt8m"``), ``.parquet`` and ``.jsonl`` hold the
-same table; ``.npz`` holds the raw (N, C) scores of every class.
+``.csv``, ``.parquet`` and ``.jsonl`` hold the same table: ``video_id`` and ``predictions``,
+the top classes best first as a list of ``{"label", "score"}`` (JSON text in a CSV cell, since
+labels may hold spaces, colons and commas). ``fmt="yt8m"`` writes Kaggle's YouTube-8M
+``VideoId,LabelConfidencePairs`` ("index score ..." with vocabulary indices) to a ``.csv``.
+``.npz`` holds the raw (N, C) scores of every class.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,30 +82,42 @@ def read_vocabulary(path: str | Path) -> dict[str, int]:
 
 
 def vocabulary_indices(labels: tuple[str, ...], vocabulary: dict[str, int] | None) -> list[int]:
-    """The vocabulary index of each label, for YouTube-8M's submission format: the label
-    itself when it is an index (a store imported from YouTube-8M keeps them so), else its
-    entry in ``vocabulary`` (by name or Knowledge Graph id)."""
-    names = [lbl for lbl in labels if not lbl.isdigit()]
-    if names and vocabulary is None:
+    """The vocabulary index of each label, for YouTube-8M's submission format: its entry in
+    ``vocabulary`` (by name or Knowledge Graph id), else the label itself when it is an index
+    (a store imported from YouTube-8M without a vocabulary keeps them so). A name made of
+    digits (a class called "1984") is looked up first, so it is never taken for an index."""
+    vocabulary = vocabulary or {}
+
+    def is_index(label: str) -> bool:
+        return label.isascii() and label.isdecimal()  # "²" is a digit, not an index
+
+    names = [lbl for lbl in labels if lbl not in vocabulary and not is_index(lbl)]
+    if names and not vocabulary:
         raise ConfigError(
             f"the run's labels are names ({', '.join(names[:3])}, ...), but the yt8m format "
             "needs vocabulary indices: pass --vocabulary vocabulary.csv"
         )
-    unknown = [lbl for lbl in names if lbl not in (vocabulary or {})]
-    if unknown:
-        raise ConfigError(f"labels not in the vocabulary: {', '.join(unknown[:5])}")
-    return [int(lbl) if lbl.isdigit() else (vocabulary or {})[lbl] for lbl in labels]
+    if names:
+        raise ConfigError(f"labels not in the vocabulary: {', '.join(names[:5])}")
+    return [vocabulary[lbl] if lbl in vocabulary else int(lbl) for lbl in labels]
 
 
-def write_table(table: pd.DataFrame, out: Path, fmt: str) -> None:
-    """Write a prediction table atomically (the old file or the new one, never half)."""
+def write_table(table: pd.DataFrame, out: Path | None, fmt: str) -> None:
+    """Write a prediction table atomically (the old file or the new one, never half), or to
+    stdout when ``out`` is None (text formats)."""
     writers = {
-        "csv": (lambda fh: table.to_csv(fh, index=False), "w"),
+        "csv": (lambda fh: as_csv_cells(table).to_csv(fh, index=False), "w"),
         "yt8m": (lambda fh: table.to_csv(fh, index=False), "w"),
-        "jsonl": (lambda fh: table.to_json(fh, orient="records", lines=True), "w"),
+        "jsonl": (
+            lambda fh: table.to_json(fh, orient="records", lines=True, force_ascii=False),
+            "w",
+        ),
         "parquet": (lambda fh: table.to_parquet(fh, index=False), "wb"),
     }
     write, mode = writers[fmt]
+    if out is None:
+        write(sys.stdout)
+        return
     with atomic.atomic_open(out, mode) as fh:
         write(fh)
 
@@ -119,16 +136,33 @@ def write_scores(
         )
 
 
-def format_top_k(scores: np.ndarray, names: tuple[str, ...], k: int, sep: str = ":") -> str:
-    """'label:score label:score ...' of the k best classes (ties by class index)."""
+def top_classes(scores: np.ndarray, names: tuple[str, ...], k: int) -> list[dict[str, Any]]:
+    """The k best classes, best first (ties by class index), as ``{"label", "score"}``."""
     order = np.argsort(-scores, kind="stable")[:k]
-    return " ".join(f"{names[i]}{sep}{scores[i]:.6f}" for i in order)
+    return [{"label": names[i], "score": round(float(scores[i]), 6)} for i in order]
+
+
+def format_yt8m_pairs(scores: np.ndarray, indices: tuple[str, ...], k: int) -> str:
+    """YouTube-8M's LabelConfidencePairs: "index score index score ..." of the k best classes
+    (vocabulary indices, so spaces separate unambiguously)."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return " ".join(f"{indices[i]} {scores[i]:.6f}" for i in order)
+
+
+def as_csv_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its list cells (``predictions``) as JSON text, which a CSV cell can hold
+    and ``json.loads`` reads back exactly."""
+    lists = [c for c in table.columns if len(table) and isinstance(table[c].iloc[0], list)]
+    return table.assign(
+        **{c: table[c].map(lambda v: json.dumps(v, ensure_ascii=False)) for c in lists}
+    )
 
 
 def write_predictions(
     stem: Path, video_ids: list[str], scores: np.ndarray, labels: np.ndarray, label_map: LabelMap
 ) -> None:
-    """``stem``.npz (all scores) and ``stem``.csv (top-20 label:score pairs and true labels)."""
+    """``stem``.npz (all scores) and ``stem``.csv (the top 20 as in :func:`top_classes`, and the
+    true labels)."""
     with atomic.atomic_open(stem.with_suffix(".npz"), "wb") as fh:
         np.savez(
             fh,
@@ -141,7 +175,7 @@ def write_predictions(
     rows = {
         "video_id": video_ids,
         "labels": [LABEL_SEPARATOR.join(np.array(label_map.labels)[y > 0]) for y in labels],
-        "predictions": [format_top_k(s, label_map.labels, k) for s in scores],
+        "predictions": [top_classes(s, label_map.labels, k) for s in scores],
     }
     with atomic.atomic_open(stem.with_suffix(".csv"), "w", newline="") as fh:
-        pd.DataFrame(rows).to_csv(fh, index=False)
+        as_csv_cells(pd.DataFrame(rows)).to_csv(fh, index=False)

@@ -34,12 +34,14 @@ from heads.figures import (
     plot_pr_curves,
     plot_training,
 )
+from heads.labels import multilabel_loss
 from vidfeat import atomic
 
 log = logging.getLogger(__name__)
 
 MISSING = "—"
-_RUN_MARKERS = (ck.CONFIG, ck.METRICS, ck.TEST_METRICS)
+# A training run has all three, an ensemble (heads ensemble) test_metrics.json alone.
+RUN_FILES = (ck.CONFIG, ck.METRICS, ck.TEST_METRICS)
 _MODEL_KEYS = ("model", "model_name", "head", "head_name", "arch")
 
 
@@ -76,19 +78,9 @@ def _read_evaluations(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any] 
     """metrics.jsonl records in order, the last one per (epoch, step) (a run resumed by an
     older version may repeat some), and the last record the trainer marked ``improved`` (its
     best checkpoint)."""
-    if not path.is_file():
-        return [], None
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     by_key: dict[tuple[Any, Any], dict[str, Any]] = {}
     best = None
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if i == len(lines) - 1:  # a run killed mid-write leaves a torn last line
-                log.warning("%s: ignoring unreadable last line", path)
-                continue
-            raise ReportError(f"{path}:{i + 1}: invalid JSON: {exc}") from exc
+    for i, record in enumerate(ck.read_jsonl(path)):
         # Step-based runs (--eval-every) evaluate several times per epoch: the step tells apart.
         by_key[(record.get("epoch", i + 1), record.get("step"))] = record
         if record.get("improved") is True:
@@ -107,12 +99,14 @@ def _x_axis(runs: list[_Run]) -> str:
     return "step" if any(n > 1 for counts in per_epoch for n in counts.values()) else "epoch"
 
 
-def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(scores, labels, class names; [] when the file has none) of a test_predictions.npz."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return np.asarray(npz["scores"]), np.asarray(npz["labels"])
+            names = [str(n) for n in npz["class_names"]] if "class_names" in npz else []
+            return np.asarray(npz["scores"]), np.asarray(npz["labels"]), names
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         # A truncated file (a full disk, a copy cut short) is a damaged run, not a bug.
         raise ReportError(f"{path}: cannot read test predictions: {exc}") from exc
@@ -121,13 +115,15 @@ def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 def _load_run(run_dir: Path, slug: str) -> _Run:
     if not run_dir.is_dir():
         raise ReportError(f"run directory not found: {run_dir}")
-    if not any((run_dir / name).is_file() for name in _RUN_MARKERS):
-        raise ReportError(f"{run_dir} is not a heads run directory (no {ck.CONFIG})")
+    if not any((run_dir / name).is_file() for name in RUN_FILES):
+        raise ReportError(
+            f"{run_dir} is neither a heads run nor an ensemble (none of {', '.join(RUN_FILES)})"
+        )
     label_map = _read_json(run_dir / ck.LABEL_MAP) or {}
     evaluations, logged_best = _read_evaluations(run_dir / ck.METRICS)
     predictions = _read_predictions(run_dir / f"{ck.TEST_PREDICTIONS}.npz")
-    names = [str(n) for n in label_map.get("labels", [])]
-    scores, labels = predictions if predictions else (None, None)
+    scores, labels, saved_names = predictions if predictions else (None, None, [])
+    names = [str(n) for n in label_map.get("labels", [])] or saved_names
     if scores is not None:
         n_classes = scores.shape[-1]
         if names and len(names) != n_classes:
@@ -139,10 +135,14 @@ def _load_run(run_dir: Path, slug: str) -> _Run:
     multilabel = label_map.get("multilabel")
     if not isinstance(multilabel, bool):
         multilabel = labels is not None and bool((labels.sum(axis=1) != 1).any())
+    config = _read_json(run_dir / ck.CONFIG) or {}
+    # Which rule turns scores into decisions follows the outputs the run trained (--loss
+    # single gives softmax scores even on multi-label data), not the data alone.
+    multilabel = multilabel_loss(str(config.get("loss", "auto")), multilabel)
     return _Run(
         name=run_dir.name,
         slug=slug,
-        config=_read_json(run_dir / ck.CONFIG) or {},
+        config=config,
         evaluations=evaluations,
         logged_best=logged_best,
         test_metrics=_read_json(run_dir / ck.TEST_METRICS) or {},
@@ -285,7 +285,7 @@ def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
     if scores is None or labels is None:
         return [*lines, f"_No {ck.TEST_PREDICTIONS}.npz: per-class results omitted._", ""]
     stats = metrics.per_class_precision_recall(scores, labels, multilabel=run.multilabel)
-    if not run.multilabel:
+    if not run.multilabel and (labels.sum(axis=1) == 1).all():  # one true class per video
         cm = metrics.confusion_matrix(scores, labels)
         name = spec.name(f"{run.slug}_confusion")
         plot_confusion(run.name, cm, run.class_names, out_dir / name, spec)

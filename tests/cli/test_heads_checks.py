@@ -164,7 +164,11 @@ def test_predict_format_follows_the_suffix(run, store, tmp_path, suffix):
     }
     table = readers[suffix](out)
     assert list(table.columns) == ["video_id", "predictions"] and len(table) == 40
-    assert all(len(cell.split(" ")) == 2 for cell in table["predictions"])
+    for cell in table["predictions"]:
+        # Best first, label and score apart: JSON text in a CSV cell, a list of records else.
+        top = json.loads(cell) if suffix == ".csv" else [dict(x) for x in cell]
+        assert [set(x) for x in top] == [{"label", "score"}] * 2
+        assert top[0]["score"] >= top[1]["score"] and top[0]["label"] != top[1]["label"]
 
 
 def test_predict_npz_holds_the_raw_scores(run, store, tmp_path):
@@ -175,11 +179,11 @@ def test_predict_npz_holds_the_raw_scores(run, store, tmp_path):
     with np.load(out) as npz:
         scores, names, ids = npz["scores"], list(npz["class_names"]), list(npz["video_id"])
     assert scores.shape == (40, 4) and names == ["class0", "class1", "class2", "class3"]
-    top = pd.read_csv(csv).set_index("video_id")["predictions"]
+    top = pd.read_csv(csv).set_index("video_id")["predictions"].map(json.loads)
     for i in range(0, 40, 7):
-        label, score = top[ids[i]].rsplit(":", 1)
-        assert names[int(np.argmax(scores[i]))] == label
-        assert float(score) == pytest.approx(float(scores[i].max()), abs=1e-6)
+        (best,) = top[ids[i]]
+        assert names[int(np.argmax(scores[i]))] == best["label"]
+        assert best["score"] == pytest.approx(float(scores[i].max()), abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -220,7 +224,7 @@ def test_yt8m_labels_that_are_indices_need_no_vocabulary(tmp_path):
 def test_report_on_a_directory_that_is_not_a_run(tmp_path):
     (tmp_path / "empty").mkdir()
     line = one_line_error(invoke("report", tmp_path / "empty", "--out", tmp_path / "rep"))
-    assert "not a heads run directory" in line and not (tmp_path / "rep").exists()
+    assert "neither a heads run nor an ensemble" in line and not (tmp_path / "rep").exists()
 
 
 def test_report_on_a_truncated_predictions_file(run, tmp_path):

@@ -85,6 +85,30 @@ def test_evaluate_json_matches_test_metrics(trained):
         assert metrics[key] == pytest.approx(saved[key])
 
 
+def test_evaluate_on_another_store_says_what_to_do(trained, tmp_path):
+    root, _ = trained
+    runner = CliRunner()
+    # The run's video ids with other features: "test" is assumed, refused, and --split all named.
+    same_ids = write_store(
+        tmp_path / "same_ids.zarr",
+        cluster_videos(60, n_classes=4, seed=0, signal=3.0),
+        dim=16,
+        attrs=STORE_ATTRS,
+    )
+    result = runner.invoke(main, ["evaluate", str(root / "bof"), "--store", str(same_ids)])
+    assert result.exit_code == 2 and "pass --split all" in result.output, result.output
+    result = runner.invoke(
+        main, ["evaluate", str(root / "bof"), "--store", str(same_ids), "--split", "all"]
+    )
+    assert result.exit_code == 0, result.output
+    # Labelled videos, but none with the run's classes.
+    other = [(f"o{i}", x, ("zebra",)) for i, (_, x, _) in enumerate(cluster_videos(8, seed=3))]
+    other_store = write_store(tmp_path / "other.zarr", other, dim=16, attrs=STORE_ATTRS)
+    result = runner.invoke(main, ["evaluate", str(root / "bof"), "--store", str(other_store)])
+    assert result.exit_code == 2, result.output
+    assert "carries one of the run's 4 classes (class0, class1" in result.output
+
+
 def test_predict_csv_and_yt8m(trained, tmp_path):
     root, store = trained
     runner = CliRunner()
@@ -95,10 +119,10 @@ def test_predict_csv_and_yt8m(trained, tmp_path):
     table = pd.read_csv(io.StringIO(result.output))
     assert list(table.columns) == ["video_id", "predictions"] and len(table) == 60
     for cell in table["predictions"]:
-        pairs = [p.rsplit(":", 1) for p in cell.split(" ")]
-        scores = [float(s) for _, s in pairs]
-        assert len(pairs) == 3 and scores == sorted(scores, reverse=True)
-        assert {lbl for lbl, _ in pairs} <= {"class0", "class1", "class2", "class3"}
+        top = json.loads(cell)
+        scores = [x["score"] for x in top]
+        assert len(top) == 3 and scores == sorted(scores, reverse=True)
+        assert {x["label"] for x in top} <= {"class0", "class1", "class2", "class3"}
     out = tmp_path / "sub.csv"
     yt8m = ["predict", str(root / "bof"), "--store", str(store), "--format", "yt8m"]
     refused = runner.invoke(main, [*yt8m, "--out", str(out)])
@@ -121,8 +145,8 @@ def test_predict_csv_and_yt8m(trained, tmp_path):
     first = sub["LabelConfidencePairs"][0].split(" ")
     assert len(first) == 8 and {int(i) for i in first[::2]} == set(index.values())
     # Same scores in both formats, the label replaced by its vocabulary index.
-    label, score = table["predictions"][0].split(" ")[0].rsplit(":", 1)
-    assert first[:2] == [str(index[label]), score]
+    best = json.loads(table["predictions"][0])[0]
+    assert first[:2] == [str(index[best["label"]]), f"{best['score']:.6f}"]
 
 
 def test_predict_per_frame_for_recurrent_heads(trained):
@@ -181,7 +205,7 @@ def test_force_replaces_a_finished_run_and_logger_tensorboard(trained, tmp_path)
         (["predict", "{run}", "--store", "{other}"], "weights"),
         (["train", "{store}", "-m", "bof", "-o", "{run}"], "finished run; add --force"),
         (["evaluate", "{run}", "--store", "{changed}"], "not the data this run was trained on"),
-        (["report", "{tmp}"], "not a heads run directory"),
+        (["report", "{tmp}"], "neither a heads run nor an ensemble"),
     ],
 )
 def test_errors_are_one_line_with_exit_code_2(trained, tmp_path, args, message):

@@ -83,6 +83,12 @@ def test_gap_weighted_ensemble_of_two_seeds_beats_their_mean(runs):
     indices = {int(x) for pairs in table["LabelConfidencePairs"] for x in pairs.split()[::2]}
     assert indices <= set(range(10, 16))  # vocabulary indices, not names
     assert (out / f"{ck.TEST_PREDICTIONS}.csv").is_file()
+    # heads report takes the ensemble beside its members, with the classes' names.
+    report_dir = root / "report"
+    result = CliRunner().invoke(main, ["report", str(made["a"]), str(out), "-o", str(report_dir)])
+    assert result.exit_code == 0, result.output
+    md = (report_dir / "report.md").read_text(encoding="utf-8")
+    assert f"{metrics['gap_at_20']:.4f}" in md and "| class5 |" in md
 
 
 def test_equal_and_file_weights(runs, tmp_path):
@@ -126,6 +132,26 @@ def test_a_truncated_prediction_file_is_a_one_line_error(runs, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "cannot read test predictions" in result.output
+    # A finished run without predictions had no test videos: said so, not "finished?".
+    npz.unlink()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "its test split was empty" in result.output, result.output
+
+
+def test_a_torn_metrics_line_is_skipped_and_a_damaged_one_named(runs, tmp_path):
+    # A run killed mid-write leaves a torn last line: its earlier records still weigh it.
+    _, made = runs
+    torn = tmp_path / "torn"
+    shutil.copytree(made["b"], torn)
+    with (torn / ck.METRICS).open("a") as fh:
+        fh.write('{"epoch": 99, "val_gap')
+    args = ["ensemble", str(made["a"]), str(torn), "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = (torn / ck.METRICS).read_text().splitlines()
+    (torn / ck.METRICS).write_text("\n".join(["{not json", *lines]) + "\n")
+    result = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "y")])
+    assert result.exit_code == 2 and f"{ck.METRICS}:1: invalid JSON" in result.output, result.output
 
 
 def test_runs_with_another_loss_are_refused(runs, tmp_path):

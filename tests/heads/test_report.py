@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -260,6 +261,36 @@ def test_same_folder_names_get_distinct_plot_files(tmp_path):
     assert not (out / "run_confusion.png").exists()  # the first run has no predictions
 
 
+def test_a_softmax_run_on_multilabel_data_is_judged_by_argmax(tmp_path):
+    # --loss single trains softmax outputs even where videos carry several labels: a 0.5
+    # threshold would call most positives missed.
+    run = make_run(tmp_path, "soft", seed=4, multilabel=True)
+    config = json.loads((run["dir"] / "config.json").read_text())
+    (run["dir"] / "config.json").write_text(json.dumps({**config, "loss": "single"}))
+    out = tmp_path / "out"
+    md = report.write_report([run["dir"]], out).read_text(encoding="utf-8")
+    assert "argmax (single-label)" in md and "multi-label)" not in md
+    assert not (out / "soft_confusion.png").exists()  # undefined with several true classes
+    # Precision of class 0 under argmax: videos whose best score is class 0.
+    picked = run["scores"].argmax(axis=1) == 0
+    precision = np.sum(picked & (run["labels"][:, 0] == 1)) / np.sum(picked)
+    assert table_row(md, "walk", after="| class |")[1] == f"{precision:.4f}"
+
+
+def test_names_with_dollar_signs_and_other_scripts_are_drawn_as_text(tmp_path):
+    # matplotlib reads "$...$" as mathtext: "a $\\x$ b" made it raise, "US$ and $5" lost its
+    # spaces. A run name may hold them too.
+    classes = ["a $\\x$ b", "US$ and $5", "日本", "plain"]
+    run = make_run(tmp_path, "run $1", seed=3, classes=classes, n_test=12)
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no glyph warnings either
+        md = report.write_report([run["dir"]], out).read_text(encoding="utf-8")
+    assert_png(out / "run_1_confusion.png")
+    assert_png(out / "run_1_pr_curves.png")
+    assert table_row(md, "US$ and $5", after="| class |")
+
+
 def test_invalid_inputs_raise_report_error(tmp_path):
     with pytest.raises(ReportError, match="no run directories"):
         report.write_report([], tmp_path / "out")
@@ -316,7 +347,7 @@ def test_figures_for_a_paper_pdf_svg_and_dpi(tmp_path, monkeypatch):
 
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ReportError, match="not a heads run directory"):
+    with pytest.raises(ReportError, match="neither a heads run nor an ensemble"):
         report.write_report([tmp_path / "empty"], tmp_path / "out")
     run = make_run(tmp_path / "runs", "torn", seed=8)
     npz = run["dir"] / "test_predictions.npz"

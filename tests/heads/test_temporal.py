@@ -55,7 +55,7 @@ def _train_and_score(stores, model):
     preds = runner.invoke(main, ["predict", str(run), "--store", str(heldout), "--top-k", "1"])
     table = pd.read_csv(io.StringIO(preds.output))
     truth = table["video_id"].str.split("-").str[0]
-    top = table["predictions"].str.split(":").str[0]
+    top = table["predictions"].map(lambda cell: json.loads(cell)[0]["label"])
     pair_accuracy = (truth.map(PAIR) == top.map(PAIR)).mean()
     return metrics["hit_at_1"], pair_accuracy
 
