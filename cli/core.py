@@ -13,10 +13,12 @@ the other way round, so the CLI modules form no import cycle.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import importlib
 import logging
 import os
+import select
 import sys
 import threading
 import traceback
@@ -30,6 +32,7 @@ EXIT_SOME_FAILED = 1  # the job finished, but some items (videos) failed and wer
 EXIT_CANNOT_RUN = 2  # bad option or path, read-only or full disk, corrupt store, ...
 EXIT_INTERNAL = 70  # a bug (sysexits' EX_SOFTWARE); never 1, so scripts cannot mistake it
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT)
+EXIT_READER_LEFT = 141  # stdout's reader left (`| head`): 128 + SIGPIPE, as the shell reports
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success"),
@@ -37,6 +40,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_CANNOT_RUN, "could not run: bad option or path, read-only or full disk, corrupt store"),
     (EXIT_INTERNAL, "internal error: a bug; rerun with -vv and report the traceback"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C, SIGTERM); finished work is kept, rerun to resume"),
+    (EXIT_READER_LEFT, "the reader of the output left (e.g. `| head`); nothing printed"),
 )
 # \b keeps click from re-wrapping the table.
 EXIT_CODES_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {c:<4} {t}" for c, t in EXIT_CODES)
@@ -193,8 +197,32 @@ class CliGroup(click.Group):
         except click.ClickException as exc:  # click's default code for these is 1: not ours
             click.echo(f"error: {exc.format_message()}", err=True)
             ctx.exit(EXIT_CANNOT_RUN)
+        except BrokenPipeError as exc:
+            if not stdout_reader_left():
+                fail(ctx, exc)  # another pipe: a worker's, a socket's
+            silence_stdout()
+            ctx.exit(EXIT_READER_LEFT)
         except (Exception, KeyboardInterrupt) as exc:
             fail(ctx, exc)
+
+
+def stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (``... | head`` has exited)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # not a real file (tests), or no poll
+        return False
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so what is still buffered for a departed reader is not an
+    error again when the stream is flushed at exit."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def run_command(group: click.Group) -> NoReturn:
@@ -223,6 +251,8 @@ def run_command(group: click.Group) -> NoReturn:
     run_exit_handlers()
     if code is None:
         code = EXIT_OK
+    elif code == 1 and stdout_reader_left():  # click's own ending when --help meets EPIPE
+        code = EXIT_READER_LEFT
     elif not isinstance(code, int):
         print(code, file=sys.stderr)  # what sys.exit("message") prints
         code = 1
@@ -230,7 +260,7 @@ def run_command(group: click.Group) -> NoReturn:
         try:
             stream.flush()
         except BrokenPipeError:
-            pass  # the reader left (`vidfeat info s.zarr | head`): nothing left to receive it
+            code = EXIT_READER_LEFT if code == EXIT_OK else code
         except (OSError, ValueError):
             # Output was lost (a full disk, a closed stream): the command must not look done.
             code = EXIT_CANNOT_RUN if code == EXIT_OK else code

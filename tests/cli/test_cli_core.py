@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import subprocess
 import sys
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -234,3 +236,25 @@ def test_installed_script_output_lost_on_a_full_disk_is_an_error(tmp_path):
             [sys.executable, "-c", script, str(tmp_path), "0"], stdout=full, stderr=subprocess.PIPE
         )
     assert proc.returncode == core.EXIT_CANNOT_RUN, proc.stderr
+
+
+def test_a_reader_that_left_ends_the_command_quietly(tmp_path):
+    """`vidfeat info s.zarr | head -1` once printed "error: Broken pipe" and exited 2. The
+    reading end is closed before the command starts, so every write meets EPIPE."""
+    from vidfeat import create_store
+
+    store = tmp_path / "s.zarr"
+    with create_store(store, dim=2) as w:
+        w.write("v", np.ones((1, 2), np.float32))
+    script = "import sys; sys.argv[0] = 'vidfeat'; from vidfeat_cli.vidfeat import main; "
+    script += "from vidfeat_cli.core import run_command; run_command(main)"
+    for args in (["info", str(store)], ["--help"]):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", script, *args], stdout=write, stderr=subprocess.PIPE
+            )
+        finally:
+            os.close(write)
+        assert (proc.returncode, proc.stderr) == (core.EXIT_READER_LEFT, b""), args
