@@ -62,7 +62,10 @@ def store_attrs(cfg: ExtractConfig, spec: BackboneSpec, reduction: FeatureReduct
         "fps": cfg.fps,
         "decoder": cfg.decoder,
         "max_frames": cfg.max_frames,
-        "sampling": "last frame with pts <= k/fps from the first frame, k < fps * duration",
+        "sampling": (
+            "last frame with pts <= k/fps + half a time-base tick from the first frame, "
+            "k < fps * duration"
+        ),
         **reduction.attrs(),
         "vidfeat_version": __version__,
         "command": " ".join(sys.argv),

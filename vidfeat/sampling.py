@@ -6,9 +6,16 @@ The rule (see docs on frame sampling): with ``first`` the pts of the first frame
     t_k = first + k / fps   for every integer k >= 0 with k < fps * duration,
 
 capped at ``max_frames`` points, and at each t_k take the frame on screen: the last frame
-whose pts <= t_k. A clip shorter than one interval still gives one frame (k = 0).
+whose pts <= t_k + tick/2, where ``tick`` is the stream's time base. A clip shorter than one
+interval still gives one frame (k = 0).
+
 Everything is exact rational arithmetic (``fractions.Fraction``); float rounding on t_k
-is exactly what gets the last frame wrong on 29.97 fps clips.
+is exactly what gets the last frame wrong on 29.97 fps clips. The half tick is the
+container's own rounding: Matroska and WebM store times in whole milliseconds, so the third
+frame of a 30 fps clip, shown at 66.67 ms, is stored at 67 ms. Compared exactly with t_2 =
+66.67 ms, it would lose to the frame before it, and sampling at the video's own rate would
+repeat every third frame. A frame stored within half a tick after t_k may have been shown at
+t_k, so it is taken. Where ticks are exact (MP4's 1/15360 s, 1/30000 s) this changes nothing.
 """
 
 from __future__ import annotations
@@ -91,12 +98,14 @@ def select_indices(
     duration_s: Seconds,
     fps: Fraction | float | int | str,
     max_frames: int | None = None,
+    tick: Seconds = 0,
 ) -> list[int]:
     """Indices into ``pts_s`` of the frames on screen at each t_k.
 
     ``pts_s`` are the presentation timestamps of all decoded frames in presentation order
-    (non-decreasing); ``duration_s`` is measured from ``pts_s[0]``. Two grid points may pick
-    the same frame when the video's own rate is below ``fps``.
+    (non-decreasing); ``duration_s`` is measured from ``pts_s[0]``; ``tick`` is the stream's
+    time base (0: pts are exact). Two grid points may pick the same frame when the video's
+    own rate is below ``fps``.
     """
     rate = parse_fps(fps)
     if not pts_s:
@@ -104,9 +113,10 @@ def select_indices(
     pts = [_exact(t) for t in pts_s]
     if any(b < a for a, b in itertools.pairwise(pts)):
         raise ValueError("pts_s must be in presentation (non-decreasing) order")
-    first = pts[0]
+    first, slack = pts[0], _exact(tick) / 2
     # bisect_right gives the count of frames with pts <= t; the last of them is on screen.
-    return [bisect_right(pts, first + t) - 1 for t in grid_times(duration_s, rate, max_frames)]
+    grid = grid_times(duration_s, rate, max_frames)
+    return [bisect_right(pts, first + t + slack) - 1 for t in grid]
 
 
 def select_tick_indices(
@@ -118,8 +128,8 @@ def select_tick_indices(
 ) -> np.ndarray:
     """``select_indices`` for integer pts in ``time_base`` units, vectorised for long videos.
 
-    ``pts_ticks`` is (N,) int64 in presentation order. Exact: a tick count is <= t exactly
-    when it is <= floor(t), so each grid time becomes one integer threshold.
+    ``pts_ticks`` is (N,) int64 in presentation order. Exact: a tick count is <= t + 1/2
+    exactly when it is <= floor(t + 1/2), so each grid time becomes one integer threshold.
     """
     rate = parse_fps(fps)
     ticks = np.asarray(pts_ticks, dtype=np.int64)
@@ -128,7 +138,8 @@ def select_tick_indices(
     if np.any(np.diff(ticks) < 0):
         raise ValueError("pts_ticks must be in presentation (non-decreasing) order")
     grid = grid_times(Fraction(duration_ticks) * time_base, rate, max_frames)
-    thresholds = np.array([math.floor(t / time_base) for t in grid], dtype=np.int64)
+    half = Fraction(1, 2)  # the rule's half tick (module docstring)
+    thresholds = np.array([math.floor(t / time_base + half) for t in grid], dtype=np.int64)
     return np.searchsorted(ticks, ticks[0] + thresholds, side="right").astype(np.int64) - 1
 
 
@@ -168,10 +179,17 @@ class FrameSelector(Generic[T]):
     ``max_frames`` picks were made, so the caller can stop decoding there.
     """
 
-    def __init__(self, fps: Fraction | float | int | str, max_frames: int | None = None) -> None:
+    def __init__(
+        self,
+        fps: Fraction | float | int | str,
+        max_frames: int | None = None,
+        tick: Seconds = 0,
+    ) -> None:
+        """``tick``: the stream's time base in seconds (0: pts are exact)."""
         _check_max_frames(max_frames)
         self.fps = parse_fps(fps)
         self.max_frames = max_frames
+        self._slack = _exact(tick) / 2
         self.first_pts_s: Fraction | None = None
         self.n_selected = 0
         self.n_frames = 0  # frames accepted so far (out-of-order ones are dropped)
@@ -240,8 +258,8 @@ class FrameSelector(Generic[T]):
         picks = []
         while not self.done and (total is None or self.n_selected < total):
             grid = Fraction(self.n_selected) / self.fps
-            if before_pts is not None and self.first_pts_s + grid >= before_pts:
-                break
+            if before_pts is not None and self.first_pts_s + grid + self._slack >= before_pts:
+                break  # the next frame is on screen at this t_k
             picks.append(Selected(grid, self._held_pts - self.first_pts_s, self._held))
             self.n_selected += 1
         return picks

@@ -140,3 +140,15 @@ def test_decord_never_picks_by_missing_timestamps(make_video):
         assert e.status == "decode_error" and "--decoder pyav" in e.reason
     else:
         assert picked == [0]
+
+
+@pytest.mark.parametrize("decoder", DECODER_NAMES)
+@pytest.mark.parametrize("name", ["native_rate.mkv", "native_rate.webm"])
+def test_matroska_at_its_own_rate_gives_every_frame_once(make_video, decoder, name):
+    # Matroska stores times in whole milliseconds (frame 2 of 30 fps at 67 ms, shown at
+    # 66.67): compared exactly, every third frame was repeated in place of the next.
+    path = make_video(name, seconds=2, fps=30, pattern="index")
+    with open_video(path, decoder) as video:
+        assert video.info.native_fps == pytest.approx(30, abs=0.01)
+        frames = list(video.sample(30, None))
+    assert [read_frame_index(f.frame) for f in frames] == list(range(60))

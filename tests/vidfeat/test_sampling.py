@@ -143,7 +143,7 @@ def test_tick_selector_matches_exact_selector(fps):
     for _ in range(200):
         ticks, duration = random_vfr(rng, tb)
         cap = int(rng.integers(1, 20))
-        exact = select_indices([int(t) * tb for t in ticks], duration * tb, fps, cap)
+        exact = select_indices([int(t) * tb for t in ticks], duration * tb, fps, cap, tick=tb)
         assert select_tick_indices(ticks, duration, tb, fps, cap).tolist() == exact
 
 
@@ -164,6 +164,26 @@ def test_pickable_ticks_cover_every_pick_whatever_the_true_duration(fps):
         assert {int(ticks[0]), *(int(t) for t in ticks[-2:])} <= keep
 
 
+def test_millisecond_pts_at_the_videos_own_rate_pick_every_frame_once():
+    # Matroska stores 30 fps frames at 0, 33, 67, 100, ... ms: the frame shown at 66.67 ms is
+    # stored after it. Compared exactly, every third frame lost to the one before it.
+    tb = Fraction(1, 1000)
+    ticks = np.array([round(i * 1000 / 30) for i in range(60)])
+    duration = 2000
+    assert select_tick_indices(ticks, duration, tb, 30).tolist() == list(range(60))
+    ends = [*ticks[1:], duration]  # durations in the container's own ticks too
+    pairs = enumerate(zip(ticks, ends, strict=True))
+    frames = [(int(t) * tb, i, (int(e) - int(t)) * tb) for i, (t, e) in pairs]
+    assert [p.frame for p in stream(frames, 30, tick=tb)[0]] == list(range(60))
+    # A half-tick never moves a pick where pts are exact: 30 fps in 1/15360 s ticks.
+    exact_tb = Fraction(1, 15360)
+    exact = np.arange(60) * 512
+    for fps in (1, 30, "30000/1001", 7):
+        assert select_tick_indices(exact, 60 * 512, exact_tb, fps).tolist() == select_indices(
+            [int(t) * exact_tb for t in exact], 60 * 512 * exact_tb, fps
+        )
+
+
 def test_pickable_ticks_leave_most_frames_out_at_1fps_from_30fps():
     tb = Fraction(1, 30)
     ticks = np.arange(300)  # 10 s at 30 fps
@@ -172,9 +192,9 @@ def test_pickable_ticks_leave_most_frames_out_at_1fps_from_30fps():
     assert pickable_ticks(np.zeros(0, np.int64), tb, 1) == set()
 
 
-def stream(frames, fps, max_frames=None):
+def stream(frames, fps, max_frames=None, tick=0):
     """Feed ``(pts, name, duration)`` into a FrameSelector; returns picks and the selector."""
-    selector = FrameSelector(fps, max_frames)
+    selector = FrameSelector(fps, max_frames, tick)
     picks = []
     for pts, name, duration in frames:
         picks.extend(selector.push(pts, name, duration))
@@ -199,8 +219,9 @@ def test_streaming_selector_matches_batch_rule(fps):
         if last_len == 0 and len(ticks) > 1:
             continue  # without a duration the selector would assume one interval
         cap = int(rng.integers(1, 20))
-        picks, _ = stream(frames, fps, cap)
-        expected = select_indices([f[0] for f in frames], duration * tb, fps, cap)
+        picks, _ = stream(frames, fps, cap, tick=tb)
+        expected = select_indices([f[0] for f in frames], duration * tb, fps, cap, tick=tb)
+        assert expected == select_tick_indices(ticks, duration, tb, fps, cap).tolist()
         assert [p.frame for p in picks] == expected
         assert [p.grid_s for p in picks] == grid_times(duration * tb, parse_fps(fps), cap)
 

@@ -73,7 +73,7 @@ class PyAVDecoder(VideoDecoder):
     def _sample_with(
         self, fps: Fraction, max_frames: int | None, keep: set[int] | None
     ) -> Iterator[SampledFrame]:
-        selector: FrameSelector[av.VideoFrame] = FrameSelector(fps, max_frames)
+        selector: FrameSelector[av.VideoFrame] = FrameSelector(fps, max_frames, self._time_base)
         for pts_s, frame, duration_s in self._frames(keep):
             yield from map(_to_sampled, selector.push(pts_s, frame, duration_s))
             if selector.done:
