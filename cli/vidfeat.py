@@ -224,6 +224,7 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
 ]
 # Option names that differ from the ExtractConfig field.
 _FLAGS = {"timeout_s": "timeout"}
+MAX_FAILURES_SHOWN = 10  # in the end-of-job summary; `vidfeat info` lists them all
 
 
 def extract_options() -> list[click.Parameter]:
@@ -312,8 +313,12 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
     )
     if summary.no_audio:
         click.echo(f"  {summary.no_audio} extracted without an audio track (flagged no_audio)")
-    for vid, status in list(summary.failures.items())[:10]:
+    shown = list(summary.failures.items())[:MAX_FAILURES_SHOWN]
+    for vid, status in shown:
         click.echo(f"  failed: {vid} ({status})", err=True)
+    if len(summary.failures) > len(shown):
+        more = len(summary.failures) - len(shown)
+        click.echo(f"  ... and {more} more (`vidfeat info {out}` lists every failure)", err=True)
     if summary.failed or summary.skipped_failed:
         # A job resumed after an interruption still has the failures its first run recorded:
         # exit 1 means "some videos of this job failed", whichever run recorded them.

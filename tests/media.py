@@ -132,7 +132,7 @@ def write_video(
     ``start_s``: the first frame's timestamp (the times returned still count from it).
     ``audio_s``: also a silent AAC track lasting that long from 0, which may outlast the video.
 
-    ``bframes`` > 0 (libx264 only) encodes B-frames, pyramid-style, so frames are stored out of
+    ``bframes`` > 0 (libx264, mpeg4) encodes B-frames, pyramid-style, so frames are stored out of
     presentation order and some are never referenced, as in typical camera and web H.264.
     ``pix_fmt`` is the coded format (e.g. ``yuv420p10le``, ``yuv444p``); ``rotation`` writes a
     display matrix turning the picture that many degrees counterclockwise, as phones do.
@@ -147,9 +147,11 @@ def write_video(
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
         codec_options = dict(_CODEC_OPTIONS.get(codec, {}))
-        if bframes:
+        if bframes and codec == "mpeg4":  # MPEG-4 Part 2 (Xvid/DivX-style)
+            codec_options["bf"] = str(bframes)
+        elif bframes:
             if codec != "libx264":
-                raise ValueError("bframes needs libx264")
+                raise ValueError("bframes needs libx264 or mpeg4")
             codec_options["x264-params"] = f"bframes={bframes}:b-pyramid=normal:b-adapt=0"
         stream = container.add_stream(codec, rate=rate, options=codec_options)
         stream.width, stream.height = size

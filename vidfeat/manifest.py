@@ -97,10 +97,17 @@ def _csv_rows(path: Path) -> tuple[list[str], list[Row], list[str]]:
 
 
 def _resolve(manifest: Path, raw_path: str) -> Location:
+    """The video's location: a URL as it is; a path absolute, relative ones from the
+    manifest's folder, so the store's ``source_path`` means the same from any folder."""
     video_path = as_location(raw_path)  # a URL stays a URL (never joined to the manifest)
-    if isinstance(video_path, RemotePath) or video_path.is_absolute():
+    if isinstance(video_path, RemotePath):
         return video_path
-    return manifest.parent / video_path
+    joined = (manifest.parent / video_path).absolute()
+    # Drop "x/.." lexically, unless a symlink makes that another file (then keep the path).
+    tidy = Path(os.path.normpath(joined))
+    if tidy != joined and joined.exists() and not (tidy.exists() and tidy.samefile(joined)):
+        return joined
+    return tidy
 
 
 def _path_problem(video_path: Location) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import av
 import numpy as np
 import pytest
@@ -272,3 +274,29 @@ def test_a_whole_video_is_not_truncated_by_where_it_starts_or_its_audio(
     assert [f.timestamp_s for f in frames] == pytest.approx([0, 1, 2], abs=1e-6)
     assert [read_frame_index(f.frame) for f in frames] == [0, 25, 50]
     assert video.info.duration_s == pytest.approx(3.0, abs=0.05)
+
+
+def test_decords_ffmpeg_stays_quiet_unless_debugging(corrupt_videos):
+    # decord's FFmpeg printed every damaged NAL unit to stderr (hundreds of lines for one
+    # file), under -q too; the failure's reason says what is wrong. -v (debug) shows them.
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=int(sys.argv[2]))\n"
+        "from vidfeat.decode import open_video\n"
+        "from vidfeat.errors import DecodeError\n"
+        "try:\n"
+        "    with open_video(sys.argv[1], 'decord') as video:\n"
+        "        list(video.sample(1, 300))\n"
+        "except DecodeError as exc:\n"
+        "    print(exc.status)\n"
+    )
+    path = str(corrupt_videos["decode_error"])
+    for level, chatter in ((logging.WARNING, False), (logging.DEBUG, True)):
+        out = subprocess.run(
+            [sys.executable, "-c", code, path, str(level)], capture_output=True, text=True
+        )
+        assert out.stdout.strip() == "decode_error", out.stderr
+        assert ("[h264 @" in out.stderr) == chatter, out.stderr[-500:]

@@ -152,3 +152,32 @@ def test_matroska_at_its_own_rate_gives_every_frame_once(make_video, decoder, na
         assert video.info.native_fps == pytest.approx(30, abs=0.01)
         frames = list(video.sample(30, None))
     assert [read_frame_index(f.frame) for f in frames] == list(range(60))
+
+
+def test_decord_refuses_what_it_would_misread_and_pyav_reads_it(make_video, tmp_path):
+    # MPEG-4 Part 2 with B-frames: decord's random access returned other pictures with the
+    # right timestamps. Two video tracks: decord read the second, the store described the first.
+    bframes = make_video("xvid_bframes.mp4", seconds=2, fps=25, codec="mpeg4", bframes=2)
+    truth = make_video.info(bframes)
+    with pytest.raises(DecodeError, match="MPEG-4 Part 2") as info:
+        open_video(bframes, "decord")
+    assert info.value.status == "decode_error" and "--decoder pyav" in str(info.value)
+    frames = _sample(bframes, "pyav")
+    expected = select_indices(truth.frame_times_s, truth.duration_s, 5)
+    assert [read_frame_index(f.frame) for f in frames] == expected
+
+    two = tmp_path / "two_tracks.mp4"
+    with av.open(str(two), "w") as container:
+        streams = [container.add_stream("libx264", rate=10) for _ in range(2)]
+        for stream, size in zip(streams, [(96, 72), (64, 48)], strict=True):
+            stream.width, stream.height = size
+            stream.pix_fmt = "yuv420p"
+        for i in range(10):
+            for stream in streams:
+                image = np.full((stream.height, stream.width, 3), 20 * i, np.uint8)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        for stream in streams:
+            container.mux(stream.encode())
+    with pytest.raises(DecodeError, match="2 video tracks"):
+        open_video(two, "decord")
+    assert _sample(two, "pyav")[0].frame.shape[:2] == (72, 96)  # the first track

@@ -34,6 +34,23 @@ def test_relative_paths_labels_split_and_group(tmp_path: Path) -> None:
     assert b.path == absolute and b.labels == () and b.split == "test" and b.line == 3
 
 
+def test_paths_are_absolute_and_tidy_whatever_the_working_folder(tmp_path, monkeypatch):
+    # Given as "lists/../videos/a.mp4" from another folder, the store recorded that text, which
+    # means nothing from anywhere else. A symlinked folder keeps its ".." (it is another file).
+    video = _touch(tmp_path / "data" / "videos" / "a.mp4")
+    _touch(tmp_path / "real" / "b.mp4")
+    (tmp_path / "data" / "lists").mkdir()
+    (tmp_path / "data" / "link").symlink_to(tmp_path / "real" / "sub", target_is_directory=True)
+    (tmp_path / "real" / "sub").mkdir()
+    manifest = tmp_path / "data" / "lists" / "m.csv"
+    manifest.write_text("video_id,path,labels\na,../videos/a.mp4,x\nb,../link/../b.mp4,y\n")
+    monkeypatch.chdir(tmp_path)
+    a, b = read_manifest(Path("data") / "lists" / "m.csv")
+    assert a.path == video and a.path.is_absolute()
+    assert b.path == tmp_path / "data" / "lists" / ".." / "link" / ".." / "b.mp4"
+    assert b.path.samefile(tmp_path / "real" / "b.mp4")
+
+
 def test_every_problem_is_reported_with_its_line(tmp_path: Path) -> None:
     _touch(tmp_path / "a.mp4")
     manifest = tmp_path / "m.csv"

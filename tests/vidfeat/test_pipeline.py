@@ -168,12 +168,13 @@ def test_info_shows_failures_and_json(mixed) -> None:
     assert code == 0
     assert "4 ok" in out and "2048-d float32, 8192 bytes/frame" in out
     assert "[truncated]" in out and "[no_video_stream]" in out
+    assert "sampling    fps=1 max_frames=360 decoder=pyav" in out  # a store holds one decoder's
     code, out = run_cli("info", str(mixed["store"]), "--json")
     import json
 
     data = json.loads(out)
     assert data["ok"] == 4 and data["failed"] == len(mixed["corrupt"])
-    assert data["features"]["bytes_per_frame"] == 8192
+    assert data["features"]["bytes_per_frame"] == 8192 and data["decoder"] == "pyav"
 
 
 def test_bad_manifest_is_a_one_line_error(tmp_path) -> None:
@@ -329,3 +330,15 @@ def test_killed_job_resumes_to_the_uninterrupted_result(tmp_path, make_video, si
         for vid in ref.ok_ids:
             np.testing.assert_allclose(r.read(vid), ref.read(vid), rtol=1e-3, atol=1e-3)
             np.testing.assert_array_equal(r.timestamps(vid), ref.timestamps(vid))
+
+
+def test_the_summary_says_how_many_failures_it_does_not_list(tmp_path) -> None:
+    rows = []
+    for i in range(12):
+        (tmp_path / f"e{i}.mp4").write_bytes(b"")  # recorded as empty, nothing decoded
+        rows.append((f"e{i:02d}", tmp_path / f"e{i}.mp4", "x"))
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    store = tmp_path / "s.zarr"
+    code, out = run_cli("extract", str(manifest), "--out", str(store), "--workers", "1")
+    assert code == 1 and out.count("  failed: ") == 10, out
+    assert f"... and 2 more (`vidfeat info {store}` lists every failure)" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +21,7 @@ from vidfeat.decode.probe import (
     shortfall,
     truncated_error,
     video_stream,
+    video_streams,
 )
 from vidfeat.errors import ConfigError, DecodeError
 from vidfeat.sampling import select_tick_indices
@@ -36,7 +38,36 @@ def _import_decord() -> object:
         raise ConfigError(
             "decoder 'decord' needs the decord package (x86-64 only); use decoder 'pyav'"
         ) from e
+    # Its FFmpeg prints every damaged NAL unit to stderr (hundreds of lines for one broken
+    # file) whatever -q says; a failure's reason already names what went wrong.
+    verbose = logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
+    decord.logging.set_level(decord.logging.INFO if verbose else decord.logging.QUIET)
     return decord
+
+
+# A store holds one decoder's features, so the advice is a store of their own.
+_USE_PYAV = "extract it with --decoder pyav, into another store"
+
+
+def _refuse_misread(container: object, stream: object) -> None:
+    """Refuse the inputs on which decord returns other pictures than the file shows, without an
+    error: better a recorded failure than wrong features."""
+    tracks = len(video_streams(container))
+    if tracks > 1:
+        # decord picks a track of its own (FFmpeg's "best"), which need not be the first.
+        raise DecodeError(
+            f"{tracks} video tracks: decord may read another than the first, which the store "
+            f"describes; {_USE_PYAV}",
+            "decode_error",
+        )
+    codec = stream.codec_context
+    if codec.name == "mpeg4" and codec.has_b_frames:
+        # Its random access lands on the wrong picture after B-frames (decord issues #54,
+        # #365): up to 80 grey levels off per pixel, with the right timestamp.
+        raise DecodeError(
+            f"MPEG-4 Part 2 (Xvid/DivX) with B-frames: decord returns wrong pictures; {_USE_PYAV}",
+            "decode_error",
+        )
 
 
 @DECODERS.register("decord")
@@ -56,6 +87,7 @@ class DecordDecoder(VideoDecoder):
         # PyAV reads the header (cheap, typed errors); decord then decodes.
         with open_container(self.path) as container:
             stream = video_stream(container)
+            _refuse_misread(container, stream)
             self.info = header_info(container, stream)
             self._time_base: Fraction = stream.time_base
             # decord applies the display matrix itself, but for a quarter turn its batches fail
@@ -84,7 +116,7 @@ class DecordDecoder(VideoDecoder):
             # decord reports AV_NOPTS (about 9.2e15 s) for frames it could not time (seen in
             # short Matroska files): picking by those would return the wrong frames, silently.
             raise DecodeError(
-                "decord reports no timestamps for this file's frames; --decoder pyav reads it",
+                f"decord reports no timestamps for this file's frames; {_USE_PYAV}",
                 "decode_error",
             )
         # float32 seconds lose exactness; snap back to the stream's integer ticks.
@@ -146,4 +178,7 @@ class DecordDecoder(VideoDecoder):
             return no_frames_error()
         if scan is not None and shortfall(self.info.duration_s, scan[1]):
             return truncated_error(scan[1], self.info.duration_s)
-        return DecodeError(f"corrupt video data: {first_line(e)}", "decode_error")
+        # decord fails files PyAV reads (AV1, MPEG-TS, H.264 in AVI, some small widths): not
+        # necessarily corrupt data.
+        reason = f"decord cannot decode it ({first_line(e)}); {_USE_PYAV}"
+        return DecodeError(reason, "decode_error")

@@ -113,12 +113,16 @@ def open_container(path: Path) -> av.container.InputContainer:
     return container
 
 
-def video_stream(container: av.container.InputContainer) -> av.VideoStream:
-    streams = [
-        s
-        for s in container.streams.video
-        if not s.disposition & av.stream.Disposition.attached_pic  # cover art is not video
+def video_streams(container: av.container.InputContainer) -> list[av.VideoStream]:
+    """The file's video tracks, in file order; cover art (an attached picture) is not one."""
+    return [
+        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
     ]
+
+
+def video_stream(container: av.container.InputContainer) -> av.VideoStream:
+    """The track both decoders read: the first video track."""
+    streams = video_streams(container)
     if not streams:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise DecodeError(f"no video stream (streams: {', '.join(kinds)})", "no_video_stream")

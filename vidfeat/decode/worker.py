@@ -55,6 +55,9 @@ class WorkerSettings:
     # (perhaps by another pool), which kept the environment of that moment: credentials or
     # endpoints set since then would otherwise never reach a worker. None: keep the server's.
     environ: tuple[tuple[str, str], ...] | None = None
+    # The pool's logging level (-q, -v): a worker's warnings, and decoder libraries' own
+    # chatter, follow the command's verbosity.
+    log_level: int = logging.WARNING
 
 
 def usable_cpus() -> int:
@@ -105,6 +108,7 @@ def checked_settings(
         decode_threads,
         audio,
         tuple(os.environ.items()),
+        logging.getLogger().getEffectiveLevel(),
     )
 
 
@@ -148,6 +152,9 @@ def worker_main(conn: mp_connection.Connection, settings: WorkerSettings) -> Non
     _die_with_parent()
     if settings.environ is not None:
         _set_environ(dict(settings.environ))
+    # The command's format (vidfeat_cli.core.setup_logging), so a worker's line reads like the
+    # parent's, not as a bare message.
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(EOFError, OSError):  # the parent is gone: nobody to report to
         _serve(conn, settings)
 

@@ -101,6 +101,7 @@ def store_summary(path: str | os.PathLike | RemotePath) -> dict[str, Any]:
             "weights": backbone["weights"],
             "fps": attrs.get("fps"),
             "max_frames": attrs.get("max_frames"),
+            "decoder": attrs.get("decoder"),  # part of the identity: a store holds one's frames
             "precision": attrs.get("precision"),
             "attrs": attrs,
             "failures": [
@@ -135,7 +136,8 @@ def format_summary(s: dict[str, Any], show_failures: bool = True, max_failures: 
         ),
         f"disk        {_mib(s['disk_bytes'])}",
         f"backbone    {s['backbone']} weights={s['weights']} precision={s['precision']}",
-        f"sampling    fps={s['fps']} max_frames={s['max_frames']}",
+        f"sampling    fps={s['fps']} max_frames={s['max_frames']}"
+        + (f" decoder={s['decoder']}" if s.get("decoder") else ""),
         f"labels      {len(s['labels'])}: {', '.join(s['labels'][:20])}"
         + (" ..." if len(s["labels"]) > 20 else ""),
     ]
