@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,21 @@ def flatten_config(data: object, where: str) -> dict[str, Any]:
     return flat
 
 
+# YAML 1.1 (PyYAML's rules) reads a number with an exponent but no dot, such as 1e-3, as a
+# string; YAML 1.2 and every other reader of configs read it as the float it looks like.
+_YAML_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+
+
+def _yaml_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789"))
+    return Loader
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """The flat settings of a JSON (``.json``) or YAML (any other suffix) file."""
     import yaml
@@ -72,7 +88,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: plain data only
     except (ValueError, yaml.YAMLError) as exc:
         first = (str(exc).splitlines() or [""])[0]
         raise ConfigError(f"cannot parse config {path}: {first}") from None

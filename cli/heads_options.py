@@ -231,11 +231,12 @@ def model_option() -> list[click.Parameter]:
 def build_config(options: dict[str, Any], base: dict[str, Any] | None = None) -> TrainConfig:
     """TrainConfig from CLI options (None = not given) over ``base`` (a config file or a run's
     config, flat or nested) or the defaults."""
-    from heads.config import TrainConfig
+    from heads.config import TrainConfig, keeps_base_lr
 
     merged = flatten_config(dict(base or {}), "the base config")
     given = {k: v for k, v in options.items() if v is not None}
-    if "optimizer" in given and "lr" not in given:
+    base_optimizer = merged.get("optimizer", TrainConfig.__dataclass_fields__["optimizer"].default)
+    if not keeps_base_lr(base_optimizer, given):
         merged.pop("lr", None)  # another optimiser: its own default lr, not the base's
     merged.update(given)
     for key in ("classes", "streams"):  # comma-separated on the command line

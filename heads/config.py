@@ -36,6 +36,13 @@ DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "rmsprop": 1e-3}
 SGD_MOMENTUM = 0.9
 
 
+def keeps_base_lr(base_optimizer: str, changes: dict[str, Any]) -> bool:
+    """Whether a config built from a base and ``changes`` keeps the base's learning rate: yes
+    unless the changes name another optimiser without an lr (that optimiser's default then).
+    Naming the same optimiser again changes nothing."""
+    return "lr" in changes or changes.get("optimizer", base_optimizer) == base_optimizer
+
+
 def _from_dict(
     cls: type, data: object, nested: dict[str, Any] | None = None, what: str | None = None
 ) -> Any:

@@ -36,7 +36,7 @@ from torch import nn
 
 from heads import checkpoint as ck
 from heads import distributed as dd
-from heads.config import TrainConfig
+from heads.config import TrainConfig, keeps_base_lr
 from heads.errors import TransferError
 from heads.identity import check_store_compatible
 from heads.inference import LoadedRun, load_run
@@ -173,7 +173,7 @@ def finetune_config(parent: TrainConfig, mode: str, **changes: Any) -> TrainConf
     check_mode(mode)
     data = dataclasses.replace(parent.data, classes=None)
     base = parent.replace(data=data, optimizer=FINETUNE_OPTIMIZER, lr=FINETUNE_LR[mode])
-    if "optimizer" in changes and "lr" not in changes:
+    if not keeps_base_lr(FINETUNE_OPTIMIZER, changes):
         changes["lr"] = None  # that optimiser's own default (DEFAULT_LR), not Adam's step
     return base.replace(**changes)
 

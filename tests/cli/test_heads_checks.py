@@ -59,6 +59,32 @@ def test_yaml_config_supplies_the_model_and_options_override_it(tmp_path):
     assert merged["head"]["hidden_size"] == 12 and merged["data"]["batch_size"] == 4
 
 
+def test_yaml_reads_exponents_without_a_dot_as_numbers(tmp_path):
+    # PyYAML's YAML 1.1 rules read 1e-3 as the string "1e-3", which was refused as no number.
+    config = tmp_path / "run.yaml"
+    config.write_text("model: gru\nlr: 1e-3\nweight_decay: 5E-5\ntag_like: 1e3x\n")
+    result = invoke("train", "--config", config, "--print-config")
+    assert result.exit_code == 2 and "tag_like" in result.output  # still an unknown key
+    config.write_text("model: gru\nlr: 1e-3\nweight_decay: 5E-5\n")
+    merged = json.loads(invoke("train", "--config", config, "--print-config").output)
+    assert (merged["lr"], merged["weight_decay"]) == (0.001, 5e-5)
+
+
+def test_naming_the_same_optimizer_keeps_the_configs_learning_rate(tmp_path):
+    # Another optimiser without --lr takes its own default; the same one named again changed
+    # nothing but dropped the file's lr all the same.
+    config = tmp_path / "run.yaml"
+    config.write_text("model: gru\noptimizer: sgd\nlr: 0.05\n")
+    same = json.loads(
+        invoke("train", "--config", config, "--optimizer", "sgd", "--print-config").output
+    )
+    other = json.loads(
+        invoke("train", "--config", config, "--optimizer", "adam", "--print-config").output
+    )
+    assert (same["optimizer"], same["lr"]) == ("sgd", 0.05)
+    assert (other["optimizer"], other["lr"]) == ("adam", 0.001)
+
+
 def test_on_off_options_override_only_when_given(tmp_path):
     # Not given, an on/off option keeps the default or the config file's value, like any other.
     plain = json.loads(invoke("train", "-m", "gru", "--print-config").output)

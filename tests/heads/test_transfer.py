@@ -179,6 +179,8 @@ def test_finetune_config_defaults_and_overrides() -> None:
     assert (cfg.patience, cfg.head, cfg.data.batch_size) == (4, parent.head, 8)  # inherited
     assert finetune_config(parent, "all").lr == FINETUNE_LR["all"]
     assert finetune_config(parent, "top", optimizer="sgd").lr == 0.01  # sgd's own default
+    # Naming fine-tuning's own optimiser keeps its step, not Adam's training default.
+    assert finetune_config(parent, "top", optimizer="adam").lr == FINETUNE_LR["top"]
 
 
 def test_parent_split_is_kept_and_new_videos_are_split_afresh() -> None:
