@@ -34,6 +34,10 @@ class TrainingDataError(ConfigError):
     """The training set cannot teach a classifier anything (one class, one video, none)."""
 
 
+class TrainingDiverged(ConfigError):
+    """The loss or the scores became NaN or infinite: the step size is too large for the data."""
+
+
 class TransferError(ConfigError):
     """A run cannot be fine-tuned as asked (mode, class set, classifier layout)."""
 

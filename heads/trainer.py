@@ -29,8 +29,10 @@ from tqdm import tqdm
 from heads import checkpoint as ck
 from heads import distributed as dd
 from heads.config import TrainConfig
+from heads.errors import TrainingDiverged
 from heads.evaluation import validate
 from heads.labels import LabelMap, multilabel_loss
+from heads.metrics import MetricInputError
 from heads.models.base import Head
 from heads.objective import Loss, make_optimizer
 from heads.schedule import Position, finished, lr_factor, window_batches
@@ -349,16 +351,28 @@ def _describe(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _diverged(cfg: TrainConfig, where: str, what: str) -> TrainingDiverged:
+    # Resuming replays the same steps from the last checkpoint, so it diverges again: the
+    # way on is another step size (a new run, or --force over this one).
+    clip = f"--grad-clip {cfg.grad_clip:g}" if cfg.grad_clip else "no --grad-clip"
+    return TrainingDiverged(
+        f"training diverged at {where}: {what}. Lower --lr (now {cfg.lr:g}, {cfg.optimizer}; "
+        f"{clip}) and start again with --force or another --out"
+    )
+
+
 def _evaluation(run: _Session, pos: Position, progress: bool) -> dict[str, Any]:
     """Train one window from ``pos`` (advancing it), then validate -> one metrics record."""
     t0 = time.perf_counter()
     cfg, loaders = run.cfg, run.loaders
-    lr = run.optimizer.param_groups[0]["initial_lr"] * lr_factor(pos, cfg)
     per_window = cfg.eval_every * cfg.data.batch_size if cfg.eval_every else None
     desc = f"step {pos.step}" if cfg.eval_every else f"epoch {pos.epoch}/{cfg.epochs}"
     total = per_window or len(loaders.train.dataset)
     with tqdm(total=total, desc=desc, unit="video", disable=not progress, leave=False) as bar:
         tr = _train_window(run, pos, bar)
+    # The rate of the window's last step: a decay inside the window (--lr-decay-examples,
+    # --lr-step with --eval-every) has taken effect by then.
+    lr = run.optimizer.param_groups[0]["lr"]
     record: dict[str, Any] = {
         "epoch": pos.last_epoch,
         "step": pos.step,
@@ -368,9 +382,14 @@ def _evaluation(run: _Session, pos: Position, progress: bool) -> dict[str, Any]:
         **{f"train_{key}": value for key, value in tr.items()},  # auxiliary losses
         **run.model.pop_stats(),
     }
+    if not math.isfinite(record["train_loss"]):
+        raise _diverged(cfg, desc, f"the training loss is {record['train_loss']}")
     val = {}
     if loaders.val is not None:
-        val = validate(run.model, loaders.val, run.loss_fn, run.device)
+        try:
+            val = validate(run.model, loaders.val, run.loss_fn, run.device)
+        except MetricInputError as exc:  # NaN or infinite scores: the weights blew up
+            raise _diverged(cfg, desc, str(exc)) from exc
     record["val_loss"] = val.get("loss")
     for key in ("hit_at_1", "gap_at_20", "top5", "mean_ap", "perr"):
         record[f"val_{key}"] = val.get(key)

@@ -24,6 +24,8 @@ def check_float(
     value = getattr(obj, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ConfigError(f"{name} must be a number, got {value!r}")
+    if math.isinf(value):  # --lr inf trains to NaN at the first step
+        raise ConfigError(f"{name} must be a finite number, got {value}")
     too_low = value <= low if open_low else value < low
     if too_low or (high is not None and value > high):
         sign = ">" if open_low else ">="

@@ -85,6 +85,30 @@ def test_naming_the_same_optimizer_keeps_the_configs_learning_rate(tmp_path):
     assert (other["optimizer"], other["lr"]) == ("adam", 0.001)
 
 
+def test_a_diverging_run_says_what_to_change(store, tmp_path):
+    # It failed as "scores contain 24 NaN or infinite value(s)", and --resume replayed it.
+    out = tmp_path / "blown"
+    args = ["-q", "train", store, "-m", "logistic", "-o", out, "--epochs", "3"]
+    result = invoke(*args, "--optimizer", "sgd", "--lr", "1e30", "--grad-clip", "0")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    line = result.output.strip().splitlines()[-1]  # after the split's warning
+    assert "training diverged at epoch 1/3" in line and "Lower --lr (now 1e+30, sgd" in line
+    line = one_line_error(invoke(*args, "--lr", "inf", "--force"))
+    assert "lr must be a finite number" in line
+
+
+def test_the_logged_lr_is_the_one_the_windows_last_step_used(store, tmp_path):
+    # Decay by examples inside an epoch: the record showed the rate at the epoch's start.
+    out = tmp_path / "decay"
+    args = ["-q", "train", store, "-m", "logistic", "-o", out, "--epochs", "1"]
+    args += ["--batch-size", "4", "--lr-decay-examples", "8", "--lr-gamma", "0.5"]
+    assert invoke(*args).exit_code == 0
+    (record,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    last_batch_start = record["examples"] - 4  # 28 training videos: full batches of 4
+    assert record["lr"] == pytest.approx(1e-3 * 0.5 ** (last_batch_start // 8))
+    assert record["lr"] < 1e-3
+
+
 def test_on_off_options_override_only_when_given(tmp_path):
     # Not given, an on/off option keeps the default or the config file's value, like any other.
     plain = json.loads(invoke("train", "-m", "gru", "--print-config").output)
