@@ -17,7 +17,7 @@ from typing import Any
 from vidfeat.errors import ConfigError
 
 # Written by heads into a run's config.json next to the training config; not options.
-RUN_RECORD_KEYS = ("store", "finetune")
+RUN_RECORD_KEYS = ("store", "finetune", "split_file")
 _NESTED = ("head", "data")
 
 
@@ -79,8 +79,19 @@ def _yaml_loader() -> type:
     return Loader
 
 
+def recorded_split_file(path: Path) -> Path | None:
+    """The --split-file a run's config.json records (None if it records none)."""
+    value = _load(path).get("split_file") if path.suffix.lower() == ".json" else None
+    return Path(value) if isinstance(value, str) and value else None
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """The flat settings of a JSON (``.json``) or YAML (any other suffix) file."""
+    data = _load(path)
+    return flatten_config({} if data is None else data, str(path))
+
+
+def _load(path: Path) -> Any:
     import yaml
 
     try:
@@ -95,4 +106,4 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except (ValueError, yaml.YAMLError) as exc:
         first = (str(exc).splitlines() or [""])[0]
         raise ConfigError(f"cannot parse config {path}: {first}") from None
-    return flatten_config({} if data is None else data, str(path))
+    return data

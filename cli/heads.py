@@ -16,7 +16,7 @@ import click
 
 from vidfeat.allocator import keep_freed_memory
 from vidfeat.errors import ConfigError
-from vidfeat_cli.config_file import read_config_file
+from vidfeat_cli.config_file import read_config_file, recorded_split_file
 from vidfeat_cli.core import (
     EXIT_CANNOT_RUN,
     EXIT_INTERNAL,
@@ -160,6 +160,12 @@ def train(
     """
     base = read_config_file(config_file) if config_file else None
     cfg = build_config(options, base)
+    if split_file is None and config_file is not None:
+        split_file = recorded_split_file(config_file)  # a run's config.json: its split file
+        if split_file is not None:
+            logging.getLogger("heads.run").info(
+                "splits from %s, the --split-file %s records", split_file, config_file
+            )
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return

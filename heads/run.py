@@ -87,11 +87,14 @@ def is_multilabel(cfg: TrainConfig, label_map: LabelMap) -> bool:
 
 
 def write_header(run_dir: Path, cfg: TrainConfig, data: RunData, **extra: Any) -> None:
-    """config.json (with the store identity), label_map.json and split.csv."""
+    """label_map.json, split.csv, then config.json (with the store identity): config.json
+    marks a run there (``ck.check_run_dir``), so it comes last, and a process killed before it
+    leaves a directory the next run may start in afresh, rather than a run that --resume
+    cannot read."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    ck.write_json(run_dir / ck.CONFIG, {**cfg.to_dict(), "store": data.identity, **extra})
     ck.write_json(run_dir / ck.LABEL_MAP, data.label_map.to_dict())
     save_splits(data.videos, run_dir / ck.SPLIT)
+    ck.write_json(run_dir / ck.CONFIG, {**cfg.to_dict(), "store": data.identity, **extra})
 
 
 def _check_resume(saved: TrainConfig, wanted: TrainConfig) -> None:
@@ -325,7 +328,9 @@ def train_run(
     if not continuing and dd.world().is_main:
         if state != "new":
             ck.clear_run_dir(run_dir)
-        write_header(run_dir, cfg, data)
+        # Recorded so that this config.json, given as --config, splits the videos the same way.
+        given = {"split_file": str(Path(split_file).absolute())} if split_file else {}
+        write_header(run_dir, cfg, data, **given)
     torch.manual_seed(cfg.seed)  # model initialisation
     model = create_head(
         cfg.model,
@@ -351,6 +356,7 @@ def _resumed_data(store_path: str | Path, cfg: TrainConfig, run_dir: Path) -> Ru
     that must still be the one it recorded, with ``cfg`` equal to its config."""
     saved = ck.read_json(run_dir / ck.CONFIG)
     recorded = saved.pop("store")
+    saved.pop("split_file", None)  # the splits themselves are in split.csv
     _check_resume(TrainConfig.from_dict(saved), cfg)
     return load_data(
         store_path,

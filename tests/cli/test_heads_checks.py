@@ -297,3 +297,25 @@ def test_a_malicious_checkpoint_is_refused_in_one_line(run, store, tmp_path):
     line = one_line_error(invoke("evaluate", copy))
     assert str(copy / "best.pt") in line and "refused" in line
     assert "weights_only" not in line
+
+
+def test_a_run_killed_while_writing_its_header_starts_afresh(store, tmp_path):
+    # config.json marks a run: written first, a SIGKILL before split.csv (no cleanup runs)
+    # left a run that asked for --resume, which then failed on the missing split.csv.
+    import subprocess
+    import sys
+
+    out = tmp_path / "k"
+    args = ["-q", "train", str(store), "-m", "logistic", "-o", str(out), *SMALL]
+    script = (
+        "import os, signal, sys\n"
+        "import heads.run\n"
+        "heads.run.save_splits = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from vidfeat_cli.heads import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, *args], capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    assert (out / "label_map.json").exists() and not (out / "config.json").exists()
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output

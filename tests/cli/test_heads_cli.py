@@ -278,6 +278,10 @@ def test_split_file_groups_and_config_reuse(tmp_path):
     assert runner.invoke(main, again).exit_code == 0
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["seed"] == 5 and config["epochs"] == 1 and config["lr"] == 0.01
+    # The recorded --split-file came with it: the same groups, the same splits.
+    assert config["split_file"] == str(tmp_path / "manifest.csv")
+    first, second = (pd.read_csv(tmp_path / r / "split.csv") for r in ("a", "b"))
+    pd.testing.assert_frame_equal(first, second)
     rerun = runner.invoke(main, again)
     assert rerun.exit_code == 2 and "finished run; add --force" in rerun.output
 
