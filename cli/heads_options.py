@@ -278,9 +278,32 @@ def training_session(device: str, out: Path, resume_step: str) -> Iterator[bool]
             with cleanup:
                 yield world.is_main
         except KeyboardInterrupt as exc:
-            kept = out.is_dir() and any(out.glob("*.pt"))
-            step = resume_step if kept else "nothing was kept; rerun the same command"
-            raise Interrupted(step) from exc
+            raise Interrupted(_next_step(out, resume_step)) from exc
+        except RuntimeError as exc:
+            if not (world.distributed and _lost_peer(exc)):
+                raise
+            from heads.errors import RankLost
+
+            # gloo's own words ("Connection reset by peer", "Timed out waiting") read as a
+            # bug in this process; the cause is in another one.
+            said = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise RankLost(
+                "another rank of this torchrun job died or stopped answering "
+                f"({said}); {_next_step(out, resume_step)}"
+            ) from exc
+
+
+def _next_step(out: Path, resume_step: str) -> str:
+    kept = out.is_dir() and any(out.glob("*.pt"))
+    return resume_step if kept else "nothing was kept; rerun the same command"
+
+
+def _lost_peer(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is a collective failing because a peer rank went away."""
+    import torch.distributed as dist
+
+    words = ("Connection reset by peer", "Connection closed by peer", "Timed out", "timed out")
+    return isinstance(exc, dist.DistError) or any(w in str(exc) for w in words)
 
 
 @contextlib.contextmanager

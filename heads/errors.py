@@ -34,6 +34,10 @@ class TrainingDataError(ConfigError):
     """The training set cannot teach a classifier anything (one class, one video, none)."""
 
 
+class RankLost(VidfeatError, RuntimeError):
+    """Under torchrun, another rank died or stopped answering mid-collective."""
+
+
 class TrainingDiverged(ConfigError):
     """The loss or the scores became NaN or infinite: the step size is too large for the data."""
 

@@ -283,6 +283,11 @@ def test_sigkill_of_one_rank_fails_the_job_and_resume_finishes_it(runs):
     _, err = job.communicate(timeout=180)  # torchrun stops rank 0 and fails
     assert job.returncode != 0
     assert b"SIGKILL" in err or b"Signal 9" in err, err.decode()[-2000:]
+    # Rank 0 says what happened and what to do (unless torchrun's SIGTERM reached it first),
+    # never "internal error ... a bug".
+    assert b"internal error" not in err, err.decode()[-2000:]
+    told = b"another rank of this torchrun job died" in err or b"interrupted:" in err
+    assert told and b"--resume" in err, err.decode()[-2000:]
     assert not (run / ck.TEST_METRICS).exists()
     assert 1 <= ck.load_checkpoint(run / ck.LAST)["epoch"] < 10
     # One process cannot continue a 2-rank run: its batches would be others.
