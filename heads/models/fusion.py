@@ -99,13 +99,17 @@ class ProjectionFusion(StreamMaps):
 
     @staticmethod
     def distance(projections: list[Tensor], lengths: Tensor) -> Tensor:
-        """Mean over valid frames and stream pairs of ||p_i/|p_i| - p_j/|p_j|||^2 (in [0, 4]).
+        """Mean over videos of the mean over its valid frames and the stream pairs of
+        ||p_i/|p_i| - p_j/|p_j|||^2 (in [0, 4]).
 
         Normalised, because plain L2 is minimised by shrinking every projection to 0, which a
-        following LayerNorm undoes: the term would constrain nothing."""
+        following LayerNorm undoes: the term would constrain nothing. Per video, as the
+        classification loss is: every video weighs the same whatever its length, which is also
+        what makes N torchrun ranks add up to one process (they weigh their slices by videos)."""
         units = [F.normalize(p, dim=-1) for p in projections]
         pairs = [((a - b) ** 2).sum(dim=-1) for a, b in itertools.combinations(units, 2)]
         per_frame = torch.stack(pairs).mean(dim=0)  # (B, T)
         mask = lengths_to_mask(lengths, per_frame.shape[1])
         # where(), not a product: NaN in padded frames must not leak into the sum.
-        return torch.where(mask, per_frame, 0.0).sum() / mask.sum()
+        per_video = torch.where(mask, per_frame, 0.0).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return per_video.mean()

@@ -149,7 +149,7 @@ def test_padding_never_changes_outputs_with_fused_streams(name, fusion):
     assert_padding_invariant(model.eval(), float("nan"))
 
 
-def test_projection_term_counts_valid_frames_only():
+def test_projection_term_counts_valid_frames_and_weighs_videos_alike():
     torch.manual_seed(0)
     a, b = torch.randn(4, 3), torch.randn(4, 3)
     alone = ProjectionFusion.distance([a[None], b[None]], torch.tensor([4]))
@@ -158,7 +158,9 @@ def test_projection_term_counts_valid_frames_only():
     pa[1, :4], pb[1, :4] = a, b
     pa[0, :6], pb[0, :6] = a.repeat(2, 1)[:6], b.repeat(2, 1)[:6]
     batched = ProjectionFusion.distance([pa, pb], torch.tensor([6, 4]))
-    expected = (alone * 4 + ProjectionFusion.distance([pa[:1], pb[:1]], torch.tensor([6])) * 6) / 10
+    # The mean of the two videos' own means, whatever their lengths (6 and 4 frames): so
+    # torchrun's per-video weighting of the ranks' slices adds up to one process.
+    expected = (alone + ProjectionFusion.distance([pa[:1], pb[:1]], torch.tensor([6]))) / 2
     torch.testing.assert_close(batched, expected)
     same = ProjectionFusion.distance([a[None], 3 * a[None]], torch.tensor([4]))
     assert float(same) == pytest.approx(0.0, abs=1e-6)  # scale-free: only directions count
