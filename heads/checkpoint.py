@@ -25,6 +25,7 @@ from typing import Any
 from heads.errors import CheckpointError, RunExistsError
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
+from vidfeat.signals import signals_held
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,12 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically (temporary file, fsync, rename)."""
+    """Write ``state`` atomically (temporary file, fsync, rename), with Ctrl-C and SIGTERM held
+    until it is written: raised inside torch.save's zip writer, the interrupt came out as its
+    RuntimeError ("unexpected pos"), an internal error instead of "interrupted"."""
     import torch
 
-    with atomic.atomic_open(path, "wb") as fh:
+    with signals_held(), atomic.atomic_open(path, "wb") as fh:
         torch.save(state, fh)
 
 

@@ -297,7 +297,7 @@ CASES: list[Case] = [
         run=heads("report", "{tmp}/empty", "--out", "{tmp}/out/rep"),
         inject=lambda env: env.path("empty").mkdir(),
         code=CANNOT_RUN,
-        message="not a heads run",
+        message="neither a heads run nor an ensemble",
         kept=("no_out",),
     ),
     Case(

@@ -348,3 +348,23 @@ def test_pca_is_identified_by_its_matrix_not_its_source(tmp_path):
         check_store_compatible(provenance, c)
     with store("d.zarr", None) as d, pytest.raises(IncompatibleStoreError, match="pca"):
         check_store_compatible(provenance, d)
+
+
+class _InterruptWhilePickled:
+    """Sends this process SIGINT while torch.save pickles it: an interrupt mid-checkpoint."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return (int, (7,))
+
+
+def test_an_interrupt_during_a_checkpoint_write_waits_for_the_write(tmp_path):
+    # Raised inside torch.save's zip writer, Ctrl-C or SIGTERM came out as its RuntimeError
+    # ("unexpected pos ...") and the command ended as an internal error, without the checkpoint.
+    path = tmp_path / "last.pt"
+    state = {"before": torch.arange(5000.0), "bomb": _InterruptWhilePickled()}
+    state["after"] = torch.ones(5000)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(path, state)
+    saved = torch.load(path, weights_only=False)  # written whole before the interrupt
+    assert saved["bomb"] == 7 and torch.equal(saved["after"], torch.ones(5000))
