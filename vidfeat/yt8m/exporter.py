@@ -23,8 +23,8 @@ from pathlib import Path
 
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
-from vidfeat.pca.quantize import SCHEME
-from vidfeat.yt8m.schema import LEVELS, Yt8mVideo, encode_record
+from vidfeat.store.schema import QUANTIZATION_SCHEMES
+from vidfeat.yt8m.schema import LEVELS, STREAM_DIMS, Yt8mVideo, encode_record
 from vidfeat.yt8m.segments import read_segments, segments_by_video
 from vidfeat.yt8m.sources import split_from_name
 from vidfeat.yt8m.tfrecord import write_records
@@ -92,13 +92,27 @@ def _write_vocabulary(path: Path, indices: dict[str, int]) -> None:
 
 
 def _check_streams(store: object, level: str) -> None:
+    other = {n: s.dim for n, s in store.streams.items() if s.dim != STREAM_DIMS.get(n, s.dim)}
+    if other:
+        # Valid records, but of other sizes than the released data's: YouTube-8M's starter
+        # code reads them with --feature_sizes, and import-yt8m (the released sizes) does not.
+        sizes = ", ".join(f"{n} {d}-d (released: {STREAM_DIMS[n]})" for n, d in other.items())
+        log.warning(
+            "%s: %s; YouTube-8M's code needs --feature_sizes to read these records, and "
+            "vidfeat import-yt8m reads the released sizes only",
+            store.path,
+            sizes,
+        )
     if level == "frame":
         for name, spec in store.streams.items():
             q = spec.quantization or {}
-            if spec.dtype != "uint8" or q.get("scheme") != SCHEME:
+            # Both schemes are YouTube-8M's bytes: rgb rounded (yt8m_uint8), VGGish's audio
+            # floored (vggish_uint8); its readers dequantize them alike.
+            if spec.dtype != "uint8" or q.get("scheme") not in QUANTIZATION_SCHEMES:
                 raise ConfigError(
                     f"stream {name!r} is {spec.dtype}; frame-level YouTube-8M records hold "
-                    f"uint8 {SCHEME} codes (make them with --pca ... --quantize)"
+                    "uint8 codes (make them with --pca ... --quantize, and for audio "
+                    "--audio-pca ... --quantize)"
                 )
             if (q.get("min"), q.get("max")) != YT8M_RANGE:
                 raise ConfigError(

@@ -139,7 +139,7 @@ class _Importer:
         failures = [f for f in result.failures if f.status not in RETRY_STATUSES]
         seen: set[str] = set()
         good = []
-        for index, video in enumerate(result.videos):
+        for index, video in zip(result.record_indices, result.videos, strict=True):
             problem = self._problem(video, seen)
             if problem is None:
                 seen.add(video.video_id)

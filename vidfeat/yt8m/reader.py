@@ -43,6 +43,9 @@ class FileResult:
     source: SourceFile
     videos: list[Yt8mVideo] = dataclasses.field(default_factory=list)
     failures: list[RecordFailure] = dataclasses.field(default_factory=list)
+    # Each video's record position in the file (unreadable records leave gaps), for the ids
+    # of failures found after parsing (duplicates, labels, levels).
+    record_indices: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def n_frames(self) -> int:
@@ -58,6 +61,8 @@ def _records(stream: BinaryIO, result: FileResult) -> None:
             result.videos.append(parse_record(item))
         except RecordError as exc:
             result.failures.append(RecordFailure(index, exc.status, exc.reason))
+        else:
+            result.record_indices.append(index)
 
 
 def read_file(source: SourceFile) -> FileResult:

@@ -361,16 +361,21 @@ def test_remote_paths_import_through_fsspec(tmp_path):
 
 def test_extracted_store_exports_for_yt8m_readers(tmp_path):
     from vidfeat import create_store
+    from vidfeat.audio.postprocess import quantization_attrs as vggish_quantization
     from vidfeat.pca.quantize import quantization_attrs
 
+    # What `vidfeat extract --pca ... --quantize --audio vggish --audio-pca ...` writes: the
+    # audio stream's codes are VGGish's (floored), which frame-level export once refused.
     rng = np.random.default_rng(3)
     codes = {f"clip{i}": rng.integers(0, 256, (4 + i, 1024), dtype=np.uint8) for i in range(3)}
+    sound = {v: rng.integers(0, 256, (len(c), 128), dtype=np.uint8) for v, c in codes.items()}
     labels = {"clip0": ["dog"], "clip1": ["cat", "dog"], "clip2": ["cat"]}
     store = tmp_path / "feats1024.zarr"
     spec = {"dim": 1024, "dtype": "uint8", "quantization": quantization_attrs()}
-    with create_store(store, streams={"rgb": spec}) as w:
+    audio = {"dim": 128, "dtype": "uint8", "quantization": vggish_quantization()}
+    with create_store(store, streams={"rgb": spec, "audio": audio}) as w:
         for vid, c in codes.items():
-            w.write(vid, {"rgb": c}, labels=labels[vid], split="train")
+            w.write(vid, {"rgb": c, "audio": sound[vid]}, labels=labels[vid], split="train")
     result = invoke("export-yt8m", store, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     exported = _read_dir(tmp_path / "out")
@@ -379,6 +384,7 @@ def test_extracted_store_exports_for_yt8m_readers(tmp_path):
     for vid, (name, video) in exported.items():
         assert name == "train0000.tfrecord"
         assert video.features["rgb"].tobytes() == codes[vid].tobytes()
+        assert video.features["audio"].tobytes() == sound[vid].tobytes()
         assert sorted(vocab.name(i) for i in video.labels) == sorted(labels[vid])
 
     floats = tmp_path / "float.zarr"
@@ -386,3 +392,34 @@ def test_extracted_store_exports_for_yt8m_readers(tmp_path):
         w.write("a", {"rgb": np.zeros((2, 8), np.float32)})
     refused = invoke("export-yt8m", floats, "--out", tmp_path / "x")
     assert refused.exit_code == 2 and "--quantize" in refused.output
+    # Other sizes than the released data's export (YouTube-8M's code reads them with
+    # --feature_sizes), with a warning that import-yt8m will not read them back.
+    small = tmp_path / "small.zarr"
+    with create_store(small, streams={"rgb": 8}) as w:
+        w.write("a", {"rgb": np.ones((2, 8), np.float32)}, labels=["cat"])
+    result = invoke("export-yt8m", small, "--out", tmp_path / "y", "--level", "video")
+    assert result.exit_code == 0, result.output
+    assert "rgb 8-d (released: 1024)" in result.output and "--feature_sizes" in result.output
+
+
+def test_failures_are_named_by_their_record_not_their_place_among_videos(tmp_path):
+    # [A, A with a bad checksum, A again]: the duplicate was named "#1", its place among the
+    # parsed videos, the id of record 1's failure too; the import stopped half-committed.
+    first = next(iter(read_records(io.BytesIO(FRAME.read_bytes()))))
+    out = io.BytesIO()
+    write_records(out, [first, first, first])
+    data = bytearray(out.getvalue())
+    start, _ = record_spans(bytes(data))[1]
+    data[start + 12 + 50] ^= 0x04
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "train0000.tfrecord").write_bytes(bytes(data))
+    store_path = tmp_path / "s.zarr"
+    result = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert result.exit_code == 1, result.output
+    with open_store(store_path) as store:
+        failed = store.videos[store.videos["status"] != "ok"]
+        rows = zip(failed["video_id"], failed["status"], strict=True)
+        by_record = {video_id.rsplit("#", 1)[1]: status for video_id, status in rows}
+        assert by_record == {"1": "bad_crc", "2": "duplicate"}
+        assert len(store.ok_ids) == 1
