@@ -33,6 +33,7 @@ EXIT_CANNOT_RUN = 2  # bad option or path, read-only or full disk, corrupt store
 EXIT_INTERNAL = 70  # a bug (sysexits' EX_SOFTWARE); never 1, so scripts cannot mistake it
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT)
 EXIT_READER_LEFT = 141  # stdout's reader left (`| head`): 128 + SIGPIPE, as the shell reports
+MAX_FAILURES_SHOWN = 10  # in an end-of-job summary; `vidfeat info` lists them all
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success"),

@@ -22,6 +22,7 @@ from vidfeat_cli.core import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    MAX_FAILURES_SHOWN,
     CliGroup,
     interrupt_on_sigterm,
     progress_option,
@@ -224,7 +225,6 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
 ]
 # Option names that differ from the ExtractConfig field.
 _FLAGS = {"timeout_s": "timeout"}
-MAX_FAILURES_SHOWN = 10  # in the end-of-job summary; `vidfeat info` lists them all
 
 
 def extract_options() -> list[click.Parameter]:

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from vidfeat_cli.core import EXIT_SOME_FAILED, progress_option, show_progress
+from vidfeat_cli.core import (
+    EXIT_SOME_FAILED,
+    MAX_FAILURES_SHOWN,
+    progress_option,
+    show_progress,
+)
 from vidfeat_cli.options import STORE
 
 
@@ -97,8 +102,17 @@ def import_yt8m(
             f"{s.seconds:.1f} s), {s.failed} failed -> {out}"
         )
     if s.failed:
-        for url, failure in s.failures[:10]:
-            click.echo(f"  failed: {url} record {failure.index} ({failure.status})", err=True)
+        for url, failure in s.failures[:MAX_FAILURES_SHOWN]:
+            # The reason says what is wrong ("rgb frame 0 holds [8] bytes, expected ...").
+            why = failure.reason[:160]
+            click.echo(
+                f"  failed: {url} record {failure.index} ({failure.status}): {why}", err=True
+            )
+        if len(s.failures) > MAX_FAILURES_SHOWN:
+            more = len(s.failures) - MAX_FAILURES_SHOWN
+            click.echo(
+                f"  ... and {more} more (`vidfeat info {out}` lists every failure)", err=True
+            )
         click.get_current_context().exit(EXIT_SOME_FAILED)
 
 

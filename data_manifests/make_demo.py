@@ -157,11 +157,18 @@ def write_manifest(rows: list[dict[str, str]], path: Path, prefix: str = "") -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo"))
-    parser.add_argument("--per-class", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("demo"), help="Folder (default: demo).")
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        default=8,
+        help="Videos per class, at least 3: train, val and test each get one (default: 8).",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
     args = parser.parse_args()
+    if args.per_class < 3:
+        parser.error(f"--per-class must be at least 3 (train, val and test), got {args.per_class}")
     rows = make_demo(args.out, args.per_class, args.seed, progress=not args.no_progress)
     write_manifest(rows, args.out / "manifest.csv")
     print(f"{len(rows)} videos in {len(CLASSES)} classes -> {args.out / 'manifest.csv'}")

@@ -206,7 +206,9 @@ def _write_yt8m(
     try:
         names = tuple(str(i) for i in vocabulary_indices(label_map.labels, vocabulary))
     except ConfigError as exc:  # the metrics are still worth having
-        log.warning("%s not written: %s", path.name, exc)
+        # An extra file nobody asked for by name: not worth a warning on every ensemble of
+        # runs with named classes.
+        log.info("%s not written: %s", path.name, exc)
         return
     k = min(20, len(names))
     pairs = [format_yt8m_pairs(s, names, k) for s in scores]

@@ -29,6 +29,7 @@ import pandas as pd
 
 from heads.errors import IncompatibleStoreError, MissingStreamError, RunDataMismatchError
 from vidfeat.location import canonical
+from vidfeat.store.schema import VOLATILE_ATTRS
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,11 @@ def check_same_data(
     """Refuse ``action`` unless ``reader`` and ``videos`` are exactly the run's data."""
     streams = recorded_streams(recorded)
     current = store_identity(reader, videos, None if streams is None else list(streams))
+    # The command line, version and host that made a store say nothing of its features (the
+    # store's own identity rule ignores them too); compared, they named "command" as a
+    # difference between any two extractions.
+    recorded = {**recorded, "attrs": _without_volatile(recorded.get("attrs"))}
+    current["attrs"] = _without_volatile(current["attrs"])
     # Runs recorded before stores had streams have no level or streams to compare.
     keys = [*ROOT_KEYS, *(k for k in ("level", "streams") if k in recorded)]
     problems = [
@@ -147,6 +153,12 @@ def check_same_data(
             f"cannot {action}: store {reader.path} is not the data this run was trained on "
             f"(trained on {recorded.get('path')}): " + "; ".join(problems)
         )
+
+
+def _without_volatile(attrs: Any) -> Any:
+    if not isinstance(attrs, dict):
+        return attrs
+    return {k: v for k, v in attrs.items() if k not in VOLATILE_ATTRS}
 
 
 def _attr_diff(trained: dict[str, Any], current: dict[str, Any]) -> str:

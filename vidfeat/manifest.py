@@ -168,6 +168,15 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
         if len(problems) > len(shown):
             shown.append(f"... and {len(problems) - len(shown)} more")
         raise ManifestError(f"manifest {path} has {len(problems)} problem(s):", shown)
+    if entries and n_missing == len(entries):
+        # Every path wrong at once is a wrong folder or a step not run yet, not 80 failures
+        # to record (which a rerun would then skip as done).
+        demo = " (the demo's videos: run `make demo`, or data_manifests/make_demo.py)"
+        hint = demo if path.name == "demo.csv" else ""
+        raise ManifestError(
+            f"none of the {len(entries)} videos in {path} exists, e.g. {entries[0].path}; "
+            f"relative paths resolve against the manifest's folder{hint}"
+        )
     if n_missing:
         log.warning(
             "%d of %d videos in %s do not exist; they will be recorded as failed (missing)",

@@ -89,14 +89,16 @@ def test_evaluate_on_another_store_says_what_to_do(trained, tmp_path):
     root, _ = trained
     runner = CliRunner()
     # The run's video ids with other features: "test" is assumed, refused, and --split all named.
+    # Its command line differs too, which says nothing of the features: not named.
     same_ids = write_store(
         tmp_path / "same_ids.zarr",
         cluster_videos(60, n_classes=4, seed=0, signal=3.0),
         dim=16,
-        attrs=STORE_ATTRS,
+        attrs={**STORE_ATTRS, "command": "vidfeat extract other.csv --out same_ids.zarr"},
     )
     result = runner.invoke(main, ["evaluate", str(root / "bof"), "--store", str(same_ids)])
     assert result.exit_code == 2 and "pass --split all" in result.output, result.output
+    assert "command" not in result.output and "hold other features" in result.output
     result = runner.invoke(
         main, ["evaluate", str(root / "bof"), "--store", str(same_ids), "--split", "all"]
     )

@@ -128,6 +128,15 @@ def test_missing_files_are_not_manifest_errors(tmp_path: Path, caplog) -> None:
     assert "1 of 2 videos" in caplog.text and "(missing)" in caplog.text
 
 
+def test_a_manifest_whose_every_video_is_missing_is_refused(tmp_path: Path) -> None:
+    # Recorded as 80 failed videos, a rerun after fixing the paths skipped them all as done.
+    manifest = tmp_path / "demo.csv"
+    manifest.write_text("video_id,path,labels\na,../videos/a.mp4,x\nb,../videos/b.mp4,y\n")
+    with pytest.raises(ManifestError, match=r"none of the 2 videos .* exists") as info:
+        read_manifest(manifest)
+    assert "make demo" in str(info.value)
+
+
 def test_missing_columns_and_missing_manifest(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,file\n1,a.mp4\n")
@@ -176,3 +185,18 @@ def test_committed_demo_manifest_matches_the_generator(tmp_path: Path) -> None:
     assert {(r["labels"], r["split"]) for r in rows} == {
         (name, s) for name, _, _ in CLASSES for s in ("train", "val", "test")
     }
+
+
+def test_make_demo_refuses_too_few_videos_per_class_as_a_usage_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    script = root / "data_manifests" / "make_demo.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path / "d"), "--per-class", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "--per-class must be at least 3" in out.stderr and not (tmp_path / "d").exists()

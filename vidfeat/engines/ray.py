@@ -58,7 +58,11 @@ def _connect(ray: Any, address: str | None) -> bool:
     try:
         ray.init(address=address, log_to_driver=False)
     except ConnectionError as exc:
-        raise EngineError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
+        # Ray's own advice names its CLI's --address flag; ours is --ray-address.
+        raise EngineError(
+            f"cannot reach the Ray cluster at {address}: {exc} (vidfeat: --ray-address or "
+            "RAY_ADDRESS; how to start a cluster: docs/ray.md)"
+        ) from exc
     return True
 
 

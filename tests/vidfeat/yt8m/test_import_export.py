@@ -241,6 +241,7 @@ def test_a_run_with_no_readable_video_says_nothing_was_written(tmp_path):
     assert "no video could be read from 2 file(s): nothing was written" in result.output
     assert "files imported" not in result.output and not store_path.exists()
     assert "failed: " in result.output and "not_tfrecord" in result.output
+    assert "(not_tfrecord): " in result.output  # with the reason, not the status alone
 
 
 ROOT = Path(__file__).resolve().parents[3]
