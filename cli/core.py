@@ -252,8 +252,6 @@ def run_command(group: click.Group) -> NoReturn:
     run_exit_handlers()
     if code is None:
         code = EXIT_OK
-    elif code == 1 and stdout_reader_left():  # click's own ending when --help meets EPIPE
-        code = EXIT_READER_LEFT
     elif not isinstance(code, int):
         print(code, file=sys.stderr)  # what sys.exit("message") prints
         code = 1

@@ -302,8 +302,10 @@ def _lost_peer(exc: RuntimeError) -> bool:
     """Whether ``exc`` is a collective failing because a peer rank went away."""
     import torch.distributed as dist
 
-    words = ("Connection reset by peer", "Connection closed by peer", "Timed out", "timed out")
-    return isinstance(exc, dist.DistError) or any(w in str(exc) for w in words)
+    # gloo raises plain RuntimeErrors; these are its words for a peer gone or silent. Not any
+    # DistError: a backend error may be this rank's own (CUDA, out of memory).
+    words = ("Connection reset by peer", "Connection closed by peer", "Timed out waiting")
+    return isinstance(exc, dist.DistNetworkError) or any(w in str(exc) for w in words)
 
 
 @contextlib.contextmanager

@@ -34,6 +34,10 @@ class MetricInputError(VidfeatError, ValueError):
     """Scores, labels or a metric parameter are invalid."""
 
 
+class NonFiniteScores(MetricInputError):
+    """Scores hold NaN or infinity: from a model whose weights blew up, not from bad data."""
+
+
 @dataclass(frozen=True)
 class ClassStats:
     """Per-class statistics, each an array of shape (C,).
@@ -69,7 +73,7 @@ def _validate(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
         raise MetricInputError(f"need at least one video and one class; got shape {s.shape}")
     if not np.isfinite(s).all():
         bad = int((~np.isfinite(s)).sum())
-        raise MetricInputError(f"scores contain {bad} NaN or infinite value(s)")
+        raise NonFiniteScores(f"scores contain {bad} NaN or infinite value(s)")
     if not ((y_raw == 0) | (y_raw == 1)).all():
         raise MetricInputError("labels must be binary (0/1 or bool)")
     return s, y_raw.astype(bool)

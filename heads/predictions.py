@@ -118,7 +118,8 @@ def write_table(table: pd.DataFrame, out: Path | None, fmt: str) -> None:
     if out is None:
         write(sys.stdout)
         return
-    with atomic.atomic_open(out, mode) as fh:
+    text = {} if mode == "wb" else {"encoding": "utf-8", "newline": ""}  # whatever the locale
+    with atomic.atomic_open(out, mode, **text) as fh:
         write(fh)
 
 
@@ -177,5 +178,5 @@ def write_predictions(
         "labels": [LABEL_SEPARATOR.join(np.array(label_map.labels)[y > 0]) for y in labels],
         "predictions": [top_classes(s, label_map.labels, k) for s in scores],
     }
-    with atomic.atomic_open(stem.with_suffix(".csv"), "w", newline="") as fh:
+    with atomic.atomic_open(stem.with_suffix(".csv"), "w", newline="", encoding="utf-8") as fh:
         as_csv_cells(pd.DataFrame(rows)).to_csv(fh, index=False)

@@ -32,7 +32,7 @@ from heads.config import TrainConfig
 from heads.errors import TrainingDiverged
 from heads.evaluation import validate
 from heads.labels import LabelMap, multilabel_loss
-from heads.metrics import MetricInputError
+from heads.metrics import NonFiniteScores
 from heads.models.base import Head
 from heads.objective import Loss, make_optimizer
 from heads.schedule import Position, finished, lr_factor, window_batches
@@ -388,7 +388,7 @@ def _evaluation(run: _Session, pos: Position, progress: bool) -> dict[str, Any]:
     if loaders.val is not None:
         try:
             val = validate(run.model, loaders.val, run.loss_fn, run.device)
-        except MetricInputError as exc:  # NaN or infinite scores: the weights blew up
+        except NonFiniteScores as exc:  # the weights blew up (other input errors are bugs)
             raise _diverged(cfg, desc, str(exc)) from exc
     record["val_loss"] = val.get("loss")
     for key in ("hit_at_1", "gap_at_20", "top5", "mean_ap", "perr"):

@@ -105,9 +105,8 @@ def _resolve(manifest: Path, raw_path: str) -> Location:
     joined = (manifest.parent / video_path).absolute()
     # Drop "x/.." lexically, unless a symlink makes that another file (then keep the path).
     tidy = Path(os.path.normpath(joined))
-    if tidy != joined and joined.exists() and not (tidy.exists() and tidy.samefile(joined)):
-        return joined
-    return tidy
+    same = tidy == joined or (joined.exists() and tidy.exists() and tidy.samefile(joined))
+    return tidy if same else joined
 
 
 def _path_problem(video_path: Location) -> str | None:
@@ -169,15 +168,20 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
             shown.append(f"... and {len(problems) - len(shown)} more")
         raise ManifestError(f"manifest {path} has {len(problems)} problem(s):", shown)
     if entries and n_missing == len(entries):
-        # Every path wrong at once is a wrong folder or a step not run yet, not 80 failures
-        # to record (which a rerun would then skip as done).
+        # Every path missing at once is most often a wrong folder or a step not run yet. Not
+        # refused: the videos may be on the Ray workers' nodes only (docs/ray.md), or removed
+        # after a finished job whose rerun does nothing.
         demo = " (the demo's videos: run `make demo`, or data_manifests/make_demo.py)"
-        hint = demo if path.name == "demo.csv" else ""
-        raise ManifestError(
-            f"none of the {len(entries)} videos in {path} exists, e.g. {entries[0].path}; "
-            f"relative paths resolve against the manifest's folder{hint}"
+        log.warning(
+            "none of the %d videos in %s exists here, e.g. %s; relative paths resolve against "
+            "the manifest's folder%s. Missing videos are recorded as failed; after fixing the "
+            "paths, rerun with --retry-failed",
+            len(entries),
+            path,
+            entries[0].path,
+            demo if path.name == "demo.csv" else "",
         )
-    if n_missing:
+    elif n_missing:
         log.warning(
             "%d of %d videos in %s do not exist; they will be recorded as failed (missing)",
             n_missing,

@@ -248,7 +248,7 @@ def test_a_reader_that_left_ends_the_command_quietly(tmp_path):
         w.write("v", np.ones((1, 2), np.float32))
     script = "import sys; sys.argv[0] = 'vidfeat'; from vidfeat_cli.vidfeat import main; "
     script += "from vidfeat_cli.core import run_command; run_command(main)"
-    for args in (["info", str(store)], ["--help"]):
+    for args in (["info", str(store)], ["info", "--json", str(store)]):
         read, write = os.pipe()
         os.close(read)
         try:
