@@ -207,6 +207,16 @@ class CliGroup(click.Group):
             fail(ctx, exc)
 
 
+def echo_failures(lines: list[str], store: object) -> None:
+    """An end-of-job summary's failures on stderr: the first ``MAX_FAILURES_SHOWN``, then how
+    many more ``vidfeat info STORE`` lists."""
+    for line in lines[:MAX_FAILURES_SHOWN]:
+        click.echo(f"  failed: {line}", err=True)
+    if len(lines) > MAX_FAILURES_SHOWN:
+        more = len(lines) - MAX_FAILURES_SHOWN
+        click.echo(f"  ... and {more} more (`vidfeat info {store}` lists every failure)", err=True)
+
+
 def stdout_reader_left() -> bool:
     """Whether stdout is a pipe whose reading end is closed (``... | head`` has exited)."""
     try:

@@ -22,8 +22,8 @@ from vidfeat_cli.core import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
-    MAX_FAILURES_SHOWN,
     CliGroup,
+    echo_failures,
     interrupt_on_sigterm,
     progress_option,
     run_command,
@@ -313,12 +313,7 @@ def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **opti
     )
     if summary.no_audio:
         click.echo(f"  {summary.no_audio} extracted without an audio track (flagged no_audio)")
-    shown = list(summary.failures.items())[:MAX_FAILURES_SHOWN]
-    for vid, status in shown:
-        click.echo(f"  failed: {vid} ({status})", err=True)
-    if len(summary.failures) > len(shown):
-        more = len(summary.failures) - len(shown)
-        click.echo(f"  ... and {more} more (`vidfeat info {out}` lists every failure)", err=True)
+    echo_failures([f"{vid} ({status})" for vid, status in summary.failures.items()], out)
     if summary.failed or summary.skipped_failed:
         # A job resumed after an interruption still has the failures its first run recorded:
         # exit 1 means "some videos of this job failed", whichever run recorded them.

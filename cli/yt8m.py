@@ -6,12 +6,7 @@ from pathlib import Path
 
 import click
 
-from vidfeat_cli.core import (
-    EXIT_SOME_FAILED,
-    MAX_FAILURES_SHOWN,
-    progress_option,
-    show_progress,
-)
+from vidfeat_cli.core import EXIT_SOME_FAILED, echo_failures, progress_option, show_progress
 from vidfeat_cli.options import STORE
 
 
@@ -102,17 +97,9 @@ def import_yt8m(
             f"{s.seconds:.1f} s), {s.failed} failed -> {out}"
         )
     if s.failed:
-        for url, failure in s.failures[:MAX_FAILURES_SHOWN]:
-            # The reason says what is wrong ("rgb frame 0 holds [8] bytes, expected ...").
-            why = failure.reason[:160]
-            click.echo(
-                f"  failed: {url} record {failure.index} ({failure.status}): {why}", err=True
-            )
-        if len(s.failures) > MAX_FAILURES_SHOWN:
-            more = len(s.failures) - MAX_FAILURES_SHOWN
-            click.echo(
-                f"  ... and {more} more (`vidfeat info {out}` lists every failure)", err=True
-            )
+        # With the reason, which says what is wrong ("rgb frame 0 holds [8] bytes, ...").
+        lines = [f"{url} record {f.index} ({f.status}): {f.reason[:160]}" for url, f in s.failures]
+        echo_failures(lines, out)
         click.get_current_context().exit(EXIT_SOME_FAILED)
 
 

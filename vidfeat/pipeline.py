@@ -22,10 +22,11 @@ from vidfeat.audio.postprocess import load_vggish_pca
 from vidfeat.backbones.base import BackboneSpec, backbone_provenance
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME
 from vidfeat.config import ExtractConfig, shard_of
-from vidfeat.errors import StoreError, StoreMismatchError
+from vidfeat.errors import StoreError
 from vidfeat.manifest import ManifestEntry, read_manifest
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.store import StoreWriter, create_store, open_store
+from vidfeat.store.schema import mismatch_error
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +120,7 @@ class ExtractJob:
         them recorded as failures, not retried); counts the rest in the summary and logs it."""
         todo = [e for e in self.entries if e.video_id not in done]
         self.summary.skipped = len(self.entries) - len(todo)
-        self.summary.skipped_failed = sum(
-            e.video_id in done and e.video_id in failed for e in self.entries
-        )
+        self.summary.skipped_failed = sum(e.video_id in failed for e in self.entries)
         if self.summary.skipped:
             log.info(
                 "resuming: %d of %d videos already in %s",
@@ -196,11 +195,7 @@ def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
         if runtime is not None and runtime != cfg.runtime:
             # Said now, by name: checked later, the store's precision would be refused as
             # one this runtime cannot run, which the user never asked for.
-            raise StoreMismatchError(
-                f"{cfg.out} was written with different settings; refusing to mix features "
-                f"(use a new output path or the original settings): runtime: store has "
-                f"{runtime!r}, this run has {cfg.runtime!r}"
-            )
+            raise mismatch_error(cfg.out, {"runtime": (runtime, cfg.runtime)})
         precision, why = str(stored), "as the store was begun"
     elif (device_type := _backbone_device_type(cfg)) is None:
         # The engine's workers pick their devices later (a Ray cluster's GPUs, else CPUs);

@@ -136,16 +136,18 @@ def _identity(meta: StoreMeta) -> dict:
 def check_compatible(existing: StoreMeta, wanted: StoreMeta, path: Path) -> None:
     """Refuse to mix features made with different settings in one store."""
     have, want = _identity(existing), _identity(wanted)
-    diffs = [
-        f"{key}: store has {have.get(key)!r}, this run has {want.get(key)!r}"
-        for key in sorted(set(have) | set(want))
-        if have.get(key) != want.get(key)
-    ]
-    if diffs:
-        raise StoreMismatchError(
-            f"{path} was written with different settings; refusing to mix features "
-            f"(use a new output path or the original settings): " + "; ".join(diffs)
-        )
+    keys = [key for key in sorted(set(have) | set(want)) if have.get(key) != want.get(key)]
+    if keys:
+        raise mismatch_error(path, {key: (have.get(key), want.get(key)) for key in keys})
+
+
+def mismatch_error(path: object, diffs: Mapping[str, tuple[Any, Any]]) -> StoreMismatchError:
+    """The refusal to mix features: each differing key with (the store's, this run's) value."""
+    said = "; ".join(f"{k}: store has {a!r}, this run has {b!r}" for k, (a, b) in diffs.items())
+    return StoreMismatchError(
+        f"{path} was written with different settings; refusing to mix features "
+        f"(use a new output path or the original settings): {said}"
+    )
 
 
 def _json_safe(value: object, what: str) -> Any:
