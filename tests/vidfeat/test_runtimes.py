@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vidfeat.backbones import BackboneSpec, create_backbone
-from vidfeat.backbones.fidelity import fidelity
+from vidfeat.backbones.fidelity import fidelity, yt8m_test_difference
 from vidfeat.backbones.inception_v3 import ConvBN, InceptionV3TF
 from vidfeat.backbones.inception_v3_weights import (
     load_state_dict_strict,
@@ -267,3 +267,13 @@ def test_extract_records_the_runtime_and_refuses_to_mix_runtimes(
     assert fidelity(features, eager)["mean_rel_diff"] < bound
     result = CliRunner().invoke(main, [*common, "--runtime", "eager"])
     assert result.exit_code == 2 and "runtime" in result.output
+
+
+def test_yt8m_test_difference_is_youtube8m_measure() -> None:
+    # By hand: |1 - 0.5| / (0.01 + 1) for the first element, 0 / 0.01 for the second (both 0),
+    # |-2 - 2| / (0.01 + 2) for the third: the sign counts, the larger magnitude divides.
+    got = yt8m_test_difference(np.array([1.0, 0.0, -2.0]), np.array([0.5, 0.0, 2.0]))
+    assert got == pytest.approx((0.5 / 1.01 + 0.0 + 4.0 / 2.01) / 3)
+    assert yt8m_test_difference(np.ones(4), np.ones(4)) == 0.0
+    with pytest.raises(ValueError, match="one shape"):
+        yt8m_test_difference(np.ones(3), np.ones(4))
