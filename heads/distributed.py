@@ -191,6 +191,11 @@ class TrainStep(nn.Module):
         return self.head.training_losses(x, lengths, labels, loss_fn)
 
 
+def skips_parameters(head: nn.Module) -> bool:
+    """Whether a layer of ``head`` may leave trainable parameters out of a training step."""
+    return any(getattr(module, "skips_parameters", False) for module in head.modules())
+
+
 def training_step(head: nn.Module, device: torch.device) -> Callable[..., Any]:
     """What the loop calls for (logits, loss terms): the head itself, or a DDP wrapper of it."""
     if not _WORLD.distributed:
@@ -199,8 +204,10 @@ def training_step(head: nn.Module, device: torch.device) -> Callable[..., Any]:
     return nn.parallel.DistributedDataParallel(
         TrainStep(head),
         device_ids=ids if device.type == "cuda" else None,
-        # Routed experts (lstm_moe) may see no step on a rank: their gradients are then 0.
-        find_unused_parameters=True,
+        # Only a head with a layer that may leave parameters out of a step's graph (routed
+        # experts: an expert no step reached) needs DDP's search for them: it walks the
+        # autograd graph every step, and warns when it finds nothing.
+        find_unused_parameters=skips_parameters(head),
     )
 
 

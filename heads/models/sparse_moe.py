@@ -21,6 +21,7 @@ Padded steps never reach the layer: they are neither routed nor counted.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,10 @@ def _normal_cdf(z: Tensor) -> Tensor:
 
 class SparseMoE(AuxLossModule):
     """(N, F_in) -> (N, F_out): noisy top-k gating over ``num_experts`` two-layer experts."""
+
+    # An expert no step is routed to in a batch takes no part in that step's graph, so its
+    # parameters get no gradient: DistributedDataParallel must look for them (distributed.py).
+    skips_parameters: ClassVar[bool] = True
 
     def __init__(self, in_features: int, out_features: int, cfg: HeadConfig) -> None:
         super().__init__()
