@@ -68,6 +68,12 @@ class FrameHead(Head):
         self.top = nn.Identity()  # per-frame blocks sit in encode_frames, before the mean
         self.fc = self.make_classifier(cfg.fc_size, num_classes)
 
+    @property
+    def top_block(self) -> nn.Module:
+        # The blocks run per frame (before the mean, hence not in ``top``); the last of them is
+        # still the last block before the classifier, which ``finetune --train top`` retrains.
+        return self.frames[-1]
+
     def encode_frames(self, x: Tensor, lengths: Tensor) -> Tensor:
         return self.frames(x)  # (B, T, fc_size)
 

@@ -145,6 +145,20 @@ def test_freeze_trains_exactly_the_mode_parts(name: str, mode: str) -> None:
     assert all(p.grad is None for p in model.parameters() if id(p) not in expected)
 
 
+@pytest.mark.parametrize("name", HEADS.names())
+def test_top_block_is_empty_only_for_heads_without_a_hidden_block(name: str) -> None:
+    # "--train top" retrains the last block before the classifier; a head whose hidden layers
+    # sit elsewhere (the frame head's per-frame blocks) must still name the last of them.
+    model = create_head(name, input_dim=16, num_classes=4, cfg=SMALL_HEAD)
+    outside = {
+        id(p) for m in (model.classifier, model.input_norm, model.fusion) for p in m.parameters()
+    }
+    hidden = [p for p in model.parameters() if id(p) not in outside]
+    top = list(model.top_block.parameters())
+    assert bool(top) == bool(hidden), name
+    assert not {id(p) for p in top} & outside
+
+
 def test_unknown_mode_is_refused() -> None:
     model = create_head("bof", input_dim=16, num_classes=4, cfg=SMALL_HEAD)
     with pytest.raises(TransferError, match="head, top, all"):
