@@ -68,6 +68,15 @@ def merge_split_file(videos: pd.DataFrame, split_file: pd.DataFrame) -> pd.DataF
         raise ConfigError("the split file lists none of the store's videos")
     if not listed.all():
         log.warning("%d videos are not in the split file and are left out", int((~listed).sum()))
+    # A typo in the file's ids would otherwise only show as classes short of videos.
+    unknown = sorted(set(split_file["video_id"]) - set(videos["video_id"]))
+    if unknown:
+        log.warning(
+            "the split file names %d video(s) the store has no features for, e.g. %s: "
+            "they are ignored",
+            len(unknown),
+            unknown[:3],
+        )
     cols = [c for c in ("split", "group") if c in split_file.columns]
     base = videos.loc[listed].drop(columns=[c for c in cols if c in videos.columns])
     return base.merge(split_file[["video_id", *cols]], on="video_id", how="left")

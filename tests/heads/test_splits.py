@@ -132,6 +132,20 @@ def test_split_file_round_trip_and_merge(tmp_path):
     assert load_splits(tmp_path / "out.csv")["split"].tolist() == ["train", "test"]
 
 
+def test_split_file_ids_the_store_lacks_are_named(tmp_path, caplog):
+    videos = _videos({"a": 2})
+    path = tmp_path / "splits.csv"
+    path.write_text("video_id,split\na-000,train\na-001,test\nghost,train\nA-000,val\n")
+    with caplog.at_level("WARNING", logger="heads.splits"):
+        merged = merge_split_file(videos, read_split_file(path))
+    assert merged["video_id"].tolist() == ["a-000", "a-001"]
+    assert "names 2 video(s) the store has no features for, e.g. ['A-000', 'ghost']" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="heads.splits"):
+        merge_split_file(videos, read_split_file(path).iloc[:2])
+    assert caplog.text == ""  # every listed id is in the store, every store id listed
+
+
 def test_split_file_needs_split_or_group(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("video_id,label\na,b\n")
