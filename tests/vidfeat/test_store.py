@@ -120,6 +120,8 @@ class StoreContract(StreamCases, IntegrityCases):
         report = verify_store(path)
         assert report.ok and (report.videos, report.rows) == (1, 2), report
         assert "1 video(s) (2 table rows)" in format_report(report)
+        # Parts as info counts them: one writer's part, though HDF5 holds it in two segments.
+        assert report.parts == 1 and "in 1 part(s)" in format_report(report)
 
     def test_float16_and_uint8_storage(self, tmp_path: Path) -> None:
         x = np.random.default_rng(1).uniform(-2.5, 2.5, (6, 16)).astype(np.float32)
@@ -197,8 +199,10 @@ class StoreContract(StreamCases, IntegrityCases):
 
     def test_one_writer_per_part(self, path: Path) -> None:
         with create_store(path, dim=4, format=self.fmt):
-            with pytest.raises(StoreError, match="another process"):
+            with pytest.raises(StoreError, match="another process") as refused:
                 create_store(path, dim=4, format=self.fmt)
+            # The message names the store given, not the folder of claims beside it.
+            assert f"part 'main' of {path} is being" in str(refused.value)
             other = create_store(path, dim=4, format=self.fmt, part="shard-00001-of-00002")
             other.close()
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # A claim whose heartbeat is older than this belongs to a dead writer. Writers renew at every
 # commit (every few seconds while videos finish) and while idle at most every CLAIM_TTL_S / 4.
 CLAIM_TTL_S = 15 * 60.0
+LOCKS_SUFFIX = ".locks"  # the claims of store "x.zarr" live in "x.zarr.locks" beside it
 
 
 class PartClaim(Protocol):
@@ -42,9 +43,11 @@ class PartClaim(Protocol):
     def release(self) -> None: ...
 
 
-def _busy(part: str, where: object) -> StoreError:
+def _busy(part: str, locks: Location) -> StoreError:
+    # Claims live in "<store>.locks" beside the store: name the store the user gave.
+    store = locks.with_name(locks.name.removesuffix(LOCKS_SUFFIX))
     return StoreError(
-        f"part {part!r} of {where} is being written by another process; "
+        f"part {part!r} of {store} is being written by another process; "
         "give each concurrent job its own --shard"
     )
 
@@ -52,8 +55,8 @@ def _busy(part: str, where: object) -> StoreError:
 def claim_part(store: Location, part: str) -> PartClaim:
     """Claim ``part`` of the store at ``store`` for this writer, or raise ``StoreError``."""
     if isinstance(store, RemotePath):
-        return ObjectClaim(store.with_name(store.name + ".locks") / f"{part}.claim", part)
-    return FileLock(store.with_name(store.name + ".locks") / f"{part}.lock", part)
+        return ObjectClaim(store.with_name(store.name + LOCKS_SUFFIX) / f"{part}.claim", part)
+    return FileLock(store.with_name(store.name + LOCKS_SUFFIX) / f"{part}.lock", part)
 
 
 class FileLock:

@@ -42,7 +42,7 @@ class VerifyReport:
     format: str
     schema_version: int
     checksummed: bool
-    parts: int = 0
+    parts: int = 0  # writers' parts holding a committed video, as `vidfeat info` counts them
     videos: int = 0  # distinct video ids, as `vidfeat info` counts them
     rows: int = 0  # table rows: more than videos where a retried video kept its failed attempt
     chunks_read: int = 0
@@ -160,20 +160,25 @@ def verify_store(path: str | os.PathLike, format: str | None = None) -> VerifyRe
     check_readable(meta, backend.path, action="verifies")
     report = VerifyReport(str(backend.path), backend.name, meta.schema_version, meta.checksummed)
     ids: set[str] = set()
+    # Parts as `vidfeat info` counts them: writers' parts holding a committed video (an HDF5
+    # part is one segment file per commit; a part begun but not yet committed holds none).
+    parts: set[str] = set()
     try:
         for part in backend.iter_parts(meta):
-            report.parts += 1
             check = _PartCheck(part, meta, report)
             try:
                 check.run()
             finally:
                 part.close()
+            if check.ids is not None and len(check.ids):
+                parts.add(part.name)
             ids.update(str(v) for v in (() if check.ids is None else check.ids))
     except StoreIntegrityError as exc:  # a part that cannot even be listed or opened
         report.problems.append(Problem(exc.part, exc.array, exc.detail))
     finally:
         backend.close()
         report.videos = len(ids)
+        report.parts = len(parts)
     return report
 
 
