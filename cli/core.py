@@ -18,6 +18,7 @@ import errno
 import importlib
 import logging
 import os
+import re
 import select
 import sys
 import threading
@@ -170,6 +171,11 @@ class CliGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *self._lazy})
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if any(param.name == "verbose" for param in self.params):
+            args = hoist_verbosity(args)
+        return super().parse_args(ctx, args)
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in self._lazy:
             module, _, attr = self._lazy[name][0].partition(":")
@@ -303,8 +309,26 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
 
 
+_VERBOSITY = re.compile(r"-q|--quiet|-v+|--verbose")
+
+
+def hoist_verbosity(args: list[str]) -> list[str]:
+    """``-q``/``-v`` given after the command (``vidfeat extract m.csv -v``) moved in front of it,
+    where the group that owns them reads them; nothing after ``--`` moves."""
+    command = next((i for i, arg in enumerate(args) if not arg.startswith("-")), len(args))
+    tail = args[command + 1 :]
+    end = tail.index("--") if "--" in tail else len(tail)
+    moved = [arg for arg in tail[:end] if _VERBOSITY.fullmatch(arg)]
+    if not moved:
+        return args
+    kept = [arg for arg in tail[:end] if not _VERBOSITY.fullmatch(arg)]
+    return [*args[:command], *moved, *args[command : command + 1], *kept, *tail[end:]]
+
+
 def verbosity_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``-v/--verbose`` (count) and ``-q/--quiet`` on a group; call ``setup_logging`` with them."""
+    """``-v/--verbose`` (count) and ``-q/--quiet`` on a group; call ``setup_logging`` with them.
+
+    A ``CliGroup`` also takes them after its command (``hoist_verbosity``)."""
     f = click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")(f)
     return click.option(
         "-v",

@@ -77,6 +77,16 @@ def test_internal_error_never_uses_code_1_and_vv_shows_the_traceback():
     assert "Traceback" in result.output and "TypeError: bad" in result.output
 
 
+def test_verbosity_flags_after_the_command_count_as_before_it():
+    # Given after the command (as users type them), -v and -q reach the group that owns them.
+    result = CliRunner().invoke(_group_raising(TypeError("bad")), ["boom", "-vv"])
+    assert result.exit_code == core.EXIT_INTERNAL and "TypeError: bad" in result.output
+    hoisted = core.hoist_verbosity(["-q", "pca", "fit", "s.zarr", "-v", "--dim", "4", "--", "-q"])
+    assert hoisted == ["-q", "-v", "pca", "fit", "s.zarr", "--dim", "4", "--", "-q"]
+    assert core.hoist_verbosity(["info", "s.zarr"]) == ["info", "s.zarr"]
+    assert core.hoist_verbosity(["--version"]) == ["--version"]
+
+
 def test_stdout_on_a_full_disk_exits_2(tmp_path):
     """Real ENOSPC: the merged config printed to /dev/full."""
     with open("/dev/full", "w") as full:
