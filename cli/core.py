@@ -84,6 +84,46 @@ def _os_error_in_chain(exc: BaseException) -> OSError | None:
     return None
 
 
+# Raised by the object stores' client libraries when the environment, not the code, is wrong:
+# no or bad credentials, no region, an endpoint that does not answer (module -> class names).
+_ENVIRONMENT_ERRORS = {
+    "botocore.exceptions": (
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "CredentialRetrievalError",
+        "NoRegionError",
+        "ProfileNotFound",
+        "ConnectionError",  # EndpointConnectionError, ConnectTimeoutError, ...
+        "HTTPClientError",  # ReadTimeoutError, ConnectionClosedError, ...
+    ),
+    "google.auth.exceptions": ("GoogleAuthError",),
+}
+
+
+def _environment_error_in_chain(exc: BaseException) -> BaseException | None:
+    """An object-store client's credentials or connection error in ``exc``'s chain, if any.
+
+    Only modules already imported are looked at: a command that never touched an object store
+    has none of these errors, and classifying must not import a client library."""
+    kinds = tuple(
+        getattr(module, name)
+        for module_name, names in _ENVIRONMENT_ERRORS.items()
+        if (module := sys.modules.get(module_name)) is not None
+        for name in names
+        if hasattr(module, name)
+    )
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while kinds and current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, kinds):
+            # Ray re-raises a worker's error as a RayTaskError that is also of its class;
+            # its ``cause`` is the original, with the original message.
+            return getattr(current, "cause", None) or current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line: the file and a plain reason ("out/best.pt: disk full")."""
     code = exc.errno or -1
@@ -108,6 +148,12 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_CANNOT_RUN, message
     if os_error is not None:
         return EXIT_CANNOT_RUN, describe_os_error(os_error)
+    environment = _environment_error_in_chain(exc)
+    if environment is not None:
+        return EXIT_CANNOT_RUN, (
+            f"object store: {environment} (its endpoint and credentials come from the "
+            "environment: AWS_* variables, ~/.aws/, fsspec's config; see README, Object storage)"
+        )
     if isinstance(exc, OSError):  # errno unknown to us, still the environment's doing
         return EXIT_CANNOT_RUN, str(exc) or type(exc).__name__
     first = (str(exc).strip().splitlines() or [""])[0]
@@ -307,6 +353,9 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     else:
         level = logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    from vidfeat.location import quiet_client_logs
+
+    quiet_client_logs(level)
 
 
 _VERBOSITY = re.compile(r"-q|--quiet|-v+|--verbose")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import posixpath
 import re
@@ -33,6 +34,19 @@ _FS_OPTIONS: dict[str, dict[str, Any]] = {
 # larger objects are refused rather than filling the worker's disk.
 MAX_FETCH_BYTES = 8 << 30
 FETCH_BLOCK = 8 << 20
+
+
+# Object-store client libraries that report routine steps at INFO ("Found credentials in
+# environment variables", on every command) and every request at DEBUG: warnings only, unless
+# the command runs at -vv (below DEBUG), where everything is wanted.
+CLIENT_LOGGERS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google.auth", "urllib3")
+
+
+def quiet_client_logs(level: int) -> None:
+    """Set the object-store clients' loggers for a process logging at ``level``."""
+    for name in CLIENT_LOGGERS:
+        client = logging.getLogger(name)
+        client.setLevel(logging.NOTSET if level < logging.DEBUG else logging.WARNING)
 
 
 def is_url(path: object) -> bool:

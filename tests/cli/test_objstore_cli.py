@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +168,41 @@ def test_import_yt8m_into_s3_equals_local(s3, tmp_path: Path) -> None:  # noqa: 
     assert result.exit_code == 0, result.output
     with open_store(remote) as r:
         assert len(r.videos) == len(lr.videos)
+
+
+# ------------------------------------------------------------------------------ environment
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again on return: nothing listens there
+
+
+@pytest.mark.parametrize("broken", ["no credentials", "no endpoint"])
+def test_a_wrong_object_store_environment_cannot_run(s3, tmp_path: Path, broken: str) -> None:  # noqa: F811
+    # The user's environment, not a bug: exit 2 and one line saying where settings come from.
+    store = f"{s3.bucket()}/s.zarr"
+    write_order_store(store, 4, dim=4, min_len=2, max_len=3)
+    env = {**os.environ, "AWS_MAX_ATTEMPTS": "1", "AWS_EC2_METADATA_DISABLED": "true"}
+    if broken == "no credentials":
+        del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    else:
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_closed_port()}"
+    commands = (
+        ["vidfeat_cli.vidfeat", "info", store],
+        ["vidfeat_cli.heads", "train", store, "-m", "logistic", "-o", tmp_path / "run"],
+    )
+    for command in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", *map(str, command)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: object store: "), done.stderr
+        assert ("credentials" if broken == "no credentials" else "endpoint") in lines[0].lower()
+    assert not (tmp_path / "run").exists()

@@ -26,7 +26,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from vidfeat.errors import ConfigError
-from vidfeat.location import is_url, local_copy
+from vidfeat.location import is_url, local_copy, quiet_client_logs
 from vidfeat.sampling import parse_fps
 
 if TYPE_CHECKING:
@@ -155,6 +155,7 @@ def worker_main(conn: mp_connection.Connection, settings: WorkerSettings) -> Non
     # The command's format (vidfeat_cli.core.setup_logging), so a worker's line reads like the
     # parent's, not as a bare message.
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    quiet_client_logs(settings.log_level)  # a worker fetching s3:// videos, as the command
     with contextlib.suppress(EOFError, OSError):  # the parent is gone: nobody to report to
         _serve(conn, settings)
 
