@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -262,6 +263,26 @@ def test_embedding_workers_that_take_every_cpu_are_refused_on_a_local_cluster(
         scheduler._check_cpus(2, fixed=True)
     scheduler._check_cpus(2, fixed=False)  # a cluster that may grow: a warning, not a refusal
     assert "decoding starts once the cluster has more CPUs" in caplog.text
+
+
+def test_an_unreachable_cluster_is_refused_and_nothing_is_written(reference, tmp_path) -> None:
+    # Ray retries an address where nothing listens for many minutes, and the store used to be
+    # created first, fixing this run's settings (precision fp32) on a job that never ran.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"  # closed again: nothing answers there
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    store = tmp_path / "never.zarr"
+    command = [sys.executable, "-m", "vidfeat_cli.vidfeat", "extract", str(reference["manifest"])]
+    command += ["--out", str(store), "--engine", "ray", "--no-progress"]
+    for extra, more_env in (("--ray-address", {}), (None, {"RAY_ADDRESS": address})):
+        args = [*command, extra, address] if extra else command
+        done = subprocess.run(
+            args, env={**env, **more_env}, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"cannot reach the Ray cluster at {address}: nothing answers" in done.stderr
+        assert not store.exists() and not Path(f"{store}.locks").exists()
 
 
 def test_urls_stay_urls_for_the_workers(tmp_path) -> None:

@@ -24,6 +24,8 @@ import collections
 import dataclasses
 import logging
 import os
+import re
+import socket
 import time
 from typing import Any
 
@@ -51,18 +53,43 @@ def _import_ray() -> Any:
     return ray
 
 
+_HOST_PORT = re.compile(r"(?:ray://)?\[?(?P<host>[^\[\]/]+?)\]?:(?P<port>\d+)/?")
+_PROBE_TIMEOUT_S = 10.0
+
+
+def _unreachable(address: str, detail: object) -> EngineError:
+    # Ray's own advice names its CLI's --address flag; ours is --ray-address.
+    return EngineError(
+        f"cannot reach the Ray cluster at {address}: {detail} (vidfeat: --ray-address or "
+        "RAY_ADDRESS; how to start a cluster: docs/ray.md)"
+    )
+
+
+def _probe(address: str) -> None:
+    """Refuse a ``host:port`` where nothing answers, before Ray retries it for many minutes."""
+    match = _HOST_PORT.fullmatch(address)
+    if match is None:  # "auto", or a form Ray resolves itself
+        return
+    try:
+        socket.create_connection((match["host"], int(match["port"])), _PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise _unreachable(address, f"nothing answers there ({exc.strerror or exc})") from exc
+
+
 def _connect(ray: Any, address: str | None) -> bool:
-    """Join the cluster (or start one on this machine); True when this call started Ray."""
+    """Join the cluster at ``address`` (else $RAY_ADDRESS), or start one on this machine; True
+    when this call started Ray."""
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _probe(address)
     try:
-        ray.init(address=address, log_to_driver=False)
+        # "local": a new cluster for this job even where one already runs on this machine
+        # (ray.init() alone would join that one, with its workers' environment).
+        ray.init(address=address or "local", log_to_driver=False)
     except ConnectionError as exc:
-        # Ray's own advice names its CLI's --address flag; ours is --ray-address.
-        raise EngineError(
-            f"cannot reach the Ray cluster at {address}: {exc} (vidfeat: --ray-address or "
-            "RAY_ADDRESS; how to start a cluster: docs/ray.md)"
-        ) from exc
+        raise _unreachable(address, exc) from exc
     return True
 
 
@@ -114,10 +141,12 @@ def run_ray(cfg: ExtractConfig) -> Any:
     spec, job.backbone = job.backbone.spec, None
     audio_front = None if job.audio is None else job.audio.backbone.spec.front_end
     job.audio = None
-    check_store(cfg.out, **job.store_settings)  # refuse other settings before starting
-    todo = job.resume(*_done_ids(cfg))
+    # Connected first: a job that cannot reach its cluster writes nothing (not even the
+    # store's root, whose attrs would hold this run's settings).
     started_ray = _connect(ray, cfg.ray_address)
     try:
+        check_store(cfg.out, **job.store_settings)  # refuse other settings before starting
+        todo = job.resume(*_done_ids(cfg))
         with sigterm_as_interrupt(), progress_bar(len(todo), cfg.progress) as bar:
             # A cluster started here, on this machine, has the CPUs it has.
             local = started_ray and not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
