@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import signal
+import uuid
 
 import h5py
 import numpy as np
@@ -230,3 +231,11 @@ def test_manifest_keeps_urls_and_refuses_credentials_in_them(tmp_path) -> None:
         read_manifest(manifest)
     assert "line 4" in str(err.value.problems) and "credentials" in str(err.value.problems)
     assert SECRET_KEY not in str(err.value) + str(err.value.problems)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_missing_bucket_names_the_store(s3, suffix: str) -> None:  # noqa: F811
+    # S3 reports it without a path; the message must say which store could not be made.
+    url = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/feats{suffix}"
+    with pytest.raises(StoreError, match=re.escape(f"cannot create the store at {url}: ")):
+        create_store(url, dim=4)

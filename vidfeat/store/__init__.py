@@ -133,7 +133,14 @@ def _open_for_writing(
     if not backend.exists():
         if isinstance(backend.path, Path):
             backend.path.parent.mkdir(parents=True, exist_ok=True)
-        backend.create_root(wanted)
+        try:
+            backend.create_root(wanted)
+        except FileNotFoundError as exc:
+            if exc.filename is not None:
+                raise
+            # An object store's missing bucket comes without a path ("The specified bucket
+            # does not exist"): name the store the user gave.
+            raise StoreError(f"cannot create the store at {backend.path}: {exc}") from exc
     # The root may be older, newer, or made concurrently by another shard with other settings.
     existing = backend.read_meta()
     check_readable(existing, backend.path, action="writes")
