@@ -7,6 +7,7 @@ is a pure function of (seed, epoch) here and of (seed, epoch, video index) in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -115,6 +116,22 @@ def balanced_weights(targets: np.ndarray) -> np.ndarray:
     return per_video / per_video.sum()
 
 
+class _InheritedSessions(logging.Filter):
+    """Drops asyncio's "Unclosed client session"/"Unclosed connector" reports in a DataLoader
+    worker. A forked worker holds a copy of the parent's object-store client (s3fs, gcsfs) with
+    its HTTP session; the worker reads through a client of its own, and the copy is collected
+    unclosed when the worker ends. It must not be closed there: its connections are the
+    parent's, so the report says nothing a user could act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Unclosed client session", "Unclosed connector"))
+
+
+def worker_init(worker_id: int) -> None:
+    """Each DataLoader worker's set-up (``worker_init_fn``)."""
+    logging.getLogger("asyncio").addFilter(_InheritedSessions())
+
+
 def make_loader(
     dataset: FeatureDataset,
     cfg: DataConfig,
@@ -144,6 +161,7 @@ def make_loader(
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
         multiprocessing_context=multiprocessing_context if workers > 0 else None,
+        worker_init_fn=worker_init if workers > 0 else None,
         # Its own generator, so creating loaders never advances the global torch RNG (which
         # dropout draws from and which a resumed run restores).
         generator=torch.Generator().manual_seed(seed),

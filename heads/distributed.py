@@ -352,5 +352,6 @@ def shard_loader(loader: DataLoader) -> DataLoader:
         persistent_workers=loader.persistent_workers,
         pin_memory=loader.pin_memory,
         multiprocessing_context=loader.multiprocessing_context if workers > 0 else None,
+        worker_init_fn=loader.worker_init_fn,
         generator=loader.generator,
     )

@@ -67,6 +67,16 @@ def test_heads_train_and_evaluate_from_s3_equal_local(s3, tmp_path: Path) -> Non
     # evaluate finds the training store by its URL; a store of other features is refused.
     result = invoke(heads_main, "evaluate", runs["s3"], "--json")
     assert result.exit_code == 0, result.output
+    # As a command of its own (its DataLoader worker logs to the real stderr): the worker's
+    # inherited copy of the S3 client is not reported as an "Unclosed client session" error.
+    done = subprocess.run(
+        [sys.executable, "-m", "vidfeat_cli.heads", "evaluate", str(runs["s3"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "test on s3://" in done.stdout, done.stderr
+    assert "ERROR" not in done.stderr and "Unclosed" not in done.stderr, done.stderr
     other = f"{bucket}/other.zarr"
     write_order_store(other, 8, dim=12, min_len=8, max_len=16)
     result = invoke(heads_main, "evaluate", runs["s3"], "--store", other)
