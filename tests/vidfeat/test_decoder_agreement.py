@@ -34,9 +34,9 @@ CASES = {
 }
 
 
-def _sample(path, decoder):
+def _sample(path, decoder, fps=5):
     with open_video(path, decoder) as video:
-        return list(video.sample(5, None))
+        return list(video.sample(fps, None))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -181,3 +181,28 @@ def test_decord_refuses_what_it_would_misread_and_pyav_reads_it(make_video, tmp_
     with pytest.raises(DecodeError, match="2 video tracks"):
         open_video(two, "decord")
     assert _sample(two, "pyav")[0].frame.shape[:2] == (72, 96)  # the first track
+
+
+def test_decord_refuses_mpeg_ts_and_pyav_reads_it(make_video):
+    # In MPEG-TS decord skipped a whole first GOP (frame 12 returned as frame 0, with frame 0's
+    # time) and, for a file cut mid-GOP, shifted its grid: other pictures, no error.
+    path = make_video("broadcast.ts", seconds=3, fps=25, bframes=2)
+    truth = make_video.info(path)
+    with pytest.raises(DecodeError, match="MPEG-TS") as info:
+        open_video(path, "decord")
+    assert info.value.status == "decode_error" and "--decoder pyav" in str(info.value)
+    frames = _sample(path, "pyav")
+    expected = select_indices(truth.frame_times_s, truth.duration_s, 5)
+    assert [read_frame_index(f.frame) for f in frames] == expected
+
+
+def test_decord_times_are_exact_far_from_zero(make_video):
+    # decord's frame times are float32 seconds: 300000 s into a Matroska stream they were up to
+    # 32 ms off, which moved picks and added one; the demuxer's exact times are used instead.
+    path = make_video("late.mkv", seconds=3, fps=25, start_s=300000)
+    truth = make_video.info(path)
+    expected = select_indices(truth.frame_times_s, truth.duration_s, 1)
+    for decoder in ("pyav", "decord"):
+        frames = _sample(path, decoder, fps=1)
+        assert [f.timestamp_s for f in frames] == [0.0, 1.0, 2.0], decoder
+        assert [read_frame_index(f.frame) for f in frames] == expected, decoder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +19,7 @@ from vidfeat.decode.probe import (
     header_info,
     no_frames_error,
     open_container,
+    packet_pts,
     shortfall,
     truncated_error,
     video_stream,
@@ -60,6 +62,11 @@ def _refuse_misread(container: object, stream: object) -> None:
             f"describes; {_USE_PYAV}",
             "decode_error",
         )
+    if "mpegts" in container.format.name:
+        # In MPEG-TS its frame index and its pictures part ways: it skipped a whole first GOP
+        # (H.264 with B-frames, MPEG-2) and returned frame 12 as frame 0 with frame 0's time,
+        # and a file cut mid-GOP shifted both its grid and its pictures.
+        raise DecodeError(f"MPEG-TS: decord returns wrong pictures; {_USE_PYAV}", "decode_error")
     codec = stream.codec_context
     if codec.name == "mpeg4" and codec.has_b_frames:
         # Its random access lands on the wrong picture after B-frames (decord issues #54,
@@ -68,6 +75,11 @@ def _refuse_misread(container: object, stream: object) -> None:
             f"MPEG-4 Part 2 (Xvid/DivX) with B-frames: decord returns wrong pictures; {_USE_PYAV}",
             "decode_error",
         )
+
+
+def _ulp32(value: float) -> float:
+    """The spacing of float32 values at ``value`` (24 significant bits)."""
+    return float(np.ldexp(1.0, int(np.frexp(value)[1]) - 24))
 
 
 @DECODERS.register("decord")
@@ -93,6 +105,9 @@ class DecordDecoder(VideoDecoder):
             # decord applies the display matrix itself, but for a quarter turn its batches fail
             # and single frames may come back with a wrong shape (see _get_turned).
             self._turned = display_quarter_turns(container, stream) % 2 == 1
+        # decord's frame times are float32 seconds: a tick off past 128 s at 90 kHz, tens of
+        # ms off for a stream that starts hours in. The demuxer has them exactly.
+        self._pts, self._end = packet_pts(self.path)
         decord = _import_decord()
         try:
             self._reader = decord.VideoReader(
@@ -121,8 +136,15 @@ class DecordDecoder(VideoDecoder):
             )
         # float32 seconds lose exactness; snap back to the stream's integer ticks.
         ticks = np.rint(ts.astype(np.float64) / float(self._time_base)).astype(np.int64)
-        starts = ticks[:, 0]
-        duration_ticks = int(max(ticks[-1, 1], starts[-1]) - starts[0])
+        starts = self._exact_starts(ticks[:, 0])
+        if starts is self._pts and self._end is not None:
+            end = self._end  # the last packet's own end, as the pyav decoder takes it
+            if self.info.duration_s:  # ... and, as it does, no later than the stream's end
+                declared = Fraction(self.info.duration_s) / self._time_base
+                end = max(min(end, int(starts[0]) + math.floor(declared)), int(starts[-1]))
+        else:
+            end = max(int(ticks[-1, 1]), int(starts[-1]))
+        duration_ticks = int(end - starts[0])
         self.decoded_duration_s = float(duration_ticks * self._time_base)
         check_truncation(self.info, self.decoded_duration_s, fps, max_frames)
         try:
@@ -136,6 +158,25 @@ class DecordDecoder(VideoDecoder):
             for i in chunk:
                 pts_s = float((starts[i] - starts[0]) * self._time_base)
                 yield SampledFrame(pts_s, frames[np.searchsorted(wanted, i)])
+
+    def _exact_starts(self, snapped: np.ndarray) -> np.ndarray:
+        """The demuxer's exact pts for decord's frames, once they are shown to be the same
+        frames: as many, each within what float32 rounding of its absolute time explains."""
+        exact = self._pts
+        if len(exact) != len(snapped):
+            return snapped  # not the same frame list: decord's own times, as before
+        # float32 keeps 24 significant bits of the absolute time, in seconds or in ticks.
+        largest = float(np.abs(exact).max(initial=0))
+        tick = float(self._time_base)
+        ulp_ticks = max(_ulp32(largest), _ulp32(largest * tick) / tick)
+        slack = 2 + int(np.ceil(ulp_ticks))
+        off = np.abs((snapped - snapped[0]) - (exact - exact[0])).max(initial=0)
+        if off > slack:
+            raise DecodeError(
+                f"decord's frame times are {int(off)} ticks from the file's; {_USE_PYAV}",
+                "decode_error",
+            )
+        return exact
 
     def _get_batch(self, indices: np.ndarray) -> np.ndarray:
         try:

@@ -15,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
 from vidfeat.errors import DecodeError
 from vidfeat.sampling import num_samples
@@ -229,6 +230,29 @@ def check_truncation(
         return
     if shortfall(info.duration_s, decoded_s):
         raise truncated_error(decoded_s, info.duration_s)
+
+
+def packet_pts(path: Path) -> tuple[np.ndarray, int | None]:
+    """Every intact packet's pts in the video track, sorted (presentation order), and where the
+    last one ends (pts + duration; None when the packets carry no durations), from one demux
+    pass of a container of its own, from the start (no decoding). No pts at all when a packet
+    has none: then there is no exact order to give."""
+    pts, end = [], None
+    with open_container(path) as container:
+        try:
+            for packet in container.demux(video_stream(container)):
+                if not packet.size or packet.is_corrupt:
+                    continue
+                if packet.pts is None:
+                    return np.empty(0, np.int64), None
+                pts.append(packet.pts)
+                if packet.duration:
+                    last = packet.pts + packet.duration
+                    end = last if end is None else max(end, last)
+        except av.error.FFmpegError:
+            pass  # the file breaks off: what was read so far is what there is
+    ordered = np.sort(np.asarray(pts, np.int64))
+    return ordered, (end if end is not None and len(ordered) and end > ordered[-1] else None)
 
 
 def demux_scan(path: Path) -> tuple[int, float] | None:
