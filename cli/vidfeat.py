@@ -257,7 +257,7 @@ def extract_options() -> list[click.Parameter]:
 
 
 @main.command(cls=SectionedCommand)
-@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("manifest", type=click.Path())  # text: a URL must reach the config unfolded
 @click.option(
     "--out",
     "-o",
@@ -270,7 +270,7 @@ def extract_options() -> list[click.Parameter]:
 )
 @deferred(extract_options)
 @progress_option
-def extract(manifest: Path, out: Path, shard: str, progress: bool | None, **options: Any) -> None:
+def extract(manifest: str, out: Path, shard: str, progress: bool | None, **options: Any) -> None:
     """Extract per-frame features for every video in MANIFEST into --out.
 
     Reruns resume: videos already in the store are skipped, and a store written with other

@@ -16,7 +16,7 @@ from vidfeat.backbones.runtimes import (
 )
 from vidfeat.decode.base import DEFAULT_DECODER
 from vidfeat.errors import ConfigError
-from vidfeat.location import Location, as_location
+from vidfeat.location import Location, as_location, is_url
 from vidfeat.sampling import format_fps
 
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
@@ -81,6 +81,8 @@ class ExtractConfig:
     embed_workers: int | None = None
 
     def __post_init__(self) -> None:
+        if is_url(str(self.manifest)):  # before Path() folds its "//"
+            raise ConfigError(f"manifest {self.manifest}: a URL is not read; copy it here first")
         object.__setattr__(self, "manifest", Path(self.manifest))
         object.__setattr__(self, "out", as_location(self.out))
         problems = []

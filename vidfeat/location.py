@@ -127,7 +127,10 @@ def as_location(path: str | os.PathLike | RemotePath) -> Location:
         return path
     if is_url(path):
         return RemotePath(str(path))
-    return Path(path).expanduser()
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # "~name..." naming no user: a file or folder called that
+        return Path(path)
 
 
 def put_exclusive(fs: Any, path: str, data: bytes) -> bool:

@@ -16,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vidfeat.decode.probe import not_a_file
@@ -49,8 +50,12 @@ Row = tuple[int, dict[str, str]]  # (line of the row's first physical line, colu
 
 def _read_rows(path: Path) -> tuple[list[str], list[Row], list[str]]:
     """Header, rows and per-row structural problems (wrong field count)."""
-    if not path.is_file():
+    if not path.exists():
         raise ManifestError(f"manifest {path} does not exist")
+    if not path.is_file():
+        kind = not_a_file(path.stat().st_mode) or "not a regular file"
+        # A pipe (`<(...)`) would be read once by validation and find nothing after.
+        raise ManifestError(f"manifest {path} is {kind}; give a CSV or Parquet file")
     try:
         if path.suffix.lower() == ".parquet":
             return _parquet_rows(path)
@@ -62,10 +67,23 @@ def _read_rows(path: Path) -> tuple[list[str], list[Row], list[str]]:
 
 
 def _parquet_rows(path: Path) -> tuple[list[str], list[Row], list[str]]:
-    df = pd.read_parquet(path).astype(str)
+    df = pd.read_parquet(path)
     header = [str(c).strip() for c in df.columns]
-    rows = [(i + 2, dict(zip(header, r, strict=True))) for i, r in enumerate(df.itertuples(False))]
+    rows = [
+        (i + 2, dict(zip(header, map(_parquet_text, r), strict=True)))
+        for i, r in enumerate(df.itertuples(False))
+    ]
     return header, rows, []
+
+
+def _parquet_text(value: object) -> str:
+    """A Parquet cell as the CSV text it stands for: a null is an empty cell (not "nan"), and
+    a list (of labels) is its items joined by the label separator."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return LABEL_SEPARATOR.join(_parquet_text(v) for v in value)
+    if value is None or (not isinstance(value, str) and bool(pd.isna(value))):
+        return ""
+    return str(value)
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[Row], list[str]]:
@@ -131,8 +149,13 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
     ``check_files``: refuse paths that exist but are not regular files, and log how many
     files are missing (they become per-video failures, not manifest errors).
     """
+    if str(path) == "-":
+        raise ManifestError("a manifest is not read from standard input; save it to a file")
     path = Path(path)
     columns, rows, problems = _read_rows(path)
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:  # one would silently hide the other
+        raise ManifestError(f"manifest {path} repeats column(s) {', '.join(repeated)}")
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ManifestError(
@@ -195,6 +218,8 @@ def _id_problems(vid: str, line: int, first_line: dict[str, int]) -> list[str]:
     """What is wrong with this line's video_id (empty, or seen before); records a new one."""
     if not vid:
         return [f"line {line}: empty video_id"]
+    if "\x00" in vid:  # no store key or file name can hold it
+        return [f"line {line}: video_id {vid!r} holds a NUL character"]
     if vid in first_line:
         return [f"line {line}: duplicate video_id {vid!r} (first on line {first_line[vid]})"]
     first_line[vid] = line

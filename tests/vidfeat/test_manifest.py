@@ -208,3 +208,65 @@ def test_make_demo_refuses_too_few_videos_per_class_as_a_usage_error(tmp_path: P
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "--per-class must be at least 3" in out.stderr and not (tmp_path / "d").exists()
+
+
+def test_parquet_nulls_are_empty_cells_and_lists_are_labels(tmp_path: Path) -> None:
+    # pandas turned a null label into the label "nan", and a null split into a crash (exit 70);
+    # a list of labels became one label "['cat' 'indoor']".
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    for name in ("a", "b", "c"):
+        _touch(tmp_path / f"{name}.mp4")
+    manifest = tmp_path / "m.parquet"
+    pd.DataFrame(
+        {
+            "video_id": ["a", "b", "c"],
+            "path": ["a.mp4", "b.mp4", "c.mp4"],
+            "labels": [["cat", "indoor"], None, ["dog"]],
+            "split": [None, "train", "test"],
+        }
+    ).to_parquet(manifest)
+    a, b, c = read_manifest(manifest)
+    assert (a.labels, a.split) == (("cat", "indoor"), "")
+    assert (b.labels, b.split) == ((), "train")
+    assert c.labels == ("dog",)
+    pd.DataFrame(
+        {"video_id": ["a", None], "path": ["a.mp4", "b.mp4"], "labels": ["x", "y"]}
+    ).to_parquet(manifest)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest)
+    assert "line 3: empty video_id" in info.value.problems
+
+
+def test_repeated_columns_nul_ids_and_unreadable_sources_are_refused(tmp_path: Path) -> None:
+    _touch(tmp_path / "a.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,path,labels,video_id\na,a.mp4,cat,x1\n")
+    with pytest.raises(ManifestError, match=r"repeats column.*video_id"):
+        read_manifest(manifest)  # the last one silently won
+    manifest.write_text('video_id,path,labels\na,a.mp4,cat\n"c\x00",a.mp4,cat\n')
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest)  # the writer refused it only after other videos were written
+    assert info.value.problems == ["line 3: video_id 'c\\x00' holds a NUL character"]
+    with pytest.raises(ManifestError, match="is a directory"):
+        read_manifest(tmp_path)
+    with pytest.raises(ManifestError, match="standard input"):
+        read_manifest("-")
+
+
+def test_a_relative_path_starting_with_a_tilde_is_a_file_name(tmp_path: Path) -> None:
+    # "~draft.mp4" names no user's home: Path.expanduser raised (exit 70); it is a file here.
+    video = _touch(tmp_path / "~nosuchuser-draft.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,path,labels\na,~nosuchuser-draft.mp4,cat\n")
+    (entry,) = read_manifest(manifest)
+    assert entry.path == video
+
+
+def test_a_manifest_url_is_refused_as_given(tmp_path: Path) -> None:
+    from vidfeat.config import ExtractConfig
+    from vidfeat.errors import ConfigError
+
+    # Path() folded "https://" to "https:/" and the message named a file that never was.
+    with pytest.raises(ConfigError, match=r"manifest https://example\.com/m\.csv: a URL"):
+        ExtractConfig(manifest="https://example.com/m.csv", out=tmp_path / "s.zarr")
