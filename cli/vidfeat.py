@@ -273,8 +273,10 @@ def extract_options() -> list[click.Parameter]:
 def extract(manifest: str, out: Path, shard: str, progress: bool | None, **options: Any) -> None:
     """Extract per-frame features for every video in MANIFEST into --out.
 
-    Reruns resume: videos already in the store are skipped, and a store written with other
-    settings is refused. Failed videos are recorded with a reason (`vidfeat info`).
+    Reruns resume: videos already in the store are skipped by id (a warning names those whose
+    labels, split or path the manifest now gives otherwise; the store keeps what it recorded),
+    and a store written with other settings is refused. Failed videos are recorded with a
+    reason (`vidfeat info`).
 
     \b
     Examples:

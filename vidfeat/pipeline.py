@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vidfeat import __version__
 from vidfeat.audio.features import AudioFeatures
@@ -22,11 +22,14 @@ from vidfeat.audio.postprocess import load_vggish_pca
 from vidfeat.backbones.base import BackboneSpec, backbone_provenance
 from vidfeat.backbones.runtimes import DEFAULT_RUNTIME
 from vidfeat.config import ExtractConfig, shard_of
-from vidfeat.errors import StoreError
+from vidfeat.errors import StoreError, VidfeatError
 from vidfeat.manifest import ManifestEntry, read_manifest
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.store import StoreWriter, create_store, open_store
 from vidfeat.store.schema import mismatch_error
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +131,49 @@ class ExtractJob:
                 self.summary.total,
                 self.cfg.out,
             )
+            self._warn_changed(done)
         return todo
+
+    def _warn_changed(self, done: set[str]) -> None:
+        """Warn when the manifest now says otherwise of videos the store has: they are skipped
+        by id, so the store keeps what it recorded (a label fixed in the manifest is not)."""
+        try:
+            with open_store(self.cfg.out, self.cfg.format) as reader:
+                videos = reader.videos
+        except VidfeatError:
+            return  # nothing committed yet to compare with
+        changes = manifest_changes([e for e in self.entries if e.video_id in done], videos)
+        if changes:
+            log.warning(
+                "%d video(s) already in %s differ from the manifest (e.g. %s); they are not "
+                "extracted again, so the store keeps what it recorded: extract into a new store "
+                "to take the manifest's (heads train --split-file overrides splits)",
+                len(changes),
+                self.cfg.out,
+                "; ".join(changes[:3]),
+            )
+
+
+def manifest_changes(entries: list[ManifestEntry], videos: pd.DataFrame) -> list[str]:
+    """For each entry whose store row (``videos``, a reader's table) records other labels,
+    split, group or path than the entry, one line saying what differs."""
+    rows = videos.drop_duplicates("video_id", keep="last").set_index("video_id")
+    changes = []
+    for e in entries:
+        if e.video_id not in rows.index:
+            continue
+        row = rows.loc[e.video_id]
+        now = {"labels": e.labels, "split": e.split, "group": e.group, "path": str(e.path)}
+        was = {
+            "labels": tuple(row["labels"]),
+            "split": str(row.get("split", "") or ""),
+            "group": str(row.get("group", "") or ""),
+            "path": str(row.get("source_path", "") or ""),
+        }
+        diff = [f"{k} {was[k]!r} -> {now[k]!r}" for k in now if was[k] != now[k]]
+        if diff:
+            changes.append(f"{e.video_id!r}: {', '.join(diff)}")
+    return changes
 
 
 def prepare(

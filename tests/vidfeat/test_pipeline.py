@@ -342,3 +342,28 @@ def test_the_summary_says_how_many_failures_it_does_not_list(tmp_path) -> None:
     code, out = run_cli("extract", str(manifest), "--out", str(store), "--workers", "1")
     assert code == 1 and out.count("  failed: ") == 10, out
     assert f"... and 2 more (`vidfeat info {store}` lists every failure)" in out
+
+
+def test_a_changed_manifest_row_of_a_stored_video_is_named(tmp_path: Path) -> None:
+    # A rerun skips stored videos by id: a label fixed in the manifest, another split or
+    # another file was kept from the first run without a word.
+    from vidfeat import create_store
+    from vidfeat.manifest import read_manifest
+    from vidfeat.pipeline import manifest_changes
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.mp4").write_bytes(b"x")
+    first = tmp_path / "m1.csv"
+    first.write_text("video_id,path,labels,split\na,a.mp4,cat,train\nb,b.mp4,dog,train\n")
+    with create_store(tmp_path / "s.zarr", dim=2) as w:
+        for e in read_manifest(first):
+            w.write(e.video_id, np.ones((1, 2)), e.labels, source_path=str(e.path), split=e.split)
+    with open_store(tmp_path / "s.zarr") as r:
+        videos = r.videos
+    assert manifest_changes(read_manifest(first), videos) == []  # the same manifest again
+    second = tmp_path / "m2.csv"
+    second.write_text("video_id,path,labels,split\na,a.mp4,bird,val\nb,c.mp4,dog,train\n")
+    assert manifest_changes(read_manifest(second), videos) == [
+        "'a': labels ('cat',) -> ('bird',), split 'train' -> 'val'",
+        f"'b': path {str(tmp_path / 'b.mp4')!r} -> {str(tmp_path / 'c.mp4')!r}",
+    ]
