@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from vidfeat import atomic
-from vidfeat.errors import ConfigError
+from vidfeat.errors import ConfigError, VidfeatError
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,13 @@ def _clean(values: pd.Series) -> pd.Series:
 
 
 def read_split_file(path: str | Path) -> pd.DataFrame:
-    """Read a CSV with ``video_id`` and a ``split`` and/or ``group`` column (a manifest works)."""
+    """Read a CSV (or Parquet) with ``video_id`` and a ``split`` and/or ``group`` column; a
+    manifest works, read as ``vidfeat extract`` reads it."""
+    from vidfeat.manifest import read_table
+
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
+        df = read_table(path)
+    except VidfeatError as exc:
         raise ConfigError(f"cannot read split file {path}: {exc}") from exc
     if "video_id" not in df.columns or not {"split", "group"} & set(df.columns):
         raise ConfigError(

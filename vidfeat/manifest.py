@@ -114,6 +114,19 @@ def _csv_rows(path: Path) -> tuple[list[str], list[Row], list[str]]:
     return header, rows, problems
 
 
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A manifest-like file (CSV or Parquet) as a table of stripped text, read as manifests are
+    (header spaces, Excel's BOM, nulls as empty cells); for other tools' lists of videos, such
+    as a split file. Raises ManifestError on rows of another length than the header."""
+    header, rows, problems = _read_rows(Path(path))
+    if problems:
+        raise ManifestError(
+            f"{path} has {len(problems)} problem(s):", problems[:MAX_LISTED_PROBLEMS]
+        )
+    table = pd.DataFrame([[row[c] for c in header] for _, row in rows], columns=header, dtype=str)
+    return table.apply(lambda column: column.str.strip())
+
+
 def _resolve(manifest: Path, raw_path: str) -> Location:
     """The video's location: a URL as it is; a path absolute, relative ones from the
     manifest's folder, so the store's ``source_path`` means the same from any folder."""

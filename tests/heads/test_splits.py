@@ -153,3 +153,19 @@ def test_split_file_needs_split_or_group(tmp_path):
         read_split_file(path)
     with pytest.raises(ConfigError, match="cannot read"):
         read_split_file(tmp_path / "missing.csv")
+
+
+def test_a_manifest_is_read_as_a_split_file_as_extract_reads_it(tmp_path):
+    # Spaces after the commas (which extract accepts) made the columns " split" and the ids
+    # "a-000 ", and a Parquet manifest could not be read at all.
+    videos = _videos({"a": 2})
+    spaced = tmp_path / "m.csv"
+    spaced.write_text(
+        "video_id, path, labels, split\na-000 , x.mp4, a, train\na-001, y.mp4, a, test\n"
+    )
+    merged = merge_split_file(videos, read_split_file(spaced))
+    assert merged["split"].tolist() == ["train", "test"]
+    pytest.importorskip("pyarrow")
+    parquet = tmp_path / "m.parquet"
+    pd.DataFrame({"video_id": ["a-000", "a-001"], "split": ["test", None]}).to_parquet(parquet)
+    assert read_split_file(parquet)["split"].tolist() == ["test", ""]
