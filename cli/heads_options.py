@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +44,13 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
         {"choices": "SAMPLERS"},
         "balanced: class-balanced draws with replacement.",
     ),
-    ("classes", "Data", {}, "Comma-separated label subset to train on."),
+    (
+        "classes",
+        "Data",
+        {},
+        "Comma-separated label subset to train on; a JSON list for labels that hold commas "
+        """('["black, cat", "dog"]').""",
+    ),
     (
         "streams",
         "Data",
@@ -228,6 +235,19 @@ def model_option() -> list[click.Parameter]:
     ]
 
 
+def _name_list(option: str, text: str) -> tuple[str, ...]:
+    """Comma-separated names, or a JSON list of them for names that hold commas (labels may)."""
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--{option}: not a JSON list of names ({exc})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"--{option}: a JSON list must hold names (strings)")
+        return tuple(n.strip() for n in names if n.strip())
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
 def build_config(options: dict[str, Any], base: dict[str, Any] | None = None) -> TrainConfig:
     """TrainConfig from CLI options (None = not given) over ``base`` (a config file or a run's
     config, flat or nested) or the defaults."""
@@ -241,7 +261,7 @@ def build_config(options: dict[str, Any], base: dict[str, Any] | None = None) ->
     merged.update(given)
     for key in ("classes", "streams"):  # comma-separated on the command line
         if isinstance(merged.get(key), str):
-            merged[key] = tuple(c.strip() for c in merged[key].split(",") if c.strip())
+            merged[key] = _name_list(key, merged[key])
     if not merged.get("model"):
         raise ConfigError("choose a head with --model/-m (or 'model' in --config)")
     nested: dict[str, Any] = {"head": {}, "data": {}}

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from heads.synthetic import write_store
 from tests.heads.stores import cluster_videos, make_cluster_store
+from vidfeat.errors import ConfigError
 from vidfeat_cli.heads import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -319,3 +320,16 @@ def test_a_run_killed_while_writing_its_header_starts_afresh(store, tmp_path):
     assert (out / "label_map.json").exists() and not (out / "config.json").exists()
     result = invoke(*args)
     assert result.exit_code == 0, result.output
+
+
+def test_classes_take_a_json_list_for_labels_with_commas():
+    from vidfeat_cli.heads_options import build_config
+
+    # Labels may hold commas (README); comma-separated --classes could not name them.
+    listed = build_config({"model": "logistic", "classes": '["black, cat", " dog "]'})
+    assert listed.data.classes == ("black, cat", "dog")
+    plain = build_config({"model": "logistic", "classes": "black, cat"})
+    assert plain.data.classes == ("black", "cat")
+    for bad, message in (('["a", 1]', "names"), ('["a"', "not a JSON list")):
+        with pytest.raises(ConfigError, match=message):
+            build_config({"model": "logistic", "classes": bad})
