@@ -154,17 +154,22 @@ def test_matroska_at_its_own_rate_gives_every_frame_once(make_video, decoder, na
     assert [read_frame_index(f.frame) for f in frames] == list(range(60))
 
 
+def _assert_decord_refuses_and_pyav_reads(make_video, path, match: str) -> None:
+    """decord refuses ``path`` (naming the pyav decoder); pyav picks the frames shown."""
+    truth = make_video.info(path)
+    with pytest.raises(DecodeError, match=match) as info:
+        open_video(path, "decord")
+    assert info.value.status == "decode_error" and "--decoder pyav" in str(info.value)
+    frames = _sample(path, "pyav")
+    expected = select_indices(truth.frame_times_s, truth.duration_s, 5)
+    assert [read_frame_index(f.frame) for f in frames] == expected
+
+
 def test_decord_refuses_what_it_would_misread_and_pyav_reads_it(make_video, tmp_path):
     # MPEG-4 Part 2 with B-frames: decord's random access returned other pictures with the
     # right timestamps. Two video tracks: decord read the second, the store described the first.
     bframes = make_video("xvid_bframes.mp4", seconds=2, fps=25, codec="mpeg4", bframes=2)
-    truth = make_video.info(bframes)
-    with pytest.raises(DecodeError, match="MPEG-4 Part 2") as info:
-        open_video(bframes, "decord")
-    assert info.value.status == "decode_error" and "--decoder pyav" in str(info.value)
-    frames = _sample(bframes, "pyav")
-    expected = select_indices(truth.frame_times_s, truth.duration_s, 5)
-    assert [read_frame_index(f.frame) for f in frames] == expected
+    _assert_decord_refuses_and_pyav_reads(make_video, bframes, "MPEG-4 Part 2")
 
     two = tmp_path / "two_tracks.mp4"
     with av.open(str(two), "w") as container:
@@ -187,13 +192,7 @@ def test_decord_refuses_mpeg_ts_and_pyav_reads_it(make_video):
     # In MPEG-TS decord skipped a whole first GOP (frame 12 returned as frame 0, with frame 0's
     # time) and, for a file cut mid-GOP, shifted its grid: other pictures, no error.
     path = make_video("broadcast.ts", seconds=3, fps=25, bframes=2)
-    truth = make_video.info(path)
-    with pytest.raises(DecodeError, match="MPEG-TS") as info:
-        open_video(path, "decord")
-    assert info.value.status == "decode_error" and "--decoder pyav" in str(info.value)
-    frames = _sample(path, "pyav")
-    expected = select_indices(truth.frame_times_s, truth.duration_s, 5)
-    assert [read_frame_index(f.frame) for f in frames] == expected
+    _assert_decord_refuses_and_pyav_reads(make_video, path, "MPEG-TS")
 
 
 def test_decord_times_are_exact_far_from_zero(make_video):
