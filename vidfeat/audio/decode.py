@@ -168,6 +168,12 @@ def _decoded(
             frames = stream.decode(packet)
         except av.error.FFmpegError as e:
             at = f" at {float(packet.pts * tb):.2f} s" if packet.pts is not None else ""
+            if _at_end(packets):
+                # The file's last packet, cut short (an interrupted recording or download,
+                # which the demuxer does not flag): the file breaks off here.
+                log.warning("the last audio packet%s is cut short: %s", at, first_line(e))
+                broke_off.append(True)
+                return
             raise DecodeError(f"corrupt audio data{at}: {first_line(e)}", "decode_error") from e
         for frame in frames:
             if frame.time_base is None:
@@ -175,16 +181,33 @@ def _decoded(
             yield frame
 
 
+def _at_end(packets: Iterator) -> bool:
+    """Whether ``packets`` holds no more data, only the demuxer's final empty packet (it is
+    consumed: call only to decide to stop)."""
+    try:
+        return not any(packet.size for packet in packets)
+    except av.error.FFmpegError:
+        return True  # the file breaks off right after
+
+
+# Containers that store each track's own duration (ISO BMFF: MP4, MOV, M4A, 3GP). Elsewhere
+# FFmpeg fills stream.duration with an estimate (Matroska's file duration, an MPEG-TS guess
+# from the bitrate), which a track that starts late or carries no packet does not reach.
+_TRACK_DURATION_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2"}
+
+
 def _declared_duration_s(
     container: av.container.InputContainer, stream: av.AudioStream, broke_off: bool
 ) -> float | None:
     """The audio track's declared duration, if the file says it.
 
-    The track's own duration when the container stores one (MP4). Otherwise (Matroska/WebM)
-    the container's, but only where it must be the audio's: the file has no video track, or
-    demuxing broke off, since audio that simply ends before the video is not damage.
+    The track's own duration when the container stores one (MP4). Otherwise (Matroska/WebM,
+    MPEG-TS, ...) the container's, but only where it must be the audio's: the file has no
+    video track, or demuxing broke off, since audio that simply ends before the video (or
+    starts after it) is not damage.
     """
-    if stream.duration and stream.time_base:
+    own = _TRACK_DURATION_FORMATS & set(container.format.name.split(","))
+    if own and stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration and (broke_off or not container.streams.video):
         return container.duration / av.time_base

@@ -104,6 +104,37 @@ def test_lossy_late_audio_lines_up_by_pts(tmp_path):
     assert np.all(result.examples[5][5:] == SILENCE)  # AAC pads its last frame (< 50 ms)
 
 
+@pytest.mark.parametrize("suffix", [".mkv", ".ts"])
+def test_late_or_empty_tracks_beyond_the_probe_are_silence_not_damage(tmp_path, suffix):
+    # A track whose first packet comes after FFmpeg's ~5 s probe gets an estimated duration
+    # (the file's, or one guessed from the bitrate) that it never reaches: that was taken as
+    # "declared", and a video with late audio, or an audio track without a packet, failed.
+    late = tmp_path / f"late{suffix}"
+    write_media(late, audio_codec="aac", rate=44100, audio_seconds=1.0, audio_start_s=6.0,
+                video_seconds=8.0)  # fmt: skip
+    result = decode_audio_examples(late, np.arange(8.0))
+    assert result.has_audio and np.all(result.examples[:5] == SILENCE)
+    assert _peak_band(result.examples[6]) == _band_of_tone(tone_hz(0))
+    empty = tmp_path / f"empty{suffix}"
+    write_media(empty, audio_codec="aac", rate=44100, audio_seconds=0.0, video_seconds=4.0)
+    assert np.all(decode_audio_examples(empty, np.arange(4.0)).examples == SILENCE)
+
+
+def test_a_last_audio_packet_cut_short_ends_the_audio(tmp_path):
+    # An interrupted recording ends mid-packet; the demuxer does not flag the piece, and the
+    # decoder's error on it failed the whole video as "corrupt audio data".
+    full = tmp_path / "full.ts"
+    write_media(
+        full, audio_codec="aac", rate=48000, channels=2, audio_seconds=4.0, video_seconds=4.0
+    )
+    data = full.read_bytes()
+    cut = tmp_path / "cut.ts"
+    for fraction in np.linspace(0.3, 0.55, 16):  # several end inside an audio packet
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        result = decode_audio_examples(cut, [0.0, 1.0])
+        assert result.has_audio and not np.all(result.examples[0] == SILENCE), fraction
+
+
 def test_no_audio_track_is_flagged_not_failed(tmp_path):
     path = tmp_path / "silent_film.mp4"
     write_media(path, audio_codec=None, video_seconds=2.0)
