@@ -231,6 +231,11 @@ def precision_recall_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.n
     Returns (precision, recall), each (N + 1,), one point per rank (ties by index) plus the
     starting point (precision 1, recall 0). Raises if there is no positive.
     """
+    if np.ndim(scores) != 1 or np.ndim(labels) != 1:  # reshaping would pool the classes
+        raise MetricInputError(
+            f"a precision-recall curve takes one class: 1-D scores and labels, got "
+            f"{np.shape(scores)} and {np.shape(labels)}"
+        )
     s, y = _validate(np.reshape(scores, (-1, 1)), np.reshape(labels, (-1, 1)))
     n_pos = int(y.sum())
     if n_pos == 0:

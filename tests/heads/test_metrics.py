@@ -402,3 +402,12 @@ def test_rows_sorted_in_chunks_give_the_same_result(monkeypatch):
 def test_importing_metrics_does_not_import_torch():
     code = "import sys, heads.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_precision_recall_curve_takes_one_class_only():
+    # (N, C) input was flattened and every (video, class) pair pooled as one class.
+    scores, labels = np.random.default_rng(0).random((3, 2)), np.array([[1, 0], [0, 1], [1, 0]])
+    with pytest.raises(m.MetricInputError, match="one class"):
+        m.precision_recall_curve(scores, labels)
+    precision, recall = m.precision_recall_curve(scores[:, 0], labels[:, 0])
+    assert len(precision) == len(recall) == 4 and recall[-1] == 1.0

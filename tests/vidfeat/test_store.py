@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -122,6 +123,41 @@ class StoreContract(StreamCases, IntegrityCases):
         assert "1 video(s) (2 table rows)" in format_report(report)
         # Parts as info counts them: one writer's part, though HDF5 holds it in two segments.
         assert report.parts == 1 and "in 1 part(s)" in format_report(report)
+
+    def test_read_into_refuses_frames_outside_the_video(self, path: Path) -> None:
+        # Frame numbers were added to the video's offset unchecked: frame 4 of a 3-frame video
+        # was the next video's first row, frame -1 the previous one's last.
+        with create_store(path, dim=2, format=self.fmt) as w:
+            w.write("a", np.full((3, 2), 1.0))
+            w.write("b", np.full((3, 2), 2.0))
+        with open_store(path) as r:
+            out = np.zeros((2, 2), np.float32)
+            r.read_into("b", out, ["rgb"], frames=np.array([0, 2]))
+            np.testing.assert_array_equal(out, np.full((2, 2), 2.0))
+            bad = [
+                (np.array([4]), "in 0..2, got 4..4"),
+                (np.array([-1]), "in 0..2, got -1..-1"),
+                (slice(0, 5), "step-1 slice within 0..3"),
+                (slice(0, 3, 2), "step-1 slice"),
+                (np.array([0.5]), "1-D array of frame numbers"),
+            ]
+            for frames, message in bad:
+                with pytest.raises(ConfigError, match=re.escape(message)):
+                    r.read_into("a", np.zeros((1, 2), np.float32), ["rgb"], frames=frames)
+            with pytest.raises(ConfigError, match=re.escape("out must be (3, 2), got (3, 4)")):
+                r.read_into("a", np.zeros((3, 4), np.float32), ["rgb"])
+
+    def test_writes_refuse_bad_timestamps_and_a_string_of_labels(self, path: Path) -> None:
+        with create_store(path, dim=2, format=self.fmt) as w:
+            with pytest.raises(ConfigError, match="NaN or inf"):  # verify would call it damage
+                w.write("a", np.ones((2, 2)), timestamps=[0.0, np.nan])
+            with pytest.raises(ConfigError, match="a list of labels"):  # not ('c', 'a', 't')
+                w.write("a", np.ones((2, 2)), labels="cat")
+            w.write("a", np.ones((2, 2)), labels=["cat", "cat", "dog"])
+        with open_store(path) as r:
+            assert r.labels("a") == ("cat", "dog")  # a set: a repeat is not a second label
+            with pytest.raises(ConfigError, match="cache_mb"):
+                open_store(path, cache_mb="10")
 
     def test_float16_and_uint8_storage(self, tmp_path: Path) -> None:
         x = np.random.default_rng(1).uniform(-2.5, 2.5, (6, 16)).astype(np.float32)

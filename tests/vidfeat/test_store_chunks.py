@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,24 @@ def test_float_frames_are_written_at_zstd_level_minus_1_and_either_level_reads(t
     fast = fast_chunks(old, ChunkCache(1 << 24), ("old",))
     assert fast is not None
     np.testing.assert_array_equal(fast.rows(5, 290), x[5:290])
+
+
+def test_the_cache_counts_each_chunk_once_and_serves_threads(tmp_path) -> None:
+    # A chunk put twice was counted twice (the cache then dropped every new chunk at once),
+    # and threads sharing a reader broke its order ("dictionary is empty").
+    cache = ChunkCache(100)
+    cache.put(("a",), np.zeros(10, np.int64))
+    cache.put(("a",), np.zeros(10, np.int64))
+    assert cache.bytes == 80
+    rng = np.random.default_rng(0)
+    with create_store(tmp_path / "s.zarr", dim=8) as w:
+        for i in range(60):
+            w.write(f"v{i}", rng.standard_normal((20, 8)).astype(np.float32))
+    with open_store(tmp_path / "s.zarr", cache_mb=0.02) as reader:
+        expected = {f"v{i}": reader.read(f"v{i}") for i in range(60)}
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(reader.read, [f"v{i % 60}" for i in range(3000)]))
+        for i, features in enumerate(got):
+            np.testing.assert_array_equal(features, expected[f"v{i % 60}"])
+        cache = reader._parts[0]._cache  # the one cache its parts share
+        assert cache.bytes == sum(v.nbytes for v in cache._items.values()) <= cache.max_bytes

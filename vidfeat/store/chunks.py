@@ -17,6 +17,7 @@ A cache of 0 bytes keeps nothing (``vidfeat verify`` reads each chunk once). Any
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ import zarr
 from numcodecs import Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
+
+from vidfeat.errors import ConfigError
 
 DEFAULT_CACHE_MB = 256
 _ZSTD = Zstd()
@@ -39,25 +42,33 @@ class ChunkCache:
         self.max_bytes = max(0, int(max_bytes))
         self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self.bytes = 0
+        # A reader may be shared by threads: the order and the byte count change together.
+        self._lock = threading.Lock()
 
     @classmethod
     def of_mb(cls, mb: float) -> ChunkCache:
+        if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb >= 0:
+            raise ConfigError(f"cache_mb must be a number of MiB >= 0, got {mb!r}")
         return cls(int(mb * (1 << 20)))
 
     def get(self, key: tuple) -> np.ndarray | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
 
     def put(self, key: tuple, value: np.ndarray) -> None:
         if value.nbytes > self.max_bytes:
             return
-        self._items[key] = value
-        self.bytes += value.nbytes
-        while self.bytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.bytes -= old.nbytes
+        with self._lock:
+            if key in self._items:  # another thread read the same chunk meanwhile
+                return
+            self._items[key] = value
+            self.bytes += value.nbytes
+            while self.bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old.nbytes
 
 
 class ChunkError(Exception):

@@ -214,8 +214,10 @@ class StoreReader:
                 cols += len(vector)
             return
         part, offset, n, _ = self._locate(video_id)
-        frames = slice(0, n) if frames is None else frames
-        lo, hi = frames.indices(n)[:2] if isinstance(frames, slice) else _bounds(frames)
+        frames, lo, hi, count = _checked_frames(video_id, frames, n)
+        width = sum(self.meta.streams[self.stream_name(name)].dim for name in streams)
+        if out.shape != (count, width):
+            raise ConfigError(f"{video_id}: out must be ({count}, {width}), got {out.shape}")
         cols = 0
         for name in streams:
             spec = self.meta.streams[self.stream_name(name)]
@@ -309,6 +311,28 @@ class StoreReader:
         raise StoreError(
             "a StoreReader cannot be pickled; open the store inside each worker process"
         )
+
+
+def _checked_frames(
+    video_id: str, frames: slice | np.ndarray | None, n: int
+) -> tuple[slice | np.ndarray, int, int, int]:
+    """``frames`` of a video of ``n`` frames, checked (a frame outside it would be read from
+    the neighbouring video's rows): (frames, first row, last row + 1, frames read)."""
+    if frames is None:
+        return slice(0, n), 0, n, n
+    if isinstance(frames, slice):
+        lo = 0 if frames.start is None else frames.start
+        hi = n if frames.stop is None else frames.stop
+        if frames.step not in (None, 1) or not 0 <= lo <= hi <= n:
+            raise ConfigError(f"{video_id}: frames must be a step-1 slice within 0..{n}")
+        return slice(lo, hi), lo, hi, hi - lo
+    frames = np.asarray(frames)
+    if frames.ndim != 1 or (len(frames) and frames.dtype.kind not in "iu"):
+        raise ConfigError(f"{video_id}: frames must be a 1-D array of frame numbers")
+    lo, hi = _bounds(frames)
+    if lo < 0 or hi > n:
+        raise ConfigError(f"{video_id}: frames must be in 0..{n - 1}, got {lo}..{hi - 1}")
+    return frames, lo, hi, len(frames)
 
 
 def _bounds(frames: np.ndarray) -> tuple[int, int]:

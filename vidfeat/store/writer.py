@@ -202,13 +202,18 @@ class StoreWriter:
         timestamps_s = np.asarray(timestamps, dtype=np.float64).reshape(-1)
         if len(timestamps_s) != n:
             raise ConfigError(f"{video_id}: {len(timestamps_s)} timestamps for {n} frames")
+        if not np.isfinite(timestamps_s).all():  # verify calls them damage
+            raise ConfigError(f"{video_id}: timestamps hold NaN or inf")
         return timestamps_s
 
     @staticmethod
     def _table_row(
         video_id: str, labels: Iterable[str], status: str, reason: str, info: dict
     ) -> dict:
-        labels = [str(x) for x in labels]
+        if isinstance(labels, (str, bytes)):  # iterating it would give its letters
+            raise ConfigError(f"{video_id}: labels must be a list of labels, got {labels!r}")
+        # A video's labels are a set: a repeat would make single-label data look multi-label.
+        labels = list(dict.fromkeys(str(x) for x in labels))
         bad = [x for x in labels if LABEL_SEPARATOR in x or not x.strip()]
         if bad:
             raise ConfigError(f"{video_id}: invalid labels {bad} (empty or containing ';')")
