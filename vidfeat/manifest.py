@@ -42,7 +42,9 @@ class ManifestEntry:
 
 
 def parse_labels(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in str(text).split(LABEL_SEPARATOR) if part.strip())
+    """``;``-separated labels, each once (a video's labels are a set, as the store keeps them)."""
+    parts = (part.strip() for part in str(text).split(LABEL_SEPARATOR))
+    return tuple(dict.fromkeys(part for part in parts if part))
 
 
 Row = tuple[int, dict[str, str]]  # (line of the row's first physical line, column -> text)

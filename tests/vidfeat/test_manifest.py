@@ -24,7 +24,7 @@ def test_relative_paths_labels_split_and_group(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text(
         "video_id,path,labels,split,group\n"
-        "007,videos/a.mp4,cat; dog ,train,g1\n"
+        "007,videos/a.mp4,cat; dog ;cat,train,g1\n"
         f"b,{absolute},,test,\n"
     )
     a, b = read_manifest(manifest)
