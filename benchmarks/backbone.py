@@ -302,7 +302,8 @@ def main() -> None:
         "load_average_after": os.getloadavg(),
     }
     settings = {**vars(args), "out": None, "frames_real": len(frames), "clips": CLIPS}
-    settings["yt8m_testdata"] = str(args.yt8m_testdata) if args.yt8m_testdata else None
+    # Whether the check ran, not where the files were (no machine's paths in the results).
+    settings["yt8m_testdata"] = bool(args.yt8m_testdata)
     settings["reference_yt8m_test_frame"] = reference_check
     out = save_json(
         args.out or RESULTS / f"{name}.json",
