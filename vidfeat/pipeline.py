@@ -157,7 +157,7 @@ class ExtractJob:
 def manifest_changes(entries: list[ManifestEntry], videos: pd.DataFrame) -> list[str]:
     """For each entry whose store row (``videos``, a reader's table) records other labels,
     split, group or path than the entry, one line saying what differs."""
-    rows = videos.drop_duplicates("video_id", keep="last").set_index("video_id")
+    rows = videos.set_index("video_id")  # a reader's table: one row per video
     changes = []
     for e in entries:
         if e.video_id not in rows.index:

@@ -136,8 +136,9 @@ class DecordDecoder(VideoDecoder):
             )
         # float32 seconds lose exactness; snap back to the stream's integer ticks.
         ticks = np.rint(ts.astype(np.float64) / float(self._time_base)).astype(np.int64)
-        starts = self._exact_starts(ticks[:, 0])
-        if starts is self._pts and self._end is not None:
+        exact = self._exact_starts(ticks[:, 0])
+        starts = ticks[:, 0] if exact is None else exact
+        if exact is not None and self._end is not None:
             end = self._end  # the last packet's own end, as the pyav decoder takes it
             if self.info.duration_s:  # ... and, as it does, no later than the stream's end
                 declared = Fraction(self.info.duration_s) / self._time_base
@@ -159,12 +160,13 @@ class DecordDecoder(VideoDecoder):
                 pts_s = float((starts[i] - starts[0]) * self._time_base)
                 yield SampledFrame(pts_s, frames[np.searchsorted(wanted, i)])
 
-    def _exact_starts(self, snapped: np.ndarray) -> np.ndarray:
+    def _exact_starts(self, snapped: np.ndarray) -> np.ndarray | None:
         """The demuxer's exact pts for decord's frames, once they are shown to be the same
-        frames: as many, each within what float32 rounding of its absolute time explains."""
+        frames: as many, each within what float32 rounding of its absolute time explains.
+        None when the lists differ in length: decord's own times are used, as before."""
         exact = self._pts
         if len(exact) != len(snapped):
-            return snapped  # not the same frame list: decord's own times, as before
+            return None
         # float32 keeps 24 significant bits of the absolute time, in seconds or in ticks.
         largest = float(np.abs(exact).max(initial=0))
         tick = float(self._time_base)

@@ -77,11 +77,10 @@ def _probe(address: str) -> None:
 
 
 def _connect(ray: Any, address: str | None) -> bool:
-    """Join the cluster at ``address`` (else $RAY_ADDRESS), or start one on this machine; True
-    when this call started Ray."""
+    """Join the cluster at ``address``, or (None) start one on this machine; True when this
+    call started Ray."""
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _probe(address)
     try:
@@ -143,13 +142,14 @@ def run_ray(cfg: ExtractConfig) -> Any:
     job.audio = None
     # Connected first: a job that cannot reach its cluster writes nothing (not even the
     # store's root, whose attrs would hold this run's settings).
-    started_ray = _connect(ray, cfg.ray_address)
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    started_ray = _connect(ray, address)
     try:
         check_store(cfg.out, **job.store_settings)  # refuse other settings before starting
         todo = job.resume(*_done_ids(cfg))
         with sigterm_as_interrupt(), progress_bar(len(todo), cfg.progress) as bar:
             # A cluster started here, on this machine, has the CPUs it has.
-            local = started_ray and not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
+            local = started_ray and not address
             scheduler = _Scheduler(ray, cfg, job, spec, audio_front, bar, local)
             scheduler.start()
             job.summary.setup_s = time.monotonic() - job.started
