@@ -22,7 +22,7 @@ import pandas as pd
 from vidfeat.decode.probe import not_a_file
 from vidfeat.errors import ConfigError, ManifestError
 from vidfeat.location import Location, RemotePath, as_location
-from vidfeat.store.base import LABEL_SEPARATOR  # one separator for manifests and stores
+from vidfeat.store.base import LABEL_SEPARATOR, video_id_problem  # the stores' rules, shared
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +233,8 @@ def _id_problems(vid: str, line: int, first_line: dict[str, int]) -> list[str]:
     """What is wrong with this line's video_id (empty, or seen before); records a new one."""
     if not vid:
         return [f"line {line}: empty video_id"]
-    if "\x00" in vid:  # no store key or file name can hold it
-        return [f"line {line}: video_id {vid!r} holds a NUL character"]
+    if problem := video_id_problem(vid):
+        return [f"line {line}: video_id {vid!r} {problem}"]
     if vid in first_line:
         return [f"line {line}: duplicate video_id {vid!r} (first on line {first_line[vid]})"]
     first_line[vid] = line

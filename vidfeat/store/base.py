@@ -42,6 +42,18 @@ TABLE_DTYPES: dict[str, str] = {
     "native_fps": "float64",
 }
 LABEL_SEPARATOR = ";"
+
+
+def video_id_problem(video_id: object) -> str | None:
+    """Why ``video_id`` cannot name a video in a store (None: it can). One rule for the writer
+    and for manifests, which say it with the line it is on."""
+    if not isinstance(video_id, str) or not video_id.strip():
+        return "must be a non-empty string"
+    if "\x00" in video_id:  # no store key or file name can hold it
+        return "holds a NUL character"
+    return None
+
+
 # ``reason`` of an ok video in a store with an "audio" stream when the video has no audio track
 # (its audio features are the no-audio value, see docs/audio.md).
 NO_AUDIO_NOTE = "no_audio"

@@ -12,7 +12,13 @@ import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.pca.quantize import dequantize
-from vidfeat.store.base import LABEL_SEPARATOR, STRING_COLUMNS, Backend, VideoRecord
+from vidfeat.store.base import (
+    LABEL_SEPARATOR,
+    STRING_COLUMNS,
+    Backend,
+    VideoRecord,
+    video_id_problem,
+)
 from vidfeat.store.claim import claim_part
 from vidfeat.store.schema import StoreMeta, StreamSpec
 
@@ -140,8 +146,8 @@ class StoreWriter:
             raise StoreError(f"writer for {self.path} is closed")
         if self._broken:
             raise StoreError(self._broken)
-        if not isinstance(video_id, str) or not video_id.strip() or "\x00" in video_id:
-            raise ConfigError(f"video_id must be a non-empty string, got {video_id!r}")
+        if problem := video_id_problem(video_id):
+            raise ConfigError(f"video_id {video_id!r} {problem}")
         if video_id in self._committed_ok or any(r.video_id == video_id for r in self._pending):
             raise StoreError(f"video {video_id!r} is already in {self.path}")
 
