@@ -8,12 +8,13 @@ AWS. The endpoint and the credentials are set the way a user sets them (``AWS_EN
 from __future__ import annotations
 
 import logging
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
+from tests.ports import free_port
 
 # Recognisable, so a test can search logs and store attrs for it.
 SECRET_KEY = "vidfeat-test-secret-8f3e1c0d"
@@ -44,17 +45,11 @@ def _client_kwargs() -> dict[str, str]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     pytest.importorskip("s3fs")
     server_mod = pytest.importorskip("moto.server")
-    port = _free_port()
+    port = free_port()
     from s3fs import S3FileSystem
 
     S3FileSystem.clear_instance_cache()  # none made for another endpoint may be reused

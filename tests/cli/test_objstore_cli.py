@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from heads.synthetic import write_order_store
+from tests.ports import free_port
 from tests.s3_server import SECRET_KEY, s3, s3_endpoint  # noqa: F401 - fixtures
 from vidfeat import open_store
 from vidfeat.location import RemotePath
@@ -183,12 +183,6 @@ def test_import_yt8m_into_s3_equals_local(s3, tmp_path: Path) -> None:  # noqa: 
 # ------------------------------------------------------------------------------ environment
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again on return: nothing listens there
-
-
 @pytest.mark.parametrize("broken", ["no credentials", "no endpoint"])
 def test_a_wrong_object_store_environment_cannot_run(s3, tmp_path: Path, broken: str) -> None:  # noqa: F811
     # The user's environment, not a bug: exit 2 and one line saying where settings come from.
@@ -198,7 +192,7 @@ def test_a_wrong_object_store_environment_cannot_run(s3, tmp_path: Path, broken:
     if broken == "no credentials":
         del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
     else:
-        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_closed_port()}"
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
     commands = (
         ["vidfeat_cli.vidfeat", "info", store],
         ["vidfeat_cli.heads", "train", store, "-m", "logistic", "-o", tmp_path / "run"],

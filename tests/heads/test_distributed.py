@@ -8,7 +8,6 @@ and resumed.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from heads.models.base import CLASSIFIERS, FUSION_LAYERS, HEADS, create_head
 from heads.run import train_run
 from heads.synthetic import write_sum_store
 from tests.heads.stores import make_cluster_store
+from tests.ports import free_port
 from vidfeat.errors import ConfigError
 from vidfeat_cli.heads import main
 
@@ -190,12 +190,6 @@ def test_a_batch_smaller_than_the_world_fills_the_empty_ranks():
 # --------------------------------------------------------------------------- torchrun jobs
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _torchrun(args, **env) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -206,7 +200,7 @@ def _torchrun(args, **env) -> subprocess.Popen:
         "--master-addr",
         "127.0.0.1",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "vidfeat_cli.heads",
         "-q",

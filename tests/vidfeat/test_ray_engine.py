@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.ports import free_port
 from tests.vidfeat.audio.media_audio import write_media
 from tests.vidfeat.test_pipeline import ROOT, run_cli, write_manifest
 from vidfeat import open_store
@@ -268,9 +268,7 @@ def test_embedding_workers_that_take_every_cpu_are_refused_on_a_local_cluster(
 def test_an_unreachable_cluster_is_refused_and_nothing_is_written(reference, tmp_path) -> None:
     # Ray retries an address where nothing listens for many minutes, and the store used to be
     # created first, fixing this run's settings (precision fp32) on a job that never ran.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{sock.getsockname()[1]}"  # closed again: nothing answers there
+    address = f"127.0.0.1:{free_port()}"  # nothing answers there
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     store = tmp_path / "never.zarr"
     command = [sys.executable, "-m", "vidfeat_cli.vidfeat", "extract", str(reference["manifest"])]
