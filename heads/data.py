@@ -278,6 +278,8 @@ def collate(samples: Sequence[Sample] | Batch) -> Batch:
     ``FeatureDataset.__getitems__`` reads) is padded already and passes through."""
     if isinstance(samples, Batch):
         return samples
+    if not samples:
+        raise ValueError("collate needs at least one sample: a batch cannot be empty")
     lengths = torch.tensor([s.x.shape[0] for s in samples], dtype=torch.int64)
     x = batch_buffer((len(samples), int(lengths.max()), samples[0].x.shape[1]))
     for b, s in enumerate(samples):

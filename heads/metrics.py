@@ -79,9 +79,9 @@ def _validate(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
     return s, y_raw.astype(bool)
 
 
-def _validate_k(k: object, name: str = "k") -> int:
+def _validate_k(k: object, name: str = "k", hint: str = "") -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise MetricInputError(f"{name} must be an integer >= 1, got {k!r}")
+        raise MetricInputError(f"{name} must be an integer >= 1, got {k!r}{hint}")
     return int(k)
 
 
@@ -217,7 +217,9 @@ def average_precision_per_class(
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray, top_k: int = 20) -> float:
     """YouTube-8M mAP: per-class AP on top_k-sparsified predictions, mean over classes with
     positives (``nan`` if none)."""
-    return _nanmean_or_nan(average_precision_per_class(scores, labels, top_k=_validate_k(top_k)))
+    # None here would silently be the full-ranking mAP, which has its own name.
+    top_k = _validate_k(top_k, "top_k", " (mean_average_precision_full ranks every class)")
+    return _nanmean_or_nan(average_precision_per_class(scores, labels, top_k=top_k))
 
 
 def mean_average_precision_full(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -129,6 +129,11 @@ def test_dataset_pickles_without_an_open_reader(store):
 # --------------------------------------------------------------------------- collate, batches
 
 
+def test_collate_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match="at least one sample"):
+        collate([])
+
+
 def test_collate_pads_with_zeros_and_keeps_lengths():
     label_map = LabelMap(("a", "b", "c"), multilabel=True)
     xs = [torch.ones(n, 4) * (i + 1) for i, n in enumerate((3, 1, 5))]

@@ -387,6 +387,11 @@ def test_parameter_validation_on_every_k_taking_function():
             call()
 
 
+def test_map_names_its_parameter_and_the_full_ranking_variant():
+    with pytest.raises(m.MetricInputError, match=r"top_k .* None .*_full"):
+        m.mean_average_precision(TINY_SCORES, TINY_LABELS, top_k=None)
+
+
 def test_confusion_matrix_rejects_multilabel_rows():
     with pytest.raises(m.MetricInputError, match="exactly one positive"):
         m.confusion_matrix(TINY_SCORES, TINY_LABELS)

@@ -123,6 +123,14 @@ class StreamCases:
         summary = store_summary(path)
         assert summary["level"] == "video" and "level       video" in format_summary(summary)
 
+    def test_info_lists_labels_unambiguously(self, path: Path) -> None:
+        with create_store(path, format=self.fmt, streams={"rgb": 4}) as w:
+            w.write("a", {"rgb": np.ones((2, 4))}, timestamps=[0.0, 1.0], labels=["cats, dogs"])
+            w.write("b", {"rgb": np.ones((2, 4))}, timestamps=[0.0, 1.0], labels=["cats", "dogs"])
+        text = format_summary(store_summary(path))
+        # Three labels, and the one holding ", " must not read as two.
+        assert "labels      3: " in text and "'cats, dogs'" in text
+
 
 class IntegrityCases:
     """Checksums, expected chunks, values after the cast, and stores of schema 1."""

@@ -138,7 +138,7 @@ def format_summary(s: dict[str, Any], show_failures: bool = True, max_failures: 
         f"backbone    {s['backbone']} weights={s['weights']} precision={s['precision']}",
         f"sampling    fps={s['fps']} max_frames={s['max_frames']}"
         + (f" decoder={s['decoder']}" if s.get("decoder") else ""),
-        f"labels      {len(s['labels'])}: {', '.join(s['labels'][:20])}"
+        f"labels      {len(s['labels'])}: {', '.join(map(_label_text, s['labels'][:20]))}"
         + (" ..." if len(s["labels"]) > 20 else ""),
     ]
     if s["failed"]:
@@ -150,6 +150,11 @@ def format_summary(s: dict[str, Any], show_failures: bool = True, max_failures: 
             if len(s["failures"]) > max_failures:
                 lines.append(f"  ... {len(s['failures']) - max_failures} more (use --json)")
     return "\n".join(lines)
+
+
+def _label_text(label: str) -> str:
+    """A label as listed: quoted when a comma or edge space would make the list ambiguous."""
+    return repr(label) if "," in label or label != label.strip() else label
 
 
 def _stream_lines(streams: dict[str, dict[str, Any]]) -> list[str]:
