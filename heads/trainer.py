@@ -239,8 +239,7 @@ def train(
     log.info("training %s: %d trainable parameters on %s", cfg.model, n_params, run.device)
     with deterministic():
         while not (stopper.should_stop or finished(pos, cfg)):
-            record = _evaluation(run, pos, progress and world.is_main)
-            record = dd.broadcast(record)  # rank 0's record, so every rank decides alike
+            record = _shared_evaluation(run, pos, progress and world.is_main)
             record["trainable_params"] = n_params
             record["improved"] = stopper.step(record[monitor], len(history) + 1)
             history.append(record)
@@ -359,6 +358,23 @@ def _diverged(cfg: TrainConfig, where: str, what: str) -> TrainingDiverged:
         f"training diverged at {where}: {what}. Lower --lr (now {cfg.lr:g}, {cfg.optimizer}; "
         f"{clip}) and start again with --force or another --out"
     )
+
+
+def _shared_evaluation(run: _Session, pos: Position, progress: bool) -> dict[str, Any]:
+    """Rank 0's record on every rank, so every rank decides alike. Rank 0 alone scores the
+    validation set, so it alone sees scores diverge: that verdict is shared too, and every rank
+    stops with it rather than the others failing as if rank 0 had died."""
+    record, diverged = None, None
+    try:
+        record = _evaluation(run, pos, progress)
+    except TrainingDiverged as exc:
+        if not dd.world().distributed:
+            raise
+        diverged = exc  # a diverged training loss is all-reduced: every rank is here
+    record, diverged = dd.broadcast((record, diverged))
+    if diverged is not None:
+        raise diverged
+    return record
 
 
 def _evaluation(run: _Session, pos: Position, progress: bool) -> dict[str, Any]:

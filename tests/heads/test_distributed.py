@@ -353,3 +353,23 @@ def test_sigkill_of_one_rank_fails_the_job_and_resume_finishes_it(runs):
     # The resumed job ends exactly where the uninterrupted one did.
     assert _records(run) == _records(root / "ddp")
     _assert_close_runs(run, root / "ddp", rtol=0, atol=0)
+
+
+def test_scores_diverging_on_rank_0_stop_every_rank_with_the_same_verdict(tmp_path):
+    # Only rank 0 scores the validation set. It stopped alone, and rank 1 then failed as if
+    # rank 0 had died ("rerun the same command"), which would only diverge again.
+    from vidfeat.store import create_store
+
+    rng = np.random.default_rng(0)
+    extreme = np.tile(np.array([3e38, -3e38] * 8, np.float32), (4, 1))  # finite, overflow a sum
+    with create_store(tmp_path / "s.zarr", streams={"rgb": 16}) as w:
+        for i in range(32):
+            split = "train" if i < 20 else "val" if i < 26 else "test"
+            x = extreme if split == "val" else rng.normal(size=(4, 16)).astype(np.float32)
+            w.write(f"v{i}", {"rgb": x}, timestamps=range(4), labels=["ab"[i % 2]], split=split)
+    job = _torchrun(["train", tmp_path / "s.zarr", "-m", "logistic", "-o", tmp_path / "run"])
+    _, err = job.communicate(timeout=180)
+    assert job.returncode != 0
+    text = err.decode()
+    assert text.count("error: training diverged at epoch 1/") == 2, text[-2000:]
+    assert "another rank of this torchrun job died" not in text, text[-2000:]

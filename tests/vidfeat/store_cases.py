@@ -87,8 +87,10 @@ class StreamCases:
             np.testing.assert_array_equal(r.read("a", "rgb"), rgb)
             np.testing.assert_array_equal(r.read("a", "audio", raw=True), audio)
             np.testing.assert_array_equal(r.read("a", stream="audio"), dequantize(audio))
-            np.testing.assert_allclose(r.mean("a", "audio"), dequantize(audio).mean(0), rtol=1e-6)
-            np.testing.assert_allclose(r.mean("a", "rgb"), rgb.mean(0), rtol=1e-6)
+            np.testing.assert_allclose(
+                r.mean("a", "audio"), dequantize(audio).mean(0, dtype=np.float64), rtol=1e-6
+            )
+            np.testing.assert_allclose(r.mean("a", "rgb"), rgb.mean(0, dtype=np.float64), rtol=1e-6)
             both = r.read_streams("a")
             assert both.keys() == {"rgb", "audio"} and both["audio"].shape == (3, 4)
             with pytest.raises(ConfigError, match="streams rgb, audio"):
@@ -122,6 +124,13 @@ class StreamCases:
         assert verify_store(path).ok
         summary = store_summary(path)
         assert summary["level"] == "video" and "level       video" in format_summary(summary)
+
+    def test_mean_of_features_near_the_float32_limit_is_finite(self, path: Path) -> None:
+        big = np.full((4, 2), 3e38, np.float32)  # finite; their float32 sum is not
+        with create_store(path, format=self.fmt, streams={"rgb": 2}) as w:
+            w.write("a", {"rgb": big}, timestamps=range(4))
+        with open_store(path) as r:
+            np.testing.assert_array_equal(r.mean("a"), big[0])
 
     def test_info_lists_labels_unambiguously(self, path: Path) -> None:
         with create_store(path, format=self.fmt, streams={"rgb": 4}) as w:
@@ -290,7 +299,9 @@ class IntegrityCases:
                 want = v1_features(index, n).astype(np.float16).astype(np.float32)
                 np.testing.assert_array_equal(r.read(vid), want)
                 np.testing.assert_array_equal(r.read(vid, "rgb"), want)
-                np.testing.assert_allclose(r.mean(vid), want.mean(axis=0), rtol=1e-6)
+                np.testing.assert_allclose(
+                    r.mean(vid), want.mean(axis=0, dtype=np.float64), rtol=1e-6
+                )
             np.testing.assert_array_equal(r.timestamps("a"), [0.0, 1.0, 2.0])
             assert r.labels("b") == ("dog", "cat")
             assert r.videos.set_index("video_id").loc["c", "status"] == "truncated"

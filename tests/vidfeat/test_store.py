@@ -86,7 +86,9 @@ class StoreContract(StreamCases, IntegrityCases):
                 got = r.read(vid)
                 assert got.dtype == np.float32
                 np.testing.assert_array_equal(got, feats)
-                np.testing.assert_allclose(r.mean(vid), feats.mean(axis=0), rtol=1e-6)
+                np.testing.assert_allclose(
+                    r.mean(vid), feats.mean(axis=0, dtype=np.float64), rtol=1e-6
+                )
                 np.testing.assert_array_equal(r.timestamps(vid), np.arange(len(feats)) * 0.5)
             row = r.videos.set_index("video_id").loc["v1"]
             assert row["labels"] == ("l1", "all") and row["n_frames"] == 5
@@ -178,7 +180,9 @@ class StoreContract(StreamCases, IntegrityCases):
             np.testing.assert_array_equal(raw, quantize(x))
             np.testing.assert_array_equal(r.read("a"), dequantize(quantize(x)))
             assert r.quantization == {"scheme": "yt8m_uint8", "min": -2.0, "max": 2.0}
-            np.testing.assert_allclose(r.mean("a"), dequantize(quantize(x)).mean(0), rtol=1e-6)
+            np.testing.assert_allclose(
+                r.mean("a"), dequantize(quantize(x)).mean(0, dtype=np.float64), rtol=1e-6
+            )
         # A scheme readers do not know would be read with YouTube-8M's formula regardless.
         q = {**quantization_attrs(), "scheme": "linear_uint8"}
         with pytest.raises(ConfigError, match="unknown quantization scheme 'linear_uint8'"):

@@ -193,7 +193,10 @@ class StoreWriter:
     def _mean(self, stream: str, stored: np.ndarray) -> np.ndarray:
         q = self.meta.streams[stream].quantization
         floats = dequantize(stored, q["min"], q["max"]) if q else stored.astype(np.float32)
-        return floats.reshape(-1, floats.shape[-1]).mean(axis=0)
+        # Summed in float64: finite float32 features near its limit overflowed to an inf mean.
+        return (
+            floats.reshape(-1, floats.shape[-1]).mean(axis=0, dtype=np.float64).astype(np.float32)
+        )
 
     @staticmethod
     def _timestamps(
