@@ -60,7 +60,7 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
     ),
     ("test_fraction", "Data", {"type": float}, "Test share when the store has no split."),
     ("val_fraction", "Data", {"type": float}, "Validation share of the non-test videos."),
-    ("epochs", "Optimisation", {"type": int}, "Maximum epochs."),
+    ("epochs", "Optimisation", {"type": int}, "Maximum epochs (also with --max-steps)."),
     ("optimizer", "Optimisation", {"choices": "OPTIMIZERS"}, "SGD uses momentum 0.9."),
     (
         "lr",
@@ -89,7 +89,12 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
         {"type": float, "alias": "--clip-grad-norm"},
         "Max global gradient norm (0: off).",
     ),
-    ("max_steps", "Optimisation", {"type": int}, "Stop after N optimizer steps (0: --epochs)."),
+    (
+        "max_steps",
+        "Optimisation",
+        {"type": int},
+        "Stop after N optimizer steps or at --epochs, whichever comes first (0: --epochs only).",
+    ),
     (
         "eval_every",
         "Optimisation",

@@ -88,9 +88,10 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
 
 def _cut_for_training(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """``order`` cut into batches; a last batch of one video joins the batch before it, since
-    BatchNorm cannot train on a single example (it raises on one value per channel)."""
+    BatchNorm cannot train on a single example (it raises on one value per channel). At a
+    batch size of 1 every batch is one video (heads with BatchNorm refuse that size)."""
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
+    if batch_size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [np.concatenate(batches[-2:])]
     return batches
 
@@ -105,7 +106,7 @@ def _pool_bounds(n: int, pool: int) -> list[tuple[int, int]]:
 
 def _training_batch_count(n: int, batch_size: int) -> int:
     count = -(-n // batch_size)
-    return count - 1 if count > 1 and n % batch_size == 1 else count
+    return count - 1 if batch_size > 1 and count > 1 and n % batch_size == 1 else count
 
 
 def balanced_weights(targets: np.ndarray) -> np.ndarray:

@@ -40,6 +40,8 @@ from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
 
 log = logging.getLogger(__name__)
+# Layers that cannot train on a batch of one example (one value per channel).
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @dataclass
@@ -258,7 +260,7 @@ def train(
                 }
                 _save(run_dir, state, record, loggers)
                 log.info(_summary(record, monitor))
-    return _finish(model, run_dir, stopper, history, n_params)
+    return _finish(model, run_dir, stopper, history, n_params, cfg)
 
 
 @dataclass
@@ -285,6 +287,11 @@ def _start(
     meta: dict[str, Any],
 ) -> _Session:
     """Move ``model`` to its device and build its step, loaders, optimizer and loss."""
+    if cfg.data.batch_size < 2 and any(isinstance(m, _BATCH_NORMS) for m in model.modules()):
+        raise ConfigError(
+            f"--model {cfg.model} has BatchNorm layers, which cannot train on batches of one "
+            "video: use --batch-size 2 or more"
+        )
     device = resolve_device(cfg.device)
     model.to(device)
     step = dd.training_step(model, device)
@@ -311,12 +318,25 @@ def _save(run_dir: Path, state: dict[str, Any], record: dict, loggers: Sequence[
 
 
 def _finish(
-    model: Head, run_dir: Path, stopper: EarlyStopping, history: list[dict], n_params: int
+    model: Head,
+    run_dir: Path,
+    stopper: EarlyStopping,
+    history: list[dict],
+    n_params: int,
+    cfg: TrainConfig,
 ) -> TrainResult:
     """Load the best weights into ``model`` (on every rank) and sum the run up."""
+    last = history[-1]
     if stopper.should_stop:
         log.info(
             "early stop: no %s improvement in %d evaluations", stopper.monitor, stopper.patience
+        )
+    elif cfg.max_steps and last["step"] < cfg.max_steps:  # a step budget cut short by epochs
+        log.info(
+            "stopped at --epochs %d, step %d of --max-steps %d",
+            cfg.epochs,
+            last["step"],
+            cfg.max_steps,
         )
     dd.barrier()  # rank 0 has written best.pt
     model.load_state_dict(ck.load_checkpoint(run_dir / ck.BEST)["model_state"])

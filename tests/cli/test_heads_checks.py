@@ -186,6 +186,19 @@ def test_a_single_class_or_video_is_refused_before_training(tmp_path, store):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_batch_size_of_one_trains_every_epoch(tmp_path, store):
+    # It hung in the second epoch (or, with --eval-every, failed with ZeroDivisionError).
+    out = tmp_path / "one"
+    args = ["-q", "train", store, "-m", "logistic", "-o", out, "--batch-size", "1"]
+    assert invoke(*args, "--epochs", "2").exit_code == 0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and records[1]["step"] == 2 * records[0]["step"]
+    bof = invoke("-q", "train", store, "-m", "bof", "-o", tmp_path / "bof", "--batch-size", "1")
+    assert bof.exit_code == 2 and "Traceback" not in bof.output
+    assert bof.output.strip().splitlines()[-1].startswith("error: --model bof has BatchNorm")
+    assert not (tmp_path / "bof").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_refused_before_any_output(tmp_path, store):
     out = tmp_path / "run"

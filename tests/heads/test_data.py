@@ -378,6 +378,15 @@ def test_training_batches_never_hold_a_single_video(n, bucket):
         assert len(batches) == len(sampler)
 
 
+@pytest.mark.parametrize("bucket", [True, False])
+def test_a_batch_size_of_one_gives_one_video_per_batch_as_counted(bucket):
+    # The lone last video was merged as at any size, but len() did not count the merge: the
+    # schedule then waited for batches that never came (a hang, or ZeroDivisionError).
+    sampler = BucketBatchSampler(np.arange(1, 35), 1, shuffle=True, bucket=bucket)
+    batches = list(sampler)
+    assert [len(b) for b in batches] == [1] * 34 and len(sampler) == 34
+
+
 # --------------------------------------------------------------------------- chunk cache hint
 
 
