@@ -234,7 +234,7 @@ class DistributedBucketBatchSampler(BucketBatchSampler):
         self.rank, self.ranks = rank, size
         # Training batches are drawn at the global size; evaluation keeps per-rank batches.
         super().__init__(lengths, batch_size * size if kw.get("shuffle") else batch_size, **kw)
-        self._sizes: tuple[int, list[int]] = (-1, [])
+        self._drawn: tuple[int, list[np.ndarray]] = (-1, [])
 
     def _slices(self, batch: np.ndarray) -> list[np.ndarray]:
         return [part if len(part) else batch[:1] for part in np.array_split(batch, self.ranks)]
@@ -244,13 +244,20 @@ class DistributedBucketBatchSampler(BucketBatchSampler):
             return self._batches()[self.rank :: self.ranks]
         return [self._slices(batch)[self.rank] for batch in self._batches()]
 
+    def _global_batch(self, epoch: int, batch: int) -> np.ndarray:
+        """Video indices over all ranks in batch ``batch`` (0-based) of ``epoch``, each once."""
+        if self._drawn[0] != epoch:
+            current, self.epoch = self.epoch, epoch
+            self.epoch, self._drawn = current, (epoch, self._batches())
+        return self._drawn[1][batch]
+
     def global_size(self, epoch: int, batch: int) -> int:
         """Videos over all ranks in batch ``batch`` (0-based) of ``epoch``, each once."""
-        if self._sizes[0] != epoch:
-            current, self.epoch = self.epoch, epoch
-            sizes = [len(b) for b in self._batches()]
-            self.epoch, self._sizes = current, (epoch, sizes)
-        return self._sizes[1][batch]
+        return len(self._global_batch(epoch, batch))
+
+    def global_frames(self, epoch: int, batch: int) -> int:
+        """Frames over all ranks in that batch, each video once."""
+        return int(self.lengths[self._global_batch(epoch, batch)].sum())
 
     def is_filler(self, epoch: int, batch: int) -> bool:
         """Whether this rank's slice of that batch is a copy standing in for an empty one (a
@@ -282,12 +289,17 @@ def videos_counted(sampler: Any, epoch: int, batch: int, local: int) -> int:
     return local
 
 
-def loss_scale(sampler: Any, epoch: int, batch: int, local: int) -> float:
+def loss_scale(
+    sampler: Any, epoch: int, batch: int, local: int, frames: int | None = None
+) -> float:
     """Factor on this rank's mean loss so that DDP's average of the ranks' gradients is the
     gradient of the mean loss over the whole batch, whatever the sizes of the slices: a filler
-    copy gets 0, so that no video counts twice."""
+    copy gets 0, so that no video counts twice. ``frames``: this rank's frames, for a head whose
+    loss is a mean over frames (``Head.loss_per_frame``); the slices are then weighted by them."""
     if isinstance(sampler, DistributedBucketBatchSampler) and sampler.shuffle:
         counted = videos_counted(sampler, epoch, batch, local)
+        if frames is not None:
+            return (frames if counted else 0) * sampler.ranks / sampler.global_frames(epoch, batch)
         return counted * sampler.ranks / sampler.global_size(epoch, batch)
     return 1.0
 

@@ -122,6 +122,19 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: floa
         group["lr"] = base * factor
 
 
+def _term_scales(
+    terms: dict[str, Tensor], sampler: Any, pos: Position, size: int, frames: int | None
+) -> dict[str, float]:
+    """Each loss term's factor (:func:`heads.distributed.loss_scale`; 1 in one process). The
+    classification loss of a head that averages it over frames weighs the ranks by frames; other
+    terms (auxiliary losses) are means over videos."""
+    by_video = dd.loss_scale(sampler, pos.epoch, pos.batch, size)
+    by_frame = (
+        by_video if frames is None else dd.loss_scale(sampler, pos.epoch, pos.batch, size, frames)
+    )
+    return {key: by_frame if key == "loss" else by_video for key in terms}
+
+
 def _train_window(run: _Session, pos: Position, bar: tqdm) -> dict[str, float]:
     """Train on the batches of one evaluation window; -> mean loss terms and hit@1 (over every
     rank's batches)."""
@@ -133,19 +146,24 @@ def _train_window(run: _Session, pos: Position, bar: tqdm) -> dict[str, float]:
     n = 0
     for batch in window_batches(run.loaders.train, pos, cfg):
         set_lr(optimizer, base_lrs, lr_factor(pos, cfg))
+        sampler, size = run.loaders.train.batch_sampler, batch.x.shape[0]
+        frames = int(batch.lengths.sum()) if model.loss_per_frame else None  # before the copy
         batch = batch.to(device)
         logits, terms = run.step(batch.x, batch.lengths, batch.labels, run.loss_fn)
-        loss = torch.stack(list(terms.values())).sum()
-        sampler, size = run.loaders.train.batch_sampler, batch.x.shape[0]
-        scale = dd.loss_scale(sampler, pos.epoch, pos.batch, size)
+        scales = _term_scales(terms, sampler, pos, size, frames)
+        loss = torch.stack([value * scales[key] for key, value in terms.items()]).sum()
         counted = dd.videos_counted(sampler, pos.epoch, pos.batch, size)  # 0 for a filler
         optimizer.zero_grad(set_to_none=True)
-        (loss * scale if scale != 1.0 else loss).backward()
+        loss.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
         optimizer.step()
+        # Each batch's terms weigh its videos, as in one process. Under DDP a rank's share of a
+        # frame-mean term is its scale, of the batch's videos over the ranks.
+        videos = dd.videos_in_step(sampler, pos.epoch, pos.batch, size) / dd.world().size
         for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value.detach() * counted
+            weight = scales[key] * videos if key == "loss" and frames is not None else counted
+            sums[key] = sums.get(key, 0.0) + value.detach() * weight
         if counted:
             hits += batch.labels.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
         n += counted

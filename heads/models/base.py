@@ -190,6 +190,9 @@ class Head(nn.Module):
     # True when the head's first step is the mean of the frames, so one video-level vector (a
     # video-level store, read as a one-frame video) is exactly the input it was made for.
     video_level: ClassVar[bool] = False
+    # True when the training loss is a mean over frames, not videos: under DDP the ranks'
+    # slices are then weighted by their frames (heads.distributed.loss_scale).
+    loss_per_frame: ClassVar[bool] = False
 
     def __init__(self, input_dim: int, num_classes: int, cfg: HeadConfig) -> None:
         super().__init__()

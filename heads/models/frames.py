@@ -56,6 +56,7 @@ class FrameHead(Head):
 
     supports_per_frame = True
     order_invariant = True  # a mean over frames
+    loss_per_frame = True  # every frame is a training example, as in Karpathy's single-frame model
 
     def __init__(self, input_dim: int, num_classes: int, cfg: HeadConfig) -> None:
         if cfg.classifier != "linear":

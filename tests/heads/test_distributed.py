@@ -306,6 +306,21 @@ def test_projection_fusion_under_torchrun_matches_one_process(runs):
     _assert_close_runs(root / "fp-ddp", root / "fp-one")
 
 
+def test_frame_head_under_torchrun_matches_one_process(runs):
+    # Its loss is a mean over frames: the ranks' slices must weigh their frames, not their
+    # videos (and the projection term its videos), or the step is not the batch's.
+    root = runs["root"]
+    store = write_sum_store(root / "frames.zarr", 60, dims={"rgb": 6, "audio": 3})
+    args = [*TRAIN[: TRAIN.index("--epochs")], "--epochs", 3, "--patience", 0, "--seed", 3]
+    args += ["--model", "frame", "--fusion", "projection", "--fusion-dim", 4]
+    args += ["--fusion-weight", 1.0, "--sampling", "head", "--max-frames", 40]
+    ddp = _torchrun(["train", store, *args, "--batch-size", PER_RANK_BATCH, "--out", root / "f2"])
+    _single(["train", store, *args, "--batch-size", 2 * PER_RANK_BATCH, "--out", root / "f1"])
+    _finish(ddp)
+    assert "train_fusion_l2" in _records(root / "f1")[0]
+    _assert_close_runs(root / "f2", root / "f1")
+
+
 def _epochs_done(run: Path) -> int:
     try:
         return len((run / ck.METRICS).read_text().splitlines())
