@@ -29,6 +29,19 @@ DPI = 150
 MAX_PR_PANELS = 16  # per-class precision-recall panels (classes with most positives first)
 MAX_TICK_CLASSES = 50  # confusion axes name classes up to this many
 MAX_ANNOTATED_CLASSES = 20  # confusion cells print their value up to this many
+# Beyond MAX_TICK_CLASSES a full matrix is a scatter of sub-pixel cells: the matrix is drawn
+# for this many classes, those with the most errors.
+MAX_CONFUSED_CLASSES = 20
+MAX_LABEL_CHARS = 28  # longer class names are cut in figures (report.md keeps them whole)
+METRIC_LABELS = {
+    "hit_at_1": "hit@1",
+    "loss": "loss",
+    "gap_at_20": "GAP@20",
+    "mean_ap": "mAP",
+    "top5": "top-5",
+    "perr": "PERR",
+}
+_MARKERS = "osD^v<>ph*"  # one per run, so a run's lone point is not hidden under another's
 
 
 def _plain_text(plot: Callable[..., None]) -> Callable[..., None]:
@@ -43,6 +56,17 @@ def _plain_text(plot: Callable[..., None]) -> Callable[..., None]:
             plot(*args, **kwargs)
 
     return draw
+
+
+def short(name: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """``name`` cut to ``limit`` characters: one long class name squeezed whole figures."""
+    return name if len(name) <= limit else name[: limit - 1].rstrip() + "…"
+
+
+def _integer_x(ax: plt.Axes) -> None:
+    # min_n_ticks=1: with a single evaluation, MaxNLocator found fewer than two integers in
+    # range and fell back to ticks at 0.95, 0.96, ...
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def is_num(value: object) -> bool:
@@ -90,6 +114,18 @@ def _per(x: str) -> str:
     return "per evaluation" if x == "step" else "per epoch"
 
 
+def curve_metrics(records: list[dict[str, Any]], monitor: str) -> list[str]:
+    """Metrics a training figure shows: hit@1 and loss, the metric early stopping watched,
+    and GAP@20 (YouTube-8M's headline) when the records hold it."""
+    shown = ["hit_at_1", "loss"]
+    watched = monitor.removeprefix("val_").removeprefix("train_")
+    for metric in (watched, "gap_at_20"):
+        has = any(is_num(r.get(f"val_{metric}")) for r in records)
+        if metric not in shown and metric in METRIC_LABELS and has:
+            shown.append(metric)
+    return shown
+
+
 @_plain_text
 def plot_training(
     name: str,
@@ -100,18 +136,21 @@ def plot_training(
     spec: FigureSpec,
     x: str = "epoch",
 ) -> None:
-    """hit@1 and loss at each evaluation, train and val, against ``x`` (``epoch`` or ``step``),
-    with the best evaluation marked."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric, ylabel in ((axes[0], "hit_at_1", "hit@1"), (axes[1], "loss", "loss")):
+    """One panel per metric of :func:`curve_metrics` at each evaluation, train and val, against
+    ``x`` (``epoch`` or ``step``), with the best evaluation marked."""
+    shown = curve_metrics(records, monitor)
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], shown, strict=True):
+        ylabel = METRIC_LABELS[metric]
         for split in ("train", "val"):
             xs, ys = series(records, f"{split}_{metric}", x)
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=3, label=split)
         if best is not None:
             ax.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"best ({best})")
-        ax.set(title=f"{ylabel} {_per(x)}", xlabel=x, ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        watched = " (early stopping)" if monitor.endswith(metric) else ""
+        ax.set(title=f"{ylabel} {_per(x)}{watched}", xlabel=x, ylabel=ylabel)
+        _integer_x(ax)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"{name}: training curves (best {x} by {monitor})")
@@ -119,11 +158,10 @@ def plot_training(
 
 
 def _confusion_panel(
-    ax: plt.Axes, matrix: np.ndarray, names: list[str], title: str, *, counts: bool
+    ax: plt.Axes, matrix: np.ndarray, rows: list[str], cols: list[str], title: str, *, counts: bool
 ) -> None:
     """Counts: integer colour-bar ticks. Rates: empty cells (no video) stay blank, so the eye
     goes to the errors that happened rather than to a grid of zeros."""
-    n = len(names)
     shown = matrix if counts else np.ma.masked_where(~(matrix > 0), matrix)
     cmap = plt.get_cmap("Blues").with_extremes(bad="white")
     image = ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=0)
@@ -132,12 +170,18 @@ def _confusion_panel(
         bar.locator = MaxNLocator(integer=True)
         bar.update_ticks()
     ax.set(title=title, xlabel="predicted", ylabel="true")
-    if n <= MAX_TICK_CLASSES:
+    if len(rows) <= MAX_TICK_CLASSES:
+        size = 8 if len(cols) <= 25 else 6  # 50 names at 8 pt overlapped their neighbours
         ax.set_xticks(
-            range(n), labels=names, rotation=45, ha="right", rotation_mode="anchor", fontsize=8
+            range(len(cols)),
+            labels=[short(c) for c in cols],
+            rotation=45,
+            ha="right",
+            rotation_mode="anchor",
+            fontsize=size,
         )
-        ax.set_yticks(range(n), labels=names, fontsize=8)
-    if n <= MAX_ANNOTATED_CLASSES:
+        ax.set_yticks(range(len(rows)), labels=[short(r) for r in rows], fontsize=size)
+    if len(rows) <= MAX_ANNOTATED_CLASSES:
         top = np.nanmax(matrix) if np.isfinite(matrix).any() else 1.0
         for (i, j), v in np.ndenumerate(matrix):
             if not counts and not v > 0:
@@ -147,20 +191,40 @@ def _confusion_panel(
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=7)
 
 
+def most_confused(cm: np.ndarray, k: int = MAX_CONFUSED_CLASSES) -> np.ndarray:
+    """Indices of the ``k`` classes most involved in errors (as true or as predicted class;
+    ties by support, then index), in class order."""
+    errors = cm.sum(axis=0) + cm.sum(axis=1) - 2 * np.diag(cm)
+    order = np.lexsort((np.arange(len(cm)), -cm.sum(axis=1), -errors))
+    return np.sort(order[:k])
+
+
 @_plain_text
 def plot_confusion(
     name: str, cm: np.ndarray, class_names: list[str], path: Path, spec: FigureSpec
 ) -> None:
-    """Counts and row-normalised rates side by side."""
-    side = float(np.clip(0.3 * len(class_names) + 3.5, 5, 10))
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    """Counts and row-normalised rates side by side. Above ``MAX_TICK_CLASSES`` classes, only
+    the ``MAX_CONFUSED_CLASSES`` classes with the most errors, and a column for predictions of
+    any other class, so that each row still sums to its class's test videos."""
+    n = len(class_names)
     row_sums = cm.sum(axis=1, keepdims=True)
-    normalised = np.divide(cm, row_sums, out=np.full(cm.shape, np.nan), where=row_sums > 0)
-    _confusion_panel(axes[0], cm, class_names, "counts", counts=True)
+    rows, cols, matrix = list(class_names), list(class_names), cm
+    scope = f"{n} classes"
+    if n > MAX_TICK_CLASSES:
+        keep = most_confused(cm)
+        rows = [class_names[i] for i in keep]
+        cols = [*rows, "(any other class)"]
+        inner = cm[np.ix_(keep, keep)]
+        matrix = np.column_stack([inner, cm[keep].sum(axis=1) - inner.sum(axis=1)])
+        row_sums = row_sums[keep]
+        scope = f"the {len(keep)} of {n} classes with the most errors"
+    side = float(np.clip(0.24 * len(cols) + 3.5, 5, 15.5))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    normalised = np.divide(matrix, row_sums, out=np.full(matrix.shape, np.nan), where=row_sums > 0)
+    _confusion_panel(axes[0], matrix, rows, cols, "counts", counts=True)
     title = "row-normalised (recall per class)"
-    _confusion_panel(axes[1], normalised, class_names, title, counts=False)
-    note = "" if len(class_names) <= MAX_TICK_CLASSES else ", class names omitted"
-    fig.suptitle(f"{name}: test confusion matrix ({len(class_names)} classes{note})")
+    _confusion_panel(axes[1], normalised, rows, cols, title, counts=False)
+    fig.suptitle(f"{name}: test confusion matrix ({scope})")
     _save(fig, path, spec)
 
 
@@ -190,7 +254,8 @@ def plot_pr_curves(
         rises = np.concatenate([[True], np.diff(recall) > 0])
         ax.plot(recall[rises], precision[rises], drawstyle="steps-pre", linewidth=1.4)
         ax.axhline(stats.support[c] / len(labels), color="grey", linestyle="--", linewidth=0.8)
-        ax.set_title(f"{class_names[c]}\nAP {stats.ap[c]:.3f}, n={stats.support[c]}", fontsize=8)
+        title = f"{short(class_names[c])}\nAP {stats.ap[c]:.3f}, n={stats.support[c]}"
+        ax.set_title(title, fontsize=8)
         ax.set(xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
     for ax in axes[len(shown) :]:
@@ -210,22 +275,27 @@ def plot_pr_curves(
 def plot_comparison(
     runs: list[tuple[str, list[dict[str, Any]]]], path: Path, spec: FigureSpec, x: str = "epoch"
 ) -> None:
-    """Validation curves of several runs, given as (name, metrics records), against ``x``."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, ylabel in (
-        (axes[0], "val_hit_at_1", "val hit@1"),
-        (axes[1], "val_loss", "val loss"),
-    ):
-        for run_name, records in runs:
-            xs, ys = series(records, key, x)
+    """Validation curves of several runs, given as (name, metrics records), against ``x``:
+    hit@1, loss, and GAP@20 when a run logged it."""
+    shown = ["hit_at_1", "loss"]
+    if any(is_num(r.get("val_gap_at_20")) for _, records in runs for r in records):
+        shown.append("gap_at_20")
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
+    drawn = set()
+    for ax, metric in zip(axes[0], shown, strict=True):
+        ylabel = f"val {METRIC_LABELS[metric]}"
+        for i, (run_name, records) in enumerate(runs):
+            xs, ys = series(records, f"val_{metric}", x)
             if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, label=run_name)
+                marker = _MARKERS[i % len(_MARKERS)]
+                ax.plot(xs, ys, marker=marker, markersize=4, label=run_name)
+                drawn.add(i)
         ax.set(title=f"{ylabel} {_per(x)}", xlabel=x, ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_x(ax)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Validation curves of {len(runs)} runs")
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    missing = [name for i, (name, _) in enumerate(runs) if i not in drawn]
+    note = f"; no validation records: {', '.join(missing)}" if missing else ""
+    fig.suptitle(f"Validation curves of {len(drawn)} runs{note}")
     _save(fig, path, spec)
-
-
-# ---------------------------------------------------------------- Markdown

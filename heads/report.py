@@ -27,6 +27,7 @@ from heads.config import METRICS as METRIC_NAMES
 from heads.errors import ReportError
 from heads.figures import (
     DPI,
+    MAX_TICK_CLASSES,
     FigureSpec,
     is_num,
     plot_comparison,
@@ -112,7 +113,7 @@ def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | 
         raise ReportError(f"{path}: cannot read test predictions: {exc}") from exc
 
 
-def _load_run(run_dir: Path, slug: str) -> _Run:
+def _load_run(run_dir: Path, slug: str, name: str) -> _Run:
     if not run_dir.is_dir():
         raise ReportError(f"run directory not found: {run_dir}")
     if not any((run_dir / name).is_file() for name in RUN_FILES):
@@ -140,7 +141,7 @@ def _load_run(run_dir: Path, slug: str) -> _Run:
     # single gives softmax scores even on multi-label data), not the data alone.
     multilabel = multilabel_loss(str(config.get("loss", "auto")), multilabel)
     return _Run(
-        name=run_dir.name,
+        name=name,
         slug=slug,
         config=config,
         evaluations=evaluations,
@@ -151,6 +152,21 @@ def _load_run(run_dir: Path, slug: str) -> _Run:
         scores=scores,
         labels=labels,
     )
+
+
+def _display_names(run_dirs: list[Path]) -> list[str]:
+    """Each run's folder name, with as many parent folders as it takes to tell apart runs of
+    the same name (``exp1/bilstm``, ``exp2/bilstm``)."""
+    parts = [Path(p).resolve().parts for p in run_dirs]
+    depth = [1] * len(parts)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        seen = Counter(names)
+        clash = [i for i, n in enumerate(names) if seen[n] > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            return names
+        for i in clash:
+            depth[i] += 1
 
 
 def _slugs(run_dirs: list[Path]) -> list[str]:
@@ -225,21 +241,35 @@ def _fmt(value: object, spec: str = ".4f") -> str:
     return str(value)
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+# Characters that Markdown (and GitHub's maths) would read as markup in a name.
+# An underscore inside a word (class_1) is not markup in CommonMark and stays as it is.
+_MARKUP = re.compile(r"([\\`*\[\]<>|$~#]|(?<![^\W_])_|_(?![^\W_]))")
+
+
+def md_text(text: str) -> str:
+    """``text`` shown as is in Markdown: a class named ``*starred*`` stays starred."""
+    return _MARKUP.sub(r"\\\1", text).replace("\n", " ")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table of cells already escaped (names through :func:`md_text`)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return [*lines, ""]
+
+
+def _figure(title: str, name: str, spec: FigureSpec) -> str:
+    """An image line; a PDF is a link, since Markdown viewers show no PDF inline."""
+    return f"[{title} (PDF)]({name})" if spec.fmt == "pdf" else f"![{title}]({name})"
 
 
 # ---------------------------------------------------------------- Markdown
 
 
 def _comparison_table(runs: list[_Run]) -> list[str]:
+    by_step = _x_axis(runs) == "step"
     header = ["run", "model", "test hit@1", "GAP@20", "mAP", "best epoch"]
+    header += ["best step"] if by_step else []
     header += ["train wall time (s)", "trainable params"]
     rows = []
     for run in runs:
@@ -247,9 +277,10 @@ def _comparison_table(runs: list[_Run]) -> list[str]:
         params = s["trainable_params"]
         rows.append(
             [
-                run.name,
-                _fmt(s["model"]),
+                md_text(run.name),
+                md_text(_fmt(s["model"])),
                 *(_fmt(s[k]) for k in ("hit_at_1", "gap_at_20", "mean_ap", "best_epoch")),
+                *([_fmt(_best_at(run, "step"))] if by_step else []),
                 _fmt(s["wall_s"], ".1f"),
                 f"{params:,}" if isinstance(params, int) else _fmt(params),
             ]
@@ -259,18 +290,55 @@ def _comparison_table(runs: list[_Run]) -> list[str]:
 
 def _class_table(run: _Run, stats: metrics.ClassStats) -> list[str]:
     rule = "score ≥ 0.5 (multi-label)" if run.multilabel else "argmax (single-label)"
+    order = np.arange(len(run.class_names))
+    many = len(order) > MAX_TICK_CLASSES
+    if many:  # the classes with the most test videos first
+        order = np.lexsort((order, -stats.support))
     rows = [
-        [name, _fmt(float(p)), _fmt(float(r)), _fmt(float(ap)), str(int(n))]
-        for name, p, r, ap, n in zip(
-            run.class_names, stats.precision, stats.recall, stats.ap, stats.support, strict=True
-        )
+        [
+            md_text(run.class_names[c]),
+            *(_fmt(float(v[c])) for v in (stats.precision, stats.recall, stats.ap)),
+            str(int(stats.support[c])),
+        ]
+        for c in order
     ]
-    intro = f"Precision and recall at {rule}; AP over the full ranking (nan: no positives)."
+    with_pos = stats.ap[stats.support > 0]
+    mean = _fmt(float(with_pos.mean())) if with_pos.size else MISSING
+    intro = (
+        f"Precision and recall at {rule}; AP over the full ranking of the test videos (nan: no "
+        f"positives). Their mean over classes with positives, {mean}, is the full-ranking mAP; "
+        "the mAP above is YouTube-8M's, which ranks only each video's top 20 classes."
+    )
+    if many:
+        intro += " Classes with the most test videos first."
     return [intro, "", *_table(["class", "precision", "recall", "AP", "support"], rows)]
 
 
+def _confused_pairs(run: _Run, cm: np.ndarray, k: int = 15) -> list[str]:
+    """The ``k`` most frequent (true, predicted) errors: at many classes the figure shows only
+    some classes, and this is what a reader looks for in it."""
+    errors = cm.copy()
+    np.fill_diagonal(errors, 0)
+    flat = np.argsort(-errors, axis=None, kind="stable")[:k]
+    pairs = [np.unravel_index(i, cm.shape) for i in flat if errors.flat[i] > 0]
+    if not pairs:
+        return []
+    support = cm.sum(axis=1)
+    rows = [
+        [
+            md_text(run.class_names[t]),
+            md_text(run.class_names[p]),
+            str(int(cm[t, p])),
+            _fmt(float(cm[t, p] / support[t]), ".2f"),
+        ]
+        for t, p in pairs
+    ]
+    header = ["true class", "predicted as", "test videos", "share of the true class"]
+    return ["Most frequent confusions:", "", *_table(header, rows)]
+
+
 def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
-    lines = [f"## Run `{run.name}`", ""]
+    lines = [f"## Run {md_text(run.name)}", ""]
     keys = [*METRIC_NAMES, "n_test"]
     lines += _table(keys, [[_fmt(run.test_metrics.get(k)) for k in keys]])
     if run.evaluations:
@@ -278,7 +346,7 @@ def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
         x = _x_axis([run])
         best = _best_at(run, x)
         plot_training(run.name, run.evaluations, best, _monitor(run), out_dir / name, spec, x=x)
-        lines += [f"![Training curves]({name})", ""]
+        lines += [_figure("Training curves", name, spec), ""]
     else:
         lines += [f"_No {ck.METRICS}: training curves omitted._", ""]
     scores, labels = run.scores, run.labels
@@ -289,11 +357,13 @@ def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
         cm = metrics.confusion_matrix(scores, labels)
         name = spec.name(f"{run.slug}_confusion")
         plot_confusion(run.name, cm, run.class_names, out_dir / name, spec)
-        lines += [f"![Confusion matrix]({name})", ""]
+        lines += [_figure("Confusion matrix", name, spec), ""]
+        if len(run.class_names) > MAX_TICK_CLASSES:
+            lines += _confused_pairs(run, cm)
     if (stats.support > 0).any():
         name = spec.name(f"{run.slug}_pr_curves")
         plot_pr_curves(run.name, run.class_names, scores, labels, stats, out_dir / name, spec)
-        lines += [f"![Precision-recall curves]({name})", ""]
+        lines += [_figure("Precision-recall curves", name, spec), ""]
     return lines + _class_table(run, stats)
 
 
@@ -305,14 +375,17 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, fmt: str = "png", dpi: 
         raise ReportError("no run directories given")
     run_dirs = [Path(p) for p in run_dirs]
     out_dir = Path(out_dir)
-    runs = [_load_run(p, slug) for p, slug in zip(run_dirs, _slugs(run_dirs), strict=True)]
+    runs = [
+        _load_run(p, slug, name)
+        for p, slug, name in zip(run_dirs, _slugs(run_dirs), _display_names(run_dirs), strict=True)
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# Run report", "", "## Summary", "", *_comparison_table(runs)]
     if len(runs) > 1:
         name = spec.name("comparison_val_curves")
         curves = [(r.name, r.evaluations) for r in runs]
         plot_comparison(curves, out_dir / name, spec, x=_x_axis(runs))
-        lines += [f"![Validation curves of all runs]({name})", ""]
+        lines += [_figure("Validation curves of all runs", name, spec), ""]
     for run in runs:
         lines += _run_section(run, out_dir, spec)
     report = out_dir / "report.md"

@@ -170,7 +170,7 @@ def test_two_runs_compared_with_missing_fields(tmp_path):
     assert_png(out / "comparison_val_curves.png")
     for slug in ("gru", "bof"):
         assert_png(out / f"{slug}_training.png")
-        assert f"## Run `{slug}`" in md
+        assert f"## Run {slug}\n" in md
     assert (out / "gru_confusion.png").exists() and not (out / "bof_confusion.png").exists()
     assert table_row(md, "gru")[1:6] == ["gru", "0.6123", "0.5432", "0.4321", "2"]
     # bof has no model in config.json and no test_metrics.json.
@@ -259,6 +259,100 @@ def test_same_folder_names_get_distinct_plot_files(tmp_path):
     assert (out / "run_training.png").exists() and (out / "run_2_training.png").exists()
     assert "](run_2_confusion.png)" in md
     assert not (out / "run_confusion.png").exists()  # the first run has no predictions
+    # Shown as one/run and two/run (they were both "run", in the table and the headings).
+    assert table_row(md, "one/run") and table_row(md, "two/run")
+    assert "## Run one/run\n" in md and "## Run two/run\n" in md
+
+
+def _spy_figures(monkeypatch) -> dict:
+    """What each figure drew, by file name: its axes' titles, tick labels, lines and images."""
+    seen = {}
+    original_save = figures._save
+
+    def spy(fig, path, spec):
+        seen[path.name] = {
+            "suptitle": fig.get_suptitle(),
+            "titles": [ax.get_title() for ax in fig.axes],
+            "xticks": [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes],
+            "xtick_values": [list(ax.get_xticks()) for ax in fig.axes],
+            "yticks": [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes],
+            "images": [ax.images[0].get_array() for ax in fig.axes if ax.images],
+        }
+        original_save(fig, path, spec)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    return seen
+
+
+def test_many_classes_show_the_most_confused_classes_and_pairs(tmp_path, monkeypatch):
+    # At 300 classes a full matrix was a scatter of sub-pixel cells without names.
+    classes = [f"class_{i:03d}" for i in range(300)]
+    run = make_run(tmp_path, "many", seed=11, classes=classes, n_test=900)
+    seen = _spy_figures(monkeypatch)
+    md = report.write_report([run["dir"]], tmp_path / "out").read_text(encoding="utf-8")
+    cm = np.zeros((300, 300), int)
+    np.add.at(cm, (run["y_true"], run["y_pred"]), 1)
+    drawn = seen["many_confusion.png"]
+    counts = np.asarray(drawn["images"][0])
+    assert (
+        counts.shape == (20, 21) and "20 of 300 classes with the most errors" in drawn["suptitle"]
+    )
+    rows = [classes.index(name) for name in drawn["yticks"][0]]
+    errors = cm.sum(0) + cm.sum(1) - 2 * np.diag(cm)
+    assert min(errors[rows]) >= max(np.delete(errors, rows))  # the classes with most errors
+    assert drawn["xticks"][0][-1] == "(any other class)"
+    np.testing.assert_array_equal(counts[:, :20], cm[np.ix_(rows, rows)])
+    np.testing.assert_array_equal(counts.sum(axis=1), cm[rows].sum(axis=1))  # rows stay whole
+    # The most frequent confusion heads its table.
+    off = cm - np.diag(np.diag(cm))
+    t, p = np.unravel_index(np.argmax(off), cm.shape)
+    top = table_row(md, classes[t], after="Most frequent confusions")
+    assert top[1:3] == [classes[p], str(off[t, p])]
+    # The per-class table lists the classes with most test videos first.
+    body = md[md.index("| class | precision") :].splitlines()[2]
+    assert body.split(" | ")[0].strip("| ") == classes[int(np.argmax(np.bincount(run["y_true"])))]
+
+
+def test_per_class_ap_states_its_mean_beside_the_youtube8m_map(tmp_path):
+    run = make_run(tmp_path, "aps", seed=12)
+    md = report.write_report([run["dir"]], tmp_path / "out").read_text(encoding="utf-8")
+    aps = [
+        average_precision_score(run["labels"][:, c], run["scores"][:, c])
+        for c in range(len(CLASSES))
+    ]
+    assert f"Their mean over classes with positives, {np.mean(aps):.4f}, is the full-ranking" in md
+    assert "YouTube-8M's, which ranks only each video's top 20 classes" in md
+
+
+def test_curves_show_the_monitored_metric_and_gap(tmp_path, monkeypatch):
+    run = make_run(tmp_path, "mon", seed=13, n_epochs=1, best=1)  # a single evaluation
+    config = json.loads((run["dir"] / "config.json").read_text())
+    config["monitor"] = "val_mean_ap"
+    (run["dir"] / "config.json").write_text(json.dumps(config))
+    records = [dict(r, val_mean_ap=0.3) for r in run["epochs"]]
+    (run["dir"] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    seen = _spy_figures(monkeypatch)
+    report.write_report([run["dir"]], tmp_path / "out")
+    drawn = seen["mon_training.png"]
+    titles = [t for t in drawn["titles"] if t]
+    assert [t.split(" ")[0] for t in titles] == ["hit@1", "loss", "mAP", "GAP@20"]
+    assert titles[2].endswith("(early stopping)")
+    # One evaluation: the epoch axis ticks whole epochs (it showed 0.95, 0.96, ...).
+    assert all(float(v).is_integer() for v in drawn["xtick_values"][0])
+
+
+def test_long_and_markup_names_are_cut_in_figures_and_escaped_in_markdown(tmp_path, monkeypatch):
+    long = "a very long class name that describes the whole scene in words"
+    classes = [long, "*starred*", "<b>bold</b>", "plain"]
+    run = make_run(tmp_path, "names", seed=14, classes=classes, n_test=20)
+    seen = _spy_figures(monkeypatch)
+    md = report.write_report([run["dir"]], tmp_path / "out").read_text(encoding="utf-8")
+    ticks = seen["names_confusion.png"]["yticks"][0]
+    assert ticks[0] == figures.short(long) and len(ticks[0]) == figures.MAX_LABEL_CHARS
+    assert ticks[0].endswith("…") and ticks[1] == "*starred*"
+    assert table_row(md, long, after="| class |")  # whole in the table
+    assert table_row(md, "\\*starred\\*", after="| class |")
+    assert table_row(md, "\\<b\\>bold\\</b\\>", after="| class |")
 
 
 def test_a_softmax_run_on_multilabel_data_is_judged_by_argmax(tmp_path):
@@ -288,7 +382,7 @@ def test_names_with_dollar_signs_and_other_scripts_are_drawn_as_text(tmp_path):
         md = report.write_report([run["dir"]], out).read_text(encoding="utf-8")
     assert_png(out / "run_1_confusion.png")
     assert_png(out / "run_1_pr_curves.png")
-    assert table_row(md, "US$ and $5", after="| class |")
+    assert table_row(md, "US\\$ and \\$5", after="| class |")  # not maths on GitHub
 
 
 def test_invalid_inputs_raise_report_error(tmp_path):
@@ -325,8 +419,9 @@ def test_figures_for_a_paper_pdf_svg_and_dpi(tmp_path, monkeypatch):
     monkeypatch.setattr(figures, "_save", spy)
     md = report.write_report([run["dir"]], tmp_path / "pdf", fmt="pdf").read_text()
     for stem in ("paper_training", "paper_confusion", "paper_pr_curves"):
-        assert f"]({stem}.pdf)" in md
+        assert f" (PDF)]({stem}.pdf)" in md
         assert (tmp_path / "pdf" / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+    assert "![" not in md  # links, not images: Markdown viewers show no PDF inline
     assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"])
     cm = np.zeros((4, 4), int)
     np.add.at(cm, (run["y_true"], run["y_pred"]), 1)
