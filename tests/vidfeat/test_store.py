@@ -438,6 +438,21 @@ class TestZarrStore(StoreContract):
         meta = path / "parts" / "main" / "zarr.json"
         meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
 
+    def test_a_part_killed_while_its_arrays_were_made_verifies_clean(self, path: Path) -> None:
+        # A Ray worker killed while it created its part (the group, then ~15 arrays one by
+        # one) left a part with arrays missing and no commit. Ray parts are never reopened,
+        # so nothing finishes it, and verify failed on it for good; readers already skip it.
+        import shutil
+
+        self.write_some(path)
+        with create_store(path, dim=8, format=self.fmt, attrs={"fps": 1}, part="ray-1-dead"):
+            pass
+        shutil.rmtree(path / "parts" / "ray-1-dead" / "duration_s")
+        report = verify_store(path)
+        assert report.ok and report.videos == 4, report.problems
+        with open_store(path) as r:
+            assert len(r.videos) == 4
+
     def test_an_array_rewritten_without_checksums_is_refused(self, path: Path) -> None:
         # Another tool may rewrite an array with its own codecs: the store still says schema
         # 2, but a damaged chunk of that array would read back as plausible numbers.

@@ -5,8 +5,9 @@ with a conditional PUT (``If-None-Match: *`` on S3), which exactly one of two ra
 wins. The claim names its owner (a random token, host and pid) and a heartbeat that the writer
 renews at every commit. A claim is taken over only when its owner is provably gone (same host,
 pid no longer running) or its heartbeat is older than :data:`CLAIM_TTL_S`. Before every commit
-point the writer checks that the claim still holds its token, so a writer whose claim was taken
-over stops instead of publishing. docs/store-format.md lists what this cannot guarantee.
+point, and before writing the data it commits, the writer checks that the claim still holds its
+token (and renews it), so a writer whose claim was taken over stops before it writes into the
+part. docs/store-format.md lists what this cannot guarantee.
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ class ObjectClaim:
                 part,
                 _describe(holder),
             )
+            # Read again just before deleting: a second rerun that judged the same claim stale
+            # may have replaced it since, and its fresh claim must not be deleted.
+            if self._read() != holder:
+                raise _busy(part, url.parent)
             self._fs.rm_file(self._path)
             if not put_exclusive(self._fs, self._path, self._doc()):
                 raise _busy(part, url.parent)  # another writer took it over first

@@ -72,6 +72,12 @@ class _PartCheck:
         self.report.problems.append(Problem(self.part.label, array, message, videos))
 
     def run(self) -> None:
+        if self.part.n_videos == 0:
+            # Nothing committed, so nothing to check. Its arrays may be missing: a writer is
+            # creating them, or was killed doing so (a Ray worker's part is never reopened to
+            # finish them). Readers skip such a part too.
+            self.ids = np.empty(0, dtype=object)
+            return
         self.ids = self._column("video_id")
         self.offsets, self.n_frames = self._column("offset"), self._column("n_frames")
         for array in part_arrays(self.meta):

@@ -267,7 +267,10 @@ class StoreWriter:
             return
         batch, self._pending = self._pending, []
         try:
-            # The claim is checked between the data and the commit point (object stores).
+            # The claim is checked (object stores) before the data: a writer whose claim was
+            # taken over holds stale array sizes, and its appends would overwrite rows the new
+            # owner committed. And again between the data and the commit point.
+            self._claim.check()
             self._part.commit(batch, fence=self._claim.check)
         except OSError as exc:  # disk full and friends: committed data stays intact
             self._broken = f"could not commit to {self.path}: {exc}; rerun to resume"
