@@ -88,7 +88,15 @@ def _connect(ray: Any, address: str | None) -> bool:
         # (ray.init() alone would join that one, with its workers' environment).
         ray.init(address=address or "local", log_to_driver=False)
     except ConnectionError as exc:
-        raise _unreachable(address, exc) from exc
+        detail = str(exc)
+        if address and os.environ.get("RAY_AUTH_MODE") != "token":
+            # Ray logs the refusal but raises a generic "failed to connect"; `ray start` uses
+            # token authentication by default since Ray 2.59, a driver only when told to.
+            detail += (
+                "; if the cluster uses token authentication, set RAY_AUTH_MODE=token here "
+                "(and RAY_AUTH_TOKEN to the output of `ray get-auth-token` on another machine)"
+            )
+        raise _unreachable(address, detail) from exc
     return True
 
 
