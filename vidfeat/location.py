@@ -14,6 +14,7 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -157,8 +158,13 @@ def put_exclusive(fs: Any, path: str, data: bytes) -> bool:
 
 
 @contextlib.contextmanager
-def local_copy(url: str, max_bytes: int = MAX_FETCH_BYTES) -> Iterator[Path]:
-    """A temporary local copy of the object at ``url``, removed on exit.
+def local_copy(
+    url: str, max_bytes: int = MAX_FETCH_BYTES, directory: str | None = None
+) -> Iterator[Path]:
+    """A temporary local copy of the object at ``url``, under its own name in a new folder
+    of ``directory`` (the system's temporary folder by default), removed on exit. The folder's
+    name starts with this process's pid, so that whoever kills the process (a decode pool) can
+    remove what it leaves.
 
     Raises ``FileNotFoundError`` for a missing object, ``IsADirectoryError`` for a prefix (which
     would otherwise read as an empty file) and ``OSError`` for one over ``max_bytes``.
@@ -171,19 +177,28 @@ def local_copy(url: str, max_bytes: int = MAX_FETCH_BYTES) -> Iterator[Path]:
     size = info.get("size")
     if size is not None and size > max_bytes:
         raise OSError(f"{remote.name} is {size} bytes, over the {max_bytes}-byte fetch limit")
-    fd, tmp = tempfile.mkstemp(prefix="vidfeat-", suffix=remote.suffix)
+    folder = tempfile.mkdtemp(prefix=f"{os.getpid()}-vidfeat-", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as out, fs.open(path, "rb") as src:
+        copy = Path(folder) / _local_name(remote)
+        with open(copy, "wb") as out, fs.open(path, "rb") as src:
             copied = 0
             while block := src.read(FETCH_BLOCK):
                 copied += len(block)
                 if copied > max_bytes:
                     raise OSError(f"{remote.name} is over the {max_bytes}-byte fetch limit")
                 out.write(block)
-        yield Path(tmp)
+        yield copy
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _local_name(remote: RemotePath) -> str:
+    # The object's own name, which messages and suffix-based probing see; a placeholder where
+    # that name cannot be a file name here ("..", or too long for the filesystem).
+    name = remote.name
+    if name in ("", ".", "..") or len(name.encode()) > 200:
+        return f"video{remote.suffix if len(remote.suffix) < 20 else ''}"
+    return name
 
 
 def canonical(path: str | os.PathLike | RemotePath) -> str:

@@ -1,7 +1,9 @@
-"""Signal handling shared by long jobs: SIGTERM as Ctrl-C, and commits that signals wait for."""
+"""Signal handling shared by long jobs: SIGTERM as Ctrl-C, commits that signals wait for, and
+whether a process still runs (signal 0)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -85,3 +87,14 @@ def _deliver(signum: int, handler: object) -> None:
         handler(signum, None)
     elif handler == signal.SIG_DFL:
         signal.raise_signal(signum)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (signal 0 tests it without sending one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -192,6 +193,38 @@ def test_close_kills_busy_workers(faulty_copies):
     assert not wait_gone(pids, timeout_s=5)
     with pytest.raises(RuntimeError, match="closed"):
         pool.submit("y", paths["stallspin"])
+
+
+def test_copies_of_url_videos_go_with_the_workers_killed_on_them(faulty_copies, tmp_path):
+    # A worker killed mid-video (its timeout, or close() on Ctrl-C) never ran the clean-up
+    # of the local copy of a URL's object: each kill left a whole copy in the temporary folder.
+    paths = faulty_copies("hang", "stallspin")
+    urls = {stem: path.as_uri() for stem, path in paths.items()}
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True).stdout.strip()  # fmt: skip
+    stale = tmp / f"vidfeat-pool-{dead}-abc" / f"{dead}-vidfeat-x"  # a SIGKILLed job's
+    stale.mkdir(parents=True)
+    (stale / "v.mp4").write_bytes(b"copy")
+    real_tmp = tempfile.tempdir
+    tempfile.tempdir = str(tmp)
+    try:
+        pool = DecodePool(1, "faulty", chunk_frames=1, timeout_s=3, extra_modules=[HELPERS])
+    finally:
+        tempfile.tempdir = real_tmp
+    try:
+        assert not stale.parent.exists()  # its pid is gone, and its workers with it
+        (scratch,) = tmp.glob("vidfeat-pool-*")
+        pool.submit("hang", urls["hang"])
+        assert outcome(collect(pool)["hang"]) == "timeout"
+        assert list(scratch.iterdir()) == []  # the killed worker's copy is gone
+        pool.submit("spin", urls["stallspin"])
+        assert isinstance(next(pool.events()), FramesChunk)  # now spinning on its copy
+        assert [p.name for p in scratch.glob("*/*")] == ["stallspin.mp4"]
+    finally:
+        pool.close()
+    assert list(tmp.glob("vidfeat-pool-*")) == []
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and prctl")

@@ -58,6 +58,10 @@ class WorkerSettings:
     # The pool's logging level (-q, -v): a worker's warnings, and decoder libraries' own
     # chatter, follow the command's verbosity.
     log_level: int = logging.WARNING
+    # Where a worker copies a URL's object (vidfeat.location.local_copy). The pool removes a
+    # killed worker's copy there, and the folder when it closes: a worker killed mid-video
+    # (timeout, Ctrl-C) never runs its own clean-up. None: the system's temporary folder.
+    scratch: str | None = None
 
 
 def usable_cpus() -> int:
@@ -181,13 +185,13 @@ def _serve(conn: mp_connection.Connection, settings: WorkerSettings) -> None:
         _run_job(conn, settings, *job)
 
 
-def _local(path: str) -> contextlib.AbstractContextManager[str]:
+def _local(path: str, scratch: str | None) -> contextlib.AbstractContextManager[str]:
     """``path`` itself, or a temporary local copy of a URL's object (decord needs a file).
 
     The copy is made here, in the worker, so the pool's no-progress limit covers a stalled
     download as it covers a hung decoder.
     """
-    return local_copy(path) if is_url(path) else contextlib.nullcontext(path)
+    return local_copy(path, directory=scratch) if is_url(path) else contextlib.nullcontext(path)
 
 
 def _fetch_failure(exc: OSError) -> tuple[str, str]:
@@ -204,7 +208,7 @@ def _run_job(conn: mp_connection.Connection, s: WorkerSettings, job_id: str, pat
     from vidfeat.errors import DecodeError
 
     try:
-        with _local(path) as local:
+        with _local(path, s.scratch) as local:
             with open_video(local, s.decoder, threads=s.threads) as video:
                 times = _stream_frames(conn, s, job_id, video.sample(s.fps, s.max_frames))
                 info = dataclasses.asdict(video.info)  # native_fps, width, height, codec, ...

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from vidfeat.errors import StoreError
 from vidfeat.location import Location, RemotePath, put_exclusive
+from vidfeat.signals import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +163,8 @@ def _is_stale(holder: dict) -> bool:
     if not isinstance(heartbeat, (int, float)) or time.time() - heartbeat > CLAIM_TTL_S:
         return True
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        return not _pid_alive(holder["pid"])
+        return not process_alive(holder["pid"])
     return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _describe(holder: dict | None) -> str:
