@@ -237,6 +237,8 @@ def _fmt(value: object, spec: str = ".4f") -> str:
     if isinstance(value, float) and math.isnan(value):
         return "nan"
     if isinstance(value, float):
+        if spec == ".4f" and 0 < abs(value) < 5e-5:
+            return format(value, ".1e")  # not 0.0000: a GAP of 2.6e-05 is not zero
         return format(value, spec)
     return str(value)
 

@@ -313,6 +313,14 @@ def test_many_classes_show_the_most_confused_classes_and_pairs(tmp_path, monkeyp
     assert body.split(" | ")[0].strip("| ") == classes[int(np.argmax(np.bincount(run["y_true"])))]
 
 
+def test_tiny_metrics_are_not_printed_as_zero(tmp_path):
+    run = make_run(tmp_path, "tiny", seed=15)
+    metrics = json.loads((run["dir"] / "test_metrics.json").read_text())
+    (run["dir"] / "test_metrics.json").write_text(json.dumps({**metrics, "gap_at_20": 2.6e-05}))
+    md = report.write_report([run["dir"]], tmp_path / "out").read_text(encoding="utf-8")
+    assert table_row(md, "tiny")[3] == "2.6e-05"
+
+
 def test_per_class_ap_states_its_mean_beside_the_youtube8m_map(tmp_path):
     run = make_run(tmp_path, "aps", seed=12)
     md = report.write_report([run["dir"]], tmp_path / "out").read_text(encoding="utf-8")
