@@ -363,7 +363,8 @@ def run_options() -> list[click.Parameter]:
             default=DEFAULT_LOGGER,
             show_default=True,
             section="Run",
-            help="Where scalars go besides metrics.jsonl: metrics.csv or TensorBoard events.",
+            help="Where scalars go besides metrics.jsonl (csv: metrics.csv; tensorboard: "
+            "TensorBoard events).",
         ),
     ]
 

@@ -123,8 +123,8 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
         "decoder",
         "Data",
         _decoders,
-        "Both pick the same frames; pyav skips unreferenced frames no pick needs, so it uses "
-        "less CPU on long-GOP H.264.",
+        "pyav and decord pick the same frames; pyav skips unreferenced frames no pick needs, "
+        "so it uses less CPU on long-GOP H.264.",
     ),
     (
         "timeout_s",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from vidfeat.store import BACKENDS
 from vidfeat_cli.core import EXIT_SOME_FAILED, echo_failures, progress_option, show_progress
 from vidfeat_cli.options import STORE
 
@@ -22,7 +23,7 @@ from vidfeat_cli.options import STORE
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["zarr", "hdf5"]),
+    type=click.Choice(BACKENDS.names()),
     default=None,
     help="Store format (default: by --out suffix, else zarr).",
 )

@@ -66,7 +66,7 @@ def model_from_checkpoint(state: dict[str, Any]) -> Head:
         cfg=HeadConfig.from_dict(state["head_config"]),
         streams=recorded_streams(state["store"]),
     )
-    model.load_state_dict(state["model_state"])
+    ck.load_weights(model, state["model_state"], state["model_name"])
     return model.eval()
 
 

@@ -199,7 +199,7 @@ def _resume_or_start(
             f"--resume: the run was trained on {ranks} rank(s), not {world.size}; the batches "
             "of a rank depend on how many there are"
         )
-    run.model.load_state_dict(state["model_state"])
+    ck.load_weights(run.model, state["model_state"], run.cfg.model)
     run.optimizer.load_state_dict(state["optimizer_state"])
     stopper.load_state_dict(state["early_stopping"])
     ck.set_rng_state(state["rng_ranks"][world.rank] if world.distributed else state["rng"])
@@ -357,7 +357,7 @@ def _finish(
             cfg.max_steps,
         )
     dd.barrier()  # rank 0 has written best.pt
-    model.load_state_dict(ck.load_checkpoint(run_dir / ck.BEST)["model_state"])
+    ck.load_weights(model, ck.load_checkpoint(run_dir / ck.BEST)["model_state"], cfg.model)
     best = history[stopper.best_epoch - 1]
     log.info(
         "best: epoch %d, step %d (%s %.4f)",

@@ -178,10 +178,12 @@ def check_inputs(x: Tensor, lengths: Tensor, input_dim: int) -> Tensor:
 class Head(nn.Module):
     """Base of every head: input checks, input norm, encode -> top block -> classifier.
 
-    Subclasses build ``self.top`` (the last block before the classifier; may be empty) and
-    ``self.fc`` (the classifier) and implement ``encode`` (B, T, D) -> (B, F). Heads with a
-    per-step encoder also implement ``encode_frames`` (B, T, D) -> (B, T, F) and set
-    ``supports_per_frame``.
+    Subclasses build ``self.top`` (the last block before the classifier) and ``self.fc`` (the
+    classifier) and implement ``encode`` (B, T, D) -> (B, F). ``top`` may be empty only for a
+    head without hidden parameters (logistic, moe): ``finetune --train top`` retrains ``top``
+    and the classifier, so parameters kept elsewhere would stay frozen
+    (``tests/heads/test_transfer.py`` checks it for every head). Heads with a per-step encoder
+    also implement ``encode_frames`` (B, T, D) -> (B, T, F) and set ``supports_per_frame``.
     """
 
     supports_per_frame: ClassVar[bool] = False

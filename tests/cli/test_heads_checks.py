@@ -199,6 +199,23 @@ def test_a_batch_size_of_one_trains_every_epoch(tmp_path, store):
     assert not (tmp_path / "bof").exists()
 
 
+def test_weights_that_no_longer_fit_the_heads_code_are_named(run, tmp_path):
+    # After an edit of a head's code its saved runs fail to load: that was an internal error
+    # (exit 70) whose first line named no key.
+    from heads import checkpoint as ck
+
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited)
+    state = ck.load_checkpoint(edited / ck.BEST)
+    weights = state["model_state"]
+    old = next(k for k in weights if k.endswith("weight"))
+    weights["renamed.weight"] = weights.pop(old)
+    ck.save_checkpoint(edited / ck.BEST, state)
+    line = one_line_error(invoke("evaluate", edited))
+    assert "do not fit the bof head" in line and f"missing {old}" in line
+    assert "unexpected renamed.weight" in line
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_refused_before_any_output(tmp_path, store):
     out = tmp_path / "run"

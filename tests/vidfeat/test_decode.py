@@ -13,7 +13,7 @@ from vidfeat.decode import DECODERS, PyAVDecoder, open_video
 from vidfeat.errors import ConfigError, DecodeError
 from vidfeat.sampling import select_indices
 
-DECODER_NAMES = ["pyav", "decord"]
+DECODER_NAMES = DECODERS.names()  # a new decoder runs every shared case
 
 # (file name, make_video settings): containers, codecs, NTSC and variable frame rates.
 CLIPS = {

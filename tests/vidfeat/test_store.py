@@ -557,3 +557,15 @@ def test_readers_during_extraction_see_only_committed(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert seen > 0
+
+
+def test_every_registered_backend_runs_the_shared_contract() -> None:
+    # A new backend is one file and a registration; this makes its contract subclass (with
+    # its format's own corrupt/delete_chunk/truncate_part/part_files hooks) a requirement.
+    from vidfeat.store import BACKENDS
+
+    def subclasses(cls: type) -> set[type]:
+        return {c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))}
+
+    covered = {cls.fmt for cls in subclasses(StoreContract) if cls.__name__.startswith("Test")}
+    assert set(BACKENDS.names()) <= covered, "a backend without a StoreContract subclass"

@@ -61,9 +61,10 @@ def detect_format(path: str | os.PathLike | RemotePath, format: str | None = Non
 def _backend(path: str | os.PathLike | RemotePath, format: str | None) -> Backend:
     """The backend for a local path or a URL (``s3://``, ``gs://``, anything fsspec opens)."""
     p = as_location(path)
-    if isinstance(p, Path) and format is None and p.is_dir() and not (p / "zarr.json").exists():
+    backend = BACKENDS.get(detect_format(p, format))(p)
+    if isinstance(p, Path) and format is None and p.is_dir() and not backend.exists():
         raise StoreError(f"{p} is a directory but not a vidfeat store")
-    return BACKENDS.get(detect_format(p, format))(p)
+    return backend
 
 
 def store_exists(path: str | os.PathLike | RemotePath, format: str | None = None) -> bool:
