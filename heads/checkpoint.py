@@ -129,30 +129,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def load_weights(model: Any, weights: dict[str, Any], name: str) -> None:
     """``model.load_state_dict(weights)``, with a mismatch as a ``CheckpointError`` naming the
     keys: after an edit of a head's code its saved runs no longer fit it, which is no bug of
-    the run (torch's message is many lines, and says nothing of why)."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        own = model.state_dict()
-        missing = sorted(set(own) - set(weights))
-        unexpected = sorted(set(weights) - set(own))
-        shapes = sorted(
-            k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape)
-        )
-        parts = [
-            f"{what} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-            for what, keys in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("other shape", shapes),
-            )
-            if keys
-        ]
+    the run."""
+    from vidfeat.state_dict import describe_mismatch
+
+    problems = describe_mismatch(model, weights)
+    if problems:
         raise CheckpointError(
             f"the saved weights do not fit the {name} head as its code now defines it "
-            f"({'; '.join(parts) or str(exc).splitlines()[0]}); was the head changed since "
-            "this run was trained?"
-        ) from exc
+            f"({problems}); was the head changed since this run was trained?"
+        )
+    model.load_state_dict(weights)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -212,8 +212,8 @@ def test_weights_that_no_longer_fit_the_heads_code_are_named(run, tmp_path):
     weights["renamed.weight"] = weights.pop(old)
     ck.save_checkpoint(edited / ck.BEST, state)
     line = one_line_error(invoke("evaluate", edited))
-    assert "do not fit the bof head" in line and f"missing {old}" in line
-    assert "unexpected renamed.weight" in line
+    assert "do not fit the bof head" in line and f"missing keys (1): {old}" in line
+    assert "unexpected keys (1): renamed.weight" in line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -25,6 +25,7 @@ from torch import nn
 
 from vidfeat.errors import WeightsError
 from vidfeat.registry import Registry
+from vidfeat.state_dict import describe_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -78,27 +79,9 @@ def load_state_dict_strict(
 
     ``assign``: the state's tensors become the module's (for a module built on the meta
     device, which holds no values to copy into)."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshapen = sorted(
-        k
-        for k in set(expected) & set(state)
-        if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or misshapen:
-        problems = [
-            f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-            for label, keys in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("wrong shapes", misshapen),
-            )
-            if keys
-        ]
-        raise WeightsError(
-            f"{source} does not match the {architecture} architecture: " + "; ".join(problems)
-        )
+    problems = describe_mismatch(module, state)
+    if problems:
+        raise WeightsError(f"{source} does not match the {architecture} architecture: {problems}")
     module.load_state_dict(state, strict=True, assign=assign)
 
 
