@@ -157,7 +157,8 @@ def _load_run(run_dir: Path, slug: str, name: str) -> _Run:
 def _display_names(run_dirs: list[Path]) -> list[str]:
     """Each run's folder name, with as many parent folders as it takes to tell apart runs of
     the same name (``exp1/bilstm``, ``exp2/bilstm``)."""
-    parts = [Path(p).resolve().parts for p in run_dirs]
+    # absolute(), not resolve(): a run reached through a symlink keeps the name it was given.
+    parts = [Path(p).absolute().parts[1:] or ("run",) for p in run_dirs]
     depth = [1] * len(parts)
     while True:
         names = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
@@ -169,12 +170,13 @@ def _display_names(run_dirs: list[Path]) -> list[str]:
             depth[i] += 1
 
 
-def _slugs(run_dirs: list[Path]) -> list[str]:
+def _slugs(names: list[str]) -> list[str]:
+    """File-name stems of the runs' figures, from their display names."""
     slugs: list[str] = []
-    for path in run_dirs:
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name).strip("._") or "run"
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "run"
         slug, n = base, 2
-        while slug in slugs:  # two runs with the same folder name must not overwrite plots
+        while slug in slugs:  # names alike once file-safe (or a run given twice) keep apart
             slug, n = f"{base}_{n}", n + 1
         slugs.append(slug)
     return slugs
@@ -377,9 +379,10 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, fmt: str = "png", dpi: 
         raise ReportError("no run directories given")
     run_dirs = [Path(p) for p in run_dirs]
     out_dir = Path(out_dir)
+    names = _display_names(run_dirs)
     runs = [
         _load_run(p, slug, name)
-        for p, slug, name in zip(run_dirs, _slugs(run_dirs), _display_names(run_dirs), strict=True)
+        for p, slug, name in zip(run_dirs, _slugs(names), names, strict=True)
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# Run report", "", "## Summary", "", *_comparison_table(runs)]

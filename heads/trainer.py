@@ -169,7 +169,8 @@ def _train_window(run: _Session, pos: Position, bar: tqdm) -> dict[str, float]:
         n += counted
         bar.update(size)
         if not bar.disable:  # .item() syncs with the GPU: only when someone is watching
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            shown = torch.stack(list(terms.values())).sum()  # this slice's, not DDP-scaled
+            bar.set_postfix(loss=f"{shown.item():.4f}", refresh=False)
     keys = list(sums)  # the same on every rank: the same head
     parts = [*(sums[k] for k in keys), hits, torch.tensor(n, device=device)]
     totals = dd.all_sum(torch.stack([t.double() for t in parts])).tolist()
@@ -305,9 +306,14 @@ def _start(
     meta: dict[str, Any],
 ) -> _Session:
     """Move ``model`` to its device and build its step, loaders, optimizer and loss."""
-    if cfg.data.batch_size < 2 and any(isinstance(m, _BATCH_NORMS) for m in model.modules()):
+    params = [p for p in (trainable_params or model.parameters()) if p.requires_grad]
+    trained = {id(p) for p in params}  # a frozen BatchNorm (finetune) stays in eval mode
+    if cfg.data.batch_size < 2 and any(
+        isinstance(m, _BATCH_NORMS) and any(id(p) in trained for p in m.parameters())
+        for m in model.modules()
+    ):
         raise ConfigError(
-            f"--model {cfg.model} has BatchNorm layers, which cannot train on batches of one "
+            f"--model {cfg.model} trains BatchNorm layers, which cannot train on batches of one "
             "video: use --batch-size 2 or more"
         )
     device = resolve_device(cfg.device)
@@ -315,7 +321,6 @@ def _start(
     step = dd.training_step(model, device)
     val = dd.shard_loader(loaders.val) if loaders.val is not None else None
     loaders = Loaders(train=dd.shard_loader(loaders.train), val=val)
-    params = [p for p in (trainable_params or model.parameters()) if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])  # the schedule scales this

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import logging
 import os
 import posixpath
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -190,6 +192,36 @@ def local_copy(
         yield copy
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# A decode pool's folder for its workers' URL copies: "vidfeat-pool-<host>-<pid>-<random>".
+_COPY_FOLDER_PREFIX = "vidfeat-pool-"
+
+
+def new_copy_folder() -> str:
+    """A folder for the copies this process's decode workers make (``local_copy``'s
+    ``directory``), after removing those of pools on this host whose process died (a job
+    killed with SIGKILL takes its workers along, before they could clean up). Only folders
+    named for this host are judged: a temporary folder shared by several machines (NFS) holds
+    other hosts' pids too."""
+    from vidfeat.signals import process_alive
+
+    mine = f"{_COPY_FOLDER_PREFIX}{socket.gethostname()}-"
+    for stale in Path(tempfile.gettempdir()).glob(f"{glob.escape(mine)}*"):
+        pid = stale.name.removeprefix(mine).split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            remove_copy_folder(str(stale))
+    return tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}-")
+
+
+def remove_copies(folder: str, pid: int | None) -> None:
+    """What process ``pid`` copied into ``folder`` (``local_copy`` names its folders by pid)."""
+    for copy in Path(folder).glob(f"{pid}-*"):
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def remove_copy_folder(folder: str) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _local_name(remote: RemotePath) -> str:

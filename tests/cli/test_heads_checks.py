@@ -195,8 +195,16 @@ def test_a_batch_size_of_one_trains_every_epoch(tmp_path, store):
     assert [r["epoch"] for r in records] == [1, 2] and records[1]["step"] == 2 * records[0]["step"]
     bof = invoke("-q", "train", store, "-m", "bof", "-o", tmp_path / "bof", "--batch-size", "1")
     assert bof.exit_code == 2 and "Traceback" not in bof.output
-    assert bof.output.strip().splitlines()[-1].startswith("error: --model bof has BatchNorm")
+    assert bof.output.strip().splitlines()[-1].startswith("error: --model bof trains BatchNorm")
     assert not (tmp_path / "bof").exists()
+
+
+def test_a_batch_size_of_one_finetunes_a_head_whose_batchnorm_is_frozen(run, store, tmp_path):
+    # --train head keeps bof's BatchNorm layers frozen in eval mode: batches of one are fine.
+    out = tmp_path / "ft"
+    args = ["finetune", run, "--store", store, "-o", out, "--train", "head", "--epochs", "1"]
+    assert invoke("-q", *args, "--batch-size", "1").exit_code == 0
+    assert (out / "test_metrics.json").exists()
 
 
 def test_weights_that_no_longer_fit_the_heads_code_are_named(run, tmp_path):

@@ -256,9 +256,9 @@ def test_same_folder_names_get_distinct_plot_files(tmp_path):
     b = make_run(tmp_path / "two", "run", seed=8)
     out = tmp_path / "out"
     md = report.write_report([a["dir"], b["dir"]], out).read_text(encoding="utf-8")
-    assert (out / "run_training.png").exists() and (out / "run_2_training.png").exists()
-    assert "](run_2_confusion.png)" in md
-    assert not (out / "run_confusion.png").exists()  # the first run has no predictions
+    assert (out / "one_run_training.png").exists() and (out / "two_run_training.png").exists()
+    assert "](two_run_confusion.png)" in md
+    assert not (out / "one_run_confusion.png").exists()  # the first run has no predictions
     # Shown as one/run and two/run (they were both "run", in the table and the headings).
     assert table_row(md, "one/run") and table_row(md, "two/run")
     assert "## Run one/run\n" in md and "## Run two/run\n" in md

@@ -6,6 +6,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -204,9 +205,11 @@ def test_copies_of_url_videos_go_with_the_workers_killed_on_them(faulty_copies, 
     tmp.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
                           capture_output=True, check=True).stdout.strip()  # fmt: skip
-    stale = tmp / f"vidfeat-pool-{dead}-abc" / f"{dead}-vidfeat-x"  # a SIGKILLed job's
-    stale.mkdir(parents=True)
+    stale = tmp / f"vidfeat-pool-{socket.gethostname()}-{dead}-abc" / f"{dead}-vidfeat-x"
+    stale.mkdir(parents=True)  # a SIGKILLed job's
     (stale / "v.mp4").write_bytes(b"copy")
+    elsewhere = tmp / f"vidfeat-pool-another-host-{dead}-abc"  # a shared (NFS) folder
+    elsewhere.mkdir()
     real_tmp = tempfile.tempdir
     tempfile.tempdir = str(tmp)
     try:
@@ -215,7 +218,8 @@ def test_copies_of_url_videos_go_with_the_workers_killed_on_them(faulty_copies, 
         tempfile.tempdir = real_tmp
     try:
         assert not stale.parent.exists()  # its pid is gone, and its workers with it
-        (scratch,) = tmp.glob("vidfeat-pool-*")
+        assert elsewhere.exists()  # that pid is another host's: not judged here
+        (scratch,) = tmp.glob(f"vidfeat-pool-{socket.gethostname()}-*")
         pool.submit("hang", urls["hang"])
         assert outcome(collect(pool)["hang"]) == "timeout"
         assert list(scratch.iterdir()) == []  # the killed worker's copy is gone
@@ -224,7 +228,7 @@ def test_copies_of_url_videos_go_with_the_workers_killed_on_them(faulty_copies, 
         assert [p.name for p in scratch.glob("*/*")] == ["stallspin.mp4"]
     finally:
         pool.close()
-    assert list(tmp.glob("vidfeat-pool-*")) == []
+    assert list(tmp.glob("vidfeat-pool-*")) == [elsewhere]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and prctl")

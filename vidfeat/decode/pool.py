@@ -32,10 +32,7 @@ import dataclasses
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
-import os
-import shutil
 import signal
-import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -49,7 +46,8 @@ import numpy as np
 from vidfeat.decode.base import DEFAULT_DECODER
 from vidfeat.decode.worker import FrameTransform, checked_settings, worker_main
 from vidfeat.errors import ConfigError, VidfeatError
-from vidfeat.signals import process_alive, raise_on_sigterm
+from vidfeat.location import new_copy_folder, remove_copies, remove_copy_folder
+from vidfeat.signals import raise_on_sigterm
 
 if TYPE_CHECKING:
     from vidfeat.audio.mel import LogMelParams
@@ -59,7 +57,6 @@ log = logging.getLogger(__name__)
 _STARTUP_TIMEOUT_S = 120.0  # spawn + imports; generous for loaded machines
 _MAX_STARTUP_FAILURES = 3  # consecutive workers dying before "ready": give up
 _MAX_WAIT_S = 5.0  # re-check liveness at least this often
-_SCRATCH_PREFIX = "vidfeat-pool-"  # + the pool process's pid: URL copies of its workers
 
 
 @dataclass(frozen=True)
@@ -173,8 +170,6 @@ class DecodePool:
             audio,
         )
         self.timeout_s = float(timeout_s)
-        self._scratch = _new_scratch()
-        self._settings = dataclasses.replace(self._settings, scratch=self._scratch)
         self._ctx = _context(start_method)
         self._pending: collections.deque[tuple[str, str]] = collections.deque()
         self._startup_failures = 0
@@ -185,7 +180,10 @@ class DecodePool:
         self._undo_sigterm = raise_on_sigterm(
             lambda signum: SystemExit(128 + signum), stand_aside=True
         )
-        # Kill workers (and remove their copies) even if close() is never called.
+        # Where workers copy URL videos; its finalizer kills the workers and removes their
+        # copies even if close() is never called.
+        self._scratch = new_copy_folder()
+        self._settings = dataclasses.replace(self._settings, scratch=self._scratch)
         self._finalizer = weakref.finalize(self, _shut_down, self._workers, self._scratch)
         for _ in range(num_workers):
             self._workers.append(self._start_worker())
@@ -348,7 +346,7 @@ class DecodePool:
             w.process.kill()
         w.process.join()
         w.conn.close()
-        _remove_copies(self._scratch, w.process.pid)
+        remove_copies(self._scratch, w.process.pid)
         reason = how or f"decode worker {_describe_exit(w.process.exitcode)}"
         self._workers[self._workers.index(w)] = self._start_worker()
         if w.job is not None:
@@ -388,26 +386,9 @@ def start_fork_server() -> None:
         forkserver.ensure_running()
 
 
-def _new_scratch() -> str:
-    """This pool's folder for URL copies, after removing those of pools whose process died
-    (killed with SIGKILL, its workers with it, before it could remove its own)."""
-    root = Path(tempfile.gettempdir())
-    for stale in root.glob(f"{_SCRATCH_PREFIX}*"):
-        pid = stale.name.removeprefix(_SCRATCH_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-")
-
-
-def _remove_copies(scratch: str, pid: int | None) -> None:
-    """What worker ``pid`` copied (vidfeat.location.local_copy names its folders by pid)."""
-    for folder in Path(scratch).glob(f"{pid}-*"):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _shut_down(workers: list[_Worker], scratch: str) -> None:
     _kill_all(workers)
-    shutil.rmtree(scratch, ignore_errors=True)
+    remove_copy_folder(scratch)
 
 
 def _kill_all(workers: list[_Worker]) -> None:

@@ -165,6 +165,8 @@ class PyAVDecoder(VideoDecoder):
             pts = frame.pts if frame.pts is not None else frame.dts
             if pts is None:
                 pts = self._untimed_pts(frame)
+            elif self._untimed_next is not None:  # numbered from 0 so far: its times differ
+                raise DecodeError("timestamps appear midway through the stream", "decode_error")
             if frame.is_corrupt:
                 raise DecodeError(f"corrupt frame at {float(pts * tb):.2f} s", "decode_error")
             yield pts * tb, frame, (frame.duration * tb if frame.duration else None)

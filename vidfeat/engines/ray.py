@@ -89,7 +89,7 @@ def _connect(ray: Any, address: str | None) -> bool:
         ray.init(address=address or "local", log_to_driver=False)
     except ConnectionError as exc:
         detail = str(exc)
-        if address and os.environ.get("RAY_AUTH_MODE") != "token":
+        if address and _HOST_PORT.fullmatch(address) and os.environ.get("RAY_AUTH_MODE") != "token":
             # Ray logs the refusal but raises a generic "failed to connect"; `ray start` uses
             # token authentication by default since Ray 2.59, a driver only when told to.
             detail += (
