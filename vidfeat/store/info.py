@@ -47,11 +47,20 @@ def _disk_bytes(path: Location) -> int:
     total = 0
     for p in paths:
         if p.is_file():
-            total += p.stat().st_size
+            total += _size(str(p))
         elif p.is_dir():
             for root, _dirs, files in os.walk(p):
-                total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+                total += sum(_size(os.path.join(root, f)) for f in files)
     return total
+
+
+def _size(path: str) -> int:
+    # A writer's temporary file (zarr's *.partial, an HDF5 segment's .tmp) may be renamed
+    # between the listing and this: info on a store being written must not fail on it.
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def _remote_bytes(fs: Any, key: str) -> int:
