@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,17 +292,19 @@ def check_training_target(device: str, out: Path) -> None:
 @contextlib.contextmanager
 def training_session(device: str, out: Path, resume_step: str) -> Iterator[bool]:
     """Around a command that trains into ``out``: the process group when torchrun started this
-    process (:mod:`heads.distributed`), and ``removed_on_failure(out)`` on rank 0, the only
-    rank that writes. Yields whether this process is rank 0 (the one to print results).
-    Interrupted (Ctrl-C, or SIGTERM: see ``interrupt_on_sigterm``) after a checkpoint, the
-    message says ``resume_step``."""
+    process (:mod:`heads.distributed`), and on rank 0, the only rank that writes,
+    ``run_dir_lock(out)`` and ``removed_on_failure(out)``. Yields whether this process is rank
+    0 (the one to print results). Interrupted (Ctrl-C, or SIGTERM: see ``interrupt_on_sigterm``)
+    after a checkpoint, the message says ``resume_step``."""
     from heads.distributed import session
     from vidfeat_cli.core import Interrupted
 
     with session(device) as world:
-        cleanup = removed_on_failure(out) if world.is_main else contextlib.nullcontext()
         try:
-            with cleanup:
+            with contextlib.ExitStack() as stack:
+                if world.is_main:  # the only rank that writes
+                    existed = stack.enter_context(run_dir_lock(out))
+                    stack.enter_context(removed_on_failure(out, existed=existed))
                 yield world.is_main
         except KeyboardInterrupt as exc:
             raise Interrupted(_next_step(out, resume_step)) from exc
@@ -334,16 +338,43 @@ def _lost_peer(exc: RuntimeError) -> bool:
 
 
 @contextlib.contextmanager
-def removed_on_failure(out: Path, keep: tuple[str, ...] = ("*.pt",)) -> Iterator[None]:
-    """Remove ``out`` if this command created it and then failed before writing anything worth
-    keeping (files matching ``keep``: a checkpoint), so a failed run never blocks its rerun."""
-    existed = out.exists() or out.is_symlink()
+def removed_on_failure(
+    out: Path, keep: tuple[str, ...] = ("*.pt",), existed: bool | None = None
+) -> Iterator[None]:
+    """Remove ``out`` if this command created it (``existed`` False; None: look now) and then
+    failed before writing anything worth keeping (files matching ``keep``: a checkpoint), so a
+    failed run never blocks its rerun."""
+    if existed is None:
+        existed = out.exists() or out.is_symlink()
     try:
         yield
     except BaseException:
         if not existed and out.is_dir() and not any(any(out.glob(p)) for p in keep):
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def run_dir_lock(out: Path) -> Iterator[bool]:
+    """One process at a time in a run directory: an flock on ``out`` itself (created if need
+    be; the kernel releases it when the process dies). Two commands given the same --out both
+    found it new and interleaved their files. Yields whether ``out`` existed before."""
+    from heads.errors import RunExistsError
+
+    existed = out.exists() or out.is_symlink()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunExistsError(
+                f"{out} is being written by another heads process (a train or finetune with "
+                "the same --out); wait for it to end, or choose another --out"
+            ) from None
+        yield existed
+    finally:
+        os.close(fd)
 
 
 def run_options() -> list[click.Parameter]:

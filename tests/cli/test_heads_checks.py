@@ -186,6 +186,27 @@ def test_a_single_class_or_video_is_refused_before_training(tmp_path, store):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_second_process_writing_the_same_run_is_refused(tmp_path, store, run):
+    # Two commands given the same --out both found it new and interleaved their files (a
+    # config of one head beside the checkpoint of the other).
+    import fcntl
+    import os
+
+    out = tmp_path / "busy"
+    shutil.copytree(run, out)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `heads train` holds it
+        for args in (["--force"], ["--resume"]):
+            result = invoke("-q", "train", store, "-m", "bof", "-o", out, *SMALL, *args)
+            assert "is being written by another heads process" in one_line_error(result)
+    finally:
+        os.close(fd)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+    assert invoke("-q", "train", store, "-m", "bof", "-o", out, *SMALL, "--force").exit_code == 0
+
+
 def test_a_batch_size_of_one_trains_every_epoch(tmp_path, store):
     # It hung in the second epoch (or, with --eval-every, failed with ZeroDivisionError).
     out = tmp_path / "one"
