@@ -499,6 +499,26 @@ class TestHDF5Store(StoreContract):
     def part_files(self, path: Path) -> list[Path]:
         return sorted(path.with_name(path.name + ".parts").glob("main.*.h5"))
 
+    def test_a_store_of_more_segments_than_the_open_file_limit_reads(self, path: Path) -> None:
+        # Each segment read stays open: under the usual soft limit of 1,024 files, a store of
+        # a long extraction (a segment per commit) failed as "damaged" (Too many open files).
+        with create_store(path, dim=2, format=self.fmt, commit_every=1) as w:
+            for i in range(80):
+                w.write(f"v{i:02d}", np.full((1, 2), i, np.float32))
+        script = (
+            "import resource, sys, numpy as np\n"
+            "from vidfeat import open_store\n"
+            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (60, hard))\n"
+            "with open_store(sys.argv[1]) as r:\n"
+            "    values = [float(r.read(v)[0, 0]) for v in sorted(r.ok_ids)]\n"
+            "print(values == [float(i) for i in range(80)])\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+
     def test_string_columns_are_typed_utf8(self, path: Path) -> None:
         # Typed ASCII, a non-ASCII id would fail in tools that decode by the declared type.
         import h5py

@@ -13,6 +13,7 @@ objects, which h5py reads like local files.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import re
@@ -238,13 +239,19 @@ class HDF5PartReader(PartReader):
             try:
                 self._file = _open_h5(self.path)
             except OSError as exc:
+                if exc.errno == errno.EMFILE:  # no damage: every segment read stays open
+                    raise StoreError(
+                        f"store {self.store}: too many open files to read all its segments "
+                        "(each commit is one); raise the limit (ulimit -n)"
+                    ) from exc
                 raise self._fail("(file)", f"cannot open store segment {self.path}: {exc}") from exc
         return self._file
 
     def _dataset(self, name: str) -> h5py.Dataset:
         if name not in self._datasets:  # looking a path up costs as much as a small read
+            file = self.file  # its own errors say what is wrong with the file
             try:
-                found = self.file[name]
+                found = file[name]
             except (KeyError, OSError, ValueError, RuntimeError) as exc:
                 raise self._fail(name, f"the dataset is missing or unreadable ({exc})") from exc
             if not isinstance(found, h5py.Dataset):  # damaged metadata can name another object
@@ -390,6 +397,7 @@ class HDF5Backend(Backend):
                 segments.append((m["part"], int(m["seq"]), self.parts_dir / name))
         segments.sort()
         _check_no_gaps(self.path, segments)
+        _allow_open_files(len(segments))
         for part, _seq, p in segments:
             reader = HDF5PartReader(self.path, part, p)
             self._readers.append(reader)
@@ -399,6 +407,23 @@ class HDF5Backend(Backend):
         for r in self._readers:
             r.close()
         self._readers.clear()
+
+
+def _allow_open_files(n_segments: int) -> None:
+    """A segment stays open once read (its datasets are looked up once): raise this process's
+    soft limit on open files (often 1024) toward its hard limit, so that a store of many
+    commits opens. A long extraction reached 1,000 segments in about 3 hours, and reads then
+    failed with "Too many open files", reported as a damaged segment. Children (DataLoader
+    workers) inherit the limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n_segments + 256  # and what else the process holds open
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _check_no_gaps(store: Location, segments: list[tuple[str, int, Location]]) -> None:
