@@ -59,12 +59,11 @@ class Extraction:
         self.cfg, self.backbone, self.reduction = cfg, backbone, reduction
         self.writer, self.summary, self.audio = writer, summary, audio
         # Videos expected, until their first event; then the ones in flight (a few per decode
-        # worker), and of those the ones whose decoding is done. Each event costs time in the
-        # videos in flight, never in the videos of the manifest (a scan of every expected
-        # video per event was quadratic in the manifest: 4x slower at a million rows).
+        # worker). Each event costs time in the videos in flight, never in the videos of the
+        # manifest (a scan of every expected video per event was quadratic in the manifest:
+        # 4x slower at a million rows).
         self.expected: dict[str, ManifestEntry] = {}
         self.videos: dict[str, _Video] = {}
-        self.decoded: dict[str, None] = {}  # ids, in the order their decoding finished
         # Frames waiting for the backbone: (video_id, (n, S, S, 3) float32 chunk).
         self.pending: list[tuple[str, np.ndarray]] = []
         self.pending_frames = 0
@@ -136,7 +135,6 @@ class Extraction:
             self.pending_frames += len(event.frames)
         elif isinstance(event, VideoDone):
             self._video(event.job_id).done = event
-            self.decoded[event.job_id] = None
         elif isinstance(event, VideoFailed):
             self.fail(event.job_id, event.status, event.reason)
 
@@ -189,12 +187,12 @@ class Extraction:
     def finish_ready(self) -> int:
         """Write every video whose frames are all embedded; returns videos finished."""
         ready = [
-            self.videos[i]
-            for i in self.decoded
-            if self.videos[i].embedded >= int(self.videos[i].done.info["n_frames"])
+            v
+            for v in self.videos.values()
+            if v.done is not None and v.embedded >= int(v.done.info["n_frames"])
         ]
         for video in ready:
-            del self.videos[video.entry.video_id], self.decoded[video.entry.video_id]
+            del self.videos[video.entry.video_id]
             self.write(video)
         finished, self.failed_since_update = len(ready) + self.failed_since_update, 0
         return finished
@@ -227,7 +225,6 @@ class Extraction:
 
     def fail(self, video_id: str, status: str, reason: str) -> None:
         video = self.videos.pop(video_id, None)
-        self.decoded.pop(video_id, None)
         # Drop its frames still waiting for the backbone: nothing partial is stored.
         self.pending = [(v, f) for v, f in self.pending if v != video_id]
         self.pending_frames = sum(len(f) for _, f in self.pending)
