@@ -6,10 +6,11 @@ DEMO ?= demo
 
 .PHONY: install demo test lint format bench clean
 
-# Reinstall only when the project's dependencies change.
+# Reinstall only when the project's dependencies change. No pip cache: the venv alone holds
+# several GB (torch), and a copy of every wheel beside it can fill a small disk.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-cache-dir -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
