@@ -16,7 +16,6 @@ from typing import Any
 import click
 
 from vidfeat.allocator import keep_freed_memory
-from vidfeat.errors import ConfigError
 from vidfeat_cli.core import (
     EXIT_CANNOT_RUN,
     EXIT_INTERRUPTED,
@@ -299,13 +298,6 @@ def extract(manifest: str, out: Path, shard: str, progress: bool | None, **optio
         **options,
     )
     check_device(cfg.device)
-    if (
-        isinstance(out, Path)
-        and out.exists()
-        and out.suffix.lower() not in (".h5", ".hdf5")
-        and not out.is_dir()
-    ):
-        raise ConfigError(f"--out {out} is a file; a Zarr store is a directory")
     summary = run_extract(cfg)
     earlier = f" ({summary.skipped_failed} of them failed)" if summary.skipped_failed else ""
     click.echo(

@@ -216,7 +216,9 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Run (or resume) one extraction job with ``cfg.engine`` (vidfeat.engines). Raises
     VidfeatError subclasses on bad input."""
     from vidfeat.engines import ENGINES
+    from vidfeat.store import check_store_path
 
+    check_store_path(cfg.out, cfg.format)  # before any backbone loads
     t0 = time.monotonic()
     summary = ENGINES.get(cfg.engine)(settle_config_precision(cfg))
     summary.seconds = time.monotonic() - t0

@@ -42,7 +42,7 @@ def test_cuda_without_a_gpu_creates_no_store(tmp_path, manifest):
 def test_out_that_is_a_file_is_refused(tmp_path, manifest):
     out = tmp_path / "s.zarr"
     out.write_text("not a store")
-    assert "is a file" in one_line_error(invoke("extract", manifest, "--out", out))
+    assert "a file is in the way" in one_line_error(invoke("extract", manifest, "--out", out))
     assert out.read_text() == "not a store"
 
 

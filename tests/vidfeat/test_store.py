@@ -555,6 +555,28 @@ def test_format_is_chosen_by_suffix(tmp_path: Path) -> None:
         assert open_store(tmp_path / name).format == fmt
 
 
+def test_what_already_lies_at_a_new_store_path(tmp_path: Path) -> None:
+    # An empty directory the user made becomes a Zarr store; a file, a non-empty directory,
+    # or a directory where an HDF5 root file should go is refused before anything is written.
+    (tmp_path / "made").mkdir()
+    with create_store(tmp_path / "made", dim=2) as w:
+        w.write("x", np.ones((1, 2)))
+    assert open_store(tmp_path / "made").ok_ids == ["x"]
+    (tmp_path / "f.zarr").write_text("notes")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("notes")
+    (tmp_path / "d.h5").mkdir()
+    refused = [("f.zarr", "a file is in the way")] + [
+        (name, "is a directory but not a vidfeat store") for name in ("full", "d.h5")
+    ]
+    for name, message in refused:
+        with pytest.raises(StoreError, match=message):
+            create_store(tmp_path / name, dim=2)
+    assert (tmp_path / "f.zarr").read_text() == "notes"
+    others = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("made"))
+    assert others == ["d.h5", "f.zarr", "full"]
+
+
 def test_importing_the_store_does_not_import_torch() -> None:
     code = "import sys, vidfeat, vidfeat.store; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -36,6 +36,7 @@ __all__ = [
     "StoreWriter",
     "StreamSpec",
     "check_store",
+    "check_store_path",
     "create_store",
     "detect_format",
     "open_store",
@@ -62,9 +63,22 @@ def _backend(path: str | os.PathLike | RemotePath, format: str | None) -> Backen
     """The backend for a local path or a URL (``s3://``, ``gs://``, anything fsspec opens)."""
     p = as_location(path)
     backend = BACKENDS.get(detect_format(p, format))(p)
-    if isinstance(p, Path) and format is None and p.is_dir() and not backend.exists():
-        raise StoreError(f"{p} is a directory but not a vidfeat store")
+    if isinstance(p, Path) and format is None and not backend.exists():
+        # An empty directory is where the user asked a new store to go; anything else at the
+        # path is not ours to write into (or read as a store).
+        if p.is_dir() and (any(p.iterdir()) or not backend.root_is_dir):
+            raise StoreError(f"{p} is a directory but not a vidfeat store")
+        if p.exists() and not p.is_dir():
+            raise StoreError(
+                f"{p}: a file is in the way (it is not a vidfeat {backend.name} store)"
+            )
     return backend
+
+
+def check_store_path(path: str | os.PathLike | RemotePath, format: str | None = None) -> None:
+    """Raise StoreError when what lies at a local ``path`` can be neither a store nor a new
+    one: a file where a directory goes, a directory that is not a store and is not empty."""
+    _backend(path, format)
 
 
 def store_exists(path: str | os.PathLike | RemotePath, format: str | None = None) -> bool:

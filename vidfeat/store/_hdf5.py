@@ -345,6 +345,7 @@ class HDF5PartReader(PartReader):
 class HDF5Backend(Backend):
     name = "hdf5"
     suffixes = (".h5", ".hdf5")
+    root_is_dir = False  # the root is one file, its parts in a folder beside it
 
     def __init__(self, path: Location) -> None:
         super().__init__(path)

@@ -171,6 +171,8 @@ class Backend(abc.ABC):
 
     name: str
     suffixes: tuple[str, ...] = ()
+    # Whether the store's root is a directory (so that an empty one may become a store).
+    root_is_dir: bool = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
