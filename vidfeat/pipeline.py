@@ -257,11 +257,11 @@ def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
 
 def _backbone_device_type(cfg: ExtractConfig) -> str | None:
     """ "cpu" or "cuda" for the backbone of ``cfg``'s job, or None when it is not known here:
-    another engine with ``device="auto"``. Only the local engine resolves "auto" on this
-    machine, where its backbone runs."""
+    an engine whose workers pick their devices, with ``device="auto"``."""
     from vidfeat.device import resolve_device
+    from vidfeat.engines import runs_backbone_here
 
-    if cfg.engine == "local":
+    if runs_backbone_here(cfg.engine):
         return resolve_device(cfg.device).type
     if cfg.device == "auto":
         return None

@@ -194,6 +194,24 @@ def test_auto_settles_where_the_backbone_runs(tmp_path):
     assert settled(device="cpu", precision="bf16") == "bf16"
 
 
+def test_an_engine_marked_backbone_here_settles_auto_on_this_machine(tmp_path):
+    # The mark, not the engine's name, says where "auto" is settled: a new engine is one file.
+    from vidfeat.config import ExtractConfig
+    from vidfeat.engines.base import ENGINES, backbone_here
+    from vidfeat.pipeline import settle_config_precision
+
+    ENGINES.register("here-test")(backbone_here(lambda cfg: None))
+    ENGINES.register("elsewhere-test")(lambda cfg: None)
+    try:
+        local_default = settle_precision("eager", "cpu", "auto")
+        for engine, want in [("here-test", local_default), ("elsewhere-test", "fp32")]:
+            cfg = ExtractConfig(manifest="m.csv", out=tmp_path / "new.zarr", engine=engine)
+            assert settle_config_precision(cfg).precision == want, engine
+    finally:
+        for name in ("here-test", "elsewhere-test"):
+            ENGINES._factories.pop(name)
+
+
 def test_auto_resuming_a_store_of_another_runtime_names_the_runtime(tmp_path):
     # The store's precision (mixed) is one onnxruntime cannot run; the difference the user
     # made is the runtime, and that is what must be refused by name.

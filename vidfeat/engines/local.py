@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 from vidfeat.config import ExtractConfig
-from vidfeat.engines.base import ENGINES
+from vidfeat.engines.base import ENGINES, backbone_here
 from vidfeat.extraction import Extraction
 from vidfeat.pipeline import ExtractJob, ExtractSummary, prepare, progress_bar
 from vidfeat.signals import sigterm_as_interrupt
 
 
 @ENGINES.register("local")
+@backbone_here
 def run_local(cfg: ExtractConfig) -> ExtractSummary:
     """Extract this shard of the manifest into the part ``cfg.part_name``."""
     # SIGTERM is Ctrl-C from the start (loading models can take a while), and the handler is
