@@ -9,10 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+import zarr
 
 from tests.vidfeat.store_cases import IntegrityCases, StreamCases, cli_verify, flip_byte
 from tests.vidfeat.store_worker import expected_audio, expected_features, video_id
@@ -575,6 +578,62 @@ def test_what_already_lies_at_a_new_store_path(tmp_path: Path) -> None:
     assert (tmp_path / "f.zarr").read_text() == "notes"
     others = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("made"))
     assert others == ["d.h5", "f.zarr", "full"]
+
+
+def _rewrite_root_meta(path: Path, change: Callable[[dict], None]) -> None:
+    """Edit a store's root metadata as another tool writing the format might."""
+    if path.suffix == ".h5":
+        with h5py.File(path, "r+") as f:
+            meta = json.loads(f.attrs["vidfeat"])
+            change(meta)
+            f.attrs["vidfeat"] = json.dumps(meta)
+        return
+    root = zarr.open_group(path, mode="r+")
+    meta = dict(root.attrs["vidfeat"])
+    change(meta)
+    root.attrs["vidfeat"] = meta
+
+
+def _set_stream(key: str, value: object) -> Callable[[dict], None]:
+    return lambda meta: meta["streams"]["rgb"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set_stream("quantization", {"scheme": "foo", "min": -2, "max": 2}), "scheme 'foo'"),
+        (_set_stream("quantization", None), "need a quantization block"),
+        (_set_stream("dtype", "float64"), "dtype must be one of"),
+        (lambda meta: meta.__setitem__("level", "clip"), "level must be one of"),
+    ],
+    ids=["unknown-scheme", "uint8-unquantized", "float64", "level"],
+)
+def test_root_metadata_that_breaks_the_format_is_refused_on_open(tmp_path, suffix, change, message):
+    # Readers once checked only the schema version: a store written by another tool with an
+    # unknown scheme read back through YouTube-8M's formula, and verify called it clean.
+    path = tmp_path / f"s{suffix}"
+    quant = quantization_attrs()
+    with create_store(path, dim=4, dtype="uint8", quantization=quant) as w:
+        w.write("v", np.full((3, 4), 7, np.uint8))
+    _rewrite_root_meta(path, change)
+    with pytest.raises(StoreError, match=f"root metadata breaks the store format.*{message}"):
+        open_store(path)
+    assert cli_verify(path)[0] == 2
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_arrays_wider_than_their_stream_say_so(tmp_path, suffix):
+    # A root that declares 8-d over 4-d arrays read back 4-d rows, which training then failed
+    # to fit into 8-d batches as an internal error.
+    path = tmp_path / f"s{suffix}"
+    with create_store(path, dim=4) as w:
+        w.write("v", np.ones((3, 4), np.float32))
+    _rewrite_root_meta(path, _set_stream("dim", 8))
+    with open_store(path) as r, pytest.raises(StoreIntegrityError, match="stream 'rgb' is 8-d"):
+        r.read("v")
+    code, out = cli_verify(path)
+    assert code == 2 and "is 8-d" in out
 
 
 def test_importing_the_store_does_not_import_torch() -> None:

@@ -38,6 +38,7 @@ from vidfeat.store.base import (
     VideoRecord,
     feature_array,
     frame_chunk_rows,
+    layout_problem,
     mean_array,
 )
 
@@ -221,11 +222,12 @@ class _SegmentBuilder:
 class HDF5PartReader(PartReader):
     """One segment file. Opened lazily so a reader can be pickled into DataLoader workers."""
 
-    def __init__(self, store: Location, name: str, path: Location) -> None:
+    def __init__(self, store: Location, name: str, path: Location, meta: StoreMeta) -> None:
         self.store = store
         self.name = name
         self.label = path.name
         self.path = path
+        self.meta = meta
         self._file: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
         self._crcs: dict[str, np.ndarray | None] = {}  # per dataset, read once
@@ -256,6 +258,8 @@ class HDF5PartReader(PartReader):
                 raise self._fail(name, f"the dataset is missing or unreadable ({exc})") from exc
             if not isinstance(found, h5py.Dataset):  # damaged metadata can name another object
                 raise self._fail(name, f"not a dataset but {type(found).__name__}")
+            if problem := layout_problem(self.meta, name, found.shape, found.dtype):
+                raise self._fail(name, problem)
             self._datasets[name] = found
         return self._datasets[name]
 
@@ -400,7 +404,7 @@ class HDF5Backend(Backend):
         _check_no_gaps(self.path, segments)
         _allow_open_files(len(segments))
         for part, _seq, p in segments:
-            reader = HDF5PartReader(self.path, part, p)
+            reader = HDF5PartReader(self.path, part, p, meta)
             self._readers.append(reader)
             yield reader
 

@@ -44,6 +44,7 @@ from vidfeat.store.base import (
     VideoRecord,
     feature_array,
     frame_chunk_rows,
+    layout_problem,
     mean_array,
 )
 from vidfeat.store.chunks import ChunkCache, ChunkError, FastChunks, fast_chunks
@@ -210,6 +211,8 @@ class ZarrPartReader(PartReader):
                 raise self._fail(name, "expected an array, found a group")
             if arr.shape[0] < self.rows(name):
                 raise self._fail(name, f"{arr.shape[0]} rows, but {self.rows(name)} are committed")
+            if problem := layout_problem(self.meta, name, arr.shape, arr.dtype):
+                raise self._fail(name, problem)
             codecs = arr.metadata.codecs
             if self.meta.checksummed and not (codecs and isinstance(codecs[-1], Crc32cCodec)):
                 # Rewritten by another tool: nothing would catch a damaged chunk of it.

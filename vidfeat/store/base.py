@@ -82,6 +82,25 @@ def mean_array(stream: str, schema_version: int) -> str:
     return "mean" if schema_version == 1 else f"streams/{stream}/mean"
 
 
+def layout_problem(meta: StoreMeta, array: str, shape: tuple[int, ...], dtype: np.dtype) -> str:
+    """What contradicts the root metadata in a stream array's width or stored type ("" when
+    nothing does): read by the metadata alone, such an array would come back the wrong width
+    or undecoded. Byte order is the array's own business."""
+    for stream, spec in meta.streams.items():
+        if array == feature_array(stream, meta.schema_version):
+            want = np.dtype(spec.dtype)
+        elif array == mean_array(stream, meta.schema_version):
+            want = np.dtype(np.float32)
+        else:
+            continue
+        if len(shape) != 2 or shape[1] != spec.dim:
+            return f"its shape is {tuple(shape)}, but stream {stream!r} is {spec.dim}-d"
+        have = np.dtype(dtype)
+        if (have.kind, have.itemsize) != (want.kind, want.itemsize):
+            return f"it holds {have}, but the root metadata says {want}"
+    return ""
+
+
 def frame_arrays(meta: StoreMeta) -> list[str]:
     """Arrays with one row per frame: the streams' features (frame level) and timestamps."""
     feats = [feature_array(s, meta.schema_version) for s in meta.streams]

@@ -116,6 +116,16 @@ def check_readable(meta: StoreMeta, path: Path, action: str = "reads") -> None:
             f"{path} uses store schema {meta.schema_version}; this vidfeat {action} schemas "
             f"{', '.join(map(str, READABLE_SCHEMAS))}. Upgrade vidfeat."
         )
+    # The rules a writer follows hold for what a reader is given too: a store written by
+    # another tool with, say, an unknown quantization scheme would otherwise read back as
+    # plausible but wrong numbers.
+    try:
+        if meta.level not in LEVELS:
+            raise ConfigError(f"level must be one of {LEVELS}, got {meta.level!r}")
+        for name, spec in meta.streams.items():
+            parse_stream(name, spec.to_json(), meta.level)
+    except ConfigError as exc:
+        raise StoreError(f"{path}: its root metadata breaks the store format: {exc}") from exc
 
 
 def _identity(meta: StoreMeta) -> dict:
