@@ -365,8 +365,8 @@ def predict(
     if fmt == "npz":
         if per_frame or attention:
             raise ConfigError("per-step output is a table: use .csv, .parquet or .jsonl")
-        ids, scores, names = predict_scores_run(run, store, num_workers=num_workers, device=device)
-        pr.write_scores(out, ids, scores, names)
+        ids, scored, names = predict_scores_run(run, store, num_workers=num_workers, device=device)
+        pr.write_scores(out, ids, scored, names)
         click.echo(f"{len(ids)} videos x {len(names)} classes -> {out}", err=True)
         return
     vocab = pr.read_vocabulary(vocabulary) if vocabulary is not None else None

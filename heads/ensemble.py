@@ -27,7 +27,7 @@ from heads import checkpoint as ck
 from heads.errors import CheckpointError, RunExistsError
 from heads.labels import LabelMap, multilabel_loss
 from heads.metrics import evaluate_all
-from heads.predictions import format_yt8m_pairs, vocabulary_indices, write_predictions
+from heads.predictions import Scored, format_yt8m_pairs, vocabulary_indices, write_predictions
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
 
@@ -41,6 +41,7 @@ class Member:
     run_dir: Path
     video_ids: list[str]
     scores: np.ndarray  # (N, C) float32 probabilities, in video_ids order
+    exact: np.ndarray  # (N, C) float64 probabilities, from the ranking scores where saved
     labels: np.ndarray  # (N, C) multi-hot
     label_map: LabelMap
     val_gap: float | None  # GAP@20 on validation at the best evaluation
@@ -58,19 +59,36 @@ def load_member(run_dir: str | Path) -> Member:
     try:
         with np.load(path, allow_pickle=False) as data:
             ids, scores, labels = data["video_id"], data["scores"], data["labels"]
+            ranking = data.get("ranking")
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: cannot read test predictions: {exc}") from exc
     order = np.argsort(ids, kind="stable")
     label_map = LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP))
+    multilabel = multilabel_loss(_trained_loss(run_dir), label_map)
     return Member(
         run_dir=run_dir,
         video_ids=[str(v) for v in ids[order]],
         scores=scores[order].astype(np.float32),
+        exact=_exact_probabilities(
+            scores[order], None if ranking is None else ranking[order], multilabel
+        ),
         labels=labels[order].astype(np.float32),
         label_map=label_map,
         val_gap=_best_val_gap(run_dir),
-        multilabel=multilabel_loss(_trained_loss(run_dir), label_map),
+        multilabel=multilabel,
     )
+
+
+def _exact_probabilities(
+    scores: np.ndarray, ranking: np.ndarray | None, multilabel: bool
+) -> np.ndarray:
+    """float64 probabilities recomputed from a run's ranking scores (logits under sigmoid,
+    log-probabilities under softmax), which keep apart what its saved float32 probabilities
+    round to 1.0 or 0.0; the saved probabilities where a run saved no ranking scores."""
+    if ranking is None:
+        return scores.astype(np.float64)
+    r = ranking.astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-r)) if multilabel else np.exp(r)
 
 
 def _trained_loss(run_dir: Path) -> str:
@@ -165,21 +183,30 @@ def ensemble_runs(
     members = [load_member(r) for r in runs]
     check_compatible(members)
     w = resolve_weights(members, weights)
-    scores = np.tensordot(w, np.stack([m.scores for m in members]), axes=1).astype(np.float32)
+    mean = np.tensordot(w, np.stack([m.exact for m in members]), axes=1)
+    # The mean's logarithm ranks as the mean does and keeps, in float32, what float32
+    # probabilities near 1 would tie (the smallest float64 bounds it for underflowed softmax).
+    scored = Scored(
+        probs=mean.astype(np.float32),
+        ranking=np.log(np.maximum(mean, np.finfo(np.float64).smallest_subnormal)).astype(
+            np.float32
+        ),
+        labels=members[0].labels,
+    )
     first = members[0]
-    metrics = {k: v for k, v in evaluate_all(scores, first.labels).items() if k != "n"}
+    metrics = {k: v for k, v in evaluate_all(scored.ranking, first.labels).items() if k != "n"}
     metrics |= {
         "n_test": len(first.video_ids),
         "members": [str(m.run_dir) for m in members],
         "weights": [float(x) for x in w],
-        "member_gap_at_20": [float(evaluate_all(m.scores, m.labels)["gap_at_20"]) for m in members],
+        "member_gap_at_20": [float(evaluate_all(m.exact, m.labels)["gap_at_20"]) for m in members],
     }
     out.mkdir(parents=True, exist_ok=True)
     ck.write_json(out / ck.LABEL_MAP, first.label_map.to_dict())  # what heads report reads
     ck.write_json(out / ck.TEST_METRICS, metrics)
     stem = out / ck.TEST_PREDICTIONS
-    write_predictions(stem, first.video_ids, scores, first.labels, first.label_map)
-    _write_yt8m(out / YT8M_CSV, first.video_ids, scores, first.label_map, vocabulary)
+    write_predictions(stem, first.video_ids, scored, first.label_map)
+    _write_yt8m(out / YT8M_CSV, first.video_ids, scored, first.label_map, vocabulary)
     log.info("ensemble of %d runs: gap_at_20 %.4f", len(members), metrics["gap_at_20"])
     return metrics
 
@@ -198,7 +225,7 @@ def _check_out(out: Path, force: bool) -> None:
 def _write_yt8m(
     path: Path,
     video_ids: list[str],
-    scores: np.ndarray,
+    scored: Scored,
     label_map: LabelMap,
     vocabulary: dict[str, int] | None,
 ) -> None:
@@ -211,6 +238,7 @@ def _write_yt8m(
         log.info("%s not written: %s", path.name, exc)
         return
     k = min(20, len(names))
-    pairs = [format_yt8m_pairs(s, names, k) for s in scores]
+    rows = zip(scored.probs, scored.ranking, strict=True)
+    pairs = [format_yt8m_pairs(s, names, k, r) for s, r in rows]
     with atomic.atomic_open(path, "w", newline="") as fh:
         pd.DataFrame({"VideoId": video_ids, "LabelConfidencePairs": pairs}).to_csv(fh, index=False)

@@ -54,5 +54,5 @@ def validate(
     logits, labels = gathered
     logits_t, labels_t = torch.from_numpy(logits), torch.from_numpy(labels)
     loss = float(loss_fn(logits_t, labels_t))
-    metrics = evaluate_all(loss_fn.probabilities(logits_t).numpy(), labels)
+    metrics = evaluate_all(loss_fn.ranking_scores(logits_t).numpy(), labels)
     return {"loss": loss, **{k: float(v) for k, v in metrics.items() if k != "n"}}

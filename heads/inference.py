@@ -24,7 +24,7 @@ from heads.labels import LabelMap
 from heads.metrics import evaluate_all
 from heads.models import Head, HeadConfig, create_head
 from heads.objective import Loss
-from heads.predictions import format_yt8m_pairs, top_classes, vocabulary_indices
+from heads.predictions import Scored, format_yt8m_pairs, top_classes, vocabulary_indices
 from heads.run import is_multilabel, predict_scores
 from heads.splits import load_splits
 from vidfeat.device import resolve_device
@@ -167,8 +167,8 @@ def evaluate_run(
         raise ConfigError(f"no labelled videos of split {split!r} in store {path}")
     dataset = FeatureDataset(path, labelled, run.label_map, run.cfg.data)
     dev = resolve_device(run.cfg.device)
-    scores, labels = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
-    metrics = {k: v for k, v in evaluate_all(scores, labels).items() if k != "n"}
+    scored = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
+    metrics = {k: v for k, v in evaluate_all(scored.ranking, scored.labels).items() if k != "n"}
     return {**metrics, "n": len(dataset), "split": split, "store": path}
 
 
@@ -186,13 +186,13 @@ def predict_scores_run(
     *,
     num_workers: int | None = None,
     device: str | None = None,
-) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
-    """Video ids, (N, C) float32 scores of every class, and the class names, for every ok
-    video of ``store``."""
+) -> tuple[list[str], Scored, tuple[str, ...]]:
+    """Video ids, the scores of every class (probabilities and ranking scores), and the class
+    names, for every ok video of ``store``."""
     run = _with_overrides(load_run(run_dir), num_workers, device)
     dataset, dev = _prediction_set(run, store)
-    scores, _ = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
-    return list(dataset.video_ids), scores, run.label_map.labels
+    scored = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
+    return list(dataset.video_ids), scored, run.label_map.labels
 
 
 def predict_run(
@@ -240,11 +240,12 @@ def predict_run(
         return _per_frame(run, dataset, dev, k)
     if attention:
         return _attention(run, dataset, dev)
-    scores, _ = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
+    scored = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
+    rows = zip(scored.probs, scored.ranking, strict=True)
     if fmt == "yt8m":
-        pairs = [format_yt8m_pairs(s, names, k) for s in scores]
+        pairs = [format_yt8m_pairs(s, names, k, r) for s, r in rows]
         return pd.DataFrame({"VideoId": dataset.video_ids, "LabelConfidencePairs": pairs})
-    best = [top_classes(s, names, k) for s in scores]
+    best = [top_classes(s, names, k, r) for s, r in rows]
     return pd.DataFrame({"video_id": dataset.video_ids, "predictions": best})
 
 

@@ -1,7 +1,10 @@
 """YouTube-8M evaluation metrics in plain numpy (importable without torch).
 
 Every function takes ``scores`` (N, C) float and ``labels`` (N, C) binary, one row per video.
-Only the ranking of scores matters, so probabilities and logits give identical results.
+Only the ranking of scores matters, so probabilities and logits give identical results in
+exact arithmetic. In float32 they do not: sigmoid is exactly 1.0 above a logit of about 17,
+and the ties it makes would be broken by class index. Callers therefore rank on the logits
+(sigmoid outputs) or log-probabilities (softmax): ``heads.objective.Loss.ranking_scores``.
 
 Definitions follow YouTube-8M's ``eval_util.py``, ``average_precision_calculator.py`` and
 ``mean_average_precision_calculator.py``, with four deliberate differences:
@@ -215,8 +218,8 @@ def average_precision_per_class(
 
 
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray, top_k: int = 20) -> float:
-    """YouTube-8M mAP: per-class AP on top_k-sparsified predictions, mean over classes with
-    positives (``nan`` if none)."""
+    """YouTube-8M's mAP, per-class AP on top_k-sparsified predictions, but averaged over the
+    classes with positives (``nan`` if none) where YouTube-8M divides by every class."""
     # None here would silently be the full-ranking mAP, which has its own name.
     top_k = _validate_k(top_k, "top_k", " (mean_average_precision_full ranks every class)")
     return _nanmean_or_nan(average_precision_per_class(scores, labels, top_k=top_k))
@@ -259,27 +262,31 @@ def per_class_precision_recall(
     *,
     multilabel: bool | None = None,
     threshold: float = 0.5,
+    ranking: np.ndarray | None = None,
 ) -> ClassStats:
     """Per-class precision, recall, full-ranking AP and support.
 
-    Single-label: each video predicts its argmax class (ties -> lowest index). Multi-label:
+    Single-label: each video predicts its best class (ties -> lowest index). Multi-label:
     a video predicts every class with ``score >= threshold`` (scores must be probabilities).
-    ``multilabel=None`` infers single-label when every video has exactly one positive.
+    ``ranking``: scores in the same order as ``scores`` without their ties (logits, say),
+    which then pick the best class and rank for AP. ``multilabel=None`` infers single-label
+    when every video has exactly one positive.
     """
     s, y = _validate(scores, labels)
+    r = s if ranking is None else _validate(ranking, labels)[0]
     if multilabel is None:
         multilabel = not _is_single_label(y)
     if multilabel:
         predicted = s >= threshold
     else:
         predicted = np.zeros_like(y)
-        predicted[np.arange(s.shape[0]), s.argmax(axis=1)] = True
+        predicted[np.arange(r.shape[0]), r.argmax(axis=1)] = True
     tp = (predicted & y).sum(axis=0)
     n_predicted = predicted.sum(axis=0)
     support = y.sum(axis=0)
     precision = np.divide(tp, n_predicted, out=np.zeros(tp.shape), where=n_predicted > 0)
     recall = np.divide(tp, support, out=np.zeros(tp.shape), where=support > 0)
-    ap = _class_aps(s, y, np.ones_like(y))
+    ap = _class_aps(r, y, np.ones_like(y))
     return ClassStats(precision=precision, recall=recall, ap=ap, support=support.astype(np.int64))
 
 

@@ -43,6 +43,13 @@ class Loss:
     def probabilities(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
 
+    def ranking_scores(self, logits: Tensor) -> Tensor:
+        """Scores that rank (video, class) pairs, across videos too, as the exact probabilities
+        do: the logits under sigmoid, the log-probabilities under softmax. Float32
+        probabilities saturate (sigmoid is exactly 1.0 above a logit of about 17, softmax 0.0
+        far below the best class), and the ties they make would be broken by class index."""
+        return logits if self.multilabel else torch.log_softmax(logits, dim=1)
+
 
 def inverse_frequency_weights(targets: np.ndarray) -> Tensor:
     """(C,) weights ∝ 1 / positives per class (absent classes count as 1), mean 1."""

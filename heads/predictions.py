@@ -4,11 +4,13 @@
 the top classes best first as a list of ``{"label", "score"}`` (JSON text in a CSV cell, since
 labels may hold spaces, colons and commas). ``fmt="yt8m"`` writes Kaggle's YouTube-8M
 ``VideoId,LabelConfidencePairs`` ("index score ..." with vocabulary indices) to a ``.csv``.
-``.npz`` holds the raw (N, C) scores of every class.
+``.npz`` holds the raw (N, C) scores of every class: probabilities, and the ranking scores
+that order them exactly (float32 probabilities of a confident model saturate and tie).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -22,6 +24,19 @@ from heads.labels import LabelMap
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
 from vidfeat.store.base import LABEL_SEPARATOR
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """A model's outputs on N videos, in dataset order: ``probs`` (N, C) float32 probabilities
+    to show and threshold, ``ranking`` (N, C) float32 scores that order classes and videos as
+    the exact probabilities do (``Loss.ranking_scores``; float32 probabilities saturate and
+    tie), and ``labels`` (N, C) multi-hot."""
+
+    probs: np.ndarray
+    ranking: np.ndarray
+    labels: np.ndarray
+
 
 # suffix -> formats that may be written to it (the first is the default for that suffix)
 SUFFIX_FORMATS: dict[str, tuple[str, ...]] = {
@@ -124,29 +139,37 @@ def write_table(table: pd.DataFrame, out: Path | None, fmt: str) -> None:
 
 
 def write_scores(
-    out: Path, video_ids: list[str], scores: np.ndarray, class_names: tuple[str, ...]
+    out: Path, video_ids: list[str], scored: Scored, class_names: tuple[str, ...]
 ) -> None:
-    """``.npz`` with ``video_id`` (N,), ``scores`` (N, C) float32 and ``class_names`` (C,)."""
+    """``.npz`` with ``video_id`` (N,), ``scores`` (N, C) float32 probabilities, ``ranking``
+    (N, C) float32 ranking scores and ``class_names`` (C,)."""
 
     with atomic.atomic_open(out, "wb") as fh:
         np.savez(
             fh,
             video_id=np.array(video_ids, dtype=str),
-            scores=np.asarray(scores, dtype=np.float32),
+            scores=np.asarray(scored.probs, dtype=np.float32),
+            ranking=np.asarray(scored.ranking, dtype=np.float32),
             class_names=np.array(class_names, dtype=str),
         )
 
 
-def top_classes(scores: np.ndarray, names: tuple[str, ...], k: int) -> list[dict[str, Any]]:
-    """The k best classes, best first (ties by class index), as ``{"label", "score"}``."""
-    order = np.argsort(-scores, kind="stable")[:k]
+def top_classes(
+    scores: np.ndarray, names: tuple[str, ...], k: int, ranking: np.ndarray | None = None
+) -> list[dict[str, Any]]:
+    """The k best classes by ``ranking`` (default: the scores), best first (ties by class
+    index), as ``{"label", "score"}``."""
+    order = np.argsort(-(scores if ranking is None else ranking), kind="stable")[:k]
     return [{"label": names[i], "score": round(float(scores[i]), 6)} for i in order]
 
 
-def format_yt8m_pairs(scores: np.ndarray, indices: tuple[str, ...], k: int) -> str:
+def format_yt8m_pairs(
+    scores: np.ndarray, indices: tuple[str, ...], k: int, ranking: np.ndarray | None = None
+) -> str:
     """YouTube-8M's LabelConfidencePairs: "index score index score ..." of the k best classes
-    (vocabulary indices, so spaces separate unambiguously)."""
-    order = np.argsort(-scores, kind="stable")[:k]
+    by ``ranking`` (default: the scores; vocabulary indices, so spaces separate
+    unambiguously)."""
+    order = np.argsort(-(scores if ranking is None else ranking), kind="stable")[:k]
     return " ".join(f"{indices[i]} {scores[i]:.6f}" for i in order)
 
 
@@ -160,23 +183,27 @@ def as_csv_cells(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_predictions(
-    stem: Path, video_ids: list[str], scores: np.ndarray, labels: np.ndarray, label_map: LabelMap
+    stem: Path, video_ids: list[str], scored: Scored, label_map: LabelMap
 ) -> None:
-    """``stem``.npz (all scores) and ``stem``.csv (the top 20 as in :func:`top_classes`, and the
-    true labels)."""
+    """``stem``.npz (every class's probability and ranking score) and ``stem``.csv (the top 20
+    as in :func:`top_classes`, and the true labels)."""
     with atomic.atomic_open(stem.with_suffix(".npz"), "wb") as fh:
         np.savez(
             fh,
             video_id=np.array(video_ids, dtype=str),
-            scores=scores.astype(np.float32),
-            labels=labels.astype(np.uint8),
+            scores=scored.probs.astype(np.float32),
+            ranking=scored.ranking.astype(np.float32),
+            labels=scored.labels.astype(np.uint8),
             class_names=np.array(label_map.labels, dtype=str),
         )
     k = min(20, len(label_map))
+    names = label_map.labels
     rows = {
         "video_id": video_ids,
-        "labels": [LABEL_SEPARATOR.join(np.array(label_map.labels)[y > 0]) for y in labels],
-        "predictions": [top_classes(s, label_map.labels, k) for s in scores],
+        "labels": [LABEL_SEPARATOR.join(np.array(names)[y > 0]) for y in scored.labels],
+        "predictions": [
+            top_classes(s, names, k, r) for s, r in zip(scored.probs, scored.ranking, strict=True)
+        ],
     }
     with atomic.atomic_open(stem.with_suffix(".csv"), "w", newline="", encoding="utf-8") as fh:
         as_csv_cells(pd.DataFrame(rows)).to_csv(fh, index=False)

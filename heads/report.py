@@ -56,7 +56,8 @@ class _Run:
     test_metrics: dict[str, Any]
     class_names: list[str]
     multilabel: bool
-    scores: np.ndarray | None  # (N, C) float
+    scores: np.ndarray | None  # (N, C) float probabilities
+    ranking: np.ndarray | None  # (N, C) float scores that order them exactly
     labels: np.ndarray | None  # (N, C) binary
 
 
@@ -100,14 +101,19 @@ def _x_axis(runs: list[_Run]) -> str:
     return "step" if any(n > 1 for counts in per_epoch for n in counts.values()) else "epoch"
 
 
-def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    """(scores, labels, class names; [] when the file has none) of a test_predictions.npz."""
+def _read_predictions(
+    path: Path,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None:
+    """(scores, ranking scores, labels, class names; [] when the file has none) of a
+    test_predictions.npz. Files written before ranking scores were saved rank by the scores."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = [str(n) for n in npz["class_names"]] if "class_names" in npz else []
-            return np.asarray(npz["scores"]), np.asarray(npz["labels"]), names
+            scores = np.asarray(npz["scores"])
+            ranking = np.asarray(npz["ranking"]) if "ranking" in npz else scores
+            return scores, ranking, np.asarray(npz["labels"]), names
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         # A truncated file (a full disk, a copy cut short) is a damaged run, not a bug.
         raise ReportError(f"{path}: cannot read test predictions: {exc}") from exc
@@ -123,7 +129,7 @@ def _load_run(run_dir: Path, slug: str, name: str) -> _Run:
     label_map = _read_json(run_dir / ck.LABEL_MAP) or {}
     evaluations, logged_best = _read_evaluations(run_dir / ck.METRICS)
     predictions = _read_predictions(run_dir / f"{ck.TEST_PREDICTIONS}.npz")
-    scores, labels, saved_names = predictions if predictions else (None, None, [])
+    scores, ranking, labels, saved_names = predictions if predictions else (None, None, None, [])
     names = [str(n) for n in label_map.get("labels", [])] or saved_names
     if scores is not None:
         n_classes = scores.shape[-1]
@@ -150,6 +156,7 @@ def _load_run(run_dir: Path, slug: str, name: str) -> _Run:
         class_names=names,
         multilabel=multilabel,
         scores=scores,
+        ranking=ranking,
         labels=labels,
     )
 
@@ -311,7 +318,8 @@ def _class_table(run: _Run, stats: metrics.ClassStats) -> list[str]:
     intro = (
         f"Precision and recall at {rule}; AP over the full ranking of the test videos (nan: no "
         f"positives). Their mean over classes with positives, {mean}, is the full-ranking mAP; "
-        "the mAP above is YouTube-8M's, which ranks only each video's top 20 classes."
+        "the mAP above ranks, as YouTube-8M's does, only each video's top 20 classes, but it "
+        "too averages over the classes with positives, where YouTube-8M divides by every class."
     )
     if many:
         intro += " Classes with the most test videos first."
@@ -353,12 +361,14 @@ def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
         lines += [_figure("Training curves", name, spec), ""]
     else:
         lines += [f"_No {ck.METRICS}: training curves omitted._", ""]
-    scores, labels = run.scores, run.labels
-    if scores is None or labels is None:
+    scores, ranking, labels = run.scores, run.ranking, run.labels
+    if scores is None or ranking is None or labels is None:
         return [*lines, f"_No {ck.TEST_PREDICTIONS}.npz: per-class results omitted._", ""]
-    stats = metrics.per_class_precision_recall(scores, labels, multilabel=run.multilabel)
+    stats = metrics.per_class_precision_recall(
+        scores, labels, multilabel=run.multilabel, ranking=ranking
+    )
     if not run.multilabel and (labels.sum(axis=1) == 1).all():  # one true class per video
-        cm = metrics.confusion_matrix(scores, labels)
+        cm = metrics.confusion_matrix(ranking, labels)
         name = spec.name(f"{run.slug}_confusion")
         plot_confusion(run.name, cm, run.class_names, out_dir / name, spec)
         lines += [_figure("Confusion matrix", name, spec), ""]
@@ -366,7 +376,7 @@ def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
             lines += _confused_pairs(run, cm)
     if (stats.support > 0).any():
         name = spec.name(f"{run.slug}_pr_curves")
-        plot_pr_curves(run.name, run.class_names, scores, labels, stats, out_dir / name, spec)
+        plot_pr_curves(run.name, run.class_names, ranking, labels, stats, out_dir / name, spec)
         lines += [_figure("Precision-recall curves", name, spec), ""]
     return lines + _class_table(run, stats)
 

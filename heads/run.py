@@ -34,7 +34,7 @@ from heads.loggers import check_loggers, create_loggers
 from heads.metrics import evaluate_all
 from heads.models import Head, create_head
 from heads.objective import Loss, loss_weights
-from heads.predictions import write_predictions
+from heads.predictions import Scored, write_predictions
 from heads.splits import (
     assign_splits,
     inherit_splits,
@@ -383,10 +383,10 @@ def write_test_results(
         ck.write_json(run_dir / ck.TEST_METRICS, metrics)
         return metrics
     device = resolve_device(cfg.device)
-    scores, labels = predict_scores(model, test, cfg, label_map, device)
-    metrics = evaluate_all(scores, labels)
+    scored = predict_scores(model, test, cfg, label_map, device)
+    metrics = evaluate_all(scored.ranking, scored.labels)
     metrics = {k: v for k, v in metrics.items() if k != "n"} | {"n_test": len(test), **summary}
-    write_predictions(run_dir / ck.TEST_PREDICTIONS, test.video_ids, scores, labels, label_map)
+    write_predictions(run_dir / ck.TEST_PREDICTIONS, test.video_ids, scored, label_map)
     ck.write_json(run_dir / ck.TEST_METRICS, metrics)
     log.info("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in _SHOWN))
     return metrics
@@ -398,10 +398,14 @@ def predict_scores(
     cfg: TrainConfig,
     label_map: LabelMap,
     device: torch.device,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) probabilities and (N, C) labels, in dataset order."""
+) -> Scored:
+    """Probabilities, ranking scores and labels of every video, in dataset order."""
     loader = make_loader(dataset, cfg.data, shuffle=False)
     model.to(device)
     logits, labels = predict_logits(model, loader, device)
-    probs = Loss(is_multilabel(cfg, label_map)).probabilities(torch.from_numpy(logits))
-    return probs.numpy().astype(np.float32), labels
+    loss, t = Loss(is_multilabel(cfg, label_map)), torch.from_numpy(logits)
+    return Scored(
+        probs=loss.probabilities(t).numpy().astype(np.float32),
+        ranking=loss.ranking_scores(t).numpy().astype(np.float32),
+        labels=labels,
+    )

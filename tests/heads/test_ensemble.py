@@ -113,6 +113,37 @@ def test_equal_and_file_weights(runs, tmp_path):
             )
 
 
+def test_confident_members_are_averaged_from_their_logits(runs, tmp_path):
+    # Two sigmoid runs so sure of two classes per video that float32 rounds both to 1.0: the
+    # ensemble averages probabilities recomputed from the saved logits, which keep the true
+    # class ahead on half the videos, where the rounded ones tie and fall to class order.
+    _, made = runs
+    members = []
+    for name in ("m1", "m2"):
+        shutil.copytree(made["multi"], tmp_path / name)
+        path = tmp_path / name / f"{ck.TEST_PREDICTIONS}.npz"
+        with np.load(path) as data:
+            saved = dict(data)
+        true = saved["labels"].argmax(axis=1)
+        rows = np.arange(len(true))
+        logits = np.full(saved["labels"].shape, -5.0, np.float32)
+        ahead = rows % 2 == 0  # the true class leads on even rows, a neighbour on odd ones
+        logits[rows, true] = np.where(ahead, 35.0, 30.0)
+        logits[rows, (true + 1) % logits.shape[1]] = np.where(ahead, 30.0, 35.0)
+        probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+        np.savez(path, **{**saved, "scores": probs.astype(np.float32), "ranking": logits})
+        members.append(tmp_path / name)
+    assert (np.load(members[0] / f"{ck.TEST_PREDICTIONS}.npz")["scores"].max(axis=1) == 1).all()
+    out = tmp_path / "ens"
+    result = CliRunner().invoke(main, ["ensemble", *map(str, members), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / ck.TEST_METRICS).read_text())
+    assert metrics["hit_at_1"] == pytest.approx(np.mean(rows % 2 == 0))
+    assert metrics["member_gap_at_20"][0] == pytest.approx(
+        evaluate_all(logits, saved["labels"])["gap_at_20"]
+    )
+
+
 def test_runs_with_other_classes_are_refused(runs, tmp_path):
     _, made = runs
     args = ["ensemble", str(made["a"]), str(made["few"]), "--out", str(tmp_path / "x")]

@@ -8,8 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from heads.batching import make_loader
 from heads.labels import LabelMap
+from heads.metrics import evaluate_all
 from heads.predictions import (
+    Scored,
     read_vocabulary,
     top_classes,
     vocabulary_indices,
@@ -64,12 +67,9 @@ AWKWARD = ("x y:0.5", "Ice hockey", "c:d", "a,b", 'say "hi"', "café 日本")
 def test_test_predictions_csv_reads_back_labels_with_spaces_colons_and_commas(tmp_path):
     scores = np.random.default_rng(0).random((4, len(AWKWARD))).astype(np.float32)
     truth = np.eye(len(AWKWARD), dtype=np.float32)[:4]
+    scored = Scored(probs=scores, ranking=np.log(scores), labels=truth)
     write_predictions(
-        tmp_path / "test_predictions",
-        list("abcd"),
-        scores,
-        truth,
-        LabelMap(AWKWARD, multilabel=False),
+        tmp_path / "test_predictions", list("abcd"), scored, LabelMap(AWKWARD, multilabel=False)
     )
     table = pd.read_csv(tmp_path / "test_predictions.csv")
     for i, (cell, labels) in enumerate(zip(table["predictions"], table["labels"], strict=True)):
@@ -92,3 +92,51 @@ def test_prediction_tables_round_trip_awkward_labels(tmp_path, fmt):
         "parquet": lambda: pd.read_parquet(out)["predictions"].map(lambda v: [dict(x) for x in v]),
     }[fmt]()
     assert [x["label"] for x in back[0]] == list(AWKWARD[:3])
+
+
+def test_confident_outputs_are_ranked_by_logits_not_saturated_probabilities(tmp_path):
+    # Sigmoid rounds both of a video's logits (over 20) to probability 1.0 in float32; ranked
+    # on those, the tie went to the lower class index, and hit@1, GAP and the predicted order
+    # followed the index instead of the model.
+    import torch
+
+    from heads.config import TrainConfig
+    from heads.data import FeatureDataset
+    from heads.evaluation import validate
+    from heads.models import create_head
+    from heads.objective import Loss
+    from heads.run import predict_scores
+    from heads.synthetic import write_store
+    from vidfeat.device import resolve_device
+
+    # Video a's frames are all e0, video b's all e1: the weights below set their logits.
+    videos = [
+        (v, np.tile(np.eye(3, dtype=np.float32)[i], (5, 1)), ("b",)) for i, v in enumerate("ab")
+    ]
+    store = write_store(tmp_path / "s.zarr", videos, dim=3)
+    cfg = TrainConfig(model="logistic", loss="multi")
+    label_map = LabelMap(("a", "b", "c"), multilabel=True)
+    model = create_head("logistic", input_dim=3, num_classes=3, cfg=cfg.head).eval()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[160.0, 140, 0], [120, 180, 0], [0, 0, 0]]))
+        model.fc.bias.zero_()
+    dataset = FeatureDataset(store, label_map=label_map, cfg=cfg.data)
+    scored = predict_scores(model, dataset, cfg, label_map, resolve_device("cpu"))
+    assert dataset.video_ids == ["a", "b"]
+    # The inputs are normalised first, so the logits are not the weights; their order is.
+    (aa, ab), (ba, bb) = scored.ranking[:, :2]
+    assert bb > aa > ba > ab > 20
+    assert (scored.probs[:, :2] == 1.0).all()  # what float32 probabilities could not tell apart
+
+    # Video a's best class is "a" (wrong), video b's is "b" (right); of the pairs ranked
+    # across videos, the true (b, b) comes first and the true (a, b) fourth.
+    want = {"hit_at_1": 0.5, "gap_at_20": (1 / 1 + 2 / 4) / 2, "perr": 0.5}
+    got = evaluate_all(scored.ranking, scored.labels)
+    assert {k: got[k] for k in want} == pytest.approx(want)
+    assert evaluate_all(scored.probs, scored.labels)["hit_at_1"] == 0.0  # the old ranking
+    loader = make_loader(dataset, cfg.data, shuffle=False)
+    during_training = validate(model, loader, Loss(multilabel=True), resolve_device("cpu"))
+    assert {k: during_training[k] for k in want} == pytest.approx(want)
+    rows = zip(scored.probs, scored.ranking, strict=True)
+    tops = [top_classes(p, label_map.labels, 2, r) for p, r in rows]
+    assert [[c["label"] for c in top] for top in tops] == [["a", "b"], ["b", "a"]]
