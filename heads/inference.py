@@ -286,14 +286,17 @@ def _per_frame(
 ) -> pd.DataFrame:
     loss = Loss(is_multilabel(run.cfg, run.label_map))
 
-    def probabilities(model: Head, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def scores(model: Head, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, 2, C): each step's probabilities, and the ranking scores that order them."""
         logits = model.forward_per_frame(x, lengths)  # (B, T, C)
-        return loss.probabilities(logits.flatten(0, 1)).view(logits.shape)
+        flat = logits.flatten(0, 1)
+        both = torch.stack([loss.probabilities(flat), loss.ranking_scores(flat)], dim=1)
+        return both.view(*logits.shape[:2], 2, -1)
 
-    def best(probs: np.ndarray) -> list[dict[str, Any]]:
-        return top_classes(probs, run.label_map.labels, k)
+    def best(step: np.ndarray) -> list[dict[str, Any]]:
+        return top_classes(step[0], run.label_map.labels, k, step[1])
 
-    return _per_step(run, dataset, device, probabilities, "predictions", best)
+    return _per_step(run, dataset, device, scores, "predictions", best)
 
 
 def _attention(run: LoadedRun, dataset: FeatureDataset, device: torch.device) -> pd.DataFrame:
