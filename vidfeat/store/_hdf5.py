@@ -337,9 +337,13 @@ class HDF5PartReader(PartReader):
         step = ds.chunks[0] if ds.chunks else max(rows, 1)
         return [(i, min(i + step, rows)) for i in range(0, rows, step)]
 
-    def close(self) -> None:
+    def drop_datasets(self) -> None:
+        """Let go of the looked-up datasets (they are looked up again when next read)."""
         self._datasets.clear()
         self._crcs.clear()
+
+    def close(self) -> None:
+        self.drop_datasets()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -409,6 +413,11 @@ class HDF5Backend(Backend):
             yield reader
 
     def close(self) -> None:
+        # Every segment's datasets go before any file closes: h5py's File.close scans every
+        # object h5py still holds, so closing segment after segment while the others' datasets
+        # were alive took time quadratic in the segments (103 s for 2,000; 3 s this way).
+        for r in self._readers:
+            r.drop_datasets()
         for r in self._readers:
             r.close()
         self._readers.clear()

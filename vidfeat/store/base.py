@@ -214,7 +214,7 @@ class Backend(abc.ABC):
         """Every committed part, in a stable order, read according to ``meta``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Release any open handles."""
+        """Release any open handles, those of the parts it yielded included."""
 
 
 BACKENDS: Registry[type[Backend]] = Registry("store format")
