@@ -21,7 +21,7 @@ import numpy as np
 from vidfeat.audio.features import AudioFeatures
 from vidfeat.config import ExtractConfig
 from vidfeat.decode.pool import DecodePool, FramesChunk, VideoDone, VideoFailed
-from vidfeat.errors import StoppedAtFailure
+from vidfeat.errors import ConfigError, StoppedAtFailure
 from vidfeat.manifest import ManifestEntry
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.pipeline import ExtractSummary
@@ -200,7 +200,10 @@ class Extraction:
     def write(self, video: _Video) -> None:
         e, info = video.entry, video.done.info
         feats = np.concatenate(video.chunks, axis=0)
-        features: np.ndarray | dict[str, np.ndarray] = self.reduction(feats)
+        try:
+            features: np.ndarray | dict[str, np.ndarray] = self.reduction(feats)
+        except ConfigError as exc:  # NaN from the backbone, say: name the video
+            raise ConfigError(f"video {e.video_id!r}: {exc}") from exc
         note = ""
         if self.audio is not None:
             has_audio = bool(info["has_audio"])

@@ -557,3 +557,45 @@ def test_apply_keeps_the_no_audio_note_of_the_copied_audio_stream(tmp_path: Path
         for table in (a.videos, b.videos):
             assert table.set_index("video_id")["reason"].to_dict() == {"v0": "", "v1": "no_audio"}
         np.testing.assert_array_equal(b.read("v1", "audio"), a.read("v1", "audio"))
+
+
+def test_reducing_the_audio_stream_records_its_pca_with_that_stream(tmp_path: Path) -> None:
+    # The store attr `pca` is the rgb stream's: reducing audio once overwrote it (rgb's own
+    # PCA record was lost) and left audio's attrs saying only VGGish's PCA made it.
+    rgb_pca = {"source": "yt8m", "input_dim": 2048, "output_dim": 4, "sha256": "cd" * 32}
+    vggish_pca = {"file": "vggish_pca_params.npz", "sha256": "ab" * 32}
+    audio = {"dim": 4, "attrs": {"pca": vggish_pca, "no_audio_value": 0.0}}
+    src, out = tmp_path / "src.zarr", tmp_path / "out.zarr"
+    with create_store(src, streams={"rgb": 4, "audio": audio}, attrs={"pca": rgb_pca}) as w:
+        ones = np.ones((3, 4), np.float32)
+        w.write("v", {"rgb": ones, "audio": np.arange(12, dtype=np.float32).reshape(3, 4)})
+    pca = PCATransform(
+        mean=np.zeros(4), components=np.eye(4)[:2], eigenvalues=np.ones(2), source="fitted"
+    )
+    apply_pca_to_store(src, pca, out, stream="audio")
+    with open_store(out) as r:
+        assert r.attrs["pca"] == rgb_pca
+        assert r.attrs["parent_store"]["pca"] == vggish_pca
+        assert r.attrs["parent_store"]["stream"] == "audio"
+        attrs = r.streams["audio"].attrs
+        assert attrs["pca"] == vggish_pca and attrs["reduced_by"] == pca.provenance()
+        assert "no_audio_value" not in attrs
+        assert r.streams["rgb"].attrs == {}
+        # Whitened by sqrt(eigenvalue + 1e-4), as YouTube-8M's PCA is.
+        np.testing.assert_allclose(r.read("v", "audio"), [[0, 1], [4, 5], [8, 9]], rtol=1e-4)
+    # Reducing rgb keeps its provenance where it always was.
+    apply_pca_to_store(src, pca, tmp_path / "rgb.zarr", stream="rgb")
+    with open_store(tmp_path / "rgb.zarr") as r:
+        assert r.attrs["pca"] == pca.provenance() and r.attrs["parent_store"]["pca"] == rgb_pca
+        assert r.streams["audio"].attrs == audio["attrs"]
+
+
+def test_pca_reduced_features_are_stored_in_the_dtype_asked_for(tmp_path: Path) -> None:
+    # With a PCA and no quantization the stored dtype is the caller's (--dtype float16 was
+    # silently stored as float32); quantization alone forces uint8.
+    pca = PCATransform(
+        mean=np.zeros(4), components=np.eye(4)[:2], eigenvalues=np.ones(2), source="fitted"
+    )
+    assert FeatureReduction(pca).dtype is None
+    assert FeatureReduction(pca, quantize=True).dtype == "uint8"
+    assert FeatureReduction(None).dtype is None

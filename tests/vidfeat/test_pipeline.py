@@ -367,3 +367,26 @@ def test_a_changed_manifest_row_of_a_stored_video_is_named(tmp_path: Path) -> No
         "'a': labels ('cat',) -> ('bird',), split 'train' -> 'val'",
         f"'b': path {str(tmp_path / 'b.mp4')!r} -> {str(tmp_path / 'c.mp4')!r}",
     ]
+
+
+def test_pca_features_are_stored_as_float16_when_asked(tmp_path, make_video) -> None:
+    # --dtype float16 with --pca was stored as float32, silently.
+    from vidfeat.pca import PCATransform
+
+    pca = PCATransform(
+        mean=np.zeros(2048), components=np.eye(2048)[:8], eigenvalues=np.ones(8), source="fitted"
+    )
+    pca.save(tmp_path / "p.npz")
+    video = make_video("pca16.mp4", seconds=2, fps=10)
+    manifest = write_manifest(tmp_path / "m.csv", [("v", video, "a")])
+    stored = {}
+    for dtype in ("float16", "float32"):
+        out = tmp_path / f"{dtype}.zarr"
+        args = ["--pca", str(tmp_path / "p.npz"), "--dtype", dtype, "--device", "cpu"]
+        code, text = run_cli("extract", str(manifest), "--out", str(out), *args)
+        assert code == 0, text
+        with open_store(out) as r:
+            assert (r.streams["rgb"].dtype, r.streams["rgb"].dim) == (dtype, 8)
+            stored[dtype] = r.read("v", raw=True)
+    assert stored["float16"].dtype == np.float16 and stored["float16"].shape == (2, 8)
+    np.testing.assert_array_equal(stored["float16"], stored["float32"].astype(np.float16))

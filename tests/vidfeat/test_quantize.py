@@ -68,3 +68,10 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ConfigError, match="empty"):
         quantization_attrs(2.0, -2.0)
     assert quantization_attrs() == {"scheme": "yt8m_uint8", "min": -2.0, "max": 2.0}
+
+
+def test_nan_is_refused_and_infinity_clipped() -> None:
+    # The cast turned NaN into code 0, stored silently as the range's minimum.
+    with pytest.raises(ConfigError, match=r"cannot quantize NaN \(1 of 3 values\)"):
+        quantize(np.array([0.5, np.nan, 1.0], np.float32))
+    assert quantize(np.array([np.inf, -np.inf])).tolist() == [255, 0]

@@ -19,6 +19,7 @@ from vidfeat.errors import ConfigError
 from vidfeat.location import canonical
 from vidfeat.pca.quantize import quantization_attrs, quantize
 from vidfeat.pca.transform import PCATransform, load_pca
+from vidfeat.store.schema import DEFAULT_STREAM
 
 if TYPE_CHECKING:
     from vidfeat.store import StoreReader
@@ -62,10 +63,9 @@ class FeatureReduction:
 
     @property
     def dtype(self) -> str | None:
-        """Stored dtype forced by the reduction (``None``: the caller's choice)."""
-        if self.quantize:
-            return "uint8"
-        return "float32" if self.pca is not None else None
+        """Stored dtype forced by the reduction (``None``: the caller's choice, e.g. float16
+        for PCA-reduced features as for raw ones)."""
+        return "uint8" if self.quantize else None
 
     @property
     def quantization(self) -> dict | None:
@@ -83,17 +83,24 @@ class FeatureReduction:
         return quantize(reduced) if self.quantize else reduced
 
 
+def _pca_in_store_attrs(reader: StoreReader, stream: str) -> bool:
+    """Whether ``stream``'s PCA provenance is the store attr ``pca`` (the extracted frames'
+    stream, ``rgb``), rather than a key of the stream's own attrs (``audio``'s VGGish PCA)."""
+    return len(reader.streams) == 1 or stream == DEFAULT_STREAM
+
+
 def _parent_block(src_path: str | os.PathLike, reader: StoreReader, stream: str) -> dict:
     # Only what identifies the parent's features: a parent that grows keeps the same block,
     # so the derived store can be resumed to cover the new videos.
     spec = reader.streams[stream]
+    on_store = _pca_in_store_attrs(reader, stream)
     block = {
         "path": canonical(src_path),
         "format": reader.format,
         "dim": spec.dim,
         "dtype": str(np.dtype(spec.dtype)),
         "quantization": spec.quantization,
-        "pca": reader.attrs.get("pca"),
+        "pca": reader.attrs.get("pca") if on_store else spec.attrs.get("pca"),
     }
     return block if len(reader.streams) == 1 else {**block, "stream": stream}
 
@@ -106,6 +113,11 @@ def _stream_specs(reader: StoreReader, stream: str, reduction: FeatureReduction)
         "dtype": reduction.dtype or "float32",
         "quantization": reduction.quantization,
     }
+    if not _pca_in_store_attrs(reader, stream):
+        # The stream records its own reduction; its constant for videos without the stream's
+        # source (no_audio_value) is no longer one value once projected.
+        kept = {k: v for k, v in specs[stream]["attrs"].items() if k != "no_audio_value"}
+        specs[stream]["attrs"] = {**kept, "reduced_by": reduction.attrs()["pca"]}
     return specs
 
 
@@ -135,7 +147,7 @@ def apply_pca_to_store(
         dim = reduction.output_dim(reader.streams[stream].dim)
         attrs = {
             **reader.attrs,
-            **reduction.attrs(),
+            **(reduction.attrs() if _pca_in_store_attrs(reader, stream) else {}),
             "parent_store": _parent_block(src_path, reader, stream),
         }
         if not reader.ok_ids:

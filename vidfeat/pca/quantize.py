@@ -42,7 +42,11 @@ def quantize(
     _check_range(min_value, max_value)
     if rounding not in _ROUNDING:
         raise ConfigError(f"unknown rounding {rounding!r}; choose one of: {sorted(_ROUNDING)}")
-    x = np.clip(np.asarray(x, dtype=np.float64), min_value, max_value)
+    x = np.asarray(x, dtype=np.float64)
+    if np.isnan(x).any():
+        # NaN has no code: the cast made it 0, which reads back as the range's minimum.
+        raise ConfigError(f"cannot quantize NaN ({int(np.isnan(x).sum())} of {x.size} values)")
+    x = np.clip(x, min_value, max_value)
     return _ROUNDING[rounding]((x - min_value) * (255.0 / (max_value - min_value))).astype(np.uint8)
 
 
