@@ -599,3 +599,12 @@ def test_pca_reduced_features_are_stored_in_the_dtype_asked_for(tmp_path: Path) 
     assert FeatureReduction(pca).dtype is None
     assert FeatureReduction(pca, quantize=True).dtype == "uint8"
     assert FeatureReduction(None).dtype is None
+
+
+def test_fit_on_a_video_level_store_says_it_has_no_frames(tmp_path: Path) -> None:
+    path = tmp_path / "v.zarr"
+    with create_store(path, level="video", streams={"rgb": 4}) as w:
+        for i in range(6):
+            w.write(f"v{i}", {"rgb": np.full(4, float(i))})
+    with open_store(path) as r, pytest.raises(ConfigError, match="is video-level"):
+        fit_pca(r, dim=2)

@@ -99,6 +99,9 @@ def fit_pca(
             f"(got {dim}, {sample_frames}, {batch_frames})"
         )
     stream = reader.stream_name(stream)
+    if reader.level != "frame":
+        # Said here: sampling "frames" of it found none, and the count was all it said.
+        raise ConfigError(f"store {reader.path} is video-level: it has no frames to fit a PCA on")
     in_dim = reader.streams[stream].dim
     table = reader.videos
     ok = table[table["status"] == "ok"]
