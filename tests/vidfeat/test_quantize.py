@@ -75,3 +75,16 @@ def test_nan_is_refused_and_infinity_clipped() -> None:
     with pytest.raises(ConfigError, match=r"cannot quantize NaN \(1 of 3 values\)"):
         quantize(np.array([0.5, np.nan, 1.0], np.float32))
     assert quantize(np.array([np.inf, -np.inf])).tolist() == [255, 0]
+
+
+def test_codes_next_to_half_code_ties_follow_youtube8ms_float32_writer() -> None:
+    # Google's writer: clip a float32 vector, (f - min) * (255 / range) in float32, then
+    # int(round(f)) per value (half to even). Scaled in float64, values an ulp from a tie
+    # rounded the other way.
+    ties = ((np.arange(256) + 0.5) / 63.75 - 2.0).astype(np.float32).view(np.int32)
+    x = (ties[:, None] + np.arange(-8, 9)[None, :]).astype(np.int32).view(np.float32).ravel()
+    x = x[(x >= -2) & (x <= 2)]
+    scaled = (np.clip(x, -2.0, 2.0) - np.float32(-2.0)) * np.float32(255.0 / 4.0)
+    assert scaled.dtype == np.float32
+    google = np.array([round(float(v)) for v in scaled])  # float(): exact, half to even
+    assert (quantize(x).astype(int) == google).all()

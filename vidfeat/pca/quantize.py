@@ -42,12 +42,17 @@ def quantize(
     _check_range(min_value, max_value)
     if rounding not in _ROUNDING:
         raise ConfigError(f"unknown rounding {rounding!r}; choose one of: {sorted(_ROUNDING)}")
-    x = np.asarray(x, dtype=np.float64)
+    # YouTube-8M's writer works on float32 features in float32 (clip, subtract, scale); in
+    # float64 a value within an ulp of a half-code tie could round the other way (about 6 in
+    # a million codes). The floor rounding (VGGish's) is computed in float64 as before.
+    dtype = np.float32 if rounding == "nearest" else np.float64
+    x = np.asarray(x, dtype=dtype)
     if np.isnan(x).any():
         # NaN has no code: the cast made it 0, which reads back as the range's minimum.
         raise ConfigError(f"cannot quantize NaN ({int(np.isnan(x).sum())} of {x.size} values)")
-    x = np.clip(x, min_value, max_value)
-    return _ROUNDING[rounding]((x - min_value) * (255.0 / (max_value - min_value))).astype(np.uint8)
+    lo, scale = dtype(min_value), dtype(255.0 / (max_value - min_value))
+    x = np.clip(x, lo, dtype(max_value))
+    return _ROUNDING[rounding]((x - lo) * scale).astype(np.uint8)
 
 
 def dequantize(
