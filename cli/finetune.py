@@ -107,7 +107,7 @@ def finetune(
     mode: str,
     split_file: Path | None,
     force: bool,
-    logger: str,
+    logger: tuple[str, ...],
     progress: bool | None,
     **options: Any,
 ) -> None:

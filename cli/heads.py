@@ -137,7 +137,7 @@ def train(
     split_file: Path | None,
     resume: bool,
     force: bool,
-    logger: str,
+    logger: tuple[str, ...],
     progress: bool | None,
     **options: Any,
 ) -> None:

@@ -391,11 +391,12 @@ def run_options() -> list[click.Parameter]:
         SectionOption(
             ["--logger"],
             type=click.Choice(LOGGERS.names()),
-            default=DEFAULT_LOGGER,
+            multiple=True,
+            default=(DEFAULT_LOGGER,),
             show_default=True,
             section="Run",
             help="Where scalars go besides metrics.jsonl (csv: metrics.csv; tensorboard: "
-            "TensorBoard events).",
+            "TensorBoard events); repeat for several: --logger csv --logger tensorboard.",
         ),
     ]
 

@@ -256,7 +256,7 @@ def fit_and_test(
     trainable_params: Iterable[nn.Parameter] | None = None,
     resume: bool = False,
     progress: bool = False,
-    logger: str = "csv",
+    logger: str | tuple[str, ...] = "csv",
 ) -> dict[str, Any]:
     """Train ``model`` into ``run_dir``, then write and return its test results."""
     sets = data.sets
@@ -300,7 +300,7 @@ def train_run(
     resume: bool = False,
     force: bool = False,
     progress: bool = False,
-    logger: str = "csv",
+    logger: str | tuple[str, ...] = "csv",
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on the store into ``run_dir``; returns the test metrics (under
     torchrun on rank 0; the other ranks get the training summary only).

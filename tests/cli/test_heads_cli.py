@@ -192,9 +192,11 @@ def test_force_replaces_a_finished_run_and_logger_tensorboard(trained, tmp_path)
     args = ["-q", "train", str(store), "-m", "bof", "-o", str(run), "--epochs", "1"]
     assert CliRunner().invoke(main, args).exit_code == 0
     assert (run / "metrics.csv").is_file() and not (run / "tensorboard").exists()
-    again = CliRunner().invoke(main, [*args, "--force", "--logger", "tensorboard"])
+    both = ["--logger", "tensorboard", "--logger", "csv"]
+    again = CliRunner().invoke(main, [*args, "--force", *both])
     assert again.exit_code == 0, again.output
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2  # header and epoch 1
 
 
 @pytest.mark.parametrize(
