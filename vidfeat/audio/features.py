@@ -58,7 +58,7 @@ class AudioFeatures:
         if has_audio:
             features = self._embed(examples)
             if self.pca is not None:
-                features = self.pca.apply(features)
+                features = self.pca.apply(features, np.float64 if self.quantize else np.float32)
         else:
             fill = NO_AUDIO_PCA_VALUE if self.pca is not None else 0.0
             features = np.full((len(examples), self.dim), fill, np.float32)

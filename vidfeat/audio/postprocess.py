@@ -41,19 +41,22 @@ class VGGishPCA:
     means: np.ndarray  # (128,) float64
     sha256: str
 
-    def apply(self, embeddings: np.ndarray) -> np.ndarray:
-        """(N, 128) raw embeddings -> (N, 128) float32 PCA-whitened features."""
+    def apply(self, embeddings: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        """(N, 128) raw embeddings -> (N, 128) PCA-whitened features, computed in float64 and
+        returned as ``dtype`` (float64 for quantization: the reference truncates the float64
+        product, and a float32 rounding first moved about one code in two million)."""
         x = np.asarray(embeddings, np.float64)
         if x.ndim != 2 or x.shape[1] != EMBEDDING_DIM:
             raise ValueError(f"expected (N, {EMBEDDING_DIM}) embeddings, got {x.shape}")
-        return ((x - self.means) @ self.eigen_vectors.T).astype(np.float32)
+        return ((x - self.means) @ self.eigen_vectors.T).astype(dtype, copy=False)
 
     def to_attrs(self) -> dict[str, object]:
         return {"file": PCA_FILE, "sha256": self.sha256}
 
 
 def quantize_audio(pca_features: np.ndarray) -> np.ndarray:
-    """(N, 128) PCA features -> uint8 codes exactly as VGGish's postprocessor makes them."""
+    """(N, 128) PCA features -> uint8 codes by VGGish's postprocessor's formula (give it the
+    float64 product, as the reference truncates)."""
     return quantize(pca_features, QUANTIZE_MIN, QUANTIZE_MAX, rounding=QUANTIZE_ROUNDING)
 
 

@@ -64,3 +64,16 @@ def test_missing_or_wrong_pca_file(tmp_path):
 def test_audio_package_imports_without_torch():
     code = "import sys, vidfeat.audio, vidfeat.backbones.audio; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_quantization_truncates_the_float64_pca_product():
+    # A PCA output a hair below code 128's lower edge: the float64 product truncates to 127, as
+    # the reference's does; rounded to float32 first, it reached the edge and became 128.
+    from vidfeat.audio.postprocess import VGGishPCA
+
+    edge = 128 * 4 / 255 - 2
+    pca = VGGishPCA(eigen_vectors=np.eye(128), means=np.full(128, -(edge - 1e-12)), sha256="")
+    embedding = np.zeros((1, 128), np.float32)
+    assert float(np.float32(edge - 1e-12)) > edge  # what the float32 rounding did
+    assert (quantize_audio(pca.apply(embedding, np.float64)) == 127).all()
+    assert (quantize_audio(pca.apply(embedding)) == 128).all()  # float32, for storing floats
