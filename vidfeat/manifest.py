@@ -129,33 +129,37 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return table.apply(lambda column: column.str.strip())
 
 
-def _resolve(manifest: Path, raw_path: str) -> Location:
+def _resolve(folder: Path, raw_path: str) -> Location:
     """The video's location: a URL as it is; a path absolute, relative ones from the
-    manifest's folder, so the store's ``source_path`` means the same from any folder."""
+    manifest's ``folder`` (absolute), so the store's ``source_path`` means the same from any
+    folder. One Path per row where it can: a manifest of a million rows made five."""
     video_path = as_location(raw_path)  # a URL stays a URL (never joined to the manifest)
     if isinstance(video_path, RemotePath):
         return video_path
-    joined = (manifest.parent / video_path).absolute()
+    joined = folder / video_path
     # Drop "x/.." lexically, unless a symlink makes that another file (then keep the path).
-    tidy = Path(os.path.normpath(joined))
-    same = tidy == joined or (joined.exists() and tidy.exists() and tidy.samefile(joined))
-    return tidy if same else joined
+    tidy = os.path.normpath(joined)
+    if tidy == str(joined):
+        return joined
+    same = joined.exists() and os.path.exists(tidy) and os.path.samefile(tidy, joined)
+    return Path(tidy) if same else joined
 
 
-def _path_problem(video_path: Location) -> str | None:
-    """Why a listed path can never be a video (a directory, FIFO, device, ...).
+def _path_problem(video_path: Location) -> tuple[str | None, bool]:
+    """Why a listed path can never be a video (a directory, FIFO, device, ...), and whether
+    anything is there (one stat for both).
 
     A file that is missing or cannot be read now is no manifest problem: extraction records
     it as a failed video (``missing``, ``unreadable``) and goes on with the others.
     """
     if isinstance(video_path, RemotePath):
-        return None  # checked by the decode worker when it fetches the object
+        return None, True  # checked by the decode worker when it fetches the object
     try:
         mode = video_path.stat().st_mode
     except OSError:
-        return None
+        return None, False
     kind = not_a_file(mode)
-    return None if kind is None else f"{video_path} is {kind}, not a video file"
+    return (None if kind is None else f"{video_path} is {kind}, not a video file"), True
 
 
 def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[ManifestEntry]:
@@ -180,13 +184,14 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
     entries: list[ManifestEntry] = []
     first_line: dict[str, int] = {}  # video_id -> the line it first appears on
     n_missing = 0
+    folder = path.parent.absolute()
     for line, rec in rows:
         vid = rec["video_id"].strip()
         problems.extend(_id_problems(vid, line, first_line))
-        video_path = _entry_path(path, rec["path"].strip(), line, check_files, problems)
+        video_path, missing = _entry_path(folder, rec["path"].strip(), line, check_files, problems)
         if video_path is None:
             continue
-        n_missing += check_files and isinstance(video_path, Path) and not video_path.exists()
+        n_missing += missing
         entries.append(
             ManifestEntry(
                 video_id=vid,
@@ -242,23 +247,26 @@ def _id_problems(vid: str, line: int, first_line: dict[str, int]) -> list[str]:
 
 
 def _entry_path(
-    manifest: Path, raw_path: str, line: int, check_files: bool, problems: list[str]
-) -> Location | None:
+    folder: Path, raw_path: str, line: int, check_files: bool, problems: list[str]
+) -> tuple[Location | None, bool]:
     """Where this line's video lives, or None (with the reason added to ``problems``) when the
-    line has no usable path. A path that exists but is no file is a problem, yet still listed,
-    so that every line's problems are reported at once."""
+    line has no usable path, and whether it was found missing (only with ``check_files``). A
+    path that exists but is no file is a problem, yet still listed, so that every line's
+    problems are reported at once."""
     if not raw_path:
         problems.append(f"line {line}: empty path")
-        return None
+        return None, False
     try:
-        video_path = _resolve(manifest, raw_path)
+        video_path = _resolve(folder, raw_path)
     except ConfigError as exc:  # e.g. a URL with credentials in it
         problems.append(f"line {line}: {exc}")
-        return None
-    problem = _path_problem(video_path) if check_files else None
+        return None, False
+    if not check_files:
+        return video_path, False
+    problem, exists = _path_problem(video_path)
     if problem:
         problems.append(f"line {line}: {problem}")
-    return video_path
+    return video_path, not exists
 
 
 def _line_of(problem: str) -> int:
