@@ -28,7 +28,8 @@ from vidfeat_cli.options import STORE, SectionedCommand, SectionOption, deferred
 _FINETUNE_HELP = {
     "epochs": "Maximum epochs.  [default: the parent run's]",
     "patience": "Early-stopping patience (0: off).  [default: the parent run's]",
-    "classes": "Comma-separated classes to fine-tune on.  [default: every class in the store]",
+    "classes": "Comma-separated classes to fine-tune on; a JSON list for labels that hold "
+    """commas ('["black, cat", "dog"]').  [default: every class in the store]""",
     "seed": "Seed for new rows, splits and batches.  [default: the parent run's]",
     "streams": "Store streams the model reads: only the parent run's, which its input layer "
     "is made for.  [default: the parent run's]",

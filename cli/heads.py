@@ -144,8 +144,9 @@ def train(
     """Train a head on the features in STORE; write the run to --out.
 
     Splits come from the store's split column or --split-file, else a seeded, stratified,
-    group-aware 72/8/20 train/val/test split. Training stops early when the validation loss
-    stops improving, keeps the best epoch and ends with test metrics. The device, store and
+    group-aware 72/8/20 train/val/test split. Training stops early when the value --monitor
+    names (the validation loss by default) stops improving, keeps the best epoch and ends
+    with test metrics. The device, store and
     options are checked before --out is created, and a run that fails before its first
     checkpoint leaves no directory behind.
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ import click
 from vidfeat.errors import ConfigError
 from vidfeat_cli.config_file import config_fields, flatten_config
 from vidfeat_cli.options import DEVICE, SectionOption, check_device
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from heads.config import TrainConfig
@@ -263,8 +266,17 @@ def build_config(options: dict[str, Any], base: dict[str, Any] | None = None) ->
     merged = flatten_config(dict(base or {}), "the base config")
     given = {k: v for k, v in options.items() if v is not None}
     base_optimizer = merged.get("optimizer", TrainConfig.__dataclass_fields__["optimizer"].default)
-    if not keeps_base_lr(base_optimizer, given):
-        merged.pop("lr", None)  # another optimiser: its own default lr, not the base's
+    if not keeps_base_lr(base_optimizer, given) and (dropped := merged.pop("lr", None)):
+        # Another optimiser: its own default lr, not the base's; said, since the file's lr
+        # may have been a deliberate choice.
+        log.warning(
+            "--optimizer %s: the lr %s of the %s config is not kept (%s's default is used; "
+            "pass --lr to choose)",
+            given["optimizer"],
+            dropped,
+            base_optimizer,
+            given["optimizer"],
+        )
     merged.update(given)
     for key in ("classes", "streams"):  # comma-separated on the command line
         if isinstance(merged.get(key), str):

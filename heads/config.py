@@ -114,7 +114,13 @@ class HeadConfig:
         check_float(self, "fusion_weight", 0.0)
         check_int("moe_experts", self.moe_experts, low=2)
         # One expert must stay out of the top k: the load loss needs the (k+1)-th gate value.
-        check_int("moe_top_k", self.moe_top_k, low=1, high=self.moe_experts - 1)
+        check_int("moe_top_k", self.moe_top_k, low=1)
+        if self.moe_top_k >= self.moe_experts:
+            raise ConfigError(
+                f"moe_top_k ({self.moe_top_k}) must be below moe_experts ({self.moe_experts}): "
+                "one expert stays out of each step's top k (lower --moe-top-k or raise "
+                "--moe-experts)"
+            )
         check_float(self, "moe_importance_weight", 0.0)
         check_float(self, "moe_load_weight", 0.0)
         check_choice("classifier", self.classifier, CLASSIFIER_NAMES)

@@ -52,6 +52,8 @@ def load_member(run_dir: str | Path) -> Member:
     """The saved test scores of one finished run, sorted by video id."""
     run_dir = Path(run_dir)
     path = run_dir / f"{ck.TEST_PREDICTIONS}.npz"
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         finished = (run_dir / ck.TEST_METRICS).is_file()
         why = "its test split was empty" if finished else f"has the run in {run_dir} finished?"
@@ -112,8 +114,7 @@ def check_compatible(members: list[Member]) -> None:
         if other.label_map != first.label_map:
             raise ConfigError(
                 f"runs {first.run_dir} and {other.run_dir} have different label maps "
-                f"({len(first.label_map)} vs {len(other.label_map)} classes, multilabel "
-                f"{first.label_map.multilabel} vs {other.label_map.multilabel}); "
+                f"({_label_map_difference(first.label_map, other.label_map)}); "
                 "train them with the same --classes and --loss"
             )
         if other.multilabel != first.multilabel:
@@ -130,6 +131,18 @@ def check_compatible(members: list[Member]) -> None:
                 f"({len(only)} videos in one only, e.g. {only[:3]}); "
                 "train them with the same --seed or --split-file"
             )
+
+
+def _label_map_difference(a: LabelMap, b: LabelMap) -> str:
+    """What differs between two label maps, and only that."""
+    said = []
+    if a.labels != b.labels:
+        only = sorted(set(a.labels) ^ set(b.labels))
+        where = f", e.g. {only[:3]} in one only" if only else ", in another order"
+        said.append(f"{len(a)} vs {len(b)} classes{where}")
+    if a.multilabel != b.multilabel:
+        said.append(f"multilabel {a.multilabel} vs {b.multilabel}")
+    return "; ".join(said)
 
 
 def resolve_weights(members: list[Member], weights: str | Path) -> np.ndarray:

@@ -75,6 +75,16 @@ def load_run(run_dir: str | Path, checkpoint: str = ck.BEST) -> LoadedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} not found")
+    if not (run_dir / ck.CONFIG).is_file() and (run_dir / ck.TEST_METRICS).is_file():
+        # What `heads ensemble` writes: test scores and metrics, but no model to run.
+        metrics = ck.read_json(run_dir / ck.TEST_METRICS)
+        members = metrics.get("members") if isinstance(metrics, dict) else None
+        if members:
+            raise CheckpointError(
+                f"{run_dir} is an ensemble: it holds its members' averaged test scores, not "
+                f"a model; evaluate or predict with its member runs ({', '.join(members)}) "
+                "and average, or read its test_metrics.json"
+            )
     state = ck.load_checkpoint(run_dir / checkpoint)
     return LoadedRun(
         run_dir=run_dir,

@@ -149,8 +149,36 @@ def test_runs_with_other_classes_are_refused(runs, tmp_path):
     args = ["ensemble", str(made["a"]), str(made["few"]), "--out", str(tmp_path / "x")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
-    assert "different label maps" in result.output
+    # Only what differs: "multilabel False vs False" was printed as if it did.
+    assert (
+        "different label maps (6 vs 2 classes, e.g. ['class2', 'class3', 'class4'] in one only)"
+        in result.output
+    )
+    assert "multilabel" not in result.output
     assert not (tmp_path / "x").exists()
+    # A mistyped run is named as missing, not as a run that may not have finished.
+    typo = CliRunner().invoke(
+        main, ["ensemble", str(made["a"]), str(tmp_path / "nope"), "-o", str(tmp_path / "y")]
+    )
+    assert (
+        typo.exit_code == 2 and f"run directory {tmp_path / 'nope'} does not exist" in typo.output
+    )
+
+
+def test_evaluating_an_ensemble_says_it_has_no_model(runs, tmp_path):
+    # It said "checkpoint .../best.pt not found", as if the run were damaged.
+    root, made = runs
+    out = tmp_path / "ens"
+    assert (
+        CliRunner()
+        .invoke(main, ["ensemble", str(made["a"]), str(made["b"]), "-o", str(out)])
+        .exit_code
+        == 0
+    )
+    for command in (["evaluate", str(out)], ["predict", str(out), "--store", str(root / "s.zarr")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2, result.output
+        assert f"{out} is an ensemble" in result.output and str(made["a"]) in result.output
 
 
 def test_a_truncated_prediction_file_is_a_one_line_error(runs, tmp_path):

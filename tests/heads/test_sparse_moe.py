@@ -88,8 +88,14 @@ def test_cv_squared_and_max_load_ratio():
 
 
 def test_top_k_must_leave_an_expert_out():
-    with pytest.raises(ConfigError, match="moe_top_k"):
+    # The default top k (4) with fewer experts named it as "must be in 1..3", not saying why
+    # or which option to change.
+    with pytest.raises(
+        ConfigError, match=r"moe_top_k \(4\) must be below moe_experts \(4\).*--moe-top-k"
+    ):
         HeadConfig(moe_experts=4, moe_top_k=4)
+    with pytest.raises(ConfigError, match="moe_top_k must be"):
+        HeadConfig(moe_top_k=0)
 
 
 def test_lstm_moe_trains_with_balanced_load(tmp_path):
