@@ -3,8 +3,10 @@ whether a process still runs (signal 0)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,3 +100,28 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True  # another user's process
     return True
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker process if its parent dies, even mid-hang (Linux
+    only): a parent killed with SIGKILL runs no cleanup, and its workers would live on.
+
+    Under forkserver the parent is the server, which exits once every holder of its "alive"
+    pipe is gone. Forked children inherit that pipe; dropping it here means the main
+    process's death stops the server, and so (by the death signal) this worker.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+        server._forkserver_alive_fd = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent is already gone
+            os._exit(1)

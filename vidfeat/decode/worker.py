@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from vidfeat.errors import ConfigError
 from vidfeat.location import is_url, local_copy, quiet_client_logs
 from vidfeat.sampling import parse_fps
+from vidfeat.signals import die_with_parent
 
 if TYPE_CHECKING:
     from vidfeat.audio.decode import AudioExamples
@@ -116,30 +117,6 @@ def checked_settings(
     )
 
 
-def _die_with_parent() -> None:
-    """Have the kernel SIGKILL this worker if its parent dies, even mid-hang (Linux only).
-
-    Under forkserver the parent is the server, which exits once every holder of its "alive"
-    pipe is gone. Forked children inherit that pipe; dropping it here means the main
-    process's death stops the server, and so (by the death signal) this worker.
-    """
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    alive_fd = getattr(server, "_forkserver_alive_fd", None)
-    if alive_fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(alive_fd)
-        server._forkserver_alive_fd = None
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent is already gone
-            os._exit(1)
-
-
 def _set_environ(environ: dict[str, str]) -> None:
     for key in set(os.environ) - set(environ):
         del os.environ[key]
@@ -153,7 +130,7 @@ def _send(conn: mp_connection.Connection, *message: object) -> None:
 def worker_main(conn: mp_connection.Connection, settings: WorkerSettings) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     if settings.environ is not None:
         _set_environ(dict(settings.environ))
     # The command's format (vidfeat_cli.core.setup_logging), so a worker's line reads like the

@@ -94,6 +94,11 @@ class StoreWriter:
         """Ids written (or recorded as failed) but not committed yet: lost if the process dies."""
         return {r.video_id for r in self._pending}
 
+    def discard_queued(self) -> None:
+        """Forget what is queued and not committed: for a caller whose unit of commit (an
+        imported file, say) failed half-way, so that none of it lands."""
+        self._pending = []
+
     # -- writing ----------------------------------------------------------------------------
     def write(
         self,

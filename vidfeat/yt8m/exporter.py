@@ -18,13 +18,14 @@ import csv
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
 from vidfeat.store.schema import QUANTIZATION_SCHEMES
-from vidfeat.yt8m.schema import LEVELS, STREAM_DIMS, Yt8mVideo, encode_record
+from vidfeat.yt8m.schema import IMPORTED_SOURCE, LEVELS, STREAM_DIMS, Yt8mVideo, encode_record
 from vidfeat.yt8m.segments import read_segments, segments_by_video
 from vidfeat.yt8m.sources import split_from_name
 from vidfeat.yt8m.tfrecord import write_records
@@ -78,7 +79,8 @@ def _label_indices(store: object, labels: Iterable[str]) -> tuple[dict[str, int]
     if recorded:
         return Vocabulary.from_json(recorded).indices, False
     names = sorted(set(labels))
-    if all(n.isdigit() for n in names):
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if all(re.fullmatch(r"[0-9]+", n) for n in names):
         return {n: int(n) for n in names}, False
     return {n: i for i, n in enumerate(names)}, True
 
@@ -131,8 +133,10 @@ def _video(store: object, row: object, level: str, indices: dict, segments: dict
     return Yt8mVideo(vid, labels, level, features, segments.get(vid))
 
 
-def _prefix(row: object) -> str:
-    from_file = split_from_name(str(row.source_path or ""))
+def _prefix(row: object, imported: bool) -> str:
+    # Only an imported store's source_path is a YouTube-8M file whose name says its split; an
+    # extracted one's is the video, and "testimony.mp4" is no test video.
+    from_file = split_from_name(str(row.source_path or "")) if imported else None
     return from_file or _STORE_TO_YT8M_SPLIT.get(str(row.split or ""), "train")
 
 
@@ -147,6 +151,14 @@ def export_yt8m(
     from vidfeat.store import open_store
 
     out = Path(out)
+    earlier = sorted(out.glob("*.tfrecord")) if out.is_dir() else []
+    if earlier or (out / "vocabulary.csv").exists():
+        # Files of the same names are replaced, the others kept: a re-export would mix the two,
+        # and importing the folder would read both.
+        raise ConfigError(
+            f"{out} already holds an export ({len(earlier)} TFRecord files); "
+            "export into an empty folder, or remove them first"
+        )
     with open_store(store_path) as store:
         level = level or store.level
         if level not in LEVELS:
@@ -160,8 +172,9 @@ def export_yt8m(
         )
         segments = segments_by_video(read_segments(store_path, videos["video_id"]))
         summary = ExportSummary()
+        imported = store.attrs.get("source") == IMPORTED_SOURCE
         rows = (
-            (_prefix(row), _video(store, row, level, indices, segments))
+            (_prefix(row, imported), _video(store, row, level, indices, segments))
             for row in videos.itertuples(index=False)
         )
 

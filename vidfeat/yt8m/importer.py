@@ -19,14 +19,17 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
+
 from vidfeat import __version__
 from vidfeat.config import shard_of
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.location import Location, as_location
 from vidfeat.pca.quantize import quantization_attrs
 from vidfeat.signals import signals_held, sigterm_as_interrupt
+from vidfeat.store.base import video_id_problem
 from vidfeat.yt8m.reader import FileResult, RecordFailure, read_files
-from vidfeat.yt8m.schema import STREAM_DIMS, Yt8mVideo
+from vidfeat.yt8m.schema import IMPORTED_SOURCE, STREAM_DIMS, Yt8mVideo
 from vidfeat.yt8m.segments import write_segments
 from vidfeat.yt8m.sources import SPLIT_PREFIXES, SourceFile, expand_paths, split_from_name
 from vidfeat.yt8m.sources import store_split as to_store_split
@@ -106,7 +109,7 @@ def store_streams(level: str, names: Iterable[str] = STREAM_DIMS) -> dict[str, d
 
 def store_attrs(vocabulary: Vocabulary | None, level: str) -> dict:
     attrs = {
-        "source": "youtube-8m",
+        "source": IMPORTED_SOURCE,
         "vocabulary": None if vocabulary is None else vocabulary.to_json(),
         "vidfeat_version": __version__,
         "command": " ".join(sys.argv),
@@ -148,22 +151,28 @@ class _Importer:
                 failures.append(RecordFailure(index, problem[0], problem[1], video.video_id))
         write_segments(self.cfg.out, source, good)
         with signals_held():
-            for video in good:
-                self.writer.write(
-                    video.video_id,
-                    dict(video.features),
-                    labels=self._labels(video),
-                    source_path=source.url,
-                    split=to_store_split(split, video.video_id),
-                )
-            for f in failures:
-                self.writer.write_failure(
-                    f"{source.url}#{f.index}",
-                    f.status,
-                    f.reason if f.video_id is None else f"{f.video_id}: {f.reason}",
-                    source_path=source.url,
-                    split="",
-                )
+            try:
+                for video in good:
+                    self.writer.write(
+                        video.video_id,
+                        dict(video.features),
+                        labels=self._labels(video),
+                        source_path=source.url,
+                        split=to_store_split(split, video.video_id),
+                    )
+                for f in failures:
+                    self.writer.write_failure(
+                        f"{source.url}#{f.index}",
+                        f.status,
+                        f.reason if f.video_id is None else f"{f.video_id}: {f.reason}",
+                        source_path=source.url,
+                        split="",
+                    )
+            except BaseException:
+                # A file is in the store wholly or not at all: committed half, a rerun would
+                # skip the file and its other videos would never come in.
+                self.writer.discard_queued()
+                raise
             self.writer.flush()
         self.ok_ids |= seen
         return failures
@@ -178,8 +187,13 @@ class _Importer:
             return "wrong_streams", f"streams {sorted(video.features)}; the store has {streams}"
         if video.video_id in self.ok_ids or video.video_id in seen:
             return "duplicate", "video id already imported"
-        if "\x00" in video.video_id:
-            return "bad_example", "video id contains a NUL byte"
+        if (why := video_id_problem(video.video_id)) is not None:
+            return "bad_example", f"video id {why}"
+        nonfinite = [s for s, x in video.features.items() if not np.isfinite(x).all()]
+        if nonfinite:  # video-level float means: the store refuses NaN and infinity
+            return "bad_example", f"non-finite values in {', '.join(sorted(nonfinite))}"
+        if any(i < 0 for i in video.labels):
+            return "bad_label", f"negative label indices {[i for i in video.labels if i < 0]}"
         if self.vocabulary is not None:
             unknown = [i for i in video.labels if i not in self.vocabulary.names]
             if unknown:

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import fsspec
 
 from vidfeat.errors import RecordError
+from vidfeat.signals import die_with_parent
 from vidfeat.yt8m.schema import Yt8mVideo, parse_record
 from vidfeat.yt8m.sources import SourceFile
 from vidfeat.yt8m.tfrecord import is_gzip, iter_records
@@ -105,7 +106,11 @@ def read_files(sources: Sequence[SourceFile], workers: int = 1) -> Iterator[File
     # One file per busy worker plus one parsed and waiting: memory is about (workers + 1)
     # files, whatever the number of files.
     window = workers + 1
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    # A SIGKILLed import runs no cleanup: its workers must not live on reading files.
+    pool = cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=die_with_parent
+    )
+    with pool:
         pending: collections.deque[cf.Future] = collections.deque()
         todo = iter(sources)
         for source in todo:

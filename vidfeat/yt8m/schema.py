@@ -25,6 +25,7 @@ from vidfeat.yt8m import protos
 # carry a ``mean_`` prefix.
 STREAM_DIMS: Mapping[str, int] = {"rgb": 1024, "audio": 128}
 LEVELS = ("frame", "video")
+IMPORTED_SOURCE = "youtube-8m"  # the store attr ``source`` of what import-yt8m writes
 ID_KEYS = ("id", "video_id")  # "video_id" in the 2017 release
 SEGMENT_KEYS = ("segment_labels", "segment_start_times", "segment_scores")
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
 from collections.abc import Sequence
 
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from vidfeat.config import shard_of
 from vidfeat.errors import ConfigError
@@ -64,6 +66,10 @@ def _expand_one(path: str) -> list[SourceFile]:
     out = []
     for p in found:
         info = fs.info(p)
+        if isinstance(fs, LocalFileSystem):
+            # The URL is the resume key: "data//x", "a/../data/x" and a symlinked folder name
+            # one file, which a rerun must not read again as new videos.
+            p = os.path.realpath(p)
         out.append(SourceFile(fs.unstrip_protocol(p), info.get("size")))
     return out
 

@@ -3,6 +3,7 @@ and back, corrupt inputs, and a SIGKILLed import resumed."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -424,3 +425,142 @@ def test_failures_are_named_by_their_record_not_their_place_among_videos(tmp_pat
         by_record = {video_id.rsplit("#", 1)[1]: status for video_id, status in rows}
         assert by_record == {"1": "bad_crc", "2": "duplicate"}
         assert len(store.ok_ids) == 1
+
+
+def _video_level_file(path: Path, videos: list[tuple[str, tuple[int, ...], float]]) -> None:
+    """A video-level TFRecord file: (id, labels, value of every mean_rgb/mean_audio entry)."""
+    from vidfeat.yt8m.schema import Yt8mVideo, encode_record
+
+    records = []
+    for vid, labels, value in videos:
+        means = {s: np.full(d, value, np.float32) for s, d in (("rgb", 1024), ("audio", 128))}
+        records.append(encode_record(Yt8mVideo(vid, labels, "video", means)))
+    with path.open("wb") as fh:
+        write_records(fh, records)
+
+
+def test_records_the_store_refuses_fail_alone_and_their_file_comes_in_whole(tmp_path):
+    # A NaN mean or a blank id passed the importer's checks and was refused by the store
+    # writer: the import stopped with the file half-committed, and the rerun skipped the file,
+    # so its later videos never came in. A negative label once exported as another class.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    videos = [("g1", (1,), 0.5), ("nan", (2,), np.nan), (" ", (3,), 0.1), ("neg", (-1,), 0.2)]
+    _video_level_file(inputs / "train0000.tfrecord", [*videos, ("g2", (4,), 0.25)])
+    store_path = tmp_path / "s.zarr"
+    result = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert result.exit_code == 1, result.output
+    with open_store(store_path) as store:
+        assert sorted(store.ok_ids) == ["g1", "g2"]
+        failed = store.videos[store.videos["status"] != "ok"].sort_values("video_id")
+        assert failed["status"].tolist() == ["bad_example", "bad_example", "bad_label"]
+        reasons = " | ".join(failed["reason"])
+        assert "non-finite values in audio, rgb" in reasons and "must be a non-empty" in reasons
+        assert "negative label indices [-1]" in reasons
+    again = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert again.exit_code == 0 and "0 files imported, 1 already done" in again.output
+
+
+def test_a_file_reached_by_another_spelling_of_its_path_is_not_imported_twice(tmp_path):
+    # The resume key was the path as typed: "in//x", "a/../in/x" or a symlinked folder read
+    # the same file again, every video of it a "duplicate" failure.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _video_level_file(inputs / "train0000.tfrecord", [("a", (1,), 0.5)])
+    (tmp_path / "link").symlink_to(inputs)
+    store_path = tmp_path / "s.zarr"
+    assert invoke("import-yt8m", inputs, "--out", store_path, "--no-progress").exit_code == 0
+    for spelling in (f"{inputs}//train0000.tfrecord", tmp_path / "link", tmp_path / "in/../in"):
+        again = invoke("import-yt8m", spelling, "--out", store_path, "--no-progress")
+        assert again.exit_code == 0 and "0 files imported, 1 already done" in again.output
+    with open_store(store_path) as store:
+        assert len(store.videos) == 1
+
+
+def test_an_extracted_stores_video_names_do_not_pick_the_export_split(tmp_path):
+    # "testimony.mp4" (train) was exported into test0000.tfrecord and "training_day.mp4" (val)
+    # into train0000.tfrecord: file-name prefixes mean a split only for imported stores.
+    from vidfeat import create_store
+
+    store = tmp_path / "feats.zarr"
+    spec = {
+        "dim": 1024,
+        "dtype": "uint8",
+        "quantization": {"scheme": "yt8m_uint8", "min": -2.0, "max": 2.0},
+    }
+    with create_store(store, streams={"rgb": spec}) as w:
+        codes = np.zeros((2, 1024), np.uint8)
+        w.write("a", {"rgb": codes}, labels=["1"], split="train", source_path="testimony.mp4")
+        w.write("b", {"rgb": codes}, labels=["2"], split="val", source_path="training_day.mp4")
+    assert invoke("export-yt8m", store, "--out", tmp_path / "out").exit_code == 0
+    exported = _read_dir(tmp_path / "out")
+    assert {vid: name for vid, (name, _) in exported.items()} == {
+        "a": "train0000.tfrecord",
+        "b": "validate0000.tfrecord",
+    }
+
+
+def _children(pid: int) -> dict[int, bytes]:
+    """Processes whose parent is ``pid``, with their command lines."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat, cmd = (d / "stat").read_text(), (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(d.name)] = cmd
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_sigkilled_import_leaves_no_worker_behind(tmp_path):
+    # Its --workers processes lived on (here, blocked opening a FIFO for ever): a parent
+    # killed with SIGKILL runs no cleanup, so the kernel must end them.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(2):
+        os.mkfifo(inputs / f"train{i:04d}.tfrecord")
+    cmd = [*_import_cmd(inputs, tmp_path / "s.zarr"), "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+            time.sleep(0.2)
+            workers = [p for p, c in _children(proc.pid).items() if b"spawn_main" in c]
+        time.sleep(1.0)  # into read_file, blocked on the FIFOs
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in workers if _running(p)], "workers outlived the import"
+    finally:
+        for pid in [proc.pid, *workers]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_exporting_over_an_earlier_export_is_refused(tmp_path):
+    # Files of the same names were replaced and the others kept, mixing two exports.
+    from vidfeat import create_store
+
+    store = tmp_path / "v.zarr"
+    with create_store(store, streams={"rgb": 1024, "audio": 128}, level="video") as w:
+        w.write("a", {"rgb": np.zeros(1024), "audio": np.zeros(128)}, labels=["1"])
+    out = tmp_path / "out"
+    assert invoke("export-yt8m", store, "--out", out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = invoke("export-yt8m", store, "--out", out)
+    assert again.exit_code == 2 and "already holds an export" in again.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
