@@ -44,7 +44,9 @@ def _top1(run_dir: Path) -> dict[str, int]:
     from heads.checkpoint import TEST_PREDICTIONS
 
     with np.load(run_dir / f"{TEST_PREDICTIONS}.npz") as z:
-        return dict(zip(z["video_id"].tolist(), z["scores"].argmax(1).tolist(), strict=True))
+        # The ranking scores order classes without the ties of saturated probabilities.
+        scores = z["ranking"] if "ranking" in z else z["scores"]
+        return dict(zip(z["video_id"].tolist(), scores.argmax(1).tolist(), strict=True))
 
 
 def _held_out_ids(split: Path) -> set[str]:

@@ -41,7 +41,10 @@ class Member:
     run_dir: Path
     video_ids: list[str]
     scores: np.ndarray  # (N, C) float32 probabilities, in video_ids order
-    exact: np.ndarray  # (N, C) float64 probabilities, from the ranking scores where saved
+    # (N, C) float64 log p and log(1 - p), from the ranking scores where saved: exact where
+    # float32 (or even float64) probabilities of a confident run round to 1.0 or 0.0.
+    log_p: np.ndarray
+    log_q: np.ndarray
     labels: np.ndarray  # (N, C) multi-hot
     label_map: LabelMap
     val_gap: float | None  # GAP@20 on validation at the best evaluation
@@ -67,13 +70,15 @@ def load_member(run_dir: str | Path) -> Member:
     order = np.argsort(ids, kind="stable")
     label_map = LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP))
     multilabel = multilabel_loss(_trained_loss(run_dir), label_map)
+    log_p, log_q = _log_probabilities(
+        scores[order], None if ranking is None else ranking[order], multilabel
+    )
     return Member(
         run_dir=run_dir,
         video_ids=[str(v) for v in ids[order]],
         scores=scores[order].astype(np.float32),
-        exact=_exact_probabilities(
-            scores[order], None if ranking is None else ranking[order], multilabel
-        ),
+        log_p=log_p,
+        log_q=log_q,
         labels=labels[order].astype(np.float32),
         label_map=label_map,
         val_gap=_best_val_gap(run_dir),
@@ -81,16 +86,27 @@ def load_member(run_dir: str | Path) -> Member:
     )
 
 
-def _exact_probabilities(
+def _log_probabilities(
     scores: np.ndarray, ranking: np.ndarray | None, multilabel: bool
-) -> np.ndarray:
-    """float64 probabilities recomputed from a run's ranking scores (logits under sigmoid,
-    log-probabilities under softmax), which keep apart what its saved float32 probabilities
-    round to 1.0 or 0.0; the saved probabilities where a run saved no ranking scores."""
-    if ranking is None:
-        return scores.astype(np.float64)
-    r = ranking.astype(np.float64)
-    return 1.0 / (1.0 + np.exp(-r)) if multilabel else np.exp(r)
+) -> tuple[np.ndarray, np.ndarray]:
+    """(log p, log(1 - p)) in float64 from a run's ranking scores (logits under sigmoid,
+    log-probabilities under softmax), which keep apart what probabilities round to 1.0 or
+    0.0; from the saved probabilities where a run saved no ranking scores."""
+    with np.errstate(divide="ignore"):  # log(0) = -inf is the value meant
+        if ranking is None:
+            p = scores.astype(np.float64)
+            return np.log(p), np.log1p(-p)
+        r = ranking.astype(np.float64)
+        if multilabel:  # log sigmoid(r), log sigmoid(-r), without overflow
+            return -np.logaddexp(0.0, -r), -np.logaddexp(0.0, r)
+        return r, np.log1p(-np.exp(r))
+
+
+def _member_ranking(m: Member) -> np.ndarray:
+    """A member's own ranking: log-odds under sigmoid, log-probabilities under softmax (finite:
+    see ``ensemble_runs``)."""
+    limit = float(np.finfo(np.float32).max)
+    return np.clip(m.log_p - m.log_q if m.multilabel else m.log_p, -limit, limit)
 
 
 def _trained_loss(run_dir: Path) -> str:
@@ -196,14 +212,21 @@ def ensemble_runs(
     members = [load_member(r) for r in runs]
     check_compatible(members)
     w = resolve_weights(members, weights)
-    mean = np.tensordot(w, np.stack([m.exact for m in members]), axes=1)
-    # The mean's logarithm ranks as the mean does and keeps, in float32, what float32
-    # probabilities near 1 would tie (the smallest float64 bounds it for underflowed softmax).
+    # The weighted mean probability in log space: log sum_k w_k p_k, and of 1 - p. It ranks as
+    # the mean does: by its log-odds under sigmoid (1 - p keeps apart means that round to 1),
+    # by its log under softmax.
+    with np.errstate(divide="ignore"):
+        log_w = np.log(w)[:, None, None]
+    log_mean = np.logaddexp.reduce(log_w + np.stack([m.log_p for m in members]), axis=0)
+    log_rest = np.logaddexp.reduce(log_w + np.stack([m.log_q for m in members]), axis=0)
+    multilabel = members[0].multilabel
+    ranking = log_mean - log_rest if multilabel else log_mean
+    # Infinite only from saved probabilities of exactly 0 or 1 (files without ranking scores),
+    # which tie there anyway; the metrics refuse infinity.
+    limit = float(np.finfo(np.float32).max)
     scored = Scored(
-        probs=mean.astype(np.float32),
-        ranking=np.log(np.maximum(mean, np.finfo(np.float64).smallest_subnormal)).astype(
-            np.float32
-        ),
+        probs=np.exp(log_mean).astype(np.float32),
+        ranking=np.clip(ranking, -limit, limit).astype(np.float32),
         labels=members[0].labels,
     )
     first = members[0]
@@ -212,7 +235,9 @@ def ensemble_runs(
         "n_test": len(first.video_ids),
         "members": [str(m.run_dir) for m in members],
         "weights": [float(x) for x in w],
-        "member_gap_at_20": [float(evaluate_all(m.exact, m.labels)["gap_at_20"]) for m in members],
+        "member_gap_at_20": [
+            float(evaluate_all(_member_ranking(m), m.labels)["gap_at_20"]) for m in members
+        ],
     }
     out.mkdir(parents=True, exist_ok=True)
     ck.write_json(out / ck.LABEL_MAP, first.label_map.to_dict())  # what heads report reads

@@ -106,7 +106,8 @@ class TensorBoardLogger:
 
 def check_loggers(names: str | tuple[str, ...]) -> tuple[str, ...]:
     """The logger names (one, or several), each known; refused before a run writes anything."""
-    names = (names,) if isinstance(names, str) else tuple(names)
+    # Each once: the same logger twice would write every event twice into one place.
+    names = (names,) if isinstance(names, str) else tuple(dict.fromkeys(names))
     for name in names:
         LOGGERS.get(name)
     return names

@@ -205,7 +205,7 @@ def finetune_run(
     split_file: str | Path | None = None,
     force: bool = False,
     progress: bool = False,
-    logger: str = "csv",
+    logger: str | tuple[str, ...] = "csv",
 ) -> dict[str, Any]:
     """Fine-tune the best model of run ``parent`` on ``store`` into the run directory ``out``.
 

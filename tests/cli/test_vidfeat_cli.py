@@ -42,7 +42,7 @@ def test_cuda_without_a_gpu_creates_no_store(tmp_path, manifest):
 def test_out_that_is_a_file_is_refused(tmp_path, manifest):
     out = tmp_path / "s.zarr"
     out.write_text("not a store")
-    assert "a file is in the way" in one_line_error(invoke("extract", manifest, "--out", out))
+    assert "is a file, not a vidfeat" in one_line_error(invoke("extract", manifest, "--out", out))
     assert out.read_text() == "not a store"
 
 
@@ -84,7 +84,8 @@ def test_a_file_where_the_store_needs_a_directory(tmp_path, pca_inputs, blocked)
     store, pca = pca_inputs
     (tmp_path / blocked).write_text("in the way")
     line = one_line_error(invoke("pca", "apply", store, "--pca", pca, "--out", tmp_path / "o.zarr"))
-    assert f"{tmp_path / blocked}: a file is in the way" in line
+    said = {"o.zarr.locks": ": a file is in the way", "o.zarr": " is a file, not a vidfeat"}
+    assert f"{tmp_path / blocked}{said[blocked]}" in line
 
 
 @pytest.mark.parametrize(

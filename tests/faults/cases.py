@@ -346,7 +346,7 @@ CASES: list[Case] = [
         run=vidfeat(*EXTRACT),
         inject=lambda env: (manifest("a,{tmp}/a.mp4,x")(env), env.out.write_text("not a store")),
         code=CANNOT_RUN,
-        message="a file is in the way",
+        message="is a file, not a vidfeat",
     ),
     # -- bad inputs and misbehaving decoders: recorded per video, the job goes on -------------
     *[

@@ -114,9 +114,9 @@ def test_equal_and_file_weights(runs, tmp_path):
 
 
 def test_confident_members_are_averaged_from_their_logits(runs, tmp_path):
-    # Two sigmoid runs so sure of two classes per video that float32 rounds both to 1.0: the
-    # ensemble averages probabilities recomputed from the saved logits, which keep the true
-    # class ahead on half the videos, where the rounded ones tie and fall to class order.
+    # Two sigmoid runs so sure of two classes per video that float32, and float64 too, round
+    # both to 1.0: the ensemble averages in log space from the saved logits, which keep the
+    # true class ahead on half the videos, where the rounded ones tie and fall to class order.
     _, made = runs
     members = []
     for name in ("m1", "m2"):
@@ -128,8 +128,8 @@ def test_confident_members_are_averaged_from_their_logits(runs, tmp_path):
         rows = np.arange(len(true))
         logits = np.full(saved["labels"].shape, -5.0, np.float32)
         ahead = rows % 2 == 0  # the true class leads on even rows, a neighbour on odd ones
-        logits[rows, true] = np.where(ahead, 35.0, 30.0)
-        logits[rows, (true + 1) % logits.shape[1]] = np.where(ahead, 30.0, 35.0)
+        logits[rows, true] = np.where(ahead, 50.0, 45.0)
+        logits[rows, (true + 1) % logits.shape[1]] = np.where(ahead, 45.0, 50.0)
         probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
         np.savez(path, **{**saved, "scores": probs.astype(np.float32), "ranking": logits})
         members.append(tmp_path / name)

@@ -196,17 +196,19 @@ def test_auto_settles_where_the_backbone_runs(tmp_path):
 
 def test_an_engine_marked_backbone_here_settles_auto_on_this_machine(tmp_path):
     # The mark, not the engine's name, says where "auto" is settled: a new engine is one file.
+    # (Asked of the device, not the precision: on a CPU without bf16 both would be fp32.)
     from vidfeat.config import ExtractConfig
+    from vidfeat.device import resolve_device
     from vidfeat.engines.base import ENGINES, backbone_here
-    from vidfeat.pipeline import settle_config_precision
+    from vidfeat.pipeline import _backbone_device_type
 
     ENGINES.register("here-test")(backbone_here(lambda cfg: None))
     ENGINES.register("elsewhere-test")(lambda cfg: None)
     try:
-        local_default = settle_precision("eager", "cpu", "auto")
-        for engine, want in [("here-test", local_default), ("elsewhere-test", "fp32")]:
+        here = resolve_device("auto").type
+        for engine, want in [("here-test", here), ("elsewhere-test", None)]:
             cfg = ExtractConfig(manifest="m.csv", out=tmp_path / "new.zarr", engine=engine)
-            assert settle_config_precision(cfg).precision == want, engine
+            assert _backbone_device_type(cfg) == want, engine
     finally:
         for name in ("here-test", "elsewhere-test"):
             ENGINES._factories.pop(name)

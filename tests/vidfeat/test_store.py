@@ -569,7 +569,7 @@ def test_what_already_lies_at_a_new_store_path(tmp_path: Path) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("notes")
     (tmp_path / "d.h5").mkdir()
-    refused = [("f.zarr", "a file is in the way")] + [
+    refused = [("f.zarr", "is a file, not a vidfeat zarr store")] + [
         (name, "is a directory but not a vidfeat store") for name in ("full", "d.h5")
     ]
     for name, message in refused:

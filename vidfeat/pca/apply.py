@@ -167,7 +167,8 @@ def apply_pca_to_store(
         with writer:
             counts = _copy_videos(reader, writer, reduction, stream, progress)
     logger.info("derived %s from %s: %s", out_path, src_path, counts)
-    return {"out_path": str(out_path), "dim": dim, "dtype": reduction.dtype, **counts}
+    stored = reduction.dtype or "float32"
+    return {"out_path": str(out_path), "dim": dim, "dtype": stored, **counts}
 
 
 def _copy_videos(

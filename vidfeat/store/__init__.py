@@ -69,9 +69,7 @@ def _backend(path: str | os.PathLike | RemotePath, format: str | None) -> Backen
         if p.is_dir() and (any(p.iterdir()) or not backend.root_is_dir):
             raise StoreError(f"{p} is a directory but not a vidfeat store")
         if p.exists() and not p.is_dir():
-            raise StoreError(
-                f"{p}: a file is in the way (it is not a vidfeat {backend.name} store)"
-            )
+            raise StoreError(f"{p} is a file, not a vidfeat {backend.name} store")
     return backend
 
 

@@ -31,7 +31,13 @@ from vidfeat.store.base import video_id_problem
 from vidfeat.yt8m.reader import FileResult, RecordFailure, read_files
 from vidfeat.yt8m.schema import IMPORTED_SOURCE, STREAM_DIMS, Yt8mVideo
 from vidfeat.yt8m.segments import write_segments
-from vidfeat.yt8m.sources import SPLIT_PREFIXES, SourceFile, expand_paths, split_from_name
+from vidfeat.yt8m.sources import (
+    SPLIT_PREFIXES,
+    SourceFile,
+    canonical_url,
+    expand_paths,
+    split_from_name,
+)
 from vidfeat.yt8m.sources import store_split as to_store_split
 from vidfeat.yt8m.vocabulary import Vocabulary, read_vocabulary
 
@@ -207,7 +213,9 @@ def _imported_sources(out: Location, format: str | None) -> set[str]:
 
     try:
         with open_store(out, format) as store:
-            return set(store.videos["source_path"].astype(str))
+            # Canonical as the files are now: a store begun before the resume key took the
+            # folder's real path recorded paths as typed.
+            return {canonical_url(u) for u in store.videos["source_path"].astype(str)}
     except StoreError:
         return set()
 

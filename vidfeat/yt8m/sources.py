@@ -51,6 +51,9 @@ def store_split(yt8m_split: str, video_id: str) -> str:
     raise ConfigError(f"unknown YouTube-8M split {yt8m_split!r}; use one of {SPLIT_PREFIXES}")
 
 
+_FILE_SCHEME = "file://"
+
+
 def _expand_one(path: str) -> list[SourceFile]:
     fs, stripped = url_to_fs(path)
     if _GLOB_CHARS & set(stripped):
@@ -66,12 +69,25 @@ def _expand_one(path: str) -> list[SourceFile]:
     out = []
     for p in found:
         info = fs.info(p)
-        if isinstance(fs, LocalFileSystem):
-            # The URL is the resume key: "data//x", "a/../data/x" and a symlinked folder name
-            # one file, which a rerun must not read again as new videos.
-            p = os.path.realpath(p)
-        out.append(SourceFile(fs.unstrip_protocol(p), info.get("size")))
+        url = fs.unstrip_protocol(p)
+        out.append(
+            SourceFile(
+                canonical_url(url) if isinstance(fs, LocalFileSystem) else url, info.get("size")
+            )
+        )
     return out
+
+
+def canonical_url(url: str) -> str:
+    """A local file's URL with its folder's real path: the URL is the resume key, and "data//x",
+    "a/../data/x" and a symlinked folder name one file, which a rerun must not read again as
+    new videos. The file name stays as given (a link's name may say its split, where its
+    target is a content hash); other URLs are returned as they are."""
+    if not url.startswith(_FILE_SCHEME):
+        return url
+    path = url[len(_FILE_SCHEME) :]
+    folder, name = os.path.split(path)
+    return _FILE_SCHEME + os.path.join(os.path.realpath(folder or "."), name)
 
 
 def expand_paths(paths: Sequence[str]) -> list[SourceFile]:

@@ -475,6 +475,30 @@ def test_a_file_reached_by_another_spelling_of_its_path_is_not_imported_twice(tm
         assert again.exit_code == 0 and "0 files imported, 1 already done" in again.output
     with open_store(store_path) as store:
         assert len(store.videos) == 1
+    # Only the folder is resolved: a link named for its split keeps that name when its target
+    # is a content-addressed blob (as in hub caches and annexes).
+    blobs, links = tmp_path / "blobs", tmp_path / "links"
+    blobs.mkdir()
+    links.mkdir()
+    _video_level_file(blobs / "9f86d081", [("b", (2,), 0.5)])
+    (links / "validate0000.tfrecord").symlink_to(blobs / "9f86d081")
+    linked = invoke("import-yt8m", links, "--out", tmp_path / "l.zarr", "--no-progress")
+    assert linked.exit_code == 0, linked.output
+    with open_store(tmp_path / "l.zarr") as store:
+        assert store.videos["source_path"].str.endswith("/links/validate0000.tfrecord").all()
+    # A store begun before this recorded the path as typed (here through the link): resumed,
+    # its files are still found done.
+    from vidfeat import create_store
+    from vidfeat.yt8m.importer import store_attrs, store_streams
+
+    old = tmp_path / "old.zarr"
+    streams = store_streams("video", ["rgb", "audio"])
+    with create_store(old, streams=streams, level="video", attrs=store_attrs(None, "video")) as w:
+        means = {"rgb": np.full(1024, 0.5), "audio": np.full(128, 0.5)}
+        typed = f"file://{tmp_path}/link/train0000.tfrecord"
+        w.write("a", means, labels=["1"], source_path=typed, split="train")
+    resumed = invoke("import-yt8m", tmp_path / "link", "--out", old, "--no-progress")
+    assert resumed.exit_code == 0 and "0 files imported, 1 already done" in resumed.output
 
 
 def test_an_extracted_stores_video_names_do_not_pick_the_export_split(tmp_path):
@@ -564,3 +588,30 @@ def test_exporting_over_an_earlier_export_is_refused(tmp_path):
     again = invoke("export-yt8m", store, "--out", out)
     assert again.exit_code == 2 and "already holds an export" in again.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_write_failing_mid_file_leaves_none_of_the_file(tmp_path, monkeypatch):
+    # The store refusing a record the importer let through (no such record is known now, so a
+    # fault is injected) committed the file's earlier videos, and the rerun skipped the file.
+    from vidfeat.errors import ConfigError
+    from vidfeat.store.writer import StoreWriter
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _video_level_file(inputs / "train0000.tfrecord", [(v, (1,), 0.5) for v in ("a", "b", "c")])
+    write = StoreWriter.write
+
+    def refuse_b(self, video_id, *args, **kwargs):
+        if video_id == "b":
+            raise ConfigError("refused by the store")
+        return write(self, video_id, *args, **kwargs)
+
+    monkeypatch.setattr(StoreWriter, "write", refuse_b)
+    store_path = tmp_path / "s.zarr"
+    failed = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert failed.exit_code == 2 and "refused by the store" in failed.output
+    with open_store(store_path) as store:
+        assert store.videos.empty
+    monkeypatch.setattr(StoreWriter, "write", write)
+    again = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert again.exit_code == 0 and "1 files imported, 0 already done: 3 videos" in again.output
