@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.ports import free_port
+from tests.procs import process_table
 from tests.vidfeat.audio.media_audio import write_media
 from tests.vidfeat.test_pipeline import ROOT, run_cli, write_manifest
 from vidfeat import open_store
@@ -159,14 +160,7 @@ def _wait_until(store: Path, proc: subprocess.Popen, done, limit_s: float = 240)
 
 def _descendants_running(word: str) -> list[int]:
     """Processes under this one (the test cluster's) whose command line contains ``word``."""
-    procs = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat, cmd = (d / "stat").read_text(), (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            procs[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+    procs = process_table()
     mine, grew = {os.getpid()}, True
     while grew:
         more = {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine

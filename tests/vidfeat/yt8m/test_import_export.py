@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.procs import process_table, running
 from tests.vidfeat.yt8m.helpers import (
     FRAME,
     SEGMENT,
@@ -524,28 +525,6 @@ def test_an_extracted_stores_video_names_do_not_pick_the_export_split(tmp_path):
     }
 
 
-def _children(pid: int) -> dict[int, bytes]:
-    """Processes whose parent is ``pid``, with their command lines."""
-    found = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat, cmd = (d / "stat").read_text(), (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found[int(d.name)] = cmd
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_a_sigkilled_import_leaves_no_worker_behind(tmp_path):
     # Its --workers processes lived on (here, blocked opening a FIFO for ever): a parent
     # killed with SIGKILL runs no cleanup, so the kernel must end them.
@@ -561,14 +540,15 @@ def test_a_sigkilled_import_leaves_no_worker_behind(tmp_path):
         while len(workers) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
             time.sleep(0.2)
-            workers = [p for p, c in _children(proc.pid).items() if b"spawn_main" in c]
+            table = process_table().items()
+            workers = [p for p, (pp, c) in table if pp == proc.pid and b"spawn_main" in c]
         time.sleep(1.0)  # into read_file, blocked on the FIFOs
         proc.kill()
         proc.wait(timeout=30)
         deadline = time.monotonic() + 20
-        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        while any(running(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [p for p in workers if _running(p)], "workers outlived the import"
+        assert not [p for p in workers if running(p)], "workers outlived the import"
     finally:
         for pid in [proc.pid, *workers]:
             with contextlib.suppress(OSError):
