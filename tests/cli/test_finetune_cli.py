@@ -122,7 +122,8 @@ def test_help_has_examples_and_finetune_defaults() -> None:
     result = invoke("finetune", "--help")
     assert result.exit_code == 0
     assert "heads finetune runs/five --store feats.zarr --out runs/ten" in result.output
-    assert "[default: the parent run's]" in result.output
-    assert "[default: every class in the store]" in result.output
+    words = " ".join(result.output.split())  # as wrapped to the terminal's width
+    assert "[default: the parent run's]" in words
+    assert "[default: every class in the store]" in words
     lr_help = next(p.help for p in finetune.params if p.name == "lr")
     assert f"{FINETUNE_LR['head']:g} head" in lr_help and f"{FINETUNE_LR['all']:g} all" in lr_help
