@@ -85,6 +85,14 @@ def load_run(run_dir: str | Path, checkpoint: str = ck.BEST) -> LoadedRun:
                 f"a model; evaluate or predict with its member runs ({', '.join(members)}) "
                 "and average, or read its test_metrics.json"
             )
+    if not (run_dir / checkpoint).is_file() and not (run_dir / ck.CONFIG).is_file():
+        # A parent folder of runs, or a store: say so, rather than "best.pt not found".
+        runs = sorted(d.name for d in run_dir.iterdir() if (d / ck.CONFIG).is_file())
+        inside = f"; the runs in it: {', '.join(runs[:5])}" if runs else ""
+        more = ", ..." if len(runs) > 5 else ""
+        raise CheckpointError(
+            f"{run_dir} is not a heads run (it has no {ck.CONFIG} or {checkpoint}){inside}{more}"
+        )
     state = ck.load_checkpoint(run_dir / checkpoint)
     return LoadedRun(
         run_dir=run_dir,

@@ -179,6 +179,10 @@ def test_evaluating_an_ensemble_says_it_has_no_model(runs, tmp_path):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2, result.output
         assert f"{out} is an ensemble" in result.output and str(made["a"]) in result.output
+    # The folder above the runs (or a store) said "best.pt not found"; it names the runs in it.
+    result = CliRunner().invoke(main, ["evaluate", str(root)])
+    assert result.exit_code == 2
+    assert f"{root} is not a heads run" in result.output and "the runs in it: a, b" in result.output
 
 
 def test_a_truncated_prediction_file_is_a_one_line_error(runs, tmp_path):

@@ -670,3 +670,15 @@ def test_every_registered_backend_runs_the_shared_contract() -> None:
 
     covered = {cls.fmt for cls in subclasses(StoreContract) if cls.__name__.startswith("Test")}
     assert set(BACKENDS.names()) <= covered, "a backend without a StoreContract subclass"
+
+
+def test_an_hdf5_store_whose_root_file_was_deleted_is_not_rebuilt(tmp_path: Path) -> None:
+    # "Starting over" by deleting feats.h5 left feats.h5.parts/: the next run made a new root
+    # with its own settings over segments made with others, and resumed past them.
+    path = tmp_path / "feats.h5"
+    with create_store(path, dim=2, attrs={"fps": "1"}) as w:
+        w.write("v", np.ones((3, 2), np.float32))
+    path.unlink()
+    with pytest.raises(StoreError, match=r"feats.h5 is missing but .*feats.h5.parts holds 1"):
+        create_store(path, dim=2, attrs={"fps": "2"})
+    assert not path.exists()

@@ -367,6 +367,16 @@ class HDF5Backend(Backend):
         return self.path.is_file()
 
     def create_root(self, meta: StoreMeta) -> None:
+        if not self.exists() and (
+            segments := [n for n in _list_names(self.parts_dir) if SEGMENT_RE.match(n)]
+        ):
+            # The root file alone was deleted ("starting over"): a new root with this run's
+            # settings would adopt segments made with others, and resume would skip them.
+            raise StoreError(
+                f"{self.path} is missing but {self.parts_dir} holds {len(segments)} segments of "
+                f"it: restore {self.path.name}, or remove {self.parts_dir.name} (and "
+                f"{self.path.name}.locks) to start a new store"
+            )
         if isinstance(self.path, RemotePath):
             if not self.exists():
                 with h5py.File(io.BytesIO(), "w") as f:
