@@ -48,7 +48,9 @@ from heads.trainer import Loaders
 from heads.trainer import train as train_loop
 from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
+from vidfeat.location import as_location
 from vidfeat.store import DEFAULT_CACHE_MB, open_store
+from vidfeat.store.claim import parts_being_written
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,16 @@ def load_data(
     """
     with open_store(store_path) as reader:
         videos = reader.videos
+        if writing := parts_being_written(as_location(store_path)):
+            # Said, not refused: training on a prefix can be deliberate, but a run that ends
+            # "finished" on part of the data should not look like one on all of it.
+            log.warning(
+                "store %s is being written (part %s): this run reads the %d videos committed "
+                "so far, not those still to come",
+                store_path,
+                ", ".join(writing),
+                len(videos),
+            )
         if split_file is not None:
             videos = merge_split_file(videos, read_split_file(split_file))
         label_map, kept = build_label_map(videos, cfg.data.classes)

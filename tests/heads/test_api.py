@@ -144,3 +144,22 @@ def test_config_and_api_names_import_without_torch():
     )
     assert out.stdout.strip() == "[]"
     assert isinstance(DataConfig().max_frames, int)
+
+
+def test_training_on_a_store_being_written_says_so(tmp_path, caplog):
+    # It trained on the videos committed so far and ended "finished", without a word.
+    from vidfeat import create_store
+
+    path = tmp_path / "live.zarr"
+    writer = create_store(
+        path, dim=16, attrs={"backbone": "synthetic", "weights": "w1", "pca": None}
+    )
+    try:
+        for vid, x, labels in cluster_videos(12):
+            writer.write(vid, x, labels=labels)
+        writer.flush()
+        with caplog.at_level("WARNING", logger="heads.run"):
+            train_run(path, TrainConfig(model="logistic", epochs=1), tmp_path / "run")
+    finally:
+        writer.close()
+    assert "is being written (part main): this run reads the 12 videos committed" in caplog.text

@@ -682,3 +682,23 @@ def test_an_hdf5_store_whose_root_file_was_deleted_is_not_rebuilt(tmp_path: Path
     with pytest.raises(StoreError, match=r"feats.h5 is missing but .*feats.h5.parts holds 1"):
         create_store(path, dim=2, attrs={"fps": "2"})
     assert not path.exists()
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_store_being_written_says_so(tmp_path: Path, suffix: str) -> None:
+    # Readers see what is committed so far; `vidfeat info` counted a live store as if whole.
+    from vidfeat.store.claim import parts_being_written
+    from vidfeat.store.info import format_summary, store_summary
+
+    path = tmp_path / f"live{suffix}"
+    writer = create_store(path, dim=2, part="shard-1")
+    try:
+        writer.write("a", np.ones((2, 2), np.float32))
+        writer.flush()
+        assert parts_being_written(path) == ["shard-1"]
+        text = format_summary(store_summary(path))
+        assert "1 part(s); being written (part shard-1): committed so far" in text
+    finally:
+        writer.close()
+    assert parts_being_written(path) == []
+    assert "being written" not in format_summary(store_summary(path))

@@ -171,3 +171,36 @@ def _describe(holder: dict | None) -> str:
     if not holder:
         return "an unknown writer"
     return f"pid {holder.get('pid')} on {holder.get('host')}"
+
+
+def parts_being_written(store: Location) -> list[str]:
+    """Parts of the store at ``store`` that a live writer holds now (sorted): readers see only
+    what such a writer has committed so far. Locally, a lock some process holds; on object
+    stores, a claim whose heartbeat is fresh."""
+    locks = store.with_name(store.name + LOCKS_SUFFIX)
+    if isinstance(locks, RemotePath):
+        fs, folder = locks.filesystem()
+        try:
+            names = [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(folder, detail=False)]
+        except FileNotFoundError:
+            return []
+        held = []
+        for name in (n for n in names if n.endswith(".claim")):
+            try:
+                holder = json.loads(fs.cat_file(f"{folder}/{name}"))
+            except (FileNotFoundError, ValueError):
+                continue  # released meanwhile, or unreadable (a writer would take it over)
+            if isinstance(holder, dict) and not _is_stale(holder):
+                held.append(name.removesuffix(".claim"))
+        return sorted(held)
+    held = []
+    for lock in sorted(locks.glob("*.lock")) if locks.is_dir() else []:
+        try:
+            with open(lock) as fh:  # read-only: a reader never creates or changes a lock
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    held.append(lock.stem)
+        except OSError:
+            continue  # removed meanwhile
+    return held

@@ -11,6 +11,7 @@ from vidfeat.backbones.base import describe_backbone
 from vidfeat.location import Location, RemotePath, as_location
 from vidfeat.store import open_store
 from vidfeat.store.base import NO_AUDIO_NOTE
+from vidfeat.store.claim import parts_being_written
 from vidfeat.store.reader import StoreReader
 
 
@@ -99,6 +100,8 @@ def store_summary(path: str | os.PathLike | RemotePath) -> dict[str, Any]:
                 "max": int(ok["n_frames"].max()) if len(ok) else 0,
             },
             "parts": sorted(videos["part"].unique().tolist()),
+            # Parts a live writer holds: the counts are those committed so far.
+            "being_written": parts_being_written(path),
             "labels": labels,
             "streams": streams,
             # Videos extracted with an audio stream but without an audio track (None: no audio).
@@ -134,7 +137,12 @@ def format_summary(s: dict[str, Any], show_failures: bool = True, max_failures: 
         f"level       {s['level']}"
         + (" (one vector per video and stream, no frames)" if s["level"] == "video" else ""),
         f"videos      {s['videos']} ({s['ok']} ok, {s['failed']} failed) "
-        f"in {len(s['parts'])} part(s)",
+        f"in {len(s['parts'])} part(s)"
+        + (
+            f"; being written (part {', '.join(s['being_written'])}): committed so far"
+            if s.get("being_written")
+            else ""
+        ),
         f"frames      {s['frames']} (per video min {fpv['min']}, mean {fpv['mean']:.1f}, "
         f"max {fpv['max']})",
         *_stream_lines(s["streams"]),
