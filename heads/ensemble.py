@@ -102,11 +102,13 @@ def _log_probabilities(
         return r, np.log1p(-np.exp(r))
 
 
-def _member_ranking(m: Member) -> np.ndarray:
-    """A member's own ranking: log-odds under sigmoid, log-probabilities under softmax (finite:
-    see ``ensemble_runs``)."""
+def _ranking(log_p: np.ndarray, log_q: np.ndarray, multilabel: bool) -> np.ndarray:
+    """float32 ranking scores of probabilities given as (log p, log(1 - p)): the log-odds under
+    sigmoid (1 - p keeps apart what rounds to 1), the log under softmax. Infinite only from
+    saved probabilities of exactly 0 or 1 (files without ranking scores), which tie there
+    anyway: clipped, since the metrics refuse infinity."""
     limit = float(np.finfo(np.float32).max)
-    return np.clip(m.log_p - m.log_q if m.multilabel else m.log_p, -limit, limit)
+    return np.clip(log_p - log_q if multilabel else log_p, -limit, limit).astype(np.float32)
 
 
 def _trained_loss(run_dir: Path) -> str:
@@ -212,21 +214,14 @@ def ensemble_runs(
     members = [load_member(r) for r in runs]
     check_compatible(members)
     w = resolve_weights(members, weights)
-    # The weighted mean probability in log space: log sum_k w_k p_k, and of 1 - p. It ranks as
-    # the mean does: by its log-odds under sigmoid (1 - p keeps apart means that round to 1),
-    # by its log under softmax.
+    # The weighted mean probability in log space: log sum_k w_k p_k, and of 1 - p.
     with np.errstate(divide="ignore"):
         log_w = np.log(w)[:, None, None]
     log_mean = np.logaddexp.reduce(log_w + np.stack([m.log_p for m in members]), axis=0)
     log_rest = np.logaddexp.reduce(log_w + np.stack([m.log_q for m in members]), axis=0)
-    multilabel = members[0].multilabel
-    ranking = log_mean - log_rest if multilabel else log_mean
-    # Infinite only from saved probabilities of exactly 0 or 1 (files without ranking scores),
-    # which tie there anyway; the metrics refuse infinity.
-    limit = float(np.finfo(np.float32).max)
     scored = Scored(
         probs=np.exp(log_mean).astype(np.float32),
-        ranking=np.clip(ranking, -limit, limit).astype(np.float32),
+        ranking=_ranking(log_mean, log_rest, members[0].multilabel),
         labels=members[0].labels,
     )
     first = members[0]
@@ -236,7 +231,8 @@ def ensemble_runs(
         "members": [str(m.run_dir) for m in members],
         "weights": [float(x) for x in w],
         "member_gap_at_20": [
-            float(evaluate_all(_member_ranking(m), m.labels)["gap_at_20"]) for m in members
+            float(evaluate_all(_ranking(m.log_p, m.log_q, m.multilabel), m.labels)["gap_at_20"])
+            for m in members
         ],
     }
     out.mkdir(parents=True, exist_ok=True)

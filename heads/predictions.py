@@ -154,12 +154,17 @@ def write_scores(
         )
 
 
+def _best(scores: np.ndarray, k: int, ranking: np.ndarray | None) -> np.ndarray:
+    """Indices of the k best classes by ``ranking`` (default: the scores), ties by index."""
+    return np.argsort(-(scores if ranking is None else ranking), kind="stable")[:k]
+
+
 def top_classes(
     scores: np.ndarray, names: tuple[str, ...], k: int, ranking: np.ndarray | None = None
 ) -> list[dict[str, Any]]:
     """The k best classes by ``ranking`` (default: the scores), best first (ties by class
     index), as ``{"label", "score"}``."""
-    order = np.argsort(-(scores if ranking is None else ranking), kind="stable")[:k]
+    order = _best(scores, k, ranking)
     return [{"label": names[i], "score": round(float(scores[i]), 6)} for i in order]
 
 
@@ -169,7 +174,7 @@ def format_yt8m_pairs(
     """YouTube-8M's LabelConfidencePairs: "index score index score ..." of the k best classes
     by ``ranking`` (default: the scores; vocabulary indices, so spaces separate
     unambiguously)."""
-    order = np.argsort(-(scores if ranking is None else ranking), kind="stable")[:k]
+    order = _best(scores, k, ranking)
     return " ".join(f"{indices[i]} {scores[i]:.6f}" for i in order)
 
 

@@ -120,8 +120,7 @@ def check_readable(meta: StoreMeta, path: Path, action: str = "reads") -> None:
     # another tool with, say, an unknown quantization scheme would otherwise read back as
     # plausible but wrong numbers.
     try:
-        if meta.level not in LEVELS:
-            raise ConfigError(f"level must be one of {LEVELS}, got {meta.level!r}")
+        _check_level(meta.level)
         for name, spec in meta.streams.items():
             parse_stream(name, spec.to_json(), meta.level)
     except ConfigError as exc:
@@ -171,6 +170,11 @@ def _json_safe(value: object, what: str) -> Any:
         ) from exc
 
 
+def _check_level(level: str) -> None:
+    if level not in LEVELS:
+        raise ConfigError(f"level must be one of {LEVELS}, got {level!r}")
+
+
 def parse_stream(name: str, value: int | Mapping[str, Any], level: str) -> StreamSpec:
     """A stream given as a dim, or as a dict with dim and optional dtype/quantization/attrs."""
     if not isinstance(name, str) or not STREAM_NAME_RE.match(name):
@@ -214,8 +218,7 @@ def new_meta(
     level: str = "frame",
 ) -> StoreMeta:
     """Validate creation arguments into schema-2 root metadata."""
-    if level not in LEVELS:
-        raise ConfigError(f"level must be one of {LEVELS}, got {level!r}")
+    _check_level(level)
     if not streams:
         raise ConfigError("a store needs at least one stream")
     specs = {name: parse_stream(name, value, level) for name, value in streams.items()}

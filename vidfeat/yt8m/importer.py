@@ -215,7 +215,7 @@ def _imported_sources(out: Location, format: str | None) -> set[str]:
         with open_store(out, format) as store:
             # Canonical as the files are now: a store begun before the resume key took the
             # folder's real path recorded paths as typed.
-            return {canonical_url(u) for u in store.videos["source_path"].astype(str)}
+            return {canonical_url(u) for u in store.videos["source_path"].astype(str).unique()}
     except StoreError:
         return set()
 

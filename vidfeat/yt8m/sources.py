@@ -8,7 +8,6 @@ import posixpath
 from collections.abc import Sequence
 
 from fsspec.core import url_to_fs
-from fsspec.implementations.local import LocalFileSystem
 
 from vidfeat.config import shard_of
 from vidfeat.errors import ConfigError
@@ -69,12 +68,7 @@ def _expand_one(path: str) -> list[SourceFile]:
     out = []
     for p in found:
         info = fs.info(p)
-        url = fs.unstrip_protocol(p)
-        out.append(
-            SourceFile(
-                canonical_url(url) if isinstance(fs, LocalFileSystem) else url, info.get("size")
-            )
-        )
+        out.append(SourceFile(canonical_url(fs.unstrip_protocol(p)), info.get("size")))
     return out
 
 
