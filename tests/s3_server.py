@@ -7,7 +7,10 @@ AWS. The endpoint and the credentials are set the way a user sets them (``AWS_EN
 
 from __future__ import annotations
 
-import logging
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,18 +51,37 @@ def _client_kwargs() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
+    pytest.importorskip("moto.server")
     port = free_port()
     from s3fs import S3FileSystem
 
     S3FileSystem.clear_instance_cache()  # none made for another endpoint may be reused
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server.start()
+    # Its own process, not moto's in-process thread: the server then answers on the other
+    # core instead of taking the GIL from the code under test for every request.
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # one line per request otherwise
+    )
     try:
+        _wait_for_port(port, server)
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_for_port(port: int, server: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"moto's server exited with {server.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto's server did not listen on port {port} within {timeout:.0f} s")
 
 
 @pytest.fixture

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 from zarr.errors import ContainsGroupError
-from zarr.storage import FsspecStore
+from zarr.storage import FsspecStore, MemoryStore
 
 from vidfeat.errors import StoreError, StoreIntegrityError
 from vidfeat.location import Location, RemotePath, put_exclusive
@@ -102,25 +103,41 @@ class ZarrPartWriter(PartWriter):
         self._truncate_uncommitted()
 
     def _open_arrays(self) -> dict[str, zarr.Array]:
-        arrays = {}
-        features = {feature_array(name, self.meta.schema_version) for name in self.meta.streams}
-        for path, (shape, chunks, dtype) in _array_specs(self.meta).items():
-            *parents, name = path.split("/")
-            g = self.group
-            for parent in parents:
-                g = g.require_group(parent)
-            if name in g:
-                arr = g[name]
-            elif self.meta.checksummed:
-                is_float = path in features and np.dtype(dtype).kind == "f"
-                codecs = FLOAT_FRAME_CODECS if is_float else CHECKSUMMED_CODECS
-                arr = g.create_array(
-                    name, shape=shape, chunks=chunks, dtype=dtype, compressors=codecs
-                )
-            else:  # appending to a schema-1 store keeps its layout: zarr's default codecs
-                arr = g.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
-            arrays[path] = arr.with_config(WRITE_ALL_CHUNKS) if self.meta.checksummed else arr
-        return arrays
+        specs = _array_specs(self.meta)
+        # One listing finds what a resumed part already has; whatever is missing is made in
+        # one concurrent batch. Array by array, zarr checks every ancestor on each create: a
+        # new part took about 290 sequential requests on an object store, about 20 now.
+        found = {
+            path: node
+            for path, node in self.group.members(max_depth=None)
+            if path in specs and isinstance(node, zarr.Array)
+        }
+        missing = {
+            path: self._metadata(path, *spec) for path, spec in specs.items() if path not in found
+        }
+        if missing:
+            made = self.group.create_hierarchy(missing)
+            found.update((path, node) for path, node in made if path in missing)
+        if self.meta.checksummed:
+            return {path: found[path].with_config(WRITE_ALL_CHUNKS) for path in specs}
+        return {path: found[path] for path in specs}
+
+    def _metadata(
+        self, path: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: object
+    ) -> ArrayV3Metadata:
+        """The document ``create_array`` would write for this array, built in memory."""
+        if not self.meta.checksummed:  # appending to a schema-1 store: zarr's default codecs
+            codecs: object = "auto"
+        elif np.dtype(dtype).kind == "f" and path in {
+            feature_array(name, self.meta.schema_version) for name in self.meta.streams
+        }:
+            codecs = FLOAT_FRAME_CODECS
+        else:
+            codecs = CHECKSUMMED_CODECS
+        template = zarr.create_array(
+            MemoryStore(), shape=shape, chunks=chunks, dtype=dtype, compressors=codecs
+        )
+        return template.metadata
 
     def _truncate_uncommitted(self) -> None:
         # Rows past the committed counts belong to a commit that never finished.
@@ -384,6 +401,15 @@ class ZarrBackend(Backend):
             yield reader
 
 
+# s3fs asks for an object's size (a HEAD request) before every whole-object read, to split
+# objects larger than its block size into concurrent range reads. Zarr's objects are metadata
+# documents and chunks of at most a few MB, so without this every read was two requests.
+_CHUNK_FS_OPTIONS: dict[str, dict[str, object]] = {
+    "s3": {"max_concurrency": 1},
+    "s3a": {"max_concurrency": 1},
+}
+
+
 class _Remote:
     """The Zarr store's root on an object store: a few whole-object reads and writes."""
 
@@ -408,9 +434,8 @@ class _Remote:
 
     def zarr_store(self) -> FsspecStore:
         if self._zarr_store is None:
-            self._zarr_store = FsspecStore.from_url(
-                str(self.url), storage_options=self.url.fs_options
-            )
+            options = {**self.url.fs_options, **_CHUNK_FS_OPTIONS.get(self.url.scheme, {})}
+            self._zarr_store = FsspecStore.from_url(str(self.url), storage_options=options)
         return self._zarr_store
 
     def create_root(self, meta: StoreMeta) -> None:
