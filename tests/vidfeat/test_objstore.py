@@ -17,7 +17,7 @@ from tests.s3_server import SECRET_KEY, s3, s3_endpoint  # noqa: F401 - fixtures
 from tests.vidfeat.store_worker import STREAMS, video_id
 from tests.vidfeat.test_store import StoreContract, run_worker
 from vidfeat import create_store, open_store
-from vidfeat.errors import ConfigError, StoreError
+from vidfeat.errors import ConfigError, StoreError, StoreIntegrityError
 from vidfeat.location import RemotePath
 from vidfeat.store.claim import ObjectClaim
 from vidfeat.store.verify import verify_store
@@ -189,6 +189,27 @@ def test_a_writer_that_lost_its_part_leaves_the_new_owners_rows_intact(s3, suffi
         for vid, value in zip(r.ok_ids, [0, 1, 10, 11, 12], strict=True):
             np.testing.assert_array_equal(r.read(vid), np.full((3, 4), value, np.float32))
     assert verify_store(path).ok
+
+
+def test_chunks_read_from_an_object_store_are_kept_in_the_readers_cache(s3) -> None:  # noqa: F811
+    # Training reads every video each epoch: once in the cache, a chunk is not downloaded again.
+    path = f"{s3.bucket()}/feats.zarr"
+    rng = np.random.default_rng(3)
+    written = {f"v{i}": rng.standard_normal((40 + 70 * i, 64)).astype(np.float32) for i in range(4)}
+    with create_store(path, dim=64) as w:
+        for vid, feats in written.items():
+            w.write(vid, feats)
+    with open_store(path) as cached, open_store(path, cache_mb=0) as uncached:
+        for vid, feats in written.items():
+            np.testing.assert_array_equal(cached.read(vid), feats)
+        fs, key = _fs(f"{path}/parts/main/streams/rgb/features/c")
+        chunks = fs.find(key)
+        assert len(chunks) >= 2  # the videos span several chunks
+        fs.rm(chunks)
+        for vid, feats in written.items():
+            np.testing.assert_array_equal(cached.read(vid), feats)  # no request reaches S3
+        with pytest.raises(StoreIntegrityError, match=r"c/0/0 missing"):
+            uncached.read("v0")
 
 
 def test_claims_are_created_exclusively(s3) -> None:  # noqa: F811
