@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import sys
 import warnings
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 # Below this many elements torch's thread hand-off costs more than it saves.
 THREADED_MIN = 1 << 15
-
-# torch.from_numpy warns (once) that a read-only array gives a tensor it cannot protect; the
-# tensors made here are only ever read from.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)
 
 
 def _torch():
@@ -34,7 +32,7 @@ def copy_into(out: np.ndarray, src: np.ndarray) -> None:
     if torch is None or out.size < THREADED_MIN or not _torch_can_view(src):
         out[...] = src
         return
-    torch.from_numpy(out).copy_(torch.from_numpy(src))
+    torch.from_numpy(out).copy_(_read_only_tensor(torch, src))
 
 
 def scale_shift(out: np.ndarray, scalar: np.float32, bias: np.float32) -> None:
@@ -50,6 +48,18 @@ def scale_shift(out: np.ndarray, scalar: np.float32, bias: np.float32) -> None:
     t = torch.from_numpy(out)
     t.mul_(float(scalar))
     t.add_(float(bias))
+
+
+def _read_only_tensor(torch: ModuleType, src: np.ndarray) -> Any:
+    """``torch.from_numpy(src)`` without torch's warning that a read-only array (a cached
+    chunk) gives a tensor it cannot protect: the tensors made here are only ever read from.
+    Filtered here, not by a module-level filter, which a caller's ``catch_warnings`` (pytest
+    wraps every import and test in one) undoes."""
+    if src.flags.writeable:
+        return torch.from_numpy(src)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(src)
 
 
 def _torch_can_view(a: np.ndarray) -> bool:
