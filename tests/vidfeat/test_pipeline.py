@@ -303,11 +303,22 @@ def test_sigterm_while_the_job_starts_is_an_interrupt(tmp_path, make_video) -> N
     assert "interrupted:" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_job_resumes_to_the_uninterrupted_result(tmp_path, make_video, sig) -> None:
-    # One commit per video, and enough videos that the job is still running when signalled.
+@pytest.fixture(scope="module")
+def twenty_videos(tmp_path_factory, make_video) -> tuple[Path, Path]:
+    """A manifest of 20 short videos and the store one uninterrupted run makes of it."""
+    tmp = tmp_path_factory.mktemp("twenty")
     rows = [(f"k{i}", make_video(f"k{i}.mp4", seconds=1.2, fps=10), "x") for i in range(20)]
-    manifest = write_manifest(tmp_path / "m.csv", rows)
+    manifest = write_manifest(tmp / "m.csv", rows)
+    reference = tmp / "reference.zarr"
+    code, out = run_cli("extract", str(manifest), "--out", str(reference), "--device", "cpu")
+    assert code == 0, out
+    return manifest, reference
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_job_resumes_to_the_uninterrupted_result(tmp_path, twenty_videos, sig) -> None:
+    # One commit per video, and enough videos that the job is still running when signalled.
+    manifest, reference = twenty_videos
     store = tmp_path / "killed.zarr"
     proc = _extract_proc(manifest, store)
     seen = _wait_for_commits(store, 1, proc)
@@ -322,9 +333,6 @@ def test_killed_job_resumes_to_the_uninterrupted_result(tmp_path, make_video, si
     code, out = run_cli("extract", str(manifest), "--out", str(store), "--device", "cpu")
     assert code == 0, out
     assert f"{len(interrupted)} already done" in out
-    reference = tmp_path / "reference.zarr"
-    code, out = run_cli("extract", str(manifest), "--out", str(reference), "--device", "cpu")
-    assert code == 0, out
     with open_store(store) as r, open_store(reference) as ref:
         assert len(r.videos) == 20 and sorted(r.ok_ids) == sorted(ref.ok_ids)
         for vid in ref.ok_ids:

@@ -644,7 +644,7 @@ def test_importing_the_store_does_not_import_torch() -> None:
 
 def test_readers_during_extraction_see_only_committed(tmp_path: Path) -> None:
     path = tmp_path / "live.zarr"
-    proc = run_worker(path, "zarr", "main", 0, 200)
+    proc = run_worker(path, "zarr", "main", 0, 100)
     seen = 0
     try:
         deadline = time.time() + 60
