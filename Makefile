@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/heads report $(DEMO)/runs/bilstm --out $(DEMO)/report
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider --durations=20
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=20
 
 lint: install
 	$(VENV)/bin/ruff check .
