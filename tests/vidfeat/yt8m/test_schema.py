@@ -143,6 +143,17 @@ def _with_context(mutate):
         ),
         (protos.Example().SerializeToString(), "'id'"),
     ],
+    # Named, not shown: protobuf serializes map entries in no fixed order, and test ids must
+    # be the same in every process (pytest-xdist's workers compare what they collected).
+    ids=[
+        "not-protobuf",
+        "no-id",
+        "extra-rgb-frame",
+        "unknown-lists",
+        "frame-counts",
+        "utf8",
+        "example",
+    ],
 )
 def test_malformed_records_are_typed_failures(data, words):
     with pytest.raises(BadExampleError, match=words) as info:
