@@ -456,6 +456,22 @@ class TestZarrStore(StoreContract):
         with open_store(path) as r:
             assert len(r.videos) == 4
 
+    def test_a_part_whose_group_documents_were_not_written_resumes(self, path: Path) -> None:
+        # A part's documents may be written at once (on an object store, in parallel): a job
+        # killed then can leave arrays whose parent groups have no document yet. Zarr does not
+        # list such arrays, and resuming the part tried to make them again and failed for good.
+        written = self.write_some(path)
+        streams = path / "parts" / "main" / "streams"
+        (streams / "zarr.json").unlink()
+        (streams / "rgb" / "zarr.json").unlink()
+        with create_store(path, dim=8, format=self.fmt, attrs={"fps": 1}) as w:
+            w.write("late", np.ones((2, 8), np.float32))
+        with open_store(path) as r:
+            assert r.ok_ids == [*written, "late"]
+            for vid, feats in written.items():
+                np.testing.assert_array_equal(r.read(vid), feats)
+        assert verify_store(path).ok
+
     def test_an_array_rewritten_without_checksums_is_refused(self, path: Path) -> None:
         # Another tool may rewrite an array with its own codecs: the store still says schema
         # 2, but a damaged chunk of that array would read back as plausible numbers.

@@ -18,6 +18,7 @@ resume) keep zarr's default codecs and are not checked.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -104,9 +105,18 @@ class ZarrPartWriter(PartWriter):
 
     def _open_arrays(self) -> dict[str, zarr.Array]:
         specs = _array_specs(self.meta)
-        # One listing finds what a resumed part already has; whatever is missing is made in
+        # The groups first, one by one: a group's document then exists before anything inside
+        # it, and the listing below finds every array of a part whose making was interrupted.
+        parents = {
+            "/".join(path.split("/")[:depth])
+            for path in specs
+            for depth in range(1, path.count("/") + 1)
+        }
+        for parent in sorted(parents):  # "streams" before "streams/rgb"
+            self.group.require_group(parent)
+        # One listing finds what a resumed part already has; the missing arrays are made in
         # one concurrent batch. Array by array, zarr checks every ancestor on each create: a
-        # new part took about 290 sequential requests on an object store, about 20 now.
+        # new part took about 250 sequential requests on an object store, about 60 now.
         found = {
             path: node
             for path, node in self.group.members(max_depth=None)
@@ -172,9 +182,22 @@ class ZarrPartWriter(PartWriter):
         if not records:
             return
         columns = self._columns(records)
-        for name, values in columns.items():
-            if len(values):
-                self.arrays[name].append(values, axis=0)
+        # Every array at once: on an object store each append is a few requests (its document,
+        # its last chunk), and one after another they made a commit wait on ~70 round trips.
+        appends = [
+            self.arrays[name].async_array.append(values, axis=0)
+            for name, values in columns.items()
+            if len(values)
+        ]
+
+        async def append_all() -> list[object]:
+            # Let every append finish before a failure is raised: none may still be writing
+            # while the caller handles it.
+            return await asyncio.gather(*appends, return_exceptions=True)
+
+        for outcome in sync(append_all()):
+            if isinstance(outcome, BaseException):
+                raise outcome
         n_videos = self.n_videos + len(records)
         n_frames = self.n_frames + int(columns["n_frames"].sum())
         fence()
