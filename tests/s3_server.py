@@ -7,17 +7,13 @@ AWS. The endpoint and the credentials are set the way a user sets them (``AWS_EN
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-
-from tests.ports import free_port
 
 # Recognisable, so a test can search logs and store attrs for it.
 SECRET_KEY = "vidfeat-test-secret-8f3e1c0d"
@@ -48,40 +44,52 @@ def _client_kwargs() -> dict[str, str]:
     }
 
 
+# moto's threaded server in a process of its own, on a port the kernel picks as it binds (no
+# window in which another test's service could take a port chosen beforehand); it prints the
+# port, then serves until its standard input closes. Request lines are not logged.
+SERVE = """
+import logging, sys
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     pytest.importorskip("s3fs")
     pytest.importorskip("moto.server")
-    port = free_port()
     from s3fs import S3FileSystem
 
     S3FileSystem.clear_instance_cache()  # none made for another endpoint may be reused
-    # Its own process, not moto's in-process thread: the server then answers on the other
+    # Its own process, not a thread of the test process: the server then answers on the other
     # core instead of taking the GIL from the code under test for every request.
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,  # one line per request otherwise
-    )
+    errors = tmp_path_factory.mktemp("moto") / "stderr.txt"
+    with errors.open("w") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-c", SERVE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     try:
-        _wait_for_port(port, server)
+        port = server.stdout.readline().strip()
+        if not port.isdigit():
+            server.wait(timeout=30)
+            raise RuntimeError(f"moto's server did not start: {errors.read_text()[-2000:]}")
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _wait_for_port(port: int, server: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"moto's server exited with {server.returncode} before listening")
+        server.stdin.close()
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"moto's server did not listen on port {port} within {timeout:.0f} s")
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ Both paths give identical bytes; tests compare them.
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 from types import ModuleType
 from typing import Any
@@ -19,6 +20,8 @@ import numpy as np
 
 # Below this many elements torch's thread hand-off costs more than it saves.
 THREADED_MIN = 1 << 15
+_READ_ONLY_LOCK = threading.Lock()
+_READ_ONLY_SEEN = False
 
 
 def _torch():
@@ -53,13 +56,18 @@ def scale_shift(out: np.ndarray, scalar: np.float32, bias: np.float32) -> None:
 def _read_only_tensor(torch: ModuleType, src: np.ndarray) -> Any:
     """``torch.from_numpy(src)`` without torch's warning that a read-only array (a cached
     chunk) gives a tensor it cannot protect: the tensors made here are only ever read from.
-    Filtered here, not by a module-level filter, which a caller's ``catch_warnings`` (pytest
-    wraps every import and test in one) undoes."""
-    if src.flags.writeable:
+    torch gives that warning once per process, so only the first read-only conversion is
+    filtered, under a lock (``catch_warnings`` swaps the process-wide filters). Not a
+    module-level filter: a caller's ``catch_warnings`` (pytest wraps every test in one) undoes
+    it."""
+    global _READ_ONLY_SEEN
+    if src.flags.writeable or _READ_ONLY_SEEN:
         return torch.from_numpy(src)
-    with warnings.catch_warnings():
+    with _READ_ONLY_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(src)
+        tensor = torch.from_numpy(src)
+        _READ_ONLY_SEEN = True
+    return tensor
 
 
 def _torch_can_view(a: np.ndarray) -> bool:

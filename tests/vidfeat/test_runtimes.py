@@ -91,9 +91,11 @@ def test_every_installed_runtime_is_within_its_bound(
     assert (backbone.runtime, backbone.precision) == (runtime, precision)
     features = backbone.embed_preprocessed(real_batch)
     assert features.shape == (len(real_batch), 2048) and features.dtype == torch.float32
-    # The same frames in another order give the same features in that order: nothing carries
-    # over between batches. (The same batch shape: a new one would make `compile` compile again.)
-    torch.testing.assert_close(backbone.embed_preprocessed(real_batch.flip(0)), features.flip(0))
+    # A frame's features do not depend on the other frames of its batch or on earlier batches
+    # (batch statistics, activation scales taken over the batch). The same batch shape: a new
+    # one would make `compile` compile again.
+    others = [0, 0, 0, 3, 3, 3]
+    torch.testing.assert_close(backbone.embed_preprocessed(real_batch[others]), features[others])
     measured = fidelity(features.numpy(), reference)
     assert measured["mean_rel_diff"] < cls.bounds[precision], measured
 
