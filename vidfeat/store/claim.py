@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from vidfeat.errors import StoreError
 from vidfeat.location import Location, RemotePath, put_exclusive
@@ -54,11 +54,15 @@ def _busy(part: str, locks: Location) -> StoreError:
     )
 
 
+def _locks_dir(store: Location) -> Location:
+    return store.with_name(store.name + LOCKS_SUFFIX)
+
+
 def claim_part(store: Location, part: str) -> PartClaim:
     """Claim ``part`` of the store at ``store`` for this writer, or raise ``StoreError``."""
     if isinstance(store, RemotePath):
-        return ObjectClaim(store.with_name(store.name + LOCKS_SUFFIX) / f"{part}.claim", part)
-    return FileLock(store.with_name(store.name + LOCKS_SUFFIX) / f"{part}.lock", part)
+        return ObjectClaim(_locks_dir(store) / f"{part}.claim", part)
+    return FileLock(_locks_dir(store) / f"{part}.lock", part)
 
 
 class FileLock:
@@ -130,12 +134,7 @@ class ObjectClaim:
         ).encode()
 
     def _read(self) -> dict | None:
-        try:
-            return json.loads(self._fs.cat_file(self._path))
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return {}  # unreadable: treated as stale (its heartbeat is unknown)
+        return _read_claim(self._fs, self._path)
 
     def check(self) -> None:
         holder = self._read()
@@ -158,6 +157,17 @@ class ObjectClaim:
             self._fs.rm_file(self._path)
 
 
+def _read_claim(fs: Any, path: str) -> dict | None:
+    """A claim's document; None when there is none, {} when it is unreadable (treated as stale:
+    its heartbeat is unknown)."""
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}
+
+
 def _is_stale(holder: dict) -> bool:
     heartbeat = holder.get("heartbeat")
     if not isinstance(heartbeat, (int, float)) or time.time() - heartbeat > CLAIM_TTL_S:
@@ -177,7 +187,7 @@ def parts_being_written(store: Location) -> list[str]:
     """Parts of the store at ``store`` that a live writer holds now (sorted): readers see only
     what such a writer has committed so far. Locally, a lock some process holds; on object
     stores, a claim whose heartbeat is fresh."""
-    locks = store.with_name(store.name + LOCKS_SUFFIX)
+    locks = _locks_dir(store)
     if isinstance(locks, RemotePath):
         fs, folder = locks.filesystem()
         try:
@@ -186,10 +196,8 @@ def parts_being_written(store: Location) -> list[str]:
             return []
         held = []
         for name in (n for n in names if n.endswith(".claim")):
-            try:
-                holder = json.loads(fs.cat_file(f"{folder}/{name}"))
-            except (FileNotFoundError, ValueError):
-                continue  # released meanwhile, or unreadable (a writer would take it over)
+            # Released meanwhile (None), or unreadable ({}, stale: a writer would take it over).
+            holder = _read_claim(fs, f"{folder}/{name}")
             if isinstance(holder, dict) and not _is_stale(holder):
                 held.append(name.removesuffix(".claim"))
         return sorted(held)
