@@ -75,7 +75,8 @@ def load_run(run_dir: str | Path, checkpoint: str = ck.BEST) -> LoadedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} not found")
-    if not (run_dir / ck.CONFIG).is_file() and (run_dir / ck.TEST_METRICS).is_file():
+    has_config = (run_dir / ck.CONFIG).is_file()
+    if not has_config and (run_dir / ck.TEST_METRICS).is_file():
         # What `heads ensemble` writes: test scores and metrics, but no model to run.
         metrics = ck.read_json(run_dir / ck.TEST_METRICS)
         members = metrics.get("members") if isinstance(metrics, dict) else None
@@ -85,7 +86,7 @@ def load_run(run_dir: str | Path, checkpoint: str = ck.BEST) -> LoadedRun:
                 f"a model; evaluate or predict with its member runs ({', '.join(members)}) "
                 "and average, or read its test_metrics.json"
             )
-    if not (run_dir / checkpoint).is_file() and not (run_dir / ck.CONFIG).is_file():
+    if not has_config and not (run_dir / checkpoint).is_file():
         # A parent folder of runs, or a store: say so, rather than "best.pt not found".
         runs = sorted(d.name for d in run_dir.iterdir() if (d / ck.CONFIG).is_file())
         inside = f"; the runs in it: {', '.join(runs[:5])}" if runs else ""

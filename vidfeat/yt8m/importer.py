@@ -198,8 +198,8 @@ class _Importer:
         nonfinite = [s for s, x in video.features.items() if not np.isfinite(x).all()]
         if nonfinite:  # video-level float means: the store refuses NaN and infinity
             return "bad_example", f"non-finite values in {', '.join(sorted(nonfinite))}"
-        if any(i < 0 for i in video.labels):
-            return "bad_label", f"negative label indices {[i for i in video.labels if i < 0]}"
+        if negative := [i for i in video.labels if i < 0]:
+            return "bad_label", f"negative label indices {negative}"
         if self.vocabulary is not None:
             unknown = [i for i in video.labels if i not in self.vocabulary.names]
             if unknown:
