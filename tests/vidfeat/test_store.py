@@ -99,6 +99,23 @@ class StoreContract(StreamCases, IntegrityCases):
             assert row["duration_s"] == 2.5 and row["native_fps"] == 30.0
             assert row["decoder"] == "pyav"
 
+    def test_ids_are_looked_up_as_the_exact_strings_written(self, path: Path) -> None:
+        # Ids a table index might coerce or fold together: digits, leading zeros, unicode.
+        ids = ["1", "01", "1.0", "é", "e\u0301", "v 1"]
+        with create_store(path, dim=2, format=self.fmt) as w:
+            for i, vid in enumerate(ids):
+                w.write(vid, np.full((i + 1, 2), float(i)), labels=["same", "labels"])
+        with open_store(path) as r:
+            for i, vid in enumerate(ids):
+                assert vid in r
+                np.testing.assert_array_equal(r.read(vid), np.full((i + 1, 2), float(i)))
+                assert r.labels(vid) == ("same", "labels")
+            for absent in (1, 1.0, "001", "v1", None):
+                assert absent not in r
+            with pytest.raises(VideoNotFoundError, match="not in store"):
+                r.read(1)  # type: ignore[arg-type]
+            assert list(r.videos["labels"]) == [("same", "labels")] * len(ids)
+
     def test_failures_are_recorded_not_readable(self, path: Path) -> None:
         with create_store(path, dim=4, format=self.fmt) as w:
             w.write_failure("bad", "truncated", "decoded 1.0 s of declared 9.0 s", labels=["x"])

@@ -45,7 +45,7 @@ def test_direct_reads_equal_zarr_reads_and_what_was_written(tmp_path, dtype, dim
         assert part._fast_reader("streams/rgb/features") is not None  # the direct path is used
         for vid, x in written.items():
             raw = reader.read(vid, raw=True)
-            _, offset, n, _ = reader._loc[reader._index[vid]]
+            _, offset, n, _ = reader._locate(vid)
             np.testing.assert_array_equal(raw, x)
             np.testing.assert_array_equal(raw, np.asarray(arr[offset : offset + n]))
             assert raw.dtype == np.dtype(dtype)

@@ -60,7 +60,8 @@ class StoreReader:
         self._loc = table[["_part_no", "offset", "n_frames", "_row"]].to_numpy(dtype=np.int64)
         self._ok = (table["status"] == "ok").to_numpy(dtype=bool)
         self.videos: pd.DataFrame = table[list(PUBLIC_COLUMNS)]
-        self._index = {vid: i for i, vid in enumerate(self.videos["video_id"])}
+        # A pandas index rather than a dict: its hash table holds no Python object per video.
+        self._index = pd.Index(self.videos["video_id"])
 
     # -- metadata -------------------------------------------------------------------------
     @property
@@ -123,14 +124,14 @@ class StoreReader:
         return len(self.videos)
 
     def __contains__(self, video_id: object) -> bool:
-        return video_id in self._index
+        return isinstance(video_id, str) and video_id in self._index
 
     # -- table ----------------------------------------------------------------------------
     def _build_table(self) -> pd.DataFrame:
         frames = []
         for part_no, part in enumerate(self._parts):
             cols = part.table()
-            df = pd.DataFrame({k: _as_python(v) for k, v in cols.items()})
+            df = pd.DataFrame({k: _as_column(v) for k, v in cols.items()})
             df["part"] = part.name
             df["_part_no"] = part_no
             df["_row"] = np.arange(len(df))
@@ -139,9 +140,11 @@ class StoreReader:
             cols = [*PUBLIC_COLUMNS, "offset", "_part_no", "_row"]
             return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
         df = pd.concat(frames, ignore_index=True)
-        df["labels"] = [split_labels(x) for x in df["labels"]]
+        df["labels"] = _label_tuples(df["labels"])
         # A video may have several rows: a failure later retried, or two jobs with different
         # sharding. The first successful row wins; otherwise the most recent failure.
+        if not df["video_id"].duplicated().any():  # the usual case: nothing to choose between
+            return df.reset_index(drop=True)
         df["_ok"] = df["status"] == "ok"
         df["_order"] = np.arange(len(df))
         ok_first = df.sort_values(["video_id", "_ok", "_order"], ascending=[True, False, True])
@@ -156,8 +159,8 @@ class StoreReader:
 
     def _locate(self, video_id: str) -> tuple[PartReader, int, int, int]:
         try:
-            i = self._index[video_id]
-        except KeyError:
+            i = self._index.get_loc(video_id)
+        except (KeyError, TypeError):
             raise VideoNotFoundError(f"video {video_id!r} is not in store {self.path}") from None
         if not self._ok[i]:
             row = self.videos.iloc[i]
@@ -290,9 +293,9 @@ class StoreReader:
         return self._checked(part, array, row, row + 1, video_id)[0]
 
     def labels(self, video_id: str) -> tuple[str, ...]:
-        if video_id not in self._index:
+        if video_id not in self:
             raise VideoNotFoundError(f"video {video_id!r} is not in store {self.path}")
-        return self.videos.iloc[self._index[video_id]]["labels"]
+        return self.videos["labels"].iat[self._index.get_loc(video_id)]
 
     def close(self) -> None:
         self._backend.close()  # the parts it yielded too, in the order that is cheap for it
@@ -338,8 +341,34 @@ def _bounds(frames: np.ndarray) -> tuple[int, int]:
     return int(frames.min()), int(frames.max()) + 1
 
 
-def _as_python(values: np.ndarray) -> np.ndarray:
-    # Zarr returns numpy StringDType, HDF5 object arrays of str; pandas wants plain objects.
-    if values.dtype.kind in ("T", "U", "O"):
-        return values.astype(object)
-    return values
+def _as_column(values: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """A table column as pandas stores it. Zarr returns numpy StringDType and HDF5 object
+    arrays of str; where pandas keeps strings in Arrow (pandas 3 with pyarrow), they go there
+    directly, without a Python object per value, whose freed memory a process keeps."""
+    if values.dtype.kind not in ("T", "U", "O"):
+        return values
+    if _ARROW_STRINGS is not None:
+        import pyarrow as pa
+
+        return pd.array(pa.array(values, type=pa.large_string()), dtype=_ARROW_STRINGS)
+    return values.astype(object)
+
+
+def _label_tuples(joined: pd.Series) -> np.ndarray:
+    """Each row's labels as a tuple; rows with the same labels share one tuple."""
+    codes, uniques = pd.factorize(joined, use_na_sentinel=False)
+    tuples = np.empty(len(uniques), dtype=object)
+    for i, text in enumerate(uniques):
+        tuples[i] = split_labels(text)
+    return tuples[codes]
+
+
+def _arrow_strings() -> pd.api.extensions.ExtensionDtype | None:
+    """The string dtype pandas infers, where it is Arrow-backed (else None)."""
+    dtype = pd.Series(["x"]).dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        return dtype
+    return None
+
+
+_ARROW_STRINGS = _arrow_strings()
