@@ -259,14 +259,19 @@ class CliGroup(click.Group):
             fail(ctx, exc)
 
 
-def echo_failures(lines: list[str], store: object) -> None:
+def echo_failures(lines: list[str], store: object | None) -> None:
     """An end-of-job summary's failures on stderr: the first ``MAX_FAILURES_SHOWN``, then how
-    many more ``vidfeat info STORE`` lists."""
+    many more ``vidfeat info STORE`` lists (``store`` None: the job wrote no store)."""
     for line in lines[:MAX_FAILURES_SHOWN]:
         click.echo(f"  failed: {line}", err=True)
     if len(lines) > MAX_FAILURES_SHOWN:
         more = len(lines) - MAX_FAILURES_SHOWN
-        click.echo(f"  ... and {more} more (`vidfeat info {store}` lists every failure)", err=True)
+        where = (
+            f"`vidfeat info {store}` lists every failure"
+            if store is not None
+            else "not listed: no store was written to keep them"
+        )
+        click.echo(f"  ... and {more} more ({where})", err=True)
 
 
 def stdout_reader_left() -> bool:

@@ -237,13 +237,18 @@ def test_a_run_with_no_readable_video_says_nothing_was_written(tmp_path):
     _broken_inputs(inputs)
     for name in ("train0000", "train0001", "train0002"):  # the files with a good record
         (inputs / f"{name}.tfrecord").unlink()
+    for i in range(10):  # more failures than the summary shows
+        (inputs / f"train1{i:03d}.tfrecord").write_bytes(b"")
     store_path = tmp_path / "s.zarr"
     result = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
     assert result.exit_code == 1, result.output
-    assert "no video could be read from 2 file(s): nothing was written" in result.output
+    assert "no video could be read from 12 file(s): nothing was written" in result.output
     assert "files imported" not in result.output and not store_path.exists()
     assert "failed: " in result.output and "not_tfrecord" in result.output
     assert "(not_tfrecord): " in result.output  # with the reason, not the status alone
+    # The rest cannot be looked up in a store that was never made.
+    assert "... and 2 more (not listed: no store was written" in result.output
+    assert "vidfeat info" not in result.output
 
 
 ROOT = Path(__file__).resolve().parents[3]
