@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import logging
 import os
 from pathlib import Path
@@ -181,6 +182,7 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
             f"manifest {path} is missing required column(s) {', '.join(missing)}",
             [f"found columns: {', '.join(columns) or '(none)'}"],
         )
+    _check_other_columns(path, columns)
     entries: list[ManifestEntry] = []
     first_line: dict[str, int] = {}  # video_id -> the line it first appears on
     n_missing = 0
@@ -232,6 +234,32 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
             path,
         )
     return entries
+
+
+def _check_other_columns(path: Path, columns: list[str]) -> None:
+    """Columns the manifest has besides the ones read. One that differs from an optional
+    column only in case (``Split``) is refused: its values would be dropped without a word
+    (a curated split replaced by a computed one). Others are named in a warning, with the
+    column a misspelt one was probably meant to be."""
+    known = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+    others = [c for c in columns if c not in known]
+    cased = [c for c in others if c.lower() in known and c.lower() not in columns]
+    if cased:
+        raise ManifestError(
+            f"manifest {path} has column(s) {', '.join(cased)}: column names are lower case",
+            [f"rename {c!r} to {c.lower()!r}" for c in cased],
+        )
+    if others:
+        hints = []
+        for c in others:
+            close = difflib.get_close_matches(c.lower(), known, n=1, cutoff=0.75)
+            hints.append(f"{c} (did you mean {close[0]}?)" if close else c)
+        log.warning(
+            "%s: column(s) %s are not read; a manifest's columns are %s",
+            path,
+            ", ".join(hints),
+            ", ".join(known),
+        )
 
 
 def _id_problems(vid: str, line: int, first_line: dict[str, int]) -> list[str]:

@@ -270,3 +270,27 @@ def test_a_manifest_url_is_refused_as_given(tmp_path: Path) -> None:
     # Path() folded "https://" to "https:/" and the message named a file that never was.
     with pytest.raises(ConfigError, match=r"manifest https://example\.com/m\.csv: a URL"):
         ExtractConfig(manifest="https://example.com/m.csv", out=tmp_path / "s.zarr")
+
+
+def test_a_column_named_in_another_case_is_refused(tmp_path: Path) -> None:
+    _touch(tmp_path / "a.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,path,labels,Split,GROUP\na,a.mp4,x,test,g\n")
+    with pytest.raises(ManifestError, match="Split, GROUP: column names are lower case") as exc:
+        read_manifest(manifest)
+    assert "rename 'Split' to 'split'" in str(exc.value)
+
+
+def test_columns_that_are_not_read_are_named_with_the_likely_intended_one(tmp_path, caplog):
+    _touch(tmp_path / "a.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,path,labels,splt,title\na,a.mp4,x,test,A cat\n")
+    with caplog.at_level(logging.WARNING, logger="vidfeat.manifest"):
+        (entry,) = read_manifest(manifest)
+    assert entry.split == ""  # not read: the warning is what tells the user
+    assert "splt (did you mean split?), title are not read" in caplog.text
+    caplog.clear()
+    manifest.write_text("video_id,path,labels,split,group\na,a.mp4,x,test,g\n")
+    with caplog.at_level(logging.WARNING, logger="vidfeat.manifest"):
+        read_manifest(manifest)
+    assert "not read" not in caplog.text
