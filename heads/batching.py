@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from heads.config import DataConfig
 from heads.data import FeatureDataset, SampleKey, collate
+from heads.labels import MultiHot
 
 
 class BucketBatchSampler(Sampler[list[SampleKey]]):
@@ -109,11 +110,15 @@ def _training_batch_count(n: int, batch_size: int) -> int:
     return count - 1 if batch_size > 1 and count > 1 and n % batch_size == 1 else count
 
 
-def balanced_weights(targets: np.ndarray) -> np.ndarray:
+def balanced_weights(targets: MultiHot) -> np.ndarray:
     """(N,) draw probabilities ∝ 1 / (videos of each video's rarest label): every class is
     drawn about equally often (exactly so for single-label data)."""
-    counts = np.maximum(targets.sum(axis=0, dtype=np.float64), 1.0)  # (C,); float64 for choice()
-    per_video = np.where(targets > 0, 1.0 / counts, 0.0).max(axis=1)  # (N,)
+    # (C,) float64: choice() wants probabilities summing to 1 to double precision.
+    counts = np.maximum(targets.class_counts().astype(np.float64), 1.0)
+    per_label = 1.0 / counts[targets.indices]  # (nnz,)
+    per_video = np.zeros(len(targets))  # (N,); 0 for a video without labels
+    labelled = targets.row_lengths() > 0
+    per_video[labelled] = np.maximum.reduceat(per_label, targets.indptr[:-1][labelled])
     return per_video / per_video.sum()
 
 

@@ -160,11 +160,7 @@ class FeatureDataset(Dataset):
         self.store_path = str(store)
         self.video_ids: list[str] = [str(v) for v in videos["video_id"]]
         self.n_frames = np.asarray(videos["n_frames"], dtype=np.int64)  # (N,)
-        self.targets = (
-            np.stack([label_map.encode(x) for x in videos["labels"]]).astype(np.float32)
-            if len(videos)
-            else np.zeros((0, len(label_map)), np.float32)
-        )  # (N, C)
+        self.targets = label_map.encode_all(videos["labels"])  # (N, C), sparse
         self.cfg = cfg
         self.train = train
         self.seed = seed
@@ -237,7 +233,7 @@ class FeatureDataset(Dataset):
         for b, (index, pick) in enumerate(zip(indices, frames, strict=True)):
             reader.read_into(self.video_ids[index], out[b, : lengths[b]], names, pick)
             out[b, lengths[b] :] = 0
-        labels = torch.from_numpy(self.targets[indices])  # fancy indexing copies
+        labels = torch.from_numpy(self.targets.dense(indices))
         return Batch(x, torch.from_numpy(lengths), labels, torch.from_numpy(indices))
 
     def close(self) -> None:

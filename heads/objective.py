@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heads.config import SGD_MOMENTUM, TrainConfig
+from heads.labels import MultiHot
 
 
 class Loss:
@@ -51,14 +52,14 @@ class Loss:
         return logits if self.multilabel else torch.log_softmax(logits, dim=1)
 
 
-def inverse_frequency_weights(targets: np.ndarray) -> Tensor:
+def inverse_frequency_weights(targets: MultiHot) -> Tensor:
     """(C,) weights ∝ 1 / positives per class (absent classes count as 1), mean 1."""
-    counts = np.maximum(np.asarray(targets).sum(axis=0), 1.0)
+    counts = np.maximum(targets.class_counts().astype(np.float64), 1.0)
     weights = 1.0 / counts
     return torch.tensor(weights / weights.mean(), dtype=torch.float32)
 
 
-def loss_weights(cfg: TrainConfig, targets: np.ndarray) -> dict[str, Tensor | None]:
+def loss_weights(cfg: TrainConfig, targets: MultiHot) -> dict[str, Tensor | None]:
     """``class_weight`` and ``pos_weight`` for ``train`` from the training targets (N, C)."""
     weights = inverse_frequency_weights(targets)
     return {

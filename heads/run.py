@@ -201,7 +201,7 @@ def check_training_set(data: RunData) -> None:
             f"{len(train)} training video(s) after splitting: nothing to learn from "
             f"({len(data.videos)} labelled videos in all)"
         )
-    present = train.targets.sum(axis=0) > 0  # (C,)
+    present = train.targets.class_counts() > 0  # (C,)
     if not present.all():
         missing = [n for n, p in zip(data.label_map.labels, present, strict=True) if not p]
         log.warning(

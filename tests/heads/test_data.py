@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from heads import checkpoint as ck
-from heads.batching import BucketBatchSampler, make_loader
+from heads.batching import BucketBatchSampler, balanced_weights, make_loader
 from heads.config import DataConfig
 from heads.data import Batch, FeatureDataset, Sample, collate, effective_length, select_frames
-from heads.labels import LabelMap, build_label_map
+from heads.labels import LabelMap, MultiHot, build_label_map
 from heads.synthetic import write_store, write_sum_store
 from tests.heads.stores import LABELS, frame_videos, make_frame_store
 from vidfeat.errors import ConfigError
@@ -275,7 +275,7 @@ def _check_against_direct_reads(ds, batch, epoch, streams):
             assert batch.lengths[b] == n
             assert batch.x[b, :n].numpy().tobytes() == expected.tobytes()
             assert not batch.x[b, n:].any()
-            assert torch.equal(batch.labels[b], torch.from_numpy(ds.targets[i]))
+            assert torch.equal(batch.labels[b], torch.from_numpy(ds.targets.dense([i])[0]))
     assert batch.x.shape[1] == int(batch.lengths.max())
 
 
@@ -345,6 +345,34 @@ def test_label_map_sorted_over_ok_videos_and_multilabel_detection():
     assert label_map.multilabel
     assert kept["video_id"].tolist() == ["a", "b"]
     assert label_map.encode(["zebra", "unknown"]).tolist() == [0.0, 1.0]
+
+
+def test_sparse_targets_equal_the_dense_multi_hot_rows():
+    label_map = LabelMap(("a", "b", "c", "d"), multilabel=True)
+    videos = [("c", "a"), ("b",), (), ("d", "d", "x"), ("c", "a"), ("x",), ("a", "b", "c", "d")]
+    targets = label_map.encode_all(videos)
+    dense = np.zeros((len(videos), 4), np.float32)  # written out by hand from the lists above
+    for row, cols in enumerate([[0, 2], [1], [], [3], [0, 2], [], [0, 1, 2, 3]]):
+        dense[row, cols] = 1.0
+    assert targets.shape == (7, 4) and len(targets) == 7
+    np.testing.assert_array_equal(targets.dense(), dense)
+    for rows in ([6, 0, 2], [2], [5, 5, 1], []):  # any order, repeats, empty rows
+        np.testing.assert_array_equal(targets.dense(rows), dense[rows].reshape(len(rows), 4))
+    assert targets.class_counts().tolist() == [3, 2, 3, 2]
+    assert targets.row_lengths().tolist() == [2, 1, 0, 1, 2, 0, 4]
+    again = MultiHot.from_dense(dense)
+    np.testing.assert_array_equal(again.indptr, targets.indptr)
+    np.testing.assert_array_equal(again.indices, targets.indices)
+    for labels, row in zip(videos, dense, strict=True):
+        np.testing.assert_array_equal(label_map.encode(labels), row)
+
+
+def test_balanced_weights_skip_unlabelled_videos_and_favour_rare_labels():
+    targets = np.array([[1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1]], np.float32)
+    weights = balanced_weights(MultiHot.from_dense(targets))
+    # 1 / (videos of the rarest label): a 3, a 3, b 1 (rarest of a, b), none, c 1.
+    expected = np.array([1 / 3, 1 / 3, 1.0, 0.0, 1.0])
+    np.testing.assert_allclose(weights, expected / expected.sum())
 
 
 def test_label_map_class_subset_excludes_other_videos():

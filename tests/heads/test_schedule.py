@@ -17,6 +17,7 @@ from heads import checkpoint as ck
 from heads.batching import BucketBatchSampler, balanced_weights
 from heads.config import DataConfig, TrainConfig
 from heads.inference import load_run
+from heads.labels import MultiHot
 from heads.models import HeadConfig
 from heads.objective import Loss
 from heads.run import train_run
@@ -144,7 +145,7 @@ def test_balanced_sampler_draws_classes_equally():
     targets = np.zeros((100, 2), np.float32)
     targets[:90, 0] = 1.0
     targets[90:, 1] = 1.0
-    weights = balanced_weights(targets)
+    weights = balanced_weights(MultiHot.from_dense(targets))
     np.testing.assert_allclose((weights[:, None] * targets).sum(axis=0), [0.5, 0.5])
     sampler = BucketBatchSampler(np.full(100, 5), 10, shuffle=True, seed=1, weights=weights)
     drawn = []

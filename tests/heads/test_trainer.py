@@ -23,7 +23,7 @@ from heads.errors import (
 )
 from heads.identity import check_store_compatible, store_identity
 from heads.inference import evaluate_run, load_run
-from heads.labels import build_label_map
+from heads.labels import MultiHot, build_label_map
 from heads.models import HeadConfig, create_head
 from heads.objective import inverse_frequency_weights
 from heads.run import train_run
@@ -153,7 +153,7 @@ def test_multilabel_store_uses_sigmoid_bce(tmp_path):
 
 def test_inverse_frequency_weights():
     targets = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
-    w = inverse_frequency_weights(targets).numpy()
+    w = inverse_frequency_weights(MultiHot.from_dense(targets)).numpy()
     assert w[0] * 3 == pytest.approx(w[1]) and w[2] == pytest.approx(w[1])  # absent: as if 1
     assert w.mean() == pytest.approx(1.0)
 
