@@ -33,7 +33,12 @@ if TYPE_CHECKING:
 # "choices" names a tuple in heads.config.
 _TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any], str]] = [
     ("max_frames", "Data", {"type": int}, "Frames per video."),
-    ("skip_first", "Data", {"type": int}, "Drop this many leading frames."),
+    (
+        "skip_first",
+        "Data",
+        {"type": int},
+        "Drop this many leading frames (a shorter video keeps its last frame).",
+    ),
     (
         "sampling",
         "Data",

@@ -201,6 +201,18 @@ def check_training_set(data: RunData) -> None:
             f"{len(train)} training video(s) after splitting: nothing to learn from "
             f"({len(data.videos)} labelled videos in all)"
         )
+    skip = train.cfg.skip_first
+    short = int((train.n_frames <= skip).sum()) if skip else 0
+    if short:
+        # effective_length keeps every video's last frame rather than dropping the video.
+        log.warning(
+            "--skip-first %d: %d of %d training videos have no more than %d frames; each "
+            "trains on its last frame only",
+            skip,
+            short,
+            len(train),
+            skip,
+        )
     present = train.targets.class_counts() > 0  # (C,)
     if not present.all():
         missing = [n for n, p in zip(data.label_map.labels, present, strict=True) if not p]

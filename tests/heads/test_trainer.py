@@ -26,7 +26,7 @@ from heads.inference import evaluate_run, load_run
 from heads.labels import MultiHot, build_label_map
 from heads.models import HeadConfig, create_head
 from heads.objective import inverse_frequency_weights
-from heads.run import train_run
+from heads.run import check_training_set, load_data, train_run
 from heads.synthetic import write_store
 from heads.trainer import Loaders, train
 from tests.heads.stores import cluster_videos, make_cluster_store
@@ -368,3 +368,19 @@ def test_an_interrupt_during_a_checkpoint_write_waits_for_the_write(tmp_path):
         ck.save_checkpoint(path, state)
     saved = torch.load(path, weights_only=False)  # written whole before the interrupt
     assert saved["bomb"] == 7 and torch.equal(saved["after"], torch.ones(5000))
+
+
+def test_skip_first_past_the_end_of_videos_is_said(tmp_path, caplog):
+    store = make_cluster_store(tmp_path / "s.zarr", n_videos=40)  # videos of 4-19 frames
+    cfg = TrainConfig(model="bof", data=DataConfig(skip_first=10))
+    data = load_data(store, cfg)
+    short = int((data.sets["train"].n_frames <= 10).sum())
+    assert 0 < short < len(data.sets["train"])
+    with caplog.at_level("WARNING", logger="heads.run"):
+        check_training_set(data)
+    message = f"--skip-first 10: {short} of {len(data.sets['train'])} training videos"
+    assert message in caplog.text and "last frame only" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="heads.run"):
+        check_training_set(load_data(store, TrainConfig(model="bof")))
+    assert "--skip-first" not in caplog.text
