@@ -146,12 +146,17 @@ class FeatureDataset(Dataset):
         streams: Sequence[str] | None = None,
         train: bool = False,
         seed: int = 0,
+        reader: StoreReader | None = None,
     ) -> None:
         cfg = cfg if cfg is not None else DataConfig()
         if streams is not None:
             cfg = dataclasses.replace(cfg, streams=tuple(streams))
-            with open_store(store) as reader:  # a missing stream is named now, not mid-epoch
+            # A missing stream is named now, not mid-epoch.
+            if reader is not None:
                 resolve_streams(reader, cfg.streams)
+            else:
+                with open_store(store) as opened:
+                    resolve_streams(opened, cfg.streams)
         if videos is None:
             label_map, videos = _store_videos(store, label_map, split)
         elif label_map is None:
@@ -165,8 +170,12 @@ class FeatureDataset(Dataset):
         self.train = train
         self.seed = seed
         self.lengths = np.array([effective_length(int(n), cfg) for n in self.n_frames], np.int64)
-        self._reader = None
-        self._pid: int | None = None
+        # ``reader``: one the caller opened on this store and closes (a run shares one among its
+        # splits, so the store's index is built and held once). This process reads through it;
+        # another one (a DataLoader worker) opens its own.
+        self._reader = reader
+        self._pid: int | None = os.getpid() if reader is not None else None
+        self._borrowed = reader is not None
 
     @property
     def dim(self) -> int:
@@ -194,7 +203,7 @@ class FeatureDataset(Dataset):
         if self._reader is None or self._pid != os.getpid():
             cache = {} if self.cfg.cache_mb is None else {"cache_mb": self.cfg.cache_mb}
             self._reader = open_store(self.store_path, **cache)
-            self._pid = os.getpid()
+            self._pid, self._borrowed = os.getpid(), False
         return self._reader
 
     def frame_indices(self, index: int, epoch: int = 0) -> np.ndarray:
@@ -237,7 +246,8 @@ class FeatureDataset(Dataset):
         return Batch(x, torch.from_numpy(lengths), labels, torch.from_numpy(indices))
 
     def close(self) -> None:
-        if self._reader is not None and self._pid == os.getpid():
+        """Close the reader this dataset opened in this process (not one it was given)."""
+        if self._reader is not None and self._pid == os.getpid() and not self._borrowed:
             self._reader.close()
         self._reader, self._pid = None, None
 

@@ -49,7 +49,7 @@ from heads.trainer import train as train_loop
 from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.location import as_location
-from vidfeat.store import DEFAULT_CACHE_MB, open_store
+from vidfeat.store import DEFAULT_CACHE_MB, StoreReader, open_store
 from vidfeat.store.claim import parts_being_written
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class RunData:
     identity: dict[str, Any]  # heads.identity.store_identity, fingerprint included
     label_map: LabelMap
     videos: pd.DataFrame  # the kept videos, with their ``split``
-    sets: dict[str, FeatureDataset]  # train / val / test
+    sets: dict[str, FeatureDataset]  # train / val / test, reading through ``reader``
+    reader: StoreReader  # the run's one snapshot of the store; the caller that opened it closes it
 
     def meta(self, **extra: Any) -> dict[str, Any]:
         """What every checkpoint of the run carries about its data."""
@@ -126,54 +127,61 @@ def load_data(
     saved_splits: pd.DataFrame | None = None,
     saved_label_map: LabelMap | None = None,
     recorded: dict[str, Any] | None = None,
+    reader: StoreReader,
 ) -> RunData:
-    """Label map, splits and datasets of a run on ``store_path``.
+    """Label map, splits and datasets of a run on ``store_path``, open as ``reader``.
 
     Splits are the store's or the split file's, else made (stratified, seeded); with
     ``parent_splits`` (fine-tuning) the parent's videos keep theirs; with ``saved_splits`` and
     ``saved_label_map`` (a resumed run) the run's own are used as written, and the store must
-    then match the ``recorded`` identity.
+    then match the ``recorded`` identity. The datasets read through ``reader`` in this process:
+    the store's index is built and held once per run, not once per split.
     """
-    with open_store(store_path) as reader:
-        videos = reader.videos
-        if writing := parts_being_written(as_location(store_path)):
-            # Said, not refused: training on a prefix can be deliberate, but a run that ends
-            # "finished" on part of the data should not look like one on all of it.
-            log.warning(
-                "store %s is being written (part %s): this run reads the %d videos committed "
-                "so far, not those still to come",
-                store_path,
-                ", ".join(writing),
-                len(videos),
-            )
-        if split_file is not None:
-            videos = merge_split_file(videos, read_split_file(split_file))
-        label_map, kept = build_label_map(videos, cfg.data.classes)
-        if saved_label_map is not None:
-            label_map = saved_label_map
-        fractions = {
-            "test_fraction": cfg.data.test_fraction,
-            "val_fraction": cfg.data.val_fraction,
-            "seed": cfg.seed,
-        }
-        if saved_splits is not None:
-            splits = saved_splits
-        elif parent_splits is not None:
-            splits = inherit_splits(kept, parent_splits, given=split_file is not None, **fractions)
-        else:
-            splits = assign_splits(kept, **fractions)
-        kept = kept.drop(columns=["split"], errors="ignore").merge(splits, on="video_id")
-        identity = store_identity(reader, kept, cfg.data.streams)
-        if recorded is not None:
-            check_same_data(recorded, reader, kept, "resume")
-    sets = split_datasets(store_path, kept, label_map, cfg)
-    return RunData(str(store_path), identity, label_map, kept, sets)
+    videos = reader.videos
+    if writing := parts_being_written(as_location(store_path)):
+        # Said, not refused: training on a prefix can be deliberate, but a run that ends
+        # "finished" on part of the data should not look like one on all of it.
+        log.warning(
+            "store %s is being written (part %s): this run reads the %d videos committed "
+            "so far, not those still to come",
+            store_path,
+            ", ".join(writing),
+            len(videos),
+        )
+    if split_file is not None:
+        videos = merge_split_file(videos, read_split_file(split_file))
+    label_map, kept = build_label_map(videos, cfg.data.classes)
+    if saved_label_map is not None:
+        label_map = saved_label_map
+    fractions = {
+        "test_fraction": cfg.data.test_fraction,
+        "val_fraction": cfg.data.val_fraction,
+        "seed": cfg.seed,
+    }
+    if saved_splits is not None:
+        splits = saved_splits
+    elif parent_splits is not None:
+        splits = inherit_splits(kept, parent_splits, given=split_file is not None, **fractions)
+    else:
+        splits = assign_splits(kept, **fractions)
+    kept = kept.drop(columns=["split"], errors="ignore").merge(splits, on="video_id")
+    identity = store_identity(reader, kept, cfg.data.streams)
+    if recorded is not None:
+        check_same_data(recorded, reader, kept, "resume")
+    sets = split_datasets(store_path, kept, label_map, cfg, reader=reader)
+    return RunData(str(store_path), identity, label_map, kept, sets, reader)
 
 
 def split_datasets(
-    store_path: str | Path, videos: pd.DataFrame, label_map: LabelMap, cfg: TrainConfig
+    store_path: str | Path,
+    videos: pd.DataFrame,
+    label_map: LabelMap,
+    cfg: TrainConfig,
+    *,
+    reader: StoreReader | None = None,
 ) -> dict[str, FeatureDataset]:
-    """One dataset per split of ``videos`` (its ``split`` column); only train is augmented."""
+    """One dataset per split of ``videos`` (its ``split`` column); only train is augmented.
+    With ``reader``, all of them read through it in this process."""
     return {
         name: FeatureDataset(
             store_path,
@@ -182,6 +190,7 @@ def split_datasets(
             cfg.data,
             train=name == "train",
             seed=cfg.seed,
+            reader=reader,
         )
         for name in ("train", "val", "test")
     }
@@ -334,48 +343,60 @@ def train_run(
     """
     run_dir = Path(run_dir)
     check_loggers(logger)
-    with open_store(store_path) as reader:  # streams and head checked before run_dir exists
-        cfg = with_streams(cfg, reader)
-    # Rank 0 decides: another rank could otherwise see the header rank 0 is writing.
-    state = dd.on_main(ck.check_run_dir, run_dir, resume=resume, force=force)
-    if state == "finished" and resume:
-        log.warning("%s holds a finished run: nothing to resume (--force trains it anew)", run_dir)
-        return ck.read_json(run_dir / ck.TEST_METRICS)
-    continuing = state == "unfinished" and resume
-    if continuing:
-        data = _resumed_data(store_path, cfg, run_dir)
-    else:
-        data = load_data(store_path, cfg, split_file=split_file)
-    check_training_set(data)
-    sizes = {k: len(v) for k, v in data.sets.items()}
-    log.info("%d classes; videos: %s", len(data.label_map), sizes)
-    if not continuing and dd.world().is_main:
-        if state != "new":
-            ck.clear_run_dir(run_dir)
-        # Recorded so that this config.json, given as --config, splits the videos the same way.
-        given = {"split_file": str(Path(split_file).absolute())} if split_file else {}
-        write_header(run_dir, cfg, data, **given)
-    torch.manual_seed(cfg.seed)  # model initialisation
-    model = create_head(
-        cfg.model,
-        input_dim=data.identity["dim"],
-        num_classes=len(data.label_map),
-        cfg=cfg.head,
-        streams=recorded_streams(data.identity),
-    )
-    return fit_and_test(
-        model,
-        data,
-        cfg,
-        run_dir,
-        data.meta(),
-        resume=continuing,
-        progress=progress,
-        logger=logger,
-    )
+    # One snapshot of the store for the whole run: its index, the largest thing a run holds
+    # besides the chunk cache, is built once and shared by the splits.
+    with open_run_store(store_path, cfg) as reader:
+        cfg = with_streams(cfg, reader)  # streams and head checked before run_dir exists
+        # Rank 0 decides: another rank could otherwise see the header rank 0 is writing.
+        state = dd.on_main(ck.check_run_dir, run_dir, resume=resume, force=force)
+        if state == "finished" and resume:
+            log.warning(
+                "%s holds a finished run: nothing to resume (--force trains it anew)", run_dir
+            )
+            return ck.read_json(run_dir / ck.TEST_METRICS)
+        continuing = state == "unfinished" and resume
+        if continuing:
+            data = _resumed_data(store_path, cfg, run_dir, reader)
+        else:
+            data = load_data(store_path, cfg, split_file=split_file, reader=reader)
+        check_training_set(data)
+        sizes = {k: len(v) for k, v in data.sets.items()}
+        log.info("%d classes; videos: %s", len(data.label_map), sizes)
+        if not continuing and dd.world().is_main:
+            if state != "new":
+                ck.clear_run_dir(run_dir)
+            # Recorded so that this config.json, given as --config, splits videos the same way.
+            given = {"split_file": str(Path(split_file).absolute())} if split_file else {}
+            write_header(run_dir, cfg, data, **given)
+        torch.manual_seed(cfg.seed)  # model initialisation
+        model = create_head(
+            cfg.model,
+            input_dim=data.identity["dim"],
+            num_classes=len(data.label_map),
+            cfg=cfg.head,
+            streams=recorded_streams(data.identity),
+        )
+        return fit_and_test(
+            model,
+            data,
+            cfg,
+            run_dir,
+            data.meta(),
+            resume=continuing,
+            progress=progress,
+            logger=logger,
+        )
 
 
-def _resumed_data(store_path: str | Path, cfg: TrainConfig, run_dir: Path) -> RunData:
+def open_run_store(store_path: str | Path, cfg: TrainConfig) -> StoreReader:
+    """The store a run reads, with the run's chunk cache (``--cache-mb``)."""
+    cache = {} if cfg.data.cache_mb is None else {"cache_mb": cfg.data.cache_mb}
+    return open_store(store_path, **cache)
+
+
+def _resumed_data(
+    store_path: str | Path, cfg: TrainConfig, run_dir: Path, reader: StoreReader
+) -> RunData:
     """The data of the unfinished run in ``run_dir``: its splits and label map, on a store
     that must still be the one it recorded, with ``cfg`` equal to its config."""
     saved = ck.read_json(run_dir / ck.CONFIG)
@@ -388,6 +409,7 @@ def _resumed_data(store_path: str | Path, cfg: TrainConfig, run_dir: Path) -> Ru
         saved_splits=load_splits(run_dir / ck.SPLIT),
         saved_label_map=LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP)),
         recorded=recorded,
+        reader=reader,
     )
 
 

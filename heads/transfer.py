@@ -42,11 +42,10 @@ from heads.identity import check_store_compatible
 from heads.inference import LoadedRun, load_run
 from heads.loggers import check_loggers
 from heads.models import Head
-from heads.run import check_training_set, fit_and_test, load_data
+from heads.run import check_training_set, fit_and_test, load_data, open_run_store
 from heads.run import write_header as write_run_header
 from heads.splits import load_splits
 from heads.streams import parent_streams
-from vidfeat.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -222,40 +221,43 @@ def finetune_run(
     cfg = parent_streams(run.provenance, cfg)
     out = Path(out)
     state = dd.on_main(_check_out, out, run.run_dir, force)  # before rank 0 writes there
-    with open_store(store) as reader:
+    with open_run_store(store, cfg) as reader:  # one snapshot, shared by the splits
         check_store_compatible(run.provenance, reader)
-    parent_splits = load_splits(run.run_dir / ck.SPLIT)
-    data = load_data(store, cfg, split_file=split_file, parent_splits=parent_splits)
-    check_training_set(data)
-    model = copy.deepcopy(run.model)  # the caller's LoadedRun stays as it was
-    torch.manual_seed(cfg.seed)  # the new classifier rows
-    warm = warm_start_classifier(model, run.label_map.labels, data.label_map.labels)
-    params = freeze(model, mode)
-    info = _finetune_info(run, mode, warm, count_parameters(params))
-    log.info(
-        "fine-tuning %s (--train %s): %d of %d parameters trainable; %d classes, %d warm-started",
-        cfg.model,
-        mode,
-        info["trainable_params"],
-        count_parameters(list(model.parameters())),
-        len(data.label_map),
-        len(warm.kept),
-    )
-    if dd.world().is_main:  # the only rank that writes
-        if state != "new":
-            ck.clear_run_dir(out)
-        write_run_header(out, cfg, data, finetune=info)  # only once every check has passed
-    with frozen_parts_in_eval(model, mode):
-        metrics = fit_and_test(
-            model,
-            data,
-            cfg,
-            out,
-            data.meta(finetune=info),
-            trainable_params=params,
-            progress=progress,
-            logger=logger,
+        parent_splits = load_splits(run.run_dir / ck.SPLIT)
+        data = load_data(
+            store, cfg, split_file=split_file, parent_splits=parent_splits, reader=reader
         )
+        check_training_set(data)
+        model = copy.deepcopy(run.model)  # the caller's LoadedRun stays as it was
+        torch.manual_seed(cfg.seed)  # the new classifier rows
+        warm = warm_start_classifier(model, run.label_map.labels, data.label_map.labels)
+        params = freeze(model, mode)
+        info = _finetune_info(run, mode, warm, count_parameters(params))
+        log.info(
+            "fine-tuning %s (--train %s): %d of %d parameters trainable; %d classes, "
+            "%d warm-started",
+            cfg.model,
+            mode,
+            info["trainable_params"],
+            count_parameters(list(model.parameters())),
+            len(data.label_map),
+            len(warm.kept),
+        )
+        if dd.world().is_main:  # the only rank that writes
+            if state != "new":
+                ck.clear_run_dir(out)
+            write_run_header(out, cfg, data, finetune=info)  # only once every check has passed
+        with frozen_parts_in_eval(model, mode):
+            metrics = fit_and_test(
+                model,
+                data,
+                cfg,
+                out,
+                data.meta(finetune=info),
+                trainable_params=params,
+                progress=progress,
+                logger=logger,
+            )
     log.info("fine-tuned in %.1f s (%d epochs)", metrics["train_wall_s"], metrics["epochs_run"])
     return metrics
 

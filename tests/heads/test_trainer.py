@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -373,14 +374,35 @@ def test_an_interrupt_during_a_checkpoint_write_waits_for_the_write(tmp_path):
 def test_skip_first_past_the_end_of_videos_is_said(tmp_path, caplog):
     store = make_cluster_store(tmp_path / "s.zarr", n_videos=40)  # videos of 4-19 frames
     cfg = TrainConfig(model="bof", data=DataConfig(skip_first=10))
-    data = load_data(store, cfg)
-    short = int((data.sets["train"].n_frames <= 10).sum())
-    assert 0 < short < len(data.sets["train"])
-    with caplog.at_level("WARNING", logger="heads.run"):
-        check_training_set(data)
-    message = f"--skip-first 10: {short} of {len(data.sets['train'])} training videos"
-    assert message in caplog.text and "last frame only" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="heads.run"):
-        check_training_set(load_data(store, TrainConfig(model="bof")))
-    assert "--skip-first" not in caplog.text
+    with open_store(store) as reader:
+        data = load_data(store, cfg, reader=reader)
+        short = int((data.sets["train"].n_frames <= 10).sum())
+        assert 0 < short < len(data.sets["train"])
+        with caplog.at_level("WARNING", logger="heads.run"):
+            check_training_set(data)
+        message = f"--skip-first 10: {short} of {len(data.sets['train'])} training videos"
+        assert message in caplog.text and "last frame only" in caplog.text
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="heads.run"):
+            check_training_set(load_data(store, TrainConfig(model="bof"), reader=reader))
+        assert "--skip-first" not in caplog.text
+
+
+def test_a_runs_splits_read_through_the_one_reader_the_run_opened(tmp_path):
+    # HDF5: a reader closed by one of the splits could no longer read for the others.
+    store = make_cluster_store(tmp_path / "s.h5", n_videos=30)
+    with open_store(store) as reader:
+        data = load_data(store, TrainConfig(model="bof"), reader=reader)
+        assert data.reader is reader
+        assert all(ds._store() is reader for ds in data.sets.values())
+        train, val = data.sets["train"], data.sets["val"]
+        first = train[0].x
+        train.close()  # the run's reader is not the dataset's to close
+        np.testing.assert_array_equal(val[0].x.numpy(), reader.read(val.video_ids[0]))
+        assert torch.equal(train[0].x, first)  # reopened on its own after its close()
+        assert train._store() is not reader
+        train.close()
+        elsewhere = pickle.loads(pickle.dumps(val))  # as a DataLoader worker gets it
+        assert elsewhere._store() is not reader
+        assert torch.equal(elsewhere[0].x, val[0].x)
+        elsewhere.close()
