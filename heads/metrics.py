@@ -60,10 +60,16 @@ class ClassStats:
 
 
 def _validate(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
-    """Return (scores float64, labels bool), both (N, C), or raise MetricInputError."""
+    """Return (scores float32 or float64, labels bool), both (N, C), or raise
+    MetricInputError. Float32 scores stay float32: converting them would not change one
+    comparison, and a float64 copy of a YouTube-8M-sized score matrix is gigabytes."""
     try:
-        s = np.asarray(scores, dtype=np.float64)
-        y_raw = np.asarray(labels, dtype=np.float64)
+        s = np.asarray(scores)
+        if s.dtype not in (np.float32, np.float64):
+            s = np.asarray(scores, dtype=np.float64)
+        y_raw = np.asarray(labels)
+        if y_raw.dtype.kind not in "biuf":
+            y_raw = np.asarray(labels, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise MetricInputError(f"scores and labels must be numeric arrays: {exc}") from exc
     if s.ndim != 2 or y_raw.ndim != 2:
@@ -77,9 +83,9 @@ def _validate(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(s).all():
         bad = int((~np.isfinite(s)).sum())
         raise NonFiniteScores(f"scores contain {bad} NaN or infinite value(s)")
-    if not ((y_raw == 0) | (y_raw == 1)).all():
+    if y_raw.dtype != bool and not ((y_raw == 0) | (y_raw == 1)).all():
         raise MetricInputError("labels must be binary (0/1 or bool)")
-    return s, y_raw.astype(bool)
+    return s, y_raw.astype(bool, copy=False)
 
 
 def _validate_k(k: object, name: str = "k", hint: str = "") -> int:
@@ -123,15 +129,32 @@ def _class_aps(s: np.ndarray, y: np.ndarray, retrieved: np.ndarray) -> np.ndarra
         return np.where(support > 0, precision_sum / support, np.nan)
 
 
+def _class_aps_top_k(s: np.ndarray, y: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """``_class_aps`` with each video retrieving the classes ``top`` (N, k) lists for it, from
+    those N * k entries alone rather than from (N, C) arrays: the same ranks (score, then video
+    index), hits and denominators, in memory that grows with k instead of C."""
+    n, k = top.shape
+    classes = top.ravel()
+    videos = np.repeat(np.arange(n), k)
+    scores = np.take_along_axis(s, top, axis=1).ravel()
+    hits = np.take_along_axis(y, top, axis=1).ravel()
+    by_class = np.lexsort((videos, -scores, classes))  # class, then descending score, video
+    classes, hits = classes[by_class], hits[by_class]
+    first = np.searchsorted(classes, classes)  # where each entry's class begins
+    ranks = np.arange(1, classes.size + 1) - first  # 1-based rank within the class
+    cum_hits = np.cumsum(hits)
+    in_class = cum_hits - (cum_hits[first] - hits[first])  # hits so far within the class
+    precision_sum = np.bincount(
+        classes, weights=np.where(hits, in_class / ranks, 0.0), minlength=s.shape[1]
+    )
+    support = y.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, precision_sum / support, np.nan)
+
+
 def _nanmean_or_nan(values: np.ndarray) -> float:
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else float("nan")
-
-
-def _retrieved_mask(order_k: np.ndarray, n_classes: int) -> np.ndarray:
-    mask = np.zeros((order_k.shape[0], n_classes), dtype=bool)
-    np.put_along_axis(mask, order_k, True, axis=1)
-    return mask
 
 
 # ---------------------------------------------------------------- internals on validated input
@@ -162,8 +185,7 @@ def _perr(y: np.ndarray, order: np.ndarray) -> float:
 
 
 def _map_top_k(s: np.ndarray, y: np.ndarray, order: np.ndarray, top_k: int) -> float:
-    retrieved = _retrieved_mask(order[:, :top_k], s.shape[1])
-    return _nanmean_or_nan(_class_aps(s, y, retrieved))
+    return _nanmean_or_nan(_class_aps_top_k(s, y, order[:, :top_k]))
 
 
 # ---------------------------------------------------------------- public metrics
@@ -198,7 +220,7 @@ def perr(scores: np.ndarray, labels: np.ndarray) -> float:
     Mean over videos with >= 1 positive; ``nan`` if there are none.
     """
     s, y = _validate(scores, labels)
-    return _perr(y, _rank(s))
+    return _perr(y, _rank(s, max(1, int(y.sum(axis=1).max()))))
 
 
 def average_precision_per_class(
@@ -214,7 +236,7 @@ def average_precision_per_class(
     if top_k is None:
         return _class_aps(s, y, np.ones_like(y))
     top_k = _validate_k(top_k, "top_k")
-    return _class_aps(s, y, _retrieved_mask(_rank(s, top_k), s.shape[1]))
+    return _class_aps_top_k(s, y, _rank(s, top_k))
 
 
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray, top_k: int = 20) -> float:
@@ -303,7 +325,9 @@ def confusion_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def evaluate_all(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
     """hit_at_1, top5, gap_at_20, mean_ap (YouTube-8M, top 20), perr and n (videos)."""
     s, y = _validate(scores, labels)
-    order = _rank(s)  # one full ranking shared by every metric
+    # One ranking shared by every metric, as deep as the deepest needs: GAP and mAP read each
+    # video's top 20, PERR its top n for n positives. Not all C: (N, C) int64 is gigabytes.
+    order = _rank(s, max(20, int(y.sum(axis=1).max())))
     return {
         "hit_at_1": _hit_at_k(y, order, 1),
         "top5": _hit_at_k(y, order, 5),

@@ -416,3 +416,21 @@ def test_precision_recall_curve_takes_one_class_only():
         m.precision_recall_curve(scores, labels)
     precision, recall = m.precision_recall_curve(scores[:, 0], labels[:, 0])
     assert len(precision) == len(recall) == 4 and recall[-1] == 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_top_k_class_aps_equal_the_masked_full_ranking(seed):
+    # The top-k path ranks only the N * k retrieved entries; the masked path ranks all (N, C).
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=(40, 25)), seed % 3).astype(np.float32)  # many ties
+    labels = rng.random((40, 25)) < 0.15
+    s, y = m._validate(scores, labels)
+    for k in (1, 4, 20, 25, 30):
+        order = m._rank(s, k)
+        retrieved = np.zeros_like(y)
+        np.put_along_axis(retrieved, order, True, axis=1)
+        np.testing.assert_allclose(
+            m._class_aps_top_k(s, y, order), m._class_aps(s, y, retrieved), rtol=1e-12
+        )
+    assert s.dtype == np.float32  # kept: no float64 copy of the scores
+    assert m.evaluate_all(scores, labels) == m.evaluate_all(scores.astype(np.float64), labels)
