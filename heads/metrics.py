@@ -94,17 +94,34 @@ def _validate_k(k: object, name: str = "k", hint: str = "") -> int:
     return int(k)
 
 
-def _rank(scores: np.ndarray, k: int | None = None) -> np.ndarray:
+def rank_classes(scores: np.ndarray, k: int | None = None) -> np.ndarray:
     """Class indices per video by descending score, ties by class index: (N, min(k, C))."""
     n, c = scores.shape
     k = c if k is None else min(k, c)
     out = np.empty((n, k), dtype=np.int64)
     step = max(1, _SORT_CHUNK_ELEMS // c)
     for start in range(0, n, step):
-        # A stable sort of the negated scores keeps equal scores in class-index order.
-        block = np.argsort(-scores[start : start + step], axis=1, kind="stable")
-        out[start : start + step] = block[:, :k]
+        out[start : start + step] = _top_k_rows(-scores[start : start + step], k)
     return out
+
+
+def _top_k_rows(neg: np.ndarray, k: int) -> np.ndarray:
+    """The k smallest entries of each row of ``neg``, ascending, ties by column index."""
+    if k >= neg.shape[1]:
+        return np.argsort(neg, axis=1, kind="stable")  # keeps equal values in index order
+    # Partition out k candidates per row, then sort only them (by value, then index): ~8x
+    # faster than sorting all C when k << C.
+    top = np.argpartition(neg, k - 1, axis=1)[:, :k]
+    top.sort(axis=1)
+    order = np.argsort(np.take_along_axis(neg, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    # Where the k-th value ties with an entry left out, the partition may have kept any of the
+    # tied entries rather than the lowest-indexed: sort those rows whole.
+    kth = np.take_along_axis(neg, top[:, -1:], axis=1)
+    tied = (neg <= kth).sum(axis=1) > k
+    if tied.any():
+        top[tied] = np.argsort(neg[tied], axis=1, kind="stable")[:, :k]
+    return top
 
 
 def _ap_of_ranked_hits(hits: np.ndarray, n_positives: int) -> float:
@@ -195,7 +212,7 @@ def hit_at_k(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     """Fraction of all N videos whose top-k classes contain at least one true label."""
     s, y = _validate(scores, labels)
     k = _validate_k(k)
-    return _hit_at_k(y, _rank(s, k), k)
+    return _hit_at_k(y, rank_classes(s, k), k)
 
 
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
@@ -211,7 +228,7 @@ def gap(scores: np.ndarray, labels: np.ndarray, k: int = 20) -> float:
     """
     s, y = _validate(scores, labels)
     k = _validate_k(k)
-    return _gap(s, y, _rank(s, k), k)
+    return _gap(s, y, rank_classes(s, k), k)
 
 
 def perr(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -220,7 +237,7 @@ def perr(scores: np.ndarray, labels: np.ndarray) -> float:
     Mean over videos with >= 1 positive; ``nan`` if there are none.
     """
     s, y = _validate(scores, labels)
-    return _perr(y, _rank(s, max(1, int(y.sum(axis=1).max()))))
+    return _perr(y, rank_classes(s, max(1, int(y.sum(axis=1).max()))))
 
 
 def average_precision_per_class(
@@ -236,7 +253,7 @@ def average_precision_per_class(
     if top_k is None:
         return _class_aps(s, y, np.ones_like(y))
     top_k = _validate_k(top_k, "top_k")
-    return _class_aps_top_k(s, y, _rank(s, top_k))
+    return _class_aps_top_k(s, y, rank_classes(s, top_k))
 
 
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray, top_k: int = 20) -> float:
@@ -327,7 +344,7 @@ def evaluate_all(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | in
     s, y = _validate(scores, labels)
     # One ranking shared by every metric, as deep as the deepest needs: GAP and mAP read each
     # video's top 20, PERR its top n for n positives. Not all C: (N, C) int64 is gigabytes.
-    order = _rank(s, max(20, int(y.sum(axis=1).max())))
+    order = rank_classes(s, max(20, int(y.sum(axis=1).max())))
     return {
         "hit_at_1": _hit_at_k(y, order, 1),
         "top5": _hit_at_k(y, order, 5),

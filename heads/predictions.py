@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from heads.labels import LabelMap
+from heads.metrics import rank_classes
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
 from vidfeat.store.base import LABEL_SEPARATOR
@@ -156,7 +157,7 @@ def write_scores(
 
 def _best(scores: np.ndarray, k: int, ranking: np.ndarray | None) -> np.ndarray:
     """Indices of the k best classes by ``ranking`` (default: the scores), ties by index."""
-    return np.argsort(-(scores if ranking is None else ranking), kind="stable")[:k]
+    return rank_classes(np.asarray(scores if ranking is None else ranking)[None], k)[0]
 
 
 def top_classes(
@@ -164,7 +165,10 @@ def top_classes(
 ) -> list[dict[str, Any]]:
     """The k best classes by ``ranking`` (default: the scores), best first (ties by class
     index), as ``{"label", "score"}``."""
-    order = _best(scores, k, ranking)
+    return _named(scores, names, _best(scores, k, ranking))
+
+
+def _named(scores: np.ndarray, names: tuple[str, ...], order: np.ndarray) -> list[dict[str, Any]]:
     return [{"label": names[i], "score": round(float(scores[i]), 6)} for i in order]
 
 
@@ -203,11 +207,13 @@ def write_predictions(
         )
     k = min(20, len(label_map))
     names = label_map.labels
+    best = rank_classes(scored.ranking, k)  # every video at once: as top_classes orders them
+    all_names = np.array(names)
     rows = {
         "video_id": video_ids,
-        "labels": [LABEL_SEPARATOR.join(np.array(names)[y > 0]) for y in scored.labels],
+        "labels": [LABEL_SEPARATOR.join(all_names[y > 0]) for y in scored.labels],
         "predictions": [
-            top_classes(s, names, k, r) for s, r in zip(scored.probs, scored.ranking, strict=True)
+            _named(s, names, order) for s, order in zip(scored.probs, best, strict=True)
         ],
     }
     with atomic.atomic_open(stem.with_suffix(".csv"), "w", newline="", encoding="utf-8") as fh:

@@ -426,7 +426,7 @@ def test_top_k_class_aps_equal_the_masked_full_ranking(seed):
     labels = rng.random((40, 25)) < 0.15
     s, y = m._validate(scores, labels)
     for k in (1, 4, 20, 25, 30):
-        order = m._rank(s, k)
+        order = m.rank_classes(s, k)
         retrieved = np.zeros_like(y)
         np.put_along_axis(retrieved, order, True, axis=1)
         np.testing.assert_allclose(
@@ -434,3 +434,15 @@ def test_top_k_class_aps_equal_the_masked_full_ranking(seed):
         )
     assert s.dtype == np.float32  # kept: no float64 copy of the scores
     assert m.evaluate_all(scores, labels) == m.evaluate_all(scores.astype(np.float64), labels)
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 3])
+def test_top_k_ranking_equals_the_head_of_a_full_stable_sort(decimals):
+    # Partition then sort must keep YouTube-8M's order, ties by class index, even when the
+    # k-th score ties with classes left out of the partition.
+    rng = np.random.default_rng(decimals)
+    scores = np.round(rng.normal(size=(200, 37)), decimals).astype(np.float32)
+    scores[:20] = 0.5  # whole rows tied
+    full = np.argsort(-scores, axis=1, kind="stable")
+    for k in (1, 2, 5, 20, 36, 37, 50):
+        np.testing.assert_array_equal(m.rank_classes(scores, k), full[:, :k])
