@@ -48,11 +48,13 @@ class Stores:
 
     def get(self, videos: int) -> Path:
         o = self.opts
-        name = f"{videos}v-{o.parts}p-{o.frames}x{o.dim}.zarr"
+        name = f"{videos}v-{o.parts}p-{o.frames}x{o.dim}-{o.classes}c.zarr"
         path = self.work / name
         if name not in self.builds:
             log.info("building %s", name)
-            build = scale_store.build_store(path, videos, o.parts, o.dim, o.frames, o.build_jobs)
+            build = scale_store.build_store(
+                path, videos, o.parts, o.dim, o.frames, o.build_jobs, o.classes, o.labels_per_video
+            )
             self.builds[name] = {"videos": videos, "parts": o.parts, **build}
             log.info("built %s: %s", name, json.dumps(self.builds[name]))
         return path
@@ -151,6 +153,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     store.add_argument("--frames", type=int, default=4, help="frames per video")
     store.add_argument("--dim", type=int, default=16, help="float32 features per frame")
     store.add_argument("--build-jobs", type=int, default=os.cpu_count() or 1)
+    store.add_argument(
+        "--classes", type=int, default=scale_store.CLASSES, help="default: YouTube-8M's 3,862"
+    )
+    store.add_argument(
+        "--labels-per-video", type=float, default=scale_store.LABELS_PER_VIDEO, help="mean"
+    )
     train = ap.add_argument_group("train and flat")
     train.add_argument("--model", default="bof")
     train.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")

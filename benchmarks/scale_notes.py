@@ -65,11 +65,11 @@ def index_note(p: dict) -> dict:
     return {
         "figures": figures,
         "grows": (
-            "open_store reads every part's per-video table into one pandas table and an id "
-            "dict, so its time and memory grow linearly with videos (per part: a group document "
-            "and 12 column arrays); every process that opens the store pays it: each DataLoader "
-            "worker, each DDP rank, each Ray embedding worker. A random read costs the same at "
-            "any size (one part, one or two chunks)."
+            "open_store reads every part's per-video table into one pandas table and a pandas "
+            "index of its ids, so its time and memory grow linearly with videos (per part: a "
+            "group document and 12 column arrays); every process that opens the store pays it: "
+            "each DataLoader worker, each DDP rank, each Ray embedding worker. A random read "
+            "costs the same at any size (one part, one or two chunks)."
         ),
         "breaks_first": (
             f"memory of the index: {per_video_b:.0f} bytes per video in every reading process, "

@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 # chunk rewritten), so the default 16 videos per commit spends ~3 ms per video on commits alone;
 # 1024 brings the whole write path under 0.1 ms per video.
 COMMIT_EVERY = 1024
-CLASSES = 10
+# Labels as YouTube-8M's have them: its 3,862 classes, about 3 a video, a few classes on many
+# videos and most on few. Dense (N, C) targets would take 15 KB a video at this many classes.
+CLASSES = 3862
+LABELS_PER_VIDEO = 3.0
 ATTRS = {"backbone": "synthetic-scale", "fps": "1", "pca": None}
 APPEND_PART = "probe-append"
 
@@ -56,7 +59,30 @@ def part_range(p: int, parts: int, videos: int) -> range:
     return range(p * videos // parts, (p + 1) * videos // parts)
 
 
-def _write_parts(path: str, ids: list[int], parts: int, videos: int, dim: int, frames: int) -> int:
+def video_labels(rng: np.random.Generator, n: int, classes: int, mean: float) -> list[list[str]]:
+    """``n`` videos' labels: 1 + Poisson(mean - 1) distinct classes each, drawn with Zipf-like
+    frequencies (class k about 1 / (k + 10))."""
+    weights = 1.0 / (np.arange(classes) + 10.0)
+    weights /= weights.sum()
+    counts = np.minimum(1 + rng.poisson(max(mean - 1.0, 0.0), n), classes)
+    drawn = rng.choice(classes, size=(n, int(counts.max()) * 2), p=weights)
+    out = []
+    for row, k in zip(drawn, counts, strict=True):
+        distinct = list(dict.fromkeys(row.tolist()))[:k]
+        out.append([f"c{c}" for c in distinct])
+    return out
+
+
+def _write_parts(
+    path: str,
+    ids: list[int],
+    parts: int,
+    videos: int,
+    dim: int,
+    frames: int,
+    classes: int = CLASSES,
+    labels_per_video: float = LABELS_PER_VIDEO,
+) -> int:
     """One build process: open a writer for each of its parts first (while the store is still
     empty, as the shards of a job array do), then fill them one after the other."""
     from vidfeat.store import create_store
@@ -80,14 +106,24 @@ def _write_parts(path: str, ids: list[int], parts: int, videos: int, dim: int, f
             for start in range(rows.start, rows.stop, COMMIT_EVERY):
                 stop = min(start + COMMIT_EVERY, rows.stop)
                 block = rng.standard_normal((stop - start, frames, dim), dtype=np.float32)
-                for i, x in zip(range(start, stop), block, strict=True):
-                    writer.write(video_id(i), x, labels=[f"c{i % CLASSES}"], split=split_of(i))
+                labels = video_labels(rng, stop - start, classes, labels_per_video)
+                for i, x, y in zip(range(start, stop), block, labels, strict=True):
+                    writer.write(video_id(i), x, labels=y, split=split_of(i))
             written += len(rows)
         log.info("part %s: %d videos", part_name(p, parts), len(rows))
     return written
 
 
-def build_store(path: Path, videos: int, parts: int, dim: int, frames: int, jobs: int) -> dict:
+def build_store(
+    path: Path,
+    videos: int,
+    parts: int,
+    dim: int,
+    frames: int,
+    jobs: int,
+    classes: int = CLASSES,
+    labels_per_video: float = LABELS_PER_VIDEO,
+) -> dict:
     """Write ``videos`` videos of ``frames`` x ``dim`` float32 into ``parts`` parts with ``jobs``
     processes; reuse a complete store already there."""
     from vidfeat.store import check_store, open_store
@@ -101,9 +137,10 @@ def build_store(path: Path, videos: int, parts: int, dim: int, frames: int, jobs
     check_store(path, dim=dim, attrs=ATTRS)
     jobs = max(1, min(jobs, parts))
     t0 = time.perf_counter()
+    labelling = (classes, labels_per_video)
     with mp.get_context("spawn").Pool(jobs) as pool:
         args = [
-            (str(path), list(range(j, parts, jobs)), parts, videos, dim, frames)
+            (str(path), list(range(j, parts, jobs)), parts, videos, dim, frames, *labelling)
             for j in range(jobs)
         ]
         written = sum(pool.starmap(_write_parts, args))
@@ -114,6 +151,8 @@ def build_store(path: Path, videos: int, parts: int, dim: int, frames: int, jobs
         "videos_per_s": written / took,
         "processes": jobs,
         "commit_every": COMMIT_EVERY,
+        "classes": classes,
+        "labels_per_video": labels_per_video,
         "disk_bytes": _tree_bytes(path),
     }
 
