@@ -64,7 +64,7 @@ class Eager(Runtime):
 
     @classmethod
     def default_precision(cls, device_type: str) -> str:
-        # mixed: 0.0075 from fp32 on real frames at 1.4-1.6x its speed where the CPU has bf16
+        # mixed: 0.0075 from fp32 on real frames at 1.5-1.9x its speed where the CPU has bf16
         # instructions. fp16 on CUDA: 0.0029 when emulated on the CPU (fp16-rounded weights,
         # biases, inputs and outputs of every layer), not yet measured on a GPU.
         if device_type == "cuda":
