@@ -53,6 +53,7 @@ from vidfeat_cli.options import (
 
 if TYPE_CHECKING:
     from heads.config import TrainConfig
+    from vidfeat.store import StoreReader
 
 __all__ = ["EXIT_CANNOT_RUN", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "main", "run"]
 
@@ -172,41 +173,42 @@ def train(
         return
     if store is None or out is None:
         raise click.UsageError("STORE and --out are required (unless --print-config)")
-    _check_train_inputs(store, cfg, out, resume)
-    from heads.run import train_run
-
-    resume_step = "the last checkpoint is kept; add --resume to the same command to continue"
-    with training_session(cfg.device, out, resume_step) as is_main:
-        metrics = train_run(
-            store,
-            cfg,
-            out,
-            split_file=split_file,
-            resume=resume,
-            force=force,
-            progress=show_progress(progress),
-            logger=logger,
-        )
-    if is_main:
-        click.echo(metrics_line(metrics, "test") + f"  -> {out}")
-
-
-def _check_train_inputs(store: Path | str, cfg: TrainConfig, out: Path, resume: bool) -> None:
-    """What can be checked without training, before --out exists: the device, --out, the
-    store and its classes (a single class or video would train to meaningless "perfect"
-    metrics)."""
-    from heads.labels import build_label_map
-    from vidfeat.store import open_store
+    from heads.run import open_run_store, train_run
 
     check_training_target(cfg.device, out)
     if resume and not out.is_dir():
         raise ConfigError(f"--resume: {out} holds no run to continue")
+    resume_step = "the last checkpoint is kept; add --resume to the same command to continue"
+    # One open of the store for the checks and the run: on a store of millions of videos each
+    # open builds an index of hundreds of MB.
+    with open_run_store(store, cfg) as reader:
+        _check_train_classes(reader, store, cfg)
+        with training_session(cfg.device, out, resume_step) as is_main:
+            metrics = train_run(
+                store,
+                cfg,
+                out,
+                split_file=split_file,
+                resume=resume,
+                force=force,
+                progress=show_progress(progress),
+                logger=logger,
+                reader=reader,
+            )
+    if is_main:
+        click.echo(metrics_line(metrics, "test") + f"  -> {out}")
+
+
+def _check_train_classes(reader: StoreReader, store: Path | str, cfg: TrainConfig) -> None:
+    """The store's classes, checked before --out exists: a single class or video would train
+    to meaningless "perfect" metrics."""
+    from heads.labels import build_label_map
+
     # train_run builds the same map again and logs its warnings then; say them once.
     data_log = logging.getLogger("heads.labels")
     level, data_log.level = data_log.level, logging.ERROR
     try:
-        with open_store(store) as reader:
-            label_map, videos = build_label_map(reader.videos, cfg.data.classes)
+        label_map, videos = build_label_map(reader.videos, cfg.data.classes)
     finally:
         data_log.setLevel(level)
     if len(label_map) < 2:

@@ -8,6 +8,7 @@ start and freezing. The loop itself is in :mod:`heads.trainer`; file names in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -334,18 +335,23 @@ def train_run(
     force: bool = False,
     progress: bool = False,
     logger: str | tuple[str, ...] = "csv",
+    reader: StoreReader | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on the store into ``run_dir``; returns the test metrics (under
     torchrun on rank 0; the other ranks get the training summary only).
 
     ``resume`` continues a killed run on the same data (anything else is refused) and leaves a
-    finished one as it is; ``force`` replaces whatever run ``run_dir`` holds.
+    finished one as it is; ``force`` replaces whatever run ``run_dir`` holds. ``reader``: the
+    store already open (``open_run_store``), which the caller closes; else it is opened here.
     """
     run_dir = Path(run_dir)
     check_loggers(logger)
     # One snapshot of the store for the whole run: its index, the largest thing a run holds
     # besides the chunk cache, is built once and shared by the splits.
-    with open_run_store(store_path, cfg) as reader:
+    opened = (
+        contextlib.nullcontext(reader) if reader is not None else open_run_store(store_path, cfg)
+    )
+    with opened as reader:
         cfg = with_streams(cfg, reader)  # streams and head checked before run_dir exists
         # Rank 0 decides: another rank could otherwise see the header rank 0 is writing.
         state = dd.on_main(ck.check_run_dir, run_dir, resume=resume, force=force)

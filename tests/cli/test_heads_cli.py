@@ -309,3 +309,18 @@ def test_predict_attention_weights_per_step(trained, tmp_path):
         main, ["predict", str(root / "gru"), "--store", str(store), "--attention"]
     )
     assert refused.exit_code == 2 and "no attention weights" in refused.output
+
+
+def test_a_training_command_builds_the_stores_index_once(tmp_path, monkeypatch):
+    # Each open builds the store's whole index (hundreds of MB at millions of videos): the
+    # command's checks, the run and its three splits share one. Counted, not replaced.
+    from vidfeat.store.reader import StoreReader
+
+    built = []
+    build = StoreReader._build_table
+    monkeypatch.setattr(StoreReader, "_build_table", lambda self: built.append(1) or build(self))
+    store = make_cluster_store(tmp_path / "s.zarr", n_videos=30)
+    args = ["-q", "train", str(store), "-m", "bof", "-o", str(tmp_path / "run"), "--epochs", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert len(built) == 1
