@@ -212,7 +212,9 @@ def check_training_set(data: RunData) -> None:
             f"({len(data.videos)} labelled videos in all)"
         )
     skip = train.cfg.skip_first
-    short = int((train.n_frames <= skip).sum()) if skip else 0
+    # A video-level store has no frames to skip (its n_frames are 0): nothing to say there.
+    frames = data.reader.level != "video"
+    short = int((train.n_frames <= skip).sum()) if skip and frames else 0
     if short:
         # effective_length keeps every video's last frame rather than dropping the video.
         log.warning(

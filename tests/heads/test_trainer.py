@@ -28,7 +28,7 @@ from heads.labels import MultiHot, build_label_map
 from heads.models import HeadConfig, create_head
 from heads.objective import inverse_frequency_weights
 from heads.run import check_training_set, load_data, train_run
-from heads.synthetic import write_store
+from heads.synthetic import write_store, write_sum_store
 from heads.trainer import Loaders, train
 from tests.heads.stores import cluster_videos, make_cluster_store
 from vidfeat.errors import ConfigError
@@ -386,6 +386,12 @@ def test_skip_first_past_the_end_of_videos_is_said(tmp_path, caplog):
         with caplog.at_level("WARNING", logger="heads.run"):
             check_training_set(load_data(store, TrainConfig(model="bof"), reader=reader))
         assert "--skip-first" not in caplog.text
+    # A video-level store has no frames to skip: its videos are read whole whatever the option.
+    videos = write_sum_store(tmp_path / "v.zarr", 40, level="video")
+    cfg = TrainConfig(model="logistic", data=DataConfig(skip_first=5))
+    with open_store(videos) as reader, caplog.at_level("WARNING", logger="heads.run"):
+        check_training_set(load_data(videos, cfg, reader=reader))
+    assert "--skip-first" not in caplog.text
 
 
 def test_a_runs_splits_read_through_the_one_reader_the_run_opened(tmp_path):
