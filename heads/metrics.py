@@ -97,7 +97,7 @@ def _validate_k(k: object, name: str = "k", hint: str = "") -> int:
 def rank_classes(scores: np.ndarray, k: int | None = None) -> np.ndarray:
     """Class indices per video by descending score, ties by class index: (N, min(k, C))."""
     n, c = scores.shape
-    k = c if k is None else min(k, c)
+    k = c if k is None else min(_validate_k(k), c)
     out = np.empty((n, k), dtype=np.int64)
     step = max(1, _SORT_CHUNK_ELEMS // c)
     for start in range(0, n, step):
@@ -116,9 +116,11 @@ def _top_k_rows(neg: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(np.take_along_axis(neg, top, axis=1), axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)
     # Where the k-th value ties with an entry left out, the partition may have kept any of the
-    # tied entries rather than the lowest-indexed: sort those rows whole.
+    # tied entries rather than the lowest-indexed: sort those rows whole. So too where it is NaN
+    # (fewer than k numbers in the row; predictions do not refuse NaN as metrics do), which no
+    # comparison finds tied.
     kth = np.take_along_axis(neg, top[:, -1:], axis=1)
-    tied = (neg <= kth).sum(axis=1) > k
+    tied = ((neg <= kth).sum(axis=1) > k) | np.isnan(kth[:, 0])
     if tied.any():
         top[tied] = np.argsort(neg[tied], axis=1, kind="stable")[:, :k]
     return top

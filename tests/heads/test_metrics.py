@@ -446,3 +446,13 @@ def test_top_k_ranking_equals_the_head_of_a_full_stable_sort(decimals):
     full = np.argsort(-scores, axis=1, kind="stable")
     for k in (1, 2, 5, 20, 36, 37, 50):
         np.testing.assert_array_equal(m.rank_classes(scores, k), full[:, :k])
+
+
+def test_top_k_ranking_of_rows_with_fewer_than_k_numbers_matches_a_stable_sort():
+    # Predictions rank scores that metrics would refuse: NaN sorts last, in class order.
+    scores = np.array([[np.nan, 1.0, np.nan, np.nan, 0.5], [0.1, np.nan, 0.3, 0.2, 0.0]])
+    full = np.argsort(-scores, axis=1, kind="stable")
+    for k in (1, 2, 3, 4, 5):
+        np.testing.assert_array_equal(m.rank_classes(scores, k), full[:, :k])
+    with pytest.raises(m.MetricInputError, match="k must be"):
+        m.rank_classes(scores, 0)
