@@ -85,6 +85,9 @@ class MultiHot:
     def dense(self, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """(len(rows), C) float32 multi-hot of ``rows`` (default: every row), in that order."""
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
+            raise IndexError(f"rows out of range for {len(self)} videos")
+        rows = rows % max(len(self), 1)  # negative rows count from the end, as in numpy
         starts, stops = self.indptr[rows], self.indptr[rows + 1]
         counts = stops - starts
         out = np.zeros((len(rows), self.n_classes), dtype=np.float32)
@@ -94,6 +97,12 @@ class MultiHot:
         at = np.repeat(starts - first, counts) + np.arange(int(counts.sum()))
         out[np.repeat(np.arange(len(rows)), counts), self.indices[at]] = 1.0
         return out
+
+    def __getitem__(self, rows: int | Sequence[int] | np.ndarray) -> np.ndarray:
+        """Dense rows, as an (N, C) array would give them: (C,) for one row, else (len, C)."""
+        if isinstance(rows, (int, np.integer)):
+            return self.dense([int(rows)])[0]
+        return self.dense(rows)
 
     def class_counts(self) -> np.ndarray:
         """(C,) int64 videos per class."""

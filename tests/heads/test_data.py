@@ -451,3 +451,15 @@ def test_cache_hint_names_a_size_that_serves_later_epochs_from_memory(tmp_path, 
 def ds_videos(path):
     with open_store(path) as reader:
         return build_label_map(reader.videos)[1]
+
+
+def test_sparse_targets_index_like_the_dense_array_they_replace():
+    dense = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], np.float32)
+    targets = MultiHot.from_dense(dense)
+    for i in (0, 1, 2, -1, -3):
+        np.testing.assert_array_equal(targets[i], dense[i])
+    np.testing.assert_array_equal(targets[[2, -1, 0]], dense[[2, -1, 0]])
+    with pytest.raises(IndexError):
+        targets[3]
+    with pytest.raises(IndexError):
+        targets[[0, -4]]
