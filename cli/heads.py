@@ -173,7 +173,8 @@ def train(
         return
     if store is None or out is None:
         raise click.UsageError("STORE and --out are required (unless --print-config)")
-    from heads.run import open_run_store, train_run
+    from heads.data import open_data_store
+    from heads.run import train_run
 
     check_training_target(cfg.device, out)
     if resume and not out.is_dir():
@@ -181,7 +182,7 @@ def train(
     resume_step = "the last checkpoint is kept; add --resume to the same command to continue"
     # One open of the store for the checks and the run: on a store of millions of videos each
     # open builds an index of hundreds of MB.
-    with open_run_store(store, cfg) as reader:
+    with open_data_store(store, cfg.data) as reader:
         _check_train_classes(reader, store, cfg)
         with training_session(cfg.device, out, resume_step) as is_main:
             metrics = train_run(

@@ -9,6 +9,7 @@ and with persistent workers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -71,13 +72,17 @@ def select_frames(
 # ------------------------------------------------------------------------------ dataset
 
 
+def open_data_store(store: str | Path, cfg: DataConfig) -> StoreReader:
+    """``store`` open for reading, with ``cfg``'s decoded-chunk cache (``--cache-mb``)."""
+    cache = {} if cfg.cache_mb is None else {"cache_mb": cfg.cache_mb}
+    return open_store(store, **cache)
+
+
 def _store_videos(
-    store: str | Path, label_map: LabelMap | None, split: str | None
+    store: str | Path, reader: StoreReader, label_map: LabelMap | None, split: str | None
 ) -> tuple[LabelMap, pd.DataFrame]:
     """The store's labelled ok videos (of ``split``), and a label map over all of them."""
-    with open_store(store) as reader:
-        videos = reader.videos
-    built, kept = build_label_map(videos)
+    built, kept = build_label_map(reader.videos)
     label_map = label_map if label_map is not None else built
     if split is None:
         return label_map, kept
@@ -151,15 +156,15 @@ class FeatureDataset(Dataset):
         cfg = cfg if cfg is not None else DataConfig()
         if streams is not None:
             cfg = dataclasses.replace(cfg, streams=tuple(streams))
-            # A missing stream is named now, not mid-epoch.
-            if reader is not None:
-                resolve_streams(reader, cfg.streams)
-            else:
-                with open_store(store) as opened:
+        if streams is not None or videos is None:
+            # One open (or the caller's reader) for the stream check and the videos.
+            given = contextlib.nullcontext(reader) if reader is not None else open_store(store)
+            with given as opened:
+                if streams is not None:  # a missing stream is named now, not mid-epoch
                     resolve_streams(opened, cfg.streams)
-        if videos is None:
-            label_map, videos = _store_videos(store, label_map, split)
-        elif label_map is None:
+                if videos is None:
+                    label_map, videos = _store_videos(store, opened, label_map, split)
+        if label_map is None:
             raise ConfigError("a label map must come with the videos")
         self.label_map = label_map
         self.store_path = str(store)
@@ -201,8 +206,7 @@ class FeatureDataset(Dataset):
     def _store(self) -> StoreReader:
         # A reader inherited through fork shares file handles with its parent: reopen.
         if self._reader is None or self._pid != os.getpid():
-            cache = {} if self.cfg.cache_mb is None else {"cache_mb": self.cfg.cache_mb}
-            self._reader = open_store(self.store_path, **cache)
+            self._reader = open_data_store(self.store_path, self.cfg)
             self._pid, self._borrowed = os.getpid(), False
         return self._reader
 

@@ -26,7 +26,7 @@ from heads import checkpoint as ck
 from heads import distributed as dd
 from heads.batching import make_loader
 from heads.config import DataConfig, TrainConfig
-from heads.data import FeatureDataset
+from heads.data import FeatureDataset, open_data_store
 from heads.errors import TrainingDataError
 from heads.evaluation import predict_logits
 from heads.identity import check_same_data, recorded_streams, store_identity
@@ -50,7 +50,7 @@ from heads.trainer import train as train_loop
 from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
 from vidfeat.location import as_location
-from vidfeat.store import DEFAULT_CACHE_MB, StoreReader, open_store
+from vidfeat.store import DEFAULT_CACHE_MB, StoreReader
 from vidfeat.store.claim import parts_being_written
 
 log = logging.getLogger(__name__)
@@ -344,15 +344,16 @@ def train_run(
 
     ``resume`` continues a killed run on the same data (anything else is refused) and leaves a
     finished one as it is; ``force`` replaces whatever run ``run_dir`` holds. ``reader``: the
-    store already open (``open_run_store``), which the caller closes; else it is opened here.
+    store already open (``open_data_store``), which the caller closes; else it is opened here.
     """
     run_dir = Path(run_dir)
     check_loggers(logger)
     # One snapshot of the store for the whole run: its index, the largest thing a run holds
     # besides the chunk cache, is built once and shared by the splits.
-    opened = (
-        contextlib.nullcontext(reader) if reader is not None else open_run_store(store_path, cfg)
-    )
+    if reader is None:
+        opened: Any = open_data_store(store_path, cfg.data)
+    else:
+        opened = contextlib.nullcontext(reader)  # the caller's, which it closes
     with opened as reader:
         cfg = with_streams(cfg, reader)  # streams and head checked before run_dir exists
         # Rank 0 decides: another rank could otherwise see the header rank 0 is writing.
@@ -394,12 +395,6 @@ def train_run(
             progress=progress,
             logger=logger,
         )
-
-
-def open_run_store(store_path: str | Path, cfg: TrainConfig) -> StoreReader:
-    """The store a run reads, with the run's chunk cache (``--cache-mb``)."""
-    cache = {} if cfg.data.cache_mb is None else {"cache_mb": cfg.data.cache_mb}
-    return open_store(store_path, **cache)
 
 
 def _resumed_data(

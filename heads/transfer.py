@@ -37,12 +37,13 @@ from torch import nn
 from heads import checkpoint as ck
 from heads import distributed as dd
 from heads.config import TrainConfig, keeps_base_lr
+from heads.data import open_data_store
 from heads.errors import TransferError
 from heads.identity import check_store_compatible
 from heads.inference import LoadedRun, load_run
 from heads.loggers import check_loggers
 from heads.models import Head
-from heads.run import check_training_set, fit_and_test, load_data, open_run_store
+from heads.run import check_training_set, fit_and_test, load_data
 from heads.run import write_header as write_run_header
 from heads.splits import load_splits
 from heads.streams import parent_streams
@@ -221,7 +222,7 @@ def finetune_run(
     cfg = parent_streams(run.provenance, cfg)
     out = Path(out)
     state = dd.on_main(_check_out, out, run.run_dir, force)  # before rank 0 writes there
-    with open_run_store(store, cfg) as reader:  # one snapshot, shared by the splits
+    with open_data_store(store, cfg.data) as reader:  # one snapshot, shared by the splits
         check_store_compatible(run.provenance, reader)
         parent_splits = load_splits(run.run_dir / ck.SPLIT)
         data = load_data(
