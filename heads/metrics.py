@@ -142,10 +142,7 @@ def _class_aps(s: np.ndarray, y: np.ndarray, retrieved: np.ndarray) -> np.ndarra
     order = np.argsort(masked, axis=0, kind="stable")
     hits = np.take_along_axis(y & retrieved, order, axis=0)
     ranks = np.arange(1, s.shape[0] + 1, dtype=np.float64)[:, None]
-    precision_sum = (np.cumsum(hits, axis=0) / ranks * hits).sum(axis=0)
-    support = y.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support > 0, precision_sum / support, np.nan)
+    return _ap_of_sums((np.cumsum(hits, axis=0) / ranks * hits).sum(axis=0), y)
 
 
 def _class_aps_top_k(s: np.ndarray, y: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -166,6 +163,12 @@ def _class_aps_top_k(s: np.ndarray, y: np.ndarray, top: np.ndarray) -> np.ndarra
     precision_sum = np.bincount(
         classes, weights=np.where(hits, in_class / ranks, 0.0), minlength=s.shape[1]
     )
+    return _ap_of_sums(precision_sum, y)
+
+
+def _ap_of_sums(precision_sum: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(C,) AP from each class's sum of precisions at its hits: normalised by all its
+    positives, retrieved or not; ``nan`` for a class without positives."""
     support = y.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(support > 0, precision_sum / support, np.nan)
