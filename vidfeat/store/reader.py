@@ -350,7 +350,13 @@ def _as_column(values: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionAr
     if _ARROW_STRINGS is not None:
         import pyarrow as pa
 
-        return pd.array(pa.array(values, type=pa.large_string()), dtype=_ARROW_STRINGS)
+        try:
+            strings = pa.array(values, type=pa.large_string())
+        except pa.ArrowException:
+            # pyarrow before 19 takes no numpy StringDType (zarr's strings on numpy 2): one
+            # Python object per value after all, as where pandas keeps no Arrow strings.
+            strings = pa.array(values.astype(object), type=pa.large_string())
+        return pd.array(strings, dtype=_ARROW_STRINGS)
     return values.astype(object)
 
 
