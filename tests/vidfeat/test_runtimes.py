@@ -280,3 +280,22 @@ def test_yt8m_test_difference_is_youtube8m_measure() -> None:
     assert yt8m_test_difference(np.ones(4), np.ones(4)) == 0.0
     with pytest.raises(ValueError, match="one shape"):
         yt8m_test_difference(np.ones(3), np.ones(4))
+
+
+def test_cuda_fp32_turns_cudnn_tf32_off_inside_the_backbone_call_only():
+    """cuDNN's default runs fp32 convolutions as TF32; "fp32" features must be fp32. The flag is
+    host state, so this runs without a GPU (test_cuda.py checks the features on one)."""
+    from vidfeat.backbones._module import exact_fp32
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    assert before != "ieee"  # torch's default, or the test shows nothing
+    with exact_fp32(torch.device("cuda"), "fp32"):
+        assert conv.fp32_precision == "ieee"
+    assert conv.fp32_precision == before
+    for device, precision in (("cuda", "fp16"), ("cuda", "bf16"), ("cpu", "fp32")):
+        with exact_fp32(torch.device(device), precision):
+            assert conv.fp32_precision == before
+    with pytest.raises(RuntimeError, match="inside"), exact_fp32(torch.device("cuda"), "fp32"):
+        raise RuntimeError("inside")
+    assert conv.fp32_precision == before

@@ -3,6 +3,9 @@ folding, and the runtime that runs the module."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -29,6 +32,34 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
         return torch.float32
     check_runtime(DEFAULT_RUNTIME, device.type, precision)
     return CAST_DTYPES[precision]
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device, precision: str) -> Iterator[None]:
+    """Within: fp32 convolutions on CUDA computed in fp32, as ``precision`` "fp32" promises.
+
+    cuDNN runs fp32 convolutions as TF32 by default on Ampere and later GPUs (inputs rounded to
+    a 10-bit mantissa), which puts "fp32" features about 1e-3 from the CPU's while the store's
+    attrs say fp32. Scoped to the backbone's own calls: the process's setting is restored.
+    """
+    if device.type != "cuda" or precision != "fp32":
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9's setting
+        saved = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = saved
+    else:
+        saved_tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved_tf32
 
 
 def fold_batch_norm(module: nn.Module) -> nn.Module:
@@ -81,7 +112,8 @@ class ModuleBackbone:
             raise ConfigError(f"expected a (N, {size}, {size}, 3) batch, got {tuple(batch.shape)}")
         # NHWC storage viewed as NCHW is exactly channels_last: no copy on the host.
         x = batch.permute(0, 3, 1, 2).to(self.device, non_blocking=True)
-        return self._run(x.contiguous(memory_format=torch.channels_last)).float()
+        with exact_fp32(self.device, self.precision):
+            return self._run(x.contiguous(memory_format=torch.channels_last)).float()
 
 
 class ExamplesBackbone:
@@ -107,4 +139,5 @@ class ExamplesBackbone:
             raise ConfigError(
                 f"expected a (N, {shape[0]}, {shape[1]}) batch, got {tuple(batch.shape)}"
             )
-        return self.module(batch.to(self.device, self.dtype)).float()
+        with exact_fp32(self.device, self.precision):
+            return self.module(batch.to(self.device, self.dtype)).float()
