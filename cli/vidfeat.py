@@ -192,7 +192,12 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
         "Decode processes (they overlap with inference); with --engine ray, decode tasks in "
         "flight over the whole cluster, one CPU each.",
     ),
-    ("batch_size", "Run", click.IntRange(min=1), "Frames per backbone batch."),
+    (
+        "batch_size",
+        "Run",
+        click.IntRange(min=1),
+        "Frames per backbone batch (default: 32 on the CPU, 256 on CUDA, which fills a GPU).",
+    ),
     ("shard", "Run", str, "I/N: this job takes shard I of N (0-based); jobs share one store."),
     (
         "commit_every",

@@ -53,7 +53,7 @@ class ExtractConfig:
     max_frames: int = 360
     decoder: str = DEFAULT_DECODER
     workers: int = 2
-    batch_size: int = 32
+    batch_size: int | None = None  # None: by the backbone's device (vidfeat.device)
     device: str = "auto"
     runtime: str = DEFAULT_RUNTIME  # a key of vidfeat.backbones.runtimes.RUNTIMES
     # "auto": the runtime's default on the job's device (settled when the job starts).
@@ -93,7 +93,7 @@ class ExtractConfig:
             problems.append(f"fps must be a number > 0 like 1, 0.5 or 1/3, got {self.fps!r}")
         if not 1 <= self.max_frames <= 100_000:
             problems.append("max_frames must be between 1 and 100000")
-        if self.workers < 1 or self.batch_size < 1 or self.commit_every < 1:
+        if self.workers < 1 or (self.batch_size or 1) < 1 or self.commit_every < 1:
             problems.append("workers, batch_size and commit_every must be >= 1")
         if self.runtime not in runtime_names():
             problems.append(f"runtime must be one of {runtime_names()}")

@@ -13,6 +13,18 @@ from vidfeat.config import DEVICES_RE
 from vidfeat.errors import ConfigError
 
 
+# Frames per backbone batch when --batch-size is not given. On CUDA a batch of 32 leaves an
+# InceptionV3 at about 80% of what the device does at 256 or more (fp16 on an H200,
+# benchmarks/results/backbone_gpu.json); on the CPU larger batches gain nothing and hold more
+# memory per decode worker's frames in flight.
+DEFAULT_BATCH_SIZES = {"cpu": 32, "cuda": 256}
+
+
+def default_batch_size(device: torch.device | None) -> int:
+    """Frames per backbone batch on ``device`` (None: the CPU's) when none is asked for."""
+    return DEFAULT_BATCH_SIZES.get(device.type if device is not None else "cpu", 32)
+
+
 def resolve_device(name: str, *, label: str = "device") -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda[:N]`` must exist on this machine.
     ``label`` names the setting in errors (``--device`` from the command line).

@@ -58,6 +58,9 @@ class Extraction:
     ) -> None:
         self.cfg, self.backbone, self.reduction = cfg, backbone, reduction
         self.writer, self.summary, self.audio = writer, summary, audio
+        from vidfeat.device import default_batch_size  # torch: the parent's import only
+
+        self.batch_size = cfg.batch_size or default_batch_size(getattr(backbone, "device", None))
         # Videos expected, until their first event; then the ones in flight (a few per decode
         # worker). Each event costs time in the videos in flight, never in the videos of the
         # manifest (a scan of every expected video per event was quadratic in the manifest:
@@ -92,7 +95,7 @@ class Extraction:
             # commit_seconds for their commit, not for the next video to finish.
             for event in pool.map(jobs, on_idle=self.writer.commit_if_due):
                 self.handle(event)
-                while self.pending_frames >= self.cfg.batch_size:
+                while self.pending_frames >= self.batch_size:
                     self.embed_batch()
                 self.tick(progress)
             self.drain()
@@ -148,7 +151,7 @@ class Extraction:
         parts, owners = self._take_batch()
         if self.staging is None:
             device = getattr(self.backbone, "device", None) or torch.device("cpu")
-            self.staging = BatchStaging(self.cfg.batch_size, self.backbone.spec.input_size, device)
+            self.staging = BatchStaging(self.batch_size, self.backbone.spec.input_size, device)
         # (N, S, S, 3) HWC float32 from the workers is channels_last NCHW after a permute.
         features = self.backbone.embed_preprocessed(self.staging.fill(parts))
         self.staging.launched()
@@ -171,9 +174,9 @@ class Extraction:
 
     def _take_batch(self) -> tuple[list[np.ndarray], Owners]:
         parts, owners, n = [], [], 0
-        while self.pending and n < self.cfg.batch_size:
+        while self.pending and n < self.batch_size:
             video_id, frames = self.pending[0]
-            take = min(len(frames), self.cfg.batch_size - n)
+            take = min(len(frames), self.batch_size - n)
             parts.append(frames[:take])
             owners.append((video_id, take))
             n += take

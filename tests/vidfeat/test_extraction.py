@@ -57,3 +57,24 @@ def test_the_loop_holds_only_the_videos_in_flight(tmp_path):
         }
         np.testing.assert_allclose(store.read("v007")[:, 0], [1.0, 3.0, 5.0])
         np.testing.assert_array_equal(store.timestamps("v007"), [0.0, 1.0, 2.0])
+
+
+def test_without_a_batch_size_the_loop_batches_by_the_backbones_device(tmp_path):
+    spec = BackboneSpec("mean", DIM, SIZE, "tf1_bilinear", (0, 0, 0), (1, 1, 1), "t", "0" * 64)
+    backbone = ModuleBackbone(spec, _MeanColour(), torch.device("cpu"), "fp32")
+    frames = np.zeros((40, SIZE, SIZE, 3), np.float32)
+    taken = {}
+    for batch_size in (None, 5):
+        cfg = ExtractConfig(
+            tmp_path / "m.csv", tmp_path / f"{batch_size}.zarr", batch_size=batch_size
+        )
+        with create_store(cfg.out, dim=DIM) as writer:
+            loop = Extraction(
+                cfg, backbone, FeatureReduction.from_options(None, False), writer, ExtractSummary()
+            )
+            loop.add(ManifestEntry(video_id="v", path=tmp_path / "v.mp4", labels=()))
+            loop.handle(FramesChunk("v", np.arange(40.0), frames))
+            parts, owners = loop._take_batch()
+            taken[batch_size] = (loop.batch_size, sum(len(p) for p in parts), owners)
+    # None: the CPU's default (CUDA's, 256, is checked on a GPU by test_cuda.py).
+    assert taken == {None: (32, 32, [("v", 32)]), 5: (5, 5, [("v", 5)])}

@@ -179,7 +179,7 @@ class EmbedWorker:
         try:
             for event in events:
                 job.handle(event)
-            while job.pending_frames >= self.cfg.batch_size:
+            while job.pending_frames >= job.batch_size:
                 job.embed_batch()
             job.finish_ready()
         except VidfeatError:  # --fail-fast: commit what is whole, as the local engine does
