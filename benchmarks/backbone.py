@@ -190,6 +190,53 @@ def measure_variant(
     return row
 
 
+def batch_sweep(args: argparse.Namespace, frames: np.ndarray) -> list[dict]:
+    """The default runtime's frames/s at each of ``--batch-sweep`` for each of
+    ``--sweep-precisions``, with cuDNN's algorithm search (``cudnn.benchmark``) off and on.
+
+    The batch is already on the device and the host waits once per pass, not per batch: this
+    is what the device itself does at that batch, the figure to pick a batch that fills it."""
+    import torch
+
+    from vidfeat.backbones import create_backbone
+
+    def synchronize() -> None:
+        if torch.cuda.is_available() and args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    rows = []
+    sizes = [int(b) for b in args.batch_sweep.split(",")]
+    for precision in args.sweep_precisions.split(","):
+        backbone = create_backbone("inception_v3", device=args.device, precision=precision)
+        for search in (False, True):
+            torch.backends.cudnn.benchmark = search
+            for size in sizes:
+                batch = torch.from_numpy(np.resize(frames, (size, *frames.shape[1:])))
+                batch = batch.to(backbone.device)
+                passes = max(3, -(-args.frames // size))
+                for _ in range(2):  # warm-up: cuDNN's search and the allocator for this shape
+                    backbone.embed_preprocessed(batch)
+                synchronize()
+                rates = []
+                for _ in range(args.repeats):
+                    started = time.perf_counter()
+                    for _ in range(passes):
+                        backbone.embed_preprocessed(batch)
+                    synchronize()
+                    rates.append(passes * size / (time.perf_counter() - started))
+                rows.append(
+                    {
+                        "precision": precision,
+                        "cudnn_benchmark": search,
+                        "batch": size,
+                        "frames_per_s": statistics.median(rates),
+                    }
+                )
+                print(rows[-1], flush=True)
+    torch.backends.cudnn.benchmark = False
+    return rows
+
+
 def packages() -> dict:
     versions = {}
     for name in PACKAGES:
@@ -239,6 +286,10 @@ def main() -> None:
         default=None,
         help="folder with YouTube-8M's test frame and its features (module docstring)",
     )
+    parser.add_argument(
+        "--batch-sweep", default=None, help="e.g. 32,64,256: frames/s per batch (batch_sweep)"
+    )
+    parser.add_argument("--sweep-precisions", default="fp16,fp32", help="of --batch-sweep")
     parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.malloc == "keep":
@@ -292,6 +343,7 @@ def main() -> None:
                 row["ratio_to_reference_system_malloc"] = row["frames_per_s"] / system_fps
         rows.append(row)
         print(row, flush=True)
+    sweep = batch_sweep(args, frames) if args.batch_sweep else None
     name = "backbone_fidelity" if args.fidelity_only else "backbone"
     machine = {
         **machine_info(),
@@ -307,7 +359,7 @@ def main() -> None:
     settings["reference_yt8m_test_frame"] = reference_check
     out = save_json(
         args.out or RESULTS / f"{name}.json",
-        {"machine": machine, "settings": settings, "results": rows},
+        {"machine": machine, "settings": settings, "results": rows, "batch_sweep": sweep},
     )
     print(f"wrote {out}")
 

@@ -209,15 +209,13 @@ def main() -> None:
     }
     spec = backbones[precisions[0]].spec
     runs.register_noop_backbone(spec)
-    frames_src = runs.source_frames()
     rows, backbone_fps, extras = [], {}, None
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         weights = runs.random_vggish_weights(tmp / "vggish-random.pth")
         for res in args.resolutions.split(","):
             paths = [tmp / f"{res}_{i}.mp4" for i in range(args.videos)]
-            for i, p in enumerate(paths):
-                runs.write_clip(p, frames_src, runs.RESOLUTIONS[res], args.seconds, 37 * i)
+            runs.write_clips(paths, runs.RESOLUTIONS[res], args.seconds)
             if not rows:  # start the forkserver once, so no timed run pays for it
                 runs.decode_alone(paths[:1], args.workers, spec, args.decoders.split(",")[0])
             first = None

