@@ -324,32 +324,6 @@ def rank_sampler(sampler: BucketBatchSampler) -> BucketBatchSampler:
 # ------------------------------------------------------------------------------ predictions
 
 
-def gather_rows(logits: np.ndarray, labels: np.ndarray, done: np.ndarray) -> tuple | None:
-    """Whole-dataset (N, C) logits and labels on rank 0 from each rank's rows (``done``: (N,)
-    bool, the rows this rank predicted); None on the other ranks.
-
-    Every row must come from exactly one rank: a video missing or predicted twice would bias
-    the validation metrics, so either is an error.
-    """
-    if not _WORLD.distributed:
-        return logits, labels
-    rows = np.flatnonzero(done)
-    parts = gather((rows, logits[rows], labels[rows]))
-    if parts is None:
-        return None
-    count = np.zeros(len(done), np.int64)
-    out_logits, out_labels = np.zeros_like(logits), np.zeros_like(labels)
-    for rows, part_logits, part_labels in parts:
-        count[rows] += 1
-        out_logits[rows], out_labels[rows] = part_logits, part_labels
-    if not (count == 1).all():
-        raise RuntimeError(
-            f"{int((count == 0).sum())} rows missing and {int((count > 1).sum())} duplicated "
-            "after gathering: the ranks' shares do not partition the set"
-        )
-    return out_logits, out_labels
-
-
 def shard_loader(loader: DataLoader) -> DataLoader:
     """``loader`` reading only this rank's share (itself in a world of one)."""
     sampler = loader.batch_sampler

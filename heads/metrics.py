@@ -142,18 +142,29 @@ def _class_aps(s: np.ndarray, y: np.ndarray, retrieved: np.ndarray) -> np.ndarra
     order = np.argsort(masked, axis=0, kind="stable")
     hits = np.take_along_axis(y & retrieved, order, axis=0)
     ranks = np.arange(1, s.shape[0] + 1, dtype=np.float64)[:, None]
-    return _ap_of_sums((np.cumsum(hits, axis=0) / ranks * hits).sum(axis=0), y)
+    precision_sum = (np.cumsum(hits, axis=0) / ranks * hits).sum(axis=0)
+    return _ap_of_sums(precision_sum, y.sum(axis=0))
 
 
 def _class_aps_top_k(s: np.ndarray, y: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """``_class_aps`` with each video retrieving the classes ``top`` (N, k) lists for it, from
-    those N * k entries alone rather than from (N, C) arrays: the same ranks (score, then video
-    index), hits and denominators, in memory that grows with k instead of C."""
-    n, k = top.shape
-    classes = top.ravel()
+    """``_class_aps`` with each video retrieving the classes ``top`` (N, k) lists for it."""
+    return _class_aps_retrieved(
+        top,
+        np.take_along_axis(s, top, axis=1),
+        np.take_along_axis(y, top, axis=1),
+        y.sum(axis=0),
+    )
+
+
+def _class_aps_retrieved(
+    classes: np.ndarray, scores: np.ndarray, hits: np.ndarray, support: np.ndarray
+) -> np.ndarray:
+    """``_class_aps`` from the entries each video retrieved alone, (N, k) classes, scores and
+    hits with videos in row order, and (C,) positives per class: the same ranks (score, then
+    video index), hits and denominators, in memory that grows with k instead of C."""
+    n, k = classes.shape
     videos = np.repeat(np.arange(n), k)
-    scores = np.take_along_axis(s, top, axis=1).ravel()
-    hits = np.take_along_axis(y, top, axis=1).ravel()
+    classes, scores, hits = classes.ravel(), scores.ravel(), hits.ravel()
     by_class = np.lexsort((videos, -scores, classes))  # class, then descending score, video
     classes, hits = classes[by_class], hits[by_class]
     first = np.searchsorted(classes, classes)  # where each entry's class begins
@@ -161,15 +172,14 @@ def _class_aps_top_k(s: np.ndarray, y: np.ndarray, top: np.ndarray) -> np.ndarra
     cum_hits = np.cumsum(hits)
     in_class = cum_hits - (cum_hits[first] - hits[first])  # hits so far within the class
     precision_sum = np.bincount(
-        classes, weights=np.where(hits, in_class / ranks, 0.0), minlength=s.shape[1]
+        classes, weights=np.where(hits, in_class / ranks, 0.0), minlength=support.size
     )
-    return _ap_of_sums(precision_sum, y)
+    return _ap_of_sums(precision_sum, support)
 
 
-def _ap_of_sums(precision_sum: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _ap_of_sums(precision_sum: np.ndarray, support: np.ndarray) -> np.ndarray:
     """(C,) AP from each class's sum of precisions at its hits: normalised by all its
-    positives, retrieved or not; ``nan`` for a class without positives."""
-    support = y.sum(axis=0)
+    positives (``support``), retrieved or not; ``nan`` for a class without positives."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(support > 0, precision_sum / support, np.nan)
 
@@ -188,26 +198,33 @@ def _hit_at_k(y: np.ndarray, order: np.ndarray, k: int) -> float:
 
 def _gap(s: np.ndarray, y: np.ndarray, order: np.ndarray, k: int) -> float:
     top = order[:, :k]
+    scores, hits = np.take_along_axis(s, top, axis=1), np.take_along_axis(y, top, axis=1)
+    return _gap_retrieved(scores, hits, int(y.sum()))
+
+
+def _gap_retrieved(scores: np.ndarray, hits: np.ndarray, n_positives: int) -> float:
+    """GAP from each video's (N, k) top scores and hits, videos in row order, ranks in order."""
     # Row-major flattening lists entries by (video, rank); rank order within a video already
     # follows class index on ties, so a stable sort realises the (-score, video, class) key.
-    pooled_scores = np.take_along_axis(s, top, axis=1).ravel()
-    pooled_hits = np.take_along_axis(y, top, axis=1).ravel()
-    by_score = np.argsort(-pooled_scores, kind="stable")
-    return _ap_of_ranked_hits(pooled_hits[by_score], int(y.sum()))
+    by_score = np.argsort(-scores.ravel(), kind="stable")
+    return _ap_of_ranked_hits(hits.ravel()[by_score], n_positives)
 
 
 def _perr(y: np.ndarray, order: np.ndarray) -> float:
+    per_video = _perr_rows(y, order)
+    per_video = per_video[~np.isnan(per_video)]
+    return float(per_video.mean()) if per_video.size else float("nan")
+
+
+def _perr_rows(y: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(N,) each video's precision in its top n for n positives; ``nan`` without positives."""
     n_pos = y.sum(axis=1)
     has_pos = n_pos > 0
-    if not has_pos.any():
-        return float("nan")
+    out = np.full(len(y), np.nan)
     hits_cum = np.cumsum(np.take_along_axis(y[has_pos], order[has_pos], axis=1), axis=1)
     n = n_pos[has_pos]
-    return float((hits_cum[np.arange(n.size), n - 1] / n).mean())
-
-
-def _map_top_k(s: np.ndarray, y: np.ndarray, order: np.ndarray, top_k: int) -> float:
-    return _nanmean_or_nan(_class_aps_top_k(s, y, order[:, :top_k]))
+    out[has_pos] = hits_cum[np.arange(n.size), n - 1] / n
+    return out
 
 
 # ---------------------------------------------------------------- public metrics
@@ -347,14 +364,104 @@ def confusion_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def evaluate_all(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
     """hit_at_1, top5, gap_at_20, mean_ap (YouTube-8M, top 20), perr and n (videos)."""
     s, y = _validate(scores, labels)
-    # One ranking shared by every metric, as deep as the deepest needs: GAP and mAP read each
-    # video's top 20, PERR its top n for n positives. Not all C: (N, C) int64 is gigabytes.
-    order = rank_classes(s, max(20, int(y.sum(axis=1).max())))
-    return {
-        "hit_at_1": _hit_at_k(y, order, 1),
-        "top5": _hit_at_k(y, order, 5),
-        "gap_at_20": _gap(s, y, order, 20),
-        "mean_ap": _map_top_k(s, y, order, 20),
-        "perr": _perr(y, order),
-        "n": int(s.shape[0]),
-    }
+    stream = MetricStream(s.shape[1])
+    stream.add(np.arange(len(s)), s, y)
+    return stream.result()
+
+
+# ---------------------------------------------------------------- batch by batch
+
+_RETRIEVED = 20  # GAP and mAP read each video's top 20 (YouTube-8M's top_k)
+
+
+@dataclass
+class _Scored:
+    """What ``evaluate_all`` reads of some videos: their rows in the whole set, their top 20
+    classes with those scores and hits, hit@1 and top-5 per video, PERR per video."""
+
+    rows: np.ndarray  # (n,) int64
+    classes: np.ndarray  # (n, 20) int32 (fewer columns with fewer classes)
+    scores: np.ndarray  # (n, 20) float
+    hits: np.ndarray  # (n, 20) bool
+    hit1: np.ndarray  # (n,) bool
+    top5: np.ndarray  # (n,) bool
+    perr: np.ndarray  # (n,) float64, nan without positives
+
+
+class MetricStream:
+    """``evaluate_all`` fed a batch of videos at a time: per video it keeps its 20 best classes
+    with their scores and hits, in place of the (N, C) scores and labels (at YouTube-8M's
+    validation size, 1.1M videos x 3,862 classes, 17 GB each in float32). The result equals
+    ``evaluate_all`` on the whole set, whatever the batches and their order: every metric is
+    per video up to the pooled rankings, which take the videos in row order.
+
+    Under torchrun each rank streams its share; ``state()`` is what rank 0 gathers and
+    ``merged`` joins, checking that the shares cover each row once.
+    """
+
+    def __init__(self, n_classes: int) -> None:
+        self.support = np.zeros(n_classes, np.int64)  # positives per class
+        self.parts: list[_Scored] = []
+
+    def add(self, rows: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> None:
+        """Score the videos ``rows`` (their indices in the whole set): (n, C) each."""
+        s, y = _validate(scores, labels)
+        if s.shape[1] != self.support.size:
+            raise MetricInputError(f"{s.shape[1]} classes, expected {self.support.size}")
+        order = rank_classes(s, max(_RETRIEVED, int(y.sum(axis=1).max())))
+        top = order[:, :_RETRIEVED]
+        self.parts.append(
+            _Scored(
+                rows=np.asarray(rows, np.int64),
+                classes=top.astype(np.int32),
+                scores=np.take_along_axis(s, top, axis=1),
+                hits=np.take_along_axis(y, top, axis=1),
+                hit1=np.take_along_axis(y, order[:, :1], axis=1).any(axis=1),
+                top5=np.take_along_axis(y, order[:, :5], axis=1).any(axis=1),
+                perr=_perr_rows(y, order),
+            )
+        )
+        self.support += y.sum(axis=0)
+
+    def state(self) -> tuple[np.ndarray, list[_Scored]]:
+        return self.support, self.parts
+
+    @classmethod
+    def merged(cls, states: list[tuple[np.ndarray, list[_Scored]]], n_rows: int) -> MetricStream:
+        """One stream of ranks' states; every row of ``range(n_rows)`` exactly once."""
+        stream = cls(len(states[0][0]))
+        for support, parts in states:
+            stream.support += support
+            stream.parts += parts
+        rows = [p.rows for p in stream.parts] or [np.zeros(0, np.int64)]
+        count = np.bincount(np.concatenate(rows), minlength=n_rows)
+        if count.size != n_rows or not (count == 1).all():
+            raise RuntimeError(
+                f"{int((count[:n_rows] == 0).sum())} rows missing and {int((count > 1).sum())} "
+                "duplicated after gathering: the ranks' shares do not partition the set"
+            )
+        return stream
+
+    def result(self) -> dict[str, float | int]:
+        if not self.parts:
+            raise MetricInputError("need at least one video and one class; got none")
+        parts = self.parts
+        rows = np.concatenate([p.rows for p in parts])
+        at = np.argsort(rows, kind="stable")  # the videos in row order, as the pooled ranks need
+
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])[at]
+
+        hits = joined("hits")
+        perr = joined("perr")
+        perr = perr[~np.isnan(perr)]
+        return {
+            "hit_at_1": float(joined("hit1").mean()),
+            "top5": float(joined("top5").mean()),
+            "gap_at_20": _gap_retrieved(joined("scores"), hits, int(self.support.sum())),
+            "mean_ap": _nanmean_or_nan(
+                _class_aps_retrieved(joined("classes"), joined("scores"), hits, self.support)
+            ),
+            "perr": float(perr.mean()) if perr.size else float("nan"),
+            "n": int(rows.size),
+        }

@@ -404,9 +404,10 @@ def _diverged(cfg: TrainConfig, where: str, what: str) -> TrainingDiverged:
 
 
 def _shared_evaluation(run: _Session, pos: Position, progress: bool) -> dict[str, Any]:
-    """Rank 0's record on every rank, so every rank decides alike. Rank 0 alone scores the
-    validation set, so it alone sees scores diverge: that verdict is shared too, and every rank
-    stops with it rather than the others failing as if rank 0 had died."""
+    """Rank 0's record on every rank, so every rank decides alike. Each rank scores its share
+    of the validation set, but rank 0 alone judges the joined shares, so it alone raises when
+    scores diverge: that verdict is shared too, and every rank stops with it rather than the
+    others failing as if rank 0 had died."""
     record, diverged = None, None
     try:
         record = _evaluation(run, pos, progress)

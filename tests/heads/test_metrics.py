@@ -456,3 +456,67 @@ def test_top_k_ranking_of_rows_with_fewer_than_k_numbers_matches_a_stable_sort()
         np.testing.assert_array_equal(m.rank_classes(scores, k), full[:, :k])
     with pytest.raises(m.MetricInputError, match="k must be"):
         m.rank_classes(scores, 0)
+
+
+# ---------------------------------------------------------------- batch by batch
+
+
+def _random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n, c = int(rng.integers(1, 60)), int(rng.integers(1, 45))
+    if rng.random() < 0.5:
+        scores = rng.integers(0, 4, (n, c)).astype(np.float32)  # ties everywhere
+    else:
+        scores = rng.normal(size=(n, c))
+    return scores, rng.random((n, c)) < rng.choice([0.02, 0.1, 0.5])
+
+
+def _batches(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """The rows 0..n-1 shuffled and cut into up to 5 batches, as a bucketing loader gives them."""
+    order = rng.permutation(n)
+    cuts = rng.choice(np.arange(1, n), size=min(n - 1, int(rng.integers(0, 5))), replace=False)
+    return np.split(order, np.sort(cuts))
+
+
+def _same_metrics(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, float) and np.isnan(value):
+            assert np.isnan(got[key]), key
+        else:
+            assert got[key] == value, key  # the same arithmetic in the same order
+
+
+def test_streamed_batches_in_any_order_give_evaluate_all_of_the_whole_set():
+    rng = np.random.default_rng(7)
+    for _ in range(150):
+        scores, labels = _random_case(rng)
+        stream = m.MetricStream(scores.shape[1])
+        for rows in _batches(rng, len(scores)):
+            stream.add(rows, scores[rows], labels[rows])
+        _same_metrics(stream.result(), m.evaluate_all(scores, labels))
+
+
+def test_ranks_shares_merge_into_the_whole_and_must_cover_each_row_once():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(40, 12))
+    labels = rng.random((40, 12)) < 0.2
+    shares = []
+    for rows in (np.arange(0, 40, 2), np.arange(1, 40, 2)):  # two ranks, interleaved rows
+        share = m.MetricStream(12)
+        share.add(rows, scores[rows], labels[rows])
+        shares.append(share.state())
+    _same_metrics(m.MetricStream.merged(shares, 40).result(), m.evaluate_all(scores, labels))
+    with pytest.raises(RuntimeError, match="1 rows missing and 0 duplicated"):
+        m.MetricStream.merged(shares, 41)
+    with pytest.raises(RuntimeError, match="0 rows missing and 20 duplicated"):
+        m.MetricStream.merged([*shares, shares[0]], 40)
+
+
+def test_a_stream_refuses_what_evaluate_all_refuses():
+    stream = m.MetricStream(3)
+    with pytest.raises(m.NonFiniteScores):
+        stream.add([0], np.array([[0.1, np.nan, 0.2]]), np.array([[1, 0, 0]]))
+    with pytest.raises(m.MetricInputError, match="4 classes, expected 3"):
+        stream.add([0], np.zeros((1, 4)), np.zeros((1, 4)))
+    with pytest.raises(m.MetricInputError, match="got none"):
+        stream.result()

@@ -140,3 +140,35 @@ def test_confident_outputs_are_ranked_by_logits_not_saturated_probabilities(tmp_
     rows = zip(scored.probs, scored.ranking, strict=True)
     tops = [top_classes(p, label_map.labels, 2, r) for p, r in rows]
     assert [[c["label"] for c in top] for top in tops] == [["a", "b"], ["b", "a"]]
+
+
+@pytest.mark.parametrize("multilabel", [True, False])
+def test_validation_batch_by_batch_equals_scoring_the_whole_set(tmp_path, multilabel):
+    """validate() streams the metrics (heads.metrics.MetricStream) over batches that come
+    bucketed by length: the same numbers as the loss and evaluate_all of all logits at once."""
+    import dataclasses
+
+    import torch
+
+    from heads.config import TrainConfig
+    from heads.data import FeatureDataset
+    from heads.evaluation import predict_logits, validate
+    from heads.models import create_head
+    from heads.objective import Loss
+    from tests.heads.stores import LABELS, make_frame_store
+    from vidfeat.device import resolve_device
+
+    store = make_frame_store(tmp_path / "s.zarr", n_videos=37, multilabel=multilabel)
+    cfg = TrainConfig(model="gru", loss="multi" if multilabel else "single")
+    data = dataclasses.replace(cfg.data, batch_size=4, bucket_batches=3)
+    torch.manual_seed(0)
+    model = create_head("gru", input_dim=8, num_classes=len(LABELS), cfg=cfg.head).eval()
+    dataset = FeatureDataset(store, label_map=LabelMap(LABELS, multilabel=multilabel), cfg=data)
+    loader = make_loader(dataset, data, shuffle=False)
+    loss_fn, cpu = Loss(multilabel=multilabel), resolve_device("cpu")
+    logits, labels = predict_logits(model, loader, cpu)
+    whole = evaluate_all(loss_fn.ranking_scores(torch.from_numpy(logits)).numpy(), labels)
+    streamed = validate(model, loader, loss_fn, cpu)
+    assert {k: streamed[k] for k in whole if k != "n"} == {k: whole[k] for k in whole if k != "n"}
+    loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(labels)))
+    assert streamed["loss"] == pytest.approx(loss, rel=1e-6)
