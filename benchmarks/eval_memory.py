@@ -3,8 +3,9 @@
 ``evaluate_all``) against now (``MetricStream``, a batch at a time), for growing N.
 
 Scores are random normals and each video has 3 random labels of ``--classes``; each
-measurement runs in its own process, whose peak RSS (ru_maxrss) is the figure, and the two
-ways must give the same metrics.
+measurement runs in its own process, whose peak RSS (ru_maxrss) is the figure. The two ways
+must give the same metrics; ``evaluate_all`` is itself one stream of one batch now, so this
+checks the batching (tests/heads/test_metrics.py checks the metrics themselves).
 
     python -m benchmarks.eval_memory                      # -> benchmarks/results/eval_memory.json
     python -m benchmarks.eval_memory --videos 20000,40000 --classes 3862
@@ -73,7 +74,8 @@ def main() -> None:
     for n in map(int, args.videos.split(",")):
         for way in ("whole", "stream"):
             cmd = [sys.executable, "-m", "benchmarks.eval_memory", "--child", way, str(n)]
-            cmd += ["--classes", str(args.classes), "--labels-per-video", str(args.labels_per_video)]
+            cmd += ["--classes", str(args.classes)]
+            cmd += ["--labels-per-video", str(args.labels_per_video)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1], flush=True)

@@ -93,7 +93,8 @@ class ExtractConfig:
             problems.append(f"fps must be a number > 0 like 1, 0.5 or 1/3, got {self.fps!r}")
         if not 1 <= self.max_frames <= 100_000:
             problems.append("max_frames must be between 1 and 100000")
-        if self.workers < 1 or (self.batch_size or 1) < 1 or self.commit_every < 1:
+        batch_size = 1 if self.batch_size is None else self.batch_size  # None: by device
+        if self.workers < 1 or batch_size < 1 or self.commit_every < 1:
             problems.append("workers, batch_size and commit_every must be >= 1")
         if self.runtime not in runtime_names():
             problems.append(f"runtime must be one of {runtime_names()}")

@@ -12,7 +12,6 @@ import torch
 from vidfeat.config import DEVICES_RE
 from vidfeat.errors import ConfigError
 
-
 # Frames per backbone batch when --batch-size is not given. On CUDA a batch of 32 leaves an
 # InceptionV3 at about 80% of what the device does at 256 or more (fp16 on an H200,
 # benchmarks/results/backbone_gpu.json); on the CPU larger batches gain nothing and hold more

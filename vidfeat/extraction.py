@@ -60,7 +60,8 @@ class Extraction:
         self.writer, self.summary, self.audio = writer, summary, audio
         from vidfeat.device import default_batch_size  # torch: the parent's import only
 
-        self.batch_size = cfg.batch_size or default_batch_size(getattr(backbone, "device", None))
+        device = getattr(backbone, "device", None)
+        self.batch_size = default_batch_size(device) if cfg.batch_size is None else cfg.batch_size
         # Videos expected, until their first event; then the ones in flight (a few per decode
         # worker). Each event costs time in the videos in flight, never in the videos of the
         # manifest (a scan of every expected video per event was quadratic in the manifest:

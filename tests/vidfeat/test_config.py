@@ -22,6 +22,8 @@ from vidfeat.pipeline import shard_of
         ({"shard": (2, 2)}, "shard"),
         ({"commit_every": 0}, "commit_every must be >= 1"),
         ({"workers": 0}, "workers"),
+        ({"batch_size": 0}, "batch_size and commit_every must be >= 1"),  # None is "by device"
+        ({"batch_size": -3}, "batch_size and commit_every must be >= 1"),
     ],
 )
 def test_invalid_settings_are_refused(kwargs: dict, message: str) -> None:

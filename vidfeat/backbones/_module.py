@@ -45,8 +45,11 @@ def exact_fp32(device: torch.device, precision: str) -> Iterator[None]:
     if device.type != "cuda" or precision != "fp32":
         yield
         return
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9's setting
+    cudnn = torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if hasattr(conv, "fp32_precision"):  # torch >= 2.9: the per-operator setting
+        # (torch then refuses reads of the legacy cudnn.allow_tf32 until it is restored, as it
+        # does whenever only some operators are set; nothing on the backbone's path reads it.)
         saved = conv.fp32_precision
         conv.fp32_precision = "ieee"
         try:
@@ -54,12 +57,12 @@ def exact_fp32(device: torch.device, precision: str) -> Iterator[None]:
         finally:
             conv.fp32_precision = saved
     else:
-        saved_tf32 = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
+        saved_tf32 = cudnn.allow_tf32
+        cudnn.allow_tf32 = False
         try:
             yield
         finally:
-            torch.backends.cudnn.allow_tf32 = saved_tf32
+            cudnn.allow_tf32 = saved_tf32
 
 
 def fold_batch_norm(module: nn.Module) -> nn.Module:

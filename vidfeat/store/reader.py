@@ -353,7 +353,7 @@ def _as_column(values: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionAr
         try:
             strings = pa.array(values, type=pa.large_string())
         except pa.ArrowException:
-            # pyarrow before 19 takes no numpy StringDType (zarr's strings on numpy 2): one
+            # pyarrow before 26 takes no numpy StringDType (zarr's strings on numpy 2): one
             # Python object per value after all, as where pandas keeps no Arrow strings.
             strings = pa.array(values.astype(object), type=pa.large_string())
         return pd.array(strings, dtype=_ARROW_STRINGS)
