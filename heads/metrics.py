@@ -365,7 +365,7 @@ def evaluate_all(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | in
     """hit_at_1, top5, gap_at_20, mean_ap (YouTube-8M, top 20), perr and n (videos)."""
     s, y = _validate(scores, labels)
     stream = MetricStream(s.shape[1])
-    stream.add(np.arange(len(s)), s, y)
+    stream._add_valid(np.arange(len(s)), s, y)
     return stream.result()
 
 
@@ -408,6 +408,10 @@ class MetricStream:
         s, y = _validate(scores, labels)
         if s.shape[1] != self.support.size:
             raise MetricInputError(f"{s.shape[1]} classes, expected {self.support.size}")
+        self._add_valid(rows, s, y)
+
+    def _add_valid(self, rows: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
+        """``add`` of scores and labels ``_validate`` has already checked and converted."""
         order = rank_classes(s, max(_RETRIEVED, int(y.sum(axis=1).max())))
         top = order[:, :_RETRIEVED]
         self.parts.append(
@@ -452,15 +456,15 @@ class MetricStream:
         def joined(name: str) -> np.ndarray:
             return np.concatenate([getattr(p, name) for p in parts])[at]
 
-        hits = joined("hits")
+        scores, hits = joined("scores"), joined("hits")
         perr = joined("perr")
         perr = perr[~np.isnan(perr)]
         return {
             "hit_at_1": float(joined("hit1").mean()),
             "top5": float(joined("top5").mean()),
-            "gap_at_20": _gap_retrieved(joined("scores"), hits, int(self.support.sum())),
+            "gap_at_20": _gap_retrieved(scores, hits, int(self.support.sum())),
             "mean_ap": _nanmean_or_nan(
-                _class_aps_retrieved(joined("classes"), joined("scores"), hits, self.support)
+                _class_aps_retrieved(joined("classes"), scores, hits, self.support)
             ),
             "perr": float(perr.mean()) if perr.size else float("nan"),
             "n": int(rows.size),

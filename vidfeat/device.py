@@ -21,7 +21,8 @@ DEFAULT_BATCH_SIZES = {"cpu": 32, "cuda": 256}
 
 def default_batch_size(device: torch.device | None) -> int:
     """Frames per backbone batch on ``device`` (None: the CPU's) when none is asked for."""
-    return DEFAULT_BATCH_SIZES.get(device.type if device is not None else "cpu", 32)
+    cpu = DEFAULT_BATCH_SIZES["cpu"]
+    return cpu if device is None else DEFAULT_BATCH_SIZES.get(device.type, cpu)
 
 
 def resolve_device(name: str, *, label: str = "device") -> torch.device:
