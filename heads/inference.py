@@ -19,9 +19,9 @@ from heads.batching import make_loader
 from heads.config import TrainConfig
 from heads.data import FeatureDataset
 from heads.errors import CheckpointError, RunDataMismatchError
+from heads.evaluation import validate
 from heads.identity import check_same_data, check_store_compatible, recorded_streams
 from heads.labels import LabelMap
-from heads.metrics import evaluate_all
 from heads.models import Head, HeadConfig, create_head
 from heads.objective import Loss
 from heads.predictions import Scored, format_yt8m_pairs, top_classes, vocabulary_indices
@@ -186,8 +186,12 @@ def evaluate_run(
         raise ConfigError(f"no labelled videos of split {split!r} in store {path}")
     dataset = FeatureDataset(path, labelled, run.label_map, run.cfg.data)
     dev = resolve_device(run.cfg.device)
-    scored = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
-    metrics = {k: v for k, v in evaluate_all(scored.ranking, scored.labels).items() if k != "n"}
+    # Scored a batch at a time (heads.metrics.MetricStream), as validation is: the whole
+    # set's (N, C) scores are never held, and the metrics are evaluate_all's on them.
+    loader = make_loader(dataset, run.cfg.data, shuffle=False)
+    loss_fn = Loss(is_multilabel(run.cfg, run.label_map))
+    scored = validate(run.model.to(dev), loader, loss_fn, dev)
+    metrics = {k: v for k, v in scored.items() if k != "loss"}
     return {**metrics, "n": len(dataset), "split": split, "store": path}
 
 

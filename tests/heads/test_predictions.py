@@ -172,3 +172,26 @@ def test_validation_batch_by_batch_equals_scoring_the_whole_set(tmp_path, multil
     assert {k: streamed[k] for k in whole if k != "n"} == {k: whole[k] for k in whole if k != "n"}
     loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(labels)))
     assert streamed["loss"] == pytest.approx(loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["single", "multi"])
+def test_evaluate_scores_batch_by_batch_what_training_scored_whole(tmp_path, loss):
+    """`heads evaluate` streams its metrics (as validation does); training's test metrics come
+    from the whole test set's scores (written with its predictions). The same numbers."""
+    from click.testing import CliRunner
+
+    from heads import checkpoint as ck
+    from heads.inference import evaluate_run
+    from tests.heads.stores import make_cluster_store
+    from vidfeat_cli.heads import main
+
+    store = make_cluster_store(tmp_path / "s.zarr", n_videos=90, signal=0.3)
+    args = ["-q", "train", str(store), "-m", "gru", "-o", str(tmp_path / "run"), "--loss", loss]
+    args += ["--epochs", "2", "--batch-size", "4", "--hidden-size", "8", "--seed", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    trained = json.loads((tmp_path / "run" / ck.TEST_METRICS).read_text())
+    evaluated = evaluate_run(tmp_path / "run")
+    assert evaluated["split"] == "test" and evaluated["n"] == trained["n_test"]
+    for key in ("hit_at_1", "top5", "gap_at_20", "mean_ap", "perr"):
+        assert evaluated[key] == pytest.approx(trained[key], rel=1e-9, abs=1e-12), key
