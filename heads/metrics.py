@@ -193,7 +193,12 @@ def _nanmean_or_nan(values: np.ndarray) -> float:
 
 
 def _hit_at_k(y: np.ndarray, order: np.ndarray, k: int) -> float:
-    return float(np.take_along_axis(y, order[:, :k], axis=1).any(axis=1).mean())
+    return float(_hit_rows(y, order, k).mean())
+
+
+def _hit_rows(y: np.ndarray, order: np.ndarray, k: int) -> np.ndarray:
+    """(N,) bool: whether each video's top k classes hold one of its labels."""
+    return np.take_along_axis(y, order[:, :k], axis=1).any(axis=1)
 
 
 def _gap(s: np.ndarray, y: np.ndarray, order: np.ndarray, k: int) -> float:
@@ -211,9 +216,7 @@ def _gap_retrieved(scores: np.ndarray, hits: np.ndarray, n_positives: int) -> fl
 
 
 def _perr(y: np.ndarray, order: np.ndarray) -> float:
-    per_video = _perr_rows(y, order)
-    per_video = per_video[~np.isnan(per_video)]
-    return float(per_video.mean()) if per_video.size else float("nan")
+    return _nanmean_or_nan(_perr_rows(y, order))
 
 
 def _perr_rows(y: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -420,8 +423,8 @@ class MetricStream:
                 classes=top.astype(np.int32),
                 scores=np.take_along_axis(s, top, axis=1),
                 hits=np.take_along_axis(y, top, axis=1),
-                hit1=np.take_along_axis(y, order[:, :1], axis=1).any(axis=1),
-                top5=np.take_along_axis(y, order[:, :5], axis=1).any(axis=1),
+                hit1=_hit_rows(y, order, 1),
+                top5=_hit_rows(y, order, 5),
                 perr=_perr_rows(y, order),
             )
         )
@@ -457,8 +460,6 @@ class MetricStream:
             return np.concatenate([getattr(p, name) for p in parts])[at]
 
         scores, hits = joined("scores"), joined("hits")
-        perr = joined("perr")
-        perr = perr[~np.isnan(perr)]
         return {
             "hit_at_1": float(joined("hit1").mean()),
             "top5": float(joined("top5").mean()),
@@ -466,6 +467,6 @@ class MetricStream:
             "mean_ap": _nanmean_or_nan(
                 _class_aps_retrieved(joined("classes"), scores, hits, self.support)
             ),
-            "perr": float(perr.mean()) if perr.size else float("nan"),
+            "perr": _nanmean_or_nan(joined("perr")),
             "n": int(rows.size),
         }
