@@ -164,6 +164,31 @@ def test_normalize_matches_torchvision_imagenet(real_frame):
     np.testing.assert_allclose(ours, theirs.permute(1, 2, 0).numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(5, 7, 3), (2, 4, 6, 3), (1, 1, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+def test_normalize_equals_per_channel_arithmetic(shape, dtype):
+    rng = np.random.default_rng(len(shape))
+    x = rng.uniform(0, 255, shape).astype(dtype)
+    mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
+    expected = np.empty(shape, np.float32)
+    for c in range(3):  # one channel at a time, in float32
+        expected[..., c] = (x[..., c].astype(np.float32) - np.float32(mean[c])) / np.float32(std[c])
+    np.testing.assert_array_equal(normalize(x, mean, std), expected)
+    out = np.empty(shape, np.float32)
+    assert normalize(x, mean, std, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_normalize_rejects_bad_shapes_and_outputs():
+    with pytest.raises(ConfigError, match=r"\(\.\.\., W, 3\)"):
+        normalize(np.zeros((4, 4)), (0, 0, 0), (1, 1, 1))
+    with pytest.raises(ConfigError, match="out must be"):
+        normalize(np.zeros((4, 4, 3)), (0, 0, 0), (1, 1, 1), out=np.zeros((4, 4, 3)))
+    with pytest.raises(ConfigError, match="out must be"):
+        strided = np.zeros((4, 8, 3), np.float32)[:, ::2]
+        normalize(np.zeros((4, 4, 3)), (0, 0, 0), (1, 1, 1), out=strided)
+
+
 def test_normalize_rejects_bad_statistics():
     with pytest.raises(ConfigError):
         normalize(np.zeros((2, 2, 3)), (0, 0), (1, 1, 1))
