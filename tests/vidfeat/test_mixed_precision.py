@@ -25,6 +25,7 @@ from vidfeat.backbones.runtimes.eager import cpu_has_fast_bf16, module_runner
 from vidfeat.backbones.runtimes.mixed import (
     MEANS_FILE,
     Bf16ConvReLU,
+    Fp32ConvReLU,
     bf16_children,
     measure_input_means,
 )
@@ -48,15 +49,32 @@ def test_the_stem_stays_fp32_and_the_rest_runs_bf16_with_fp32_biases(converted_c
     bf16 = set(bf16_children(module))
     assert "mixed_1" in bf16 and "mixed" not in bf16 and "conv" not in bf16
     for name, child in module.named_children():
-        layers = [m for m in child.modules() if isinstance(m, ConvReLU | Bf16ConvReLU)]
+        kinds = ConvReLU | Bf16ConvReLU | Fp32ConvReLU
+        layers = [m for m in child.modules() if isinstance(m, kinds)]
         assert layers, name
         if name in bf16:
             assert all(isinstance(m, Bf16ConvReLU) for m in layers), name
             assert {m.weight.dtype for m in layers} == {torch.bfloat16}
             assert {m.bias.dtype for m in layers} == {torch.float32}
         else:
-            assert all(isinstance(m, ConvReLU) for m in layers), name
+            assert all(isinstance(m, Fp32ConvReLU) for m in layers), name
             assert {m.weight.dtype for m in layers} == {torch.float32}
+
+
+def test_the_fused_fp32_conv_relu_is_bit_for_bit_conv_then_relu(folded):
+    stem = [folded.conv, folded.conv_1, folded.conv_2, folded.conv_3, folded.conv_4]
+    stem += [m for m in folded.mixed.modules() if isinstance(m, ConvReLU)]
+    generator = torch.Generator().manual_seed(0)
+    for layer in stem:
+        # Inputs of both signs (the first layer sees pixels in [-1, 1]), so ReLU clips some.
+        x = torch.randn(2, layer.weight.shape[1], 23, 23, generator=generator)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            expected = layer(x.clone())
+            fused = Fp32ConvReLU(layer)(x)
+        assert (expected == 0).any() and (expected > 0).any()
+        assert torch.equal(fused, expected)
+        assert fused.is_contiguous(memory_format=torch.channels_last)
 
 
 @needs_bf16

@@ -8,7 +8,8 @@ on real frames shows where that comes from (``docs/precision.md`` has the number
   rounding error is large against what is left. Here biases stay fp32: oneDNN adds an fp32
   bias inside its fp32 accumulator, before the one rounding of the output;
 - the stem: errors made early are amplified by every later layer. The module names the first
-  child that may run in bf16 (``BF16_FROM``); everything before it stays fp32;
+  child that may run in bf16 (``BF16_FROM``); everything before it stays fp32 (each conv and
+  its ReLU in one oneDNN call, bit for bit the two apart);
 - the weights' rounding, whose mean effect on each output channel is a constant: it is folded
   back into the bias ("bias correction"), from per-channel input means measured on real
   calibration frames (``runtimes.calibration``), cached per machine with the weights' checksum.
@@ -35,23 +36,40 @@ MEANS_FILE = "input_means.pt"  # {conv name: (C_in,) float32 mean of its input o
 _CALIBRATION_BATCH = 8
 
 
-class Bf16ConvReLU(nn.Module):
-    """conv + relu with bf16 input and weights, an fp32 bias, fp32 accumulation, bf16 output."""
+class _FusedConvReLU(nn.Module):
+    """conv + relu as one oneDNN call: the ReLU is the convolution's post-op, applied to the
+    fp32 accumulator before the output is written, instead of a second pass over the output."""
 
-    def __init__(self, conv: nn.Module, input_mean: torch.Tensor) -> None:
+    def __init__(self, conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
         super().__init__()
-        weight = conv.weight.detach()
-        rounded = weight.to(torch.bfloat16)
-        # Bias correction: E[(w - round(w)) . x] per output channel, with x at its mean.
-        shift = (weight - rounded.float()).sum(dim=(2, 3)) @ input_mean.to(weight)
-        self.register_buffer("weight", rounded.contiguous(memory_format=torch.channels_last))
-        self.register_buffer("bias", (conv.bias.detach() + shift).float())
+        self.register_buffer("weight", weight.contiguous(memory_format=torch.channels_last))
+        self.register_buffer("bias", bias.float())
         self.args = (_pair(conv.padding), _pair(conv.stride), [1, 1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
             x, self.weight, self.bias, *self.args, "relu", [], ""
         )
+
+
+class Fp32ConvReLU(_FusedConvReLU):
+    """An fp32 conv + relu in one call: bit for bit the output of ``ConvReLU`` (the same oneDNN
+    convolution; only where the ReLU runs changes). The fp32 stem's activation maps are the
+    network's largest, and the separate ReLU pass over them was 4-5% of the whole's time."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__(conv, conv.weight.detach(), conv.bias.detach())
+
+
+class Bf16ConvReLU(_FusedConvReLU):
+    """conv + relu with bf16 input and weights, an fp32 bias, fp32 accumulation, bf16 output."""
+
+    def __init__(self, conv: nn.Module, input_mean: torch.Tensor) -> None:
+        weight = conv.weight.detach()
+        rounded = weight.to(torch.bfloat16)
+        # Bias correction: E[(w - round(w)) . x] per output channel, with x at its mean.
+        shift = (weight - rounded.float()).sum(dim=(2, 3)) @ input_mean.to(weight)
+        super().__init__(conv, rounded, conv.bias.detach() + shift)
 
 
 class _CastInput(nn.Module):
@@ -84,7 +102,7 @@ def bf16_children(module: nn.Module) -> list[str]:
 
 
 def _convs(module: nn.Module, names: list[str]) -> dict[str, nn.Module]:
-    """The fusable conv + relu layers (``ConvReLU``) inside the bf16 children, by full name."""
+    """The fusable conv + relu layers (``ConvReLU``) inside the children ``names``, by full name."""
     from vidfeat.backbones.inception_v3 import ConvReLU
 
     return {
@@ -121,11 +139,16 @@ def measure_input_means(module: nn.Module, frames: torch.Tensor) -> dict[str, to
 
 
 def to_mixed(module: nn.Module, input_means: dict[str, torch.Tensor]) -> nn.Module:
-    """``module`` (fp32, batch norm folded) with its bf16 children's convs replaced, in place."""
+    """``module`` (fp32, batch norm folded) with its convs replaced, in place: the bf16
+    children's by ``Bf16ConvReLU``, the others' by ``Fp32ConvReLU`` (the same fp32 result)."""
     names = bf16_children(module)
-    for full_name, layer in _convs(module, names).items():
+    fp32_names = [name for name, _ in module.named_children() if name not in names]
+    for full_name, layer in _convs(module, fp32_names + names).items():
         parent_name, _, attr = full_name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
+        if full_name.partition(".")[0] in fp32_names:
+            setattr(parent, attr, Fp32ConvReLU(layer))
+            continue
         if full_name not in input_means:
             raise ConfigError(f"calibration has no input mean for {full_name}; clear the cache")
         setattr(parent, attr, Bf16ConvReLU(layer, input_means[full_name]))
