@@ -28,7 +28,9 @@ from vidfeat.backbones.runtimes.mixed import (
     Fp32ConvReLU,
     bf16_children,
     measure_input_means,
+    to_mixed,
 )
+from vidfeat.errors import ConfigError
 
 needs_bf16 = pytest.mark.skipif(not cpu_has_fast_bf16(), reason="this CPU has no bf16 kernels")
 
@@ -117,20 +119,32 @@ def test_calibration_runs_once_per_machine_and_covers_every_bf16_conv(converted_
     )
 
 
+class _Tiny(nn.Module):
+    BF16_FROM = "body"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = ConvReLU(torch.ones(2, 3, 1, 1), torch.zeros(2), 1, 0)
+        self.body = nn.Sequential(ConvReLU(torch.ones(1, 2, 1, 1), torch.zeros(1), 1, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.stem(x))
+
+
+def test_to_mixed_converts_the_whole_module_or_nothing():
+    tiny = _Tiny()
+    with pytest.raises(ConfigError, match=r"no input mean for body\.0"):
+        to_mixed(tiny, {})
+    assert isinstance(tiny.stem, ConvReLU) and isinstance(tiny.body[0], ConvReLU)  # untouched
+    to_mixed(tiny, {"body.0": torch.zeros(2)})
+    assert isinstance(tiny.stem, Fp32ConvReLU) and tiny.stem.weight.dtype == torch.float32
+    converted = tiny.body.inner[0]  # the body now casts its input to bf16 first
+    assert isinstance(converted, Bf16ConvReLU) and converted.weight.dtype == torch.bfloat16
+
+
 def test_input_means_are_the_per_channel_means_of_what_each_conv_sees():
-    class Tiny(nn.Module):
-        BF16_FROM = "body"
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = ConvReLU(torch.ones(2, 3, 1, 1), torch.zeros(2), 1, 0)
-            self.body = nn.Sequential(ConvReLU(torch.ones(1, 2, 1, 1), torch.zeros(1), 1, 0))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.body(self.stem(x))
-
     frames = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4) / 10
-    means = measure_input_means(Tiny(), frames)
+    means = measure_input_means(_Tiny(), frames)
     assert list(means) == ["body.0"]
     stem_out = frames.sum(dim=1)  # both stem channels: the sum of the 3 inputs, then ReLU
     torch.testing.assert_close(means["body.0"], stem_out.mean().repeat(2))

@@ -164,7 +164,7 @@ def test_normalize_matches_torchvision_imagenet(real_frame):
     np.testing.assert_allclose(ours, theirs.permute(1, 2, 0).numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(5, 7, 3), (2, 4, 6, 3), (1, 1, 3)])
+@pytest.mark.parametrize("shape", [(5, 7, 3), (2, 4, 6, 3), (1, 1, 3), (4, 0, 3), (0, 5, 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
 def test_normalize_equals_per_channel_arithmetic(shape, dtype):
     rng = np.random.default_rng(len(shape))
@@ -177,6 +177,17 @@ def test_normalize_equals_per_channel_arithmetic(shape, dtype):
     out = np.empty(shape, np.float32)
     assert normalize(x, mean, std, out=out) is out
     np.testing.assert_array_equal(out, expected)
+
+
+def test_normalize_in_place_and_of_strided_frames():
+    rng = np.random.default_rng(0)
+    mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
+    wide = rng.uniform(0, 255, (6, 10, 3)).astype(np.float32)
+    for x in (wide[:, ::2], wide[::-1], wide.transpose(1, 0, 2)):  # views, not copies
+        np.testing.assert_array_equal(normalize(x, mean, std), normalize(x.copy(), mean, std))
+    expected = normalize(wide, mean, std)
+    assert normalize(wide, mean, std, out=wide) is wide  # in place, as preprocess_frame does
+    np.testing.assert_array_equal(wide, expected)
 
 
 def test_normalize_rejects_bad_shapes_and_outputs():

@@ -143,15 +143,17 @@ def to_mixed(module: nn.Module, input_means: dict[str, torch.Tensor]) -> nn.Modu
     children's by ``Bf16ConvReLU``, the others' by ``Fp32ConvReLU`` (the same fp32 result)."""
     names = bf16_children(module)
     fp32_names = [name for name, _ in module.named_children() if name not in names]
-    for full_name, layer in _convs(module, fp32_names + names).items():
+    bf16_convs = _convs(module, names)
+    missing = [name for name in bf16_convs if name not in input_means]
+    if missing:  # checked before anything changes: the module is converted whole or not at all
+        raise ConfigError(f"calibration has no input mean for {missing[0]}; clear the cache")
+    replacements = {name: Fp32ConvReLU(layer) for name, layer in _convs(module, fp32_names).items()}
+    replacements |= {
+        name: Bf16ConvReLU(layer, input_means[name]) for name, layer in bf16_convs.items()
+    }
+    for full_name, layer in replacements.items():
         parent_name, _, attr = full_name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        if full_name.partition(".")[0] in fp32_names:
-            setattr(parent, attr, Fp32ConvReLU(layer))
-            continue
-        if full_name not in input_means:
-            raise ConfigError(f"calibration has no input mean for {full_name}; clear the cache")
-        setattr(parent, attr, Bf16ConvReLU(layer, input_means[full_name]))
+        setattr(module.get_submodule(parent_name) if parent_name else module, attr, layer)
     setattr(module, names[0], _CastInput(getattr(module, names[0])))
     return module
 
