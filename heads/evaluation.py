@@ -5,6 +5,8 @@ logits go back to their dataset rows, and validation scores each video by its ro
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -15,21 +17,29 @@ from heads.metrics import MetricStream, NonFiniteScores
 from heads.objective import Loss
 
 
-@torch.no_grad()
+def logit_batches(
+    model: nn.Module, loader: DataLoader, device: torch.device
+) -> Iterator[tuple[np.ndarray, torch.Tensor, np.ndarray]]:
+    """(dataset rows, (n, C) float32 logits on the CPU, (n, C) labels) a loader batch at a
+    time, in the loader's order (which may be bucketed by length)."""
+    model.eval()
+    for batch in loader:
+        with torch.no_grad():
+            logits = model(batch.x.to(device), batch.lengths.to(device)).float().cpu()
+        yield batch.index.numpy(), logits, batch.labels.numpy()
+
+
 def _predict_rows(
     model: nn.Module, loader: DataLoader, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, C) float32 logits and labels in dataset order, and (N,) which rows the loader gave
     (all, or this rank's share under torchrun)."""
-    model.eval()
     n, classes = loader.dataset.targets.shape
     logits_out = np.zeros((n, classes), np.float32)
     labels_out = np.zeros((n, classes), np.float32)
     done = np.zeros(n, bool)
-    for batch in loader:
-        rows = batch.index.numpy()
-        logits_out[rows] = model(batch.x.to(device), batch.lengths.to(device)).float().cpu().numpy()
-        labels_out[rows], done[rows] = batch.labels.numpy(), True
+    for rows, logits, labels in logit_batches(model, loader, device):
+        logits_out[rows], labels_out[rows], done[rows] = logits.numpy(), labels, True
     return logits_out, labels_out, done
 
 

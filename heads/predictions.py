@@ -13,9 +13,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
+import shutil
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -195,26 +199,128 @@ def write_predictions(
     stem: Path, video_ids: list[str], scored: Scored, label_map: LabelMap
 ) -> None:
     """``stem``.npz (every class's probability and ranking score) and ``stem``.csv (the top 20
-    as in :func:`top_classes`, and the true labels)."""
-    with atomic.atomic_open(stem.with_suffix(".npz"), "wb") as fh:
-        np.savez(
-            fh,
-            video_id=np.array(video_ids, dtype=str),
-            scores=scored.probs.astype(np.float32),
-            ranking=scored.ranking.astype(np.float32),
-            labels=scored.labels.astype(np.uint8),
-            class_names=np.array(label_map.labels, dtype=str),
-        )
-    k = min(20, len(label_map))
-    names = label_map.labels
-    best = rank_classes(scored.ranking, k)  # every video at once: as top_classes orders them
-    all_names = np.array(names)
-    rows = {
-        "video_id": video_ids,
-        "labels": [LABEL_SEPARATOR.join(all_names[y > 0]) for y in scored.labels],
-        "predictions": [
-            _named(s, names, order) for s, order in zip(scored.probs, best, strict=True)
-        ],
+    as in :func:`top_classes`, and the true labels), from whole (N, C) arrays."""
+    with PredictionsWriter(stem, video_ids, label_map) as writer:
+        writer.add(np.arange(len(video_ids)), scored)
+
+
+class PredictionsWriter:
+    """Writes what :func:`write_predictions` writes from batches of rows in any order, without
+    ever holding an (N, C) array: at YouTube-8M's 3,862 classes a test split of 400,000 videos
+    is 6 GB per array, and the end of training scores the test split this way.
+
+    Each (N, C) array goes row by row into its own ``.npy`` beside ``stem`` (positioned writes,
+    so batches may come in any order, e.g. bucketed by length); on close the ``.npz`` is
+    assembled from them (the zip layout ``np.savez`` writes) and the ``.csv`` is made from the
+    ranking scores a block of rows at a time. Both files appear atomically, or not at all if the
+    writer is left by an exception; the row files are removed either way.
+    """
+
+    _ARRAYS: ClassVar[dict[str, type]] = {
+        "scores": np.float32,
+        "ranking": np.float32,
+        "labels": np.uint8,
     }
-    with atomic.atomic_open(stem.with_suffix(".csv"), "w", newline="", encoding="utf-8") as fh:
-        as_csv_cells(pd.DataFrame(rows)).to_csv(fh, index=False)
+    _CSV_BLOCK_VALUES = 1 << 22  # rows formatted at a time: about 16 MB of float32 scores
+
+    def __init__(self, stem: Path, video_ids: list[str], label_map: LabelMap) -> None:
+        self.stem = Path(stem)
+        self.video_ids = list(video_ids)
+        self.label_map = label_map
+        self.n, self.classes = len(self.video_ids), len(label_map)
+        self.written = np.zeros(self.n, bool)
+        self._parts = Path(tempfile.mkdtemp(prefix=f".{self.stem.name}-", dir=self.stem.parent))
+        self._files: dict[str, Any] = {}
+        self._offsets: dict[str, int] = {}
+        for name, dtype in self._ARRAYS.items():
+            fh = open(self._parts / f"{name}.npy", "w+b")  # noqa: SIM115 - closed in close()
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                "fortran_order": False,
+                "shape": (self.n, self.classes),
+            }
+            np.lib.format.write_array_header_1_0(fh, header)
+            self._offsets[name] = fh.tell()
+            self._files[name] = fh
+
+    def add(self, rows: np.ndarray, scored: Scored) -> None:
+        """The videos ``rows`` (their indices in ``video_ids``), (n, C) each in ``scored``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
+            raise ValueError(f"rows must be in [0, {self.n}), got {rows.min()}..{rows.max()}")
+        arrays = {"scores": scored.probs, "ranking": scored.ranking, "labels": scored.labels}
+        for name, dtype in self._ARRAYS.items():
+            block = np.ascontiguousarray(arrays[name], dtype=dtype)
+            if block.shape != (len(rows), self.classes):
+                raise ValueError(
+                    f"{name}: expected ({len(rows)}, {self.classes}), got {block.shape}"
+                )
+            fd, base, size = self._files[name].fileno(), self._offsets[name], block[0:1].nbytes
+            for row, values in zip(rows.tolist(), block, strict=True):
+                os.pwrite(fd, values.tobytes(), base + row * size)
+        self.written[rows] = True
+
+    def _rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        dtype = np.dtype(self._ARRAYS[name])
+        fh = self._files[name]
+        fh.seek(self._offsets[name] + start * self.classes * dtype.itemsize)
+        return np.fromfile(fh, dtype, (stop - start) * self.classes).reshape(-1, self.classes)
+
+    def _write_npz(self) -> None:
+        with (
+            atomic.atomic_open(self.stem.with_suffix(".npz"), "wb") as fh,
+            zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as npz,
+        ):
+
+            def put(name: str, array: np.ndarray) -> None:
+                with npz.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array(entry, array, allow_pickle=False)
+
+            put("video_id", np.array(self.video_ids, dtype=str))
+            for name in self._ARRAYS:
+                src = self._files[name]
+                src.flush()
+                src.seek(0)
+                with npz.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                    shutil.copyfileobj(src, entry, 16 << 20)
+            put("class_names", np.array(self.label_map.labels, dtype=str))
+
+    def _write_csv(self) -> None:
+        k = min(20, self.classes)
+        names = self.label_map.labels
+        all_names = np.array(names)
+        path = self.stem.with_suffix(".csv")
+        with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+            step = max(1, self._CSV_BLOCK_VALUES // max(self.classes, 1))
+            for start in range(0, max(self.n, 1), step):
+                stop = min(start + step, self.n)
+                probs, labels = self._rows("scores", start, stop), self._rows("labels", start, stop)
+                best = rank_classes(self._rows("ranking", start, stop), k)  # as top_classes
+                rows = {
+                    "video_id": self.video_ids[start:stop],
+                    "labels": [LABEL_SEPARATOR.join(all_names[y > 0]) for y in labels],
+                    "predictions": [
+                        _named(p, names, order) for p, order in zip(probs, best, strict=True)
+                    ],
+                }
+                table = as_csv_cells(pd.DataFrame(rows))
+                table.to_csv(fh, index=False, header=start == 0)
+
+    def close(self, *, commit: bool = True) -> None:
+        try:
+            if commit:
+                if not self.written.all():
+                    missing = int((~self.written).sum())
+                    raise ValueError(f"{missing} of {self.n} videos have no predictions")
+                self._write_npz()
+                self._write_csv()
+        finally:
+            for fh in self._files.values():
+                fh.close()
+            shutil.rmtree(self._parts, ignore_errors=True)
+
+    def __enter__(self) -> PredictionsWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.close(commit=exc_type is None)

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,14 @@ from heads.batching import make_loader
 from heads.config import DataConfig, TrainConfig
 from heads.data import FeatureDataset, open_data_store
 from heads.errors import TrainingDataError
-from heads.evaluation import predict_logits
+from heads.evaluation import logit_batches
 from heads.identity import check_same_data, recorded_streams, store_identity
 from heads.labels import LabelMap, build_label_map, multilabel_loss
 from heads.loggers import check_loggers, create_loggers
-from heads.metrics import evaluate_all
+from heads.metrics import MetricStream
 from heads.models import Head, create_head
 from heads.objective import Loss, loss_weights
-from heads.predictions import Scored, write_predictions
+from heads.predictions import PredictionsWriter, Scored
 from heads.splits import (
     assign_splits,
     inherit_splits,
@@ -432,13 +432,40 @@ def write_test_results(
         ck.write_json(run_dir / ck.TEST_METRICS, metrics)
         return metrics
     device = resolve_device(cfg.device)
-    scored = predict_scores(model, test, cfg, label_map, device)
-    metrics = evaluate_all(scored.ranking, scored.labels)
-    metrics = {k: v for k, v in metrics.items() if k != "n"} | {"n_test": len(test), **summary}
-    write_predictions(run_dir / ck.TEST_PREDICTIONS, test.video_ids, scored, label_map)
+    # A batch at a time: neither the metrics nor the prediction files hold the test split's
+    # (N, C) scores, which at YouTube-8M's scale are gigabytes per array.
+    stream = MetricStream(len(label_map))
+    with PredictionsWriter(run_dir / ck.TEST_PREDICTIONS, test.video_ids, label_map) as writer:
+        for rows, part in scored_batches(model, test, cfg, label_map, device):
+            stream.add(rows, part.ranking, part.labels)
+            writer.add(rows, part)
+    metrics = {k: v for k, v in stream.result().items() if k != "n"}
+    metrics |= {"n_test": len(test), **summary}
     ck.write_json(run_dir / ck.TEST_METRICS, metrics)
     log.info("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in _SHOWN))
     return metrics
+
+
+def scored_batches(
+    model: Head,
+    dataset: FeatureDataset,
+    cfg: TrainConfig,
+    label_map: LabelMap,
+    device: torch.device,
+) -> Iterator[tuple[np.ndarray, Scored]]:
+    """(dataset rows, their probabilities, ranking scores and labels) a batch at a time."""
+    loader = make_loader(dataset, cfg.data, shuffle=False)
+    model.to(device)
+    loss = Loss(is_multilabel(cfg, label_map))
+    for rows, logits, labels in logit_batches(model, loader, device):
+        yield (
+            rows,
+            Scored(
+                probs=loss.probabilities(logits).numpy().astype(np.float32),
+                ranking=loss.ranking_scores(logits).numpy().astype(np.float32),
+                labels=labels,
+            ),
+        )
 
 
 def predict_scores(
@@ -449,12 +476,12 @@ def predict_scores(
     device: torch.device,
 ) -> Scored:
     """Probabilities, ranking scores and labels of every video, in dataset order."""
-    loader = make_loader(dataset, cfg.data, shuffle=False)
-    model.to(device)
-    logits, labels = predict_logits(model, loader, device)
-    loss, t = Loss(is_multilabel(cfg, label_map)), torch.from_numpy(logits)
-    return Scored(
-        probs=loss.probabilities(t).numpy().astype(np.float32),
-        ranking=loss.ranking_scores(t).numpy().astype(np.float32),
-        labels=labels,
-    )
+    n, classes = len(dataset), len(label_map)
+    whole = Scored(*(np.zeros((n, classes), np.float32) for _ in range(3)))
+    done = np.zeros(n, bool)
+    for rows, part in scored_batches(model, dataset, cfg, label_map, device):
+        whole.probs[rows], whole.ranking[rows] = part.probs, part.ranking
+        whole.labels[rows], done[rows] = part.labels, True
+    if not done.any():
+        raise ValueError("cannot predict on an empty dataset")
+    return whole

@@ -12,6 +12,7 @@ from heads.batching import make_loader
 from heads.labels import LabelMap
 from heads.metrics import evaluate_all
 from heads.predictions import (
+    PredictionsWriter,
     Scored,
     read_vocabulary,
     top_classes,
@@ -78,6 +79,63 @@ def test_test_predictions_csv_reads_back_labels_with_spaces_colons_and_commas(tm
         assert [x["label"] for x in top] == [AWKWARD[j] for j in order]
         np.testing.assert_allclose([x["score"] for x in top], scores[i][order], atol=1e-6)
         assert labels == AWKWARD[i]
+
+
+def _scored(n: int, classes: int, seed: int = 0) -> Scored:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, classes)).astype(np.float32)
+    logits[::7, :3] = 30.0  # saturated probabilities that tie: the ranking scores order them
+    probs = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    return Scored(probs=probs, ranking=logits, labels=(rng.random((n, classes)) < 0.2) * 1.0)
+
+
+def test_predictions_written_in_shuffled_batches_equal_one_whole_write(tmp_path, monkeypatch):
+    n, labels = 23, LabelMap(AWKWARD, multilabel=True)
+    scored, ids = _scored(n, len(AWKWARD)), [f"v{i}" for i in range(n)]
+    write_predictions(tmp_path / "whole", ids, scored, labels)
+    monkeypatch.setattr(PredictionsWriter, "_CSV_BLOCK_VALUES", 4 * len(AWKWARD))  # 4 rows
+    order = np.random.default_rng(1).permutation(n)
+    with PredictionsWriter(tmp_path / "batched", ids, labels) as writer:
+        for rows in np.array_split(order, 5):  # as a length-bucketed loader hands them over
+            part = Scored(scored.probs[rows], scored.ranking[rows], scored.labels[rows])
+            writer.add(rows, part)
+    for suffix in (".npz", ".csv"):
+        whole = (tmp_path / "whole").with_suffix(suffix).read_bytes()
+        assert (tmp_path / "batched").with_suffix(suffix).read_bytes() == whole, suffix
+    with np.load(tmp_path / "batched.npz") as npz:
+        np.testing.assert_array_equal(npz["scores"], scored.probs)
+        np.testing.assert_array_equal(npz["ranking"], scored.ranking)
+        np.testing.assert_array_equal(npz["labels"], scored.labels.astype(np.uint8))
+        assert list(npz["video_id"]) == ids and tuple(npz["class_names"]) == AWKWARD
+    table = pd.read_csv(tmp_path / "batched.csv")
+    for i, cell in enumerate(table["predictions"]):
+        expected = top_classes(scored.probs[i], AWKWARD, 20, scored.ranking[i])
+        assert json.loads(cell) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "batched.csv",
+        "batched.npz",
+        "whole.csv",
+        "whole.npz",
+    ]  # the row files are gone
+
+
+def test_a_failed_or_incomplete_prediction_write_leaves_no_files(tmp_path):
+    labels, scored = LabelMap(AWKWARD, multilabel=True), _scored(6, len(AWKWARD))
+    ids, first = list("abcdef"), Scored(scored.probs[:3], scored.ranking[:3], scored.labels[:3])
+
+    def write(rows: np.ndarray, part: Scored, fail: bool = False) -> None:
+        with PredictionsWriter(tmp_path / "p", ids, labels) as writer:
+            writer.add(rows, part)
+            if fail:
+                raise RuntimeError("scoring broke")
+
+    with pytest.raises(RuntimeError, match="scoring broke"):
+        write(np.arange(3), first, fail=True)
+    with pytest.raises(ValueError, match="3 of 6 videos have no predictions"):
+        write(np.arange(3), first)
+    with pytest.raises(ValueError, match=r"rows must be in \[0, 6\)"):
+        write(np.array([6, 0, 1]), first)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
@@ -176,8 +234,8 @@ def test_validation_batch_by_batch_equals_scoring_the_whole_set(tmp_path, multil
 
 @pytest.mark.parametrize("loss", ["single", "multi"])
 def test_evaluate_scores_batch_by_batch_what_training_scored_whole(tmp_path, loss):
-    """`heads evaluate` streams its metrics (as validation does); training's test metrics come
-    from the whole test set's scores (written with its predictions). The same numbers."""
+    """`heads evaluate` and the end of training both score a batch at a time; both equal
+    ``evaluate_all`` on the whole test set's scores that training wrote with its predictions."""
     from click.testing import CliRunner
 
     from heads import checkpoint as ck
@@ -193,5 +251,9 @@ def test_evaluate_scores_batch_by_batch_what_training_scored_whole(tmp_path, los
     trained = json.loads((tmp_path / "run" / ck.TEST_METRICS).read_text())
     evaluated = evaluate_run(tmp_path / "run")
     assert evaluated["split"] == "test" and evaluated["n"] == trained["n_test"]
+    with np.load(tmp_path / "run" / f"{ck.TEST_PREDICTIONS}.npz") as npz:
+        whole = evaluate_all(npz["ranking"], npz["labels"])
+    assert whole["n"] == trained["n_test"]
     for key in ("hit_at_1", "top5", "gap_at_20", "mean_ap", "perr"):
         assert evaluated[key] == pytest.approx(trained[key], rel=1e-9, abs=1e-12), key
+        assert trained[key] == pytest.approx(whole[key], rel=1e-9, abs=1e-12), key
