@@ -24,30 +24,37 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmarks.common import write_result
 
+if TYPE_CHECKING:
+    from vidfeat.preprocess import PreprocessSpec
+
 RESOLUTIONS = {"360p": (640, 360), "720p": (1280, 720)}
 
 
-def broadcast_normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, out: np.ndarray):
+def broadcast_normalize(
+    x: np.ndarray, mean: np.ndarray, std: np.ndarray, out: np.ndarray
+) -> np.ndarray:
     """The previous ``normalize``: a (3,) operand broadcast over (H, W, 3)."""
     np.subtract(x, mean, out=out, dtype=np.float32)
     out /= std
     return out
 
 
-def _per_frame_ms(fn, frames: list[np.ndarray]) -> float:
+def _per_frame_ms(fn: Callable[[np.ndarray], object], frames: list[np.ndarray]) -> float:
     started = time.perf_counter()
     for frame in frames:
         fn(frame)
     return (time.perf_counter() - started) / len(frames) * 1e3
 
 
-def measure(clip: Path, spec, repeats: int) -> dict:
+def measure(clip: Path, spec: PreprocessSpec, repeats: int) -> dict:
     from vidfeat.decode import open_video
     from vidfeat.preprocess import RESIZE_RULES, normalize
 
