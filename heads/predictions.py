@@ -229,7 +229,12 @@ class PredictionsWriter:
         self.label_map = label_map
         self.n, self.classes = len(self.video_ids), len(label_map)
         self.written = np.zeros(self.n, bool)
-        self._parts = Path(tempfile.mkdtemp(prefix=f".{self.stem.name}-", dir=self.stem.parent))
+        # Row files a killed writer left (gigabytes at YouTube-8M's scale) go before new ones.
+        for stale in self.stem.parent.glob(f".{self.stem.name}-*.parts"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self._parts = Path(
+            tempfile.mkdtemp(prefix=f".{self.stem.name}-", suffix=".parts", dir=self.stem.parent)
+        )
         self._files: dict[str, Any] = {}
         self._offsets: dict[str, int] = {}
         for name, dtype in self._ARRAYS.items():

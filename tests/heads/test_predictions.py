@@ -136,6 +136,11 @@ def test_a_failed_or_incomplete_prediction_write_leaves_no_files(tmp_path):
     with pytest.raises(ValueError, match=r"rows must be in \[0, 6\)"):
         write(np.array([6, 0, 1]), first)
     assert list(tmp_path.iterdir()) == []
+    stale = tmp_path / ".p-killed.parts"  # what a writer killed mid-way leaves behind
+    stale.mkdir()
+    (stale / "scores.npy").write_bytes(b"x" * 100)
+    write(np.arange(6), scored)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.npz"]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
