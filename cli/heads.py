@@ -360,7 +360,7 @@ def predict(
       heads predict runs/attention --store new.zarr --attention
     """
     from heads import predictions as pr
-    from heads.inference import predict_run, predict_scores_run
+    from heads.inference import predict_run, write_scores_run
 
     fmt = pr.resolve_format(out, fmt)
     check_device(device)
@@ -369,9 +369,8 @@ def predict(
     if fmt == "npz":
         if per_frame or attention:
             raise ConfigError("per-step output is a table: use .csv, .parquet or .jsonl")
-        ids, scored, names = predict_scores_run(run, store, num_workers=num_workers, device=device)
-        pr.write_scores(out, ids, scored, names)
-        click.echo(f"{len(ids)} videos x {len(names)} classes -> {out}", err=True)
+        videos, classes = write_scores_run(run, store, out, num_workers=num_workers, device=device)
+        click.echo(f"{videos} videos x {classes} classes -> {out}", err=True)
         return
     vocab = pr.read_vocabulary(vocabulary) if vocabulary is not None else None
     table = predict_run(

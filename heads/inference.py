@@ -24,8 +24,8 @@ from heads.identity import check_same_data, check_store_compatible, recorded_str
 from heads.labels import LabelMap
 from heads.models import Head, HeadConfig, create_head
 from heads.objective import Loss
-from heads.predictions import Scored, format_yt8m_pairs, top_classes, vocabulary_indices
-from heads.run import is_multilabel, predict_scores
+from heads.predictions import ScoresWriter, format_yt8m_pairs, top_classes, vocabulary_indices
+from heads.run import is_multilabel, scored_batches
 from heads.splits import load_splits
 from vidfeat.device import resolve_device
 from vidfeat.errors import ConfigError
@@ -203,19 +203,23 @@ def _prediction_set(run: LoadedRun, store: str | Path) -> tuple[FeatureDataset, 
     return dataset, resolve_device(run.cfg.device)
 
 
-def predict_scores_run(
+def write_scores_run(
     run_dir: str | Path,
     store: str | Path,
+    out: str | Path,
     *,
     num_workers: int | None = None,
     device: str | None = None,
-) -> tuple[list[str], Scored, tuple[str, ...]]:
-    """Video ids, the scores of every class (probabilities and ranking scores), and the class
-    names, for every ok video of ``store``."""
+) -> tuple[int, int]:
+    """Write ``out`` (``.npz``: the probabilities and ranking scores of every class for every
+    ok video of ``store``; ``heads.predictions.write_scores``) a batch at a time, never holding
+    the (N, C) arrays. Returns (videos, classes)."""
     run = _with_overrides(load_run(run_dir), num_workers, device)
     dataset, dev = _prediction_set(run, store)
-    scored = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
-    return list(dataset.video_ids), scored, run.label_map.labels
+    with ScoresWriter(Path(out), list(dataset.video_ids), run.label_map.labels) as writer:
+        for rows, part in scored_batches(run.model, dataset, run.cfg, run.label_map, dev):
+            writer.add(rows, part)
+    return len(dataset), len(run.label_map)
 
 
 def predict_run(
@@ -263,12 +267,16 @@ def predict_run(
         return _per_frame(run, dataset, dev, k)
     if attention:
         return _attention(run, dataset, dev)
-    scored = predict_scores(run.model, dataset, run.cfg, run.label_map, dev)
-    rows = zip(scored.probs, scored.ranking, strict=True)
+    # A batch at a time, keeping each video's top k: never the whole store's (N, C) scores.
+    best: list[Any] = [None] * len(dataset)
+    for rows, part in scored_batches(run.model, dataset, run.cfg, run.label_map, dev):
+        for row, s, r in zip(rows.tolist(), part.probs, part.ranking, strict=True):
+            if fmt == "yt8m":
+                best[row] = format_yt8m_pairs(s, names, k, r)
+            else:
+                best[row] = top_classes(s, names, k, r)
     if fmt == "yt8m":
-        pairs = [format_yt8m_pairs(s, names, k, r) for s, r in rows]
-        return pd.DataFrame({"VideoId": dataset.video_ids, "LabelConfidencePairs": pairs})
-    best = [top_classes(s, names, k, r) for s, r in rows]
+        return pd.DataFrame({"VideoId": dataset.video_ids, "LabelConfidencePairs": best})
     return pd.DataFrame({"video_id": dataset.video_ids, "predictions": best})
 
 

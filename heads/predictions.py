@@ -147,16 +147,9 @@ def write_scores(
     out: Path, video_ids: list[str], scored: Scored, class_names: tuple[str, ...]
 ) -> None:
     """``.npz`` with ``video_id`` (N,), ``scores`` (N, C) float32 probabilities, ``ranking``
-    (N, C) float32 ranking scores and ``class_names`` (C,)."""
-
-    with atomic.atomic_open(out, "wb") as fh:
-        np.savez(
-            fh,
-            video_id=np.array(video_ids, dtype=str),
-            scores=np.asarray(scored.probs, dtype=np.float32),
-            ranking=np.asarray(scored.ranking, dtype=np.float32),
-            class_names=np.array(class_names, dtype=str),
-        )
+    (N, C) float32 ranking scores and ``class_names`` (C,), from whole (N, C) arrays."""
+    with ScoresWriter(out, video_ids, class_names) as writer:
+        writer.add(np.arange(len(video_ids)), scored)
 
 
 def _best(scores: np.ndarray, k: int, ranking: np.ndarray | None) -> np.ndarray:
@@ -204,40 +197,35 @@ def write_predictions(
         writer.add(np.arange(len(video_ids)), scored)
 
 
-class PredictionsWriter:
-    """Writes what :func:`write_predictions` writes from batches of rows in any order, without
-    ever holding an (N, C) array: at YouTube-8M's 3,862 classes a test split of 400,000 videos
-    is 6 GB per array, and the end of training scores the test split this way.
+class ScoresWriter:
+    """Writes the ``.npz`` of :func:`write_scores` from batches of rows in any order, without
+    ever holding an (N, C) array: at YouTube-8M's 3,862 classes 400,000 videos are 6 GB per
+    array.
 
-    Each (N, C) array goes row by row into its own ``.npy`` beside ``stem`` (positioned writes,
+    Each (N, C) array goes row by row into its own ``.npy`` beside ``path`` (positioned writes,
     so batches may come in any order, e.g. bucketed by length); on close the ``.npz`` is
-    assembled from them (the zip layout ``np.savez`` writes) and the ``.csv`` is made from the
-    ranking scores a block of rows at a time. Both files appear atomically, or not at all if the
-    writer is left by an exception; the row files are removed either way.
+    assembled from them, in the zip layout ``np.savez`` writes. It appears atomically, or not at
+    all if the writer is left by an exception; the row files are removed either way, and a new
+    writer of the same path removes any that a killed one left.
     """
 
-    _ARRAYS: ClassVar[dict[str, type]] = {
-        "scores": np.float32,
-        "ranking": np.float32,
-        "labels": np.uint8,
-    }
-    _CSV_BLOCK_VALUES = 1 << 22  # rows formatted at a time: about 16 MB of float32 scores
+    ARRAYS: ClassVar[dict[str, type]] = {"scores": np.float32, "ranking": np.float32}
 
-    def __init__(self, stem: Path, video_ids: list[str], label_map: LabelMap) -> None:
-        self.stem = Path(stem)
+    def __init__(self, path: Path, video_ids: list[str], class_names: tuple[str, ...]) -> None:
+        self.path = Path(path)
         self.video_ids = list(video_ids)
-        self.label_map = label_map
-        self.n, self.classes = len(self.video_ids), len(label_map)
+        self.class_names = tuple(class_names)
+        self.n, self.classes = len(self.video_ids), len(self.class_names)
         self.written = np.zeros(self.n, bool)
         # Row files a killed writer left (gigabytes at YouTube-8M's scale) go before new ones.
-        for stale in self.stem.parent.glob(f".{self.stem.name}-*.parts"):
+        for stale in self.path.parent.glob(f".{self.path.stem}-*.parts"):
             shutil.rmtree(stale, ignore_errors=True)
         self._parts = Path(
-            tempfile.mkdtemp(prefix=f".{self.stem.name}-", suffix=".parts", dir=self.stem.parent)
+            tempfile.mkdtemp(prefix=f".{self.path.stem}-", suffix=".parts", dir=self.path.parent)
         )
         self._files: dict[str, Any] = {}
         self._offsets: dict[str, int] = {}
-        for name, dtype in self._ARRAYS.items():
+        for name, dtype in self.ARRAYS.items():
             fh = open(self._parts / f"{name}.npy", "w+b")  # noqa: SIM115 - closed in close()
             header = {
                 "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
@@ -248,13 +236,16 @@ class PredictionsWriter:
             self._offsets[name] = fh.tell()
             self._files[name] = fh
 
+    def _arrays(self, scored: Scored) -> dict[str, np.ndarray]:
+        return {"scores": scored.probs, "ranking": scored.ranking}
+
     def add(self, rows: np.ndarray, scored: Scored) -> None:
         """The videos ``rows`` (their indices in ``video_ids``), (n, C) each in ``scored``."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
             raise ValueError(f"rows must be in [0, {self.n}), got {rows.min()}..{rows.max()}")
-        arrays = {"scores": scored.probs, "ranking": scored.ranking, "labels": scored.labels}
-        for name, dtype in self._ARRAYS.items():
+        arrays = self._arrays(scored)
+        for name, dtype in self.ARRAYS.items():
             block = np.ascontiguousarray(arrays[name], dtype=dtype)
             if block.shape != (len(rows), self.classes):
                 raise ValueError(
@@ -266,14 +257,14 @@ class PredictionsWriter:
         self.written[rows] = True
 
     def _rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        dtype = np.dtype(self._ARRAYS[name])
+        dtype = np.dtype(self.ARRAYS[name])
         fh = self._files[name]
         fh.seek(self._offsets[name] + start * self.classes * dtype.itemsize)
         return np.fromfile(fh, dtype, (stop - start) * self.classes).reshape(-1, self.classes)
 
     def _write_npz(self) -> None:
         with (
-            atomic.atomic_open(self.stem.with_suffix(".npz"), "wb") as fh,
+            atomic.atomic_open(self.path, "wb") as fh,
             zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as npz,
         ):
 
@@ -282,20 +273,63 @@ class PredictionsWriter:
                     np.lib.format.write_array(entry, array, allow_pickle=False)
 
             put("video_id", np.array(self.video_ids, dtype=str))
-            for name in self._ARRAYS:
+            for name in self.ARRAYS:
                 src = self._files[name]
                 src.flush()
                 src.seek(0)
                 with npz.open(f"{name}.npy", "w", force_zip64=True) as entry:
                     shutil.copyfileobj(src, entry, 16 << 20)
-            put("class_names", np.array(self.label_map.labels, dtype=str))
+            put("class_names", np.array(self.class_names, dtype=str))
 
-    def _write_csv(self) -> None:
+    def _write_more(self) -> None:
+        """Files made from the complete row files besides the ``.npz`` (none here)."""
+
+    def close(self, *, commit: bool = True) -> None:
+        try:
+            if commit:
+                if not self.written.all():
+                    missing = int((~self.written).sum())
+                    raise ValueError(f"{missing} of {self.n} videos have no predictions")
+                self._write_npz()
+                self._write_more()
+        finally:
+            for fh in self._files.values():
+                fh.close()
+            shutil.rmtree(self._parts, ignore_errors=True)
+
+    def __enter__(self) -> ScoresWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.close(commit=exc_type is None)
+
+
+class PredictionsWriter(ScoresWriter):
+    """Writes what :func:`write_predictions` writes (``stem``.npz with the labels too, and
+    ``stem``.csv) from batches of rows in any order, as ``ScoresWriter`` does; the end of
+    training scores the test split this way. The ``.csv`` is made from the complete row files
+    a block of rows at a time, and appears atomically too."""
+
+    ARRAYS: ClassVar[dict[str, type]] = {
+        "scores": np.float32,
+        "ranking": np.float32,
+        "labels": np.uint8,
+    }
+    _CSV_BLOCK_VALUES = 1 << 22  # rows formatted at a time: about 16 MB of float32 scores
+
+    def __init__(self, stem: Path, video_ids: list[str], label_map: LabelMap) -> None:
+        super().__init__(Path(stem).with_suffix(".npz"), video_ids, label_map.labels)
+
+    def _arrays(self, scored: Scored) -> dict[str, np.ndarray]:
+        return {"scores": scored.probs, "ranking": scored.ranking, "labels": scored.labels}
+
+    def _write_more(self) -> None:
         k = min(20, self.classes)
-        names = self.label_map.labels
+        names = self.class_names
         all_names = np.array(names)
-        path = self.stem.with_suffix(".csv")
-        with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        with atomic.atomic_open(
+            self.path.with_suffix(".csv"), "w", newline="", encoding="utf-8"
+        ) as fh:
             step = max(1, self._CSV_BLOCK_VALUES // max(self.classes, 1))
             for start in range(0, max(self.n, 1), step):
                 stop = min(start + step, self.n)
@@ -310,22 +344,3 @@ class PredictionsWriter:
                 }
                 table = as_csv_cells(pd.DataFrame(rows))
                 table.to_csv(fh, index=False, header=start == 0)
-
-    def close(self, *, commit: bool = True) -> None:
-        try:
-            if commit:
-                if not self.written.all():
-                    missing = int((~self.written).sum())
-                    raise ValueError(f"{missing} of {self.n} videos have no predictions")
-                self._write_npz()
-                self._write_csv()
-        finally:
-            for fh in self._files.values():
-                fh.close()
-            shutil.rmtree(self._parts, ignore_errors=True)
-
-    def __enter__(self) -> PredictionsWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self.close(commit=exc_type is None)

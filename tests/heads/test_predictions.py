@@ -14,10 +14,12 @@ from heads.metrics import evaluate_all
 from heads.predictions import (
     PredictionsWriter,
     Scored,
+    ScoresWriter,
     read_vocabulary,
     top_classes,
     vocabulary_indices,
     write_predictions,
+    write_scores,
     write_table,
 )
 from vidfeat.errors import ConfigError
@@ -117,6 +119,21 @@ def test_predictions_written_in_shuffled_batches_equal_one_whole_write(tmp_path,
         "whole.csv",
         "whole.npz",
     ]  # the row files are gone
+
+
+def test_scores_written_in_shuffled_batches_equal_one_whole_write(tmp_path):
+    n = 17
+    scored, ids = _scored(n, len(AWKWARD), seed=3), [f"v{i}" for i in range(n)]
+    write_scores(tmp_path / "whole.npz", ids, scored, AWKWARD)
+    with ScoresWriter(tmp_path / "batched.npz", ids, AWKWARD) as writer:
+        for rows in np.array_split(np.random.default_rng(4).permutation(n), 3):
+            writer.add(rows, Scored(scored.probs[rows], scored.ranking[rows], scored.labels[rows]))
+    whole = (tmp_path / "whole.npz").read_bytes()
+    assert (tmp_path / "batched.npz").read_bytes() == whole
+    with np.load(tmp_path / "batched.npz") as npz:
+        assert sorted(npz.files) == ["class_names", "ranking", "scores", "video_id"]
+        np.testing.assert_array_equal(npz["scores"], scored.probs)
+        np.testing.assert_array_equal(npz["ranking"], scored.ranking)
 
 
 def test_a_failed_or_incomplete_prediction_write_leaves_no_files(tmp_path):
