@@ -162,17 +162,42 @@ def _antialias_table(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarra
     return index, weight
 
 
-def _resample_axis(x: np.ndarray, index: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
-    """Weighted sum of ``taps`` gathered slices along ``axis`` (0 or 1) of an (H, W, 3) array."""
-    w_shape = [1, 1, 1]
-    w_shape[axis] = -1
-    out = np.take(x, index[:, 0], axis=axis).astype(np.float32)
-    out *= weight[:, 0].reshape(w_shape)
+def _resample_rows(x: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Weighted sum of ``taps`` gathered rows of an (H, W, 3) array: (S, W, 3) float32."""
+    out = np.take(x, index[:, 0], axis=0).astype(np.float32)
+    out *= weight[:, 0].reshape(-1, 1, 1)  # constant along each row: numpy's fast inner loop
     for k in range(1, index.shape[1]):
-        term = np.take(x, index[:, k], axis=axis).astype(np.float32, copy=False)
-        term *= weight[:, k].reshape(w_shape)
+        term = np.take(x, index[:, k], axis=0).astype(np.float32, copy=False)
+        term *= weight[:, k].reshape(-1, 1, 1)
         out += term
     return out
+
+
+def _resample_columns(x: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Weighted sum of ``taps`` gathered columns of an (H, W, 3) array: (H, S, 3) float32.
+
+    The same arithmetic as ``_resample_rows`` in the other direction, but on (H, S * 3) rows:
+    a (1, S, 1) weight broadcast over (H, S, 3) makes numpy's inner loop 3 elements long (that
+    took about 20% more time); each pixel is gathered as one 3-channel item, as the TF1 rule
+    does."""
+    h, c = x.shape[0], x.shape[2]
+    s = index.shape[0]
+    pixels = np.ascontiguousarray(x)
+    flat = pixels.view(np.dtype((np.void, c * pixels.itemsize))).reshape(h, -1)
+    w3 = np.repeat(weight, c, axis=0)  # (S * 3, taps): each output pixel's weight per channel
+    out = np.empty((h, s * c), np.float32)
+    term = np.empty((h, s * c), np.float32)
+
+    def tap(k: int, dst: np.ndarray) -> np.ndarray:
+        gathered = np.take(flat, index[:, k], axis=1)
+        np.copyto(dst, gathered.view(pixels.dtype).reshape(h, s * c), casting="unsafe")
+        dst *= w3[:, k]
+        return dst
+
+    tap(0, out)
+    for k in range(1, index.shape[1]):
+        out += tap(k, term)
+    return out.reshape(h, s, c)
 
 
 @RESIZE_RULES.register("torch_bilinear_antialias")
@@ -188,8 +213,8 @@ def antialias_resize_bilinear(
     _check_frame(frame, size)
     cols_index, cols_weight = _antialias_table(frame.shape[1], size)
     rows_index, rows_weight = _antialias_table(frame.shape[0], size)
-    x = _resample_axis(frame, cols_index, cols_weight, axis=1)  # (H, S, 3)
-    x = _resample_axis(x, rows_index, rows_weight, axis=0)  # (S, S, 3)
+    x = _resample_columns(frame, cols_index, cols_weight)  # (H, S, 3)
+    x = _resample_rows(x, rows_index, rows_weight)  # (S, S, 3)
     if out is None:
         return x
     np.copyto(_output(out, size), x)
