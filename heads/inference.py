@@ -275,6 +275,8 @@ def predict_run(
                 best[row] = format_yt8m_pairs(s, names, k, r)
             else:
                 best[row] = top_classes(s, names, k, r)
+    if any(cell is None for cell in best):
+        raise RuntimeError("the loader left videos unscored")  # a bug, not bad input
     if fmt == "yt8m":
         return pd.DataFrame({"VideoId": dataset.video_ids, "LabelConfidencePairs": best})
     return pd.DataFrame({"video_id": dataset.video_ids, "predictions": best})

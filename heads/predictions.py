@@ -11,9 +11,11 @@ that order them exactly (float32 probabilities of a confident model saturate and
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -204,46 +206,72 @@ class ScoresWriter:
 
     Each (N, C) array goes row by row into its own ``.npy`` beside ``path`` (positioned writes,
     so batches may come in any order, e.g. bucketed by length); on close the ``.npz`` is
-    assembled from them, in the zip layout ``np.savez`` writes. It appears atomically, or not at
-    all if the writer is left by an exception; the row files are removed either way, and a new
-    writer of the same path removes any that a killed one left.
+    assembled from them, in the zip layout ``np.savez`` writes, so for a while the disk holds
+    the arrays twice. It appears atomically, or not at all if the writer is left by an
+    exception; the row files are removed either way. Their folder stays locked while its writer
+    lives, and a new writer of the same path removes those that a killed one left.
     """
 
     ARRAYS: ClassVar[dict[str, type]] = {"scores": np.float32, "ranking": np.float32}
 
     def __init__(self, path: Path, video_ids: list[str], class_names: tuple[str, ...]) -> None:
         self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"cannot write {self.path}: no folder {self.path.parent}")
         self.video_ids = list(video_ids)
         self.class_names = tuple(class_names)
         self.n, self.classes = len(self.video_ids), len(self.class_names)
         self.written = np.zeros(self.n, bool)
-        # Row files a killed writer left (gigabytes at YouTube-8M's scale) go before new ones.
-        for stale in self.path.parent.glob(f".{self.path.stem}-*.parts"):
-            shutil.rmtree(stale, ignore_errors=True)
+        self._remove_abandoned_parts()
         self._parts = Path(
             tempfile.mkdtemp(prefix=f".{self.path.stem}-", suffix=".parts", dir=self.path.parent)
         )
         self._files: dict[str, Any] = {}
         self._offsets: dict[str, int] = {}
-        for name, dtype in self.ARRAYS.items():
-            fh = open(self._parts / f"{name}.npy", "w+b")  # noqa: SIM115 - closed in close()
-            header = {
-                "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                "fortran_order": False,
-                "shape": (self.n, self.classes),
-            }
-            np.lib.format.write_array_header_1_0(fh, header)
-            self._offsets[name] = fh.tell()
-            self._files[name] = fh
+        try:
+            self._lock = open(self._parts / ".lock", "w")  # noqa: SIM115 - closed in close()
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            for name, dtype in self.ARRAYS.items():
+                fh = open(self._parts / f"{name}.npy", "w+b")  # noqa: SIM115 - as the lock
+                self._files[name] = fh
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                    "fortran_order": False,
+                    "shape": (self.n, self.classes),
+                }
+                np.lib.format.write_array_header_1_0(fh, header)
+                self._offsets[name] = fh.tell()
+        except BaseException:
+            self.close(commit=False)
+            raise
+
+    def _remove_abandoned_parts(self) -> None:
+        """Row files (gigabytes at YouTube-8M's scale) of a writer of this path that died: its
+        folder, named as ``mkdtemp`` names ours, whose lock nobody holds."""
+        pattern = re.compile(rf"\.{re.escape(self.path.stem)}-[a-z0-9_]{{8}}\.parts")
+        for folder in self.path.parent.iterdir():
+            if not pattern.fullmatch(folder.name) or not folder.is_dir():
+                continue
+            try:
+                with open(folder / ".lock") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if held
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                continue  # a live writer's (or not one of ours): left alone
 
     def _arrays(self, scored: Scored) -> dict[str, np.ndarray]:
         return {"scores": scored.probs, "ranking": scored.ranking}
 
     def add(self, rows: np.ndarray, scored: Scored) -> None:
         """The videos ``rows`` (their indices in ``video_ids``), (n, C) each in ``scored``."""
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
+            raise ValueError(f"rows must be a 1-D array of integer indices, got {rows.dtype}")
+        rows = rows.astype(np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
             raise ValueError(f"rows must be in [0, {self.n}), got {rows.min()}..{rows.max()}")
+        if len(np.unique(rows)) != len(rows) or self.written[rows].any():
+            raise ValueError("a video's predictions were given twice")
         arrays = self._arrays(scored)
         for name, dtype in self.ARRAYS.items():
             block = np.ascontiguousarray(arrays[name], dtype=dtype)
@@ -296,6 +324,8 @@ class ScoresWriter:
             for fh in self._files.values():
                 fh.close()
             shutil.rmtree(self._parts, ignore_errors=True)
+            if getattr(self, "_lock", None) is not None:
+                self._lock.close()
 
     def __enter__(self) -> ScoresWriter:
         return self
@@ -308,7 +338,7 @@ class PredictionsWriter(ScoresWriter):
     """Writes what :func:`write_predictions` writes (``stem``.npz with the labels too, and
     ``stem``.csv) from batches of rows in any order, as ``ScoresWriter`` does; the end of
     training scores the test split this way. The ``.csv`` is made from the complete row files
-    a block of rows at a time, and appears atomically too."""
+    a block of rows at a time, after the ``.npz``; each file appears atomically."""
 
     ARRAYS: ClassVar[dict[str, type]] = {
         "scores": np.float32,

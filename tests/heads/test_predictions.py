@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from heads.predictions import (
     PredictionsWriter,
     Scored,
     ScoresWriter,
+    as_csv_cells,
     read_vocabulary,
     top_classes,
     vocabulary_indices,
@@ -23,6 +25,7 @@ from heads.predictions import (
     write_table,
 )
 from vidfeat.errors import ConfigError
+from vidfeat.store.base import LABEL_SEPARATOR
 
 
 @pytest.fixture
@@ -91,49 +94,60 @@ def _scored(n: int, classes: int, seed: int = 0) -> Scored:
     return Scored(probs=probs, ranking=logits, labels=(rng.random((n, classes)) < 0.2) * 1.0)
 
 
-def test_predictions_written_in_shuffled_batches_equal_one_whole_write(tmp_path, monkeypatch):
+def _savez_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_predictions_written_in_shuffled_batches_equal_savez_and_a_whole_table(
+    tmp_path, monkeypatch
+):
     n, labels = 23, LabelMap(AWKWARD, multilabel=True)
     scored, ids = _scored(n, len(AWKWARD)), [f"v{i}" for i in range(n)]
-    write_predictions(tmp_path / "whole", ids, scored, labels)
     monkeypatch.setattr(PredictionsWriter, "_CSV_BLOCK_VALUES", 4 * len(AWKWARD))  # 4 rows
     order = np.random.default_rng(1).permutation(n)
     with PredictionsWriter(tmp_path / "batched", ids, labels) as writer:
         for rows in np.array_split(order, 5):  # as a length-bucketed loader hands them over
             part = Scored(scored.probs[rows], scored.ranking[rows], scored.labels[rows])
             writer.add(rows, part)
-    for suffix in (".npz", ".csv"):
-        whole = (tmp_path / "whole").with_suffix(suffix).read_bytes()
-        assert (tmp_path / "batched").with_suffix(suffix).read_bytes() == whole, suffix
-    with np.load(tmp_path / "batched.npz") as npz:
-        np.testing.assert_array_equal(npz["scores"], scored.probs)
-        np.testing.assert_array_equal(npz["ranking"], scored.ranking)
-        np.testing.assert_array_equal(npz["labels"], scored.labels.astype(np.uint8))
-        assert list(npz["video_id"]) == ids and tuple(npz["class_names"]) == AWKWARD
-    table = pd.read_csv(tmp_path / "batched.csv")
-    for i, cell in enumerate(table["predictions"]):
-        expected = top_classes(scored.probs[i], AWKWARD, 20, scored.ranking[i])
-        assert json.loads(cell) == expected
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "batched.csv",
-        "batched.npz",
-        "whole.csv",
-        "whole.npz",
-    ]  # the row files are gone
+    # What the writer replaced: np.savez of the whole arrays, and a table of the whole set.
+    assert (tmp_path / "batched.npz").read_bytes() == _savez_bytes(
+        video_id=np.array(ids, dtype=str),
+        scores=scored.probs,
+        ranking=scored.ranking,
+        labels=scored.labels.astype(np.uint8),
+        class_names=np.array(AWKWARD, dtype=str),
+    )
+    table = pd.DataFrame(
+        {
+            "video_id": ids,
+            "labels": [LABEL_SEPARATOR.join(np.array(AWKWARD)[y > 0]) for y in scored.labels],
+            "predictions": [
+                top_classes(p, AWKWARD, 20, r)
+                for p, r in zip(scored.probs, scored.ranking, strict=True)
+            ],
+        }
+    )
+    expected_csv = as_csv_cells(table).to_csv(index=False)
+    assert (tmp_path / "batched.csv").read_bytes() == expected_csv.encode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batched.csv", "batched.npz"]
 
 
-def test_scores_written_in_shuffled_batches_equal_one_whole_write(tmp_path):
+def test_scores_written_in_shuffled_batches_equal_savez(tmp_path):
     n = 17
     scored, ids = _scored(n, len(AWKWARD), seed=3), [f"v{i}" for i in range(n)]
-    write_scores(tmp_path / "whole.npz", ids, scored, AWKWARD)
     with ScoresWriter(tmp_path / "batched.npz", ids, AWKWARD) as writer:
         for rows in np.array_split(np.random.default_rng(4).permutation(n), 3):
             writer.add(rows, Scored(scored.probs[rows], scored.ranking[rows], scored.labels[rows]))
-    whole = (tmp_path / "whole.npz").read_bytes()
-    assert (tmp_path / "batched.npz").read_bytes() == whole
-    with np.load(tmp_path / "batched.npz") as npz:
-        assert sorted(npz.files) == ["class_names", "ranking", "scores", "video_id"]
-        np.testing.assert_array_equal(npz["scores"], scored.probs)
-        np.testing.assert_array_equal(npz["ranking"], scored.ranking)
+    assert (tmp_path / "batched.npz").read_bytes() == _savez_bytes(
+        video_id=np.array(ids, dtype=str),
+        scores=scored.probs,
+        ranking=scored.ranking,
+        class_names=np.array(AWKWARD, dtype=str),
+    )
+    write_scores(tmp_path / "whole.npz", ids, scored, AWKWARD)
+    assert (tmp_path / "whole.npz").read_bytes() == (tmp_path / "batched.npz").read_bytes()
 
 
 def test_a_failed_or_incomplete_prediction_write_leaves_no_files(tmp_path):
@@ -152,12 +166,31 @@ def test_a_failed_or_incomplete_prediction_write_leaves_no_files(tmp_path):
         write(np.arange(3), first)
     with pytest.raises(ValueError, match=r"rows must be in \[0, 6\)"):
         write(np.array([6, 0, 1]), first)
+    with pytest.raises(ValueError, match="integer indices"):
+        write(np.array([0.0, 1.0, 2.0]), first)
+    with pytest.raises(ValueError, match="given twice"):
+        write(np.array([0, 0, 1]), first)
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        PredictionsWriter(tmp_path / "missing" / "p", ids, labels)
     assert list(tmp_path.iterdir()) == []
-    stale = tmp_path / ".p-killed.parts"  # what a writer killed mid-way leaves behind
-    stale.mkdir()
-    (stale / "scores.npy").write_bytes(b"x" * 100)
-    write(np.arange(6), scored)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.npz"]
+
+
+def test_a_killed_writers_row_files_go_and_nobody_elses(tmp_path):
+    labels, scored, ids = LabelMap(AWKWARD, multilabel=True), _scored(3, len(AWKWARD)), list("abc")
+    killed = tmp_path / ".p-k1ll3d_x.parts"  # as mkdtemp names them; nobody holds its lock
+    killed.mkdir()
+    (killed / ".lock").touch()
+    (killed / "scores.npy").write_bytes(b"x" * 100)
+    sibling = tmp_path / ".p-v2-abcdefgh.parts"  # another output's (p-v2.npz) live folder
+    sibling.mkdir()
+    (sibling / ".lock").touch()
+    with PredictionsWriter(tmp_path / "p", ids, labels) as live:  # a writer still at work
+        live.add(np.arange(3), scored)
+        with PredictionsWriter(tmp_path / "p", ids, labels) as second:
+            second.add(np.arange(3), scored)
+        assert live._parts.is_dir()  # its lock is held: left alone
+    assert not killed.exists() and sibling.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".p-v2-abcdefgh.parts", "p.csv", "p.npz"]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
