@@ -1,7 +1,7 @@
-"""A head run over a loader: its logits in dataset order, and the validation loss and metrics.
+"""A head run over a loader: its logits a batch at a time, and the validation loss and metrics.
 
-Batches may come bucketed by length, and under torchrun each rank sees only its share: the
-logits go back to their dataset rows, and validation scores each video by its row."""
+Batches may come bucketed by length, and under torchrun each rank sees only its share: each
+batch carries its videos' dataset rows, and validation scores each video by its row."""
 
 from __future__ import annotations
 
@@ -27,30 +27,6 @@ def logit_batches(
         with torch.no_grad():
             logits = model(batch.x.to(device), batch.lengths.to(device)).float().cpu()
         yield batch.index.numpy(), logits, batch.labels.numpy()
-
-
-def _predict_rows(
-    model: nn.Module, loader: DataLoader, device: torch.device
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N, C) float32 logits and labels in dataset order, and (N,) which rows the loader gave
-    (all, or this rank's share under torchrun)."""
-    n, classes = loader.dataset.targets.shape
-    logits_out = np.zeros((n, classes), np.float32)
-    labels_out = np.zeros((n, classes), np.float32)
-    done = np.zeros(n, bool)
-    for rows, logits, labels in logit_batches(model, loader, device):
-        logits_out[rows], labels_out[rows], done[rows] = logits.numpy(), labels, True
-    return logits_out, labels_out, done
-
-
-def predict_logits(
-    model: nn.Module, loader: DataLoader, device: torch.device
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) float32 logits and (N, C) labels, in dataset order (batches may be bucketed)."""
-    logits, labels, done = _predict_rows(model, loader, device)
-    if not done.any():
-        raise ValueError("cannot predict on an empty dataset")
-    return logits, labels
 
 
 @torch.no_grad()

@@ -212,7 +212,7 @@ def write_scores_run(
     device: str | None = None,
 ) -> tuple[int, int]:
     """Write ``out`` (``.npz``: the probabilities and ranking scores of every class for every
-    ok video of ``store``; ``heads.predictions.write_scores``) a batch at a time, never holding
+    ok video of ``store``; ``heads.predictions.ScoresWriter``) a batch at a time, never holding
     the (N, C) arrays. Returns (videos, classes)."""
     run = _with_overrides(load_run(run_dir), num_workers, device)
     dataset, dev = _prediction_set(run, store)

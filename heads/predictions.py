@@ -145,15 +145,6 @@ def write_table(table: pd.DataFrame, out: Path | None, fmt: str) -> None:
         write(fh)
 
 
-def write_scores(
-    out: Path, video_ids: list[str], scored: Scored, class_names: tuple[str, ...]
-) -> None:
-    """``.npz`` with ``video_id`` (N,), ``scores`` (N, C) float32 probabilities, ``ranking``
-    (N, C) float32 ranking scores and ``class_names`` (C,), from whole (N, C) arrays."""
-    with ScoresWriter(out, video_ids, class_names) as writer:
-        writer.add(np.arange(len(video_ids)), scored)
-
-
 def _best(scores: np.ndarray, k: int, ranking: np.ndarray | None) -> np.ndarray:
     """Indices of the k best classes by ``ranking`` (default: the scores), ties by index."""
     return rank_classes(np.asarray(scores if ranking is None else ranking)[None], k)[0]
@@ -200,9 +191,10 @@ def write_predictions(
 
 
 class ScoresWriter:
-    """Writes the ``.npz`` of :func:`write_scores` from batches of rows in any order, without
-    ever holding an (N, C) array: at YouTube-8M's 3,862 classes 400,000 videos are 6 GB per
-    array.
+    """Writes an ``.npz`` of ``video_id`` (N,), ``scores`` (N, C) float32 probabilities,
+    ``ranking`` (N, C) float32 ranking scores and ``class_names`` (C,) from batches of rows in
+    any order, without ever holding an (N, C) array: at YouTube-8M's 3,862 classes 400,000
+    videos are 6 GB per array.
 
     Each (N, C) array goes row by row into its own ``.npy`` beside ``path`` (positioned writes,
     so batches may come in any order, e.g. bucketed by length); on close the ``.npz`` is

@@ -466,22 +466,3 @@ def scored_batches(
                 labels=labels,
             ),
         )
-
-
-def predict_scores(
-    model: Head,
-    dataset: FeatureDataset,
-    cfg: TrainConfig,
-    label_map: LabelMap,
-    device: torch.device,
-) -> Scored:
-    """Probabilities, ranking scores and labels of every video, in dataset order."""
-    n, classes = len(dataset), len(label_map)
-    whole = Scored(*(np.zeros((n, classes), np.float32) for _ in range(3)))
-    done = np.zeros(n, bool)
-    for rows, part in scored_batches(model, dataset, cfg, label_map, device):
-        whole.probs[rows], whole.ranking[rows] = part.probs, part.ranking
-        whole.labels[rows], done[rows] = part.labels, True
-    if not done.any():
-        raise ValueError("cannot predict on an empty dataset")
-    return whole

@@ -21,7 +21,6 @@ from heads.predictions import (
     top_classes,
     vocabulary_indices,
     write_predictions,
-    write_scores,
     write_table,
 )
 from vidfeat.errors import ConfigError
@@ -146,8 +145,6 @@ def test_scores_written_in_shuffled_batches_equal_savez(tmp_path):
         ranking=scored.ranking,
         class_names=np.array(AWKWARD, dtype=str),
     )
-    write_scores(tmp_path / "whole.npz", ids, scored, AWKWARD)
-    assert (tmp_path / "whole.npz").read_bytes() == (tmp_path / "batched.npz").read_bytes()
 
 
 def test_a_failed_or_incomplete_prediction_write_leaves_no_files(tmp_path):
@@ -218,7 +215,7 @@ def test_confident_outputs_are_ranked_by_logits_not_saturated_probabilities(tmp_
     from heads.evaluation import validate
     from heads.models import create_head
     from heads.objective import Loss
-    from heads.run import predict_scores
+    from heads.run import scored_batches
     from heads.synthetic import write_store
     from vidfeat.device import resolve_device
 
@@ -234,7 +231,11 @@ def test_confident_outputs_are_ranked_by_logits_not_saturated_probabilities(tmp_
         model.fc.weight.copy_(torch.tensor([[160.0, 140, 0], [120, 180, 0], [0, 0, 0]]))
         model.fc.bias.zero_()
     dataset = FeatureDataset(store, label_map=label_map, cfg=cfg.data)
-    scored = predict_scores(model, dataset, cfg, label_map, resolve_device("cpu"))
+    whole = [np.zeros((2, 3), np.float32) for _ in range(3)]  # the two videos' rows
+    for rows, part in scored_batches(model, dataset, cfg, label_map, resolve_device("cpu")):
+        for array, values in zip(whole, (part.probs, part.ranking, part.labels), strict=True):
+            array[rows] = values
+    scored = Scored(*whole)
     assert dataset.video_ids == ["a", "b"]
     # The inputs are normalised first, so the logits are not the weights; their order is.
     (aa, ab), (ba, bb) = scored.ranking[:, :2]
@@ -265,7 +266,7 @@ def test_validation_batch_by_batch_equals_scoring_the_whole_set(tmp_path, multil
 
     from heads.config import TrainConfig
     from heads.data import FeatureDataset
-    from heads.evaluation import predict_logits, validate
+    from heads.evaluation import logit_batches, validate
     from heads.models import create_head
     from heads.objective import Loss
     from tests.heads.stores import LABELS, make_frame_store
@@ -279,7 +280,10 @@ def test_validation_batch_by_batch_equals_scoring_the_whole_set(tmp_path, multil
     dataset = FeatureDataset(store, label_map=LabelMap(LABELS, multilabel=multilabel), cfg=data)
     loader = make_loader(dataset, data, shuffle=False)
     loss_fn, cpu = Loss(multilabel=multilabel), resolve_device("cpu")
-    logits, labels = predict_logits(model, loader, cpu)
+    logits = np.zeros((len(dataset), len(LABELS)), np.float32)  # in dataset order
+    labels = np.zeros_like(logits)
+    for rows, batch_logits, batch_labels in logit_batches(model, loader, cpu):
+        logits[rows], labels[rows] = batch_logits.numpy(), batch_labels
     whole = evaluate_all(loss_fn.ranking_scores(torch.from_numpy(logits)).numpy(), labels)
     streamed = validate(model, loader, loss_fn, cpu)
     assert {k: streamed[k] for k in whole if k != "n"} == {k: whole[k] for k in whole if k != "n"}
