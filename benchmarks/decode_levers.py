@@ -14,31 +14,37 @@ directly, a pick being the first frame at or after each pick time, in these ways
   (``skip_loop_filter=all``): lossy, so its mean absolute pixel difference from the exact
   picks is reported;
 - ``vidfeat's pyav decoder``: ``open_video(...).sample`` as a decode worker runs it (it skips
-  unreferenced frames too, and checks timing and coverage), for its cost over the bare loop;
+  unreferenced frames too, jumps over the packets between picks that lie before a keyframe,
+  and checks timing and coverage), for its cost over the bare loop; ``no keyframe jumps``: the
+  same decoder with its jumps turned off (in this process only), for what they buy;
 - ``keyframes only``: only keyframes decoded (``skip_frame=NONKEY``), a pick being the first
   keyframe at or after its time (picks after the last keyframe get none): reported with the
   picks it served and how far (s) its frames are from the picks';
 - sparse picks (one every ``--sparse-every`` s): skip unreferenced, reading the whole file,
-  against seeking to the keyframe before each pick and decoding from there;
+  against seeking to the keyframe before each pick and decoding from there, and vidfeat's
+  decoder at that rate;
 - decode resolution: every figure at 360p and 720p of the same footage, the nearest thing to
-  decoding at a lower resolution for H.264, which FFmpeg cannot downscale while decoding.
+  decoding at a lower resolution for H.264, which FFmpeg cannot downscale while decoding;
+- GOP length: every figure on the same footage encoded with x264's default GOP (a keyframe at
+  most every 250 frames, 8.3 s) and with each ``--keyint`` (default 60: 2 s).
 
 Cost is per picked frame (ms) in one thread unless said, median of ``--repeats`` interleaved
 passes.
 
     python -m benchmarks.decode_levers      # -> benchmarks/results/decode_levers.json
-    python -m benchmarks.decode_levers --seconds 20 --repeats 1     # a quick look
+    python -m benchmarks.decode_levers --seconds 20 --repeats 1 --keyint   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -130,14 +136,30 @@ def decode_seeking(clip: Path, picks: list[int]) -> dict[int, np.ndarray]:
     return out
 
 
-def vidfeat_decoder(clip: Path) -> dict[int, np.ndarray]:
+@contextlib.contextmanager
+def _keyframe_jumps(enabled: bool) -> Iterator[None]:
+    """The pyav decoder with its keyframe jumps on (as shipped) or off (what it did before)."""
+    from vidfeat.decode import pyav
+
+    planner = pyav.keyframe_jumps
+    if not enabled:
+        pyav.keyframe_jumps = lambda *args: {}
+    try:
+        yield
+    finally:
+        pyav.keyframe_jumps = planner
+
+
+def vidfeat_decoder(clip: Path, every_s: float = 1.0, jumps: bool = True) -> dict[int, np.ndarray]:
     """The picks of ``vidfeat.decode``'s pyav decoder, keyed by pts in the stream's time base
     (its timestamps count from the first frame, so the first packet's pts is added back)."""
     from vidfeat.decode import open_video
 
     pts, _, tb = packet_times(clip)
-    with open_video(clip, "pyav", threads=1) as video:
-        return {pts[0] + round(Fraction(s.timestamp_s) / tb): s.frame for s in video.sample(1, 360)}
+    fps = 1 / Fraction(str(every_s))
+    with _keyframe_jumps(jumps), open_video(clip, "pyav", threads=1) as video:
+        picks = video.sample(fps, 360)
+        return {pts[0] + round(Fraction(s.timestamp_s) / tb): s.frame for s in picks}
 
 
 def _timed(fn: Callable[[], dict]) -> tuple[dict, float, float]:
@@ -169,6 +191,10 @@ def measure(clip: Path, repeats: int, sparse_every_s: float) -> dict:
             len(picks),
         ),
         "vidfeat's pyav decoder": (lambda: vidfeat_decoder(clip), len(picks)),
+        "vidfeat's pyav decoder, no keyframe jumps": (
+            lambda: vidfeat_decoder(clip, jumps=False),
+            len(picks),
+        ),
         "keyframes only": (
             with_demux(lambda: decode(clip, set(key_picks), keyframes_only=True)),
             len(picks),
@@ -179,6 +205,10 @@ def measure(clip: Path, repeats: int, sparse_every_s: float) -> dict:
         ),
         f"sparse (1 per {sparse_every_s:g} s): seek to keyframes": (
             lambda: decode_seeking(clip, sparse),
+            len(sparse),
+        ),
+        f"sparse (1 per {sparse_every_s:g} s): vidfeat's pyav decoder": (
+            lambda: vidfeat_decoder(clip, sparse_every_s),
             len(sparse),
         ),
     }
@@ -227,26 +257,38 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=90, help="clip length")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sparse-every", type=float, default=10.0, help="seconds between picks")
+    parser.add_argument(
+        "--keyint",
+        type=int,
+        nargs="*",
+        default=[60],
+        help="GOP lengths (frames) to measure beside x264's default; none: only the default",
+    )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vidfeat-bench")
     args = parser.parse_args()
     from benchmarks.extract_runs import write_clips
 
     args.work.mkdir(parents=True, exist_ok=True)
     results = {}
-    for name, size in RESOLUTIONS.items():
-        clip = args.work / f"preprocess-{name}-{args.seconds}s.mp4"  # benchmarks.preprocess's
-        if not clip.exists():
-            write_clips([clip], size, args.seconds)
-        results[name] = measure(clip, args.repeats, args.sparse_every)
-        for variant, row in results[name]["variants"].items():
-            print(
-                f"{name} {variant}: {row['ms_per_pick']:.1f} ms/pick "
-                f"(cpu {row['cpu_ms_per_pick']:.1f}), x{row['speedup_vs_every_frame']:.2f}"
-            )
+    for keyint in [None, *args.keyint]:
+        for name, size in RESOLUTIONS.items():
+            # The default GOP's clips are benchmarks.preprocess's.
+            gop = "" if keyint is None else f"-keyint{keyint}"
+            clip = args.work / f"preprocess-{name}-{args.seconds}s{gop}.mp4"
+            if not clip.exists():
+                write_clips([clip], size, args.seconds, keyint)
+            key = name if keyint is None else f"{name}, keyint {keyint}"
+            results[key] = measure(clip, args.repeats, args.sparse_every)
+            for variant, row in results[key]["variants"].items():
+                print(
+                    f"{key} {variant}: {row['ms_per_pick']:.1f} ms/pick "
+                    f"(cpu {row['cpu_ms_per_pick']:.1f}), x{row['speedup_vs_every_frame']:.2f}"
+                )
     config = {
         "seconds": args.seconds,
         "repeats": args.repeats,
         "sparse_every_s": args.sparse_every,
+        "keyint": args.keyint,
         "pyav": av.__version__,
         "ffmpeg": av.library_versions.get("libavcodec"),
         "load_average_1_5_15": os.getloadavg(),

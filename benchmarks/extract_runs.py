@@ -52,14 +52,23 @@ def _audio_chunk(start: int, n: int, seed: int) -> np.ndarray:
 
 
 def write_clip(
-    path: Path, frames: list[np.ndarray], size: tuple[int, int], seconds: int, offset: int
+    path: Path,
+    frames: list[np.ndarray],
+    size: tuple[int, int],
+    seconds: int,
+    offset: int,
+    keyint: int | None = None,
 ) -> None:
-    """H.264 (x264 veryfast, B-frames) at 30 fps plus AAC stereo 44.1 kHz, interleaved."""
+    """H.264 (x264 veryfast, B-frames) at 30 fps plus AAC stereo 44.1 kHz, interleaved.
+
+    ``keyint``: at most that many frames between keyframes (x264's default: 250)."""
     n = len(frames)
     with av.open(str(path), "w") as c:
         video = c.add_stream("libx264", rate=Fraction(CLIP_FPS))
         video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
         video.options = {"crf": "23", "preset": "veryfast"}
+        if keyint is not None:
+            video.options = {**video.options, "x264-params": f"keyint={keyint}"}
         audio = c.add_stream("aac", rate=AUDIO_RATE)
         audio.layout = "stereo"
         samples = 0
@@ -82,7 +91,9 @@ def write_clip(
                 c.mux(p)
 
 
-def write_clips(paths: list[Path], size: tuple[int, int], seconds: int) -> None:
+def write_clips(
+    paths: list[Path], size: tuple[int, int], seconds: int, keyint: int | None = None
+) -> None:
     """``write_clip`` for each of ``paths`` (offsets 37 * i), one process per core: encoding
     is a Python loop per frame, and many-core GPU nodes would otherwise wait on one core."""
     from concurrent.futures import ProcessPoolExecutor
@@ -92,14 +103,17 @@ def write_clips(paths: list[Path], size: tuple[int, int], seconds: int) -> None:
     # spawn: the caller may hold a CUDA context, which a forked child cannot use.
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         jobs = [
-            pool.submit(_write_from_source, p, size, seconds, 37 * i) for i, p in enumerate(paths)
+            pool.submit(_write_from_source, p, size, seconds, 37 * i, keyint)
+            for i, p in enumerate(paths)
         ]
         for job in jobs:
             job.result()
 
 
-def _write_from_source(path: Path, size: tuple[int, int], seconds: int, offset: int) -> None:
-    write_clip(path, source_frames(), size, seconds, offset)
+def _write_from_source(
+    path: Path, size: tuple[int, int], seconds: int, offset: int, keyint: int | None
+) -> None:
+    write_clip(path, source_frames(), size, seconds, offset, keyint)
 
 
 def write_manifest(path: Path, clips: list[Path], copies: int = 1) -> Path:

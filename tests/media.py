@@ -122,6 +122,8 @@ def write_video(
     pattern: str = "index",
     faststart: bool = False,
     bframes: int = 0,
+    gop: int | None = None,
+    open_gop: bool = False,
     pix_fmt: str = "yuv420p",
     rotation: int = 0,
     start_s: float = 0.0,
@@ -134,6 +136,9 @@ def write_video(
 
     ``bframes`` > 0 (libx264, mpeg4) encodes B-frames, pyramid-style, so frames are stored out of
     presentation order and some are never referenced, as in typical camera and web H.264.
+    ``gop``: a keyframe every that many frames exactly (default: the encoder's own, longer
+    than these clips); ``open_gop`` (libx264): keyframes that are not IDR, whose leading
+    B-frames refer to the GOP before, as in broadcast and some web H.264.
     ``pix_fmt`` is the coded format (e.g. ``yuv420p10le``, ``yuv444p``); ``rotation`` writes a
     display matrix turning the picture that many degrees counterclockwise, as phones do.
     """
@@ -153,6 +158,15 @@ def write_video(
             if codec != "libx264":
                 raise ValueError("bframes needs libx264 or mpeg4")
             codec_options["x264-params"] = f"bframes={bframes}:b-pyramid=normal:b-adapt=0"
+        if open_gop and codec != "libx264":
+            raise ValueError("open_gop needs libx264")
+        if gop is not None and codec == "libx264":
+            x264 = [f"keyint={gop}:min-keyint={gop}:scenecut=0"] + ["open-gop=1"] * open_gop
+            codec_options["x264-params"] = ":".join(
+                filter(None, [codec_options.get("x264-params"), *x264])
+            )
+        elif gop is not None:
+            codec_options["g"] = str(gop)
         stream = container.add_stream(codec, rate=rate, options=codec_options)
         stream.width, stream.height = size
         stream.pix_fmt = _CODEC_PIX_FMT.get(codec, pix_fmt)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.media import read_frame_index
 from vidfeat.decode import DECODERS, PyAVDecoder, open_video
+from vidfeat.decode import pyav as pyav_decoder
 from vidfeat.errors import ConfigError, DecodeError
 from vidfeat.sampling import select_indices
 
@@ -172,6 +173,91 @@ def test_pyav_stops_skipping_when_frame_pts_stray_from_the_packets(make_video, m
     # Skipping stopped at the third frame shown (a few packets were already in the codec), so
     # nearly every frame was decoded, against about half with the plan trusted.
     assert decoded >= 0.9 * n_total
+
+
+# Short GOPs: a keyframe every 12 frames, so whole GOPs lie between 1-fps picks at 30 fps.
+GOP_CLIPS = {
+    "gop_h264.mp4": dict(seconds=6, fps=30, bframes=3, gop=12),
+    "gop_h264_open.mp4": dict(seconds=6, fps=30, bframes=3, gop=12, open_gop=True),
+    "gop_h264_vfr.mkv": dict(seconds=6, fps=30, bframes=3, gop=12, vfr=True),
+    "gop_mpeg4.avi": dict(seconds=6, fps=30, bframes=2, gop=12),
+    "gop_vp9.webm": dict(seconds=6, fps=30, gop=12),
+    "gop_hevc.mkv": dict(seconds=6, fps=30, gop=12, codec="libx265"),
+}
+
+
+def _sample_without_jumps(monkeypatch, path, fps, threads=0):
+    with monkeypatch.context() as patch:
+        patch.setattr(pyav_decoder, "keyframe_jumps", lambda *args: {})
+        with open_video(path, "pyav", threads=threads) as video:
+            return list(video.sample(fps, None)), video
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+@pytest.mark.parametrize("fps", ["1", "10/11", "1/4"])
+@pytest.mark.parametrize("name", sorted(GOP_CLIPS))
+def test_pyav_jumps_to_the_keyframe_before_the_next_pick(
+    make_video, monkeypatch, name, fps, threads
+):
+    # 10/11 fps picks every 33rd frame, just before a keyframe at 36: in the open GOP that is
+    # one of its leading B-frames, which refer to the GOP before.
+    path = make_video(name, **GOP_CLIPS[name])
+    truth = make_video.info(path)
+    with open_video(path, "pyav", threads=threads) as video:
+        frames = list(video.sample(fps, None))
+    assert [read_frame_index(f.frame) for f in frames] == select_indices(
+        truth.frame_times_s, truth.duration_s, fps
+    )
+    assert video.decoded_duration_s == pytest.approx(float(truth.duration_s), abs=2e-3)
+    unjumped, plain = _sample_without_jumps(monkeypatch, path, fps, threads)
+    assert [f.timestamp_s for f in frames] == [f.timestamp_s for f in unjumped]
+    assert all(np.array_equal(a.frame, b.frame) for a, b in zip(frames, unjumped, strict=True))
+    # Whole GOPs between the picks were never decoded.
+    assert video.frames_decoded < 0.8 * plain.frames_decoded
+
+
+def test_keyframe_jumps_keep_what_the_picks_refer_to():
+    # Decode order of two closed GOPs and an open one; pts in display order.
+    #   GOP 0: I0 P3 B1 B2 | GOP 1: I4 P7 B5 B6 | GOP 2: I10 B8 B9 P13 B11 B12 (B8, B9 lead)
+    pts = [0, 3, 1, 2, 4, 7, 5, 6, 10, 8, 9, 13, 11, 12]
+    keys = [True, False, False, False] * 2 + [True] + [False] * 5
+    jumps = pyav_decoder.keyframe_jumps
+    # Picks 1 and 11: after B1, nothing until GOP 2's keyframe.
+    assert jumps(pts, keys, {1, 11}) == {1: 10}
+    # Pick 3 (P3) needs only I0 and P3 of its GOP.
+    assert jumps(pts, keys, {3, 12}) == {3: 10}
+    # A kept leading frame (B9) refers to GOP 1: decode all of GOP 1 from its keyframe.
+    assert jumps(pts, keys, {1, 9}) == {1: 4}
+    assert jumps(pts, keys, {6, 9}) == {}  # GOP 1 runs into GOP 2: no jump
+    assert jumps(pts, keys, set(pts)) == {}
+    assert jumps(pts, [False, *keys[1:]], {1, 11}) == {}  # no keyframe to start from
+
+
+def test_pyav_decodes_everything_when_a_flagged_keyframe_is_not_one(
+    make_video, tmp_path, monkeypatch, caplog
+):
+    # Some muxers flag every packet as a keyframe: jumping to one that is not must not hand
+    # on what it decoded. NUT keeps the flags as written (MP4 and Matroska's readers do not).
+    source = make_video("gop_h264.mp4", **GOP_CLIPS["gop_h264.mp4"])
+    path = tmp_path / "all_flagged.nut"
+    with av.open(str(source)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.size:
+                packet.is_keyframe = True
+                packet.stream = stream
+                out.mux(packet)
+    with av.open(str(path)) as check:
+        assert all(p.is_keyframe for p in check.demux(video=0) if p.size)
+    truth = make_video.info(source)
+    with caplog.at_level(logging.WARNING), open_video(path, "pyav") as video:
+        frames = list(video.sample(1, None))
+    assert "is not one; decoding every frame instead" in caplog.text
+    assert [read_frame_index(f.frame) for f in frames] == select_indices(
+        truth.frame_times_s, truth.duration_s, 1
+    )
+    plain, _ = _sample_without_jumps(monkeypatch, path, 1)
+    assert all(np.array_equal(a.frame, b.frame) for a, b in zip(frames, plain, strict=True))
 
 
 @pytest.mark.parametrize("decoder", DECODER_NAMES)

@@ -1,7 +1,8 @@
 """The "pyav" decoder: streams in pts order with FFmpeg's own timestamps.
 
-It leaves out the unreferenced frames that no pick needs and stops as soon as ``max_frames``
-are picked, which makes it the cheaper decoder for long-GOP H.264 on CPU.
+It leaves out the unreferenced frames that no pick needs, jumps over the stretches between
+picks that lie before a keyframe, and stops as soon as ``max_frames`` are picked, which makes
+it the cheaper decoder for H.264 on CPU.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class PyAVDecoder(VideoDecoder):
         self._stream.thread_count = self.threads
         self._time_base = self._stream.time_base
         self._untimed_next: int | None = None  # next tick of a stream without timestamps
+        self._jumps: dict[int, int] = {}  # from _pickable: see keyframe_jumps
+        self._resumed: int | None = None  # pts of the keyframe just jumped to, until decoded
 
     def close(self) -> None:
         self._container.close()
@@ -98,6 +101,7 @@ class PyAVDecoder(VideoDecoder):
         tb = self._time_base
         horizon = None if max_frames is None else (Fraction(max_frames) / fps + 2) / tb
         pts: list[int] = []
+        keys: list[bool] = []
         try:
             with open_container(self.path) as container:
                 for packet in container.demux(video_stream(container)):
@@ -106,6 +110,7 @@ class PyAVDecoder(VideoDecoder):
                     if packet.pts is None or packet.is_corrupt:
                         return None
                     pts.append(packet.pts)
+                    keys.append(packet.is_keyframe)
                     if horizon is not None and packet.pts - pts[0] > horizon:
                         break  # a long video: frames this late are never picked
         except (av.error.FFmpegError, DecodeError):
@@ -113,13 +118,38 @@ class PyAVDecoder(VideoDecoder):
         if not pts or len(set(pts)) != len(pts):
             return None  # repeated pts: not a stream whose frames pts identify
         self._first_tick, self._packet_pts = min(pts), set(pts)
-        return pickable_ticks(np.asarray(pts, np.int64), self._time_base, fps, max_frames)
+        keep = pickable_ticks(np.asarray(pts, np.int64), self._time_base, fps, max_frames)
+        self._jumps = keyframe_jumps(pts, keys, keep)
+        return keep
 
     def _frames(
         self, keep: set[int] | None
     ) -> Iterator[tuple[Fraction, av.VideoFrame, Fraction | None]]:
+        last_pts: int | None = None  # of the last frame handed on
+        try:
+            for decoded in self._frames_from_start(keep):
+                last_pts = decoded[1].pts
+                yield decoded
+        except _JumpFailed as failed:
+            # A packet flagged as a keyframe did not decode as one (a muxer that flags too
+            # much): what it decoded is not trusted. Nothing between the picks so far and that
+            # keyframe is needed, so decode again from the start, every frame, and carry on
+            # after the last frame handed on.
+            log.warning("%s: %s; decoding every frame instead", self.path, failed)
+            self._container.close()
+            self._open()
+            for decoded in self._frames_from_start(None):
+                if last_pts is None or decoded[1].pts > last_pts:
+                    yield decoded
+
+    def _frames_from_start(
+        self, keep: set[int] | None
+    ) -> Iterator[tuple[Fraction, av.VideoFrame, Fraction | None]]:
         codec = self._stream.codec_context
+        codec.skip_frame = "DEFAULT"
+        jumps = self._jumps if keep is not None else {}
         packets = self._container.demux(self._stream)
+        resume: int | None = None  # pts of the keyframe packet decoding jumps to
         while True:
             try:
                 packet = next(packets)
@@ -129,6 +159,10 @@ class PyAVDecoder(VideoDecoder):
                 # The container breaks off here; the coverage check judges what is missing.
                 log.warning("%s: demuxing stopped early: %s", self.path, first_line(e))
                 break
+            if resume is not None:
+                if packet.pts != resume:
+                    continue  # between the picks: nothing shown here is needed
+                resume, self._resumed = None, packet.pts
             if packet.is_corrupt and packet.size:
                 # Flagged by the demuxer, e.g. cut short by the end of the file: never feed
                 # it to the codec (PyAV#2344). If the file ends here, the coverage check
@@ -139,29 +173,51 @@ class PyAVDecoder(VideoDecoder):
                 # FFmpeg copies this setting to its frame threads per packet, so it applies
                 # to exactly this packet.
                 codec.skip_frame = "DEFAULT" if packet.pts in keep else "NONREF"
-            for decoded in self._decode(packet):
+            jump_to = jumps.get(packet.pts)
+            for decoded in self._decode(packet, drain=jump_to is not None):
                 if keep is not None and self.frames_decoded == 1:
                     if decoded[1].pts != self._first_tick:
                         raise _PlanMismatch
                 elif keep is not None and decoded[1].pts not in self._packet_pts:
+                    if jump_to is not None:  # the codec is being reset for the jump
+                        raise _JumpFailed("frame pts unknown to the demuxer")
                     # The codec's pts do not match the packets': stop trusting the plan.
                     log.debug("%s: frame pts unknown to the demuxer; not skipping", self.path)
-                    keep = None
+                    keep, jumps = None, {}
                     codec.skip_frame = "DEFAULT"
                 yield decoded
+            resume = jump_to
         yield from self._decode(None)
 
     def _decode(
-        self, packet: av.Packet | None
+        self, packet: av.Packet | None, drain: bool = False
     ) -> Iterator[tuple[Fraction, av.VideoFrame, Fraction | None]]:
+        """The frames the codec gives out for ``packet`` (None: drain it); ``drain``: then
+        drain the codec and reset it, for a jump to a keyframe.
+
+        Just after a jump (``_resumed``), frames shown before the keyframe (an open GOP's
+        leading frames, which refer to frames never decoded) are dropped, and the next frame
+        must be that keyframe, decoded as one."""
         tb = self._time_base
         try:
             frames = self._stream.decode(packet)
+            if drain:
+                frames += self._stream.decode(None)
+                self._stream.codec_context.flush_buffers()
         except av.error.FFmpegError as e:
+            if self._resumed is not None:
+                raise _JumpFailed(f"keyframe at {float(self._resumed * tb):.2f} s failed") from e
             at = f" at {float(packet.pts * tb):.2f} s" if packet and packet.pts is not None else ""
             raise DecodeError(f"corrupt video data{at}: {first_line(e)}", "decode_error") from e
         for frame in frames:
             self.frames_decoded += 1
+            if self._resumed is not None:
+                if frame.pts is not None and frame.pts < self._resumed:
+                    continue
+                if frame.pts != self._resumed or not frame.key_frame or frame.is_corrupt:
+                    at = float(self._resumed * tb)
+                    raise _JumpFailed(f"the packet flagged as a keyframe at {at:.2f} s is not one")
+                self._resumed = None
             pts = frame.pts if frame.pts is not None else frame.dts
             if pts is None:
                 pts = self._untimed_pts(frame)
@@ -170,6 +226,11 @@ class PyAVDecoder(VideoDecoder):
             if frame.is_corrupt:
                 raise DecodeError(f"corrupt frame at {float(pts * tb):.2f} s", "decode_error")
             yield pts * tb, frame, (frame.duration * tb if frame.duration else None)
+        if (packet is None or drain) and self._resumed is not None:
+            # Drained, and the keyframe jumped to never came out (a codec gives nothing
+            # until a true keyframe after a reset).
+            at = float(self._resumed * tb)
+            raise _JumpFailed(f"the packet flagged as a keyframe at {at:.2f} s is not one")
 
     def _untimed_pts(self, frame: av.VideoFrame) -> int:
         """Times for a raw elementary stream (e.g. a camera's ``.h264``), which carries no
@@ -186,6 +247,45 @@ class PyAVDecoder(VideoDecoder):
 
 class _PlanMismatch(Exception):
     """The skip plan's first frame is not the first frame decoded."""
+
+
+class _JumpFailed(Exception):
+    """Decoding jumped to a packet flagged as a keyframe that did not decode as one."""
+
+
+def keyframe_jumps(pts: list[int], keys: list[bool], keep: set[int]) -> dict[int, int]:
+    """Where decoding may jump ahead: {pts of a packet: pts of the keyframe packet to go on
+    at}, from every packet's pts and keyframe flag in decode order, and the pts ``keep``
+    holds (the frames a pick may need).
+
+    A GOP (a keyframe and the packets up to the next) is needed up to its last kept packet in
+    decode order: a frame refers only to frames decoded before it. After that packet nothing
+    is needed until the next GOP holding a kept frame, whose keyframe decoding starts afresh
+    from. An open GOP's leading frames (decoded after its keyframe, shown before it) refer to
+    the GOP before; when one of them is kept, decoding must run into that GOP from the start
+    of the one before.
+    """
+    starts = [i for i, key in enumerate(keys) if key]
+    if not starts or starts[0] != 0:
+        return {}  # the first packet is not a keyframe: nothing to go on from
+    ends = [*starts[1:], len(pts)]
+    last_needed: list[int | None] = []  # per GOP, the last packet its kept frames need
+    for start, end in zip(starts, ends, strict=True):
+        kept = [i for i in range(start, end) if pts[i] in keep]
+        last_needed.append(kept[-1] if kept else None)
+    for g in range(1, len(starts)):
+        leading = range(starts[g] + 1, ends[g])
+        if any(pts[i] in keep and pts[i] < pts[starts[g]] for i in leading):
+            last_needed[g - 1] = ends[g - 1] - 1  # all of the GOP before
+    jumps: dict[int, int] = {}
+    previous: int | None = None  # the last packet needed so far
+    for g, last in enumerate(last_needed):
+        if last is None:
+            continue
+        if previous is not None and previous + 1 < starts[g]:
+            jumps[pts[previous]] = pts[starts[g]]
+        previous = last
+    return jumps
 
 
 def _to_sampled(pick: Selected[av.VideoFrame]) -> SampledFrame:
