@@ -230,33 +230,54 @@ def test_keyframe_jumps_keep_what_the_picks_refer_to():
     assert jumps(pts, keys, {1, 9}) == {1: 4}
     assert jumps(pts, keys, {6, 9}) == {}  # GOP 1 runs into GOP 2: no jump
     assert jumps(pts, keys, set(pts)) == {}
-    assert jumps(pts, [False, *keys[1:]], {1, 11}) == {}  # no keyframe to start from
+    # The packets before the first keyframe (a file cut mid-GOP) are a GOP of their own.
+    assert jumps(pts, [False] * 8 + keys[8:], {1, 11}) == {1: 10}
+    assert jumps(pts, [False] * 8 + keys[8:], {1, 9}) == {}
+    assert jumps(pts, [False] * len(pts), {1, 11}) == {}  # no keyframe to jump to
 
 
-def test_pyav_decodes_everything_when_a_flagged_keyframe_is_not_one(
-    make_video, tmp_path, monkeypatch, caplog
-):
-    # Some muxers flag every packet as a keyframe: jumping to one that is not must not hand
-    # on what it decoded. NUT keeps the flags as written (MP4 and Matroska's readers do not).
-    source = make_video("gop_h264.mp4", **GOP_CLIPS["gop_h264.mp4"])
-    path = tmp_path / "all_flagged.nut"
+def _flag_as_keyframes(source, path, positions=None):
+    """Copy ``source`` into NUT (which keeps packet flags as written; MP4's and Matroska's
+    readers do not) with the packets at ``positions`` in decode order (default: all) flagged
+    as keyframes."""
     with av.open(str(source)) as src, av.open(str(path), "w") as out:
         stream = out.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.size:
+        packets = [p for p in src.demux(src.streams.video[0]) if p.size]
+        for i, packet in enumerate(packets):
+            if positions is None or i in positions:
                 packet.is_keyframe = True
-                packet.stream = stream
-                out.mux(packet)
+            packet.stream = stream
+            out.mux(packet)
+    return len(packets)
+
+
+@pytest.mark.parametrize(
+    ("flagged", "fps"),
+    [
+        (None, "1"),  # every packet: some muxers do this
+        ({172}, "30/179"),  # a B-frame near the end: the codec gives nothing after the jump
+    ],
+)
+def test_pyav_decodes_again_without_jumps_when_a_flagged_keyframe_is_not_one(
+    make_video, tmp_path, monkeypatch, caplog, flagged, fps
+):
+    # Jumping to a packet that is no keyframe must not hand on what followed it.
+    source = make_video("gop_h264.mp4", **GOP_CLIPS["gop_h264.mp4"])
+    path = tmp_path / "flagged.nut"
+    n_packets = _flag_as_keyframes(source, path, flagged)
     with av.open(str(path)) as check:
-        assert all(p.is_keyframe for p in check.demux(video=0) if p.size)
+        keys = [p.is_keyframe for p in check.demux(video=0) if p.size]
+    assert len(keys) == n_packets and all(keys[i] for i in flagged or range(n_packets))
     truth = make_video.info(source)
-    with caplog.at_level(logging.WARNING), open_video(path, "pyav") as video:
-        frames = list(video.sample(1, None))
-    assert "is not one; decoding every frame instead" in caplog.text
+    with caplog.at_level(logging.INFO), open_video(path, "pyav") as video:
+        frames = list(video.sample(fps, None))
+    assert "is not one; decoding again from the start without jumps" in caplog.text
     assert [read_frame_index(f.frame) for f in frames] == select_indices(
-        truth.frame_times_s, truth.duration_s, 1
+        truth.frame_times_s, truth.duration_s, fps
     )
-    plain, _ = _sample_without_jumps(monkeypatch, path, 1)
+    assert video.decoded_duration_s == pytest.approx(float(truth.duration_s), abs=2e-3)
+    plain, _ = _sample_without_jumps(monkeypatch, path, fps)
+    assert [f.timestamp_s for f in frames] == [f.timestamp_s for f in plain]
     assert all(np.array_equal(a.frame, b.frame) for a, b in zip(frames, plain, strict=True))
 
 

@@ -125,31 +125,33 @@ class PyAVDecoder(VideoDecoder):
     def _frames(
         self, keep: set[int] | None
     ) -> Iterator[tuple[Fraction, av.VideoFrame, Fraction | None]]:
-        last_pts: int | None = None  # of the last frame handed on
+        last_s: Fraction | None = None  # time of the last frame handed on
         try:
-            for decoded in self._frames_from_start(keep):
-                last_pts = decoded[1].pts
+            for decoded in self._frames_from_start(keep, self._jumps if keep is not None else {}):
+                last_s = decoded[0]
                 yield decoded
         except _JumpFailed as failed:
-            # A packet flagged as a keyframe did not decode as one (a muxer that flags too
-            # much): what it decoded is not trusted. Nothing between the picks so far and that
-            # keyframe is needed, so decode again from the start, every frame, and carry on
-            # after the last frame handed on.
-            log.warning("%s: %s; decoding every frame instead", self.path, failed)
+            # What followed a jump is not trusted: the packet flagged as a keyframe did not
+            # decode as one (x264's intra refresh, or a muxer that flags too much), or frame
+            # pts strayed from the plan. Nothing between the frames handed on and that packet
+            # was needed, so decode again from the start without jumps (still leaving out
+            # unreferenced frames) and carry on after the last frame handed on.
+            log.info("%s: %s; decoding again from the start without jumps", self.path, failed)
             self._container.close()
             self._open()
-            for decoded in self._frames_from_start(None):
-                if last_pts is None or decoded[1].pts > last_pts:
+            for decoded in self._frames_from_start(keep, {}):
+                if last_s is None or decoded[0] > last_s:
                     yield decoded
 
     def _frames_from_start(
-        self, keep: set[int] | None
+        self, keep: set[int] | None, jumps: dict[int, int]
     ) -> Iterator[tuple[Fraction, av.VideoFrame, Fraction | None]]:
+        """Decoded frames in pts order from the first packet on, leaving out the unreferenced
+        frames ``keep`` does not hold and jumping as ``jumps`` says (see ``keyframe_jumps``)."""
         codec = self._stream.codec_context
-        codec.skip_frame = "DEFAULT"
-        jumps = self._jumps if keep is not None else {}
         packets = self._container.demux(self._stream)
         resume: int | None = None  # pts of the keyframe packet decoding jumps to
+        jumped = False
         while True:
             try:
                 packet = next(packets)
@@ -162,7 +164,7 @@ class PyAVDecoder(VideoDecoder):
             if resume is not None:
                 if packet.pts != resume:
                     continue  # between the picks: nothing shown here is needed
-                resume, self._resumed = None, packet.pts
+                resume, self._resumed, jumped = None, packet.pts, True
             if packet.is_corrupt and packet.size:
                 # Flagged by the demuxer, e.g. cut short by the end of the file: never feed
                 # it to the codec (PyAV#2344). If the file ends here, the coverage check
@@ -171,16 +173,20 @@ class PyAVDecoder(VideoDecoder):
                 continue
             if keep is not None:
                 # FFmpeg copies this setting to its frame threads per packet, so it applies
-                # to exactly this packet.
-                codec.skip_frame = "DEFAULT" if packet.pts in keep else "NONREF"
+                # to exactly this packet. The packet jumped to is always decoded, so that
+                # _decode sees whether it is a keyframe.
+                needed = packet.pts in keep or packet.pts == self._resumed
+                codec.skip_frame = "DEFAULT" if needed else "NONREF"
             jump_to = jumps.get(packet.pts)
             for decoded in self._decode(packet, drain=jump_to is not None):
                 if keep is not None and self.frames_decoded == 1:
                     if decoded[1].pts != self._first_tick:
                         raise _PlanMismatch
                 elif keep is not None and decoded[1].pts not in self._packet_pts:
-                    if jump_to is not None:  # the codec is being reset for the jump
-                        raise _JumpFailed("frame pts unknown to the demuxer")
+                    if jumped or jump_to is not None:
+                        # Frames were left out on this plan, or the codec is being reset
+                        # for a jump: "decode everything from here" cannot repair that.
+                        raise _JumpFailed("frame pts strayed from the demuxer's after a jump")
                     # The codec's pts do not match the packets': stop trusting the plan.
                     log.debug("%s: frame pts unknown to the demuxer; not skipping", self.path)
                     keep, jumps = None, {}
@@ -192,12 +198,13 @@ class PyAVDecoder(VideoDecoder):
     def _decode(
         self, packet: av.Packet | None, drain: bool = False
     ) -> Iterator[tuple[Fraction, av.VideoFrame, Fraction | None]]:
-        """The frames the codec gives out for ``packet`` (None: drain it); ``drain``: then
-        drain the codec and reset it, for a jump to a keyframe.
+        """The frames the codec gives out for ``packet`` (None or an empty packet: drain
+        it); ``drain``: then drain the codec and reset it, for a jump to a keyframe.
 
-        Just after a jump (``_resumed``), frames shown before the keyframe (an open GOP's
-        leading frames, which refer to frames never decoded) are dropped, and the next frame
-        must be that keyframe, decoded as one."""
+        Just after a jump (``_resumed``, kept on the decoder because the keyframe's frame may
+        come out for a later packet, with frame threads), frames shown before the keyframe (an
+        open GOP's leading frames, which refer to frames never decoded) are dropped, and the
+        next frame must be that keyframe, decoded as one, before the codec is drained."""
         tb = self._time_base
         try:
             frames = self._stream.decode(packet)
@@ -226,7 +233,7 @@ class PyAVDecoder(VideoDecoder):
             if frame.is_corrupt:
                 raise DecodeError(f"corrupt frame at {float(pts * tb):.2f} s", "decode_error")
             yield pts * tb, frame, (frame.duration * tb if frame.duration else None)
-        if (packet is None or drain) and self._resumed is not None:
+        if (packet is None or not packet.size or drain) and self._resumed is not None:
             # Drained, and the keyframe jumped to never came out (a codec gives nothing
             # until a true keyframe after a reset).
             at = float(self._resumed * tb)
@@ -261,13 +268,18 @@ def keyframe_jumps(pts: list[int], keys: list[bool], keep: set[int]) -> dict[int
     A GOP (a keyframe and the packets up to the next) is needed up to its last kept packet in
     decode order: a frame refers only to frames decoded before it. After that packet nothing
     is needed until the next GOP holding a kept frame, whose keyframe decoding starts afresh
-    from. An open GOP's leading frames (decoded after its keyframe, shown before it) refer to
-    the GOP before; when one of them is kept, decoding must run into that GOP from the start
-    of the one before.
+    from. An open GOP's leading frames (decoded after its keyframe, shown before it) may refer
+    to the GOP before, and no further back (the recovery-point rule of H.264 and HEVC: frames
+    from a keyframe on decode correctly when decoding starts there); when one of them is kept,
+    decoding runs into that GOP from the start of the one before. The packets before the
+    first keyframe (a file cut mid-GOP) count as a GOP of their own: decoding starts there.
+
+    Frames never decoded are never checked: damage inside a stretch jumped over goes
+    unreported, as inside the unreferenced frames left out. The frames picked are the same.
     """
-    starts = [i for i, key in enumerate(keys) if key]
-    if not starts or starts[0] != 0:
-        return {}  # the first packet is not a keyframe: nothing to go on from
+    if not pts:
+        return {}
+    starts = [0, *(i for i, key in enumerate(keys) if key and i)]
     ends = [*starts[1:], len(pts)]
     last_needed: list[int | None] = []  # per GOP, the last packet its kept frames need
     for start, end in zip(starts, ends, strict=True):
