@@ -28,6 +28,7 @@ from vidfeat.errors import (
     VideoNotFoundError,
 )
 from vidfeat.pca.quantize import dequantize, quantization_attrs, quantize
+from vidfeat.store import BACKENDS, detect_format
 from vidfeat.store.verify import format_report, verify_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -611,6 +612,33 @@ def test_what_already_lies_at_a_new_store_path(tmp_path: Path) -> None:
     assert (tmp_path / "f.zarr").read_text() == "notes"
     others = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("made"))
     assert others == ["d.h5", "f.zarr", "full"]
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_store_another_shard_makes_during_the_path_check_is_taken_as_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    # Two shards create one store at once: the other's root may appear between this job's
+    # "no store here" and its look at what lies at the path. That is a store, not a stranger.
+    path = tmp_path / f"s{suffix}"
+    backend = BACKENDS.get(detect_format(path))
+    exists = backend.exists
+    looks: list[Path] = []
+
+    def first_look_races(self) -> bool:
+        looks.append(self.path)
+        if len(looks) > 1:
+            return exists(self)
+        with monkeypatch.context() as other_shard:  # makes the store just after this look
+            other_shard.setattr(backend, "exists", exists)
+            with create_store(path, dim=2, part="other") as w:
+                w.write("a", np.ones((1, 2)))
+        return False
+
+    monkeypatch.setattr(backend, "exists", first_look_races)
+    with create_store(path, dim=2, part="mine") as w:
+        w.write("b", np.ones((1, 2)))
+    assert sorted(open_store(path).ok_ids) == ["a", "b"]
 
 
 def _rewrite_root_meta(path: Path, change: Callable[[dict], None]) -> None:

@@ -65,10 +65,13 @@ def _backend(path: str | os.PathLike | RemotePath, format: str | None) -> Backen
     backend = BACKENDS.get(detect_format(p, format))(p)
     if isinstance(p, Path) and format is None and not backend.exists():
         # An empty directory is where the user asked a new store to go; anything else at the
-        # path is not ours to write into (or read as a store).
+        # path is not ours to write into (or read as a store). Another shard may have made
+        # the store since the check above (its root appears whole): asked again before
+        # refusing, so that what it made is taken as the store it is.
         if p.is_dir() and (any(p.iterdir()) or not backend.root_is_dir):
-            raise StoreError(f"{p} is a directory but not a vidfeat store")
-        if p.exists() and not p.is_dir():
+            if not backend.exists():
+                raise StoreError(f"{p} is a directory but not a vidfeat store")
+        elif p.exists() and not p.is_dir() and not backend.exists():
             raise StoreError(f"{p} is a file, not a vidfeat {backend.name} store")
     return backend
 
