@@ -9,10 +9,15 @@ Weights: ``equal``; ``gap``, each run's validation GAP@20 (at its best evaluatio
 sum; or a JSON file with one non-negative weight per run (a list in run order, or an object
 keyed by the run paths as given). Weights are normalised to sum to 1. Outputs: test_metrics.json,
 test_predictions.{npz,csv} as a run writes them, and the YouTube-8M submission CSV.
+
+The runs' scores are read a block of videos at a time from their memory-mapped ``.npz`` files,
+and the metrics and files are written a block at a time: at YouTube-8M's scale each run's
+(N, C) arrays are gigabytes, and the ensemble never holds them whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import zipfile
@@ -26,33 +31,53 @@ import pandas as pd
 from heads import checkpoint as ck
 from heads.errors import CheckpointError, RunExistsError
 from heads.labels import LabelMap, multilabel_loss
-from heads.metrics import evaluate_all
-from heads.predictions import Scored, format_yt8m_pairs, vocabulary_indices, write_predictions
+from heads.metrics import MetricStream
+from heads.predictions import (
+    PredictionsWriter,
+    Scored,
+    format_yt8m_pairs,
+    npz_arrays,
+    vocabulary_indices,
+)
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 YT8M_CSV = "test_predictions_yt8m.csv"
+# Scores read and combined at a time, per run: 8 MB of float64 per array.
+BLOCK_VALUES = 1 << 20
 
 
 @dataclass
 class Member:
     run_dir: Path
-    video_ids: list[str]
-    scores: np.ndarray  # (N, C) float32 probabilities, in video_ids order
-    # (N, C) float64 log p and log(1 - p), from the ranking scores where saved: exact where
-    # float32 (or even float64) probabilities of a confident run round to 1.0 or 0.0.
-    log_p: np.ndarray
-    log_q: np.ndarray
-    labels: np.ndarray  # (N, C) multi-hot
+    video_ids: list[str]  # sorted
+    rows: np.ndarray  # (N,) the file's row of each video, in video_ids order
+    # (N, C) in the file's row order, memory-mapped: float32 probabilities, the ranking scores
+    # that order them exactly where saved (None in files from before), multi-hot labels.
+    scores: np.ndarray
+    ranking: np.ndarray | None
+    labels: np.ndarray
     label_map: LabelMap
     val_gap: float | None  # GAP@20 on validation at the best evaluation
     multilabel: bool  # sigmoid outputs (else softmax): what its scores mean
 
+    def log_probabilities(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, C) float64 log p and log(1 - p) of the videos ``video_ids[start:stop]``, from
+        the ranking scores where saved: exact where float32 (or even float64) probabilities
+        of a confident run round to 1.0 or 0.0."""
+        rows = self.rows[start:stop]
+        ranking = None if self.ranking is None else self.ranking[rows]
+        return _log_probabilities(self.scores[rows], ranking, self.multilabel)
+
+    def labels_of(self, start: int, stop: int) -> np.ndarray:
+        """(n, C) float32 multi-hot labels of the videos ``video_ids[start:stop]``."""
+        return np.asarray(self.labels[self.rows[start:stop]], np.float32)
+
 
 def load_member(run_dir: str | Path) -> Member:
-    """The saved test scores of one finished run, sorted by video id."""
+    """One finished run's saved test scores, sorted by video id (the arrays stay on disk)."""
     run_dir = Path(run_dir)
     path = run_dir / f"{ck.TEST_PREDICTIONS}.npz"
     if not run_dir.is_dir():
@@ -61,28 +86,31 @@ def load_member(run_dir: str | Path) -> Member:
         finished = (run_dir / ck.TEST_METRICS).is_file()
         why = "its test split was empty" if finished else f"has the run in {run_dir} finished?"
         raise CheckpointError(f"{path} not found: {why}")
+    label_map = LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP))
     try:
-        with np.load(path, allow_pickle=False) as data:
-            ids, scores, labels = data["video_id"], data["scores"], data["labels"]
-            ranking = data.get("ranking")
+        arrays = npz_arrays(path)
+        ids, scores, labels = arrays["video_id"], arrays["scores"], arrays["labels"]
+        ranking = arrays.get("ranking")
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: cannot read test predictions: {exc}") from exc
+    expected = (len(ids), len(label_map))
+    for name, array in (("scores", scores), ("ranking", ranking), ("labels", labels)):
+        if array is not None and array.shape != expected:
+            raise CheckpointError(
+                f"{path}: {name} is {array.shape}, expected {expected} "
+                f"({len(ids)} videos, {len(label_map)} classes in {ck.LABEL_MAP})"
+            )
     order = np.argsort(ids, kind="stable")
-    label_map = LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP))
-    multilabel = multilabel_loss(_trained_loss(run_dir), label_map)
-    log_p, log_q = _log_probabilities(
-        scores[order], None if ranking is None else ranking[order], multilabel
-    )
     return Member(
         run_dir=run_dir,
         video_ids=[str(v) for v in ids[order]],
-        scores=scores[order].astype(np.float32),
-        log_p=log_p,
-        log_q=log_q,
-        labels=labels[order].astype(np.float32),
+        rows=order,
+        scores=scores,
+        ranking=ranking,
+        labels=labels,
         label_map=label_map,
         val_gap=_best_val_gap(run_dir),
-        multilabel=multilabel,
+        multilabel=multilabel_loss(_trained_loss(run_dir), label_map),
     )
 
 
@@ -214,35 +242,61 @@ def ensemble_runs(
     members = [load_member(r) for r in runs]
     check_compatible(members)
     w = resolve_weights(members, weights)
-    # The weighted mean probability in log space: log sum_k w_k p_k, and of 1 - p.
-    with np.errstate(divide="ignore"):
-        log_w = np.log(w)[:, None, None]
-    log_mean = np.logaddexp.reduce(log_w + np.stack([m.log_p for m in members]), axis=0)
-    log_rest = np.logaddexp.reduce(log_w + np.stack([m.log_q for m in members]), axis=0)
-    scored = Scored(
-        probs=np.exp(log_mean).astype(np.float32),
-        ranking=_ranking(log_mean, log_rest, members[0].multilabel),
-        labels=members[0].labels,
-    )
     first = members[0]
-    metrics = {k: v for k, v in evaluate_all(scored.ranking, first.labels).items() if k != "n"}
+    n, n_classes = len(first.video_ids), len(first.label_map)
+    yt8m_names = _yt8m_indices(first.label_map, vocabulary)
+    ensemble = MetricStream(n_classes)
+    alone = [MetricStream(n_classes) for _ in members]
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as files:
+        writer = files.enter_context(
+            PredictionsWriter(out / ck.TEST_PREDICTIONS, first.video_ids, first.label_map)
+        )
+        yt8m = None
+        if yt8m_names is not None:
+            yt8m = files.enter_context(atomic.atomic_open(out / YT8M_CSV, "w", newline=""))
+        step = max(1, BLOCK_VALUES // max(n_classes, 1))
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            rows = np.arange(start, stop)
+            logs = [m.log_probabilities(start, stop) for m in members]
+            for stream, m, (log_p, log_q) in zip(alone, members, logs, strict=True):
+                stream.add(rows, _ranking(log_p, log_q, m.multilabel), m.labels_of(start, stop))
+            scored = _weighted_mean(w, logs, first.multilabel, first.labels_of(start, stop))
+            ensemble.add(rows, scored.ranking, scored.labels)
+            writer.add(rows, scored)
+            if yt8m is not None and yt8m_names is not None:
+                _write_yt8m_rows(yt8m, first.video_ids[start:stop], scored, yt8m_names, start)
+    metrics = {k: v for k, v in ensemble.result().items() if k != "n"}
     metrics |= {
-        "n_test": len(first.video_ids),
+        "n_test": n,
         "members": [str(m.run_dir) for m in members],
         "weights": [float(x) for x in w],
-        "member_gap_at_20": [
-            float(evaluate_all(_ranking(m.log_p, m.log_q, m.multilabel), m.labels)["gap_at_20"])
-            for m in members
-        ],
+        "member_gap_at_20": [float(stream.result()["gap_at_20"]) for stream in alone],
     }
-    out.mkdir(parents=True, exist_ok=True)
     ck.write_json(out / ck.LABEL_MAP, first.label_map.to_dict())  # what heads report reads
     ck.write_json(out / ck.TEST_METRICS, metrics)
-    stem = out / ck.TEST_PREDICTIONS
-    write_predictions(stem, first.video_ids, scored, first.label_map)
-    _write_yt8m(out / YT8M_CSV, first.video_ids, scored, first.label_map, vocabulary)
     log.info("ensemble of %d runs: gap_at_20 %.4f", len(members), metrics["gap_at_20"])
     return metrics
+
+
+def _weighted_mean(
+    w: np.ndarray,
+    logs: list[tuple[np.ndarray, np.ndarray]],
+    multilabel: bool,
+    labels: np.ndarray,
+) -> Scored:
+    """The weighted mean probability of a block of videos, from each run's (log p, log(1 - p)):
+    log sum_k w_k p_k, and of 1 - p, in log space."""
+    with np.errstate(divide="ignore"):
+        log_w = np.log(w)[:, None, None]
+    log_mean = np.logaddexp.reduce(log_w + np.stack([p for p, _ in logs]), axis=0)
+    log_rest = np.logaddexp.reduce(log_w + np.stack([q for _, q in logs]), axis=0)
+    return Scored(
+        probs=np.exp(log_mean).astype(np.float32),
+        ranking=_ranking(log_mean, log_rest, multilabel),
+        labels=labels,
+    )
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -256,23 +310,24 @@ def _check_out(out: Path, force: bool) -> None:
         raise RunExistsError(f"{out} already holds an ensemble; add --force to replace it")
 
 
-def _write_yt8m(
-    path: Path,
-    video_ids: list[str],
-    scored: Scored,
-    label_map: LabelMap,
-    vocabulary: dict[str, int] | None,
-) -> None:
-    """YouTube-8M submission format: VideoId,LabelConfidencePairs ("index score ..." top 20)."""
+def _yt8m_indices(label_map: LabelMap, vocabulary: dict[str, int] | None) -> tuple[str, ...] | None:
+    """The classes' vocabulary indices for the YouTube-8M CSV; None when they have none."""
     try:
-        names = tuple(str(i) for i in vocabulary_indices(label_map.labels, vocabulary))
+        return tuple(str(i) for i in vocabulary_indices(label_map.labels, vocabulary))
     except ConfigError as exc:  # the metrics are still worth having
         # An extra file nobody asked for by name: not worth a warning on every ensemble of
         # runs with named classes.
-        log.info("%s not written: %s", path.name, exc)
-        return
+        log.info("%s not written: %s", YT8M_CSV, exc)
+        return None
+
+
+def _write_yt8m_rows(
+    fh: Any, video_ids: list[str], scored: Scored, names: tuple[str, ...], start: int
+) -> None:
+    """YouTube-8M submission format, VideoId,LabelConfidencePairs ("index score ..." top 20),
+    for a block of videos (the header with the first)."""
     k = min(20, len(names))
     rows = zip(scored.probs, scored.ranking, strict=True)
     pairs = [format_yt8m_pairs(s, names, k, r) for s, r in rows]
-    with atomic.atomic_open(path, "w", newline="") as fh:
-        pd.DataFrame({"VideoId": video_ids, "LabelConfidencePairs": pairs}).to_csv(fh, index=False)
+    table = pd.DataFrame({"VideoId": video_ids, "LabelConfidencePairs": pairs})
+    table.to_csv(fh, index=False, header=start == 0)

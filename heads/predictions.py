@@ -17,11 +17,12 @@ import json
 import os
 import re
 import shutil
+import struct
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -188,6 +189,52 @@ def write_predictions(
     as in :func:`top_classes`, and the true labels), from whole (N, C) arrays."""
     with PredictionsWriter(stem, video_ids, label_map) as writer:
         writer.add(np.arange(len(video_ids)), scored)
+
+
+def npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` by name, each memory-mapped where it is stored uncompressed in
+    a plain dtype (as ``np.savez`` and :class:`ScoresWriter` write it), so that a caller reads
+    only the rows it indexes: (N, C) scores at YouTube-8M's scale are gigabytes. Others (from
+    ``np.savez_compressed``, say) are read whole. A damaged file raises what ``zipfile`` and
+    ``numpy`` raise (``zipfile.BadZipFile``, ``ValueError``, ``OSError``)."""
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as npz, open(path, "rb") as raw:
+        for info in npz.infolist():
+            stored = info.compress_type == zipfile.ZIP_STORED
+            array = _mapped_member(path, raw, info) if stored else None
+            if array is None:
+                with npz.open(info) as fh:
+                    array = np.lib.format.read_array(fh, allow_pickle=False)
+            arrays[info.filename.removesuffix(".npy")] = array
+    return arrays
+
+
+# A zip entry's local header: its signature, 22 bytes of versions, flags, times, CRC and
+# sizes (the central directory's are the ones used), then the lengths of its name and extra.
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+def _mapped_member(path: Path, raw: BinaryIO, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """A stored ``.npy`` entry as a read-only memory map; None where it cannot be one."""
+    raw.seek(info.header_offset)
+    signature, name_len, extra_len = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
+    if signature != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"{info.filename}: no entry where the directory points")
+    start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    raw.seek(start)
+    version = np.lib.format.read_magic(raw)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
+    else:
+        return None  # numpy reads the rest (version 3 headers, say) whole
+    size = int(np.prod(shape)) * dtype.itemsize
+    if dtype.hasobject or size == 0:
+        return None
+    if raw.tell() - start + size != info.file_size:
+        raise ValueError(f"{info.filename}: {info.file_size} bytes, not what its header says")
+    return np.memmap(path, dtype, "r", raw.tell(), shape, "F" if fortran else "C")
 
 
 class ScoresWriter:

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from heads import checkpoint as ck
-from heads.ensemble import YT8M_CSV
+from heads import ensemble
+from heads.ensemble import YT8M_CSV, load_member
 from heads.metrics import evaluate_all
 from heads.synthetic import write_store
 from tests.heads.stores import cluster_videos
@@ -111,6 +112,49 @@ def test_equal_and_file_weights(runs, tmp_path):
             np.testing.assert_allclose(
                 data["scores"], w[0] * members[0] + w[1] * members[1], rtol=1e-6
             )
+
+
+def test_blocks_of_videos_give_the_same_files_and_the_runs_stay_on_disk(
+    runs, tmp_path, monkeypatch
+):
+    # The runs' (N, C) arrays are read where they lie and combined a block of videos at a
+    # time: at YouTube-8M's scale they are gigabytes. The blocks change no byte of the output.
+    _, made = runs
+    member = load_member(made["a"])
+    assert isinstance(member.scores, np.memmap) and isinstance(member.ranking, np.memmap)
+    vocabulary = tmp_path / "vocabulary.csv"
+    pd.DataFrame(
+        {"Index": range(6), "KnowledgeGraphId": "", "Name": [f"class{c}" for c in range(6)]}
+    ).to_csv(vocabulary, index=False)
+    outs = {}
+    for name, videos_per_block in (("one block", None), ("blocks of 5", 5)):
+        if videos_per_block:
+            monkeypatch.setattr(ensemble, "BLOCK_VALUES", videos_per_block * 6)  # 6 classes
+        outs[name] = tmp_path / name
+        args = ["ensemble", str(made["a"]), str(made["b"]), "-o", str(outs[name])]
+        result = CliRunner().invoke(
+            main, [*args, "--weights", "gap", "--vocabulary", str(vocabulary)]
+        )
+        assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in outs["one block"].iterdir())
+    assert YT8M_CSV in files and f"{ck.TEST_PREDICTIONS}.npz" in files
+    assert files == sorted(p.name for p in outs["blocks of 5"].iterdir())
+    for name in files:
+        assert (outs["one block"] / name).read_bytes() == (outs["blocks of 5"] / name).read_bytes()
+
+
+def test_saved_scores_of_another_shape_are_refused(runs, tmp_path):
+    _, made = runs
+    odd = tmp_path / "odd"
+    shutil.copytree(made["b"], odd)
+    path = odd / f"{ck.TEST_PREDICTIONS}.npz"
+    with np.load(path) as data:
+        saved = dict(data)
+    np.savez(path, **{**saved, "ranking": saved["ranking"][:, :5]})
+    args = ["ensemble", str(made["a"]), str(odd), "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "ranking is (36, 5), expected (36, 6)" in result.output
 
 
 def test_confident_members_are_averaged_from_their_logits(runs, tmp_path):

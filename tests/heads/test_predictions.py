@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from heads.predictions import (
     Scored,
     ScoresWriter,
     as_csv_cells,
+    npz_arrays,
     read_vocabulary,
     top_classes,
     vocabulary_indices,
@@ -145,6 +147,43 @@ def test_scores_written_in_shuffled_batches_equal_savez(tmp_path):
         ranking=scored.ranking,
         class_names=np.array(AWKWARD, dtype=str),
     )
+
+
+def test_npz_arrays_map_stored_arrays_and_read_the_rest_whole(tmp_path):
+    rng = np.random.default_rng(5)
+    arrays = {
+        "scores": rng.standard_normal((7, 5)).astype(np.float32),
+        "fortran": np.asfortranarray(rng.standard_normal((4, 3))),
+        "video_id": np.array(["a", "bb", "ccc"]),
+        "empty": np.zeros((0, 5), np.float32),
+    }
+    np.savez(tmp_path / "plain.npz", **arrays)
+    np.savez_compressed(tmp_path / "packed.npz", **arrays)
+    ids = [f"v{i}" for i in range(7)]
+    scored = _scored(7, 5, seed=6)
+    with ScoresWriter(tmp_path / "written.npz", ids, tuple("abcde")) as writer:
+        writer.add(np.arange(7), scored)
+    plain, packed = npz_arrays(tmp_path / "plain.npz"), npz_arrays(tmp_path / "packed.npz")
+    for name, expected in arrays.items():
+        np.testing.assert_array_equal(plain[name], expected)
+        np.testing.assert_array_equal(packed[name], expected)
+    assert isinstance(plain["scores"], np.memmap) and isinstance(plain["fortran"], np.memmap)
+    assert not any(isinstance(a, np.memmap) for a in packed.values())  # compressed: read whole
+    written = npz_arrays(tmp_path / "written.npz")
+    assert isinstance(written["ranking"], np.memmap)
+    np.testing.assert_array_equal(written["ranking"], scored.ranking)
+    np.testing.assert_array_equal(written["video_id"], np.array(ids))
+    # Damage: a file cut short, and an entry whose header promises more than it holds.
+    data = (tmp_path / "plain.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(zipfile.BadZipFile):
+        npz_arrays(tmp_path / "cut.npz")
+    header = np.lib.format.header_data_from_array_1_0(arrays["scores"])
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as npz, npz.open("s.npy", "w") as fh:
+        np.lib.format.write_array_header_1_0(fh, {**header, "shape": (8, 5)})
+        fh.write(arrays["scores"].tobytes())
+    with pytest.raises(ValueError, match="not what its header says"):
+        npz_arrays(tmp_path / "short.npz")
 
 
 def test_a_failed_or_incomplete_prediction_write_leaves_no_files(tmp_path):
