@@ -10,8 +10,8 @@ sum; or a JSON file with one non-negative weight per run (a list in run order, o
 keyed by the run paths as given). Weights are normalised to sum to 1. Outputs: test_metrics.json,
 test_predictions.{npz,csv} as a run writes them, and the YouTube-8M submission CSV.
 
-The runs' scores are read a block of videos at a time from their memory-mapped ``.npz`` files,
-and the metrics and files are written a block at a time: at YouTube-8M's scale each run's
+The runs' scores are read from their ``.npz`` files a block of videos at a time, and the
+metrics and files are written a block at a time: at YouTube-8M's scale each run's
 (N, C) arrays are gigabytes, and the ensemble never holds them whole.
 """
 
@@ -33,6 +33,7 @@ from heads.errors import CheckpointError, RunExistsError
 from heads.labels import LabelMap, multilabel_loss
 from heads.metrics import MetricStream
 from heads.predictions import (
+    NpzRows,
     PredictionsWriter,
     Scored,
     format_yt8m_pairs,
@@ -54,11 +55,12 @@ class Member:
     run_dir: Path
     video_ids: list[str]  # sorted
     rows: np.ndarray  # (N,) the file's row of each video, in video_ids order
-    # (N, C) in the file's row order, memory-mapped: float32 probabilities, the ranking scores
-    # that order them exactly where saved (None in files from before), multi-hot labels.
-    scores: np.ndarray
-    ranking: np.ndarray | None
-    labels: np.ndarray
+    # (N, C) in the file's row order, read a block of rows at a time: float32 probabilities,
+    # the ranking scores that order them exactly where saved (None in files from before),
+    # multi-hot labels.
+    scores: np.ndarray | NpzRows
+    ranking: np.ndarray | NpzRows | None
+    labels: np.ndarray | NpzRows
     label_map: LabelMap
     val_gap: float | None  # GAP@20 on validation at the best evaluation
     multilabel: bool  # sigmoid outputs (else softmax): what its scores mean

@@ -191,17 +191,17 @@ def write_predictions(
         writer.add(np.arange(len(video_ids)), scored)
 
 
-def npz_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` by name, each memory-mapped where it is stored uncompressed in
-    a plain dtype (as ``np.savez`` and :class:`ScoresWriter` write it), so that a caller reads
-    only the rows it indexes: (N, C) scores at YouTube-8M's scale are gigabytes. Others (from
-    ``np.savez_compressed``, say) are read whole. A damaged file raises what ``zipfile`` and
-    ``numpy`` raise (``zipfile.BadZipFile``, ``ValueError``, ``OSError``)."""
-    arrays: dict[str, np.ndarray] = {}
+def npz_arrays(path: Path) -> dict[str, np.ndarray | NpzRows]:
+    """The arrays of an ``.npz`` by name. A 2-D array stored uncompressed in a plain dtype (as
+    ``np.savez`` and :class:`ScoresWriter` write it) comes as :class:`NpzRows`, whose rows are
+    read when indexed: (N, C) scores at YouTube-8M's scale are gigabytes. The rest (1-D arrays,
+    anything from ``np.savez_compressed``) is read whole. A damaged file raises what
+    ``zipfile`` and ``numpy`` raise (``zipfile.BadZipFile``, ``ValueError``, ``OSError``)."""
+    arrays: dict[str, np.ndarray | NpzRows] = {}
     with zipfile.ZipFile(path) as npz, open(path, "rb") as raw:
         for info in npz.infolist():
             stored = info.compress_type == zipfile.ZIP_STORED
-            array = _mapped_member(path, raw, info) if stored else None
+            array = _stored_rows(path, raw, info) if stored else None
             if array is None:
                 with npz.open(info) as fh:
                     array = np.lib.format.read_array(fh, allow_pickle=False)
@@ -209,13 +209,47 @@ def npz_arrays(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+class NpzRows:
+    """A 2-D array stored uncompressed in an ``.npz``, read a set of rows at a time with
+    positioned reads (one per run of consecutive rows). A memory map would serve the same
+    rows, but every page it touched would stay in the process's resident memory."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, int], dtype: np.dtype) -> None:
+        self.path, self.offset = Path(path), offset
+        self.shape, self.dtype = shape, dtype
+        self._row_bytes = shape[1] * dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        """The rows ``rows`` (a 1-D array of indices, any order), as a new (n, C) array."""
+        rows = np.asarray(rows, np.int64)
+        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= self.shape[0])):
+            raise IndexError(f"rows must be 1-D indices in [0, {self.shape[0]})")
+        out = np.empty((rows.size, self.shape[1]), self.dtype)
+        order = np.argsort(rows, kind="stable")
+        ascending = rows[order]
+        runs = np.split(np.arange(rows.size), np.flatnonzero(np.diff(ascending) != 1) + 1)
+        with open(self.path, "rb", buffering=0) as fh:
+            for run in runs if rows.size else []:
+                first, count = int(ascending[run[0]]), len(run)
+                data = os.pread(
+                    fh.fileno(), count * self._row_bytes, self.offset + first * self._row_bytes
+                )
+                if len(data) != count * self._row_bytes:
+                    raise ValueError(f"{self.path} ends inside its rows {first}..{first + count}")
+                out[order[run]] = np.frombuffer(data, self.dtype).reshape(count, self.shape[1])
+        return out
+
+
 # A zip entry's local header: its signature, 22 bytes of versions, flags, times, CRC and
 # sizes (the central directory's are the ones used), then the lengths of its name and extra.
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
-def _mapped_member(path: Path, raw: BinaryIO, info: zipfile.ZipInfo) -> np.ndarray | None:
-    """A stored ``.npy`` entry as a read-only memory map; None where it cannot be one."""
+def _stored_rows(path: Path, raw: BinaryIO, info: zipfile.ZipInfo) -> NpzRows | None:
+    """A stored 2-D ``.npy`` entry as :class:`NpzRows`; None for what is read whole."""
     raw.seek(info.header_offset)
     signature, name_len, extra_len = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
     if signature != b"PK\x03\x04":
@@ -229,12 +263,12 @@ def _mapped_member(path: Path, raw: BinaryIO, info: zipfile.ZipInfo) -> np.ndarr
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
     else:
         return None  # numpy reads the rest (version 3 headers, say) whole
-    size = int(np.prod(shape)) * dtype.itemsize
-    if dtype.hasobject or size == 0:
+    if len(shape) != 2 or fortran or dtype.hasobject or 0 in shape:
         return None
+    size = shape[0] * shape[1] * dtype.itemsize
     if raw.tell() - start + size != info.file_size:
         raise ValueError(f"{info.filename}: {info.file_size} bytes, not what its header says")
-    return np.memmap(path, dtype, "r", raw.tell(), shape, "F" if fortran else "C")
+    return NpzRows(path, raw.tell(), shape, dtype)
 
 
 class ScoresWriter:

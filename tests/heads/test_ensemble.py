@@ -14,6 +14,7 @@ from heads import checkpoint as ck
 from heads import ensemble
 from heads.ensemble import YT8M_CSV, load_member
 from heads.metrics import evaluate_all
+from heads.predictions import NpzRows
 from heads.synthetic import write_store
 from tests.heads.stores import cluster_videos
 from vidfeat_cli.heads import main
@@ -121,7 +122,7 @@ def test_blocks_of_videos_give_the_same_files_and_the_runs_stay_on_disk(
     # time: at YouTube-8M's scale they are gigabytes. The blocks change no byte of the output.
     _, made = runs
     member = load_member(made["a"])
-    assert isinstance(member.scores, np.memmap) and isinstance(member.ranking, np.memmap)
+    assert isinstance(member.scores, NpzRows) and isinstance(member.ranking, NpzRows)
     vocabulary = tmp_path / "vocabulary.csv"
     pd.DataFrame(
         {"Index": range(6), "KnowledgeGraphId": "", "Name": [f"class{c}" for c in range(6)]}

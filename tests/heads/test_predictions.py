@@ -14,6 +14,7 @@ from heads.batching import make_loader
 from heads.labels import LabelMap
 from heads.metrics import evaluate_all
 from heads.predictions import (
+    NpzRows,
     PredictionsWriter,
     Scored,
     ScoresWriter,
@@ -149,7 +150,7 @@ def test_scores_written_in_shuffled_batches_equal_savez(tmp_path):
     )
 
 
-def test_npz_arrays_map_stored_arrays_and_read_the_rest_whole(tmp_path):
+def test_npz_arrays_read_stored_rows_when_asked_and_the_rest_whole(tmp_path):
     rng = np.random.default_rng(5)
     arrays = {
         "scores": rng.standard_normal((7, 5)).astype(np.float32),
@@ -164,14 +165,21 @@ def test_npz_arrays_map_stored_arrays_and_read_the_rest_whole(tmp_path):
     with ScoresWriter(tmp_path / "written.npz", ids, tuple("abcde")) as writer:
         writer.add(np.arange(7), scored)
     plain, packed = npz_arrays(tmp_path / "plain.npz"), npz_arrays(tmp_path / "packed.npz")
+    assert isinstance(plain["scores"], NpzRows) and plain["scores"].shape == (7, 5)
+    assert not any(isinstance(a, NpzRows) for k, a in plain.items() if k != "scores")
+    assert not any(isinstance(a, NpzRows) for a in packed.values())  # compressed: read whole
     for name, expected in arrays.items():
-        np.testing.assert_array_equal(plain[name], expected)
         np.testing.assert_array_equal(packed[name], expected)
-    assert isinstance(plain["scores"], np.memmap) and isinstance(plain["fortran"], np.memmap)
-    assert not any(isinstance(a, np.memmap) for a in packed.values())  # compressed: read whole
+        if name != "scores":
+            np.testing.assert_array_equal(plain[name], expected)
+    # Any rows in any order, repeated too: one read per run of consecutive rows.
+    for rows in ([3, 1, 1, 6, 0], np.arange(7), [], [6]):
+        np.testing.assert_array_equal(plain["scores"][np.array(rows, int)], arrays["scores"][rows])
+    with pytest.raises(IndexError):
+        plain["scores"][np.array([7])]
     written = npz_arrays(tmp_path / "written.npz")
-    assert isinstance(written["ranking"], np.memmap)
-    np.testing.assert_array_equal(written["ranking"], scored.ranking)
+    assert isinstance(written["ranking"], NpzRows)
+    np.testing.assert_array_equal(written["ranking"][np.arange(7)[::-1]], scored.ranking[::-1])
     np.testing.assert_array_equal(written["video_id"], np.array(ids))
     # Damage: a file cut short, and an entry whose header promises more than it holds.
     data = (tmp_path / "plain.npz").read_bytes()
