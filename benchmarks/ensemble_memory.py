@@ -8,7 +8,8 @@ ensemble runs in its own process, whose peak RSS (ru_maxrss) is the figure; the 
 output files are recorded.
 
 ``--before DIR``: also run the ensemble with the ``heads`` package of another checkout (e.g.
-``git worktree add DIR <commit>``), on the same runs; both must write the same bytes.
+``git worktree add DIR <commit>``), on the same runs; both must write the same bytes. The JSON
+records that checkout's commit.
 
     python -m benchmarks.ensemble_memory          # -> benchmarks/results/ensemble_memory.json
     python -m benchmarks.ensemble_memory --videos 2000 --classes 500    # a quick look
@@ -84,6 +85,12 @@ def child(runs: list[str], out: str) -> dict:
     }
 
 
+def _commit(checkout: Path) -> str:
+    """The commit a checkout holds (recorded instead of its path)."""
+    cmd = ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", default="5000,10000,20000")
@@ -127,7 +134,7 @@ def main() -> None:
         RESULTS / "ensemble_memory.json",
         {
             "machine": machine_info(),
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "settings": vars(args) | {"before": _commit(args.before) if args.before else None},
             "load_average_1_5_15": os.getloadavg(),
             "results": rows,
         },
