@@ -92,7 +92,8 @@ class PyAVDecoder(VideoDecoder):
 
     def _pickable(self, fps: Fraction, max_frames: int | None) -> set[int] | None:
         """pts of the frames a pick may need, from one demux pass (it reads packets, decodes
-        nothing); None when packets lack pts, and every frame is decoded.
+        nothing); None when packets lack pts, and every frame is decoded. The same pass's
+        keyframe flags plan where decoding may jump ahead (``keyframe_jumps``).
 
         At 1 fps from 30 fps H.264 most frames are never picked. FFmpeg's
         ``skip_frame=NONREF`` leaves out those that no other frame references (most B-frames),
