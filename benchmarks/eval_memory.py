@@ -71,7 +71,7 @@ def measure(way: str, n: int, classes: int, labels_per_video: int) -> dict:
 def measure_test_files(way: str, n: int, classes: int, labels_per_video: int) -> dict:
     from heads.labels import LabelMap
     from heads.metrics import MetricStream, evaluate_all
-    from heads.predictions import PredictionsWriter, Scored, write_predictions
+    from heads.predictions import PredictionsWriter, Scored
 
     label_map = LabelMap(tuple(f"class{i}" for i in range(classes)), multilabel=True)
     ids = [f"v{i:07d}" for i in range(n)]
@@ -88,7 +88,8 @@ def measure_test_files(way: str, n: int, classes: int, labels_per_video: int) ->
             for rows, s, y in batches(n, classes, labels_per_video):
                 scores[rows], labels[rows] = s, y
             metrics = evaluate_all(scores, labels)
-            write_predictions(stem, ids, scored(scores, labels), label_map)
+            with PredictionsWriter(stem, ids, label_map) as writer:  # all rows in one go
+                writer.add(np.arange(n), scored(scores, labels))
         else:
             stream = MetricStream(classes)
             with PredictionsWriter(stem, ids, label_map) as writer:

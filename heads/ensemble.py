@@ -46,7 +46,7 @@ from vidfeat.errors import ConfigError
 log = logging.getLogger(__name__)
 
 YT8M_CSV = "test_predictions_yt8m.csv"
-# Scores read and combined at a time, per run: 8 MB of float64 per array.
+# Scores read and combined at a time, per run (see _write_ensemble for the working set).
 BLOCK_VALUES = 1 << 20
 
 
@@ -69,17 +69,24 @@ class Member:
         """(n, C) float64 log p and log(1 - p) of the videos ``video_ids[start:stop]``, from
         the ranking scores where saved: exact where float32 (or even float64) probabilities
         of a confident run round to 1.0 or 0.0."""
-        rows = self.rows[start:stop]
-        ranking = None if self.ranking is None else self.ranking[rows]
-        return _log_probabilities(self.scores[rows], ranking, self.multilabel)
+        ranking = None if self.ranking is None else self._read(self.ranking, start, stop)
+        return _log_probabilities(self._read(self.scores, start, stop), ranking, self.multilabel)
 
     def labels_of(self, start: int, stop: int) -> np.ndarray:
         """(n, C) float32 multi-hot labels of the videos ``video_ids[start:stop]``."""
-        return np.asarray(self.labels[self.rows[start:stop]], np.float32)
+        return np.asarray(self._read(self.labels, start, stop), np.float32)
+
+    def _read(self, array: np.ndarray | NpzRows, start: int, stop: int) -> np.ndarray:
+        try:
+            return array[self.rows[start:stop]]
+        except (OSError, ValueError) as exc:  # e.g. the file cut short since it was opened
+            path = self.run_dir / f"{ck.TEST_PREDICTIONS}.npz"
+            raise CheckpointError(f"{path}: cannot read test predictions: {exc}") from exc
 
 
-def load_member(run_dir: str | Path) -> Member:
-    """One finished run's saved test scores, sorted by video id (the arrays stay on disk)."""
+def load_member(run_dir: str | Path, held: contextlib.ExitStack) -> Member:
+    """One finished run's saved test scores, sorted by video id; the (N, C) arrays stay in
+    the file, which ``held`` keeps open."""
     run_dir = Path(run_dir)
     path = run_dir / f"{ck.TEST_PREDICTIONS}.npz"
     if not run_dir.is_dir():
@@ -90,11 +97,13 @@ def load_member(run_dir: str | Path) -> Member:
         raise CheckpointError(f"{path} not found: {why}")
     label_map = LabelMap.from_dict(ck.read_json(run_dir / ck.LABEL_MAP))
     try:
-        arrays = npz_arrays(path)
+        arrays = npz_arrays(path, ("video_id", "scores", "ranking", "labels"), held=held)
         ids, scores, labels = arrays["video_id"], arrays["scores"], arrays["labels"]
         ranking = arrays.get("ranking")
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: cannot read test predictions: {exc}") from exc
+    if not len(ids):
+        raise CheckpointError(f"{path}: no test videos")
     expected = (len(ids), len(label_map))
     for name, array in (("scores", scores), ("ranking", ranking), ("labels", labels)):
         if array is not None and array.shape != expected:
@@ -241,44 +250,68 @@ def ensemble_runs(
         raise ConfigError("an ensemble needs at least two runs")
     out = Path(out)
     _check_out(out, force)
-    members = [load_member(r) for r in runs]
-    check_compatible(members)
-    w = resolve_weights(members, weights)
+    with contextlib.ExitStack() as held:
+        members = [load_member(r, held) for r in runs]
+        check_compatible(members)
+        w = resolve_weights(members, weights)
+        made = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            metrics = _write_ensemble(members, w, out, vocabulary)
+        except BaseException:
+            if made:  # nothing was committed in it: leave no empty folder behind
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
+    log.info("ensemble of %d runs: gap_at_20 %.4f", len(members), metrics["gap_at_20"])
+    return metrics
+
+
+def _write_ensemble(
+    members: list[Member], w: np.ndarray, out: Path, vocabulary: dict[str, int] | None
+) -> dict[str, Any]:
+    """Score the ensemble a block of videos at a time into its files in ``out``. Its metrics
+    are settled before any file is committed, and written last: a failure leaves the files
+    of an earlier ensemble there as they were."""
     first = members[0]
     n, n_classes = len(first.video_ids), len(first.label_map)
     yt8m_names = _yt8m_indices(first.label_map, vocabulary)
     ensemble = MetricStream(n_classes)
     alone = [MetricStream(n_classes) for _ in members]
-    out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as files:
         writer = files.enter_context(
             PredictionsWriter(out / ck.TEST_PREDICTIONS, first.video_ids, first.label_map)
         )
         yt8m = None
         if yt8m_names is not None:
-            yt8m = files.enter_context(atomic.atomic_open(out / YT8M_CSV, "w", newline=""))
+            fh = atomic.atomic_open(out / YT8M_CSV, "w", newline="", encoding="utf-8")
+            yt8m = (files.enter_context(fh), yt8m_names)
+        # Per block and run, float64 log p and log(1 - p) of BLOCK_VALUES scores each (8 MB),
+        # and their stacks across runs for the mean.
         step = max(1, BLOCK_VALUES // max(n_classes, 1))
         for start in range(0, n, step):
             stop = min(n, start + step)
             rows = np.arange(start, stop)
             logs = [m.log_probabilities(start, stop) for m in members]
-            for stream, m, (log_p, log_q) in zip(alone, members, logs, strict=True):
-                stream.add(rows, _ranking(log_p, log_q, m.multilabel), m.labels_of(start, stop))
-            scored = _weighted_mean(w, logs, first.multilabel, first.labels_of(start, stop))
+            labels = [m.labels_of(start, stop) for m in members]
+            for stream, m, (log_p, log_q), y in zip(alone, members, logs, labels, strict=True):
+                stream.add(rows, _ranking(log_p, log_q, m.multilabel), y)
+            scored = _weighted_mean(w, logs, first.multilabel, labels[0])
             ensemble.add(rows, scored.ranking, scored.labels)
             writer.add(rows, scored)
-            if yt8m is not None and yt8m_names is not None:
-                _write_yt8m_rows(yt8m, first.video_ids[start:stop], scored, yt8m_names, start)
-    metrics = {k: v for k, v in ensemble.result().items() if k != "n"}
-    metrics |= {
-        "n_test": n,
-        "members": [str(m.run_dir) for m in members],
-        "weights": [float(x) for x in w],
-        "member_gap_at_20": [float(stream.result()["gap_at_20"]) for stream in alone],
-    }
+            if yt8m is not None:
+                _write_yt8m_rows(yt8m[0], first.video_ids[start:stop], scored, yt8m[1], start)
+        metrics = {k: v for k, v in ensemble.result().items() if k != "n"}
+        metrics |= {
+            "n_test": n,
+            "members": [str(m.run_dir) for m in members],
+            "weights": [float(x) for x in w],
+            "member_gap_at_20": [float(stream.result()["gap_at_20"]) for stream in alone],
+        }
+    if yt8m is None:  # an earlier ensemble's (with --force) would outlive its scores
+        (out / YT8M_CSV).unlink(missing_ok=True)
     ck.write_json(out / ck.LABEL_MAP, first.label_map.to_dict())  # what heads report reads
     ck.write_json(out / ck.TEST_METRICS, metrics)
-    log.info("ensemble of %d runs: gap_at_20 %.4f", len(members), metrics["gap_at_20"])
     return metrics
 
 

@@ -10,6 +10,7 @@ that order them exactly (float32 probabilities of a confident model saturate and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import importlib.util
@@ -21,6 +22,7 @@ import struct
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -182,40 +184,43 @@ def as_csv_cells(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def write_predictions(
-    stem: Path, video_ids: list[str], scored: Scored, label_map: LabelMap
-) -> None:
-    """``stem``.npz (every class's probability and ranking score) and ``stem``.csv (the top 20
-    as in :func:`top_classes`, and the true labels), from whole (N, C) arrays."""
-    with PredictionsWriter(stem, video_ids, label_map) as writer:
-        writer.add(np.arange(len(video_ids)), scored)
+def npz_arrays(
+    path: Path, names: tuple[str, ...] | None = None, *, held: contextlib.ExitStack
+) -> dict[str, np.ndarray | NpzRows]:
+    """The arrays ``names`` (default: all; absent ones are left out) of an ``.npz``. A 2-D
+    array stored uncompressed in a plain dtype (as ``np.savez`` and :class:`ScoresWriter`
+    write it) comes as :class:`NpzRows`, whose rows are read when indexed: (N, C) scores at
+    YouTube-8M's scale are gigabytes. The rest (1-D arrays, anything from
+    ``np.savez_compressed``) is read whole.
 
-
-def npz_arrays(path: Path) -> dict[str, np.ndarray | NpzRows]:
-    """The arrays of an ``.npz`` by name. A 2-D array stored uncompressed in a plain dtype (as
-    ``np.savez`` and :class:`ScoresWriter` write it) comes as :class:`NpzRows`, whose rows are
-    read when indexed: (N, C) scores at YouTube-8M's scale are gigabytes. The rest (1-D arrays,
-    anything from ``np.savez_compressed``) is read whole. A damaged file raises what
-    ``zipfile`` and ``numpy`` raise (``zipfile.BadZipFile``, ``ValueError``, ``OSError``)."""
+    Every entry returned has its CRC-32 checked, as ``np.load`` does (the rows' entries in one
+    sequential pass). ``NpzRows`` read from the file opened here, which ``held`` closes: a
+    file replaced meanwhile is not read at another's offsets. A damaged file raises
+    ``zipfile.BadZipFile``, ``ValueError`` or ``OSError``."""
+    raw = held.enter_context(open(path, "rb", buffering=0))  # noqa: SIM115 - held closes it
     arrays: dict[str, np.ndarray | NpzRows] = {}
-    with zipfile.ZipFile(path) as npz, open(path, "rb") as raw:
+    with zipfile.ZipFile(raw) as npz:  # the same open file: one version of it throughout
         for info in npz.infolist():
+            name = info.filename.removesuffix(".npy")
+            if names is not None and name not in names:
+                continue
             stored = info.compress_type == zipfile.ZIP_STORED
-            array = _stored_rows(path, raw, info) if stored else None
+            array = _stored_rows(raw, info) if stored else None
             if array is None:
-                with npz.open(info) as fh:
+                with npz.open(info) as fh:  # checks the CRC as it reads
                     array = np.lib.format.read_array(fh, allow_pickle=False)
-            arrays[info.filename.removesuffix(".npy")] = array
+            arrays[name] = array
     return arrays
 
 
 class NpzRows:
     """A 2-D array stored uncompressed in an ``.npz``, read a set of rows at a time with
-    positioned reads (one per run of consecutive rows). A memory map would serve the same
-    rows, but every page it touched would stay in the process's resident memory."""
+    positioned reads (one per run of consecutive rows) from a file held open. A memory map
+    would serve the same rows, but every page it touched would stay in the process's resident
+    memory."""
 
-    def __init__(self, path: Path, offset: int, shape: tuple[int, int], dtype: np.dtype) -> None:
-        self.path, self.offset = Path(path), offset
+    def __init__(self, raw: BinaryIO, offset: int, shape: tuple[int, int], dtype: np.dtype):
+        self._raw, self.offset = raw, offset
         self.shape, self.dtype = shape, dtype
         self._row_bytes = shape[1] * dtype.itemsize
 
@@ -231,27 +236,30 @@ class NpzRows:
         order = np.argsort(rows, kind="stable")
         ascending = rows[order]
         runs = np.split(np.arange(rows.size), np.flatnonzero(np.diff(ascending) != 1) + 1)
-        with open(self.path, "rb", buffering=0) as fh:
-            for run in runs if rows.size else []:
-                first, count = int(ascending[run[0]]), len(run)
-                data = os.pread(
-                    fh.fileno(), count * self._row_bytes, self.offset + first * self._row_bytes
-                )
-                if len(data) != count * self._row_bytes:
-                    raise ValueError(f"{self.path} ends inside its rows {first}..{first + count}")
-                out[order[run]] = np.frombuffer(data, self.dtype).reshape(count, self.shape[1])
+        for run in runs if rows.size else []:
+            first, count = int(ascending[run[0]]), len(run)
+            at, size = self.offset + first * self._row_bytes, count * self._row_bytes
+            data = os.pread(self._raw.fileno(), size, at)
+            if len(data) != size:
+                raise ValueError(f"{self._raw.name} ends inside rows {first}..{first + count}")
+            out[order[run]] = np.frombuffer(data, self.dtype).reshape(count, self.shape[1])
         return out
 
 
 # A zip entry's local header: its signature, 22 bytes of versions, flags, times, CRC and
 # sizes (the central directory's are the ones used), then the lengths of its name and extra.
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
+_CRC_PIECE = 16 << 20
 
 
-def _stored_rows(path: Path, raw: BinaryIO, info: zipfile.ZipInfo) -> NpzRows | None:
-    """A stored 2-D ``.npy`` entry as :class:`NpzRows`; None for what is read whole."""
+def _stored_rows(raw: BinaryIO, info: zipfile.ZipInfo) -> NpzRows | None:
+    """A stored 2-D ``.npy`` entry as :class:`NpzRows`, its CRC checked; None for what is
+    read whole."""
     raw.seek(info.header_offset)
-    signature, name_len, extra_len = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
+    header = raw.read(_LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size:
+        raise zipfile.BadZipFile(f"{info.filename}: its entry lies past the end of the file")
+    signature, name_len, extra_len = _LOCAL_HEADER.unpack(header)
     if signature != b"PK\x03\x04":
         raise zipfile.BadZipFile(f"{info.filename}: no entry where the directory points")
     start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
@@ -265,10 +273,18 @@ def _stored_rows(path: Path, raw: BinaryIO, info: zipfile.ZipInfo) -> NpzRows | 
         return None  # numpy reads the rest (version 3 headers, say) whole
     if len(shape) != 2 or fortran or dtype.hasobject or 0 in shape:
         return None
-    size = shape[0] * shape[1] * dtype.itemsize
-    if raw.tell() - start + size != info.file_size:
+    offset = raw.tell()
+    if offset - start + shape[0] * shape[1] * dtype.itemsize != info.file_size:
         raise ValueError(f"{info.filename}: {info.file_size} bytes, not what its header says")
-    return NpzRows(path, raw.tell(), shape, dtype)
+    crc, done = 0, 0
+    while done < info.file_size:
+        piece = os.pread(raw.fileno(), min(_CRC_PIECE, info.file_size - done), start + done)
+        if not piece:
+            raise zipfile.BadZipFile(f"{info.filename}: the file ends inside it")
+        crc, done = zlib.crc32(piece, crc), done + len(piece)
+    if crc != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+    return NpzRows(raw, offset, shape, dtype)
 
 
 class ScoresWriter:
@@ -408,10 +424,11 @@ class ScoresWriter:
 
 
 class PredictionsWriter(ScoresWriter):
-    """Writes what :func:`write_predictions` writes (``stem``.npz with the labels too, and
-    ``stem``.csv) from batches of rows in any order, as ``ScoresWriter`` does; the end of
-    training scores the test split this way. The ``.csv`` is made from the complete row files
-    a block of rows at a time, after the ``.npz``; each file appears atomically."""
+    """Writes a run's (or an ensemble's) test predictions: ``stem``.npz (``ScoresWriter``'s
+    arrays and the labels) and ``stem``.csv (each video's top 20 as in :func:`top_classes`,
+    and its true labels), from batches of rows in any order, as ``ScoresWriter`` does. The
+    ``.csv`` is made from the complete row files a block of rows at a time, after the
+    ``.npz``; each file appears atomically."""
 
     ARRAYS: ClassVar[dict[str, type]] = {
         "scores": np.float32,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -121,8 +122,9 @@ def test_blocks_of_videos_give_the_same_files_and_the_runs_stay_on_disk(
     # The runs' (N, C) arrays are read where they lie and combined a block of videos at a
     # time: at YouTube-8M's scale they are gigabytes. The blocks change no byte of the output.
     _, made = runs
-    member = load_member(made["a"])
-    assert isinstance(member.scores, NpzRows) and isinstance(member.ranking, NpzRows)
+    with contextlib.ExitStack() as held:
+        member = load_member(made["a"], held)
+        assert isinstance(member.scores, NpzRows) and isinstance(member.ranking, NpzRows)
     vocabulary = tmp_path / "vocabulary.csv"
     pd.DataFrame(
         {"Index": range(6), "KnowledgeGraphId": "", "Name": [f"class{c}" for c in range(6)]}
@@ -142,6 +144,63 @@ def test_blocks_of_videos_give_the_same_files_and_the_runs_stay_on_disk(
     assert files == sorted(p.name for p in outs["blocks of 5"].iterdir())
     for name in files:
         assert (outs["one block"] / name).read_bytes() == (outs["blocks of 5"] / name).read_bytes()
+
+
+def test_a_late_failure_leaves_out_as_it_was(runs, tmp_path, monkeypatch):
+    # Scores are written a block at a time; a failure on the way commits none of it: a new
+    # --out is not left behind, and an ensemble replaced with --force keeps all its files.
+    _, made = runs
+    args = ["ensemble", str(made["a"]), str(made["b"]), "--weights", "gap"]
+    earlier = tmp_path / "earlier"
+    result = CliRunner().invoke(main, [*args, "-o", str(earlier)])
+    assert result.exit_code == 0, result.output
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    monkeypatch.setattr(ensemble, "BLOCK_VALUES", 5 * 6)  # 5 videos a block
+    calls = []
+    real_add = ensemble.PredictionsWriter.add
+
+    def fails_on_the_third_block(self, rows, scored):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_add(self, rows, scored)
+
+    monkeypatch.setattr(ensemble.PredictionsWriter, "add", fails_on_the_third_block)
+    fresh = tmp_path / "fresh"
+    result = CliRunner().invoke(main, [*args, "-o", str(fresh)])
+    assert result.exit_code != 0 and "disk full" in result.output
+    assert not fresh.exists()
+    result = CliRunner().invoke(main, [*args, "-o", str(earlier), "--force", "-w", "equal"])
+    assert result.exit_code != 0
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+
+
+def test_a_replaced_ensemble_keeps_no_stale_submission_file(runs, tmp_path):
+    _, made = runs
+    out = tmp_path / "ens"
+    vocabulary = tmp_path / "vocabulary.csv"
+    pd.DataFrame(
+        {"Index": range(6), "KnowledgeGraphId": "", "Name": [f"class{c}" for c in range(6)]}
+    ).to_csv(vocabulary, index=False)
+    args = ["ensemble", str(made["a"]), str(made["b"]), "-o", str(out)]
+    result = CliRunner().invoke(main, [*args, "--vocabulary", str(vocabulary)])
+    assert result.exit_code == 0 and (out / YT8M_CSV).is_file()
+    # Named classes and no vocabulary: no submission file, and not the earlier one either.
+    result = CliRunner().invoke(main, [*args, "--force", "--weights", "gap"])
+    assert result.exit_code == 0, result.output
+    assert not (out / YT8M_CSV).exists()
+
+
+def test_a_run_without_test_videos_is_refused(runs, tmp_path):
+    _, made = runs
+    empty = tmp_path / "empty"
+    shutil.copytree(made["b"], empty)
+    path = empty / f"{ck.TEST_PREDICTIONS}.npz"
+    with np.load(path) as data:
+        saved = dict(data)
+    np.savez(path, **{k: v[:0] if k != "class_names" else v for k, v in saved.items()})
+    result = CliRunner().invoke(main, ["ensemble", str(made["a"]), str(empty), "-o", "x"])
+    assert result.exit_code == 2 and "no test videos" in result.output, result.output
 
 
 def test_saved_scores_of_another_shape_are_refused(runs, tmp_path):

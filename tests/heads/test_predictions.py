@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
@@ -23,7 +24,6 @@ from heads.predictions import (
     read_vocabulary,
     top_classes,
     vocabulary_indices,
-    write_predictions,
     write_table,
 )
 from vidfeat.errors import ConfigError
@@ -76,9 +76,9 @@ def test_test_predictions_csv_reads_back_labels_with_spaces_colons_and_commas(tm
     scores = np.random.default_rng(0).random((4, len(AWKWARD))).astype(np.float32)
     truth = np.eye(len(AWKWARD), dtype=np.float32)[:4]
     scored = Scored(probs=scores, ranking=np.log(scores), labels=truth)
-    write_predictions(
-        tmp_path / "test_predictions", list("abcd"), scored, LabelMap(AWKWARD, multilabel=False)
-    )
+    label_map = LabelMap(AWKWARD, multilabel=False)
+    with PredictionsWriter(tmp_path / "test_predictions", list("abcd"), label_map) as writer:
+        writer.add(np.arange(4), scored)
     table = pd.read_csv(tmp_path / "test_predictions.csv")
     for i, (cell, labels) in enumerate(zip(table["predictions"], table["labels"], strict=True)):
         top = json.loads(cell)
@@ -164,34 +164,66 @@ def test_npz_arrays_read_stored_rows_when_asked_and_the_rest_whole(tmp_path):
     scored = _scored(7, 5, seed=6)
     with ScoresWriter(tmp_path / "written.npz", ids, tuple("abcde")) as writer:
         writer.add(np.arange(7), scored)
-    plain, packed = npz_arrays(tmp_path / "plain.npz"), npz_arrays(tmp_path / "packed.npz")
-    assert isinstance(plain["scores"], NpzRows) and plain["scores"].shape == (7, 5)
-    assert not any(isinstance(a, NpzRows) for k, a in plain.items() if k != "scores")
-    assert not any(isinstance(a, NpzRows) for a in packed.values())  # compressed: read whole
-    for name, expected in arrays.items():
-        np.testing.assert_array_equal(packed[name], expected)
-        if name != "scores":
-            np.testing.assert_array_equal(plain[name], expected)
-    # Any rows in any order, repeated too: one read per run of consecutive rows.
-    for rows in ([3, 1, 1, 6, 0], np.arange(7), [], [6]):
-        np.testing.assert_array_equal(plain["scores"][np.array(rows, int)], arrays["scores"][rows])
-    with pytest.raises(IndexError):
-        plain["scores"][np.array([7])]
-    written = npz_arrays(tmp_path / "written.npz")
-    assert isinstance(written["ranking"], NpzRows)
-    np.testing.assert_array_equal(written["ranking"][np.arange(7)[::-1]], scored.ranking[::-1])
-    np.testing.assert_array_equal(written["video_id"], np.array(ids))
-    # Damage: a file cut short, and an entry whose header promises more than it holds.
-    data = (tmp_path / "plain.npz").read_bytes()
-    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(zipfile.BadZipFile):
-        npz_arrays(tmp_path / "cut.npz")
-    header = np.lib.format.header_data_from_array_1_0(arrays["scores"])
+    with contextlib.ExitStack() as held:
+        plain = npz_arrays(tmp_path / "plain.npz", held=held)
+        packed = npz_arrays(tmp_path / "packed.npz", held=held)
+        assert isinstance(plain["scores"], NpzRows) and plain["scores"].shape == (7, 5)
+        assert not any(isinstance(a, NpzRows) for k, a in plain.items() if k != "scores")
+        assert not any(isinstance(a, NpzRows) for a in packed.values())  # compressed: whole
+        for name, expected in arrays.items():
+            np.testing.assert_array_equal(packed[name], expected)
+            if name != "scores":
+                np.testing.assert_array_equal(plain[name], expected)
+        # Any rows in any order, repeated too: one read per run of consecutive rows.
+        for rows in ([3, 1, 1, 6, 0], np.arange(7), [], [6]):
+            got = plain["scores"][np.array(rows, int)]
+            np.testing.assert_array_equal(got, arrays["scores"][rows])
+        with pytest.raises(IndexError):
+            plain["scores"][np.array([7])]
+        written = npz_arrays(tmp_path / "written.npz", ("video_id", "ranking"), held=held)
+        assert sorted(written) == ["ranking", "video_id"]  # only those asked for
+        assert isinstance(written["ranking"], NpzRows)
+        np.testing.assert_array_equal(written["ranking"][np.arange(7)[::-1]], scored.ranking[::-1])
+        np.testing.assert_array_equal(written["video_id"], np.array(ids))
+        # The file replaced meanwhile (as an atomic rewrite does): rows come from the one opened.
+        np.savez(tmp_path / "new.npz", **{**arrays, "scores": -arrays["scores"]})
+        (tmp_path / "new.npz").replace(tmp_path / "plain.npz")
+        np.testing.assert_array_equal(plain["scores"][np.arange(7)], arrays["scores"])
+
+
+def test_npz_arrays_refuse_damage_and_ignore_entries_not_asked_for(tmp_path):
+    scores = np.random.default_rng(7).standard_normal((6, 4)).astype(np.float32)
+    np.savez(tmp_path / "ok.npz", scores=scores, other=np.array([{"a": 1}], dtype=object))
+    data = (tmp_path / "ok.npz").read_bytes()
+    with contextlib.ExitStack() as held:
+        # An entry of another kind (pickled objects) is no matter unless asked for.
+        found = npz_arrays(tmp_path / "ok.npz", ("scores",), held=held)
+        np.testing.assert_array_equal(found["scores"][np.arange(6)], scores)
+        with pytest.raises(ValueError, match="allow_pickle"):
+            npz_arrays(tmp_path / "ok.npz", held=held)
+        flipped = bytearray(data)
+        flipped[data.index(scores.tobytes()) + 5] ^= 0x10
+        (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+        with pytest.raises(zipfile.BadZipFile, match="Bad CRC-32"):
+            npz_arrays(tmp_path / "flipped.npz", ("scores",), held=held)
+        (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+        with pytest.raises(zipfile.BadZipFile):
+            npz_arrays(tmp_path / "cut.npz", held=held)
+        # The central directory pointing past the end of the file: its record for the entry
+        # (signature PK\1\2, the local header's offset at +42, the name at +46).
+        moved = bytearray(data)
+        record = data.index(b"PK\x01\x02")
+        assert data[record + 46 :].startswith(b"scores.npy")
+        moved[record + 42 : record + 46] = (len(data) - 10).to_bytes(4, "little")
+        (tmp_path / "moved.npz").write_bytes(bytes(moved))
+        with pytest.raises(zipfile.BadZipFile, match="past the end"):
+            npz_arrays(tmp_path / "moved.npz", ("scores",), held=held)
+    header = np.lib.format.header_data_from_array_1_0(scores)
     with zipfile.ZipFile(tmp_path / "short.npz", "w") as npz, npz.open("s.npy", "w") as fh:
-        np.lib.format.write_array_header_1_0(fh, {**header, "shape": (8, 5)})
-        fh.write(arrays["scores"].tobytes())
-    with pytest.raises(ValueError, match="not what its header says"):
-        npz_arrays(tmp_path / "short.npz")
+        np.lib.format.write_array_header_1_0(fh, {**header, "shape": (8, 4)})
+        fh.write(scores.tobytes())
+    with contextlib.ExitStack() as held, pytest.raises(ValueError, match="not what its header"):
+        npz_arrays(tmp_path / "short.npz", held=held)
 
 
 def test_a_failed_or_incomplete_prediction_write_leaves_no_files(tmp_path):
