@@ -87,7 +87,10 @@ def _store_videos(
     if split is None:
         return label_map, kept
     if "split" not in kept.columns or not (kept["split"].astype(str) != "").any():
-        raise ConfigError(f"store {store} has no split column: use split=None for all videos")
+        raise ConfigError(
+            f"store {store} has no split column: use split=None for all videos, or "
+            "heads.load_run(run_dir).dataset(split) for a trained run's own splits"
+        )
     names = normalise_split_names(kept["split"].astype(str))
     return label_map, kept[names == normalise_split_names(pd.Series([split]))[0]]
 

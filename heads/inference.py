@@ -48,6 +48,13 @@ class LoadedRun:
     model: Head
     checkpoint: dict[str, Any]
 
+    def dataset(self, split: str = "test", store: str | Path | None = None) -> FeatureDataset:
+        """The run's own ``split`` videos (train, val or test, as its split.csv holds them; or
+        ``all`` labelled videos) of ``store`` (default: the store it trained on), with its
+        label map and frame selection: what ``heads evaluate --split`` scores."""
+        path, labelled, _ = _run_videos(self, store, split)
+        return FeatureDataset(path, labelled, self.label_map, self.cfg.data)
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, C) class probabilities for zero-padded features ``x`` (B, T, D) and their
@@ -147,9 +154,25 @@ def evaluate_run(
     ``split`` picks the run's train/val/test videos, or ``all`` labelled videos of the store.
     By default: test when the store holds the run's videos, else all (a held-out store).
     """
+    run = _with_overrides(load_run(run_dir), num_workers, device)
+    path, labelled, split = _run_videos(run, store, split)
+    dataset = FeatureDataset(path, labelled, run.label_map, run.cfg.data)
+    dev = resolve_device(run.cfg.device)
+    # Scored a batch at a time (heads.metrics.MetricStream), as validation is: the whole
+    # set's (N, C) scores are never held, and the metrics are evaluate_all's on them.
+    loader = make_loader(dataset, run.cfg.data, shuffle=False)
+    loss_fn = Loss(is_multilabel(run.cfg, run.label_map))
+    scored = validate(run.model.to(dev), loader, loss_fn, dev)
+    metrics = {k: v for k, v in scored.items() if k != "loss"}
+    return {**metrics, "n": len(dataset), "split": split, "store": path}
+
+
+def _run_videos(
+    run: LoadedRun, store: str | Path | None, split: str | None
+) -> tuple[str, pd.DataFrame, str]:
+    """(store path, the labelled videos of ``split``, the split): see :func:`evaluate_run`."""
     if split is not None and split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
-    run = _with_overrides(load_run(run_dir), num_workers, device)
     path, videos = _open_checked(run, store)
     names = set(run.label_map.labels)
     videos["labels"] = [tuple(x for x in labels if x in names) for labels in videos["labels"]]
@@ -184,15 +207,7 @@ def evaluate_run(
         )
     if labelled.empty:
         raise ConfigError(f"no labelled videos of split {split!r} in store {path}")
-    dataset = FeatureDataset(path, labelled, run.label_map, run.cfg.data)
-    dev = resolve_device(run.cfg.device)
-    # Scored a batch at a time (heads.metrics.MetricStream), as validation is: the whole
-    # set's (N, C) scores are never held, and the metrics are evaluate_all's on them.
-    loader = make_loader(dataset, run.cfg.data, shuffle=False)
-    loss_fn = Loss(is_multilabel(run.cfg, run.label_map))
-    scored = validate(run.model.to(dev), loader, loss_fn, dev)
-    metrics = {k: v for k, v in scored.items() if k != "loss"}
-    return {**metrics, "n": len(dataset), "split": split, "store": path}
+    return path, labelled, split
 
 
 def _prediction_set(run: LoadedRun, store: str | Path) -> tuple[FeatureDataset, torch.device]:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -103,6 +104,27 @@ def test_load_run_is_ready_to_predict(tmp_path):
     saved = np.load(tmp_path / "run" / f"{ck.TEST_PREDICTIONS}.npz")
     order = [list(saved["video_id"]).index(v) for v in test.video_ids]
     assert np.allclose(probs.numpy(), saved["scores"][order], atol=1e-5)
+
+
+def test_a_runs_own_splits_come_from_the_run_when_the_store_has_none(tmp_path):
+    # A store extracted without a split column: heads train drew the splits (split.csv).
+    plain = write_store(tmp_path / "p.zarr", cluster_videos(30, dim=16), dim=16)
+    train_run(plain, TrainConfig(model="bof", head=SMALL, epochs=2), tmp_path / "run")
+    run = heads.load_run(tmp_path / "run")
+    splits = pd.read_csv(tmp_path / "run" / ck.SPLIT)
+    for split in ("train", "val", "test"):
+        wanted = set(splits.loc[splits["split"] == split, "video_id"])
+        assert set(run.dataset(split).video_ids) == wanted and wanted
+    assert len(run.dataset("all")) == 30
+    test = run.dataset()
+    batch = heads.collate([test[i] for i in range(len(test))])
+    saved = np.load(tmp_path / "run" / f"{ck.TEST_PREDICTIONS}.npz")
+    order = [list(saved["video_id"]).index(v) for v in test.video_ids]
+    assert np.allclose(
+        run.predict(batch.x, batch.lengths).numpy(), saved["scores"][order], atol=1e-5
+    )
+    with pytest.raises(ConfigError, match="split must be one of"):
+        run.dataset("holdout")
 
 
 def test_loggers_mirror_every_evaluation(tmp_path):
