@@ -131,6 +131,21 @@ def multilabel_loss(loss: str, data: LabelMap | bool) -> bool:
     return data.multilabel if isinstance(data, LabelMap) else bool(data)
 
 
+def _nothing_to_train_on(videos: pd.DataFrame, ok: pd.DataFrame) -> str:
+    """Why no video can train: none extracted, or none carries a label, and what to do."""
+    if videos.empty:
+        return "the store holds no videos: nothing to train on"
+    if ok.empty:
+        return (
+            f"none of the store's {len(videos)} videos was extracted (all failed): nothing to "
+            "train on; vidfeat info STORE says why, and extract --retry-failed tries again"
+        )
+    return (
+        f"none of the store's {len(ok)} extracted videos has a label: nothing to train on; "
+        "labels come from the manifest's labels column when the videos are extracted"
+    )
+
+
 def build_label_map(
     videos: pd.DataFrame, classes: Sequence[str] | None = None
 ) -> tuple[LabelMap, pd.DataFrame]:
@@ -149,7 +164,7 @@ def build_label_map(
     else:
         names = tuple(seen)
     if not names:
-        raise ConfigError("no labelled videos in the store: nothing to train on")
+        raise ConfigError(_nothing_to_train_on(videos, ok))
     keep_set = set(names)
     kept_labels = [tuple(x for x in labels if x in keep_set) for labels in ok["labels"]]
     has_label = np.array([bool(x) for x in kept_labels], dtype=bool)

@@ -185,6 +185,25 @@ def test_a_single_class_or_video_is_refused_before_training(tmp_path, store):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_store_with_nothing_to_train_on_says_why(tmp_path):
+    from vidfeat import create_store
+
+    failed = tmp_path / "failed.zarr"
+    with create_store(failed, dim=4) as w:
+        for i in range(3):
+            w.write_failure(f"v{i}", "missing", "file not found", labels=("a",))
+    line = one_line_error(invoke("train", failed, "-m", "bof", "-o", tmp_path / "a"))
+    assert "none of the store's 3 videos was extracted (all failed)" in line
+    assert "vidfeat info" in line and "--retry-failed" in line
+    unlabelled = tmp_path / "unlabelled.zarr"
+    with create_store(unlabelled, dim=4) as w:
+        w.write("v0", np.ones((2, 4), np.float32))
+    line = one_line_error(invoke("train", unlabelled, "-m", "bof", "-o", tmp_path / "b"))
+    assert "none of the store's 1 extracted videos has a label" in line
+    assert "manifest's labels column" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_a_second_process_writing_the_same_run_is_refused(tmp_path, store, run):
     # Two commands given the same --out both found it new and interleaved their files (a
     # config of one head beside the checkpoint of the other).
