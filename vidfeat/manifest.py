@@ -180,7 +180,7 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
     if missing:
         raise ManifestError(
             f"manifest {path} is missing required column(s) {', '.join(missing)}",
-            [f"found columns: {', '.join(columns) or '(none)'}"],
+            [f"found columns: {', '.join(columns) or '(none)'}", *_column_hints(columns, missing)],
         )
     _check_other_columns(path, columns)
     entries: list[ManifestEntry] = []
@@ -260,6 +260,30 @@ def _check_other_columns(path: Path, columns: list[str]) -> None:
             ", ".join(hints),
             ", ".join(known),
         )
+
+
+# Names other tools give the required columns (YouTube-8M's CSVs, Kinetics', datasets' own).
+_COLUMN_ALIASES = {
+    "video_id": ("id", "video", "vid", "youtube_id", "ytid", "name", "clip", "clip_id"),
+    "path": ("file", "filename", "file_name", "filepath", "video_path", "location", "url"),
+    "labels": ("label", "class", "classes", "category", "categories", "tags", "target"),
+}
+
+
+def _column_hints(columns: list[str], missing: list[str]) -> list[str]:
+    """What the columns found were probably meant to be: another separator than the comma,
+    or another name for a required column."""
+    if len(columns) == 1:
+        for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if sep in columns[0]:
+                return [f"a manifest is comma-separated; this one looks separated by {name}"]
+    hints = []
+    for want in missing:
+        close = [c for c in columns if c.strip().lower() in _COLUMN_ALIASES[want]]
+        close = close or difflib.get_close_matches(want, columns, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"rename {close[0]!r} to {want!r}")
+    return hints
 
 
 def _id_problems(vid: str, line: int, first_line: dict[str, int]) -> list[str]:

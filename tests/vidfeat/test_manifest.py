@@ -150,6 +150,16 @@ def test_missing_columns_and_missing_manifest(tmp_path: Path) -> None:
     manifest.write_text("id,file\n1,a.mp4\n")
     with pytest.raises(ManifestError, match=r"missing required column.*video_id, path, labels"):
         read_manifest(manifest)
+    # What the columns were probably meant to be: another tool's names, a typo, a separator.
+    for header, hints in (
+        ("id,file,label", ["rename 'id' to 'video_id'", "rename 'file' to 'path'", "'label' to"]),
+        ("video_id,pth,labels", ["rename 'pth' to 'path'"]),
+        ("video_id;path;labels", ["comma-separated; this one looks separated by semicolons"]),
+    ):
+        manifest.write_text(header + "\n" + "a,b,c\n")
+        with pytest.raises(ManifestError) as info:
+            read_manifest(manifest)
+        assert all(hint in str(info.value) for hint in hints), str(info.value)
     with pytest.raises(ManifestError, match="does not exist"):
         read_manifest(tmp_path / "nope.csv")
     empty = tmp_path / "empty.csv"
