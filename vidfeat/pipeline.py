@@ -209,6 +209,13 @@ def prepare(
         **_stream_options(dim, reduction.dtype or cfg.dtype, reduction.quantization, audio),
     }
     summary = ExtractSummary(total=len(entries))
+    log.info(
+        "%d videos to extract with %s (%s, precision %s)",
+        len(entries),
+        cfg.backbone,
+        cfg.runtime,
+        cfg.precision,
+    )
     return ExtractJob(cfg, entries, backbone, reduction, audio, settings, summary, t0)
 
 
@@ -251,7 +258,9 @@ def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
     else:
         precision = settle_precision(cfg.runtime, device_type, cfg.precision)
         why = f"the default on {device_type}"
-    log.info("precision auto: %s (%s)", precision, why)
+    # Said at DEBUG: settled before the manifest is read, an INFO line here would come before
+    # any error in the manifest or the options. prepare() names the precision once they pass.
+    log.debug("precision auto: %s (%s)", precision, why)
     return dataclasses.replace(cfg, precision=precision)
 
 
