@@ -209,7 +209,10 @@ def resolve_weights(members: list[Member], weights: str | Path) -> np.ndarray:
     elif str(weights) == "gap":
         missing = [str(m.run_dir) for m in members if m.val_gap is None]
         if missing:
-            raise ConfigError(f"--weights gap needs a validation GAP; none in: {missing}")
+            raise ConfigError(
+                f"--weights gap needs each run's validation GAP, and {', '.join(missing)} "
+                "recorded none (no validation split?); use --weights equal or a weights file"
+            )
         raw = np.array([float(m.val_gap) for m in members])
     else:
         raw = _weights_file(Path(weights), members)

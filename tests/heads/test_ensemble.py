@@ -191,6 +191,18 @@ def test_a_replaced_ensemble_keeps_no_stale_submission_file(runs, tmp_path):
     assert not (out / YT8M_CSV).exists()
 
 
+def test_gap_weights_without_a_validation_gap_say_what_else_to_use(runs, tmp_path):
+    _, made = runs
+    unvalidated = tmp_path / "unvalidated"
+    shutil.copytree(made["b"], unvalidated)
+    (unvalidated / ck.METRICS).write_text("")  # trained without a validation split
+    args = ["ensemble", str(made["a"]), str(unvalidated), "-o", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, [*args, "--weights", "gap"])
+    assert result.exit_code == 2, result.output
+    assert str(unvalidated) in result.output and "use --weights equal" in result.output
+    assert CliRunner().invoke(main, args).exit_code == 0  # equal weights need no GAP
+
+
 def test_a_run_without_test_videos_is_refused(runs, tmp_path):
     _, made = runs
     empty = tmp_path / "empty"
