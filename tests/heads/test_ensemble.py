@@ -203,26 +203,33 @@ def test_gap_weights_without_a_validation_gap_say_what_else_to_use(runs, tmp_pat
     assert CliRunner().invoke(main, args).exit_code == 0  # equal weights need no GAP
 
 
-def test_a_run_without_test_videos_is_refused(runs, tmp_path):
-    _, made = runs
-    empty = tmp_path / "empty"
-    shutil.copytree(made["b"], empty)
-    path = empty / f"{ck.TEST_PREDICTIONS}.npz"
+def _run_with_predictions(run, copy, change):
+    """A copy of ``run`` whose test_predictions.npz holds ``change(saved arrays)``."""
+    shutil.copytree(run, copy)
+    path = copy / f"{ck.TEST_PREDICTIONS}.npz"
     with np.load(path) as data:
         saved = dict(data)
-    np.savez(path, **{k: v[:0] if k != "class_names" else v for k, v in saved.items()})
-    result = CliRunner().invoke(main, ["ensemble", str(made["a"]), str(empty), "-o", "x"])
+    np.savez(path, **change(saved))
+    return copy
+
+
+def test_a_run_without_test_videos_is_refused(runs, tmp_path):
+    _, made = runs
+    empty = _run_with_predictions(
+        made["b"],
+        tmp_path / "empty",
+        lambda saved: {k: v[:0] if k != "class_names" else v for k, v in saved.items()},
+    )
+    args = ["ensemble", str(made["a"]), str(empty), "-o", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "no test videos" in result.output, result.output
 
 
 def test_saved_scores_of_another_shape_are_refused(runs, tmp_path):
     _, made = runs
-    odd = tmp_path / "odd"
-    shutil.copytree(made["b"], odd)
-    path = odd / f"{ck.TEST_PREDICTIONS}.npz"
-    with np.load(path) as data:
-        saved = dict(data)
-    np.savez(path, **{**saved, "ranking": saved["ranking"][:, :5]})
+    odd = _run_with_predictions(
+        made["b"], tmp_path / "odd", lambda saved: {**saved, "ranking": saved["ranking"][:, :5]}
+    )
     args = ["ensemble", str(made["a"]), str(odd), "--out", str(tmp_path / "x")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
