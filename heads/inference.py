@@ -48,10 +48,11 @@ class LoadedRun:
     model: Head
     checkpoint: dict[str, Any]
 
-    def dataset(self, split: str = "test", store: str | Path | None = None) -> FeatureDataset:
+    def dataset(self, split: str | None = None, store: str | Path | None = None) -> FeatureDataset:
         """The run's own ``split`` videos (train, val or test, as its split.csv holds them; or
         ``all`` labelled videos) of ``store`` (default: the store it trained on), with its
-        label map and frame selection: what ``heads evaluate --split`` scores."""
+        label map and frame selection: what ``heads evaluate --split`` scores. By default, as
+        there: test when the store holds the run's videos, else all (a held-out store)."""
         path, labelled, _ = _run_videos(self, store, split)
         return FeatureDataset(path, labelled, self.label_map, self.cfg.data)
 
@@ -182,19 +183,17 @@ def _run_videos(
             "%d videos carry none of the run's classes; left out", len(videos) - len(labelled)
         )
     splits = load_splits(run.run_dir / ck.SPLIT)
-    chosen = split is None
-    if chosen:
+    if split is None:
         split = "test" if labelled["video_id"].isin(splits["video_id"]).any() else "all"
     if split != "all":
         try:
             _check_run_videos(run, path, labelled)
         except RunDataMismatchError as exc:
-            if not chosen:
-                raise
-            # The store shares video ids with the run, so "test" was assumed; say how to score
-            # it as a held-out store instead.
+            # The run's splits belong to the data it trained on (the store shares video ids
+            # with the run, or the split was named): say how to score it as a held-out store.
             raise RunDataMismatchError(
-                f"{exc}; to score every labelled video of this store, pass --split all"
+                f"{exc}; to score every labelled video of this store, pass --split all "
+                '(split="all" from Python)'
             ) from exc
         wanted = splits.loc[splits["split"] == split, "video_id"]
         labelled = labelled[labelled["video_id"].isin(wanted)]

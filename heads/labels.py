@@ -133,16 +133,25 @@ def multilabel_loss(loss: str, data: LabelMap | bool) -> bool:
 
 def _nothing_to_train_on(videos: pd.DataFrame, ok: pd.DataFrame) -> str:
     """Why no video can train: none extracted, or none carries a label, and what to do."""
+    retry = "vidfeat info STORE says why, and extract --retry-failed tries again"
     if videos.empty:
         return "the store holds no videos: nothing to train on"
     if ok.empty:
         return (
             f"none of the store's {len(videos)} videos was extracted (all failed): nothing to "
-            "train on; vidfeat info STORE says why, and extract --retry-failed tries again"
+            f"train on; {retry}"
+        )
+    failed = videos[videos["status"] != "ok"]
+    labelled_failed = sum(bool(labels) for labels in failed["labels"])
+    extracted = "1 extracted video carries" if len(ok) == 1 else f"{len(ok)} extracted videos carry"
+    if labelled_failed:
+        return (
+            f"the store's {extracted} no labels, and the {labelled_failed} labelled failed: "
+            f"nothing to train on; {retry}"
         )
     return (
-        f"none of the store's {len(ok)} extracted videos has a label: nothing to train on; "
-        "labels come from the manifest's labels column when the videos are extracted"
+        f"the store's {extracted} no labels: nothing to train on; labels come from the "
+        "manifest's labels column when the videos are extracted"
     )
 
 

@@ -180,7 +180,10 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
     if missing:
         raise ManifestError(
             f"manifest {path} is missing required column(s) {', '.join(missing)}",
-            [f"found columns: {', '.join(columns) or '(none)'}", *_column_hints(columns, missing)],
+            [
+                f"found columns: {', '.join(columns) or '(none)'}",
+                *_column_hints(path, columns, missing),
+            ],
         )
     _check_other_columns(path, columns)
     entries: list[ManifestEntry] = []
@@ -270,20 +273,25 @@ _COLUMN_ALIASES = {
 }
 
 
-def _column_hints(columns: list[str], missing: list[str]) -> list[str]:
-    """What the columns found were probably meant to be: another separator than the comma,
-    or another name for a required column."""
-    if len(columns) == 1:
+def _column_hints(path: Path, columns: list[str], missing: list[str]) -> list[str]:
+    """What the columns found were probably meant to be: another separator than the comma
+    (a CSV read as one column), or another name for a required column (each found column
+    named at most once: aliases first, then near misses)."""
+    if len(columns) == 1 and path.suffix.lower() != ".parquet":
         for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
             if sep in columns[0]:
                 return [f"a manifest is comma-separated; this one looks separated by {name}"]
-    hints = []
+    claimed: dict[str, str] = {}  # found column -> the required one it was probably meant as
     for want in missing:
-        close = [c for c in columns if c.strip().lower() in _COLUMN_ALIASES[want]]
-        close = close or difflib.get_close_matches(want, columns, n=1, cutoff=0.6)
+        alias = [c for c in columns if c.strip().lower() in _COLUMN_ALIASES[want]]
+        if alias and alias[0] not in claimed:
+            claimed[alias[0]] = want
+    for want in (w for w in missing if w not in claimed.values()):
+        free = [c for c in columns if c not in claimed]
+        close = difflib.get_close_matches(want, free, n=1, cutoff=0.6)
         if close:
-            hints.append(f"rename {close[0]!r} to {want!r}")
-    return hints
+            claimed[close[0]] = want
+    return [f"rename {found!r} to {want!r}" for found, want in claimed.items()]
 
 
 def _id_problems(vid: str, line: int, first_line: dict[str, int]) -> list[str]:

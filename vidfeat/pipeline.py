@@ -132,6 +132,14 @@ class ExtractJob:
                 self.cfg.out,
             )
             self._warn_changed(done)
+        # Once the manifest, the models and the store's settings have passed their checks.
+        log.info(
+            "extracting %d videos with %s (runtime %s, precision %s)",
+            len(todo),
+            self.cfg.backbone,
+            self.cfg.runtime,
+            self.cfg.precision,
+        )
         return todo
 
     def _warn_changed(self, done: set[str]) -> None:
@@ -209,13 +217,6 @@ def prepare(
         **_stream_options(dim, reduction.dtype or cfg.dtype, reduction.quantization, audio),
     }
     summary = ExtractSummary(total=len(entries))
-    log.info(
-        "%d videos to extract with %s (%s, precision %s)",
-        len(entries),
-        cfg.backbone,
-        cfg.runtime,
-        cfg.precision,
-    )
     return ExtractJob(cfg, entries, backbone, reduction, audio, settings, summary, t0)
 
 
@@ -258,8 +259,9 @@ def settle_config_precision(cfg: ExtractConfig) -> ExtractConfig:
     else:
         precision = settle_precision(cfg.runtime, device_type, cfg.precision)
         why = f"the default on {device_type}"
-    # Said at DEBUG: settled before the manifest is read, an INFO line here would come before
-    # any error in the manifest or the options. prepare() names the precision once they pass.
+    # Said at DEBUG (-v): settled before the manifest is read, an INFO line here would come
+    # before any error in the manifest or the options. ExtractJob.resume names the precision
+    # once they have passed.
     log.debug("precision auto: %s (%s)", precision, why)
     return dataclasses.replace(cfg, precision=precision)
 

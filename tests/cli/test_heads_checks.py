@@ -199,8 +199,12 @@ def test_a_store_with_nothing_to_train_on_says_why(tmp_path):
     with create_store(unlabelled, dim=4) as w:
         w.write("v0", np.ones((2, 4), np.float32))
     line = one_line_error(invoke("train", unlabelled, "-m", "bof", "-o", tmp_path / "b"))
-    assert "none of the store's 1 extracted videos has a label" in line
+    assert "the store's 1 extracted video carries no labels" in line
     assert "manifest's labels column" in line
+    with create_store(unlabelled, dim=4) as w:  # the labelled one failed
+        w.write_failure("v1", "decode_error", "corrupt", labels=("a",))
+    line = one_line_error(invoke("train", unlabelled, "-m", "bof", "-o", tmp_path / "b"))
+    assert "carries no labels, and the 1 labelled failed" in line and "--retry-failed" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

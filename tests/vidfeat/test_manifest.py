@@ -155,11 +155,17 @@ def test_missing_columns_and_missing_manifest(tmp_path: Path) -> None:
         ("id,file,label", ["rename 'id' to 'video_id'", "rename 'file' to 'path'", "'label' to"]),
         ("video_id,pth,labels", ["rename 'pth' to 'path'"]),
         ("video_id;path;labels", ["comma-separated; this one looks separated by semicolons"]),
+        ("video_path,labels", ["rename 'video_path' to 'path'"]),  # one hint per column
     ):
         manifest.write_text(header + "\n" + "a,b,c\n")
         with pytest.raises(ManifestError) as info:
             read_manifest(manifest)
         assert all(hint in str(info.value) for hint in hints), str(info.value)
+        assert str(info.value).count("rename") <= header.count(",") + 1
+    with pytest.raises(ManifestError) as info:  # two claims on one column: only the alias
+        manifest.write_text("video_path,labels\na,b\n")
+        read_manifest(manifest)
+    assert "to 'video_id'" not in str(info.value)
     with pytest.raises(ManifestError, match="does not exist"):
         read_manifest(tmp_path / "nope.csv")
     empty = tmp_path / "empty.csv"
