@@ -610,6 +610,10 @@ def test_what_already_lies_at_a_new_store_path(tmp_path: Path) -> None:
         with pytest.raises(StoreError, match=message):
             create_store(tmp_path / name, dim=2)
     assert (tmp_path / "f.zarr").read_text() == "notes"
+    # A new name of another kind of file is refused too, before anything is made there.
+    for name in ("features.csv", "out.TXT", "model.pt"):
+        with pytest.raises(StoreError, match=r"a store is a \.zarr directory or an \.h5 file"):
+            create_store(tmp_path / name, dim=2)
     others = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("made"))
     assert others == ["d.h5", "f.zarr", "full"]
 

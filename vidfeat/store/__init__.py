@@ -59,9 +59,26 @@ def detect_format(path: str | os.PathLike | RemotePath, format: str | None = Non
     return DEFAULT_FORMAT
 
 
+# Suffixes of files people mean by "--out" that no store has: a new store there would be a
+# Zarr directory named like a table or a model (what a newcomer asking for features.csv gets).
+_NOT_STORE_SUFFIXES = frozenset(
+    {
+        *(".csv", ".tsv", ".txt", ".json", ".jsonl", ".yaml", ".yml", ".md", ".log", ".pdf"),
+        *(".npz", ".npy", ".parquet", ".pt", ".pth", ".pkl", ".tfrecord"),
+        *(".mp4", ".mkv", ".avi", ".webm", ".mov", ".png", ".jpg"),
+    }
+)
+
+
 def _backend(path: str | os.PathLike | RemotePath, format: str | None) -> Backend:
     """The backend for a local path or a URL (``s3://``, ``gs://``, anything fsspec opens)."""
     p = as_location(path)
+    named_otherwise = format is None and p.suffix.lower() in _NOT_STORE_SUFFIXES
+    if isinstance(p, Path) and named_otherwise and not p.exists():  # an old one stays readable
+        raise StoreError(
+            f"{p}: a store is a .zarr directory or an .h5 file (or a name without a "
+            f"suffix), not a {p.suffix} file; choose another name"
+        )
     backend = BACKENDS.get(detect_format(p, format))(p)
     if isinstance(p, Path) and format is None and not backend.exists():
         # An empty directory is where the user asked a new store to go; anything else at the
