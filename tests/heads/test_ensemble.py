@@ -50,6 +50,15 @@ def runs(tmp_path_factory):
     return root, made
 
 
+def _vocabulary(path, first_index: int = 0):
+    """A YouTube-8M vocabulary CSV naming the fixture's 6 classes class0..class5."""
+    names = [f"class{c}" for c in range(6)]
+    indices = range(first_index, first_index + 6)
+    table = pd.DataFrame({"Index": indices, "KnowledgeGraphId": "", "Name": names})
+    table.to_csv(path, index=False)
+    return path
+
+
 def _member_gaps(run_dirs) -> list[float]:
     out = []
     for run in run_dirs:
@@ -61,11 +70,7 @@ def _member_gaps(run_dirs) -> list[float]:
 def test_gap_weighted_ensemble_of_two_seeds_beats_their_mean(runs):
     root, made = runs
     out = root / "ens"
-    vocabulary = root / "vocabulary.csv"
-    names = [f"class{c}" for c in range(6)]
-    pd.DataFrame(
-        {"Index": [10 + c for c in range(6)], "KnowledgeGraphId": "", "Name": names}
-    ).to_csv(vocabulary, index=False)
+    vocabulary = _vocabulary(root / "vocabulary.csv", first_index=10)
     args = ["ensemble", str(made["a"]), str(made["b"]), "--out", str(out), "--weights", "gap"]
     result = CliRunner().invoke(main, [*args, "--vocabulary", str(vocabulary)])
     assert result.exit_code == 0, result.output
@@ -125,10 +130,7 @@ def test_blocks_of_videos_give_the_same_files_and_the_runs_stay_on_disk(
     with contextlib.ExitStack() as held:
         member = load_member(made["a"], held)
         assert isinstance(member.scores, NpzRows) and isinstance(member.ranking, NpzRows)
-    vocabulary = tmp_path / "vocabulary.csv"
-    pd.DataFrame(
-        {"Index": range(6), "KnowledgeGraphId": "", "Name": [f"class{c}" for c in range(6)]}
-    ).to_csv(vocabulary, index=False)
+    vocabulary = _vocabulary(tmp_path / "vocabulary.csv")
     outs = {}
     for name, videos_per_block in (("one block", None), ("blocks of 5", 5)):
         if videos_per_block:
@@ -178,10 +180,7 @@ def test_a_late_failure_leaves_out_as_it_was(runs, tmp_path, monkeypatch):
 def test_a_replaced_ensemble_keeps_no_stale_submission_file(runs, tmp_path):
     _, made = runs
     out = tmp_path / "ens"
-    vocabulary = tmp_path / "vocabulary.csv"
-    pd.DataFrame(
-        {"Index": range(6), "KnowledgeGraphId": "", "Name": [f"class{c}" for c in range(6)]}
-    ).to_csv(vocabulary, index=False)
+    vocabulary = _vocabulary(tmp_path / "vocabulary.csv")
     args = ["ensemble", str(made["a"]), str(made["b"]), "-o", str(out)]
     result = CliRunner().invoke(main, [*args, "--vocabulary", str(vocabulary)])
     assert result.exit_code == 0 and (out / YT8M_CSV).is_file()

@@ -61,6 +61,11 @@ class PyAVDecoder(VideoDecoder):
     def close(self) -> None:
         self._container.close()
 
+    def _reopen(self) -> None:
+        """The file opened afresh, to decode again from its first packet."""
+        self._container.close()
+        self._open()
+
     def _sample(self, fps: Fraction, max_frames: int | None) -> Iterator[SampledFrame]:
         keep = self._pickable(fps, max_frames)
         try:
@@ -69,8 +74,7 @@ class PyAVDecoder(VideoDecoder):
             # The first frame shown is not the first packet (e.g. an edit list drops leading
             # frames), so the plan's grid was off. Nothing was picked yet: decode it all.
             log.debug("%s: first frame differs from the first packet; not skipping", self.path)
-            self._container.close()
-            self._open()
+            self._reopen()
             self.frames_decoded = 0
             yield from self._sample_with(fps, max_frames, None)
 
@@ -138,8 +142,7 @@ class PyAVDecoder(VideoDecoder):
             # was needed, so decode again from the start without jumps (still leaving out
             # unreferenced frames) and carry on after the last frame handed on.
             log.info("%s: %s; decoding again from the start without jumps", self.path, failed)
-            self._container.close()
-            self._open()
+            self._reopen()
             for decoded in self._frames_from_start(keep, {}):
                 if last_s is None or decoded[0] > last_s:
                     yield decoded
@@ -223,8 +226,7 @@ class PyAVDecoder(VideoDecoder):
                 if frame.pts is not None and frame.pts < self._resumed:
                     continue
                 if frame.pts != self._resumed or not frame.key_frame or frame.is_corrupt:
-                    at = float(self._resumed * tb)
-                    raise _JumpFailed(f"the packet flagged as a keyframe at {at:.2f} s is not one")
+                    raise self._not_a_keyframe()
                 self._resumed = None
             pts = frame.pts if frame.pts is not None else frame.dts
             if pts is None:
@@ -237,8 +239,11 @@ class PyAVDecoder(VideoDecoder):
         if (packet is None or not packet.size or drain) and self._resumed is not None:
             # Drained, and the keyframe jumped to never came out (a codec gives nothing
             # until a true keyframe after a reset).
-            at = float(self._resumed * tb)
-            raise _JumpFailed(f"the packet flagged as a keyframe at {at:.2f} s is not one")
+            raise self._not_a_keyframe()
+
+    def _not_a_keyframe(self) -> _JumpFailed:
+        at = float((self._resumed or 0) * self._time_base)
+        return _JumpFailed(f"the packet flagged as a keyframe at {at:.2f} s is not one")
 
     def _untimed_pts(self, frame: av.VideoFrame) -> int:
         """Times for a raw elementary stream (e.g. a camera's ``.h264``), which carries no
