@@ -20,6 +20,7 @@ from vidfeat_cli.heads import main
 
 PAIR = {"ab": 0, "ba": 0, "cd": 1, "dc": 1}
 TASK = {"dim": 16, "min_len": 16, "max_len": 32}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def _train_and_score(stores, model):
         "--out",
         str(run),
         "--epochs",
-        "40",
+        "15",
         "--optimizer",
         "adam",
     ]
