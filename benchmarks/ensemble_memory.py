@@ -1,17 +1,19 @@
-"""`heads ensemble` at YouTube-8M's class count: peak memory and time of ensembling R runs' test
-scores of N videos, for growing N.
+"""`heads ensemble` and `heads report` at YouTube-8M's class count: peak memory and time of
+ensembling R runs' test scores of N videos (or of reporting on one run), for growing N.
 
 Each run directory holds what training leaves (``test_predictions.npz`` written by
 ``PredictionsWriter``, ``label_map.json``, ``config.json``, ``metrics.jsonl``), with random
 normal ranking scores (sigmoid outputs) and 3 random labels per video of ``--classes``. Each
-ensemble runs in its own process, whose peak RSS (ru_maxrss) is the figure; the hashes of its
-output files are recorded.
+ensemble (report) runs in its own process, whose peak RSS (ru_maxrss) is the figure; the hashes
+of its output files (the report's ``report.md``; its figures are not compared byte for byte)
+are recorded.
 
 ``--before DIR``: also run the ensemble with the ``heads`` package of another checkout (e.g.
 ``git worktree add DIR <commit>``), on the same runs; both must write the same bytes. The JSON
 records that checkout's commit.
 
     python -m benchmarks.ensemble_memory          # -> benchmarks/results/ensemble_memory.json
+    python -m benchmarks.ensemble_memory --what report --runs 1   # -> results/report_memory.json
     python -m benchmarks.ensemble_memory --videos 2000 --classes 500    # a quick look
 """
 
@@ -64,22 +66,30 @@ def write_runs(folder: Path, n: int, classes: int, runs: int) -> list[Path]:
     return dirs
 
 
-def child(runs: list[str], out: str) -> dict:
-    """One ensemble in this process (whichever ``heads`` is on the path)."""
+def child(what: str, runs: list[str], out: str) -> dict:
+    """One ensemble (report) in this process (whichever ``heads`` is on the path)."""
     import heads
-    from heads.ensemble import ensemble_runs
 
     started = time.perf_counter()
-    metrics = ensemble_runs(runs, out, "gap")
+    if what == "ensemble":
+        from heads.ensemble import ensemble_runs
+
+        gap = ensemble_runs(runs, out, "gap")["gap_at_20"]
+        compared = sorted(Path(out).iterdir())
+    else:
+        from heads.report import write_report
+
+        compared = [write_report([Path(r) for r in runs], Path(out))]
+        gap = None
     took = time.perf_counter() - started
     digests = {}
-    for path in sorted(Path(out).iterdir()):
+    for path in compared:
         with path.open("rb") as fh:  # in pieces: not held whole
             digests[path.name] = hashlib.file_digest(fh, "sha256").hexdigest()
     return {
         "seconds": took,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "gap_at_20": metrics["gap_at_20"],
+        "gap_at_20": gap,
         "files": digests,
         "heads": str(Path(heads.__file__).resolve().parent),
     }
@@ -96,11 +106,12 @@ def main() -> None:
     p.add_argument("--videos", default="5000,10000,20000")
     p.add_argument("--classes", type=int, default=3862)
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--what", choices=("ensemble", "report"), default="ensemble")
     p.add_argument("--before", type=Path, help="another checkout whose heads to run too")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # out run...
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[1:], args.child[0])))
+        print(json.dumps(child(args.what, args.child[1:], args.child[0])))
         return
     from benchmarks.common import RESULTS, machine_info, save_json
 
@@ -116,22 +127,23 @@ def main() -> None:
                     env["PYTHONPATH"] = os.pathsep.join(
                         filter(None, [str(code), env.get("PYTHONPATH")])
                     )
-                out = Path(tmp) / f"ensemble-{way}"
+                out = Path(tmp) / f"{args.what}-{way}"
                 # Run as a script: the child imports nothing of benchmarks, only heads.
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(out)]
+                script = str(Path(__file__).resolve())
+                cmd = [sys.executable, script, "--what", args.what, "--child", str(out)]
                 result = subprocess.run(
                     [*cmd, *map(str, runs)], check=True, capture_output=True, text=True, env=env
                 )
                 found[way] = json.loads(result.stdout.strip().splitlines()[-1])
                 used = Path(found[way].pop("heads"))
                 if code is not None and not used.is_relative_to(code):
-                    raise SystemExit(f"the {way} ensemble ran {used}, not {code}'s heads")
+                    raise SystemExit(f"the {way} {args.what} ran {used}, not {code}'s heads")
                 rows.append({"way": way, "videos": n, **found[way]})
                 print(rows[-1], flush=True)
             if len({json.dumps(f["files"], sort_keys=True) for f in found.values()}) != 1:
-                raise SystemExit(f"the ensembles differ at {n} videos: {found}")
+                raise SystemExit(f"the {args.what} outputs differ at {n} videos: {found}")
     out = save_json(
-        RESULTS / "ensemble_memory.json",
+        RESULTS / f"{args.what}_memory.json",
         {
             "machine": machine_info(),
             "settings": vars(args) | {"before": _commit(args.before) if args.before else None},

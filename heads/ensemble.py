@@ -38,6 +38,7 @@ from heads.predictions import (
     Scored,
     format_yt8m_pairs,
     npz_arrays,
+    row_blocks,
     vocabulary_indices,
 )
 from vidfeat import atomic
@@ -46,8 +47,6 @@ from vidfeat.errors import ConfigError
 log = logging.getLogger(__name__)
 
 YT8M_CSV = "test_predictions_yt8m.csv"
-# Scores read and combined at a time, per run (see _write_ensemble for the working set).
-BLOCK_VALUES = 1 << 20
 
 
 @dataclass
@@ -291,10 +290,8 @@ def _write_ensemble(
             yt8m = (files.enter_context(fh), yt8m_names)
         # Per block and run, float64 log p and log(1 - p) of BLOCK_VALUES scores each (8 MB),
         # and their stacks across runs for the mean.
-        step = max(1, BLOCK_VALUES // max(n_classes, 1))
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            rows = np.arange(start, stop)
+        for rows in row_blocks(n, n_classes):
+            start, stop = int(rows[0]), int(rows[-1]) + 1
             logs = [m.log_probabilities(start, stop) for m in members]
             labels = [m.labels_of(start, stop) for m in members]
             for stream, m, (log_p, log_q), y in zip(alone, members, logs, labels, strict=True):

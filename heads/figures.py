@@ -232,8 +232,7 @@ def plot_confusion(
 def plot_pr_curves(
     name: str,
     class_names: list[str],
-    scores: np.ndarray,
-    labels: np.ndarray,
+    classes: metrics.ClassRanks,
     stats: metrics.ClassStats,
     path: Path,
     spec: FigureSpec,
@@ -249,11 +248,10 @@ def plot_pr_curves(
     )
     axes = np.atleast_1d(axes).ravel()
     for ax, c in zip(axes, shown, strict=False):
-        precision, recall = metrics.precision_recall_curve(scores[:, c], labels[:, c])
         # Points where recall rises, drawn steps-pre: each step's area sums to the AP exactly.
-        rises = np.concatenate([[True], np.diff(recall) > 0])
-        ax.plot(recall[rises], precision[rises], drawstyle="steps-pre", linewidth=1.4)
-        ax.axhline(stats.support[c] / len(labels), color="grey", linestyle="--", linewidth=0.8)
+        precision, recall = classes.curve(c)
+        ax.plot(recall, precision, drawstyle="steps-pre", linewidth=1.4)
+        ax.axhline(stats.support[c] / classes.n, color="grey", linestyle="--", linewidth=0.8)
         title = f"{short(class_names[c])}\nAP {stats.ap[c]:.3f}, n={stats.support[c]}"
         ax.set_title(title, fontsize=8)
         ax.set(xlim=(0, 1), ylim=(0, 1.02))

@@ -7,7 +7,7 @@ and the ties it makes would be broken by class index. Callers therefore rank on 
 (sigmoid outputs) or log-probabilities (softmax): ``heads.objective.Loss.ranking_scores``.
 
 Definitions follow YouTube-8M's ``eval_util.py``, ``average_precision_calculator.py`` and
-``mean_average_precision_calculator.py``, with four deliberate differences:
+``mean_average_precision_calculator.py``, with three deliberate differences:
 
 - Ties are broken deterministically: within a video by class index, in pooled lists by
   (video index, class index). YouTube-8M shuffles with a global RNG and uses ``argpartition``,
@@ -15,10 +15,11 @@ Definitions follow YouTube-8M's ``eval_util.py``, ``average_precision_calculator
 - PERR averages over videos with at least one positive (YouTube-8M counts label-less videos
   as 0) and has no "score > 0" rule, which only differs for scores <= 0, i.e. logits.
 - Undefined averages (no video or class with a positive) are ``nan`` rather than 0.
-- mAP averages the classes with at least one positive among the videos evaluated; YouTube-8M
-  divides the sum by every class, so a class absent from a split counts as an AP of 0 (its
-  figure is ours times the share of classes present). A class missing from a small test split
-  says nothing about the model, so it does not pull the mean down here.
+
+mAP averages the classes with at least one positive among the videos evaluated, as YouTube-8M's
+calculator does by default since mid-2019 (``filter_empty_classes=True``). Its code before then
+divided by every class, counting a class absent from a split as an AP of 0: figures from that
+code are ours times the share of classes present.
 """
 
 from __future__ import annotations
@@ -282,8 +283,8 @@ def average_precision_per_class(
 
 
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray, top_k: int = 20) -> float:
-    """YouTube-8M's mAP, per-class AP on top_k-sparsified predictions, but averaged over the
-    classes with positives (``nan`` if none) where YouTube-8M divides by every class."""
+    """YouTube-8M's mAP: per-class AP on top_k-sparsified predictions, averaged over the
+    classes with positives (``nan`` if none), as its calculator's ``filter_empty_classes``."""
     # None here would silently be the full-ranking mAP, which has its own name.
     top_k = _validate_k(top_k, "top_k", " (mean_average_precision_full ranks every class)")
     return _nanmean_or_nan(average_precision_per_class(scores, labels, top_k=top_k))
@@ -297,27 +298,17 @@ def mean_average_precision_full(scores: np.ndarray, labels: np.ndarray) -> float
 def precision_recall_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One class's PR curve from 1-D scores (N,) and binary labels (N,).
 
-    Returns (precision, recall), each (N + 1,), one point per rank (ties by index) plus the
-    starting point (precision 1, recall 0). Raises if there is no positive.
+    Returns (precision, recall): the starting point (precision 1, recall 0), then one point
+    per positive in rank order (ties by index), where recall rises. Raises if there is no
+    positive.
     """
     if np.ndim(scores) != 1 or np.ndim(labels) != 1:  # reshaping would pool the classes
         raise MetricInputError(
             f"a precision-recall curve takes one class: 1-D scores and labels, got "
             f"{np.shape(scores)} and {np.shape(labels)}"
         )
-    s, y = _validate(np.reshape(scores, (-1, 1)), np.reshape(labels, (-1, 1)))
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        raise MetricInputError("a precision-recall curve needs at least one positive")
-    hits = y[np.argsort(-s[:, 0], kind="stable"), 0]
-    tp = np.cumsum(hits)
-    precision = np.concatenate([[1.0], tp / np.arange(1, hits.size + 1)])
-    recall = np.concatenate([[0.0], tp / n_pos])
-    return precision, recall
-
-
-def _is_single_label(y: np.ndarray) -> bool:
-    return bool((y.sum(axis=1) == 1).all())
+    column = np.reshape(scores, (-1, 1))
+    return _whole(column, np.reshape(labels, (-1, 1)), column).curve(0)
 
 
 def per_class_precision_recall(
@@ -336,32 +327,14 @@ def per_class_precision_recall(
     which then pick the best class and rank for AP. ``multilabel=None`` infers single-label
     when every video has exactly one positive.
     """
-    s, y = _validate(scores, labels)
-    r = s if ranking is None else _validate(ranking, labels)[0]
-    if multilabel is None:
-        multilabel = not _is_single_label(y)
-    if multilabel:
-        predicted = s >= threshold
-    else:
-        predicted = np.zeros_like(y)
-        predicted[np.arange(r.shape[0]), r.argmax(axis=1)] = True
-    tp = (predicted & y).sum(axis=0)
-    n_predicted = predicted.sum(axis=0)
-    support = y.sum(axis=0)
-    precision = np.divide(tp, n_predicted, out=np.zeros(tp.shape), where=n_predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(tp.shape), where=support > 0)
-    ap = _class_aps(r, y, np.ones_like(y))
-    return ClassStats(precision=precision, recall=recall, ap=ap, support=support.astype(np.int64))
+    return _whole(scores, labels, scores if ranking is None else ranking).stats(multilabel)
 
 
 def confusion_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(C, C) int64 counts, rows = true class, columns = predicted argmax (single-label only)."""
-    s, y = _validate(scores, labels)
-    if not _is_single_label(y):
-        raise MetricInputError("confusion_matrix needs exactly one positive label per video")
-    c = s.shape[1]
-    flat = y.argmax(axis=1) * c + s.argmax(axis=1)
-    return np.bincount(flat, minlength=c * c).reshape(c, c).astype(np.int64)
+    ranks = ClassRanks(np.shape(scores)[-1])
+    ranks.count(scores, scores, labels)
+    return ranks.confusion()
 
 
 def evaluate_all(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
@@ -470,3 +443,179 @@ class MetricStream:
             "perr": _nanmean_or_nan(joined("perr")),
             "n": int(rows.size),
         }
+
+
+# ---------------------------------------------------------------- per class, in two passes
+
+
+@dataclass
+class _ClassPlan:
+    """One class's positives, for ranking them against every video in the second pass."""
+
+    unique: np.ndarray  # (u,) its positives' distinct ranking scores, ascending
+    group: np.ndarray  # (p,) each positive's index in ``unique``, positives in rank order
+    keys: np.ndarray  # (p,) int64 group * n + row, ascending: ties within a group by row
+    at_key: np.ndarray  # (p,) where each positive (rank order) sits in ``keys``
+    group_end: np.ndarray  # (u,) where each group's keys end
+    greater: np.ndarray  # (u + 1,) videos whose score has k unique positive scores below it
+    tied: np.ndarray  # (p + 1,) difference array: tied videos at or before each positive's row
+
+
+class ClassRanks:
+    """Per-class results over the full ranking of every video (``per_class_precision_recall``,
+    ``confusion_matrix``, precision-recall curves), fed blocks of rows in two passes, in place
+    of whole (N, C) arrays (a test split of YouTube-8M's size is gigabytes per array).
+
+    Pass 1, :meth:`count`: (scores, ranking, labels) of each block of rows, in row order.
+    Pass 2, :meth:`rank`: the ranking of the same blocks, in the same order. In between, only
+    the positives (class, score, row) and per-class counts are kept. A positive's precision
+    needs its rank among all videos of its class (by score, then video index), which pass 2
+    counts: the videos scoring above each distinct positive score, and the videos tied with
+    one, up to its row. The results equal the whole-array definitions (``_class_aps``).
+    """
+
+    def __init__(self, n_classes: int, *, threshold: float = 0.5) -> None:
+        self.n_classes = n_classes
+        self.threshold = threshold
+        self.n = 0  # rows counted in pass 1
+        self.support = np.zeros(n_classes, np.int64)
+        self.single_label = True  # every row so far has exactly one positive
+        # True positives and predictions per class under each rule: multi-label (score >=
+        # threshold) and single-label (the best class of the ranking).
+        self._tp = {rule: np.zeros(n_classes, np.int64) for rule in (True, False)}
+        self._predicted = {rule: np.zeros(n_classes, np.int64) for rule in (True, False)}
+        self._best: list[np.ndarray] = []  # per row: argmax of the ranking
+        self._true: list[np.ndarray] = []  # per row: its positive class
+        self._positives: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._plans: dict[int, _ClassPlan] | None = None
+        self._ranked = 0  # rows seen in pass 2
+
+    def count(self, scores: np.ndarray, ranking: np.ndarray, labels: np.ndarray) -> None:
+        """Pass 1: the next block of rows."""
+        if self._plans is not None:
+            raise MetricInputError("count() after rank(): pass 1 is over")
+        s, y = _validate(scores, labels)
+        r = _validate(ranking, labels)[0]
+        if s.shape[1] != self.n_classes:
+            raise MetricInputError(f"{s.shape[1]} classes, expected {self.n_classes}")
+        predicted = s >= self.threshold
+        self._tp[True] += (predicted & y).sum(axis=0)
+        self._predicted[True] += predicted.sum(axis=0)
+        best = r.argmax(axis=1)  # ties -> lowest index
+        self._tp[False] += np.bincount(best[y[np.arange(len(y)), best]], minlength=self.n_classes)
+        self._predicted[False] += np.bincount(best, minlength=self.n_classes)
+        self.single_label &= bool((y.sum(axis=1) == 1).all())
+        if self.single_label:  # what a confusion matrix needs, while one can be drawn
+            self._best.append(best.astype(np.int32))
+            self._true.append(y.argmax(axis=1).astype(np.int32))
+        else:
+            self._best, self._true = [], []
+        self.support += y.sum(axis=0)
+        video, cls = np.nonzero(y)
+        self._positives.append((cls.astype(np.int32), r[video, cls], video + self.n))
+        self.n += len(y)
+
+    def rank(self, ranking: np.ndarray) -> None:
+        """Pass 2: the ranking of the next block of rows, as given to :meth:`count`."""
+        plans = self._plan()
+        r = np.asarray(ranking)
+        if r.dtype not in (np.float32, np.float64):  # as pass 1 read it (``_validate``)
+            r = r.astype(np.float64)
+        if r.ndim != 2 or r.shape[1] != self.n_classes or self._ranked + len(r) > self.n:
+            raise MetricInputError(
+                f"rank() got a block of shape {r.shape} after {self._ranked} of {self.n} rows"
+            )
+        rows = np.arange(self._ranked, self._ranked + len(r), dtype=np.int64)
+        columns = np.ascontiguousarray(r.T)  # a class's scores in one run of memory
+        for c, plan in plans.items():
+            v = columns[c]
+            below = np.searchsorted(plan.unique, v, side="left")  # positive scores under v
+            plan.greater += np.bincount(below, minlength=plan.greater.size)
+            inside = np.flatnonzero(below < plan.unique.size)
+            tie = inside[plan.unique[below[inside]] == v[inside]]
+            if tie.size:  # rare: equal scores in float; ranked by row among themselves
+                group = below[tie]
+                first = np.searchsorted(plan.keys, group * self.n + rows[tie], side="left")
+                np.add.at(plan.tied, first, 1)
+                np.add.at(plan.tied, plan.group_end[group], -1)
+        self._ranked += len(r)
+
+    def _plan(self) -> dict[int, _ClassPlan]:
+        """Close pass 1: each class's positives in rank order, and its counters for pass 2."""
+        if self._plans is not None:
+            return self._plans
+        if not self.n:
+            raise MetricInputError("need at least one video and one class; got none")
+        cls, score, row = (np.concatenate(part) for part in zip(*self._positives, strict=True))
+        self._positives = []
+        order = np.lexsort((row, -score, cls))  # class, then descending score, then row
+        cls, score, row = cls[order], score[order], row[order]
+        bounds = np.searchsorted(cls, np.arange(self.n_classes + 1))
+        self._plans = {}
+        for c in np.flatnonzero(np.diff(bounds)):
+            s, r = score[bounds[c] : bounds[c + 1]], row[bounds[c] : bounds[c + 1]]
+            unique = np.unique(s)
+            group = np.searchsorted(unique, s)
+            keys = group.astype(np.int64) * self.n + r
+            at_key = np.argsort(keys, kind="stable")
+            sorted_keys = keys[at_key]
+            self._plans[int(c)] = _ClassPlan(
+                unique=unique,
+                group=group,
+                keys=sorted_keys,
+                at_key=np.argsort(at_key),
+                group_end=np.searchsorted(sorted_keys, (np.arange(unique.size) + 1) * self.n),
+                greater=np.zeros(unique.size + 1, np.int64),
+                tied=np.zeros(s.size + 1, np.int64),
+            )
+        return self._plans
+
+    def _ranks(self, c: int) -> np.ndarray:
+        """(p,) float64 rank of each positive of class ``c`` among all videos, rank order."""
+        if self._ranked != self.n:
+            raise MetricInputError(f"rank() saw {self._ranked} of the {self.n} rows counted")
+        plan = self._plan()[c]
+        above = np.cumsum(plan.greater[::-1])[::-1][1:]  # videos scoring above each group
+        tied = np.cumsum(plan.tied)[:-1][plan.at_key]  # tied videos up to the positive's row
+        return (above[plan.group] + tied).astype(np.float64)
+
+    def stats(self, multilabel: bool | None = None) -> ClassStats:
+        """Precision and recall at the rule (multi-label: score >= threshold; single-label:
+        the best class; ``None``: single-label when every video has one positive), full-ranking
+        AP (``nan`` without positives) and support."""
+        multilabel = (not self.single_label) if multilabel is None else multilabel
+        tp, n_predicted = self._tp[multilabel], self._predicted[multilabel]
+        precision = np.divide(tp, n_predicted, out=np.zeros(tp.shape), where=n_predicted > 0)
+        recall = np.divide(tp, self.support, out=np.zeros(tp.shape), where=self.support > 0)
+        precision_sum = np.zeros(self.n_classes)
+        for c in self._plan():
+            ranks = self._ranks(c)
+            precision_sum[c] = (np.arange(1, ranks.size + 1) / ranks).sum()
+        ap = _ap_of_sums(precision_sum, self.support)
+        return ClassStats(precision=precision, recall=recall, ap=ap, support=self.support.copy())
+
+    def curve(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class ``c``'s precision-recall curve: (precision, recall) at (1, 0), then at each
+        positive in rank order, where recall rises. Drawn as steps, the area is the AP."""
+        if not self.support[c]:
+            raise MetricInputError("a precision-recall curve needs at least one positive")
+        hits = np.arange(1, self.support[c] + 1, dtype=np.float64)
+        precision = np.concatenate([[1.0], hits / self._ranks(c)])
+        return precision, np.concatenate([[0.0], hits / hits[-1]])
+
+    def confusion(self) -> np.ndarray:
+        """(C, C) int64 counts, rows = true class, columns = the best class of the ranking."""
+        if not self.single_label:
+            raise MetricInputError("confusion_matrix needs exactly one positive label per video")
+        c = self.n_classes
+        flat = np.concatenate(self._true).astype(np.int64) * c + np.concatenate(self._best)
+        return np.bincount(flat, minlength=c * c).reshape(c, c)
+
+
+def _whole(scores: np.ndarray, labels: np.ndarray, ranking: np.ndarray) -> ClassRanks:
+    """Both passes of :class:`ClassRanks` over whole arrays, as one block."""
+    s, _ = _validate(scores, labels)
+    ranks = ClassRanks(s.shape[1])
+    ranks.count(s, ranking, labels)
+    ranks.rank(ranking)
+    return ranks

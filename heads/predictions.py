@@ -23,6 +23,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -182,6 +183,18 @@ def as_csv_cells(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(
         **{c: table[c].map(lambda v: json.dumps(v, ensure_ascii=False)) for c in lists}
     )
+
+
+# Scores read at a time by what walks a whole (N, C) file a block of rows at a time.
+BLOCK_VALUES = 1 << 20
+
+
+def row_blocks(n_rows: int, n_classes: int) -> Iterator[np.ndarray]:
+    """The row indices of consecutive blocks of ``n_rows``, about ``BLOCK_VALUES`` scores
+    each."""
+    step = max(1, BLOCK_VALUES // max(n_classes, 1))
+    for start in range(0, n_rows, step):
+        yield np.arange(start, min(n_rows, start + step))
 
 
 def npz_arrays(

@@ -9,6 +9,7 @@ recomputed. Figures are drawn by :mod:`heads.figures`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from heads.figures import (
     plot_training,
 )
 from heads.labels import multilabel_loss
+from heads.predictions import npz_arrays, row_blocks
 from vidfeat import atomic
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,7 @@ class _Run:
     test_metrics: dict[str, Any]
     class_names: list[str]
     multilabel: bool
-    scores: np.ndarray | None  # (N, C) float probabilities
-    ranking: np.ndarray | None  # (N, C) float scores that order them exactly
-    labels: np.ndarray | None  # (N, C) binary
+    classes: metrics.ClassRanks | None  # per-class results of test_predictions.npz
 
 
 # ---------------------------------------------------------------- reading run directories
@@ -101,19 +101,28 @@ def _x_axis(runs: list[_Run]) -> str:
     return "step" if any(n > 1 for counts in per_epoch for n in counts.values()) else "epoch"
 
 
-def _read_predictions(
-    path: Path,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None:
-    """(scores, ranking scores, labels, class names; [] when the file has none) of a
-    test_predictions.npz. Files written before ranking scores were saved rank by the scores."""
+def _read_predictions(path: Path) -> tuple[metrics.ClassRanks, list[str]] | None:
+    """Per-class results (both passes done) and class names ([] when the file has none) of a
+    test_predictions.npz, read a block of rows at a time: at YouTube-8M's scale each (N, C)
+    array is gigabytes. Files written before ranking scores were saved rank by the scores."""
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            names = [str(n) for n in npz["class_names"]] if "class_names" in npz else []
-            scores = np.asarray(npz["scores"])
-            ranking = np.asarray(npz["ranking"]) if "ranking" in npz else scores
-            return scores, ranking, np.asarray(npz["labels"]), names
+        with contextlib.ExitStack() as held:
+            arrays = npz_arrays(path, ("scores", "ranking", "labels", "class_names"), held=held)
+            names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else []
+            scores, labels = arrays["scores"], arrays["labels"]
+            ranking = arrays.get("ranking", scores)
+            shapes = {np.shape(a) for a in (scores, ranking, labels)}
+            if len(shapes) != 1 or len(np.shape(scores)) != 2:
+                raise ValueError(f"scores, ranking and labels differ in shape: {sorted(shapes)}")
+            n, n_classes = np.shape(scores)
+            classes = metrics.ClassRanks(n_classes)
+            for rows in row_blocks(n, n_classes):
+                classes.count(scores[rows], ranking[rows], labels[rows])
+            for rows in row_blocks(n, n_classes):
+                classes.rank(ranking[rows])
+            return classes, names
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         # A truncated file (a full disk, a copy cut short) is a damaged run, not a bug.
         raise ReportError(f"{path}: cannot read test predictions: {exc}") from exc
@@ -129,10 +138,10 @@ def _load_run(run_dir: Path, slug: str, name: str) -> _Run:
     label_map = _read_json(run_dir / ck.LABEL_MAP) or {}
     evaluations, logged_best = _read_evaluations(run_dir / ck.METRICS)
     predictions = _read_predictions(run_dir / f"{ck.TEST_PREDICTIONS}.npz")
-    scores, ranking, labels, saved_names = predictions if predictions else (None, None, None, [])
+    classes, saved_names = predictions if predictions else (None, [])
     names = [str(n) for n in label_map.get("labels", [])] or saved_names
-    if scores is not None:
-        n_classes = scores.shape[-1]
+    if classes is not None:
+        n_classes = classes.n_classes
         if names and len(names) != n_classes:
             raise ReportError(
                 f"{run_dir}: label_map.json has {len(names)} labels but "
@@ -141,7 +150,7 @@ def _load_run(run_dir: Path, slug: str, name: str) -> _Run:
         names = names or [f"class_{i}" for i in range(n_classes)]
     multilabel = label_map.get("multilabel")
     if not isinstance(multilabel, bool):
-        multilabel = labels is not None and bool((labels.sum(axis=1) != 1).any())
+        multilabel = classes is not None and not classes.single_label
     config = _read_json(run_dir / ck.CONFIG) or {}
     # Which rule turns scores into decisions follows the outputs the run trained (--loss
     # single gives softmax scores even on multi-label data), not the data alone.
@@ -155,9 +164,7 @@ def _load_run(run_dir: Path, slug: str, name: str) -> _Run:
         test_metrics=_read_json(run_dir / ck.TEST_METRICS) or {},
         class_names=names,
         multilabel=multilabel,
-        scores=scores,
-        ranking=ranking,
-        labels=labels,
+        classes=classes,
     )
 
 
@@ -318,8 +325,8 @@ def _class_table(run: _Run, stats: metrics.ClassStats) -> list[str]:
     intro = (
         f"Precision and recall at {rule}; AP over the full ranking of the test videos (nan: no "
         f"positives). Their mean over classes with positives, {mean}, is the full-ranking mAP; "
-        "the mAP above ranks, as YouTube-8M's does, only each video's top 20 classes, but it "
-        "too averages over the classes with positives, where YouTube-8M divides by every class."
+        "the mAP above ranks, as YouTube-8M's does, only each video's top 20 classes, and it "
+        "too averages over the classes with positives."
     )
     if many:
         intro += " Classes with the most test videos first."
@@ -361,14 +368,12 @@ def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
         lines += [_figure("Training curves", name, spec), ""]
     else:
         lines += [f"_No {ck.METRICS}: training curves omitted._", ""]
-    scores, ranking, labels = run.scores, run.ranking, run.labels
-    if scores is None or ranking is None or labels is None:
+    classes = run.classes
+    if classes is None:
         return [*lines, f"_No {ck.TEST_PREDICTIONS}.npz: per-class results omitted._", ""]
-    stats = metrics.per_class_precision_recall(
-        scores, labels, multilabel=run.multilabel, ranking=ranking
-    )
-    if not run.multilabel and (labels.sum(axis=1) == 1).all():  # one true class per video
-        cm = metrics.confusion_matrix(ranking, labels)
+    stats = classes.stats(run.multilabel)
+    if not run.multilabel and classes.single_label:  # one true class per video
+        cm = classes.confusion()
         name = spec.name(f"{run.slug}_confusion")
         plot_confusion(run.name, cm, run.class_names, out_dir / name, spec)
         lines += [_figure("Confusion matrix", name, spec), ""]
@@ -376,7 +381,7 @@ def _run_section(run: _Run, out_dir: Path, spec: FigureSpec) -> list[str]:
             lines += _confused_pairs(run, cm)
     if (stats.support > 0).any():
         name = spec.name(f"{run.slug}_pr_curves")
-        plot_pr_curves(run.name, run.class_names, ranking, labels, stats, out_dir / name, spec)
+        plot_pr_curves(run.name, run.class_names, classes, stats, out_dir / name, spec)
         lines += [_figure("Precision-recall curves", name, spec), ""]
     return lines + _class_table(run, stats)
 

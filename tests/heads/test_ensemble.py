@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from heads import checkpoint as ck
-from heads import ensemble
+from heads import ensemble, predictions
 from heads.ensemble import YT8M_CSV, load_member
 from heads.metrics import evaluate_all
 from heads.predictions import NpzRows
@@ -134,7 +134,7 @@ def test_blocks_of_videos_give_the_same_files_and_the_runs_stay_on_disk(
     outs = {}
     for name, videos_per_block in (("one block", None), ("blocks of 5", 5)):
         if videos_per_block:
-            monkeypatch.setattr(ensemble, "BLOCK_VALUES", videos_per_block * 6)  # 6 classes
+            monkeypatch.setattr(predictions, "BLOCK_VALUES", videos_per_block * 6)  # 6 classes
         outs[name] = tmp_path / name
         args = ["ensemble", str(made["a"]), str(made["b"]), "-o", str(outs[name])]
         result = CliRunner().invoke(
@@ -157,7 +157,7 @@ def test_a_late_failure_leaves_out_as_it_was(runs, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, [*args, "-o", str(earlier)])
     assert result.exit_code == 0, result.output
     before = {p.name: p.read_bytes() for p in earlier.iterdir()}
-    monkeypatch.setattr(ensemble, "BLOCK_VALUES", 5 * 6)  # 5 videos a block
+    monkeypatch.setattr(predictions, "BLOCK_VALUES", 5 * 6)  # 5 videos a block
     calls = []
     real_add = ensemble.PredictionsWriter.add
 

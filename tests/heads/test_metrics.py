@@ -246,7 +246,7 @@ def test_precision_recall_curve_integrates_to_sklearn_ap():
     scores, labels = random_case(5, n=50, c=1, p_pos=0.3)
     precision, recall = m.precision_recall_curve(scores[:, 0], labels[:, 0])
     assert (precision[0], recall[0], recall[-1]) == (1.0, 0.0, 1.0)
-    assert precision[-1] == pytest.approx(labels.mean())
+    assert len(recall) == 1 + labels.sum() and (np.diff(recall) > 0).all()  # one per positive
     step_ap = float(np.sum(np.diff(recall) * precision[1:]))
     assert step_ap == pytest.approx(skm.average_precision_score(labels[:, 0], scores[:, 0]))
     with pytest.raises(m.MetricInputError, match="positive"):
@@ -415,7 +415,7 @@ def test_precision_recall_curve_takes_one_class_only():
     with pytest.raises(m.MetricInputError, match="one class"):
         m.precision_recall_curve(scores, labels)
     precision, recall = m.precision_recall_curve(scores[:, 0], labels[:, 0])
-    assert len(precision) == len(recall) == 4 and recall[-1] == 1.0
+    assert len(precision) == len(recall) == 3 and recall[-1] == 1.0  # the start, 2 positives
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -520,3 +520,81 @@ def test_a_stream_refuses_what_evaluate_all_refuses():
         stream.add([0], np.zeros((1, 4)), np.zeros((1, 4)))
     with pytest.raises(m.MetricInputError, match="got none"):
         stream.result()
+
+
+# ---------------------------------------------------------------- per class, in blocks
+
+
+def _class_ranks_in_blocks(scores, ranking, labels, step):
+    ranks = m.ClassRanks(scores.shape[1])
+    for i in range(0, len(scores), step):
+        ranks.count(scores[i : i + step], ranking[i : i + step], labels[i : i + step])
+    for i in range(0, len(scores), step):
+        ranks.rank(ranking[i : i + step])
+    return ranks
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_class_ranks_in_blocks_equal_the_whole_array_definitions(seed):
+    # Scores rounded to few values: most positives tie with other videos, and with each other.
+    rng = np.random.default_rng(seed)
+    n, c = int(rng.integers(1, 60)), int(rng.integers(1, 9))
+    ranking = np.round(rng.normal(size=(n, c)), seed % 3).astype([np.float32, np.float64][seed % 2])
+    ranking[rng.random((n, c)) < 0.1] = -0.0  # equal to 0.0 in every comparison
+    scores = 1 / (1 + np.exp(-ranking.astype(np.float64)))
+    labels = rng.random((n, c)) < 0.3
+    s, y = m._validate(ranking, labels)
+    expected_ap = m._class_aps(s, y, np.ones_like(y))
+    for step in (1, 3, 7, n):
+        ranks = _class_ranks_in_blocks(scores, ranking, labels, step)
+        for multilabel in (True, False):
+            stats = ranks.stats(multilabel)
+            if multilabel:
+                predicted = scores >= 0.5
+            else:
+                predicted = np.eye(c, dtype=bool)[ranking.argmax(axis=1)]
+            tp, n_pred = (predicted & labels).sum(axis=0), predicted.sum(axis=0)
+            np.testing.assert_array_equal(
+                stats.precision, np.where(n_pred, tp / np.maximum(n_pred, 1), 0)
+            )
+            np.testing.assert_array_equal(stats.support, labels.sum(axis=0))
+            np.testing.assert_allclose(stats.ap, expected_ap, rtol=1e-12)
+        for k in np.flatnonzero(labels.any(axis=0)):
+            order = np.argsort(-ranking[:, k], kind="stable")
+            hits = labels[order, k]
+            at_hits = np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)
+            precision, recall = ranks.curve(k)
+            np.testing.assert_allclose(precision[1:], at_hits, rtol=1e-12)
+            np.testing.assert_allclose(recall[1:], np.arange(1, hits.sum() + 1) / hits.sum())
+
+
+def test_class_ranks_ap_and_curve_match_sklearn_without_ties():
+    scores, labels = random_case(21, n=200, c=7, p_pos=0.2)
+    ranks = _class_ranks_in_blocks(scores, scores, labels, 16)
+    stats = ranks.stats()
+    expected = [skm.average_precision_score(labels[:, k], scores[:, k]) for k in range(7)]
+    np.testing.assert_allclose(stats.ap, expected, rtol=1e-12)
+    precision, recall = ranks.curve(3)
+    assert float(np.sum(np.diff(recall) * precision[1:])) == pytest.approx(expected[3])
+
+
+def test_class_ranks_refuse_passes_out_of_order():
+    scores, labels = random_case(2, n=10, c=3)
+    ranks = m.ClassRanks(3)
+    ranks.count(scores[:6], scores[:6], labels[:6])
+    ranks.count(scores[6:], scores[6:], labels[6:])
+    ranks.rank(scores[:6])
+    with pytest.raises(m.MetricInputError, match="6 of the 10 rows"):
+        ranks.stats()
+    with pytest.raises(m.MetricInputError, match="pass 1 is over"):
+        ranks.count(scores, scores, labels)
+    with pytest.raises(m.MetricInputError, match="after 6 of 10 rows"):
+        ranks.rank(scores)  # more rows than pass 1 counted
+    with pytest.raises(m.MetricInputError, match="at least one video"):
+        m.ClassRanks(3).stats()
+    labels[0] = [1, 1, 0]  # a video with two labels: no confusion matrix
+    multi = m.ClassRanks(3)
+    multi.count(scores, scores, labels)
+    assert not multi.single_label
+    with pytest.raises(m.MetricInputError, match="one positive"):
+        multi.confusion()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from heads import figures, report
+from heads import figures, predictions, report
 from heads.errors import ReportError
 from vidfeat.errors import VidfeatError
 
@@ -329,7 +329,7 @@ def test_per_class_ap_states_its_mean_beside_the_youtube8m_map(tmp_path):
         for c in range(len(CLASSES))
     ]
     assert f"Their mean over classes with positives, {np.mean(aps):.4f}, is the full-ranking" in md
-    assert "where YouTube-8M divides by every class" in md
+    assert "only each video's top 20 classes, and it too averages over the classes" in md
 
 
 def test_curves_show_the_monitored_metric_and_gap(tmp_path, monkeypatch):
@@ -494,3 +494,33 @@ def test_step_based_runs_plot_every_evaluation_against_its_step(tmp_path, monkey
     assert list(train[0]) == list(val[0]) == [5, 10, 15, 20, 25, 30]
     assert list(val[1]) == [r["val_loss"] for r in records]
     assert list(best[0]) == [20, 20]  # the best evaluation's marker
+
+
+def test_predictions_read_a_block_of_rows_at_a_time_give_the_same_report(tmp_path, monkeypatch):
+    # A YouTube-8M-sized test split is gigabytes per (N, C) array: the report reads rows.
+    classes = [f"c{i:02d}" for i in range(30)]
+    for multilabel in (False, True):
+        name = f"blocks_{multilabel}"
+        run = make_run(tmp_path, name, seed=12, classes=classes, n_test=200, multilabel=multilabel)
+        whole = report.write_report([run["dir"]], tmp_path / f"{name}_whole").read_text()
+        with monkeypatch.context() as patch:
+            patch.setattr(predictions, "BLOCK_VALUES", 7 * 30)  # 7 videos a block, the last 4
+            read = []
+            original = predictions.NpzRows.__getitem__
+
+            def spy(self, rows, original=original, read=read):
+                read.append(len(rows))
+                return original(self, rows)
+
+            patch.setattr(predictions.NpzRows, "__getitem__", spy)
+            blocks = report.write_report([run["dir"]], tmp_path / f"{name}_blocks").read_text()
+        assert max(read) == 7 and sum(read) == 200 * 4  # two passes: 3 arrays, then the ranking
+        assert blocks == whole
+
+
+def test_predictions_of_unequal_shapes_are_refused(tmp_path):
+    run = make_run(tmp_path, "unequal", seed=13)
+    path = run["dir"] / "test_predictions.npz"
+    np.savez(path, scores=run["scores"], labels=run["labels"][:-1])
+    with pytest.raises(ReportError, match="differ in shape"):
+        report.write_report([run["dir"]], tmp_path / "out")
