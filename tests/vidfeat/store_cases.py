@@ -197,8 +197,8 @@ class IntegrityCases:
         code, out = cli_verify(path)
         assert code == 2 and "missing" in out
 
-    def truncate_part(self, path: Path) -> None:
-        """Cut the metadata of part main (Zarr) or its first segment (HDF5) in half."""
+    def truncate_part(self, path: Path, part: str = "main") -> None:
+        """Cut the metadata of ``part`` (Zarr) or its first segment (HDF5) in half."""
         raise NotImplementedError
 
     def test_truncated_part_is_a_typed_error(self, path: Path) -> None:
@@ -210,6 +210,21 @@ class IntegrityCases:
             create_store(path, dim=8, format=self.fmt, attrs={"fps": 1})
         code, out = cli_verify(path)
         assert code == 2 and "part main" in out
+
+    def test_verify_goes_on_past_parts_it_cannot_open(self, path: Path) -> None:
+        # It stopped at the first: "0 video(s) in 0 part(s)", and later damage went unsaid.
+        self.write_some(path)
+        with create_store(path, dim=8, format=self.fmt, attrs={"fps": 1}, part="other") as w:
+            w.write("o1", np.ones((2, 8), np.float32))
+        with create_store(path, dim=8, format=self.fmt, attrs={"fps": 1}, part="third") as w:
+            w.write("t1", np.ones((2, 8), np.float32))
+        self.truncate_part(path, "main")
+        self.truncate_part(path, "other")
+        report = verify_store(path)
+        assert sorted(p.part.split(".")[0] for p in report.problems) == ["main", "other"]
+        assert report.videos == 1 and report.parts == 1  # part third, read whole
+        code, out = cli_verify(path)
+        assert code == 2 and "part main" in out and "part other" in out
 
     def test_nan_in_attrs_is_refused_by_name(self, path: Path) -> None:
         with pytest.raises(ConfigError, match="NaN"):

@@ -94,10 +94,22 @@ class TestZarrOnS3(S3Contract):
         fs, key = _fs(self.first_chunk(path, array))
         fs.rm_file(key)
 
-    def truncate_part(self, path: str) -> None:
-        fs, key = _fs(f"{path}/parts/main/zarr.json")
+    def truncate_part(self, path: str, part: str = "main") -> None:
+        fs, key = _fs(f"{path}/parts/{part}/zarr.json")
         data = fs.cat_file(key)
         fs.pipe_file(key, data[: len(data) // 2])
+
+    def test_a_part_without_its_document_is_named_by_verify(self, path: str) -> None:
+        # An object store has no folders: the part's other objects remain, listed under it.
+        self.write_some(path)
+        with create_store(path, dim=8, format=self.fmt, attrs={"fps": 1}, part="lost") as w:
+            w.write("gone", np.ones((2, 8), np.float32))
+        fs, key = _fs(f"{path}/parts/lost/zarr.json")
+        fs.rm_file(key)
+        with open_store(path) as r:
+            assert "gone" not in r.ok_ids
+        report = verify_store(path)
+        assert [(p.part, p.array) for p in report.problems] == [("lost", "zarr.json")]
 
 
 class TestHDF5OnS3(S3Contract):
@@ -105,8 +117,8 @@ class TestHDF5OnS3(S3Contract):
     suffix = ".h5"
 
     @staticmethod
-    def segment(path: str) -> str:
-        return f"{path}.parts/main.00000000.h5"
+    def segment(path: str, part: str = "main") -> str:
+        return f"{path}.parts/{part}.00000000.h5"
 
     def corrupt(self, path: str, array: str) -> None:
         fs, key = _fs(self.segment(path))
@@ -118,8 +130,8 @@ class TestHDF5OnS3(S3Contract):
         fs, key = _fs(self.segment(path))
         fs.rm_file(key)
 
-    def truncate_part(self, path: str) -> None:
-        fs, key = _fs(self.segment(path))
+    def truncate_part(self, path: str, part: str = "main") -> None:
+        fs, key = _fs(self.segment(path, part))
         data = fs.cat_file(key)
         fs.pipe_file(key, data[: len(data) // 2])
 

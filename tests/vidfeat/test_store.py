@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -455,8 +456,8 @@ class TestZarrStore(StoreContract):
     def part_files(self, path: Path) -> list[Path]:
         return sorted(p for p in (path / "parts" / "main").rglob("*") if p.is_file())
 
-    def truncate_part(self, path: Path) -> None:
-        meta = path / "parts" / "main" / "zarr.json"
+    def truncate_part(self, path: Path, part: str = "main") -> None:
+        meta = path / "parts" / part / "zarr.json"
         meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
 
     def test_a_part_killed_while_its_arrays_were_made_verifies_clean(self, path: Path) -> None:
@@ -512,6 +513,23 @@ class TestZarrStore(StoreContract):
         report = verify_store(path)
         assert not report.ok and "no CRC32C" in str(report.problems[0]), report
 
+    def test_a_part_without_its_document_is_named_by_verify(self, path: Path) -> None:
+        # Readers skip a part folder without zarr.json (nothing of it can be read): verify
+        # said "clean" while the part's videos were gone from every read.
+        self.write_some(path)
+        with create_store(path, dim=8, format=self.fmt, attrs={"fps": 1}, part="lost") as w:
+            w.write("gone", np.ones((2, 8), np.float32))
+        (path / "parts" / "lost" / "zarr.json").unlink()
+        with open_store(path) as r:
+            assert "gone" not in r.ok_ids
+        report = verify_store(path)
+        assert [(p.part, p.array) for p in report.problems] == [("lost", "zarr.json")]
+        assert "missing" in report.problems[0].message
+        # An emptied folder (a part's files removed, its folder left) holds nothing to lose.
+        shutil.rmtree(path / "parts" / "lost")
+        (path / "parts" / "lost").mkdir()
+        assert verify_store(path).ok
+
 
 class TestHDF5Store(StoreContract):
     fmt = "hdf5"
@@ -529,12 +547,54 @@ class TestHDF5Store(StoreContract):
         # A segment is HDF5's unit of commit: losing the first one leaves a gap in the numbers.
         (path.with_name(path.name + ".parts") / "main.00000000.h5").unlink()
 
-    def truncate_part(self, path: Path) -> None:
-        segment = path.with_name(path.name + ".parts") / "main.00000000.h5"
+    def truncate_part(self, path: Path, part: str = "main") -> None:
+        segment = path.with_name(path.name + ".parts") / f"{part}.00000000.h5"
         segment.write_bytes(segment.read_bytes()[: segment.stat().st_size // 2])
 
     def part_files(self, path: Path) -> list[Path]:
         return sorted(path.with_name(path.name + ".parts").glob("main.*.h5"))
+
+    def test_a_segment_copied_under_another_number_is_damage(self, path: Path) -> None:
+        # A copy of commit 1 as commit 2: its videos were committed ok twice in part main.
+        self.write_some(path, commit_every=2)
+        parts = path.with_name(path.name + ".parts")
+        shutil.copy(parts / "main.00000001.h5", parts / "main.00000002.h5")
+        with pytest.raises(StoreIntegrityError, match=r"main\.00000002\.h5"):
+            open_store(path)
+        report = verify_store(path)
+        assert [p.part for p in report.problems] == ["main.00000002.h5"]
+        assert "'seq': 1" in report.problems[0].message
+        code, out = cli_verify(path)
+        assert code == 2 and "copied, renamed or rewritten" in out
+
+    def test_a_segment_rewritten_without_fletcher32_is_refused(self, path: Path) -> None:
+        # Another tool's rewrite keeps "schema 2" but leaves the rows unchecked.
+        import h5py
+
+        written = self.write_some(path)
+        segment = path.with_name(path.name + ".parts") / "main.00000000.h5"
+        plain = segment.with_name("plain.tmp")
+        with h5py.File(segment, "r") as src, h5py.File(plain, "w") as dst:
+            dst.attrs.update(src.attrs)
+
+            def copy(name: str, obj: object) -> None:
+                if not isinstance(obj, h5py.Dataset):
+                    return
+                parent = dst.require_group(name.rpartition("/")[0] or "/")
+                if name.endswith("features"):  # changed, and stored plain: nothing catches it
+                    dst.create_dataset(name, data=obj[()] + 1)
+                else:  # as written: layout, filters and checksums
+                    src.copy(obj, parent, name.rpartition("/")[2])
+
+            src.visititems(copy)
+        plain.replace(segment)
+        with open_store(path) as r:
+            assert r.ok_ids == list(written)  # the table is as written
+            with pytest.raises(StoreIntegrityError, match="fletcher32"):
+                r.read("v0")
+        report = verify_store(path)
+        assert [p.array for p in report.problems] == ["streams/rgb/features"]
+        assert "fletcher32" in report.problems[0].message
 
     def test_a_store_of_more_segments_than_the_open_file_limit_reads(self, path: Path) -> None:
         # Each segment read stays open: under the usual soft limit of 1,024 files, a store of

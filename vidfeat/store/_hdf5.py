@@ -247,7 +247,24 @@ class HDF5PartReader(PartReader):
                         "(each commit is one); raise the limit (ulimit -n)"
                     ) from exc
                 raise self._fail("(file)", f"cannot open store segment {self.path}: {exc}") from exc
+            if self.meta.checksummed:
+                self._check_identity(self._file)
         return self._file
+
+    def _check_identity(self, file: h5py.File) -> None:
+        """A schema-2 segment names the part and commit it was written as: a copy under
+        another name (a commit counted twice, or standing in for a lost one) is damage."""
+        m = SEGMENT_RE.match(self.label)
+        expected = {"part": self.name, "seq": int(m["seq"]) if m else None}
+        try:
+            written = json.loads(file.attrs[SEGMENT_ATTR])
+            problem = "" if written == expected else f"written as {written} but named {self.label}"
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            problem = f"its {SEGMENT_ATTR} attribute is missing or unreadable ({exc})"
+        if problem:
+            self._file = None
+            file.close()
+            raise self._fail("(file)", f"{problem}: a copied, renamed or rewritten segment")
 
     def _dataset(self, name: str) -> h5py.Dataset:
         if name not in self._datasets:  # looking a path up costs as much as a small read
@@ -288,7 +305,14 @@ class HDF5PartReader(PartReader):
         ds = self._dataset(array)
         try:
             if array not in self._crcs:
-                self._crcs[array] = _chunk_crcs(ds)
+                found = _chunk_crcs(ds)
+                if self.meta.checksummed and ds.shape[0] and not (ds.chunks and ds.fletcher32):
+                    # Schema 2 writes every non-empty dataset so (CRC32Cs came later); without,
+                    # nothing vouches for its rows (rewritten by another tool, say).
+                    raise self._fail(
+                        array, "stored without fletcher32 chunks, which every schema-2 dataset has"
+                    )
+                self._crcs[array] = found
             crcs = self._crcs[array]
             # Segments with chunk checksums have checksummed chunk indexes too: a chunk cannot
             # go missing there without an error. Older ones are looked up chunk by chunk.
@@ -408,14 +432,20 @@ class HDF5Backend(Backend):
             self.parts_dir.mkdir(parents=True, exist_ok=True)
         return HDF5PartWriter(self.parts_dir, part, meta)
 
-    def iter_parts(self, meta: StoreMeta) -> Iterator[PartReader]:
+    def iter_parts(
+        self, meta: StoreMeta, damage: list[StoreIntegrityError] | None = None
+    ) -> Iterator[PartReader]:
         segments = []
         for name in _list_names(self.parts_dir):
             m = SEGMENT_RE.match(name)
             if m:
                 segments.append((m["part"], int(m["seq"]), self.parts_dir / name))
         segments.sort()
-        _check_no_gaps(self.path, segments)
+        gaps = _gaps(self.path, segments)
+        if gaps and damage is None:
+            raise gaps[0]
+        if damage is not None:
+            damage += gaps
         _allow_open_files(len(segments))
         for part, _seq, p in segments:
             reader = HDF5PartReader(self.path, part, p, meta)
@@ -450,16 +480,23 @@ def _allow_open_files(n_segments: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def _check_no_gaps(store: Location, segments: list[tuple[str, int, Location]]) -> None:
+def _gaps(store: Location, segments: list[tuple[str, int, Location]]) -> list[StoreIntegrityError]:
     """Segments of a part are numbered 0, 1, 2...: a gap is a lost commit, never a skip."""
+    gaps = []
     expected: dict[str, int] = {}
     for part, seq, _path in segments:
         want = expected.get(part, 0)
         if seq != want:
-            raise StoreIntegrityError(
-                f"segment {part}.{want:08d}.h5 is missing (found {part}.{seq:08d}.h5)",
-                store=store,
-                part=part,
-                array="(segments)",
+            missing = f"{part}.{want:08d}.h5"
+            if seq > want + 1:
+                missing += f" to {part}.{seq - 1:08d}.h5"
+            gaps.append(
+                StoreIntegrityError(
+                    f"segment {missing} is missing (found {part}.{seq:08d}.h5)",
+                    store=store,
+                    part=part,
+                    array="(segments)",
+                )
             )
         expected[part] = seq + 1
+    return gaps

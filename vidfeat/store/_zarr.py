@@ -405,23 +405,48 @@ class ZarrBackend(Backend):
         parts_dir = self.path / "parts"
         if not parts_dir.is_dir():
             return []
-        return sorted(c.name for c in parts_dir.iterdir() if (c / "zarr.json").is_file())
+        return sorted(c.name for c in parts_dir.iterdir() if c.is_dir())
 
-    def iter_parts(self, meta: StoreMeta) -> Iterator[PartReader]:
+    def iter_parts(
+        self, meta: StoreMeta, damage: list[StoreIntegrityError] | None = None
+    ) -> Iterator[PartReader]:
         for name in self._part_names():
             try:
                 group = self._group(f"parts/{name}", "r")
                 reader = ZarrPartReader(self.path, name, group, meta)
-            except FileNotFoundError:  # an object store "folder" with no part document
+            except FileNotFoundError:
+                # A folder without its part document. ``create_group`` writes the document
+                # first, so this is an emptied folder (an object store's has no folder left),
+                # a writer killed at that instant, or a lost document: the last only if the
+                # folder holds anything. Readers skip it; verify says what it holds.
+                if damage is not None and self._holds_files(f"parts/{name}"):
+                    damage.append(
+                        StoreIntegrityError(
+                            "the part's zarr.json is missing, so its arrays cannot be read",
+                            store=self.path,
+                            part=name,
+                            array="zarr.json",
+                        )
+                    )
                 continue
             except (OSError, ValueError, TypeError, KeyError) as exc:
-                raise StoreIntegrityError(
+                error = StoreIntegrityError(
                     f"unreadable part metadata ({exc})",
                     store=self.path,
                     part=name,
                     array="zarr.json",
-                ) from exc
+                )
+                if damage is None:
+                    raise error from exc
+                damage.append(error)
+                continue
             yield reader
+
+    def _holds_files(self, prefix: str) -> bool:
+        """Whether anything is stored under ``prefix`` (a part's folder)."""
+        if self._remote:
+            return bool(self._remote.children(prefix))
+        return any(p.is_file() for p in (self.path / prefix).rglob("*"))
 
 
 # s3fs asks for an object's size (a HEAD request) before every whole-object read, to split

@@ -21,6 +21,7 @@ from vidfeat.registry import Registry
 from vidfeat.store.schema import StoreMeta
 
 if TYPE_CHECKING:
+    from vidfeat.errors import StoreIntegrityError
     from vidfeat.store.chunks import ChunkCache
 
 # Per-video table columns and their on-disk dtypes. "str" columns are UTF-8 strings.
@@ -210,8 +211,12 @@ class Backend(abc.ABC):
     def open_part_writer(self, part: str, meta: StoreMeta) -> PartWriter: ...
 
     @abc.abstractmethod
-    def iter_parts(self, meta: StoreMeta) -> Iterator[PartReader]:
-        """Every committed part, in a stable order, read according to ``meta``."""
+    def iter_parts(
+        self, meta: StoreMeta, damage: list[StoreIntegrityError] | None = None
+    ) -> Iterator[PartReader]:
+        """Every committed part, in a stable order, read according to ``meta``. A part that
+        cannot be opened raises, or, given a ``damage`` list (``vidfeat verify``), is added to
+        it and left out, and the other parts are still yielded."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release any open handles, those of the parts it yielded included."""

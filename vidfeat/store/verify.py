@@ -67,6 +67,7 @@ class _PartCheck:
         self.ids: np.ndarray | None = None
         self.offsets: np.ndarray | None = None
         self.n_frames: np.ndarray | None = None
+        self.ok_ids: set[str] = set()  # ids committed as ok here
 
     def problem(self, array: str, message: str, videos: tuple[str, ...] = ()) -> None:
         self.report.problems.append(Problem(self.part.label, array, message, videos))
@@ -131,6 +132,7 @@ class _PartCheck:
             self.problem("video_id", f"empty video ids at rows {empty[:10]}")
         if status is not None:
             ok_ids = Counter(str(v) for v, s in zip(ids, status, strict=True) if s == "ok")
+            self.ok_ids = set(ok_ids)
             dupes = tuple(sorted(v for v, n in ok_ids.items() if n > 1))
             if dupes:
                 self.problem("video_id", "ids committed as ok more than once in this part", dupes)
@@ -169,22 +171,32 @@ def verify_store(path: str | os.PathLike, format: str | None = None) -> VerifyRe
     # Parts as `vidfeat info` counts them: writers' parts holding a committed video (an HDF5
     # part is one segment file per commit; a part begun but not yet committed holds none).
     parts: set[str] = set()
+    # Per writer's part, in how many of its segments (HDF5 commits) each id is ok: one part
+    # never commits a video twice, so more is a segment copied in under another number.
+    ok_in: dict[str, Counter[str]] = {}
+    damage: list[StoreIntegrityError] = []  # parts that cannot be listed or opened
     try:
-        for part in backend.iter_parts(meta):
+        for part in backend.iter_parts(meta, damage):
             check = _PartCheck(part, meta, report)
             try:
                 check.run()
+            except StoreIntegrityError as exc:  # the part cannot be opened: on to the next
+                report.problems.append(Problem(exc.part, exc.array, exc.detail))
             finally:
                 part.close()
             if check.ids is not None and len(check.ids):
                 parts.add(part.name)
             ids.update(str(v) for v in (() if check.ids is None else check.ids))
-    except StoreIntegrityError as exc:  # a part that cannot even be listed or opened
-        report.problems.append(Problem(exc.part, exc.array, exc.detail))
+            ok_in.setdefault(part.name, Counter()).update(check.ok_ids)
     finally:
         backend.close()
-        report.videos = len(ids)
-        report.parts = len(parts)
+    report.problems += [Problem(exc.part, exc.array, exc.detail) for exc in damage]
+    for name, counts in ok_in.items():
+        if dupes := tuple(sorted(v for v, n in counts.items() if n > 1)):
+            message = "ids committed as ok in more than one segment of this part"
+            report.problems.append(Problem(name, "video_id", message, dupes))
+    report.videos = len(ids)
+    report.parts = len(parts)
     return report
 
 
