@@ -51,6 +51,13 @@ from vidfeat_cli.options import STORE
     show_default=True,
     help="I/N: this job takes shard I of N of the files; jobs share one store.",
 )
+@click.option(
+    "--keep-partial",
+    is_flag=True,
+    help="Import the readable records of a file that ends early (empty, cut short, damaged "
+    "framing) and record the damage; a rerun then skips it. Default: leave such a file out "
+    "(a download cut short), so that a rerun reads it again.",
+)
 @progress_option
 def import_yt8m(
     paths: tuple[str, ...],
@@ -64,7 +71,8 @@ def import_yt8m(
 
     PATHS are files, directories or glob patterns, local or remote (any fsspec URL). Feature
     bytes are stored as published (uint8, yt8m_uint8). Reruns skip files already imported;
-    corrupt records and files are recorded with their reason (`vidfeat info`) and exit 1.
+    corrupt records are recorded with their reason (`vidfeat info`) and exit 1. A file that
+    ends early is left out and read again by a rerun (--keep-partial records it instead).
 
     \b
     Examples:

@@ -96,15 +96,21 @@ class RecordError(VidfeatError, ValueError):
     """A TFRecord file, or one record in it, cannot be read.
 
     ``status`` is a short machine-readable code, ``index`` the record's position in its file
-    (0-based) and ``offset`` its byte offset.
+    (0-based) and ``offset`` its byte offset. ``ends_file``: nothing after it can be read (the
+    file is empty, not a TFRecord, cut short, or its records can no longer be located).
     """
 
     status = "bad_record"
+    ends_file = False
 
-    def __init__(self, reason: str, *, index: int = 0, offset: int = 0) -> None:
+    def __init__(
+        self, reason: str, *, index: int = 0, offset: int = 0, ends_file: bool | None = None
+    ) -> None:
         self.reason = reason
         self.index = index
         self.offset = offset
+        if ends_file is not None:
+            self.ends_file = ends_file
         super().__init__(reason)
 
 
@@ -112,18 +118,21 @@ class EmptyFileError(RecordError):
     """The file has no bytes at all."""
 
     status = "empty"
+    ends_file = True
 
 
 class NotTFRecordError(RecordError):
     """The file does not start with a valid TFRecord header."""
 
     status = "not_tfrecord"
+    ends_file = True
 
 
 class TruncatedRecordError(RecordError):
     """The file ends inside a record; nothing after it can be read."""
 
     status = "truncated"
+    ends_file = True
 
 
 class CorruptRecordError(RecordError):

@@ -4,7 +4,9 @@ A file is the unit of commit: its videos and its failures are queued together an
 one store commit, with SIGINT/SIGTERM held off meanwhile, so a killed import leaves every file
 either wholly in the store or not at all. A rerun skips files whose rows are in the store (the
 ``source_path`` column), so nothing is duplicated. Files that could not be opened at all
-(``unreadable``, e.g. a network error) are reported but not recorded, so a rerun retries them.
+(``unreadable``, e.g. a network error) or that end early (empty, not a TFRecord, cut short: a
+download that did not finish) are reported but get no rows, so a rerun reads them again; with
+``keep_partial`` the records before the damage are imported and the damage recorded instead.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class ImportConfig:
     workers: int = 1
     shard: tuple[int, int] = (0, 1)
     progress: bool = True
+    # Import the records of a file that ends early and record the damage (a rerun then skips
+    # the file), instead of leaving the file out so that a rerun reads it again.
+    keep_partial: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
@@ -142,8 +147,19 @@ class _Importer:
         assert split is not None, "checked before the import starts"
         return split
 
+    def withheld(self, result: FileResult) -> bool:
+        """Whether nothing of this file goes into the store, so that a rerun reads it again: it
+        could not be opened, or it ends early (unless ``keep_partial``). Rows would mark it as
+        done, and the records after the damage would never come in, even once it is whole."""
+        return any(
+            f.status in RETRY_STATUSES or (f.ends_file and not self.cfg.keep_partial)
+            for f in result.failures
+        )
+
     def commit_file(self, result: FileResult) -> list[RecordFailure]:
         """Queue and commit one file's rows; returns the failures recorded."""
+        if self.withheld(result):
+            return []
         source, split = result.source, self._split(result.source)
         failures = [f for f in result.failures if f.status not in RETRY_STATUSES]
         seen: set[str] = set()
@@ -298,27 +314,34 @@ def import_yt8m(cfg: ImportConfig) -> ImportSummary:
             with writer:
                 importer = _Importer(cfg, vocabulary, writer)
                 for result in itertools.chain(first, results):  # streamed, not listed
-                    _account(summary, result, importer.commit_file(result), result.failures)
+                    recorded = importer.commit_file(result)
+                    _account(summary, result, recorded, importer.withheld(result))
                     _tick(bar, summary)
     summary.seconds = time.monotonic() - t0
     return summary
 
 
 def _account(
-    summary: ImportSummary,
-    result: FileResult,
-    recorded: list[RecordFailure],
-    read_failures: list[RecordFailure],
+    summary: ImportSummary, result: FileResult, recorded: list[RecordFailure], withheld: bool
 ) -> None:
+    if withheld:  # nothing of the file was written: each failure is reported, none recorded
+        readable = len(result.videos)
+        if any(f.status not in RETRY_STATUSES for f in result.failures):
+            log.warning(
+                "%s ends early: none of it imported (%d readable record(s) before the damage); "
+                "a rerun reads it again, --keep-partial imports what is readable",
+                result.source.url,
+                readable,
+            )
+        recorded = result.failures
     failed_ids = {f.video_id for f in recorded if f.video_id is not None}
-    ok = [v for v in result.videos if v.video_id not in failed_ids]
-    if ok or recorded:
+    ok = [] if withheld else [v for v in result.videos if v.video_id not in failed_ids]
+    if ok or (recorded and not withheld):
         summary.imported_files += 1
     summary.videos += len(ok)
     summary.frames += sum(v.n_frames for v in ok)
     summary.feature_bytes += sum(v.nbytes for v in ok)
-    retried = [f for f in read_failures if f.status in RETRY_STATUSES]
-    for f in [*recorded, *retried]:
+    for f in recorded:
         summary.failed += 1
         summary.failures.append((result.source.url, f))
         log.warning("%s record %d: %s (%s)", result.source.url, f.index, f.reason, f.status)

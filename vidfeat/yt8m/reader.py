@@ -35,6 +35,7 @@ class RecordFailure:
     status: str  # RecordError.status: empty, not_tfrecord, truncated, bad_crc, bad_example
     reason: str
     video_id: str | None = None  # when the record was readable far enough to tell
+    ends_file: bool = False  # nothing after it could be read (RecordError.ends_file)
 
 
 @dataclasses.dataclass
@@ -56,7 +57,8 @@ class FileResult:
 def _records(stream: BinaryIO, result: FileResult) -> None:
     for index, item in enumerate(iter_records(stream)):
         if isinstance(item, RecordError):
-            result.failures.append(RecordFailure(item.index, item.status, item.reason))
+            failure = RecordFailure(item.index, item.status, item.reason, ends_file=item.ends_file)
+            result.failures.append(failure)
             continue
         try:
             result.videos.append(parse_record(item))
@@ -83,7 +85,8 @@ def read_file(source: SourceFile) -> FileResult:
                 except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
                     index = len(result.videos) + len(result.failures)
                     reason = f"compressed stream damaged after record {index - 1}: {exc}"
-                    result.failures.append(RecordFailure(index, "bad_gzip", reason))
+                    failure = RecordFailure(index, "bad_gzip", reason, ends_file=True)
+                    result.failures.append(failure)
             else:
                 stream.seek(0)
                 _records(stream, result)

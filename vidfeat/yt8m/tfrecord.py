@@ -131,6 +131,7 @@ def iter_records(stream: BinaryIO) -> Iterator[bytes | RecordError]:
                     "the rest of the file cannot be located",
                     index=index,
                     offset=offset,
+                    ends_file=True,
                 )
             return
         body = _read_exact(stream, length + _CRC.size)

@@ -195,38 +195,74 @@ def _broken_inputs(directory: Path) -> None:
     (directory / "train0004.tfrecord").write_bytes(b"")
 
 
-def test_corrupt_inputs_are_recorded_and_a_rerun_adds_nothing(tmp_path):
+def _failed_by_file(store_path: Path) -> dict[str, str]:
+    with open_store(store_path) as store:
+        failed = store.videos[store.videos["status"] != "ok"]
+    assert all(failed["reason"]), failed
+    return {Path(src).name: status for src, status in failed[["source_path", "status"]].values}
+
+
+def _ok_ids(store_path: Path) -> set[str]:
+    with open_store(store_path) as store:
+        return set(store.ok_ids)
+
+
+def test_files_that_end_early_are_left_out_and_read_again_once_whole(tmp_path):
+    # An interrupted download (cut short, empty, an error page saved in its place) got rows:
+    # the rerun skipped the file for good, and the records after the cut never came in.
     inputs = tmp_path / "in"
     inputs.mkdir()
     _broken_inputs(inputs)
     store_path = tmp_path / "s.zarr"
     result = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
     assert result.exit_code == 1, result.output
+    assert "2 files imported, 0 already done: 5 videos" in result.output
+    assert (
+        "4 failed" in result.output and "train0002.tfrecord record 2 (truncated)" in result.output
+    )
+    assert _ok_ids(store_path) == {"Ab1c", "zZ9y", "Qq00", "Ab1c-b", "Qq00-b"}
+    assert _failed_by_file(store_path) == {"train0001.tfrecord": "bad_crc"}  # a record's damage
+    again = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert again.exit_code == 1, again.output
+    assert "0 files imported, 2 already done: 0 videos" in again.output
+    assert "3 failed" in again.output
+    # The downloads finished: the rerun imports each whole.
+    (inputs / "train0002.tfrecord").write_bytes(frame_file_bytes("-c"))
+    (inputs / "train0003.tfrecord").write_bytes(frame_file_bytes("-d"))
+    (inputs / "train0004.tfrecord").write_bytes(frame_file_bytes("-e"))
+    done = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert done.exit_code == 0, done.output
+    assert "3 files imported, 2 already done: 9 videos" in done.output
+    assert _ok_ids(store_path) == {
+        f"{v}{tag}" for v in ("Ab1c", "zZ9y", "Qq00") for tag in ("", "-c", "-d", "-e")
+    } | {"Ab1c-b", "Qq00-b"}
+    assert _failed_by_file(store_path) == {"train0001.tfrecord": "bad_crc"}
+
+
+def test_keep_partial_records_the_damage_and_a_rerun_adds_nothing(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _broken_inputs(inputs)
+    store_path = tmp_path / "s.zarr"
+    args = ("import-yt8m", inputs, "--out", store_path, "--no-progress", "--keep-partial")
+    result = invoke(*args)
+    assert result.exit_code == 1, result.output
     assert "5 files imported, 0 already done: 7 videos" in result.output
     assert "4 failed" in result.output
-    with open_store(store_path) as store:
-        table = store.videos
-        ok = set(table.loc[table["status"] == "ok", "video_id"])
-        failed = table[table["status"] != "ok"]
-    assert ok == {"Ab1c", "zZ9y", "Qq00", "Ab1c-b", "Qq00-b", "Ab1c-c", "zZ9y-c"}
-    by_file = {
-        Path(src).name: (status, reason)
-        for src, status, reason in failed[["source_path", "status", "reason"]].itertuples(
-            index=False
-        )
-    }
-    assert {name: status for name, (status, _) in by_file.items()} == {
+    assert _ok_ids(store_path) == {"Ab1c", "zZ9y", "Qq00", "Ab1c-b", "Qq00-b", "Ab1c-c", "zZ9y-c"}
+    assert _failed_by_file(store_path) == {
         "train0001.tfrecord": "bad_crc",
         "train0002.tfrecord": "truncated",
         "train0003.tfrecord": "not_tfrecord",
         "train0004.tfrecord": "empty",
     }
-    assert all(reason for _, reason in by_file.values())
-    again = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    with open_store(store_path) as store:
+        rows = len(store.videos)
+    again = invoke(*args)
     assert again.exit_code == 0, again.output
     assert "0 files imported, 5 already done: 0 videos" in again.output
     with open_store(store_path) as store:
-        assert len(store.videos) == len(table)
+        assert len(store.videos) == rows
 
 
 def test_a_run_with_no_readable_video_says_nothing_was_written(tmp_path):
