@@ -319,7 +319,8 @@ def _format_choice() -> list[click.Parameter]:
     "--vocabulary",
     type=click.Path(path_type=Path, dir_okay=False),
     help="yt8m: Google's vocabulary.csv (Index,TrainVideoCount,KnowledgeGraphId,Name,...) "
-    "mapping label names to indices (not needed when the labels are indices).",
+    "mapping label names to indices (not needed when the labels are indices, or when the "
+    "store records its vocabulary: import-yt8m --vocabulary).",
 )
 @click.option(
     "--top-k",

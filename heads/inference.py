@@ -268,6 +268,7 @@ def predict_run(
     if fmt == "yt8m":
         if per_frame or attention:
             raise ConfigError("the yt8m format has no per-step variant; use --format csv")
+        vocabulary = vocabulary or _recorded_vocabulary(store)
         names = tuple(str(i) for i in vocabulary_indices(names, vocabulary))
     if per_frame and not run.model.supports_per_frame:
         raise ConfigError(f"{run.cfg.model} has no per-frame outputs; use a recurrent head")
@@ -294,6 +295,16 @@ def predict_run(
     if fmt == "yt8m":
         return pd.DataFrame({"VideoId": dataset.video_ids, "LabelConfidencePairs": best})
     return pd.DataFrame({"video_id": dataset.video_ids, "predictions": best})
+
+
+def _recorded_vocabulary(store: str | Path) -> dict[str, int] | None:
+    """Label -> index from the vocabulary a store imported from YouTube-8M records (its
+    ``vocabulary`` attr, ``import-yt8m --vocabulary``), or None."""
+    from vidfeat.yt8m.vocabulary import Vocabulary
+
+    with open_store(store) as reader:
+        recorded = reader.attrs.get("vocabulary")
+    return Vocabulary.from_json(recorded).indices if recorded else None
 
 
 StepValues = Callable[[Head, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -204,6 +204,9 @@ def _warn_thin_classes(labels: list[tuple[str, ...]], split: np.ndarray) -> None
         for label in labs:
             present.setdefault(label, set()).add(s)
     for s in SPLITS:
+        if not (split == s).any():  # not thin classes: the given splits name no such video
+            log.warning("no %s videos: the store's split column gives every video another", s)
+            continue
         missing = sorted(k for k, v in present.items() if s not in v)
         if missing:
             log.warning(

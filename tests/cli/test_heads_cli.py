@@ -1,6 +1,8 @@
 import io
 import json
+import shutil
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,6 +151,19 @@ def test_predict_csv_and_yt8m(trained, tmp_path):
     # Same scores in both formats, the label replaced by its vocabulary index.
     best = json.loads(table["predictions"][0])[0]
     assert first[:2] == [str(index[best["label"]]), f"{best['score']:.6f}"]
+    # A store that records its vocabulary (import-yt8m --vocabulary) needs no file.
+    recorded = tmp_path / "recorded.h5"  # an HDF5 store: the root file's "vidfeat" attribute
+    shutil.copy(store, recorded)
+    shutil.copytree(f"{store}.parts", f"{recorded}.parts")
+    with h5py.File(recorded, "r+") as root_file:
+        meta = json.loads(root_file.attrs["vidfeat"])
+        meta["attrs"]["vocabulary"] = [[i, n] for n, i in index.items()]
+        root_file.attrs["vidfeat"] = json.dumps(meta)
+    by_store = tmp_path / "by_store.csv"
+    args = ["predict", str(root / "bof"), "--store", str(recorded), "--format", "yt8m"]
+    result = runner.invoke(main, [*args, "--out", str(by_store)])
+    assert result.exit_code == 0, result.output
+    assert by_store.read_bytes() == out.read_bytes()
 
 
 def test_predict_per_frame_for_recurrent_heads(trained):

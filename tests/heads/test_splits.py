@@ -169,3 +169,14 @@ def test_a_manifest_is_read_as_a_split_file_as_extract_reads_it(tmp_path):
     parquet = tmp_path / "m.parquet"
     pd.DataFrame({"video_id": ["a-000", "a-001"], "split": ["test", None]}).to_parquet(parquet)
     assert read_split_file(parquet)["split"].tolist() == ["test", ""]
+
+
+def test_a_split_the_given_column_never_names_is_said_plainly(caplog):
+    # YouTube-8M's train* files alone: every video is "train", val is carved out of it, and
+    # there is no test split at all, which is not a matter of classes with too few videos.
+    videos = _videos({"a": 30, "b": 30}).assign(split="train")
+    with caplog.at_level(logging.WARNING, logger="heads.splits"):
+        split = assign_splits(videos, seed=0)
+    assert set(split["split"]) == {"train", "val"}
+    assert "no test videos: the store's split column gives every video another" in caplog.text
+    assert "classes have no test videos" not in caplog.text
