@@ -259,18 +259,23 @@ class CliGroup(click.Group):
             fail(ctx, exc)
 
 
-def echo_failures(lines: list[str], store: object | None) -> None:
+def echo_failures(lines: list[str], store: object | None, unrecorded: int = 0) -> None:
     """An end-of-job summary's failures on stderr: the first ``MAX_FAILURES_SHOWN``, then how
-    many more ``vidfeat info STORE`` lists (``store`` None: the job wrote no store)."""
+    many more ``vidfeat info STORE`` lists (``store`` None: the job wrote no store;
+    ``unrecorded``: failures the store does not keep, of inputs left out to be read again)."""
     for line in lines[:MAX_FAILURES_SHOWN]:
         click.echo(f"  failed: {line}", err=True)
     if len(lines) > MAX_FAILURES_SHOWN:
         more = len(lines) - MAX_FAILURES_SHOWN
-        where = (
-            f"`vidfeat info {store}` lists every failure"
-            if store is not None
-            else "not listed: no store was written to keep them"
-        )
+        if store is None:
+            where = "not listed: no store was written to keep them"
+        elif unrecorded:
+            where = (
+                f"`vidfeat info {store}` lists those recorded, not the {unrecorded} of "
+                "inputs left out to be read again"
+            )
+        else:
+            where = f"`vidfeat info {store}` lists every failure"
         click.echo(f"  ... and {more} more ({where})", err=True)
 
 

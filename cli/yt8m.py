@@ -108,7 +108,7 @@ def import_yt8m(
     if s.failed:
         # With the reason, which says what is wrong ("rgb frame 0 holds [8] bytes, ...").
         lines = [f"{url} record {f.index} ({f.status}): {f.reason[:160]}" for url, f in s.failures]
-        echo_failures(lines, out if s.written else None)
+        echo_failures(lines, out if s.written else None, s.unrecorded)
         click.get_current_context().exit(EXIT_SOME_FAILED)
 
 

@@ -24,7 +24,13 @@ from heads.identity import check_same_data, check_store_compatible, recorded_str
 from heads.labels import LabelMap
 from heads.models import Head, HeadConfig, create_head
 from heads.objective import Loss
-from heads.predictions import ScoresWriter, format_yt8m_pairs, top_classes, vocabulary_indices
+from heads.predictions import (
+    ScoresWriter,
+    format_yt8m_pairs,
+    is_index,
+    top_classes,
+    vocabulary_indices,
+)
 from heads.run import is_multilabel, scored_batches
 from heads.splits import load_splits
 from vidfeat.device import resolve_device
@@ -268,7 +274,9 @@ def predict_run(
     if fmt == "yt8m":
         if per_frame or attention:
             raise ConfigError("the yt8m format has no per-step variant; use --format csv")
-        vocabulary = vocabulary or _recorded_vocabulary(store)
+        # Labels that are indices already need none (a name made of digits would win).
+        if vocabulary is None and not all(is_index(label) for label in names):
+            vocabulary = _recorded_vocabulary(store)
         names = tuple(str(i) for i in vocabulary_indices(names, vocabulary))
     if per_frame and not run.model.supports_per_frame:
         raise ConfigError(f"{run.cfg.model} has no per-frame outputs; use a recurrent head")

@@ -332,8 +332,9 @@ def per_class_precision_recall(
 
 def confusion_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(C, C) int64 counts, rows = true class, columns = predicted argmax (single-label only)."""
-    ranks = ClassRanks(np.shape(scores)[-1])
-    ranks.count(scores, scores, labels)
+    s, y = _validate(scores, labels)
+    ranks = ClassRanks(s.shape[1])
+    ranks.count(s, s, y)
     return ranks.confusion()
 
 

@@ -107,16 +107,17 @@ def read_vocabulary(path: str | Path) -> dict[str, int]:
     return mapping
 
 
+def is_index(label: str) -> bool:
+    """Whether a label is a vocabulary index written as text (ASCII digits only)."""
+    return label.isascii() and label.isdecimal()  # "²" is a digit, not an index
+
+
 def vocabulary_indices(labels: tuple[str, ...], vocabulary: dict[str, int] | None) -> list[int]:
     """The vocabulary index of each label, for YouTube-8M's submission format: its entry in
     ``vocabulary`` (by name or Knowledge Graph id), else the label itself when it is an index
     (a store imported from YouTube-8M without a vocabulary keeps them so). A name made of
     digits (a class called "1984") is looked up first, so it is never taken for an index."""
     vocabulary = vocabulary or {}
-
-    def is_index(label: str) -> bool:
-        return label.isascii() and label.isdecimal()  # "²" is a digit, not an index
-
     names = [lbl for lbl in labels if lbl not in vocabulary and not is_index(lbl)]
     if names and not vocabulary:
         raise ConfigError(
@@ -189,10 +190,10 @@ def as_csv_cells(table: pd.DataFrame) -> pd.DataFrame:
 BLOCK_VALUES = 1 << 20
 
 
-def row_blocks(n_rows: int, n_classes: int) -> Iterator[np.ndarray]:
-    """The row indices of consecutive blocks of ``n_rows``, about ``BLOCK_VALUES`` scores
-    each."""
-    step = max(1, BLOCK_VALUES // max(n_classes, 1))
+def row_blocks(n_rows: int, n_classes: int, factor: int = 1) -> Iterator[np.ndarray]:
+    """The row indices of consecutive blocks of ``n_rows``, about ``factor * BLOCK_VALUES``
+    scores each."""
+    step = max(1, factor * BLOCK_VALUES // max(n_classes, 1))
     for start in range(0, n_rows, step):
         yield np.arange(start, min(n_rows, start + step))
 

@@ -126,7 +126,7 @@ def assign_splits(
         val = _two_way(labels, groups, pool, val_fraction, seed + 1)
         split[val] = "val"
     out = pd.DataFrame({"video_id": videos["video_id"].to_numpy(), "split": split})
-    _warn_thin_classes(labels, split)
+    _warn_thin_classes(labels, split, given=given is not None and (given != "").any())
     return out
 
 
@@ -198,14 +198,15 @@ def _warn_groups_across_splits(groups: np.ndarray, split: np.ndarray) -> None:
         log.warning("%d groups span several given splits, e.g. %s", len(shared), shared[:3])
 
 
-def _warn_thin_classes(labels: list[tuple[str, ...]], split: np.ndarray) -> None:
+def _warn_thin_classes(labels: list[tuple[str, ...]], split: np.ndarray, *, given: bool) -> None:
     present: dict[str, set[str]] = {}
     for labs, s in zip(labels, split, strict=True):
         for label in labs:
             present.setdefault(label, set()).add(s)
     for s in SPLITS:
-        if not (split == s).any():  # not thin classes: the given splits name no such video
-            log.warning("no %s videos: the store's split column gives every video another", s)
+        if not (split == s).any():  # not thin classes: no video was meant to go there
+            why = "the given splits name none" if given else "its fraction is 0"
+            log.warning("no %s videos: %s", s, why)
             continue
         missing = sorted(k for k, v in present.items() if s not in v)
         if missing:

@@ -598,3 +598,5 @@ def test_class_ranks_refuse_passes_out_of_order():
     assert not multi.single_label
     with pytest.raises(m.MetricInputError, match="one positive"):
         multi.confusion()
+    with pytest.raises(m.MetricInputError, match="2-D"):
+        m.confusion_matrix(np.float64(1.0), np.float64(1.0))

@@ -178,5 +178,9 @@ def test_a_split_the_given_column_never_names_is_said_plainly(caplog):
     with caplog.at_level(logging.WARNING, logger="heads.splits"):
         split = assign_splits(videos, seed=0)
     assert set(split["split"]) == {"train", "val"}
-    assert "no test videos: the store's split column gives every video another" in caplog.text
+    assert "no test videos: the given splits name none" in caplog.text
     assert "classes have no test videos" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="heads.splits"):
+        assign_splits(videos.drop(columns="split"), test_fraction=0.0, seed=0)
+    assert "no test videos: its fraction is 0" in caplog.text

@@ -525,9 +525,13 @@ class TestZarrStore(StoreContract):
         report = verify_store(path)
         assert [(p.part, p.array) for p in report.problems] == [("lost", "zarr.json")]
         assert "missing" in report.problems[0].message
-        # An emptied folder (a part's files removed, its folder left) holds nothing to lose.
+        # An emptied folder (a part's files removed, its folder left) holds nothing to lose,
+        # nor does one holding only zarr's temporary file (a writer killed writing the part's
+        # first document, or busy writing it while verify runs).
         shutil.rmtree(path / "parts" / "lost")
         (path / "parts" / "lost").mkdir()
+        assert verify_store(path).ok
+        (path / "parts" / "lost" / "zarr.0123456789abcdef0123456789abcdef.partial").write_text("{")
         assert verify_store(path).ok
 
 

@@ -443,10 +443,11 @@ class ZarrBackend(Backend):
             yield reader
 
     def _holds_files(self, prefix: str) -> bool:
-        """Whether anything is stored under ``prefix`` (a part's folder)."""
-        if self._remote:
+        """Whether anything is stored under ``prefix`` (a part's folder) but zarr's temporary
+        files (``*.partial``: a writer killed, or busy, writing the part's first document)."""
+        if self._remote:  # object stores write whole objects: no temporary names
             return bool(self._remote.children(prefix))
-        return any(p.is_file() for p in (self.path / prefix).rglob("*"))
+        return any(p.is_file() and p.suffix != ".partial" for p in (self.path / prefix).rglob("*"))
 
 
 # s3fs asks for an object's size (a HEAD request) before every whole-object read, to split

@@ -91,6 +91,7 @@ class ImportSummary:
     frames: int = 0
     feature_bytes: int = 0
     failed: int = 0  # records (or whole files) that could not be imported
+    unrecorded: int = 0  # of those, failures of files left out (no rows: a rerun reads them)
     seconds: float = 0.0
     # False when no file of this run held a readable video: the store's streams come from the
     # first video, so there was no store to create and nothing (failures included) is recorded.
@@ -334,6 +335,7 @@ def _account(
                 readable,
             )
         recorded = result.failures
+        summary.unrecorded += len(recorded)
     failed_ids = {f.video_id for f in recorded if f.video_id is not None}
     ok = [] if withheld else [v for v in result.videos if v.video_id not in failed_ids]
     if ok or (recorded and not withheld):

@@ -239,6 +239,20 @@ def test_files_that_end_early_are_left_out_and_read_again_once_whole(tmp_path):
     assert _failed_by_file(store_path) == {"train0001.tfrecord": "bad_crc"}
 
 
+def test_failures_of_files_left_out_are_not_said_to_be_in_the_store(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(FRAME, inputs / "train0000.tfrecord")
+    for i in range(12):  # downloads not begun: more failures than the summary lists
+        (inputs / f"train1{i:03d}.tfrecord").write_bytes(b"")
+    store_path = tmp_path / "s.zarr"
+    result = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "1 files imported, 0 already done: 3 videos" in result.output
+    assert "not the 12 of inputs left out to be read again" in result.output
+    assert _failed_by_file(store_path) == {}
+
+
 def test_keep_partial_records_the_damage_and_a_rerun_adds_nothing(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
