@@ -159,7 +159,8 @@ HEAD_HELP: dict[str, str] = {
     "pooling": "bof: order-blind pooling over the valid frames.",
     "fc_size": "Width of the FC blocks (bof) and of the top block (recurrent heads).",
     "num_experts": "moe: experts per class, plus one dummy expert.",
-    "input_norm": "Per-frame LayerNorm of the input features, or none.",
+    "input_norm": "Per frame: LayerNorm of the input features, l2 (unit length, as "
+    "YouTube-8M's starter code), or none.",
     "classifier": "linear, or moe: the YouTube-8M mixture of experts (--num-experts).",
     "moe_experts": "lstm_moe: experts of the sparse MoE layer.",
     "moe_top_k": "lstm_moe: experts each time step is sent to.",

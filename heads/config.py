@@ -21,7 +21,7 @@ from vidfeat.errors import ConfigError
 
 REDUCTIONS = ("last", "mean", "weighted", "attention")
 POOLINGS = ("max", "mean")
-INPUT_NORMS = ("layer", "none")
+INPUT_NORMS = ("layer", "l2", "none")  # heads.models.base.input_norm_layer builds each
 CLASSIFIER_NAMES = ("linear", "moe")  # the keys of CLASSIFIERS (moe registers on import)
 FUSIONS = ("concat", "shared", "projection")  # the keys of FUSION_LAYERS (heads.models)
 SAMPLINGS = ("head", "uniform", "random-crop")
@@ -92,7 +92,7 @@ class HeadConfig:
     pooling: str = "max"  # bof: order-blind pooling over valid frames
     fc_size: int = 256  # width of the FC blocks (bof) and of the top block (recurrent heads)
     num_experts: int = 2  # moe: experts per class, plus one dummy expert (as YouTube-8M)
-    input_norm: str = "layer"  # per-frame LayerNorm of the input features, or "none"
+    input_norm: str = "layer"  # per frame: LayerNorm, "l2" (YouTube-8M's train.py) or "none"
     classifier: str = "linear"  # linear | moe: the YouTube-8M mixture of experts (num_experts)
     # lstm_moe: the sparse mixture-of-experts layer between its two LSTMs (Shazeer et al. 2017).
     moe_experts: int = 64  # experts in the layer

@@ -20,6 +20,27 @@ from heads.validate import check_int
 from vidfeat.errors import ConfigError
 from vidfeat.registry import Registry
 
+
+class L2Norm(nn.Module):
+    """Each frame scaled to unit length over its features: YouTube-8M's starter code feeds
+    every model ``tf.nn.l2_normalize`` of its input (a zero padding frame stays zero)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.normalize(x, p=2.0, dim=-1, eps=1e-12)
+
+
+_INPUT_NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "layer": nn.LayerNorm,
+    "l2": lambda _dim: L2Norm(),
+    "none": lambda _dim: nn.Identity(),
+}
+
+
+def input_norm_layer(kind: str, dim: int) -> nn.Module:
+    """The per-frame normalisation ``HeadConfig.input_norm`` names, for ``dim`` features."""
+    return _INPUT_NORMS[kind](dim)
+
+
 # ---------------------------------------------------------------------------------------------
 # Padding-safe reductions over time. h: (B, T, F); lengths: (B,) int64; mask: (B, T) bool.
 
@@ -209,7 +230,7 @@ class Head(nn.Module):
         self.fusion: Fusion = Fusion({"input": input_dim}, cfg)
         # Per-frame, so it cannot mix padding into valid steps. It puts raw CNN features
         # (non-negative, mean ~0.4) and unit-scale features on the same footing.
-        self.input_norm = nn.LayerNorm(input_dim) if cfg.input_norm == "layer" else nn.Identity()
+        self.input_norm = input_norm_layer(cfg.input_norm, input_dim)
         # Subclasses assign these last, so module (and state_dict) order ends with top -> fc.
         self.top: nn.Module
         self.fc: nn.Module

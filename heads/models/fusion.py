@@ -11,8 +11,9 @@ open and what is chosen here:
   the L2-normalised projections of the same frame, over every pair of streams (his
   f(x1) ~ g(x2)).
 
-n_s is the stream's own LayerNorm (``input_norm``), so a 1024-d stream does not drown a 128-d
-one by scale alone. Matrices start from N(0, 0.01) (standard deviation 0.01), biases at 0.
+n_s is the stream's own ``input_norm`` (LayerNorm by default), so a 1024-d stream does not
+drown a 128-d one by scale alone. Matrices start from N(0, 0.01) (standard deviation 0.01),
+biases at 0.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heads.models.base import FUSION_LAYERS, Fusion, HeadConfig, lengths_to_mask
+from heads.models.base import (
+    FUSION_LAYERS,
+    Fusion,
+    HeadConfig,
+    input_norm_layer,
+    lengths_to_mask,
+)
 from vidfeat.errors import ConfigError
 
 INIT_STD = 0.01  # Zhao: fusion matrices start from N(0, 0.01)
@@ -50,9 +57,7 @@ class StreamMaps(Fusion):
                 f"({', '.join(self.dims)}): read more streams or use --fusion concat"
             )
         widths = list(self.dims.values())
-        self.norms = nn.ModuleList(
-            nn.LayerNorm(d) if cfg.input_norm == "layer" else nn.Identity() for d in widths
-        )
+        self.norms = nn.ModuleList(input_norm_layer(cfg.input_norm, d) for d in widths)
         self.maps = nn.ModuleList(_matrix(d, cfg.fusion_dim, bias) for d in widths)
 
     def mapped(self, x: Tensor) -> list[Tensor]:

@@ -384,3 +384,18 @@ def test_config_rejects_bad_values(field, value, message):
 def test_config_from_dict_refuses_unknown_keys():
     with pytest.raises(ConfigError, match="unknown head config keys: bogus"):
         HeadConfig.from_dict({"hidden_size": 8, "bogus": 1})
+
+
+@pytest.mark.parametrize("name", ["logistic", "bof", "gru"])
+def test_l2_input_norm_gives_frames_unit_length_as_youtube8m(name):
+    # YouTube-8M's train.py feeds every model tf.nn.l2_normalize(input, feature_dim).
+    model = make_head(name, dataclasses.replace(SMALL, input_norm="l2")).eval()
+    x, lengths = padded_batch([torch.randn(t, D) for t in (5, 3)], total_len=6)
+    with torch.no_grad():
+        frames, _ = model.prepare(x, lengths)
+        norms = frames.norm(dim=-1)
+        torch.testing.assert_close(norms[0, :5], torch.ones(5))
+        torch.testing.assert_close(norms[1, :3], torch.ones(3))
+        assert not frames[1, 3:].any()  # padding stays zero, never NaN
+        # Only each frame's direction reaches the head: scaling a frame changes nothing.
+        torch.testing.assert_close(model(x * 7.0, lengths), model(x, lengths))
