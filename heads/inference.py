@@ -21,10 +21,16 @@ from heads.data import FeatureDataset
 from heads.errors import CheckpointError, RunDataMismatchError
 from heads.evaluation import validate
 from heads.identity import check_same_data, check_store_compatible, recorded_streams
-from heads.labels import LabelMap, is_index
+from heads.labels import LabelMap
 from heads.models import Head, HeadConfig, create_head
 from heads.objective import Loss
-from heads.predictions import ScoresWriter, format_yt8m_pairs, top_classes, vocabulary_indices
+from heads.predictions import (
+    ScoresWriter,
+    format_yt8m_pairs,
+    is_index,
+    top_classes,
+    vocabulary_indices,
+)
 from heads.run import is_multilabel, scored_batches
 from heads.splits import load_splits
 from vidfeat.device import resolve_device

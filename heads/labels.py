@@ -155,31 +155,16 @@ def _nothing_to_train_on(videos: pd.DataFrame, ok: pd.DataFrame) -> str:
     )
 
 
-def is_index(label: str) -> bool:
-    """Whether a label is a vocabulary index written as text (ASCII digits only), as labels of
-    a store imported from YouTube-8M without a vocabulary are."""
-    return label.isascii() and label.isdecimal()  # "²" is a digit, not an index
-
-
-def _label_order(label: str) -> tuple[int, str]:
-    """Sort key of classes that are all indices: by number ("2" before "10"), so column j of a
-    YouTube-8M run's scores is Google's class j when every class occurs."""
-    return int(label), label
-
-
 def build_label_map(
     videos: pd.DataFrame, classes: Sequence[str] | None = None
 ) -> tuple[LabelMap, pd.DataFrame]:
-    """Label map over the ok videos (all their labels, sorted, by number when every label is
-    an index; or ``classes`` in that order).
+    """Label map over the ok videos (all their labels, sorted, or ``classes`` in that order).
 
     Returns the map and the ok videos that carry at least one of its labels (others are left
     out with a warning), with ``labels`` restricted to the map.
     """
     ok = videos[videos["status"] == "ok"]
     seen = sorted({name for labels in ok["labels"] for name in labels})
-    if seen and all(is_index(name) for name in seen):
-        seen.sort(key=_label_order)
     if classes is not None:
         unknown = sorted(set(classes) - set(seen))
         if unknown:

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, ClassVar
 import numpy as np
 import pandas as pd
 
-from heads.labels import LabelMap, is_index
+from heads.labels import LabelMap
 from heads.metrics import rank_classes
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
@@ -105,6 +105,11 @@ def read_vocabulary(path: str | Path) -> dict[str, int]:
     mapping.update(zip(table["Name"], index, strict=True))
     mapping.pop("", None)
     return mapping
+
+
+def is_index(label: str) -> bool:
+    """Whether a label is a vocabulary index written as text (ASCII digits only)."""
+    return label.isascii() and label.isdecimal()  # "²" is a digit, not an index
 
 
 def vocabulary_indices(labels: tuple[str, ...], vocabulary: dict[str, int] | None) -> list[int]:

@@ -347,16 +347,6 @@ def test_label_map_sorted_over_ok_videos_and_multilabel_detection():
     assert label_map.encode(["zebra", "unknown"]).tolist() == [0.0, 1.0]
 
 
-def test_index_labels_are_ordered_by_number_as_youtube8m_classes():
-    # A store imported without a vocabulary labels videos "0".."3861": sorted as text, column
-    # 2 of the scores was class "10"; by number, column j is Google's class j.
-    videos = _table([("a", ["10", "2"], "ok"), ("b", ["0", "1"], "ok"), ("c", ["007"], "ok")])
-    assert build_label_map(videos)[0].labels == ("0", "1", "2", "007", "10")
-    # One named class among them: all are names, sorted as text.
-    mixed = _table([("a", ["10", "2"], "ok"), ("b", ["ant"], "ok")])
-    assert build_label_map(mixed)[0].labels == ("10", "2", "ant")
-
-
 def test_sparse_targets_equal_the_dense_multi_hot_rows():
     label_map = LabelMap(("a", "b", "c", "d"), multilabel=True)
     videos = [("c", "a"), ("b",), (), ("d", "d", "x"), ("c", "a"), ("x",), ("a", "b", "c", "d")]
