@@ -23,10 +23,12 @@ from vidfeat.registry import Registry
 
 class L2Norm(nn.Module):
     """Each frame scaled to unit length over its features: YouTube-8M's starter code feeds
-    every model ``tf.nn.l2_normalize`` of its input (a zero padding frame stays zero)."""
+    every model ``tf.nn.l2_normalize`` of its input, x / sqrt(max(sum x^2, 1e-12)), which is
+    x / max(|x|, 1e-6): the same floor here. A zero (padding) frame stays zero, also in
+    float16, where a floor of 1e-12 would round to 0 and make it NaN."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.normalize(x, p=2.0, dim=-1, eps=1e-12)
+        return nn.functional.normalize(x, p=2.0, dim=-1, eps=1e-6)
 
 
 _INPUT_NORMS: dict[str, Callable[[int], nn.Module]] = {

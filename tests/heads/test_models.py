@@ -21,7 +21,7 @@ from heads.models import (
     masked_mean,
     weighted_sum,
 )
-from heads.models.base import last_valid
+from heads.models.base import L2Norm, last_valid
 from heads.models.fusion import ProjectionFusion
 from heads.models.moe import MixtureOfExperts
 from vidfeat.errors import ConfigError
@@ -399,3 +399,12 @@ def test_l2_input_norm_gives_frames_unit_length_as_youtube8m(name):
         assert not frames[1, 3:].any()  # padding stays zero, never NaN
         # Only each frame's direction reaches the head: scaling a frame changes nothing.
         torch.testing.assert_close(model(x * 7.0, lengths), model(x, lengths))
+
+
+def test_l2_input_norm_has_tensorflows_floor_and_no_nan_in_half_precision():
+    # tf.nn.l2_normalize(x) = x / sqrt(max(sum(x^2), 1e-12)): a tiny frame is not blown up.
+    tiny = torch.full((1, 1, 4), 1e-8)
+    expected = tiny / torch.sqrt(torch.clamp((tiny**2).sum(-1, keepdim=True), min=1e-12))
+    torch.testing.assert_close(L2Norm()(tiny), expected)
+    zero = torch.zeros(2, 3, 4, dtype=torch.float16)
+    assert not L2Norm()(zero).isnan().any()
