@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -27,7 +29,7 @@ from heads import distributed as dd
 from heads.batching import make_loader
 from heads.config import DataConfig, TrainConfig
 from heads.data import FeatureDataset, open_data_store
-from heads.errors import TrainingDataError
+from heads.errors import RunDataMismatchError, TrainingDataError
 from heads.evaluation import logit_batches
 from heads.identity import check_same_data, recorded_streams, store_identity
 from heads.labels import LabelMap, build_label_map, multilabel_loss
@@ -199,7 +201,9 @@ def split_datasets(
 
 def check_training_set(data: RunData) -> None:
     """Refuse a training set a classifier cannot learn from, before anything is written: one
-    class is "learnt" perfectly without looking at a single feature."""
+    class is "learnt" perfectly without looking at a single feature. Under torchrun, first
+    that every rank read the same (then every check below decides the same on every rank)."""
+    check_ranks_agree(data)
     train = data.sets["train"]
     if len(data.label_map) < 2:
         raise TrainingDataError(
@@ -395,6 +399,31 @@ def train_run(
             progress=progress,
             logger=logger,
         )
+
+
+def check_ranks_agree(data: RunData) -> None:
+    """Under torchrun every rank opens the store itself: a store still being written (training
+    while extraction goes on is allowed) can give ranks different videos, and they would each
+    draw batches from their own list, training some videos twice and others never. Every rank
+    raises the same error unless all read the same videos, splits, classes and features."""
+    if not dd.world().distributed:
+        return
+    seen = {k: v for k, v in data.identity.items() if k != "path"}  # mounts may differ
+    seen["classes"] = list(data.label_map.labels)
+    digest = hashlib.sha256(json.dumps(seen, sort_keys=True, default=str).encode()).hexdigest()
+    sizes = {k: len(v) for k, v in data.sets.items()}
+    views = dd.gather((digest, sizes))
+    problem = None
+    if views is not None and len({d for d, _ in views}) > 1:
+        each = "; ".join(f"rank {r}: {s}" for r, (_, s) in enumerate(views))
+        problem = (
+            f"the ranks of this torchrun job read different data from {data.store_path} "
+            f"({each}): the store changed while they opened it (an extraction still writing "
+            "to it?). Train once it is finished, or from a copy"
+        )
+    problem = dd.broadcast(problem)
+    if problem is not None:
+        raise RunDataMismatchError(problem)
 
 
 def _resumed_data(

@@ -190,7 +190,7 @@ def test_a_batch_smaller_than_the_world_fills_the_empty_ranks():
 # --------------------------------------------------------------------------- torchrun jobs
 
 
-def _torchrun(args, **env) -> subprocess.Popen:
+def _torchrun(args, module: str = "vidfeat_cli.heads", **env) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -202,7 +202,7 @@ def _torchrun(args, **env) -> subprocess.Popen:
         "--master-port",
         str(free_port()),
         "-m",
-        "vidfeat_cli.heads",
+        module,
         "-q",
         *map(str, args),
     ]
@@ -388,3 +388,22 @@ def test_scores_diverging_on_rank_0_stop_every_rank_with_the_same_verdict(tmp_pa
     text = err.decode()
     assert text.count("error: training diverged at epoch 1/") == 2, text[-2000:]
     assert "another rank of this torchrun job died" not in text, text[-2000:]
+
+
+def test_ranks_that_read_different_data_all_stop_before_training(tmp_path):
+    # Each rank opens the store itself: one still being written gave rank 0 80 videos and
+    # rank 1 82, and each drew batches from its own list (some videos trained twice, some
+    # never), then ended with exit 0 or an "internal error". Here rank 1's store holds two
+    # more videos than rank 0's, at the same relative path.
+    for rank, n in enumerate((24, 26)):
+        (tmp_path / f"r{rank}").mkdir()
+        make_cluster_store(tmp_path / f"r{rank}" / "s.zarr", n_videos=n, signal=0.4)
+    cwd = {f"RANK_CWD_{rank}": str(tmp_path / f"r{rank}") for rank in range(2)}
+    args = ["train", "s.zarr", "-m", "logistic", "--epochs", "1", "-o", tmp_path / "run"]
+    job = _torchrun(args, module="tests.heads.rank_cwd", **cwd)
+    _, err = job.communicate(timeout=180)
+    text = err.decode()
+    assert job.returncode != 0
+    assert text.count("the ranks of this torchrun job read different data") == 2, text[-3000:]
+    assert "rank 0: {'train'" in text and "rank 1: {'train'" in text
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing kept
