@@ -288,3 +288,18 @@ def test_urls_stay_urls_for_the_workers(tmp_path) -> None:
     assert str(_absolute_paths(cfg).out) == "s3://bucket/feats.zarr"
     assert str(_absolute(RemotePath("s3://bucket/a.mp4"))) == "s3://bucket/a.mp4"
     assert _absolute(Path("rel/a.mp4")) == Path.cwd() / "rel" / "a.mp4"
+
+
+def test_workers_that_see_another_store_stop_the_job(cluster, reference) -> None:
+    # A worker reads and writes the store with its own environment (the one `ray start` ran
+    # with): with another object-store endpoint, or a path not shared between nodes, its
+    # videos went to a store the driver never reads, and the job exited 0. A memory:// store
+    # lives inside its process: the driver makes one, every worker sees none.
+    store = "memory://vfray/s.zarr"
+    code, out = extract(
+        reference["manifest"], store, (), "--engine", "ray", "--ray-address", cluster
+    )
+    assert code == 2, out
+    assert f"1 of 1 embedding worker(s) see another store at {store} than this driver" in out
+    assert "no store there, where this driver sees the store created" in out
+    assert "Traceback" not in out

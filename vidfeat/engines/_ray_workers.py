@@ -116,6 +116,20 @@ def _extraction_class() -> type:
     return RecordingExtraction
 
 
+def store_view(cfg: ExtractConfig) -> dict | str:
+    """The creation record of the store at ``cfg.out`` as this process sees it, or why it
+    sees none. A Ray worker reads and writes with its own environment (the one `ray start`
+    ran with): another object-store endpoint or credentials, or a path not shared, make it
+    see another store than the driver's, or none."""
+    from vidfeat.store import read_store_created
+
+    try:
+        created = read_store_created(cfg.out, cfg.format)
+    except Exception as exc:  # whatever this environment raises is the answer
+        return f"cannot read it ({type(exc).__name__}: {exc})"
+    return created if created is not None else "no store there"
+
+
 class EmbedWorker:
     """Embeds decoded videos and writes them into its own part (a Ray actor)."""
 
@@ -147,9 +161,10 @@ class EmbedWorker:
         self.extraction: Any = None
         self._stored_ok: set[str] = set()  # ok videos in the store when the part was opened
 
-    def ready(self) -> str:
-        """Answers once the model is loaded; the part this worker will write."""
-        return self.part
+    def ready(self) -> tuple[str, dict | str]:
+        """Answers once the model is loaded: the part this worker will write, and the store's
+        creation record as this worker sees it (or why it sees none)."""
+        return self.part, store_view(self.cfg)
 
     def _job(self) -> Any:
         if self.extraction is None:  # the part is created with the first video, not before

@@ -168,6 +168,15 @@ def run_ray(cfg: ExtractConfig) -> Any:
     return job.summary
 
 
+def _described(view: dict | str) -> str:
+    """A store view of ``_ray_workers.store_view`` in words."""
+    if isinstance(view, str):
+        return view
+    return (
+        f"the store created {view.get('created_at', '?')} by vidfeat {view.get('vidfeat_version')}"
+    )
+
+
 @dataclasses.dataclass
 class _Actor:
     handle: Any
@@ -248,12 +257,25 @@ class _Scheduler:
     def start(self) -> None:
         """Start the embedding workers and wait until each has loaded its model, so that a
         model that cannot load stops the job before any work, and setup is timed apart."""
+        from vidfeat.engines._ray_workers import store_view
+
         self.actors = [_Actor(self.new_actor()) for _ in range(self.n_actors)]
         try:
-            self.ray.get([a.handle.ready.remote() for a in self.actors])
+            answers = self.ray.get([a.handle.ready.remote() for a in self.actors])
         except self.ray.exceptions.RayError as exc:
             self._stop()
             raise EngineError(f"embedding workers cannot start: {exc}") from exc
+        mine = store_view(self.cfg)
+        others = [view for _, view in answers if view != mine]
+        if others:  # their videos would go where this driver never looks
+            self._stop()
+            raise EngineError(
+                f"{len(others)} of {len(answers)} embedding worker(s) see another store at "
+                f"{self.cfg.out} than this driver: {_described(others[0])}, where this driver "
+                f"sees {_described(mine)}. Workers use the environment `ray start` ran with: "
+                "give every node the same path (a shared filesystem) or the same object-store "
+                "settings (endpoint and credentials, e.g. AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID)"
+            )
 
     def run(self, todo: list[ManifestEntry]) -> None:
         self.queue.extend(todo)

@@ -116,6 +116,16 @@ def read_store_attrs(
         return None
 
 
+def read_store_created(
+    path: str | os.PathLike | RemotePath, format: str | None = None
+) -> dict[str, Any] | None:
+    """The root's creation record (``created``: version and time), read without the per-video
+    index; None when no store is at ``path``. Two processes that see the same record at one
+    path see the same store (an object store's endpoint, or a mount, may differ between them)."""
+    backend = _backend(path, format)
+    return dict(backend.read_meta().created) if backend.exists() else None
+
+
 def open_store(
     path: str | os.PathLike | RemotePath,
     format: str | None = None,
