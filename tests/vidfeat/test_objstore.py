@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
+import socket
+import time
 import uuid
 
 import h5py
@@ -163,6 +166,25 @@ def test_a_killed_writers_claim_is_taken_over_a_live_ones_is_not(s3, suffix: str
         assert sorted(r.ok_ids) == [video_id(i) for i in range(n)] and len(r.videos) == n
         for i in range(n):
             StoreContract.check_video(r, i)
+
+
+def test_a_claim_left_by_an_earlier_process_with_this_pid_is_taken_over(s3, caplog) -> None:  # noqa: F811
+    # A container restarted on the same host runs its job as pid 1 again: the claim its
+    # predecessor left names this very pid, which "is that pid running?" answered yes to, so
+    # the restart was refused for 15 minutes, as if another job held the part.
+    path = f"{s3.bucket()}/feats.zarr"
+    fs, key = _fs(f"{path}.locks/main.claim")
+    left = {"token": "earlier", "host": socket.gethostname(), "pid": os.getpid()}
+    fs.pipe_file(key, json.dumps({**left, "heartbeat": time.time()}).encode())
+    with caplog.at_level(logging.WARNING), create_store(path, dim=4) as w:
+        assert "taking over the claim of a writer that is gone" in caplog.text
+        w.write("a", np.ones((2, 4)))
+        # The claim this process holds now is still a live writer's, also to this process.
+        busy = r"being written by another process \(pid \d+ on .+, heard from \d+ s ago"
+        with pytest.raises(StoreError, match=busy):
+            create_store(path, dim=4)
+    with open_store(path) as r:
+        assert r.ok_ids == ["a"]
 
 
 def test_a_writer_whose_claim_was_taken_publishes_nothing(s3) -> None:  # noqa: F811

@@ -4,7 +4,9 @@ Object stores have no locks. A writer claims its part by creating ``<store>.lock
 with a conditional PUT (``If-None-Match: *`` on S3), which exactly one of two racing writers
 wins. The claim names its owner (a random token, host and pid) and a heartbeat that the writer
 renews at every commit. A claim is taken over only when its owner is provably gone (same host,
-pid no longer running) or its heartbeat is older than :data:`CLAIM_TTL_S`. Before every commit
+pid no longer running, or the pid is this process's and the claim is not one it holds: a
+restarted container's process often has the pid its predecessor had) or its heartbeat is older
+than :data:`CLAIM_TTL_S`. Before every commit
 point, and before writing the data it commits, the writer checks that the claim still holds its
 token (and renews it), so a writer whose claim was taken over stops before it writes into the
 part. docs/store-format.md lists what this cannot guarantee.
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 # commit (every few seconds while videos finish) and while idle at most every CLAIM_TTL_S / 4.
 CLAIM_TTL_S = 15 * 60.0
 LOCKS_SUFFIX = ".locks"  # the claims of store "x.zarr" live in "x.zarr.locks" beside it
+_HELD_HERE: set[str] = set()  # tokens of the claims this process holds now
 
 
 class PartClaim(Protocol):
@@ -45,11 +48,19 @@ class PartClaim(Protocol):
     def release(self) -> None: ...
 
 
-def _busy(part: str, locks: Location) -> StoreError:
+def _busy(part: str, locks: Location, holder: dict | None = None) -> StoreError:
     # Claims live in "<store>.locks" beside the store: name the store the user gave.
     store = locks.with_name(locks.name.removesuffix(LOCKS_SUFFIX))
+    held = ""
+    heartbeat = (holder or {}).get("heartbeat")
+    if isinstance(heartbeat, (int, float)):  # an object store's claim: say whose, and until when
+        age = max(0.0, time.time() - heartbeat)
+        held = (
+            f" ({_describe(holder)}, heard from {age:.0f} s ago; if that writer is gone, its "
+            f"claim lapses in {max(0.0, CLAIM_TTL_S - age) / 60:.0f} min)"
+        )
     return StoreError(
-        f"part {part!r} of {store} is being written by another process; "
+        f"part {part!r} of {store} is being written by another process{held}; "
         "give each concurrent job its own --shard"
     )
 
@@ -108,7 +119,7 @@ class ObjectClaim:
         if not put_exclusive(self._fs, self._path, self._doc()):
             holder = self._read()
             if holder is not None and not _is_stale(holder):
-                raise _busy(part, url.parent)
+                raise _busy(part, url.parent, holder)
             log.warning(
                 "part %r: taking over the claim of a writer that is gone (%s)",
                 part,
@@ -122,6 +133,7 @@ class ObjectClaim:
             if not put_exclusive(self._fs, self._path, self._doc()):
                 raise _busy(part, url.parent)  # another writer took it over first
         self._renewed = time.monotonic()
+        _HELD_HERE.add(self.token)
 
     def _doc(self) -> bytes:
         return json.dumps(
@@ -152,6 +164,7 @@ class ObjectClaim:
             self.check()
 
     def release(self) -> None:
+        _HELD_HERE.discard(self.token)
         holder = self._read()
         if holder is not None and holder.get("token") == self.token:
             self._fs.rm_file(self._path)
@@ -173,6 +186,10 @@ def _is_stale(holder: dict) -> bool:
     if not isinstance(heartbeat, (int, float)) or time.time() - heartbeat > CLAIM_TTL_S:
         return True
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        if holder["pid"] == os.getpid():
+            # This process's pid: either a claim it holds, or one left by an earlier process
+            # that had the same pid (a container restarted on this host runs as pid 1 again).
+            return holder.get("token") not in _HELD_HERE
         return not process_alive(holder["pid"])
     return False
 
