@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import select
+import ssl
 import sys
 import threading
 import traceback
@@ -78,7 +79,12 @@ def _os_error_in_chain(exc: BaseException) -> OSError | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in OS_ERRORS:
+        # An SSLError's errno is OpenSSL's code, not the system's: its 1 is not EPERM.
+        if (
+            isinstance(current, OSError)
+            and not isinstance(current, ssl.SSLError)
+            and current.errno in OS_ERRORS
+        ):
             return current
         current = current.__cause__ or current.__context__
     return None
@@ -95,6 +101,7 @@ _ENVIRONMENT_ERRORS = {
         "ProfileNotFound",
         "ConnectionError",  # EndpointConnectionError, ConnectTimeoutError, ...
         "HTTPClientError",  # ReadTimeoutError, ConnectionClosedError, ...
+        "ClientError",  # the service's own refusals: 403 Forbidden, AccessDenied, ...
     ),
     "google.auth.exceptions": ("GoogleAuthError",),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import ssl
 import subprocess
 import sys
 
@@ -268,3 +269,25 @@ def test_a_reader_that_left_ends_the_command_quietly(tmp_path):
         finally:
             os.close(write)
         assert (proc.returncode, proc.stderr) == (core.EXIT_READER_LEFT, b""), args
+
+
+def test_an_ssl_error_code_is_not_read_as_a_system_errno():
+    # OpenSSL's code 1 printed as "operation not permitted" (EPERM) for a TLS failure.
+    code, message = core.classify(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version"))
+    assert code == 2 and "not permitted" not in message and "WRONG_VERSION_NUMBER" in message
+
+
+def test_an_object_stores_refusal_is_said_to_be_the_object_stores():
+    # s3fs raises a bare PermissionError("Forbidden") from botocore's ClientError.
+    from botocore.exceptions import ClientError
+
+    refusal = ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
+    try:
+        try:
+            raise refusal
+        except ClientError as inner:
+            raise PermissionError("Forbidden") from inner
+    except PermissionError as outer:
+        code, message = core.classify(outer)
+    assert code == 2 and message.startswith("object store: An error occurred (403) when calling")
+    assert "credentials come from the environment" in message

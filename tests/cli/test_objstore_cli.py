@@ -183,16 +183,22 @@ def test_import_yt8m_into_s3_equals_local(s3, tmp_path: Path) -> None:  # noqa: 
 # ------------------------------------------------------------------------------ environment
 
 
-@pytest.mark.parametrize("broken", ["no credentials", "no endpoint"])
-def test_a_wrong_object_store_environment_cannot_run(s3, tmp_path: Path, broken: str) -> None:  # noqa: F811
+@pytest.mark.parametrize(
+    ("broken", "said"),
+    [("no credentials", "credentials"), ("no endpoint", "endpoint"), ("https to http", "ssl")],
+)
+def test_a_wrong_object_store_environment_cannot_run(s3, tmp_path: Path, broken, said) -> None:  # noqa: F811
     # The user's environment, not a bug: exit 2 and one line saying where settings come from.
     store = f"{s3.bucket()}/s.zarr"
     write_order_store(store, 4, dim=4, min_len=2, max_len=3)
     env = {**os.environ, "AWS_MAX_ATTEMPTS": "1", "AWS_EC2_METADATA_DISABLED": "true"}
     if broken == "no credentials":
         del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
-    else:
+    elif broken == "no endpoint":
         env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
+    else:  # TLS to a plain-HTTP server (or a certificate not trusted): was "operation not
+        # permitted", OpenSSL's error code 1 read as the system's EPERM
+        env["AWS_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL"].replace("http://", "https://")
     commands = (
         ["vidfeat_cli.vidfeat", "info", store],
         ["vidfeat_cli.heads", "train", store, "-m", "logistic", "-o", tmp_path / "run"],
@@ -208,5 +214,14 @@ def test_a_wrong_object_store_environment_cannot_run(s3, tmp_path: Path, broken:
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: object store: "), done.stderr
-        assert ("credentials" if broken == "no credentials" else "endpoint") in lines[0].lower()
+        assert said in lines[0].lower(), lines[0]
+        assert "not permitted" not in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_store_in_a_bucket_that_does_not_exist_says_so(s3) -> None:  # noqa: F811
+    store = f"s3://no-such-bucket-{os.getpid()}/s.zarr"
+    for command in (["info", store], ["verify", store]):
+        result = CliRunner().invoke(vidfeat_main, command)
+        assert result.exit_code == 2, result.output
+        assert f"no feature store at {store}: bucket 'no-such-bucket-" in result.output

@@ -136,9 +136,26 @@ def open_store(
     ``cache_mb`` MiB of decoded chunks for later reads (0: none)."""
     backend = _backend(path, format)
     if not backend.exists():
-        raise StoreError(f"no feature store at {path}")
+        raise no_store_at(path)
     check_readable(backend.read_meta(), backend.path)
     return StoreReader(backend, cache_mb=cache_mb)
+
+
+def no_store_at(path: str | os.PathLike | RemotePath) -> StoreError:
+    """The error for a path where no store is; on an object store, whether its bucket is
+    missing, the usual cause (a typo, or another endpoint than the one the bucket is on)."""
+    message = f"no feature store at {path}"
+    location = as_location(path)
+    if isinstance(location, RemotePath):
+        fs, key = location.filesystem()
+        bucket = key.split("/", 1)[0]
+        try:
+            seen = fs.exists(bucket)
+        except Exception:  # a hint only: without it the plain message stands
+            seen = True
+        if not seen:
+            message += f": bucket {bucket!r} does not exist (or these credentials cannot see it)"
+    return StoreError(message)
 
 
 def _streams(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vidfeat.errors import StoreError, StoreIntegrityError
+from vidfeat.errors import StoreIntegrityError
 from vidfeat.store.base import PartReader, frame_arrays, part_arrays
 from vidfeat.store.schema import StoreMeta, check_readable
 
@@ -159,11 +159,11 @@ class _PartCheck:
 
 def verify_store(path: str | os.PathLike, format: str | None = None) -> VerifyReport:
     """Check everything in a store; the report lists each problem (empty when clean)."""
-    from vidfeat.store import _backend
+    from vidfeat.store import _backend, no_store_at
 
     backend = _backend(path, format)
     if not backend.exists():
-        raise StoreError(f"no feature store at {path}")
+        raise no_store_at(path)
     meta = backend.read_meta()
     check_readable(meta, backend.path, action="verifies")
     report = VerifyReport(str(backend.path), backend.name, meta.schema_version, meta.checksummed)
