@@ -101,10 +101,37 @@ _ENVIRONMENT_ERRORS = {
         "ProfileNotFound",
         "ConnectionError",  # EndpointConnectionError, ConnectTimeoutError, ...
         "HTTPClientError",  # ReadTimeoutError, ConnectionClosedError, ...
-        "ClientError",  # the service's own refusals: 403 Forbidden, AccessDenied, ...
+        "ClientError",  # the service's answers: only its refusals count (_REFUSALS)
     ),
     "google.auth.exceptions": ("GoogleAuthError",),
 }
+
+
+# The error codes of a ClientError that are the environment's doing (credentials, rights);
+# any other (NoSuchKey, SlowDown, InternalError, ...) is not, or not only, the user's settings.
+_REFUSALS = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "ExpiredToken",
+        "Forbidden",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "SignatureDoesNotMatch",
+        "401",
+        "403",
+    }
+)
+
+
+def _is_environments(error: BaseException) -> bool:
+    """Whether an error of ``_ENVIRONMENT_ERRORS`` is the environment's: all are, except a
+    ClientError (or a subclass: NoSuchBucket, ...) whose code is not a refusal."""
+    client_error = getattr(sys.modules.get("botocore.exceptions"), "ClientError", None)
+    if client_error is None or not isinstance(error, client_error):
+        return True
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code")) in _REFUSALS
 
 
 def _environment_error_in_chain(exc: BaseException) -> BaseException | None:
@@ -123,7 +150,7 @@ def _environment_error_in_chain(exc: BaseException) -> BaseException | None:
     current: BaseException | None = exc
     while kinds and current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, kinds):
+        if isinstance(current, kinds) and _is_environments(current):
             # Ray re-raises a worker's error as a RayTaskError that is also of its class;
             # its ``cause`` is the original, with the original message.
             return getattr(current, "cause", None) or current

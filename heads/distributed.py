@@ -151,6 +151,32 @@ def all_sum(values: Tensor) -> Tensor:
     return values
 
 
+def on_every_rank(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` on every rank; when it raises on any, it raises on every rank: its own error
+    where it failed, :class:`heads.errors.RankLost` naming the failed rank elsewhere. For
+    steps whose errors are each rank's own (its view of the store): the others would
+    otherwise wait at the next collective until the timeout, then fail as if by a bug."""
+    if not _WORLD.distributed:
+        return fn(*args, **kwargs)
+    from heads.errors import RankLost
+
+    result, error = None, None
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as exc:  # re-raised below, after every rank has heard of it
+        error = exc
+    said = gather(None if error is None else (str(error) or type(error).__name__))
+    first = None
+    if said is not None:
+        first = next(((rank, text) for rank, text in enumerate(said) if text is not None), None)
+    first = broadcast(first)
+    if error is not None:
+        raise error
+    if first is not None:
+        raise RankLost(f"rank {first[0]} of this torchrun job stopped: {first[1]}")
+    return result  # type: ignore[return-value]
+
+
 def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn`` on rank 0 only; every rank gets its result, or raises its error.
 

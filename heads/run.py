@@ -368,10 +368,14 @@ def train_run(
             )
             return ck.read_json(run_dir / ck.TEST_METRICS)
         continuing = state == "unfinished" and resume
+        # Each rank reads the store itself: its errors are its own, and every rank must hear
+        # of them (dd.on_every_rank).
         if continuing:
-            data = _resumed_data(store_path, cfg, run_dir, reader)
+            data = dd.on_every_rank(_resumed_data, store_path, cfg, run_dir, reader)
         else:
-            data = load_data(store_path, cfg, split_file=split_file, reader=reader)
+            data = dd.on_every_rank(
+                load_data, store_path, cfg, split_file=split_file, reader=reader
+            )
         check_training_set(data)
         sizes = {k: len(v) for k, v in data.sets.items()}
         log.info("%d classes; videos: %s", len(data.label_map), sizes)

@@ -225,8 +225,8 @@ def finetune_run(
     with open_data_store(store, cfg.data) as reader:  # one snapshot, shared by the splits
         check_store_compatible(run.provenance, reader)
         parent_splits = load_splits(run.run_dir / ck.SPLIT)
-        data = load_data(
-            store, cfg, split_file=split_file, parent_splits=parent_splits, reader=reader
+        data = dd.on_every_rank(  # each rank's own view of the store: see train_run
+            load_data, store, cfg, split_file=split_file, parent_splits=parent_splits, reader=reader
         )
         check_training_set(data)
         model = copy.deepcopy(run.model)  # the caller's LoadedRun stays as it was

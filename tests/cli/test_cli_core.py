@@ -291,3 +291,13 @@ def test_an_object_stores_refusal_is_said_to_be_the_object_stores():
         code, message = core.classify(outer)
     assert code == 2 and message.startswith("object store: An error occurred (403) when calling")
     assert "credentials come from the environment" in message
+    # Its other answers are not the credentials' doing: a bug raised while handling one (here
+    # a precondition failure) stays an internal error.
+    try:
+        try:
+            raise ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
+        except ClientError:
+            raise KeyError("etag")  # noqa: B904 - the implicit context is the point
+    except KeyError as bug:
+        assert isinstance(bug.__context__, ClientError)
+        assert core.classify(bug)[0] == core.EXIT_INTERNAL

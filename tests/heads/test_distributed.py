@@ -407,3 +407,44 @@ def test_ranks_that_read_different_data_all_stop_before_training(tmp_path):
     assert text.count("the ranks of this torchrun job read different data") == 2, text[-3000:]
     assert "rank 0: {'train'" in text and "rank 1: {'train'" in text
     assert not (tmp_path / "run").exists()  # nothing trained, nothing kept
+
+
+def _rank_of_on_every_rank(rank: int, port: int, out: str) -> None:
+    """One rank of a 2-rank gloo group: rank 1 fails inside ``on_every_rank``."""
+    from heads import distributed as dd
+
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port), HEADS_DIST_TIMEOUT_S="60",
+    )  # fmt: skip
+
+    def load() -> str:
+        if rank == 1:
+            raise ConfigError("classes not found in the store's videos: ['c']")
+        return "data"
+
+    started = time.monotonic()
+    with dd.session("cpu"):
+        try:
+            said = f"returned {dd.on_every_rank(load)}"
+        except Exception as exc:
+            said = f"{type(exc).__name__}: {exc}"
+    Path(out, f"rank{rank}.txt").write_text(f"{said}\n{time.monotonic() - started:.1f}")
+
+
+def test_an_error_on_one_rank_stops_every_rank_at_once(tmp_path):
+    # Reading the store is each rank's own step: a rank that failed there exited, and on
+    # another node the others waited at the next collective for the whole timeout (600 s),
+    # then ended with "internal error: DistStoreError ... This is a bug".
+    torch.multiprocessing.spawn(
+        _rank_of_on_every_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True
+    )
+    (said0, took0), (said1, _) = (
+        (tmp_path / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)
+    )
+    assert said1 == "ConfigError: classes not found in the store's videos: ['c']"
+    assert said0 == (
+        "RankLost: rank 1 of this torchrun job stopped: "
+        "classes not found in the store's videos: ['c']"
+    )
+    assert float(took0) < 30  # the verdict, not the 60-s timeout

@@ -216,8 +216,9 @@ def test_a_requeued_video_already_committed_is_reported_not_written(reference, t
     # queued again; the worker taking one must report it done (the job used to stop with
     # "already in the store"). Run in this process: the worker is a plain class under Ray.
     from vidfeat.config import ExtractConfig
-    from vidfeat.engines._ray_workers import EmbedWorker
+    from vidfeat.engines._ray_workers import EmbedWorker, store_view
     from vidfeat.engines.ray import _absolute_paths
+    from vidfeat.errors import EngineError
     from vidfeat.manifest import read_manifest
     from vidfeat.pipeline import prepare, settle_config_precision
 
@@ -240,6 +241,14 @@ def test_a_requeued_video_already_committed_is_reported_not_written(reference, t
     # a rerun's (--retry-failed) must come after the earlier runs'.
     later = EmbedWorker(cfg, job.store_settings, "cpu")
     assert worker.part < later.part
+    # A worker started in a dead one's place is not asked `ready` by the driver: it checks
+    # the store it sees against the driver's before its first write.
+    elsewhere = {**store_view(cfg), "id": "another store's"}
+    stranger = EmbedWorker(cfg, job.store_settings, "cpu", elsewhere)
+    with pytest.raises(EngineError, match="this worker sees another store at"):
+        stranger.add(entry, [])
+    with open_store(store) as r:
+        assert set(r.videos["part"]) == {"main"}  # it wrote nothing
 
 
 def test_embedding_workers_that_take_every_cpu_are_refused_on_a_local_cluster(

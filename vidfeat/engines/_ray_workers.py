@@ -25,7 +25,7 @@ from vidfeat.allocator import keep_freed_memory
 from vidfeat.config import ExtractConfig
 from vidfeat.decode.pool import DecodePool, PoolEvent
 from vidfeat.decode.worker import FrameTransform
-from vidfeat.errors import VidfeatError
+from vidfeat.errors import EngineError, VidfeatError
 from vidfeat.manifest import ManifestEntry
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,13 @@ def store_view(cfg: ExtractConfig) -> dict | str:
 class EmbedWorker:
     """Embeds decoded videos and writes them into its own part (a Ray actor)."""
 
-    def __init__(self, cfg: ExtractConfig, store_settings: dict, device: str) -> None:
+    def __init__(
+        self,
+        cfg: ExtractConfig,
+        store_settings: dict,
+        device: str,
+        expected_store: dict | str | None = None,
+    ) -> None:
         import torch
 
         from vidfeat.backbones import create_backbone
@@ -144,6 +150,9 @@ class EmbedWorker:
             torch.set_num_threads(1)  # the actor holds one CPU of the cluster
         keep_freed_memory()  # the actor's process is its own: vidfeat.allocator
         self.cfg, self.store_settings = cfg, store_settings
+        # The store the driver sees: a worker started in a dead one's place (no `ready` check
+        # by the driver) checks it before writing.
+        self.expected_store = expected_store
         # Named by start time, then at random: readers show a video's most recent failure by
         # part-name order, so a rerun's parts must sort after the earlier runs'.
         self.part = f"ray-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
@@ -169,6 +178,10 @@ class EmbedWorker:
     def _job(self) -> Any:
         if self.extraction is None:  # the part is created with the first video, not before
             from vidfeat.store import create_store
+
+            seen = store_view(self.cfg)
+            if self.expected_store is not None and seen != self.expected_store:
+                raise EngineError(f"this worker sees another store at {self.cfg.out}: {seen}")
 
             self.writer = create_store(
                 self.cfg.out,

@@ -201,7 +201,12 @@ class _Scheduler:
     ) -> None:
         import functools
 
-        from vidfeat.engines._ray_workers import DecodeSettings, EmbedWorker, decode_video
+        from vidfeat.engines._ray_workers import (
+            DecodeSettings,
+            EmbedWorker,
+            decode_video,
+            store_view,
+        )
         from vidfeat.preprocess import preprocess_frame
 
         self.ray, self.cfg, self.summary, self.bar = ray, cfg, job.summary, bar
@@ -219,7 +224,11 @@ class _Scheduler:
         self.n_actors = n_actors
         self._check_cpus(n_actors * resources["num_cpus"], fixed=fixed_cluster)
         worker = ray.remote(EmbedWorker).options(max_restarts=0, max_task_retries=0, **resources)
-        self.new_actor = functools.partial(worker.remote, cfg, job.store_settings, device)
+        # The store as the driver sees it (created by check_store before the scheduler).
+        self.store = store_view(cfg)
+        self.new_actor = functools.partial(
+            worker.remote, cfg, job.store_settings, device, self.store
+        )
         self.queue: collections.deque[ManifestEntry] = collections.deque()
         self.decoding: dict[Any, tuple[ManifestEntry, Any]] = {}  # small ref -> entry, frames
         self.decoded: collections.deque[tuple[ManifestEntry, Any]] = collections.deque()
@@ -257,16 +266,17 @@ class _Scheduler:
     def start(self) -> None:
         """Start the embedding workers and wait until each has loaded its model, so that a
         model that cannot load stops the job before any work, and setup is timed apart."""
-        from vidfeat.engines._ray_workers import store_view
-
         self.actors = [_Actor(self.new_actor()) for _ in range(self.n_actors)]
         try:
             answers = self.ray.get([a.handle.ready.remote() for a in self.actors])
         except self.ray.exceptions.RayError as exc:
             self._stop()
             raise EngineError(f"embedding workers cannot start: {exc}") from exc
-        mine = store_view(self.cfg)
-        others = [view for _, view in answers if view != mine]
+        mine = self.store
+        # A node with an older vidfeat answers with its part alone: the same environment is
+        # required on every node (docs/ray.md), and its store cannot be compared.
+        views = [a[1] if isinstance(a, tuple) else "an older vidfeat's answer" for a in answers]
+        others = [view for view in views if view != mine]
         if others:  # their videos would go where this driver never looks
             self._stop()
             raise EngineError(

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as _dt
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,9 @@ def new_meta(
     created = {
         "vidfeat_version": version,
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        # Tells this store from a copy of it or one made in the same second (a Ray worker
+        # must write into the driver's store, not into a node's own copy).
+        "id": uuid.uuid4().hex,
     }
     return StoreMeta(specs, _json_safe(dict(attrs or {}), "store attrs"), level, created=created)
 
