@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,9 @@ class Member:
     label_map: LabelMap
     val_gap: float | None  # GAP@20 on validation at the best evaluation
     multilabel: bool  # sigmoid outputs (else softmax): what its scores mean
+    # The file's column of each class of the ensemble (the first run's order), when this run
+    # has the same classes in another order (other --classes orders); None: the same order.
+    columns: np.ndarray | None = None
 
     def log_probabilities(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """(n, C) float64 log p and log(1 - p) of the videos ``video_ids[start:stop]``, from
@@ -77,7 +80,8 @@ class Member:
 
     def _read(self, array: np.ndarray | NpzRows, start: int, stop: int) -> np.ndarray:
         try:
-            return array[self.rows[start:stop]]
+            block = array[self.rows[start:stop]]
+            return block if self.columns is None else block[:, self.columns]
         except (OSError, ValueError) as exc:  # e.g. the file cut short since it was opened
             path = self.run_dir / f"{ck.TEST_PREDICTIONS}.npz"
             raise CheckpointError(f"{path}: cannot read test predictions: {exc}") from exc
@@ -163,10 +167,17 @@ def _best_val_gap(run_dir: Path) -> float | None:
     return best[-1].get("val_gap_at_20") if best else None
 
 
-def check_compatible(members: list[Member]) -> None:
-    """Refuse members whose label maps or test splits differ."""
+def check_compatible(members: list[Member]) -> list[Member]:
+    """Refuse members whose label maps or test splits differ; returns them with the classes
+    of a run that has the first's in another order read in the first's order."""
     first = members[0]
+    aligned = [first]
     for other in members[1:]:
+        if other.label_map != first.label_map and _same_classes(other.label_map, first.label_map):
+            column = {label: i for i, label in enumerate(other.label_map.labels)}
+            order = np.array([column[label] for label in first.label_map.labels])
+            other = replace(other, label_map=first.label_map, columns=order)
+        aligned.append(other)
         if other.label_map != first.label_map:
             raise ConfigError(
                 f"runs {first.run_dir} and {other.run_dir} have different label maps "
@@ -187,6 +198,12 @@ def check_compatible(members: list[Member]) -> None:
                 f"({len(only)} videos in one only, e.g. {only[:3]}); "
                 "train them with the same --seed or --split-file"
             )
+    return aligned
+
+
+def _same_classes(a: LabelMap, b: LabelMap) -> bool:
+    """The same classes, in any order, and the same multi-label flag."""
+    return a.multilabel == b.multilabel and sorted(a.labels) == sorted(b.labels)
 
 
 def _label_map_difference(a: LabelMap, b: LabelMap) -> str:
@@ -253,8 +270,7 @@ def ensemble_runs(
     out = Path(out)
     _check_out(out, force)
     with contextlib.ExitStack() as held:
-        members = [load_member(r, held) for r in runs]
-        check_compatible(members)
+        members = check_compatible([load_member(r, held) for r in runs])
         w = resolve_weights(members, weights)
         made = not out.exists()
         out.mkdir(parents=True, exist_ok=True)

@@ -287,6 +287,35 @@ def test_runs_with_other_classes_are_refused(runs, tmp_path):
     )
 
 
+def test_runs_with_the_same_classes_in_another_order_are_read_in_the_first_ones(runs, tmp_path):
+    # Two runs trained with --classes in two orders have the same classes in other columns:
+    # they were refused ("in another order; train them with the same --classes").
+    _, made = runs
+    perm = np.array([3, 0, 5, 1, 4, 2])
+
+    def reordered(saved):
+        arrays = ("scores", "ranking", "labels", "class_names")
+        return {k: (v[..., perm] if k in arrays else v) for k, v in saved.items()}
+
+    other = _run_with_predictions(made["b"], tmp_path / "b_reordered", reordered)
+    label_map = json.loads((other / ck.LABEL_MAP).read_text())
+    label_map["labels"] = [label_map["labels"][i] for i in perm]
+    (other / ck.LABEL_MAP).write_text(json.dumps(label_map))
+    outs = {}
+    for name, second in (("plain", made["b"]), ("reordered", other)):
+        outs[name] = tmp_path / name
+        args = ["ensemble", str(made["a"]), str(second), "-o", str(outs[name])]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    metrics = [json.loads((outs[n] / ck.TEST_METRICS).read_text()) for n in outs]
+    for m in metrics:
+        m.pop("members")
+    assert metrics[0] == metrics[1]
+    npz = [np.load(outs[n] / f"{ck.TEST_PREDICTIONS}.npz") for n in outs]
+    for key in ("scores", "ranking", "labels", "class_names", "video_id"):
+        np.testing.assert_array_equal(npz[0][key], npz[1][key])
+
+
 def test_evaluating_an_ensemble_says_it_has_no_model(runs, tmp_path):
     # It said "checkpoint .../best.pt not found", as if the run were damaged.
     root, made = runs
