@@ -2,8 +2,9 @@
 
 Every run saves its best checkpoint's class scores on its test split (``test_predictions.npz``).
 An ensemble averages those scores, so it needs no store and no model: only runs with the same
-label map (same classes in the same order, same single/multi-label loss) and the same test
-videos can be combined; anything else is refused with a message naming the difference.
+classes (matched by name, read in the first run's order), the same single/multi-label loss and
+the same test videos can be combined; anything else is refused with a message naming the
+difference.
 
 Weights: ``equal``; ``gap``, each run's validation GAP@20 (at its best evaluation) over their
 sum; or a JSON file with one non-negative weight per run (a list in run order, or an object
