@@ -326,24 +326,30 @@ def _account(
     summary: ImportSummary, result: FileResult, recorded: list[RecordFailure], withheld: bool
 ) -> None:
     if withheld:  # nothing of the file was written: each failure is reported, none recorded
-        readable = len(result.videos)
         if any(f.status not in RETRY_STATUSES for f in result.failures):
             log.warning(
                 "%s ends early: none of it imported (%d readable record(s) before the damage); "
                 "a rerun reads it again, --keep-partial imports what is readable",
                 result.source.url,
-                readable,
+                len(result.videos),
             )
-        recorded = result.failures
-        summary.unrecorded += len(recorded)
+        summary.unrecorded += len(result.failures)
+        _report_failures(summary, result, result.failures)
+        return
     failed_ids = {f.video_id for f in recorded if f.video_id is not None}
-    ok = [] if withheld else [v for v in result.videos if v.video_id not in failed_ids]
-    if ok or (recorded and not withheld):
+    ok = [v for v in result.videos if v.video_id not in failed_ids]
+    if ok or recorded:
         summary.imported_files += 1
     summary.videos += len(ok)
     summary.frames += sum(v.n_frames for v in ok)
     summary.feature_bytes += sum(v.nbytes for v in ok)
-    for f in recorded:
+    _report_failures(summary, result, recorded)
+
+
+def _report_failures(
+    summary: ImportSummary, result: FileResult, failures: list[RecordFailure]
+) -> None:
+    for f in failures:
         summary.failed += 1
         summary.failures.append((result.source.url, f))
         log.warning("%s record %d: %s (%s)", result.source.url, f.index, f.reason, f.status)
