@@ -172,9 +172,10 @@ def format_yt8m_pairs(
 ) -> str:
     """YouTube-8M's LabelConfidencePairs: "index score index score ..." of the k best classes
     by ``ranking`` (default: the scores; vocabulary indices, so spaces separate
-    unambiguously)."""
+    unambiguously). Scores are written as Google's inference.py writes them (``%g``: six
+    significant digits), so a small score keeps its digits instead of rounding to 0.000000."""
     order = _best(scores, k, ranking)
-    return " ".join(f"{indices[i]} {scores[i]:.6f}" for i in order)
+    return " ".join(f"{indices[i]} {float(scores[i]):g}" for i in order)
 
 
 def as_csv_cells(table: pd.DataFrame) -> pd.DataFrame:

@@ -150,7 +150,8 @@ def test_predict_csv_and_yt8m(trained, tmp_path):
     assert len(first) == 8 and {int(i) for i in first[::2]} == set(index.values())
     # Same scores in both formats, the label replaced by its vocabulary index.
     best = json.loads(table["predictions"][0])[0]
-    assert first[:2] == [str(index[best["label"]]), f"{best['score']:.6f}"]
+    assert first[0] == str(index[best["label"]])
+    assert float(first[1]) == pytest.approx(best["score"], rel=1e-5, abs=1e-6)
     # A store that records its vocabulary (import-yt8m --vocabulary) needs no file.
     recorded = tmp_path / "recorded.h5"  # an HDF5 store: the root file's "vidfeat" attribute
     shutil.copy(store, recorded)

@@ -20,6 +20,7 @@ from heads.predictions import (
     Scored,
     ScoresWriter,
     as_csv_cells,
+    format_yt8m_pairs,
     npz_arrays,
     read_vocabulary,
     top_classes,
@@ -67,6 +68,16 @@ def test_a_name_made_of_digits_is_looked_up_not_taken_for_an_index(tmp_path, voc
         vocabulary_indices(("²",), None)
     with pytest.raises(ConfigError, match="not in the vocabulary: ²"):
         vocabulary_indices(("²",), vocabulary)
+
+
+def test_yt8m_pairs_write_scores_as_googles_inference_does():
+    # Google's inference.py writes "%i %g": six significant digits, so a score of 1.2e-05
+    # keeps its digits (a fixed six decimals would write 0.000012, and 4e-07 as 0.000000).
+    scores = np.array([0.5, 1.234567e-5, 0.25, 4e-7, 0.875], dtype=np.float32)
+    line = format_yt8m_pairs(scores, ("10", "11", "12", "13", "14"), k=5)
+    expected = " ".join("%i %g" % (i, scores[i - 10]) for i in (14, 10, 12, 11, 13))  # noqa: UP031 (Google's own spelling)
+    assert line == expected
+    assert line.split(" ")[-1] == "4e-07"
 
 
 AWKWARD = ("x y:0.5", "Ice hockey", "c:d", "a,b", 'say "hi"', "café 日本")
