@@ -656,6 +656,21 @@ def test_format_is_chosen_by_suffix(tmp_path: Path) -> None:
         assert open_store(tmp_path / name).format == fmt
 
 
+def test_a_store_made_against_its_suffix_is_read_as_what_is_on_disk(tmp_path: Path) -> None:
+    # `--format hdf5` on a name without a suffix (or with another store's suffix) makes a
+    # store that every reader must open without being told the format again.
+    for name, fmt in [("plain", "hdf5"), ("odd.zarr", "hdf5"), ("odd.h5", "zarr")]:
+        with create_store(tmp_path / name, dim=2, format=fmt) as w:
+            w.write("x", np.ones((1, 2)))
+        with open_store(tmp_path / name) as r:
+            assert (r.format, r.ok_ids) == (fmt, ["x"])
+        with create_store(tmp_path / name, dim=2) as w:  # resumed without --format
+            w.write("y", np.ones((1, 2)))
+        assert open_store(tmp_path / name, format=fmt).ok_ids == ["x", "y"]
+        code, out = cli_verify(tmp_path / name)
+        assert code == 0, out
+
+
 def test_what_already_lies_at_a_new_store_path(tmp_path: Path) -> None:
     # An empty directory the user made becomes a Zarr store; a file, a non-empty directory,
     # or a directory where an HDF5 root file should go is refused before anything is written.

@@ -81,6 +81,11 @@ def _backend(path: str | os.PathLike | RemotePath, format: str | None) -> Backen
         )
     backend = BACKENDS.get(detect_format(p, format))(p)
     if isinstance(p, Path) and format is None and not backend.exists():
+        # A store made with --format against its suffix (or without one) is what is on
+        # disk, whatever its name says: readers take it for what it is.
+        for name in BACKENDS.names():
+            if name != backend.name and _holds_store(other := BACKENDS.get(name)(p)):
+                return other
         # An empty directory is where the user asked a new store to go; anything else at the
         # path is not ours to write into (or read as a store). Another shard may have made
         # the store since the check above (its root appears whole): asked again before
@@ -91,6 +96,15 @@ def _backend(path: str | os.PathLike | RemotePath, format: str | None) -> Backen
         elif p.exists() and not p.is_dir() and not backend.exists():
             raise StoreError(f"{p} is a file, not a vidfeat {backend.name} store")
     return backend
+
+
+def _holds_store(backend: Backend) -> bool:
+    """Whether ``backend``'s root is at its path and reads as one (any file passes the HDF5
+    backend's look for a root file; a file it cannot parse is not a store)."""
+    try:
+        return backend.exists() and backend.read_meta() is not None
+    except StoreError:
+        return False
 
 
 def check_store_path(path: str | os.PathLike | RemotePath, format: str | None = None) -> None:
