@@ -208,6 +208,12 @@ def check_run_dir(
     if resume and force:
         raise ConfigError("--resume continues a run and --force replaces it: choose one")
     if not (run_dir / CONFIG).exists():
+        if (run_dir / TEST_METRICS).exists():  # test results without a run: an ensemble's
+            # Its files share a run's names; --force would replace some and leave the rest.
+            raise RunExistsError(
+                f"{run_dir} holds an ensemble's results (heads ensemble), not a training run; "
+                "choose another --out"
+            )
         return "new"
     state = "finished" if is_finished(run_dir) else "unfinished"
     if not (resume or force):

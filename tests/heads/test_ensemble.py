@@ -393,3 +393,10 @@ def test_out_never_overwrites_a_run_and_an_ensemble_only_with_force(runs, tmp_pa
     forced = CliRunner().invoke(main, [*args, "--force"])
     assert forced.exit_code == 0, forced.output
     assert json.loads((out / ck.TEST_METRICS).read_text())["weights"] != [0.5, 0.5]
+    # Nor does a training run go over an ensemble, even with --force: their files share names.
+    ensemble = (out / ck.TEST_METRICS).read_bytes()
+    for extra in ([], ["--force"]):
+        args = ["train", str(runs[0] / "s.zarr"), "-m", "logistic", "-o", str(out), *extra]
+        result = CliRunner().invoke(main, [*args, "--epochs", "1"])
+        assert result.exit_code == 2 and "holds an ensemble's results" in result.output
+        assert (out / ck.TEST_METRICS).read_bytes() == ensemble and not (out / ck.CONFIG).exists()
