@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -378,13 +377,14 @@ def run_dir_lock(out: Path) -> Iterator[bool]:
     be; the kernel releases it when the process dies). Two commands given the same --out both
     found it new and interleaved their files. Yields whether ``out`` existed before."""
     from heads.errors import RunExistsError
+    from vidfeat.store.claim import lock_fd, unlock_fd
 
     existed = out.exists() or out.is_symlink()
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out, os.O_RDONLY)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock_fd(fd)  # not kept by DataLoader workers, which outlive a killed parent
         except BlockingIOError:
             raise RunExistsError(
                 f"{out} is being written by another heads process (a train or finetune with "
@@ -392,6 +392,7 @@ def run_dir_lock(out: Path) -> Iterator[bool]:
             ) from None
         yield existed
     finally:
+        unlock_fd(fd)
         os.close(fd)
 
 

@@ -229,6 +229,46 @@ def test_a_second_process_writing_the_same_run_is_refused(tmp_path, store, run):
     assert invoke("-q", "train", store, "-m", "bof", "-o", out, *SMALL, "--force").exit_code == 0
 
 
+# Takes the run directory's lock, forks a child that lives on (as DataLoader workers outlive
+# a killed `heads train` for seconds), then dies by SIGKILL while holding the lock.
+_KILLED_HOLDER = """
+import os, signal, sys, time
+from pathlib import Path
+from vidfeat_cli.heads_options import run_dir_lock
+with run_dir_lock(Path(sys.argv[1])):
+    child = os.fork()
+    if child == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1), os.dup2(null, 2)  # the test reads the parent's output to its end
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_runs_forked_children_do_not_keep_its_lock(tmp_path):
+    import fcntl
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_HOLDER, str(out)], capture_output=True, text=True
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    child = int(proc.stdout)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        os.kill(child, 0)  # still alive, with its copy of the parent's descriptors
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # yet free at once: a rerun may resume
+    finally:
+        os.close(fd)
+        os.kill(child, signal.SIGKILL)
+
+
 def test_a_batch_size_of_one_trains_every_epoch(tmp_path, store):
     # It hung in the second epoch (or, with --eval-every, failed with ZeroDivisionError).
     out = tmp_path / "one"

@@ -65,6 +65,41 @@ def _busy(part: str, locks: Location, holder: dict | None = None) -> StoreError:
     )
 
 
+# Descriptors of the flocks this process holds. A forked child (a DataLoader worker) shares
+# each lock's open file, and the kernel keeps an flock until every copy is closed: a killed
+# process's orphaned workers held its locks for seconds, and an immediate rerun was refused.
+_LOCK_FDS: set[int] = set()
+
+
+def _drop_locks_in_child() -> None:
+    # /dev/null over each copy rather than close(): the child's file objects keep a valid
+    # descriptor, and the number cannot be reused for another file under them.
+    if not _LOCK_FDS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd in _LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.dup2(null, fd)
+    os.close(null)
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
+def lock_fd(fd: int) -> None:
+    """Take an exclusive flock on ``fd`` without waiting (``BlockingIOError`` when another
+    process holds it), held by this process alone: forked children do not keep it. Call
+    :func:`unlock_fd` before closing ``fd``."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _LOCK_FDS.add(fd)
+
+
+def unlock_fd(fd: int) -> None:
+    """Forget ``fd`` as a held lock (its number may be reused once it is closed)."""
+    _LOCK_FDS.discard(fd)
+
+
 def _locks_dir(store: Location) -> Location:
     return store.with_name(store.name + LOCKS_SUFFIX)
 
@@ -83,7 +118,7 @@ class FileLock:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(path, "a+")  # noqa: SIM115 - held for the writer's lifetime
         try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock_fd(self._fh.fileno())
         except BlockingIOError:
             self._fh.close()
             raise _busy(part, path.parent) from None
@@ -93,6 +128,7 @@ class FileLock:
             self._fh.write(f"{os.getpid()}\n")
             self._fh.flush()
         except OSError as exc:  # a full disk: the lock file has no room for the pid
+            unlock_fd(self._fh.fileno())
             with contextlib.suppress(OSError):  # closing flushes the same pid again
                 self._fh.close()
             raise StoreError(f"cannot write the lock file {path}; nothing was written") from exc
@@ -104,6 +140,8 @@ class FileLock:
         pass
 
     def release(self) -> None:
+        if not self._fh.closed:
+            unlock_fd(self._fh.fileno())
         self._fh.close()
 
 
