@@ -106,6 +106,8 @@ class ExtractConfig:
             problems.append("dtype must be float32 or float16 (use --quantize for uint8)")
         if self.quantize and not self.pca:
             problems.append("--quantize needs --pca (raw features do not fit [-2, 2])")
+        if self.quantize and self.dtype != "float32":  # it would be ignored: uint8 is stored
+            problems.append(f"--dtype {self.dtype} and --quantize conflict (quantized is uint8)")
         if not self.timeout_s > 0:  # NaN too
             problems.append("timeout must be > 0 seconds")
         if self.audio is None and (self.audio_weights or self.audio_pca):

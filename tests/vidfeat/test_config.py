@@ -18,6 +18,7 @@ from vidfeat.pipeline import shard_of
         ({"precision": "fp8"}, "precision"),
         ({"device": "tpu"}, "device"),
         ({"quantize": True}, "--quantize needs --pca"),
+        ({"quantize": True, "pca": "p.npz", "dtype": "float16"}, "float16 and --quantize conflict"),
         ({"dtype": "uint8"}, "dtype"),
         ({"shard": (2, 2)}, "shard"),
         ({"commit_every": 0}, "commit_every must be >= 1"),
