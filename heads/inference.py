@@ -136,7 +136,16 @@ def _open_checked(run: LoadedRun, store: str | Path | None) -> tuple[str, pd.Dat
             raise ConfigError(
                 f"{run.cfg.model} reads sequences of frames; store {path} is video-level"
             )
-        videos = reader.videos[reader.videos["status"] == "ok"].reset_index(drop=True)
+        ok = reader.videos["status"] == "ok"
+        videos = reader.videos[ok].reset_index(drop=True)
+    if failed := int((~ok).sum()):  # fewer rows than the store's videos, said
+        log.warning(
+            "%d of the %d videos in %s failed extraction and have no features: they are not "
+            "scored (vidfeat info lists them)",
+            failed,
+            len(ok),
+            path,
+        )
     return path, videos
 
 

@@ -269,6 +269,25 @@ def test_a_killed_runs_forked_children_do_not_keep_its_lock(tmp_path):
         os.kill(child, signal.SIGKILL)
 
 
+def test_predict_says_that_failed_videos_are_not_scored(tmp_path, store, run):
+    from vidfeat import create_store, open_store
+
+    with_failures = tmp_path / "f.zarr"
+    shutil.copytree(store, with_failures)
+    with open_store(store) as r:
+        dim, attrs, n = r.dim, dict(r.attrs), len(r.ok_ids)
+    with create_store(with_failures, dim=dim, attrs=attrs) as w:
+        for i in range(3):
+            w.write_failure(f"broken{i}", "decode_error", "corrupt", labels=("class0",))
+    out = tmp_path / "p.csv"
+    result = invoke("predict", run, "--store", with_failures, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(out)) == n
+    assert f"3 of the {n + 3} videos in {with_failures} failed extraction" in result.output
+    clean = invoke("predict", run, "--store", store, "--out", tmp_path / "q.csv")
+    assert clean.exit_code == 0 and "failed extraction" not in clean.output, clean.output
+
+
 def test_a_batch_size_of_one_trains_every_epoch(tmp_path, store):
     # It hung in the second epoch (or, with --eval-every, failed with ZeroDivisionError).
     out = tmp_path / "one"
