@@ -111,11 +111,20 @@ def _check_resume(saved: TrainConfig, wanted: TrainConfig) -> None:
         a["data"].pop(key), b["data"].pop(key)
     if a["data"]["streams"] is None:  # saved before runs recorded streams: the store's only one
         b["data"]["streams"] = None
-    diffs = [k for k in a if a[k] != b[k]]
+    diffs = "; ".join(f"{k}: {x!r} in the run, {y!r} now" for k, x, y in _differences(a, b))
     if diffs:
-        raise ConfigError(
-            "--resume needs the options of the original run; these differ: " + ", ".join(diffs)
-        )
+        raise ConfigError(f"--resume needs the options of the original run; these differ: {diffs}")
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """(dotted key, a's value, b's value) of every setting that differs, nested ones by name
+    (``data.batch_size``), so that a refusal names the option to change back."""
+    for key in [*a, *(k for k in b if k not in a)]:
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            yield from _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            yield f"{prefix}{key}", x, y
 
 
 # ------------------------------------------------------------------------------ data
@@ -371,7 +380,7 @@ def train_run(
         # Each rank reads the store itself: its errors are its own, and every rank must hear
         # of them (dd.on_every_rank).
         if continuing:
-            data = dd.on_every_rank(_resumed_data, store_path, cfg, run_dir, reader)
+            data = dd.on_every_rank(_resumed_data, store_path, cfg, run_dir, reader, split_file)
         else:
             data = dd.on_every_rank(
                 load_data, store_path, cfg, split_file=split_file, reader=reader
@@ -431,13 +440,25 @@ def check_ranks_agree(data: RunData) -> None:
 
 
 def _resumed_data(
-    store_path: str | Path, cfg: TrainConfig, run_dir: Path, reader: StoreReader
+    store_path: str | Path,
+    cfg: TrainConfig,
+    run_dir: Path,
+    reader: StoreReader,
+    split_file: str | Path | None = None,
 ) -> RunData:
     """The data of the unfinished run in ``run_dir``: its splits and label map, on a store
-    that must still be the one it recorded, with ``cfg`` equal to its config."""
+    that must still be the one it recorded, with ``cfg`` equal to its config (and
+    ``split_file``, if given, the one it recorded)."""
     saved = ck.read_json(run_dir / ck.CONFIG)
     recorded = saved.pop("store")
-    saved.pop("split_file", None)  # the splits themselves are in split.csv
+    # The splits themselves are in split.csv; another file would be silently ignored.
+    recorded_split = saved.pop("split_file", None)
+    if split_file is not None and str(Path(split_file).absolute()) != recorded_split:
+        raise ConfigError(
+            f"--resume keeps the run's splits (its split.csv, from "
+            f"{recorded_split or 'no --split-file'}), not those of --split-file {split_file}: "
+            "resume without --split-file, or add --force to train anew with it"
+        )
     _check_resume(TrainConfig.from_dict(saved), cfg)
     return load_data(
         store_path,

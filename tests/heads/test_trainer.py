@@ -2,6 +2,7 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,6 +194,15 @@ def test_resume_needs_the_same_options(tmp_path):
         train_run(path, cfg, tmp_path / "run")
     with pytest.raises(ConfigError, match="lr"):
         train_run(path, cfg.replace(lr=0.5), tmp_path / "run", resume=True)
+    # A nested option is named with both values, not only by its group ("data").
+    other_batch = cfg.replace(data=dataclasses.replace(cfg.data, batch_size=7))
+    with pytest.raises(ConfigError, match=r"data\.batch_size: 32 in the run, 7 now"):
+        train_run(path, other_batch, tmp_path / "run", resume=True)
+    # The run's splits are in its split.csv: another --split-file is refused, not ignored.
+    split_file = tmp_path / "splits.csv"
+    shutil.copyfile(tmp_path / "run" / ck.SPLIT, split_file)
+    with pytest.raises(ConfigError, match="keeps the run's splits"):
+        train_run(path, cfg, tmp_path / "run", resume=True, split_file=split_file)
 
 
 def test_resume_on_another_store_is_refused(tmp_path):
