@@ -224,6 +224,13 @@ def check_run_dir(
     return state
 
 
+def sweep_run_temps(run_dir: Path) -> None:
+    """Remove the temporary copies of run files that a process killed mid-write left (a
+    checkpoint's is as large as the checkpoint). For the run directory's one writer."""
+    for path in atomic.sweep_temps(run_dir, RUN_FILES):
+        log.info("removed %s, left by a write that was cut short", path.name)
+
+
 def clear_run_dir(run_dir: Path) -> None:
     """Remove a previous run's files (only those a run writes) before starting over."""
     for name in RUN_FILES:

@@ -388,6 +388,8 @@ def train_run(
         check_training_set(data)
         sizes = {k: len(v) for k, v in data.sets.items()}
         log.info("%d classes; videos: %s", len(data.label_map), sizes)
+        if dd.world().is_main:
+            ck.sweep_run_temps(run_dir)
         if not continuing and dd.world().is_main:
             if state != "new":
                 ck.clear_run_dir(run_dir)

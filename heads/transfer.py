@@ -245,6 +245,7 @@ def finetune_run(
             len(warm.kept),
         )
         if dd.world().is_main:  # the only rank that writes
+            ck.sweep_run_temps(out)
             if state != "new":
                 ck.clear_run_dir(out)
             write_run_header(out, cfg, data, finetune=info)  # only once every check has passed

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +27,22 @@ def temp_name(path: str | os.PathLike) -> Path:
     """A fresh temporary path next to ``path`` (same directory, so the rename is atomic)."""
     path = Path(path)
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+
+
+def sweep_temps(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files of ``names`` in ``directory`` that writers killed mid-write
+    left behind; returns them. Only for a directory's sole writer (one that holds its lock):
+    another writer's file in progress would go too."""
+    pattern = re.compile(r"\.(.+)\.[0-9a-f]{32}" + re.escape(TMP_SUFFIX))
+    wanted, removed = set(names), []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            found = pattern.fullmatch(entry.name)
+            if found and found[1] in wanted and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

@@ -205,6 +205,25 @@ def test_resume_needs_the_same_options(tmp_path):
         train_run(path, cfg, tmp_path / "run", resume=True, split_file=split_file)
 
 
+def test_temporary_files_of_killed_writes_are_swept_by_the_next_run(tmp_path):
+    # A kill mid-write leaves the new file under its hidden temporary name; a checkpoint's
+    # is checkpoint-sized, and reruns after preemptions would pile them up.
+    path = make_cluster_store(tmp_path / "s.zarr", n_videos=30)
+    cfg = TrainConfig(model="bof", epochs=1)
+    run = tmp_path / "run"
+    _unfinished_run(path, cfg, run)
+    left = [run / f".{name}.{'ab' * 16}.tmp" for name in (ck.LAST, ck.BEST, ck.METRICS)]
+    others = [run / f".notes.txt.{'cd' * 16}.tmp", run / "mine.tmp", run / f".{ck.LAST}.x.tmp"]
+    for file in left + others:
+        file.write_bytes(b"partial")
+    train_run(path, cfg, run, resume=True)
+    assert (run / ck.TEST_METRICS).exists()
+    assert [f for f in left if f.exists()] == [] and all(f.exists() for f in others)
+    left[0].write_bytes(b"partial")
+    train_run(path, cfg, run, force=True)  # starting over sweeps them too
+    assert not left[0].exists()
+
+
 def test_resume_on_another_store_is_refused(tmp_path):
     path = make_cluster_store(tmp_path / "s.zarr", n_videos=30)
     cfg = TrainConfig(model="bof", epochs=2)
