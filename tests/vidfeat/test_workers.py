@@ -128,6 +128,51 @@ def test_broken_inputs_fail_with_their_status(corrupt_videos):
     assert {job: outcome(ev) for job, ev in events.items()} == {s: s for s in corrupt_videos}
 
 
+def test_urls_that_cannot_be_fetched_are_unreadable_and_absent_objects_missing(tmp_path):
+    # Nothing listens on the port: the object may exist, the server is out of reach. fsspec
+    # reports that as FileNotFoundError; it is no evidence of a missing object.
+    from tests.ports import free_port
+
+    with socket.socket() as server:  # an HTTP server that answers 404 to one request
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        gone = f"http://127.0.0.1:{server.getsockname()[1]}/gone.mp4"
+        with DecodePool(1, "pyav", timeout_s=60) as pool:
+            pool.submit("closed", f"http://127.0.0.1:{free_port()}/v.mp4")
+            events = collect(pool)
+            pool.submit("gone", gone)
+            answered = _answer_404s(server, pool)
+    (closed,) = events["closed"]
+    assert closed.status == "unreadable" and "could not reach the server" in closed.reason
+    assert answered["gone"][-1].status == "missing"
+
+
+def _answer_404s(server: socket.socket, pool) -> dict:
+    """Answer every request on ``server`` with 404 until the pool's jobs are done."""
+    import threading
+
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        return collect(pool)
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_hangs_and_crashes_cost_only_their_video(faulty_copies):
     paths = faulty_copies("ok1", "hang", "spin", "segv", "ok2", "ok3")
     with DecodePool(2, "faulty", timeout_s=1.0, extra_modules=[HELPERS]) as pool:

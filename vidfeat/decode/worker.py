@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -171,39 +171,64 @@ def _local(path: str, scratch: str | None) -> contextlib.AbstractContextManager[
     return local_copy(path, directory=scratch) if is_url(path) else contextlib.nullcontext(path)
 
 
-def _fetch_failure(exc: OSError) -> tuple[str, str]:
+def _fetch_failure(exc: Exception) -> tuple[str, str]:
     """(status, reason) of a URL whose object could not be fetched."""
+    # fsspec's HTTP filesystem reports a server it cannot reach as FileNotFoundError, with
+    # the connection error as its cause: that object may well exist.
+    chain, cause = [], exc.__cause__ or exc.__context__
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    unreachable = next((c for c in chain if isinstance(c, (ConnectionError, TimeoutError))), None)
+    if unreachable is not None:
+        return (
+            "unreadable",
+            f"could not reach the server: {type(unreachable).__name__}: {unreachable}",
+        )
     if isinstance(exc, FileNotFoundError):
         return "missing", "the object does not exist"
     if isinstance(exc, IsADirectoryError):
         return "not_video", str(exc)
+    # Anything else (refused access, missing credentials: botocore's errors are not OSErrors).
     return "unreadable", f"could not fetch the video: {type(exc).__name__}: {exc}"
 
 
 def _run_job(conn: mp_connection.Connection, s: WorkerSettings, job_id: str, path: str) -> None:
+    with contextlib.ExitStack() as stack:
+        try:
+            local = stack.enter_context(_local(path, s.scratch))
+        except Exception as e:  # one URL that cannot be fetched must never take the worker down
+            _send(conn, "failed", job_id, *_fetch_failure(e))
+            return
+        _send(conn, *_decode_job(conn, s, job_id, local))
+
+
+def _decode_job(
+    conn: mp_connection.Connection, s: WorkerSettings, job_id: str, local: str
+) -> tuple[Any, ...]:
+    """The message that ends the job of the local file ``local``: ("done", id, info, audio
+    examples) or ("failed", id, status, reason), after its frames were sent."""
     from vidfeat.decode import open_video
     from vidfeat.errors import DecodeError
 
     try:
-        with _local(path, s.scratch) as local:
-            with open_video(local, s.decoder, threads=s.threads) as video:
-                times = _stream_frames(conn, s, job_id, video.sample(s.fps, s.max_frames))
-                info = dataclasses.asdict(video.info)  # native_fps, width, height, codec, ...
-                info["declared_duration_s"] = info.pop("duration_s")
-                info["duration_s"] = video.decoded_duration_s or info["declared_duration_s"]
-                info.update(n_frames=len(times), decoder=s.decoder)
-            audio = None
-            if s.audio is not None:
-                audio = _audio_examples(str(local), times, s.audio)
-                info["has_audio"] = audio.has_audio
+        with open_video(local, s.decoder, threads=s.threads) as video:
+            times = _stream_frames(conn, s, job_id, video.sample(s.fps, s.max_frames))
+            info = dataclasses.asdict(video.info)  # native_fps, width, height, codec, ...
+            info["declared_duration_s"] = info.pop("duration_s")
+            info["duration_s"] = video.decoded_duration_s or info["declared_duration_s"]
+            info.update(n_frames=len(times), decoder=s.decoder)
+        audio = None
+        if s.audio is not None:
+            audio = _audio_examples(str(local), times, s.audio)
+            info["has_audio"] = audio.has_audio
     except DecodeError as e:
-        _send(conn, "failed", job_id, e.status, e.reason)
-    except OSError as e:  # fetching a URL's object (open_video maps its own errors)
-        _send(conn, "failed", job_id, *_fetch_failure(e))
+        return "failed", job_id, e.status, e.reason
+    except OSError as e:  # open_video maps its own errors; a file that went meanwhile
+        return "failed", job_id, *_fetch_failure(e)
     except Exception as e:  # one bad video must never take the worker down
-        _send(conn, "failed", job_id, "decode_error", f"{type(e).__name__}: {e}")
-    else:
-        _send(conn, "done", job_id, info, None if audio is None else audio.examples)
+        return "failed", job_id, "decode_error", f"{type(e).__name__}: {e}"
+    return "done", job_id, info, None if audio is None else audio.examples
 
 
 def _audio_examples(path: str, times: list[float], params: LogMelParams) -> AudioExamples:
