@@ -150,6 +150,7 @@ def test_input_means_are_the_per_channel_means_of_what_each_conv_sees():
     torch.testing.assert_close(means["body.0"], stem_out.mean().repeat(2))
 
 
+@needs_bf16
 def test_a_module_without_a_plan_runs_fp32_under_mixed():
     module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
