@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import pickle
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -259,6 +262,36 @@ class StoreContract(StreamCases, IntegrityCases):
             assert r.ok_ids == ["a", "b"]
         w.close()
 
+    def test_an_interrupt_during_a_commit_waits_for_it(self, path: Path) -> None:
+        # Ctrl-C (or SIGTERM made KeyboardInterrupt) raised mid-commit used to throw the whole
+        # batch away: the interrupted commit failed and close() found nothing left to commit.
+        w = create_store(path, dim=4, format=self.fmt, commit_every=100, commit_seconds=3600)
+        claim = w._claim
+        calls = []
+
+        class InterruptBetweenDataAndCommitPoint:
+            """The part's fence runs after the data is written, before the commit point."""
+
+            def check(self) -> None:
+                calls.append(1)
+                if len(calls) == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
+                claim.check()
+
+            def __getattr__(self, name: str):
+                return getattr(claim, name)
+
+        w._claim = InterruptBetweenDataAndCommitPoint()
+        with pytest.raises(KeyboardInterrupt), w:
+            w.write("a", np.ones((2, 4)))
+            w.write("b", np.ones((3, 4)))
+            w.flush()
+        assert len(calls) == 2
+        with open_store(path) as r:
+            assert r.ok_ids == ["a", "b"]
+            assert r.videos.set_index("video_id").loc["b", "n_frames"] == 3
+        assert verify_store(path).ok
+
     def test_one_writer_per_part(self, path: Path) -> None:
         with create_store(path, dim=4, format=self.fmt):
             with pytest.raises(StoreError, match="another process") as refused:
@@ -267,6 +300,23 @@ class StoreContract(StreamCases, IntegrityCases):
             assert f"part 'main' of {path} is being" in str(refused.value)
             other = create_store(path, dim=4, format=self.fmt, part="shard-00001-of-00002")
             other.close()
+
+    def test_a_writer_starting_while_a_reader_asks_about_its_part_waits(self, path: Path) -> None:
+        # `vidfeat info` asks whether a part is being written by taking its lock shared for a
+        # moment; a writer starting in that moment was refused as if its part were taken.
+        create_store(path, dim=4, format=self.fmt).close()
+        lock = path.with_name(path.name + ".locks") / "main.lock"
+        with open(lock) as reader:
+            fcntl.flock(reader.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            release = threading.Timer(0.2, fcntl.flock, (reader.fileno(), fcntl.LOCK_UN))
+            release.start()
+            try:
+                with create_store(path, dim=4, format=self.fmt) as w:
+                    w.write("a", np.ones((2, 4)))
+            finally:
+                release.join()
+        with open_store(path) as r:
+            assert r.ok_ids == ["a"]
 
     @pytest.mark.parametrize(
         "bad",

@@ -87,11 +87,25 @@ def _drop_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
+# How long a lock taken by lock_fd is tried again before it counts as held. Readers asking
+# whether a lock is held (parts_being_written, `vidfeat info`) take it shared for a moment;
+# without this a writer starting just then was refused as if another writer had its part.
+LOCK_PATIENCE_S = 0.5
+
+
 def lock_fd(fd: int) -> None:
-    """Take an exclusive flock on ``fd`` without waiting (``BlockingIOError`` when another
-    process holds it), held by this process alone: forked children do not keep it. Call
-    :func:`unlock_fd` before closing ``fd``."""
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    """Take an exclusive flock on ``fd`` (``BlockingIOError`` when another process holds it
+    for longer than :data:`LOCK_PATIENCE_S`), held by this process alone: forked children do
+    not keep it. Call :func:`unlock_fd` before closing ``fd``."""
+    deadline = time.monotonic() + LOCK_PATIENCE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
     _LOCK_FDS.add(fd)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from vidfeat.errors import ConfigError, StoreError
 from vidfeat.pca.quantize import dequantize
+from vidfeat.signals import signals_held
 from vidfeat.store.base import (
     LABEL_SEPARATOR,
     STRING_COLUMNS,
@@ -271,23 +272,27 @@ class StoreWriter:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        try:
-            # The claim is checked (object stores) before the data: a writer whose claim was
-            # taken over holds stale array sizes, and its appends would overwrite rows the new
-            # owner committed. And again between the data and the commit point.
-            self._claim.check()
-            self._part.commit(batch, fence=self._claim.check)
-        except OSError as exc:  # disk full and friends: committed data stays intact
-            self._broken = f"could not commit to {self.path}: {exc}; rerun to resume"
-            raise StoreError(self._broken) from exc
-        except BaseException:
-            self._broken = f"an earlier commit to {self.path} failed; rerun to resume"
-            raise
-        for r in batch:
-            self._committed_any.add(r.video_id)
-            if r.table["status"] == "ok":
-                self._committed_ok.add(r.video_id)
-        self._last_commit = time.monotonic()
+        # Ctrl-C or a scheduler's SIGTERM waits for the commit and its bookkeeping: raised
+        # inside, it would throw the batch (up to commit_every finished videos) away to be
+        # extracted again. SIGKILL cannot wait; the part's commit point covers it.
+        with signals_held():
+            try:
+                # The claim is checked (object stores) before the data: a writer whose claim
+                # was taken over holds stale array sizes, and its appends would overwrite rows
+                # the new owner committed. And again between the data and the commit point.
+                self._claim.check()
+                self._part.commit(batch, fence=self._claim.check)
+            except OSError as exc:  # disk full and friends: committed data stays intact
+                self._broken = f"could not commit to {self.path}: {exc}; rerun to resume"
+                raise StoreError(self._broken) from exc
+            except BaseException:
+                self._broken = f"an earlier commit to {self.path} failed; rerun to resume"
+                raise
+            for r in batch:
+                self._committed_any.add(r.video_id)
+                if r.table["status"] == "ok":
+                    self._committed_ok.add(r.video_id)
+            self._last_commit = time.monotonic()
         log.debug("committed %d videos to %s/%s", len(batch), self.path, self.part)
 
     def close(self) -> None:
