@@ -510,6 +510,42 @@ class TestZarrStore(StoreContract):
         meta = path / "parts" / part / "zarr.json"
         meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
 
+    def test_temporary_files_of_a_killed_commit_are_swept_on_resume(self, path: Path) -> None:
+        # zarr writes each file under a temporary name (<name>.<hex>.partial) and renames it;
+        # a writer killed in between left those files in the part for good.
+        self.write_some(path, n=2)
+        killed_mid_commit = f"""
+import os, pathlib, signal
+import numpy as np
+from vidfeat import create_store
+renames = [0]
+rename = pathlib.Path.replace
+def replace(self, target):
+    if self.name.endswith(".partial"):
+        renames[0] += 1
+        if renames[0] == 12:  # some of the commit's files written, none renamed yet
+            os.kill(os.getpid(), signal.SIGKILL)
+    return rename(self, target)
+pathlib.Path.replace = replace
+with create_store({str(path)!r}, dim=8, format="zarr", attrs={{"fps": 1}}) as w:
+    for i in range(3):
+        w.write(f"new{{i}}", np.ones((70, 8), np.float32))
+"""
+        proc = subprocess.run([sys.executable, "-c", killed_mid_commit], cwd=ROOT, timeout=120)
+        assert proc.returncode == -signal.SIGKILL
+        part = path / "parts" / "main"
+        assert list(part.rglob("*.partial"))  # what the kill left
+        mine = part / "notes.partial"  # not zarr's name: not touched
+        mine.write_text("kept")
+        with create_store(path, dim=8, format=self.fmt, attrs={"fps": 1}) as w:
+            w.write("new0", np.ones((70, 8), np.float32))
+        assert [p.name for p in part.rglob("*.partial")] == ["notes.partial"]
+        mine.unlink()
+        report = verify_store(path)
+        assert report.ok and report.videos == 3, report.problems
+        with open_store(path) as r:
+            assert r.ok_ids == ["v0", "v1", "new0"]
+
     def test_a_part_killed_while_its_arrays_were_made_verifies_clean(self, path: Path) -> None:
         # A Ray worker killed while it created its part (the group, then ~15 arrays one by
         # one) left a part with arrays missing and no commit. Ray parts are never reopened,

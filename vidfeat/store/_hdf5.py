@@ -17,7 +17,6 @@ import errno
 import io
 import json
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -98,8 +97,7 @@ class HDF5PartWriter(PartWriter):
         self.next_seq = max(seqs, default=-1) + 1
         # Leftovers of a writer killed before its rename are garbage, never data.
         if isinstance(parts_dir, Path):
-            for stale in parts_dir.glob(f".{part}.*.tmp"):
-                stale.unlink(missing_ok=True)
+            atomic.sweep_temps(parts_dir, [part])
 
     def commit(self, records: list[VideoRecord], fence: Callable[[], None] = lambda: None) -> None:
         if not records:
@@ -124,7 +122,7 @@ class HDF5PartWriter(PartWriter):
             _put_new(final, image)  # the commit point: one conditional PUT
             self.next_seq += 1
             return
-        tmp = self.parts_dir / f".{self.part}.{uuid.uuid4().hex}.tmp"
+        tmp = atomic.temp_name(self.parts_dir / self.part)
         try:
             with open(tmp, "wb") as fh:
                 fh.write(image)
@@ -413,7 +411,7 @@ class HDF5Backend(Backend):
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         if self.exists():
             return
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        tmp = atomic.temp_name(self.path)
         with h5py.File(tmp, "w") as f:
             f.attrs[ROOT_ATTR] = json.dumps(meta.to_json())
         # Another shard may be creating it now: the first root stays, and the caller compares

@@ -19,10 +19,11 @@ resume) keep zarr's default codecs and are not checked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
-import uuid
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,8 +33,9 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 from zarr.errors import ContainsGroupError
-from zarr.storage import FsspecStore, MemoryStore
+from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
+from vidfeat import atomic
 from vidfeat.errors import StoreError, StoreIntegrityError
 from vidfeat.location import Location, RemotePath, put_exclusive
 from vidfeat.store.base import (
@@ -66,6 +68,10 @@ FLOAT_FRAME_CODECS = (ZstdCodec(level=-1), Crc32cCodec())
 WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
 
 
+# The temporary name zarr's LocalStore writes a file under before renaming it.
+_PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
+
+
 def _zarr_dtype(kind: str) -> object:
     return str if kind == "str" else kind
 
@@ -93,6 +99,15 @@ def _array_specs(meta: StoreMeta) -> dict[str, tuple[tuple[int, ...], tuple[int,
     return specs
 
 
+def _document_folders(meta: StoreMeta) -> set[str]:
+    """Folders of a part that hold a document: the part, its groups and its arrays."""
+    folders = {""}
+    for path in _array_specs(meta):
+        steps = path.split("/")
+        folders.update("/".join(steps[:depth]) for depth in range(1, len(steps) + 1))
+    return folders
+
+
 class ZarrPartWriter(PartWriter):
     def __init__(self, group: zarr.Group, meta: StoreMeta) -> None:
         self.group = group
@@ -100,7 +115,14 @@ class ZarrPartWriter(PartWriter):
         commit = dict(group.attrs.get(COMMIT_KEY, {"n_videos": 0, "n_frames": 0}))
         self.n_videos = int(commit["n_videos"])
         self.n_frames = int(commit["n_frames"])
+        # zarr's local store writes each file under a temporary name and renames it; a writer
+        # killed in between leaves "<name>.<hex>.partial" that nothing reads or removes. This
+        # writer holds the part's lock, so none is another's write in progress. The documents
+        # first (zarr warns about such files in a group it lists), then the chunks past the
+        # committed rows: a commit writes no other chunk, and a part has thousands.
+        self._sweep_partials(_document_folders(self.meta))
         self.arrays = self._open_arrays()
+        self._sweep_partials(self._uncommitted_chunk_folders())
         self._truncate_uncommitted()
 
     def _open_arrays(self) -> dict[str, zarr.Array]:
@@ -149,13 +171,39 @@ class ZarrPartWriter(PartWriter):
         )
         return template.metadata
 
+    def _committed_rows(self, array: str) -> int:
+        per_frame = array in ("timestamps_s", "features") or array.endswith("/features")
+        return self.n_frames if per_frame else self.n_videos
+
     def _truncate_uncommitted(self) -> None:
         # Rows past the committed counts belong to a commit that never finished.
         for name, arr in self.arrays.items():
-            per_frame = name in ("timestamps_s", "features") or name.endswith("/features")
-            n = self.n_frames if per_frame else self.n_videos
+            n = self._committed_rows(name)
             if arr.shape[0] != n:
                 arr.resize((n, *arr.shape[1:]))
+
+    def _uncommitted_chunk_folders(self) -> set[str]:
+        folders = set()
+        for name, arr in self.arrays.items():
+            rows = arr.chunks[0]
+            for i in range(self._committed_rows(name) // rows, -(-arr.shape[0] // rows)):
+                key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+                folders.add(f"{name}/{key}".rsplit("/", 1)[0])
+        return folders
+
+    def _sweep_partials(self, folders: set[str]) -> None:
+        """Remove zarr's temporary files in these folders of the part (local stores only:
+        object stores write whole objects, without temporary names)."""
+        store = self.group.store
+        if not isinstance(store, LocalStore):
+            return
+        part = Path(store.root) / self.group.path
+        for folder in folders:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for entry in os.scandir(part / folder):
+                    if _PARTIAL.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
 
     def _columns(self, records: list[VideoRecord]) -> dict[str, np.ndarray]:
         lengths = np.array([r.n_frames for r in records], dtype=np.int64)
@@ -363,7 +411,7 @@ class ZarrBackend(Backend):
             raise StoreError(f"{self.path} exists and is not a vidfeat store; choose another path")
         # Build the root under a temporary name and rename it: a store directory either has
         # complete root metadata or does not exist. Losing the race to another shard is fine.
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        tmp = atomic.temp_name(self.path)
         root = zarr.open_group(tmp, mode="w-", zarr_format=3)
         root.attrs[ROOT_KEY] = meta.to_json()
         root.create_group("parts")
