@@ -75,10 +75,9 @@ def _os_error_in_chain(exc: BaseException) -> OSError | None:
 
     Libraries often wrap the real cause: torch reports a full disk while saving as "unexpected
     pos", with the ENOSPC only in the chain."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    from vidfeat.errors import exception_chain
+
+    for current in exception_chain(exc):
         # An SSLError's errno is OpenSSL's code, not the system's: its 1 is not EPERM.
         if (
             isinstance(current, OSError)
@@ -86,7 +85,6 @@ def _os_error_in_chain(exc: BaseException) -> OSError | None:
             and current.errno in OS_ERRORS
         ):
             return current
-        current = current.__cause__ or current.__context__
     return None
 
 
@@ -146,15 +144,13 @@ def _environment_error_in_chain(exc: BaseException) -> BaseException | None:
         for name in names
         if hasattr(module, name)
     )
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while kinds and current is not None and id(current) not in seen:
-        seen.add(id(current))
+    from vidfeat.errors import exception_chain
+
+    for current in exception_chain(exc) if kinds else ():
         if isinstance(current, kinds) and _is_environments(current):
             # Ray re-raises a worker's error as a RayTaskError that is also of its class;
             # its ``cause`` is the original, with the original message.
             return getattr(current, "cause", None) or current
-        current = current.__cause__ or current.__context__
     return None
 
 

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from vidfeat.errors import exception_chain
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -111,14 +113,7 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Pa
 
 def _os_error(exc: BaseException) -> OSError | None:
     """``exc`` itself or the first OSError in its cause/context chain."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, OSError)), None)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,21 @@ The CLI maps any ``VidfeatError`` to a one-line message and exit code 2 ("could 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then its cause (or else its context), and so on; each exception once.
+
+    Libraries often wrap the real error: torch reports a full disk as "unexpected pos" with the
+    ENOSPC only in the chain, fsspec an unreachable server as FileNotFoundError."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
 
 class VidfeatError(Exception):
     """Base class for every error vidfeat raises on purpose."""

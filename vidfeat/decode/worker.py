@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from vidfeat.errors import ConfigError
+from vidfeat.errors import ConfigError, exception_chain
 from vidfeat.location import is_url, local_copy, quiet_client_logs
 from vidfeat.sampling import parse_fps
 from vidfeat.signals import die_with_parent
@@ -175,11 +175,9 @@ def _fetch_failure(exc: Exception) -> tuple[str, str]:
     """(status, reason) of a URL whose object could not be fetched."""
     # fsspec's HTTP filesystem reports a server it cannot reach as FileNotFoundError, with
     # the connection error as its cause: that object may well exist.
-    chain, cause = [], exc.__cause__ or exc.__context__
-    while cause is not None and len(chain) < 8:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    unreachable = next((c for c in chain if isinstance(c, (ConnectionError, TimeoutError))), None)
+    unreachable = next(
+        (c for c in exception_chain(exc) if isinstance(c, (ConnectionError, TimeoutError))), None
+    )
     if unreachable is not None:
         return (
             "unreadable",
