@@ -257,6 +257,11 @@ def train(
     monitor = _monitor(cfg, run.loaders)
     stopper = EarlyStopping(monitor, cfg.patience)
     history, pos = _resume_or_start(run_dir, resume, run, stopper)
+    if history and world.is_main:
+        # A run killed after last.pt but before its loggers heard of that evaluation: hand it
+        # to them again (metrics.csv is rewritten whole; TensorBoard purges that step first).
+        for sink in loggers:
+            sink.log(history[-1], history)
     log.info("training %s: %d trainable parameters on %s", cfg.model, n_params, run.device)
     with deterministic():
         while not (stopper.should_stop or finished(pos, cfg)):

@@ -462,6 +462,43 @@ def test_a_run_killed_while_writing_its_header_starts_afresh(store, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_an_evaluation_checkpointed_but_not_logged_reaches_the_loggers_on_resume(store, tmp_path):
+    # last.pt is written before the loggers hear of its evaluation: a SIGKILL in between lost
+    # that row from metrics.csv and TensorBoard for good, since a resumed run went on after it.
+    import subprocess
+    import sys
+
+    out = tmp_path / "k"
+    args = ["-q", "train", str(store), "-m", "logistic", "-o", str(out), "--epochs", "2"]
+    script = (
+        "import os, signal, sys\n"
+        "import heads.trainer as t\n"
+        "save = t.ck.save_checkpoint\n"
+        "def killed_after_the_second_last_pt(path, state):\n"
+        "    save(path, state)\n"
+        "    if path.name == 'last.pt' and state['epoch'] == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "t.ck.save_checkpoint = killed_after_the_second_last_pt\n"
+        "from vidfeat_cli.heads import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args += ["--logger", "csv", "--logger", "tensorboard"]
+    killed = subprocess.run([sys.executable, "-c", script, *args])
+    assert killed.returncode == -9
+    assert len(pd.read_csv(out / "metrics.csv")) == 1  # epoch 2 checkpointed, not logged
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    logged = pd.read_csv(out / "metrics.csv")
+    assert logged["epoch"].tolist() == [1, 2]
+    jsonl = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged["val_loss"].tolist() == pytest.approx([r["val_loss"] for r in jsonl])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [1, 2]
+
+
 def test_classes_take_a_json_list_for_labels_with_commas():
     from vidfeat_cli.heads_options import build_config
 
