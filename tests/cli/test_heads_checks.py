@@ -467,6 +467,7 @@ def test_an_evaluation_checkpointed_but_not_logged_reaches_the_loggers_on_resume
     # that row from metrics.csv and TensorBoard for good, since a resumed run went on after it.
     import subprocess
     import sys
+    import time
 
     out = tmp_path / "k"
     args = ["-q", "train", str(store), "-m", "logistic", "-o", str(out), "--epochs", "2"]
@@ -486,6 +487,9 @@ def test_an_evaluation_checkpointed_but_not_logged_reaches_the_loggers_on_resume
     killed = subprocess.run([sys.executable, "-c", script, *args])
     assert killed.returncode == -9
     assert len(pd.read_csv(out / "metrics.csv")) == 1  # epoch 2 checkpointed, not logged
+    # TensorBoard reads event files in name order, whose first field is the time in seconds:
+    # a resume within the killed run's second could be read before it.
+    time.sleep(1.1)
     result = invoke(*args, "--resume")
     assert result.exit_code == 0, result.output
     logged = pd.read_csv(out / "metrics.csv")
