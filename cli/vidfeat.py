@@ -225,7 +225,13 @@ _EXTRACT_OPTIONS: list[tuple[str, str, Any, str]] = [
         "Ray embedding workers, one GPU each (default: every GPU of the cluster; 1 on CPU).",
     ),
     ("fail_fast", "Run", bool, "Stop at the first failed video (debugging)."),
-    ("retry_failed", "Run", bool, "Retry videos recorded as failed."),
+    (
+        "retry_failed",
+        "Run",
+        bool,
+        "Retry every video recorded as failed (a plain rerun retries a crashed or timed-out "
+        "video once).",
+    ),
 ]
 # Option names that differ from the ExtractConfig field.
 _FLAGS = {"timeout_s": "timeout"}

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +33,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Failures of the decode worker rather than of the file, which may not happen again: a worker
+# killed from outside (the OOM killer under memory pressure), a stall on a loaded machine. A
+# plain rerun tries such a video once more; a second failure stays recorded (--retry-failed
+# retries any failure). A damaged file fails the same way every time and is not retried.
+RETRIED_ONCE = frozenset({"crashed", "timeout"})
+
 
 @dataclasses.dataclass
 class ExtractSummary:
     total: int = 0  # videos in this shard of the manifest
     skipped: int = 0  # already in the store
     skipped_failed: int = 0  # of those, recorded as failed by an earlier run (not retried)
+    retried: int = 0  # recorded as failed by an earlier run, tried again (RETRIED_ONCE)
     ok: int = 0
     failed: int = 0
     frames: int = 0
@@ -118,12 +125,30 @@ class ExtractJob:
             self.cfg.out, **self.store_settings, part=part, commit_every=self.cfg.commit_every
         )
 
-    def resume(self, done: set[str], failed: set[str]) -> list[ManifestEntry]:
-        """The entries still to extract, given the store's ``done`` ids (``failed``: those of
-        them recorded as failures, not retried); counts the rest in the summary and logs it."""
+    def resume(self, ok: set[str], failures: Mapping[str, tuple[str, int]]) -> list[ManifestEntry]:
+        """The entries still to extract, given the ids the store holds as extracted (``ok``)
+        and as failed (``failures``: id -> (its latest status, how many failed attempts are
+        recorded)); counts the rest in the summary and logs it."""
+        if self.cfg.retry_failed:
+            failed: set[str] = set()
+        else:
+            failed = {
+                vid
+                for vid, (status, attempts) in failures.items()
+                if status not in RETRIED_ONCE or attempts > 1
+            }
+        done = ok | failed
         todo = [e for e in self.entries if e.video_id not in done]
         self.summary.skipped = len(self.entries) - len(todo)
         self.summary.skipped_failed = sum(e.video_id in failed for e in self.entries)
+        self.summary.retried = sum(e.video_id in failures for e in todo)
+        if self.summary.retried and not self.cfg.retry_failed:
+            log.info(
+                "trying again %d videos whose earlier failure may not recur (%s); "
+                "a second such failure stays recorded",
+                self.summary.retried,
+                ", ".join(sorted(RETRIED_ONCE)),
+            )
         if self.summary.skipped:
             log.info(
                 "resuming: %d of %d videos already in %s",

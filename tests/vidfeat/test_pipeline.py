@@ -273,6 +273,51 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _kill_the_decode_worker(proc: subprocess.Popen) -> None:
+    """SIGKILL the job's one decode worker (a child of its fork server) as the OOM killer
+    would, a second after it appears: it then holds its video, blocked on the backbone."""
+    deadline = time.time() + 120
+    while not (workers := [w for c in _children(proc.pid) for w in _children(c)]):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_video_whose_decode_worker_was_killed_is_tried_once_more(tmp_path, make_video):
+    # The OOM killer takes a decode worker: the video is recorded as crashed, though nothing is
+    # wrong with it. A plain rerun tried it never again (only --retry-failed did).
+    # 60 frames at 1 fps: the worker holds its video for seconds, blocked on the backbone.
+    held = make_video("held.mp4", seconds=60, fps=2)
+    manifest = write_manifest(tmp_path / "m.csv", [("held", held, "x")])
+    store = tmp_path / "s.zarr"
+
+    def crash(store: Path) -> None:
+        proc = _extract_proc(manifest, store)
+        _kill_the_decode_worker(proc)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1 and "held (crashed)" in out + err, out + err
+
+    crash(store)
+    with open_store(store) as r:
+        assert r.failed_attempts() == {"held": ("crashed", 1)}
+    crash(store)  # the rerun tries it again, and it crashes again
+    with open_store(store) as r:
+        assert r.failed_attempts() == {"held": ("crashed", 2)}
+    code, out = run_cli("extract", str(manifest), "--out", str(store), "--device", "cpu")
+    assert code == 1 and "1 already done (1 of them failed)" in out, out  # twice is enough
+    code, out = run_cli("extract", str(manifest), "--out", str(store), "--retry-failed")
+    assert code == 0 and "1 extracted" in out, out
+    with open_store(store) as r:
+        assert r.ok_ids == ["held"] and r.failed_attempts() == {}
+    # Once: killed in one run, extracted by the next plain one.
+    store = tmp_path / "once.zarr"
+    crash(store)
+    code, out = run_cli("extract", str(manifest), "--out", str(store), "--device", "cpu")
+    assert code == 0 and "1 extracted, 0 already done" in out, out
+
+
 def test_fail_fast_stops_at_the_first_failure_and_exits_1(tmp_path, make_video) -> None:
     rows = [("a", make_video("ff_a.mp4", seconds=1.2, fps=10), "x")]
     rows += [("gone", tmp_path / "nope.mp4", "x")]

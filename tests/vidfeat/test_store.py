@@ -151,6 +151,22 @@ class StoreContract(StreamCases, IntegrityCases):
         # Parts as info counts them: one writer's part, though HDF5 holds it in two segments.
         assert report.parts == 1 and "in 1 part(s)" in format_report(report)
 
+    def test_failed_attempts_are_counted_across_parts(self, path: Path) -> None:
+        # Reruns retry a crashed or timed-out video once: they count its recorded failures.
+        with create_store(path, dim=4, format=self.fmt, part="first") as w:
+            w.write_failure("x", "crashed", "killed")
+            w.write_failure("y", "decode_error", "bad")
+            w.write_failure("z", "timeout", "slow")
+            w.write("ok", np.ones((2, 4)))
+        with create_store(path, dim=4, format=self.fmt, part="second") as w:
+            w.write_failure("x", "timeout", "slow")
+            w.write("z", np.ones((2, 4)))
+        expected = {"x": ("timeout", 2), "y": ("decode_error", 1)}
+        with open_store(path) as r:
+            assert r.failed_attempts() == expected
+        with create_store(path, dim=4, format=self.fmt, part="third") as w:
+            assert w.committed_failures() == expected
+
     def test_read_into_refuses_frames_outside_the_video(self, path: Path) -> None:
         # Frame numbers were added to the video's offset unchecked: frame 4 of a 3-frame video
         # was the next video's first row, frame -1 the previous one's last.

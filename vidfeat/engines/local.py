@@ -25,9 +25,7 @@ def run_local(cfg: ExtractConfig) -> ExtractSummary:
 def _run(cfg: ExtractConfig, job: ExtractJob) -> ExtractSummary:
     summary = job.summary
     with job.open_writer(cfg.part_name) as writer:
-        ok = writer.committed_ids("ok")
-        done = ok if cfg.retry_failed else writer.committed_ids("any")
-        todo = job.resume(done, done - ok)
+        todo = job.resume(writer.committed_ids("ok"), writer.committed_failures())
         extraction = Extraction(cfg, job.backbone, job.reduction, writer, summary, job.audio)
         summary.setup_s = time.monotonic() - job.started
         with progress_bar(len(todo), cfg.progress) as progress:

@@ -100,21 +100,16 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
-def _done_ids(cfg: ExtractConfig) -> tuple[set[str], set[str]]:
-    """Videos already in the store (ok ones only with --retry-failed), and of those the ones
-    recorded as failed."""
+def _recorded(cfg: ExtractConfig) -> tuple[set[str], dict[str, tuple[str, int]]]:
+    """The store's extracted ids and its failures (``ExtractJob.resume`` takes both)."""
     from vidfeat.store import open_store
 
     try:
         reader = open_store(cfg.out, cfg.format)
     except StoreError:
-        return set(), set()
+        return set(), {}
     with reader:
-        videos = reader.videos
-        if cfg.retry_failed:
-            videos = videos[videos["status"] == "ok"]
-        failed = set(videos.loc[videos["status"] != "ok", "video_id"])
-        return set(videos["video_id"]), failed
+        return set(reader.ok_ids), reader.failed_attempts()
 
 
 def _absolute_paths(cfg: ExtractConfig) -> ExtractConfig:
@@ -154,7 +149,7 @@ def run_ray(cfg: ExtractConfig) -> Any:
     started_ray = _connect(ray, address)
     try:
         check_store(cfg.out, **job.store_settings)  # refuse other settings before starting
-        todo = job.resume(*_done_ids(cfg))
+        todo = job.resume(*_recorded(cfg))
         with sigterm_as_interrupt(), progress_bar(len(todo), cfg.progress) as bar:
             # A cluster started here, on this machine, has the CPUs it has.
             local = started_ray and not address

@@ -59,6 +59,7 @@ class StoreReader:
         # in numpy, since every read looks a video up.
         self._loc = table[["_part_no", "offset", "n_frames", "_row"]].to_numpy(dtype=np.int64)
         self._ok = (table["status"] == "ok").to_numpy(dtype=bool)
+        self._failures = table["_failures"].to_numpy(dtype=np.int64)
         self.videos: pd.DataFrame = table[list(PUBLIC_COLUMNS)]
         # A pandas index rather than a dict: its hash table holds no Python object per video.
         self._index = pd.Index(self.videos["video_id"])
@@ -120,6 +121,18 @@ class StoreReader:
     def ok_ids(self) -> list[str]:
         return self.videos.loc[self.videos["status"] == "ok", "video_id"].tolist()
 
+    def failed_attempts(self) -> dict[str, tuple[str, int]]:
+        """Videos recorded as failed and never as extracted: id -> (the latest failure's
+        status, how many failures the store records for it)."""
+        failed = ~self._ok
+        rows = self.videos.loc[failed, ["video_id", "status"]]
+        return {
+            str(vid): (str(status), int(n))
+            for vid, status, n in zip(
+                rows["video_id"], rows["status"], self._failures[failed], strict=True
+            )
+        }
+
     def __len__(self) -> int:
         return len(self.videos)
 
@@ -137,14 +150,17 @@ class StoreReader:
             df["_row"] = np.arange(len(df))
             frames.append(df)
         if not frames:
-            cols = [*PUBLIC_COLUMNS, "offset", "_part_no", "_row"]
+            cols = [*PUBLIC_COLUMNS, "offset", "_part_no", "_row", "_failures"]
             return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
         df = pd.concat(frames, ignore_index=True)
         df["labels"] = _label_tuples(df["labels"])
+        failed_rows = (df["status"] != "ok").astype(np.int64)
         # A video may have several rows: a failure later retried, or two jobs with different
         # sharding. The first successful row wins; otherwise the most recent failure.
         if not df["video_id"].duplicated().any():  # the usual case: nothing to choose between
+            df["_failures"] = failed_rows
             return df.reset_index(drop=True)
+        df["_failures"] = failed_rows.groupby(df["video_id"]).transform("sum")
         df["_ok"] = df["status"] == "ok"
         df["_order"] = np.arange(len(df))
         ok_first = df.sort_values(["video_id", "_ok", "_order"], ascending=[True, False, True])

@@ -58,7 +58,7 @@ class StoreWriter:
         self._pending: list[VideoRecord] = []
         self._last_commit = time.monotonic()
         try:
-            self._committed_ok, self._committed_any = self._scan_committed()
+            self._committed_ok, self._committed_any, self._failed = self._scan_committed()
             self._part = backend.open_part_writer(part, meta)
         except BaseException:  # a damaged store: release the part for the next attempt
             self._claim.release()
@@ -69,19 +69,23 @@ class StoreWriter:
         # (reopening the store discards them and resumes from the last commit).
         self._broken: str | None = None
 
-    def _scan_committed(self) -> tuple[set[str], set[str]]:
+    def _scan_committed(self) -> tuple[set[str], set[str], dict[str, tuple[str, int]]]:
         ok: set[str] = set()
         anyrow: set[str] = set()
+        failed: dict[str, tuple[str, int]] = {}
         for part in self._backend.iter_parts(self.meta):
             table = part.table()
             for vid, status in zip(table["video_id"], table["status"], strict=True):
-                anyrow.add(str(vid))
+                vid, status = str(vid), str(status)
+                anyrow.add(vid)
                 if status == "ok":
-                    ok.add(str(vid))
+                    ok.add(vid)
+                else:  # the latest failure, as readers show it, and how many there were
+                    failed[vid] = (status, failed.get(vid, ("", 0))[1] + 1)
             close = getattr(part, "close", None)
             if close:
                 close()
-        return ok, anyrow
+        return ok, anyrow, failed
 
     def committed_ids(self, status: str = "any") -> set[str]:
         """Ids committed anywhere in the store when this writer opened, plus its own since.
@@ -89,6 +93,11 @@ class StoreWriter:
         ``status="ok"`` gives successful videos only (to retry failures on a rerun).
         """
         return set(self._committed_ok if status == "ok" else self._committed_any)
+
+    def committed_failures(self) -> dict[str, tuple[str, int]]:
+        """Videos committed as failed and never as extracted, when this writer opened:
+        id -> (the latest failure's status, how many failures are recorded)."""
+        return {vid: f for vid, f in self._failed.items() if vid not in self._committed_ok}
 
     @property
     def queued_ids(self) -> set[str]:
