@@ -11,6 +11,7 @@ download that did not finish) are reported but get no rows, so a rerun reads the
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -237,13 +238,37 @@ def _imported_sources(out: Location, format: str | None) -> set[str]:
         return set()
 
 
-def _first_video(results: Iterator[FileResult]) -> tuple[Yt8mVideo | None, list[FileResult]]:
-    """Peek at results until one holds a video: its level and streams make the new store."""
+def _first_layout(
+    results: Iterator[FileResult],
+) -> tuple[tuple[str, list[str]] | None, list[FileResult]]:
+    """Peek at results until one holds a video; the level and streams most of that file's
+    videos have make the new store. One odd first record (rgb only among rgb and audio) made
+    the store in its image, and every other record of the dataset failed as wrong_streams."""
     seen = []
     for result in results:
         seen.append(result)
         if result.videos:
-            return result.videos[0], seen
+            layouts = collections.Counter(
+                (v.level, tuple(sorted(v.features))) for v in result.videos
+            )
+            # most_common keeps first-seen order among ties: the first record's layout wins.
+            (level, streams), n = layouts.most_common(1)[0]
+            if n < len(result.videos):
+                log.warning(
+                    "%s: records of %d layouts; the store takes the one of %d of its %d "
+                    "videos (%s level, streams %s), the others are recorded as failures",
+                    result.source.url,
+                    len(layouts),
+                    n,
+                    len(result.videos),
+                    level,
+                    ", ".join(streams),
+                )
+            # The stream order the records give (rgb before audio), not sorted.
+            first = next(
+                v for v in result.videos if (v.level, tuple(sorted(v.features))) == (level, streams)
+            )
+            return (level, list(first.features)), seen
     return None, seen
 
 
@@ -271,10 +296,10 @@ def _layout(
     if store_exists(cfg.out, cfg.format):
         with open_store(cfg.out, cfg.format) as store:
             return store.level, list(store.streams), []
-    video, first = _first_video(results)
-    if video is None:
+    layout, first = _first_layout(results)
+    if layout is None:
         return None, [], first
-    return video.level, list(video.features), first
+    return layout[0], layout[1], first
 
 
 def import_yt8m(cfg: ImportConfig) -> ImportSummary:
@@ -336,8 +361,10 @@ def _account(
         summary.unrecorded += len(result.failures)
         _report_failures(summary, result, result.failures)
         return
-    failed_ids = {f.video_id for f in recorded if f.video_id is not None}
-    ok = [v for v in result.videos if v.video_id not in failed_ids]
+    # By record, not by id: a file that repeats an id has its first copy imported and the
+    # second recorded as a duplicate failure under the same id.
+    failed = {f.index for f in recorded}
+    ok = [v for i, v in zip(result.record_indices, result.videos, strict=True) if i not in failed]
     if ok or recorded:
         summary.imported_files += 1
     summary.videos += len(ok)

@@ -75,7 +75,21 @@ def _bytes(features: Mapping, key: str, where: str) -> list[bytes]:
 def _ints(features: Mapping, key: str) -> np.ndarray:
     if key not in features:
         return np.zeros(0, dtype=np.int64)
+    # Read as int64 a list of another kind is empty: labels written as strings by another
+    # converter would vanish without a word.
+    kind = features[key].WhichOneof("kind")
+    if kind not in ("int64_list", None):
+        raise BadExampleError(f"{key!r} is of kind {kind}, expected int64_list")
     return np.asarray(features[key].int64_list.value, dtype=np.int64)
+
+
+def _floats(features: Mapping, key: str) -> np.ndarray:
+    if key not in features:
+        return np.zeros(0, dtype=np.float32)
+    kind = features[key].WhichOneof("kind")
+    if kind not in ("float_list", None):
+        raise BadExampleError(f"{key!r} is of kind {kind}, expected float_list")
+    return np.asarray(features[key].float_list.value, dtype=np.float32)
 
 
 def _video_id(context: Mapping) -> str:
@@ -92,13 +106,11 @@ def _video_id(context: Mapping) -> str:
 def _segments(context: Mapping, video_id: str) -> Segments | None:
     if not any(k in context for k in SEGMENT_KEYS):
         return None
-    scores = np.asarray(
-        context["segment_scores"].float_list.value if "segment_scores" in context else (),
-        dtype=np.float32,
-    )
     try:
         return Segments(
-            _ints(context, "segment_labels"), _ints(context, "segment_start_times"), scores
+            _ints(context, "segment_labels"),
+            _ints(context, "segment_start_times"),
+            _floats(context, "segment_scores"),
         )
     except BadExampleError as exc:
         raise BadExampleError(f"{video_id}: {exc}") from None
@@ -161,7 +173,10 @@ def parse_record(data: bytes) -> Yt8mVideo:
         raise BadExampleError(f"not a tf.train.Example or SequenceExample: {exc}") from None
     context = message.context.feature
     video_id = _video_id(context)
-    labels = tuple(int(x) for x in _ints(context, "labels"))
+    try:
+        labels = tuple(int(x) for x in _ints(context, "labels"))
+    except BadExampleError as exc:
+        raise BadExampleError(f"{video_id}: {exc}") from None
     if message.feature_lists.feature_list:
         level, features = "frame", _frame_features(message, video_id)
     else:

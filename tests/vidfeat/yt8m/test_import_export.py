@@ -483,6 +483,61 @@ def test_failures_are_named_by_their_record_not_their_place_among_videos(tmp_pat
         assert len(store.ok_ids) == 1
 
 
+def _frame_records(videos: list[tuple[str, tuple[str, ...]]]) -> list[bytes]:
+    """Frame-level records of 3 frames: (id, the streams it has)."""
+    from vidfeat.yt8m.schema import STREAM_DIMS, Yt8mVideo, encode_record
+
+    return [
+        encode_record(
+            Yt8mVideo(
+                vid,
+                (1,),
+                "frame",
+                {s: np.full((3, STREAM_DIMS[s]), 7, np.uint8) for s in streams},
+            )
+        )
+        for vid, streams in videos
+    ]
+
+
+def test_one_odd_first_record_does_not_decide_the_stores_streams(tmp_path):
+    # Record 0 has rgb only, records 1-4 rgb and audio: the store was made rgb-only from the
+    # first record, the four others failed as wrong_streams, and reruns skipped the file.
+    both = ("rgb", "audio")
+    records = _frame_records([("odd", ("rgb",)), *((f"v{i}", both) for i in range(4))])
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with (inputs / "train0000.tfrecord").open("wb") as fh:
+        write_records(fh, records)
+    store_path = tmp_path / "s.zarr"
+    result = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "1 files imported, 0 already done: 4 videos, 12 frames" in result.output
+    assert "records of 2 layouts" in result.output
+    with open_store(store_path) as store:
+        assert list(store.streams) == ["rgb", "audio"]
+        assert sorted(store.ok_ids) == ["v0", "v1", "v2", "v3"]
+        failed = store.videos[store.videos["status"] != "ok"]
+        assert failed["video_id"].str.endswith("train0000.tfrecord#0").tolist() == [True]
+        assert failed["status"].tolist() == ["wrong_streams"]
+        assert failed["reason"].str.startswith("odd: streams ['rgb']").tolist() == [True]
+
+
+def test_a_file_repeating_an_id_counts_the_copy_it_imported(tmp_path):
+    both = ("rgb", "audio")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with (inputs / "train0000.tfrecord").open("wb") as fh:
+        write_records(fh, _frame_records([("a", both), ("b", both), ("a", both)]))
+    store_path = tmp_path / "s.zarr"
+    result = invoke("import-yt8m", inputs, "--out", store_path, "--no-progress")
+    assert result.exit_code == 1, result.output
+    # "1 videos, 3 frames" before: both copies of "a" were taken off, the imported one too.
+    assert "1 files imported, 0 already done: 2 videos, 6 frames" in result.output
+    with open_store(store_path) as store:
+        assert sorted(store.ok_ids) == ["a", "b"]
+
+
 def _video_level_file(path: Path, videos: list[tuple[str, tuple[int, ...], float]]) -> None:
     """A video-level TFRecord file: (id, labels, value of every mean_rgb/mean_audio entry)."""
     from vidfeat.yt8m.schema import Yt8mVideo, encode_record

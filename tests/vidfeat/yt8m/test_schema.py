@@ -170,6 +170,33 @@ def test_video_level_needs_both_means_of_the_right_size():
         parse_record(message.SerializeToString())
 
 
+def _set_list(message, key: str, kind: str, values) -> None:
+    feature = message.context.feature[key]
+    feature.Clear()
+    getattr(feature, kind).value.extend(values)
+
+
+@pytest.mark.parametrize(
+    ("key", "kind", "values", "words"),
+    [
+        # Labels written as strings or floats by another converter read as no labels at all.
+        ("labels", "bytes_list", [b"1"], "v1: 'labels' is of kind bytes_list, expected int64"),
+        ("labels", "float_list", [1.0], "v1: 'labels' is of kind float_list, expected int64"),
+        ("segment_labels", "bytes_list", [b"3"], "v1: 'segment_labels' is of kind bytes"),
+        ("segment_scores", "int64_list", [1], "v1: 'segment_scores' is of kind int64_list"),
+    ],
+    ids=["labels-bytes", "labels-float", "segment-labels-bytes", "segment-scores-int"],
+)
+def test_lists_of_the_wrong_kind_are_typed_failures(key, kind, values, words):
+    data = _with_context(lambda m: _set_list(m, key, kind, values))
+    with pytest.raises(BadExampleError, match=words) as info:
+        parse_record(data)
+    assert info.value.status == "bad_example"
+    # An empty list of the right kind is no labels, as YouTube-8M's test files have.
+    empty = parse_record(_with_context(lambda m: _set_list(m, "labels", "int64_list", [])))
+    assert empty.labels == ()
+
+
 def test_segment_arrays_must_line_up():
     with pytest.raises(BadExampleError):
         Segments(np.array([1, 2]), np.array([0]), np.array([1.0], np.float32))
