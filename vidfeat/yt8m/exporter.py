@@ -27,7 +27,7 @@ from vidfeat.errors import ConfigError
 from vidfeat.store.schema import QUANTIZATION_SCHEMES
 from vidfeat.yt8m.schema import IMPORTED_SOURCE, LEVELS, STREAM_DIMS, Yt8mVideo, encode_record
 from vidfeat.yt8m.segments import read_segments, segments_by_video
-from vidfeat.yt8m.sources import split_from_name
+from vidfeat.yt8m.sources import split_from_name, store_split
 from vidfeat.yt8m.tfrecord import write_records
 from vidfeat.yt8m.vocabulary import COLUMNS, Vocabulary
 
@@ -135,9 +135,14 @@ def _video(store: object, row: object, level: str, indices: dict, segments: dict
 
 def _prefix(row: object, imported: bool) -> str:
     # Only an imported store's source_path is a YouTube-8M file whose name says its split; an
-    # extracted one's is the video, and "testimony.mp4" is no test video.
+    # extracted one's is the video, and "testimony.mp4" is no test video. The file's split is
+    # taken when it gives the stored one (a validate file's videos are stored as val or test,
+    # and go back to validate); a split chosen at import (--split) is the stored one.
+    stored = str(row.split or "")
     from_file = split_from_name(str(row.source_path or "")) if imported else None
-    return from_file or _STORE_TO_YT8M_SPLIT.get(str(row.split or ""), "train")
+    if from_file is not None and store_split(from_file, str(row.video_id)) == stored:
+        return from_file
+    return _STORE_TO_YT8M_SPLIT.get(stored, "train")
 
 
 def export_yt8m(

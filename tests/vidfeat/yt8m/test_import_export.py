@@ -146,6 +146,23 @@ def test_round_trip_gives_identical_ids_labels_bytes_and_segments(tmp_path):
             assert video.segments.scores.tolist() == src.segments.scores.tolist()
 
 
+@pytest.mark.parametrize("split", ["test", "validate"])
+def test_a_split_chosen_at_import_survives_the_round_trip(tmp_path, split):
+    # --split test on a train* file: the export named its file by the file's name, train, and
+    # held-out videos came back as training data.
+    store_path, out, again = tmp_path / "s.zarr", tmp_path / "exported", tmp_path / "a.zarr"
+    args = ["--split", split, "--no-progress"]
+    assert invoke("import-yt8m", FRAME, "--out", store_path, *args).exit_code == 0
+    result = invoke("export-yt8m", store_path, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert not list(out.glob("train*"))
+    assert invoke("import-yt8m", out, "--out", again, "--no-progress").exit_code == 0
+    with open_store(store_path) as first, open_store(again) as second:
+        splits = first.videos.set_index("video_id")["split"]
+        assert second.videos.set_index("video_id")["split"].to_dict() == splits.to_dict()
+        assert set(splits) <= ({"test"} if split == "test" else {"val", "test"})
+
+
 def test_video_level_round_trip_and_means_from_frames(tmp_path):
     store_path = tmp_path / "v.zarr"
     assert invoke("import-yt8m", VIDEO, "--out", store_path, "--no-progress").exit_code == 0
