@@ -37,7 +37,8 @@ def _out_dir(help_text: str, required: bool = False) -> Callable[[Callable], Cal
 @click.option(
     "--vocabulary",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Google's vocabulary.csv, for the YouTube-8M CSV when the labels are names.",
+    help="Google's vocabulary.csv, for the YouTube-8M CSV when the labels are names (not "
+    "needed when the runs' store records its vocabulary: import-yt8m --vocabulary).",
 )
 @click.option("--force", is_flag=True, help="Replace an ensemble already in --out.")
 def ensemble(

@@ -39,6 +39,7 @@ from heads.predictions import (
     Scored,
     format_yt8m_pairs,
     npz_arrays,
+    recorded_vocabulary,
     row_blocks,
     vocabulary_indices,
 )
@@ -294,6 +295,10 @@ def _write_ensemble(
     of an earlier ensemble there as they were."""
     first = members[0]
     n, n_classes = len(first.video_ids), len(first.label_map)
+    if vocabulary is None and (first.run_dir / ck.CONFIG).is_file():
+        # As heads predict does: the vocabulary the run's store was imported with.
+        config = ck.read_json(first.run_dir / ck.CONFIG)
+        vocabulary = recorded_vocabulary(config.get("store", {}).get("attrs", {}))
     yt8m_names = _yt8m_indices(first.label_map, vocabulary)
     ensemble = MetricStream(n_classes)
     alone = [MetricStream(n_classes) for _ in members]

@@ -28,6 +28,7 @@ from heads.predictions import (
     ScoresWriter,
     format_yt8m_pairs,
     is_index,
+    recorded_vocabulary,
     top_classes,
     vocabulary_indices,
 )
@@ -315,13 +316,8 @@ def predict_run(
 
 
 def _recorded_vocabulary(store: str | Path) -> dict[str, int] | None:
-    """Label -> index from the vocabulary a store imported from YouTube-8M records (its
-    ``vocabulary`` attr, ``import-yt8m --vocabulary``), or None."""
-    from vidfeat.yt8m.vocabulary import Vocabulary
-
     with open_store(store) as reader:
-        recorded = reader.attrs.get("vocabulary")
-    return Vocabulary.from_json(recorded).indices if recorded else None
+        return recorded_vocabulary(reader.attrs)
 
 
 StepValues = Callable[[Head, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -23,9 +23,9 @@ import sys
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from heads.metrics import rank_classes
 from vidfeat import atomic
 from vidfeat.errors import ConfigError
 from vidfeat.store.base import LABEL_SEPARATOR
+
+if TYPE_CHECKING:
+    from vidfeat.yt8m.vocabulary import Vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +61,6 @@ SUFFIX_FORMATS: dict[str, tuple[str, ...]] = {
 }
 FORMATS = tuple(dict.fromkeys(f for fmts in SUFFIX_FORMATS.values() for f in fmts))
 STDOUT_FORMATS = ("csv", "yt8m", "jsonl")  # text formats that can go to stdout
-# Google's vocabulary.csv for YouTube-8M: Index,TrainVideoCount,KnowledgeGraphId,Name,...
-VOCABULARY_COLUMNS = ("Index", "KnowledgeGraphId", "Name")
 
 
 def resolve_format(out: Path | None, fmt: str | None) -> str:
@@ -86,24 +87,26 @@ def resolve_format(out: Path | None, fmt: str | None) -> str:
 
 
 def read_vocabulary(path: str | Path) -> dict[str, int]:
-    """Label -> vocabulary index from Google's vocabulary.csv (by Name and KnowledgeGraphId)."""
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read vocabulary {path}: {exc}") from exc
-    missing = [c for c in VOCABULARY_COLUMNS if c not in table.columns]
-    if missing:
-        raise ConfigError(
-            f"vocabulary {path} lacks column(s) {', '.join(missing)} (expected YouTube-8M's "
-            "Index,TrainVideoCount,KnowledgeGraphId,Name,...)"
-        )
-    try:
-        index = [int(i) for i in table["Index"]]
-    except ValueError as exc:
-        raise ConfigError(f"vocabulary {path}: Index must hold integers ({exc})") from None
-    mapping = dict(zip(table["KnowledgeGraphId"], index, strict=True))
-    mapping.update(zip(table["Name"], index, strict=True))
-    mapping.pop("", None)
+    """Label -> vocabulary index from Google's vocabulary.csv, read as ``import-yt8m`` reads
+    it (Index and Name needed): by Name, and by KnowledgeGraphId where the file has one."""
+    from vidfeat.yt8m.vocabulary import read_vocabulary as read_csv
+
+    return _label_indices(read_csv(str(path)))
+
+
+def recorded_vocabulary(attrs: Mapping[str, Any]) -> dict[str, int] | None:
+    """Label -> index from the vocabulary a store imported from YouTube-8M records in its
+    attrs (``import-yt8m --vocabulary``), or None."""
+    from vidfeat.yt8m.vocabulary import Vocabulary
+
+    recorded = attrs.get("vocabulary")
+    return _label_indices(Vocabulary.from_json(recorded)) if recorded else None
+
+
+def _label_indices(vocabulary: Vocabulary) -> dict[str, int]:
+    # A name wins over a Knowledge Graph id spelled the same (there is none in Google's file).
+    mapping = {graph_id: i for i, graph_id in vocabulary.graph_ids.items()}
+    mapping.update(vocabulary.indices)
     return mapping
 
 

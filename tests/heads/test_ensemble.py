@@ -99,6 +99,27 @@ def test_gap_weighted_ensemble_of_two_seeds_beats_their_mean(runs):
     assert f"{metrics['gap_at_20']:.4f}" in md and "| class5 |" in md
 
 
+def test_the_vocabulary_a_store_was_imported_with_serves_the_ensemble(tmp_path):
+    # heads predict took the vocabulary recorded by import-yt8m --vocabulary; the ensemble of
+    # runs on that store asked for --vocabulary and wrote no YouTube-8M CSV without it.
+    videos = cluster_videos(60, dim=8, n_classes=3, signal=0.5)
+    recorded = [[20 + c, f"class{c}"] for c in range(3)]
+    store = write_store(tmp_path / "s.zarr", videos, dim=8, attrs={"vocabulary": recorded})
+    runner = CliRunner()
+    made = []
+    for model in ("logistic", "bof"):
+        made.append(str(tmp_path / model))
+        args = ["train", str(store), "-m", model, "-o", made[-1], "--epochs", "1"]
+        result = runner.invoke(main, [*args, "--batch-size", "8"])
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "ens"
+    result = runner.invoke(main, ["ensemble", *made, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / YT8M_CSV)
+    indices = {int(x) for pairs in table["LabelConfidencePairs"] for x in pairs.split()[::2]}
+    assert indices and indices <= {20, 21, 22}
+
+
 def test_equal_and_file_weights(runs, tmp_path):
     _, made = runs
     weights = tmp_path / "w.json"

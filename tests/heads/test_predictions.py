@@ -43,6 +43,17 @@ def vocabulary(tmp_path):
     return read_vocabulary(path)
 
 
+def test_a_vocabulary_import_yt8m_reads_is_read_for_predictions_too(tmp_path):
+    # heads refused a vocabulary of Index,Name only ("lacks column(s) KnowledgeGraphId") that
+    # import-yt8m had read: one reader serves both.
+    path = tmp_path / "names.csv"
+    path.write_text("Index,Name\n3,Game\n5,Car\n")
+    assert read_vocabulary(path) == {"Game": 3, "Car": 5}
+    with pytest.raises(ConfigError, match="appears twice"):
+        path.write_text("Index,Name\n3,Game\n3,Car\n")
+        read_vocabulary(path)
+
+
 def test_labels_that_are_indices_need_no_vocabulary_and_ignore_one(vocabulary):
     assert vocabulary_indices(("1", "4", "7"), None) == [1, 4, 7]
     assert vocabulary_indices(("1", "4", "7"), vocabulary) == [1, 4, 7]

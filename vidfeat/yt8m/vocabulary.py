@@ -28,9 +28,13 @@ _FORBIDDEN = ";"
 
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
-    """Class names by Google's index. ``names[i]`` is the name of class index ``i``."""
+    """Class names by Google's index. ``names[i]`` is the name of class index ``i``;
+    ``graph_ids[i]`` its Knowledge Graph id ("/m/03bt1gh") where the file gives one (not
+    stored with a store's vocabulary)."""
 
     names: Mapping[int, str]
+    # Not part of what a vocabulary is (stores keep names only): equal names, equal vocabulary.
+    graph_ids: Mapping[int, str] = dataclasses.field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         seen: dict[str, int] = {}
@@ -73,6 +77,7 @@ def read_vocabulary(path: str) -> Vocabulary:
     if missing:
         raise ConfigError(f"vocabulary {path}: no column {missing} (expected {', '.join(COLUMNS)})")
     names: dict[int, str] = {}
+    graph_ids: dict[int, str] = {}
     for line, row in enumerate(reader, start=2):
         try:
             index = int(row["Index"])
@@ -83,6 +88,8 @@ def read_vocabulary(path: str) -> Vocabulary:
         if index in names:
             raise ConfigError(f"vocabulary {path}:{line}: index {index} appears twice")
         names[index] = (row["Name"] or "").strip()
+        if graph_id := (row.get("KnowledgeGraphId") or "").strip():
+            graph_ids[index] = graph_id
     if not names:
         raise ConfigError(f"vocabulary {path} has no classes")
-    return Vocabulary(names)
+    return Vocabulary(names, graph_ids)
