@@ -35,7 +35,7 @@ from heads.identity import check_same_data, recorded_streams, store_identity
 from heads.labels import LabelMap, build_label_map, multilabel_loss
 from heads.loggers import check_loggers, create_loggers
 from heads.metrics import MetricStream
-from heads.models import Head, create_head
+from heads.models import Head, create_head, unused_fusion_settings
 from heads.objective import Loss, loss_weights
 from heads.predictions import PredictionsWriter, Scored
 from heads.splits import (
@@ -404,6 +404,14 @@ def train_run(
             cfg=cfg.head,
             streams=recorded_streams(data.identity),
         )
+        if unused := unused_fusion_settings(cfg.head, model.fusion):
+            log.warning(
+                "%s: not used by --fusion %s on %s (they shape shared or projection fusion "
+                "of two or more streams)",
+                ", ".join(f"--{name.replace('_', '-')}" for name in unused),
+                cfg.head.fusion,
+                " + ".join(model.fusion.dims),
+            )
         return fit_and_test(
             model,
             data,

@@ -29,6 +29,7 @@ from heads.models.base import (
     linear_weights,
     masked_max,
     masked_mean,
+    unused_fusion_settings,
     weighted_sum,
 )
 
@@ -55,5 +56,6 @@ __all__ = [
     "recurrent",
     "sparse_moe",
     "tconv",
+    "unused_fusion_settings",
     "weighted_sum",
 ]

@@ -150,6 +150,9 @@ class Fusion(AuxLossModule):
     Fusion acts on each frame alone, so padded frames never reach a valid one.
     """
 
+    # The HeadConfig fields of the "fusion_*" family this kind reads (unused_fusion_settings).
+    settings: tuple[str, ...] = ()
+
     def __init__(self, dims: dict[str, int], cfg: HeadConfig) -> None:
         super().__init__()
         widths = list(dims.values())
@@ -167,6 +170,19 @@ class Fusion(AuxLossModule):
 
 FUSION_LAYERS: Registry[Fusion] = Registry("fusion")
 FUSION_LAYERS.register("concat")(Fusion)
+
+
+def unused_fusion_settings(cfg: HeadConfig, fusion: Fusion) -> list[str]:
+    """The fusion settings ``cfg`` sets away from their defaults that ``fusion`` never reads
+    (--fusion-dim with concat, or with one stream): worth a word, not silence."""
+    defaults = HeadConfig()
+    return [
+        name
+        for name in ("fusion_dim", "fusion_weight")
+        if name not in fusion.settings and getattr(cfg, name) != getattr(defaults, name)
+    ]
+
+
 CLASSIFIERS: Registry[nn.Module] = Registry("classifier")
 
 

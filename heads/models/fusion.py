@@ -74,6 +74,7 @@ class SharedFusion(StreamMaps):
     """tanh(sum_s W_s n_s(x_s) + b): every stream in one ``fusion_dim`` space."""
 
     kind = "shared"
+    settings = ("fusion_dim",)
 
     def __init__(self, dims: dict[str, int], cfg: HeadConfig) -> None:
         super().__init__(dims, cfg, bias=False)  # one bias for the sum, not one per stream
@@ -90,6 +91,7 @@ class ProjectionFusion(StreamMaps):
     ``fusion_weight``, pulling the projections of each frame together."""
 
     kind = "projection"
+    settings = ("fusion_dim", "fusion_weight")
 
     def __init__(self, dims: dict[str, int], cfg: HeadConfig) -> None:
         super().__init__(dims, cfg, bias=True)

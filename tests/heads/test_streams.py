@@ -147,6 +147,27 @@ def test_train_refuses_before_creating_out(runs, tmp_path, options, message):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "unused"),
+    [
+        (["--streams", "rgb", "--fusion-weight", "0.5"], "--fusion-dim, --fusion-weight"),
+        (["--fusion-weight", "0.5"], "--fusion-dim, --fusion-weight"),  # concat of two
+        (["--fusion", "shared", "--fusion-weight", "0.5"], "--fusion-weight"),
+        (["--fusion", "projection", "--fusion-weight", "0.5"], None),
+    ],
+    ids=["one-stream", "concat", "shared", "projection"],
+)
+def test_fusion_settings_a_run_does_not_use_are_named(runs, tmp_path, options, unused):
+    # They were taken without a word: --fusion-dim 64 on one stream trained the same head.
+    _, store = runs
+    result = _train(store, tmp_path / "run", *options, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    if unused is None:
+        assert "not used by --fusion" not in result.output
+    else:
+        assert f"{unused}: not used by --fusion" in result.output
+
+
 def test_video_level_store_trains_video_level_heads_and_refuses_recurrent(tmp_path):
     store = write_sum_store(tmp_path / "video.h5", 36, dims=DIMS, level="video")
     with open_store(store) as reader:
